@@ -1,0 +1,75 @@
+package admin
+
+import (
+	"embed"
+	"io/fs"
+	"net/http"
+	"path"
+	"strings"
+)
+
+// uiFiles holds the admin web page: plain HTML, CSS and JavaScript with no
+// build step and no external assets.
+//
+//go:embed ui
+var uiFiles embed.FS
+
+// uiCSP allows only the page's own files and same-origin API calls; no inline
+// script or style, no framing.
+const uiCSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
+	"connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+
+// uiTypes are the content types of the files the page is made of.
+var uiTypes = map[string]string{
+	".html": "text/html; charset=utf-8",
+	".js":   "text/javascript; charset=utf-8",
+	".css":  "text/css; charset=utf-8",
+}
+
+// uiHandler serves the admin web page: index.html at .../ui and its assets at
+// .../ui/<file>. It works whether or not a prefix was stripped from the path,
+// and it does not check the admin token: the page asks for the token itself
+// and sends it with every JSON call.
+func uiHandler() http.Handler {
+	return http.HandlerFunc(serveUI)
+}
+
+func serveUI(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	p := r.URL.Path
+	// One canonical page address: .../ui. The page's relative links (ui/app.js
+	// and the JSON routes beside ui) depend on it.
+	if strings.HasSuffix(p, "/ui/") || strings.HasSuffix(p, "/ui/index.html") {
+		http.Redirect(w, r, strings.TrimSuffix(strings.TrimSuffix(p, "index.html"), "/"), http.StatusMovedPermanently)
+		return
+	}
+	name := path.Base(p)
+	if name == "ui" || name == "/" || name == "." {
+		name = "index.html"
+	}
+	ctype, ok := uiTypes[path.Ext(name)]
+	if !ok {
+		http.NotFound(w, r)
+		return
+	}
+	body, err := fs.ReadFile(uiFiles, "ui/"+name)
+	if err != nil {
+		http.NotFound(w, r)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", ctype)
+	h.Set("Cache-Control", "no-store")
+	h.Set("Content-Security-Policy", uiCSP)
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("Referrer-Policy", "no-referrer")
+	if r.Method == http.MethodHead {
+		return
+	}
+	_, _ = w.Write(body)
+}

@@ -1,0 +1,274 @@
+// Package caddyrpm provides the rpm Caddy app and the http.handlers.rpm
+// middleware: API-key authentication against cached auth snapshots and
+// per-user, per-group and per-(user, group) requests-per-minute limits.
+package caddyrpm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/caddyrpm/caddy-rpm/admin"
+	"github.com/caddyrpm/caddy-rpm/limiter"
+	"github.com/caddyrpm/caddy-rpm/snapshot"
+	"github.com/caddyrpm/caddy-rpm/store"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// App is the rpm app. It owns the store, the Redis client, the snapshot
+// caches, the limiter and cache invalidation, and is shared by every rpm
+// handler of the configuration.
+type App struct {
+	// Postgres is the DSN of the Postgres database that is the source of
+	// truth. Exactly one of Postgres and KeysFile must be set.
+	Postgres string `json:"postgres,omitempty"`
+
+	// AutoMigrate applies the embedded schema migrations to Postgres at
+	// start. Default: false (run `caddy rpm migrate` instead).
+	AutoMigrate bool `json:"auto_migrate,omitempty"`
+
+	// KeysFile is the path of a read-only JSON store, used instead of
+	// Postgres to run without any server.
+	KeysFile string `json:"keys_file,omitempty"`
+
+	// Redis lists redis:// URLs or host:port addresses. One URL configures
+	// a single node; several addresses a failover-less universal client, or
+	// a cluster with RedisCluster. Default: none, which keeps counters and
+	// the cache in process (single instance only).
+	Redis []string `json:"redis,omitempty"`
+
+	// RedisCluster treats the Redis addresses as a Redis Cluster.
+	// Default: false.
+	RedisCluster bool `json:"redis_cluster,omitempty"`
+
+	// RedisTimeout bounds every Redis call on the request path.
+	// Default: 100ms.
+	RedisTimeout caddy.Duration `json:"redis_timeout,omitempty"`
+
+	// OnRedisError is "open" (admit requests when Redis cannot be asked)
+	// or "closed" (answer 503). Default: open.
+	OnRedisError string `json:"on_redis_error,omitempty"`
+
+	// KeyPrefix prefixes every Redis key and channel this app uses.
+	// Default: "rpm:".
+	KeyPrefix string `json:"key_prefix,omitempty"`
+
+	// Cache configures the snapshot caches. Default: see CacheOptions.
+	Cache *CacheOptions `json:"cache,omitempty"`
+
+	// AdminAuthToken, when set, is the bearer token every admin route
+	// requires. Default: none.
+	AdminAuthToken string `json:"admin_token,omitempty"`
+
+	store   store.Store
+	redis   redis.UniversalClient
+	cache   *snapshot.Cache
+	limiter limiter.Limiter
+	keys    limiter.Keys
+	metrics *metrics
+	zones   *zoneRegistry
+	logger  *zap.Logger
+	ctx     caddy.Context
+	closers []func()
+	cancel  context.CancelFunc
+}
+
+// CacheOptions configures the L1 (in-process) and L2 (Redis) snapshot
+// caches.
+type CacheOptions struct {
+	// L1Size is the maximum number of snapshots kept in process.
+	// Default: 65536.
+	L1Size int `json:"l1_size,omitempty"`
+	// L1TTL is how long an in-process snapshot is fresh. Default: 15s.
+	L1TTL caddy.Duration `json:"l1_ttl,omitempty"`
+	// L2TTL is how long a snapshot lives in Redis. Default: 5m.
+	L2TTL caddy.Duration `json:"l2_ttl,omitempty"`
+	// NegativeTTL is how long an unknown key is remembered as unknown.
+	// Default: 30s.
+	NegativeTTL caddy.Duration `json:"negative_ttl,omitempty"`
+	// Jitter spreads every TTL by up to this percentage either way.
+	// Default: 10.
+	JitterPercent float64 `json:"jitter_percent,omitempty"`
+	// StaleIfError is how long past its TTL an in-process snapshot may
+	// still be served while the store is unreachable. Default: 10m.
+	StaleIfError caddy.Duration `json:"stale_if_error,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "rpm",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision sets defaults, validates, and connects (lazily) to the store
+// and Redis, reusing connections of a previous configuration.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.ctx = ctx
+	a.logger = ctx.Logger()
+	a.zones = newZoneRegistry()
+	if err := a.setDefaults(); err != nil {
+		return err
+	}
+	m, err := registerMetrics(ctx.GetMetricsRegistry())
+	if err != nil {
+		return err
+	}
+	a.metrics = m
+	if err := a.provisionStore(ctx); err != nil {
+		return err
+	}
+	if err := a.provisionRedis(); err != nil {
+		return err
+	}
+	a.provisionCache()
+	a.provisionLimiter()
+	return nil
+}
+
+func (a *App) setDefaults() error {
+	switch {
+	case a.Postgres != "" && a.KeysFile != "":
+		return errors.New("rpm: postgres and keys_file are exclusive; set one")
+	case a.Postgres == "" && a.KeysFile == "":
+		return errors.New("rpm: a store is required: set postgres or keys_file")
+	}
+	if a.RedisTimeout <= 0 {
+		a.RedisTimeout = caddy.Duration(100 * time.Millisecond)
+	}
+	switch a.OnRedisError {
+	case "":
+		a.OnRedisError = "open"
+	case "open", "closed":
+	default:
+		return fmt.Errorf("rpm: on_redis_error must be open or closed, not %q", a.OnRedisError)
+	}
+	if a.RedisCluster && len(a.Redis) == 0 {
+		return errors.New("rpm: redis_cluster needs redis addresses")
+	}
+	if a.KeyPrefix == "" {
+		a.KeyPrefix = "rpm:"
+	}
+	if a.Cache == nil {
+		a.Cache = new(CacheOptions)
+	}
+	c := a.Cache
+	if c.L1Size <= 0 {
+		c.L1Size = 65536
+	}
+	setDuration(&c.L1TTL, 15*time.Second)
+	setDuration(&c.L2TTL, 5*time.Minute)
+	setDuration(&c.NegativeTTL, 30*time.Second)
+	setDuration(&c.StaleIfError, 10*time.Minute)
+	if c.JitterPercent == 0 {
+		c.JitterPercent = 10
+	}
+	if c.JitterPercent < 0 || c.JitterPercent >= 100 {
+		return fmt.Errorf("rpm: cache jitter must be in [0, 100), not %v", c.JitterPercent)
+	}
+	a.keys = limiter.Keys{Prefix: a.KeyPrefix + "c:"}
+	return nil
+}
+
+func setDuration(d *caddy.Duration, def time.Duration) {
+	if *d <= 0 {
+		*d = caddy.Duration(def)
+	}
+}
+
+func (a *App) provisionCache() {
+	c := a.Cache
+	m := a.metrics
+	var l2 redis.UniversalClient
+	if a.redis != nil {
+		l2 = a.redis
+	}
+	a.cache = snapshot.NewCache(snapshot.CacheConfig{
+		L1Size:       c.L1Size,
+		L1TTL:        time.Duration(c.L1TTL),
+		L2TTL:        time.Duration(c.L2TTL),
+		NegativeTTL:  time.Duration(c.NegativeTTL),
+		Jitter:       c.JitterPercent / 100,
+		StaleIfError: time.Duration(c.StaleIfError),
+		L2Prefix:     a.KeyPrefix + "snap:",
+		L2Timeout:    time.Duration(a.RedisTimeout),
+	}, l2, a.loadSnapshot, snapshot.CacheHooks{
+		Hit:      func(layer string) { m.cacheHits.WithLabelValues(layer).Inc() },
+		Miss:     func(layer string) { m.cacheMisses.WithLabelValues(layer).Inc() },
+		Load:     func() { m.storeLoads.Inc() },
+		Stale:    func() { m.staleServed.Inc() },
+		L2Errors: func() { m.redisErrors.Inc() },
+	})
+}
+
+// loadSnapshot reads a snapshot from the store for the cache; an unknown
+// key becomes a negative entry.
+func (a *App) loadSnapshot(ctx context.Context, keyHash string) (*snapshot.Snapshot, error) {
+	s, err := a.store.LoadSnapshot(ctx, keyHash)
+	if errors.Is(err, store.ErrNotFound) {
+		return snapshot.Negative(), nil
+	}
+	if err != nil {
+		a.metrics.storeErrors.Inc()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Start begins listening for invalidations.
+func (a *App) Start() error {
+	ctx, cancel := context.WithCancel(a.ctx)
+	a.cancel = cancel
+	a.startInvalidation(ctx)
+	return nil
+}
+
+// Stop ends the listeners. Shared connections are released in Cleanup.
+func (a *App) Stop() error {
+	if a.cancel != nil {
+		a.cancel()
+	}
+	return nil
+}
+
+// Cleanup releases this configuration's hold on shared connections.
+func (a *App) Cleanup() error {
+	for i := len(a.closers) - 1; i >= 0; i-- {
+		a.closers[i]()
+	}
+	a.closers = nil
+	return nil
+}
+
+// Store, Limiter, CounterKeys, AdminToken and Zones expose the app to the
+// admin API (admin.Backend).
+func (a *App) Store() store.Store { return a.store }
+
+// Limiter returns the limiter.
+func (a *App) Limiter() limiter.Limiter { return a.limiter }
+
+// CounterKeys returns the counter naming in use.
+func (a *App) CounterKeys() limiter.Keys { return a.keys }
+
+// AdminToken returns the admin bearer token, "" if none.
+func (a *App) AdminToken() string { return a.AdminAuthToken }
+
+// Zones returns the route zones configured on this instance.
+func (a *App) Zones() []admin.Zone { return a.zones.list() }
+
+// Interface guards
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+	_ admin.Backend      = (*App)(nil)
+)

@@ -1,0 +1,291 @@
+package caddyrpm
+
+import (
+	"strconv"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	httpcaddyfile.RegisterGlobalOption("rpm", parseGlobalOption)
+	httpcaddyfile.RegisterHandlerDirective("rpm", parseHandlerDirective)
+	httpcaddyfile.RegisterDirectiveOrder("rpm", httpcaddyfile.Before, "basic_auth")
+}
+
+// parseGlobalOption parses the rpm global option:
+//
+//	rpm {
+//		postgres       <dsn>
+//		auto_migrate
+//		keys_file      <path>
+//		redis          <url> [<url>...]
+//		redis_cluster
+//		redis_timeout  <duration>
+//		on_redis_error open|closed
+//		key_prefix     <prefix>
+//		cache {
+//			l1_size        <n>
+//			l1_ttl         <duration>
+//			l2_ttl         <duration>
+//			negative_ttl   <duration>
+//			jitter         <percent>%
+//			stale_if_error <duration>
+//		}
+//		admin_token    <token>
+//	}
+func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
+	if existing != nil {
+		return nil, d.Err("the rpm global option is given more than once")
+	}
+	app := new(App)
+	if err := app.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	return httpcaddyfile.App{Name: "rpm", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// UnmarshalCaddyfile fills the app from its global option block.
+func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // option name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for d.NextBlock(0) {
+		opt := d.Val()
+		if seen[opt] {
+			return d.Errf("rpm: duplicate option '%s'", opt)
+		}
+		seen[opt] = true
+		var err error
+		switch opt {
+		case "postgres":
+			err = oneArg(d, &a.Postgres)
+		case "keys_file":
+			err = oneArg(d, &a.KeysFile)
+		case "key_prefix":
+			err = oneArg(d, &a.KeyPrefix)
+		case "admin_token":
+			err = oneArg(d, &a.AdminAuthToken)
+		case "on_redis_error":
+			err = oneArg(d, &a.OnRedisError)
+			if err == nil && a.OnRedisError != "open" && a.OnRedisError != "closed" {
+				err = d.Errf("rpm: on_redis_error must be open or closed, not '%s'", a.OnRedisError)
+			}
+		case "redis_timeout":
+			err = durationArg(d, &a.RedisTimeout)
+		case "auto_migrate":
+			err = flag(d, &a.AutoMigrate)
+		case "redis_cluster":
+			err = flag(d, &a.RedisCluster)
+		case "redis":
+			a.Redis = d.RemainingArgs()
+			if len(a.Redis) == 0 {
+				err = d.ArgErr()
+			}
+		case "cache":
+			a.Cache = new(CacheOptions)
+			err = a.Cache.unmarshalCaddyfile(d)
+		default:
+			err = d.Errf("rpm: unknown option '%s'", opt)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (c *CacheOptions) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := map[string]bool{}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if seen[opt] {
+			return d.Errf("rpm cache: duplicate option '%s'", opt)
+		}
+		seen[opt] = true
+		var err error
+		switch opt {
+		case "l1_size":
+			var s string
+			if err = oneArg(d, &s); err == nil {
+				c.L1Size, err = strconv.Atoi(s)
+				if err != nil || c.L1Size < 1 {
+					err = d.Errf("rpm cache: l1_size must be a positive integer, not '%s'", s)
+				}
+			}
+		case "l1_ttl":
+			err = durationArg(d, &c.L1TTL)
+		case "l2_ttl":
+			err = durationArg(d, &c.L2TTL)
+		case "negative_ttl":
+			err = durationArg(d, &c.NegativeTTL)
+		case "stale_if_error":
+			err = durationArg(d, &c.StaleIfError)
+		case "jitter":
+			var s string
+			if err = oneArg(d, &s); err == nil {
+				c.JitterPercent, err = strconv.ParseFloat(strings.TrimSuffix(s, "%"), 64)
+				if err != nil || c.JitterPercent < 0 || c.JitterPercent >= 100 {
+					err = d.Errf("rpm cache: jitter must be a percentage in [0, 100), not '%s'", s)
+				}
+			}
+		default:
+			err = d.Errf("rpm cache: unknown option '%s'", opt)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// parseHandlerDirective parses the rpm directive:
+//
+//	rpm [<matcher>] {
+//		key_header        <name> [<scheme>]
+//		key_query         <name>
+//		keep_credentials
+//		error_format      openai|anthropic|problem
+//		ratelimit_headers all|ietf|legacy|off
+//		zone              <name>
+//		limit             user|key <n>
+//	}
+func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	handler := new(Handler)
+	err := handler.UnmarshalCaddyfile(h.Dispenser)
+	return handler, err
+}
+
+// UnmarshalCaddyfile fills the handler from its directive block.
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	seen := map[string]bool{}
+	limitLine := 0
+	for d.NextBlock(0) {
+		opt := d.Val()
+		repeatable := opt == "key_header" || opt == "limit"
+		if seen[opt] && !repeatable {
+			return d.Errf("rpm: duplicate option '%s'", opt)
+		}
+		seen[opt] = true
+		var err error
+		switch opt {
+		case "key_header":
+			args := d.RemainingArgs()
+			if len(args) < 1 || len(args) > 2 {
+				return d.Errf("rpm: key_header takes a header name and an optional scheme")
+			}
+			src := KeySource{Header: args[0]}
+			if len(args) == 2 {
+				src.Scheme = args[1]
+			}
+			h.KeySources = append(h.KeySources, src)
+		case "key_query":
+			err = oneArg(d, &h.KeyQuery)
+		case "keep_credentials":
+			err = flag(d, &h.KeepCredentials)
+		case "error_format":
+			err = oneOf(d, &h.ErrorFormat, "openai", "anthropic", "problem")
+		case "ratelimit_headers":
+			err = oneOf(d, &h.RateLimitHeaders, "all", "ietf", "legacy", "off")
+		case "zone":
+			err = oneArg(d, &h.Zone)
+			if err == nil && !zoneName.MatchString(h.Zone) {
+				err = d.Errf("rpm: zone '%s' must be 1-64 letters, digits, '.', '_' or '-'", h.Zone)
+			}
+		case "limit":
+			limitLine = d.Line()
+			err = h.unmarshalLimit(d)
+		default:
+			err = d.Errf("rpm: unknown option '%s'", opt)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if len(h.Limits) > 0 && h.Zone == "" {
+		return d.Errf("rpm: 'limit' on line %d needs a 'zone' in the same block", limitLine)
+	}
+	return nil
+}
+
+func (h *Handler) unmarshalLimit(d *caddyfile.Dispenser) error {
+	var scope, n string
+	if !d.Args(&scope, &n) || d.NextArg() {
+		return d.Errf("rpm: limit takes a scope (user or key) and a number per minute")
+	}
+	if scope != "user" && scope != "key" {
+		return d.Errf("rpm: limit scope must be user or key, not '%s'", scope)
+	}
+	limit, err := strconv.ParseInt(n, 10, 64)
+	if err != nil || limit < 1 {
+		return d.Errf("rpm: limit %s must be a whole number of at least 1, not '%s'", scope, n)
+	}
+	for _, l := range h.Limits {
+		if l.Scope == scope {
+			return d.Errf("rpm: duplicate limit for scope '%s'", scope)
+		}
+	}
+	h.Limits = append(h.Limits, RouteLimit{Scope: scope, Limit: limit})
+	return nil
+}
+
+func oneArg(d *caddyfile.Dispenser, dst *string) error {
+	if !d.AllArgs(dst) {
+		return d.Errf("'%s' takes exactly one argument", d.Val())
+	}
+	return nil
+}
+
+func oneOf(d *caddyfile.Dispenser, dst *string, allowed ...string) error {
+	opt := d.Val()
+	if err := oneArg(d, dst); err != nil {
+		return err
+	}
+	for _, a := range allowed {
+		if *dst == a {
+			return nil
+		}
+	}
+	return d.Errf("'%s' must be one of %s, not '%s'", opt, strings.Join(allowed, ", "), *dst)
+}
+
+func flag(d *caddyfile.Dispenser, dst *bool) error {
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	*dst = true
+	return nil
+}
+
+func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	opt := d.Val()
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	v, err := caddy.ParseDuration(s)
+	if err != nil || v <= 0 {
+		return d.Errf("'%s' must be a positive duration, not '%s'", opt, s)
+	}
+	*dst = caddy.Duration(v)
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddyfile.Unmarshaler = (*App)(nil)
+	_ caddyfile.Unmarshaler = (*Handler)(nil)
+)

@@ -1,0 +1,172 @@
+package caddyrpm
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+
+	"github.com/caddyrpm/caddy-rpm/snapshot"
+	"github.com/caddyrpm/caddy-rpm/store"
+)
+
+// Invalidation reaches every instance by two paths: Postgres triggers NOTIFY
+// on every data change (admin writes and plain SQL alike), and explicit
+// flushes from the admin API are published on a Redis channel.
+
+func (a *App) channel() string { return a.KeyPrefix + "invalidate" }
+
+// Invalidate drops what scope/id reaches from L2 and from L1 of every
+// instance, and the local deny entries it touches. It implements the
+// admin.Backend method.
+func (a *App) Invalidate(ctx context.Context, scope store.Scope, id int64) error {
+	err := a.invalidateHere(ctx, store.Event{Scope: scope, ID: id}, "admin")
+	if a.redis != nil {
+		msg := string(scope) + ":" + strconv.FormatInt(id, 10)
+		if perr := a.redis.Publish(ctx, a.channel(), msg).Err(); perr != nil && err == nil {
+			err = fmt.Errorf("publish invalidation: %w", perr)
+		}
+	}
+	return err
+}
+
+// invalidateHere applies an invalidation to this instance's L1 and deny
+// cache and to the shared L2.
+func (a *App) invalidateHere(ctx context.Context, ev store.Event, origin string) error {
+	a.metrics.invalidations.WithLabelValues(string(ev.Scope), origin).Inc()
+	match := matcher(ev)
+	// L1 first so this instance stops serving at once, L2 next, then L1
+	// again: a concurrent fill may have copied the old L2 entry meanwhile.
+	a.cache.ForgetL1(match)
+	a.forgetLimits(ev)
+	var err error
+	if ev.Scope == store.ScopeAll {
+		err = a.cache.FlushL2(ctx)
+	} else {
+		hashes := []string{}
+		if ev.KeyHash != "" {
+			hashes = append(hashes, ev.KeyHash)
+		} else if hs, herr := a.store.KeyHashes(ctx, ev.Scope, ev.ID); herr == nil {
+			hashes = hs
+		} else {
+			err = fmt.Errorf("list keys of %s %d: %w", ev.Scope, ev.ID, herr)
+		}
+		if ferr := a.cache.ForgetHashes(ctx, hashes...); ferr != nil && err == nil {
+			err = ferr
+		}
+	}
+	a.cache.ForgetL1(match)
+	return err
+}
+
+func (a *App) forgetLimits(ev store.Event) {
+	switch ev.Scope {
+	case store.ScopeAll:
+		a.limiter.Forget(0, 0)
+	case store.ScopeUser:
+		a.limiter.Forget(ev.ID, 0)
+	case store.ScopeGroup:
+		a.limiter.Forget(0, ev.ID)
+	}
+}
+
+func matcher(ev store.Event) func(*snapshot.Snapshot) bool {
+	switch ev.Scope {
+	case store.ScopeKey:
+		return snapshot.ForKey(ev.ID)
+	case store.ScopeUser:
+		return snapshot.ForUser(ev.ID)
+	case store.ScopeGroup:
+		return snapshot.ForGroup(ev.ID)
+	}
+	return nil
+}
+
+// flushLocal empties this instance's L1 and deny cache after a listener
+// gap, when invalidations may have been missed.
+func (a *App) flushLocal(source string) {
+	a.logger.Info("invalidation listener reconnected; flushing local caches", zap.String("source", source))
+	a.metrics.invalidations.WithLabelValues(string(store.ScopeAll), "gap").Inc()
+	a.cache.ForgetL1(nil)
+	a.limiter.Forget(0, 0)
+}
+
+func (a *App) startInvalidation(ctx context.Context) {
+	if l, ok := a.store.(store.Listener); ok {
+		go l.Listen(ctx, func(ev store.Event) {
+			ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			if err := a.invalidateHere(ictx, ev, "postgres"); err != nil {
+				a.logger.Warn("applying database invalidation", zap.Error(err))
+			}
+		}, func() { a.flushLocal("postgres") })
+	}
+	if a.redis != nil {
+		go a.subscribe(ctx)
+	}
+}
+
+// subscribe applies invalidations published by other instances. go-redis
+// resubscribes on its own after a connection loss; every confirmation after
+// the first marks a gap.
+func (a *App) subscribe(ctx context.Context) {
+	sub := a.redis.Subscribe(ctx, a.channel())
+	defer sub.Close()
+	subscribed := false
+	for {
+		msg, err := sub.Receive(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			// Receive reconnects on the next call; don't spin while Redis is down.
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			continue
+		}
+		switch m := msg.(type) {
+		case *redis.Subscription:
+			if m.Kind == "subscribe" {
+				if subscribed {
+					a.flushLocal("redis")
+				}
+				subscribed = true
+			}
+		case *redis.Message:
+			ev, ok := parseEvent(m.Payload)
+			if !ok {
+				continue
+			}
+			// The publisher already cleared L2; only local state remains.
+			a.metrics.invalidations.WithLabelValues(string(ev.Scope), "redis").Inc()
+			a.cache.ForgetL1(matcher(ev))
+			a.forgetLimits(ev)
+		}
+	}
+}
+
+func parseEvent(payload string) (store.Event, bool) {
+	if payload == string(store.ScopeAll) || strings.HasPrefix(payload, "all:") {
+		return store.Event{Scope: store.ScopeAll}, true
+	}
+	scope, rest, ok := strings.Cut(payload, ":")
+	if !ok {
+		return store.Event{}, false
+	}
+	id, err := strconv.ParseInt(rest, 10, 64)
+	if err != nil {
+		return store.Event{}, false
+	}
+	switch s := store.Scope(scope); s {
+	case store.ScopeKey, store.ScopeUser, store.ScopeGroup:
+		return store.Event{Scope: s, ID: id}, true
+	}
+	return store.Event{}, false
+}

@@ -1,0 +1,105 @@
+package caddyrpm
+
+import (
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyrpm/caddy-rpm/limiter"
+	"github.com/caddyrpm/caddy-rpm/snapshot"
+)
+
+// resetSeconds turns the time left in the window into whole seconds, 1..60,
+// rounding up so a client that waits that long lands in the next window.
+func resetSeconds(d time.Duration) int64 {
+	s := int64((d + time.Second - 1) / time.Second)
+	return max(1, min(s, 60))
+}
+
+// strictest picks the counter with the fewest requests left (the smallest
+// limit on ties); it is what the X-RateLimit headers describe.
+func strictest(counters []limiter.Counter, counts []int64) int {
+	best := 0
+	for i := range counters {
+		ri, rb := remaining(counters[i], counts, i), remaining(counters[best], counts, best)
+		if ri < rb || (ri == rb && counters[i].Limit < counters[best].Limit) {
+			best = i
+		}
+	}
+	return best
+}
+
+func remaining(c limiter.Counter, counts []int64, i int) int64 {
+	if i >= len(counts) {
+		return c.Limit
+	}
+	return max(0, c.Limit-counts[i])
+}
+
+// setRateLimitHeaders writes RateLimit-Policy / RateLimit
+// (draft-ietf-httpapi-ratelimit-headers-10) and the X-RateLimit-* trio.
+func (h *Handler) setRateLimitHeaders(hdr http.Header, counters []limiter.Counter, res limiter.Result) {
+	if len(counters) == 0 || h.RateLimitHeaders == "off" {
+		return
+	}
+	reset := resetSeconds(res.ResetIn)
+	if h.RateLimitHeaders != "legacy" {
+		var policy, state strings.Builder
+		for i, c := range counters {
+			if i > 0 {
+				policy.WriteString(", ")
+				state.WriteString(", ")
+			}
+			fmt.Fprintf(&policy, "%q;q=%d;w=60", c.Policy, c.Limit)
+			fmt.Fprintf(&state, "%q;r=%d;t=%d", c.Policy, remaining(c, res.Counts, i), reset)
+		}
+		hdr.Set("RateLimit-Policy", policy.String())
+		hdr.Set("RateLimit", state.String())
+	}
+	if h.RateLimitHeaders != "ietf" {
+		i := strictest(counters, res.Counts)
+		hdr.Set("X-RateLimit-Limit", strconv.FormatInt(counters[i].Limit, 10))
+		hdr.Set("X-RateLimit-Remaining", strconv.FormatInt(remaining(counters[i], res.Counts, i), 10))
+		hdr.Set("X-RateLimit-Reset", strconv.FormatInt(reset, 10))
+	}
+}
+
+// refuse answers 429 for the counter that refused the request.
+func (h *Handler) refuse(w http.ResponseWriter, s *snapshot.Snapshot, counters []limiter.Counter, res limiter.Result) error {
+	c := counters[res.Denied]
+	reason := c.Code
+	if res.Local {
+		reason += "_local"
+	}
+	h.app.metrics.decisions.WithLabelValues("refused", reason).Inc()
+	reset := resetSeconds(res.ResetIn)
+	hdr := w.Header()
+	hdr.Set("Retry-After", strconv.FormatInt(reset, 10))
+	h.setRateLimitHeaders(hdr, counters, res)
+	return h.writeError(w, &apiError{
+		status:  http.StatusTooManyRequests,
+		code:    c.Code,
+		message: limitMessage(s, c, reset),
+	})
+}
+
+// limitMessage says plainly that the gateway refused, which limit, its
+// value and when to retry: clients confuse gateway 429s with upstream ones.
+func limitMessage(s *snapshot.Snapshot, c limiter.Counter, reset int64) string {
+	var which string
+	switch c.Code {
+	case codeUserRPM:
+		which = fmt.Sprintf("the user's limit of %d requests per minute", c.Limit)
+	case codeGroupRPM:
+		name := ""
+		if s.Group != nil {
+			name = fmt.Sprintf(" %q", s.Group.Name)
+		}
+		which = fmt.Sprintf("the group%s limit of %d requests per minute for this user", name, c.Limit)
+	default:
+		which = fmt.Sprintf("the route limit %q of %d requests per minute", c.Policy, c.Limit)
+	}
+	return fmt.Sprintf("Rate limit reached at the API gateway (not the upstream provider): %s. Retry after %d seconds.", which, reset)
+}

@@ -1,0 +1,154 @@
+package caddyrpm
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/caddyrpm/caddy-rpm/limiter"
+	"github.com/caddyrpm/caddy-rpm/store"
+)
+
+// connections holds what survives config reloads: database pools, Redis
+// clients and limiter state (local counters, deny cache, breaker), keyed by
+// their configuration, so a reload neither reconnects nor resets counters.
+var connections = caddy.NewUsagePool()
+
+type pooled[T any] struct {
+	value T
+	close func()
+}
+
+func (p pooled[T]) Destruct() error {
+	if p.close != nil {
+		p.close()
+	}
+	return nil
+}
+
+// share loads or creates the resource named key and schedules its release
+// at Cleanup.
+func share[T any](a *App, key string, create func() (T, func(), error)) (T, error) {
+	v, _, err := connections.LoadOrNew(key, func() (caddy.Destructor, error) {
+		value, closeFn, err := create()
+		if err != nil {
+			return nil, err
+		}
+		return pooled[T]{value: value, close: closeFn}, nil
+	})
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	a.closers = append(a.closers, func() { _, _ = connections.Delete(key) })
+	return v.(pooled[T]).value, nil
+}
+
+func (a *App) provisionStore(ctx caddy.Context) error {
+	if a.KeysFile != "" {
+		// The file is reread on every config load, so a reload picks up edits.
+		f, err := store.LoadFile(a.KeysFile)
+		if err != nil {
+			return fmt.Errorf("rpm: keys_file: %w", err)
+		}
+		a.store = f
+		return nil
+	}
+	pool, err := share(a, "pg|"+a.Postgres, func() (*pgxpool.Pool, func(), error) {
+		cfg, err := pgxpool.ParseConfig(a.Postgres)
+		if err != nil {
+			return nil, nil, fmt.Errorf("parse postgres dsn: %w", err)
+		}
+		cfg.ConnConfig.RuntimeParams["application_name"] = "caddy-rpm"
+		p, err := pgxpool.NewWithConfig(context.Background(), cfg)
+		if err != nil {
+			return nil, nil, fmt.Errorf("open postgres pool: %w", err)
+		}
+		return p, p.Close, nil
+	})
+	if err != nil {
+		return fmt.Errorf("rpm: postgres: %w", err)
+	}
+	if a.AutoMigrate {
+		mctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		if err := store.Migrate(mctx, pool); err != nil {
+			return fmt.Errorf("rpm: migrate: %w", err)
+		}
+	}
+	a.store = store.NewPostgres(pool)
+	return nil
+}
+
+func (a *App) redisKey() string {
+	return fmt.Sprintf("redis|%t|%s", a.RedisCluster, strings.Join(a.Redis, ","))
+}
+
+func (a *App) provisionRedis() error {
+	if len(a.Redis) == 0 {
+		return nil
+	}
+	opts, err := redisOptions(a.Redis, a.RedisCluster)
+	if err != nil {
+		return fmt.Errorf("rpm: redis: %w", err)
+	}
+	client, err := share(a, a.redisKey(), func() (redis.UniversalClient, func(), error) {
+		c := redis.NewUniversalClient(opts)
+		return c, func() { _ = c.Close() }, nil
+	})
+	if err != nil {
+		return fmt.Errorf("rpm: redis: %w", err)
+	}
+	a.redis = client
+	return nil
+}
+
+// redisOptions accepts redis:// URLs or plain host:port addresses.
+func redisOptions(addrs []string, cluster bool) (*redis.UniversalOptions, error) {
+	opts := &redis.UniversalOptions{
+		IsClusterMode: cluster,
+		// Request-path calls carry their own deadline (redis_timeout).
+		ContextTimeoutEnabled: true,
+	}
+	for _, addr := range addrs {
+		if !strings.Contains(addr, "://") {
+			opts.Addrs = append(opts.Addrs, addr)
+			continue
+		}
+		u, err := redis.ParseURL(addr)
+		if err != nil {
+			return nil, fmt.Errorf("parse %q: %w", addr, err)
+		}
+		opts.Addrs = append(opts.Addrs, u.Addr)
+		opts.Username, opts.Password, opts.DB, opts.TLSConfig = u.Username, u.Password, u.DB, u.TLSConfig
+	}
+	if cluster && opts.DB != 0 {
+		return nil, fmt.Errorf("redis cluster has no database %d", opts.DB)
+	}
+	return opts, nil
+}
+
+func (a *App) provisionLimiter() {
+	if a.redis == nil {
+		lim, _ := share(a, "limiter|local", func() (limiter.Limiter, func(), error) {
+			return limiter.NewDenyCache(limiter.NewLocal(time.Now), time.Now), nil, nil
+		})
+		a.limiter = lim
+		return
+	}
+	key := fmt.Sprintf("limiter|%s|%s|%s", a.redisKey(), a.KeyPrefix, time.Duration(a.RedisTimeout))
+	lim, _ := share(a, key, func() (limiter.Limiter, func(), error) {
+		client := a.redis
+		m := a.metrics
+		guarded := limiter.NewGuarded(limiter.NewRedis(client), time.Duration(a.RedisTimeout), a.logger,
+			limiter.WithProbe(func(ctx context.Context) error { return client.Ping(ctx).Err() }),
+			limiter.WithOnError(func(error) { m.redisErrors.Inc() }))
+		return limiter.NewDenyCache(guarded, time.Now), func() { _ = guarded.Close() }, nil
+	})
+	a.limiter = lim
+}

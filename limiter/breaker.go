@@ -1,0 +1,291 @@
+package limiter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// ErrOpen is returned, without asking the backend, while the circuit
+// breaker of a Guarded limiter is open. It wraps ErrUnavailable.
+var ErrOpen = fmt.Errorf("%w: circuit breaker open", ErrUnavailable)
+
+// Defaults of a Guarded limiter.
+const (
+	DefaultTimeout       = 100 * time.Millisecond
+	DefaultProbeInterval = 250 * time.Millisecond
+	DefaultThreshold     = 1
+	DefaultLogInterval   = 10 * time.Second
+)
+
+// Guarded wraps a backend Limiter with a per-call timeout and a circuit
+// breaker.
+//
+// Every backend call is bounded by the timeout (the backend must honour
+// context deadlines; for go-redis set ContextTimeoutEnabled). A failed call
+// returns an error wrapping ErrUnavailable. After threshold consecutive
+// failures (default 1: one timeout is already one too many to pay on every
+// request) the breaker opens: calls return ErrOpen at once, and one
+// background goroutine probes the backend every probe interval. The first
+// successful probe closes the breaker. A call that fails because the
+// caller's own context ended is not counted as a backend failure.
+//
+// Warnings are rate-limited to one per log interval, with the number of
+// suppressed ones. Close ends the probe goroutine.
+type Guarded struct {
+	inner     Limiter
+	timeout   time.Duration
+	probe     func(context.Context) error
+	interval  time.Duration
+	threshold int64
+	logger    *zap.Logger
+	onError   func(error)
+	onState   func(open bool)
+
+	open     atomic.Bool
+	failures atomic.Int64  // consecutive
+	errCount atomic.Uint64 // total backend failures
+
+	errLog, stateLog logLimiter
+
+	mu     sync.Mutex
+	closed bool
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// GuardOption configures a Guarded limiter.
+type GuardOption func(*Guarded)
+
+// WithProbe sets the health check run while the breaker is open (e.g. a
+// Redis PING). The default is inner.Peek with no keys, which for Redis reads
+// the server clock.
+func WithProbe(probe func(context.Context) error) GuardOption {
+	return func(g *Guarded) { g.probe = probe }
+}
+
+// WithProbeInterval sets how often the open breaker probes (default
+// DefaultProbeInterval).
+func WithProbeInterval(d time.Duration) GuardOption {
+	return func(g *Guarded) {
+		if d > 0 {
+			g.interval = d
+		}
+	}
+}
+
+// WithThreshold sets how many consecutive failures open the breaker
+// (default DefaultThreshold).
+func WithThreshold(n int) GuardOption {
+	return func(g *Guarded) {
+		if n > 0 {
+			g.threshold = int64(n)
+		}
+	}
+}
+
+// WithLogInterval sets the minimum time between two warnings of one kind
+// (default DefaultLogInterval).
+func WithLogInterval(d time.Duration) GuardOption {
+	return func(g *Guarded) {
+		g.errLog.every = d
+		g.stateLog.every = d
+	}
+}
+
+// WithOnError sets a hook called on every backend failure (not on calls
+// refused by the open breaker), e.g. to count Redis errors in metrics.
+func WithOnError(f func(error)) GuardOption {
+	return func(g *Guarded) { g.onError = f }
+}
+
+// WithOnStateChange sets a hook called when the breaker opens (true) or
+// closes (false).
+func WithOnStateChange(f func(open bool)) GuardOption {
+	return func(g *Guarded) { g.onState = f }
+}
+
+// NewGuarded wraps inner. A timeout <= 0 means DefaultTimeout; a nil logger
+// logs nothing.
+func NewGuarded(inner Limiter, timeout time.Duration, logger *zap.Logger, opts ...GuardOption) *Guarded {
+	if timeout <= 0 {
+		timeout = DefaultTimeout
+	}
+	if logger == nil {
+		logger = zap.NewNop()
+	}
+	g := &Guarded{
+		inner:     inner,
+		timeout:   timeout,
+		interval:  DefaultProbeInterval,
+		threshold: DefaultThreshold,
+		logger:    logger,
+		errLog:    logLimiter{every: DefaultLogInterval},
+		stateLog:  logLimiter{every: DefaultLogInterval},
+	}
+	for _, o := range opts {
+		o(g)
+	}
+	if g.probe == nil {
+		g.probe = func(ctx context.Context) error {
+			_, _, err := inner.Peek(ctx, nil)
+			return err
+		}
+	}
+	g.ctx, g.cancel = context.WithCancel(context.Background())
+	return g
+}
+
+// Check implements Limiter.
+func (g *Guarded) Check(ctx context.Context, counters []Counter) (Result, error) {
+	if len(counters) == 0 {
+		return Result{Allowed: true, Denied: -1}, nil
+	}
+	if g.open.Load() {
+		return Result{Denied: -1}, ErrOpen
+	}
+	cctx, cancel := context.WithTimeout(ctx, g.timeout)
+	res, err := g.inner.Check(cctx, counters)
+	cancel()
+	if err != nil {
+		return Result{Denied: -1}, g.fail(ctx, err)
+	}
+	g.succeed()
+	return res, nil
+}
+
+// Peek implements Limiter.
+func (g *Guarded) Peek(ctx context.Context, keys []string) ([]int64, time.Duration, error) {
+	if g.open.Load() {
+		return nil, 0, ErrOpen
+	}
+	cctx, cancel := context.WithTimeout(ctx, g.timeout)
+	counts, reset, err := g.inner.Peek(cctx, keys)
+	cancel()
+	if err != nil {
+		return nil, 0, g.fail(ctx, err)
+	}
+	g.succeed()
+	return counts, reset, nil
+}
+
+// Forget implements Limiter.
+func (g *Guarded) Forget(userID, groupID int64) { g.inner.Forget(userID, groupID) }
+
+// Open reports whether the breaker is open.
+func (g *Guarded) Open() bool { return g.open.Load() }
+
+// Errors returns the total number of backend failures seen.
+func (g *Guarded) Errors() uint64 { return g.errCount.Load() }
+
+// Close stops the probe goroutine, if any, and waits for it. The breaker
+// stays in its current state.
+func (g *Guarded) Close() error {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+	g.cancel()
+	g.wg.Wait()
+	return nil
+}
+
+func (g *Guarded) succeed() {
+	if g.failures.Load() != 0 {
+		g.failures.Store(0)
+	}
+}
+
+// fail records a backend failure and returns the error to hand back.
+func (g *Guarded) fail(ctx context.Context, err error) error {
+	if !errors.Is(err, ErrUnavailable) {
+		err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	if ctx.Err() != nil {
+		// The caller gave up; that says nothing about the backend.
+		return err
+	}
+	g.errCount.Add(1)
+	if g.onError != nil {
+		g.onError(err)
+	}
+	if ok, suppressed := g.errLog.allow(time.Now()); ok {
+		g.logger.Warn("rate limiter backend failed", zap.Error(err), zap.Int("suppressed", suppressed))
+	}
+	if g.failures.Add(1) >= g.threshold && g.open.CompareAndSwap(false, true) {
+		g.tripped()
+	}
+	return err
+}
+
+// tripped starts the probe after the breaker opened.
+func (g *Guarded) tripped() {
+	if ok, suppressed := g.stateLog.allow(time.Now()); ok {
+		g.logger.Warn("rate limiter circuit breaker opened", zap.Duration("probe_interval", g.interval), zap.Int("suppressed", suppressed))
+	}
+	if g.onState != nil {
+		g.onState(true)
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.closed {
+		return
+	}
+	g.wg.Add(1)
+	go g.probeLoop()
+}
+
+func (g *Guarded) probeLoop() {
+	defer g.wg.Done()
+	t := time.NewTicker(g.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-g.ctx.Done():
+			return
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(g.ctx, g.timeout)
+		err := g.probe(pctx)
+		cancel()
+		if err != nil {
+			continue
+		}
+		g.failures.Store(0)
+		g.open.Store(false)
+		if ok, suppressed := g.stateLog.allow(time.Now()); ok {
+			g.logger.Info("rate limiter circuit breaker closed", zap.Int("suppressed", suppressed))
+		}
+		if g.onState != nil {
+			g.onState(false)
+		}
+		return
+	}
+}
+
+// logLimiter lets one log line through per interval and counts the rest.
+type logLimiter struct {
+	mu         sync.Mutex
+	every      time.Duration
+	last       time.Time
+	suppressed int
+}
+
+// allow reports whether to log now, and how many were suppressed since the
+// last line logged.
+func (l *logLimiter) allow(now time.Time) (bool, int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.last.IsZero() && now.Sub(l.last) < l.every {
+		l.suppressed++
+		return false, 0
+	}
+	n := l.suppressed
+	l.last, l.suppressed = now, 0
+	return true, n
+}

@@ -1,0 +1,232 @@
+package limiter
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
+)
+
+// guardedOn builds Guarded(Redis) against a private server.
+func guardedOn(t *testing.T, srv *redistest.Server, timeout time.Duration, opts ...GuardOption) (*Guarded, *observer.ObservedLogs) {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{
+		Addr:                  srv.Addr,
+		ContextTimeoutEnabled: true,
+		DialTimeout:           timeout,
+		ReadTimeout:           timeout,
+		WriteTimeout:          timeout,
+	})
+	t.Cleanup(func() { c.Close() })
+	core, logs := observer.New(zapcore.InfoLevel)
+	opts = append([]GuardOption{WithProbe(func(ctx context.Context) error { return c.Ping(ctx).Err() })}, opts...)
+	g := NewGuarded(NewRedis(c), timeout, zap.New(core), opts...)
+	t.Cleanup(func() { g.Close() })
+	return g, logs
+}
+
+func TestGuardedBreakerRedisDown(t *testing.T) {
+	srv := redistest.StartServer(t)
+	var errCount atomic.Int64
+	states := make(chan bool, 10)
+	const timeout = 300 * time.Millisecond
+	g, logs := guardedOn(t, srv, timeout,
+		WithOnError(func(error) { errCount.Add(1) }),
+		WithOnStateChange(func(open bool) { states <- open }),
+	)
+	keys := Keys{Prefix: randomPrefix(t)}
+	cs := []Counter{userCounter(keys, 1, 1000)}
+	ctx := context.Background()
+	if res, err := g.Check(ctx, cs); err != nil || !res.Allowed {
+		t.Fatalf("healthy: %+v, %v", res, err)
+	}
+
+	srv.Stop()
+	start := time.Now()
+	if _, err := g.Check(ctx, cs); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("Redis down: err %v, want ErrUnavailable", err)
+	}
+	if d := time.Since(start); d > timeout+200*time.Millisecond {
+		t.Fatalf("first failure took %v, timeout is %v", d, timeout)
+	}
+	if !g.Open() {
+		t.Fatal("breaker still closed after a failure")
+	}
+	if open := <-states; !open {
+		t.Fatal("state hook: want open")
+	}
+	var worst time.Duration
+	for range 200 {
+		start := time.Now()
+		_, err := g.Check(ctx, cs)
+		if d := time.Since(start); d > worst {
+			worst = d
+		}
+		if !errors.Is(err, ErrOpen) || !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("open breaker: err %v, want ErrOpen", err)
+		}
+	}
+	if worst > 5*time.Millisecond {
+		t.Fatalf("slowest call with the breaker open took %v, want a few µs", worst)
+	}
+	if _, _, err := g.Peek(ctx, []string{cs[0].Key}); !errors.Is(err, ErrOpen) {
+		t.Fatalf("peek with the breaker open: %v", err)
+	}
+	if res, err := g.Check(ctx, nil); err != nil || !res.Allowed {
+		t.Fatalf("no counters need no backend: %+v, %v", res, err)
+	}
+	time.Sleep(time.Second) // several probes fail meanwhile
+	if n := errCount.Load(); n != 1 {
+		t.Fatalf("OnError called %d times, want 1 (open-breaker refusals and probes are not backend errors)", n)
+	}
+	if n := logs.FilterMessage("rate limiter backend failed").Len(); n != 1 {
+		t.Fatalf("%d failure warnings, want 1", n)
+	}
+
+	srv.Restart()
+	back := time.Now()
+	for {
+		res, err := g.Check(ctx, cs)
+		if err == nil && res.Allowed {
+			break
+		}
+		if time.Since(back) > 5*time.Second {
+			t.Fatalf("limits not back 5s after Redis returned: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("limits resumed %v after Redis returned", time.Since(back))
+	if g.Open() {
+		t.Fatal("breaker open after a successful check")
+	}
+	if open := <-states; open {
+		t.Fatal("state hook: want closed")
+	}
+	if logs.FilterMessage("rate limiter circuit breaker closed").Len() != 1 {
+		t.Fatal("no log of the breaker closing")
+	}
+}
+
+func TestGuardedTimeoutOnHungRedis(t *testing.T) {
+	srv := redistest.StartServer(t)
+	const timeout = 100 * time.Millisecond
+	g, _ := guardedOn(t, srv, timeout)
+	keys := Keys{Prefix: randomPrefix(t)}
+	cs := []Counter{userCounter(keys, 1, 1000)}
+	ctx := context.Background()
+	if _, err := g.Check(ctx, cs); err != nil {
+		t.Fatal(err)
+	}
+	srv.Pause()
+	start := time.Now()
+	_, err := g.Check(ctx, cs)
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("hung Redis: err %v, want ErrUnavailable", err)
+	}
+	if d := time.Since(start); d > timeout+150*time.Millisecond {
+		t.Fatalf("hung Redis: call took %v, timeout %v", d, timeout)
+	}
+	start = time.Now()
+	if _, err := g.Check(ctx, cs); !errors.Is(err, ErrOpen) || time.Since(start) > 5*time.Millisecond {
+		t.Fatalf("after the timeout: err %v in %v, want ErrOpen at once", err, time.Since(start))
+	}
+	srv.Resume()
+	deadline := time.Now().Add(5 * time.Second)
+	for g.Open() {
+		if time.Now().After(deadline) {
+			t.Fatal("breaker still open 5s after Redis resumed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if res, err := g.Check(ctx, cs); err != nil || !res.Allowed {
+		t.Fatalf("after resume: %+v, %v", res, err)
+	}
+}
+
+func TestGuardedCallerCancelIsNoBackendFailure(t *testing.T) {
+	c, keys := singleClient(t)
+	g := NewGuarded(NewRedis(c), time.Second, nil)
+	defer g.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := g.Check(ctx, []Counter{userCounter(keys, 1, 10)}); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("canceled: err %v, want ErrUnavailable", err)
+	}
+	if g.Open() || g.Errors() != 0 {
+		t.Fatalf("a canceled caller opened the breaker (open %v, errors %d)", g.Open(), g.Errors())
+	}
+}
+
+func TestGuardedThresholdAndRateLimitedLogs(t *testing.T) {
+	srv := redistest.StartServer(t)
+	g, logs := guardedOn(t, srv, 200*time.Millisecond, WithThreshold(25), WithLogInterval(300*time.Millisecond))
+	srv.Stop()
+	keys := Keys{Prefix: randomPrefix(t)}
+	cs := []Counter{userCounter(keys, 1, 10)}
+	for i := range 24 {
+		if _, err := g.Check(context.Background(), cs); !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrOpen) {
+			t.Fatalf("failure %d: %v, want a backend error", i+1, err)
+		}
+	}
+	if g.Open() {
+		t.Fatal("breaker opened before the threshold")
+	}
+	if n := logs.FilterMessage("rate limiter backend failed").Len(); n != 1 {
+		t.Fatalf("%d warnings for 24 failures within the log interval, want 1", n)
+	}
+	time.Sleep(350 * time.Millisecond)
+	if _, err := g.Check(context.Background(), cs); !errors.Is(err, ErrUnavailable) {
+		t.Fatal(err)
+	}
+	if !g.Open() {
+		t.Fatal("breaker closed after 25 failures, threshold 25")
+	}
+	warns := logs.FilterMessage("rate limiter backend failed").All()
+	if len(warns) != 2 || warns[1].ContextMap()["suppressed"] != int64(23) {
+		t.Fatalf("warnings %v, want a second one with suppressed=23", warns)
+	}
+	if g.Errors() != 25 {
+		t.Fatalf("Errors() = %d, want 25", g.Errors())
+	}
+}
+
+func TestGuardedCloseEndsProbe(t *testing.T) {
+	srv := redistest.StartServer(t)
+	probes := make(chan struct{}, 100)
+	g, _ := guardedOn(t, srv, 100*time.Millisecond, WithProbeInterval(20*time.Millisecond), WithProbe(func(ctx context.Context) error {
+		probes <- struct{}{}
+		return errors.New("still down")
+	}))
+	srv.Stop()
+	keys := Keys{Prefix: randomPrefix(t)}
+	if _, err := g.Check(context.Background(), []Counter{userCounter(keys, 1, 10)}); err == nil {
+		t.Fatal("want an error")
+	}
+	<-probes
+	<-probes
+	done := make(chan struct{})
+	go func() {
+		g.Close()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+		t.Fatal("Close did not end the probe")
+	}
+	for len(probes) > 0 {
+		<-probes
+	}
+	time.Sleep(100 * time.Millisecond)
+	if len(probes) != 0 {
+		t.Fatal("probe ran after Close")
+	}
+}

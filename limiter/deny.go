@@ -1,0 +1,200 @@
+package limiter
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// DefaultDenyEntries bounds the number of entries of a DenyCache.
+const DefaultDenyEntries = 1 << 16
+
+// DenyCache wraps a Limiter and remembers, until the end of the window,
+// counters the backend reported full. A later request that includes a
+// remembered counter is refused locally (Result.Local) without a backend
+// call. A remembered counter refuses only requests whose limit for it is at
+// most the count seen full, so a raised limit goes to the backend at once;
+// Forget drops entries on invalidation.
+//
+// With no entries, Check costs one atomic load on top of the inner call;
+// with entries, one lock-free map lookup per counter.
+type DenyCache struct {
+	inner Limiter
+	now   func() time.Time
+	max   int64
+
+	size   atomic.Int64 // number of entries in m
+	latest atomic.Int64 // max until of all entries, unix ns
+	m      sync.Map     // counter key -> *denyEntry
+}
+
+type denyEntry struct {
+	until           time.Time
+	count           int64 // the counter's count when refused (>= its limit)
+	userID, groupID int64
+	snap            *denySnapshot
+}
+
+// denySnapshot holds the counts of all counters of the refused request, to
+// answer a local refusal with the best counts known.
+type denySnapshot struct {
+	keys   []string
+	counts []int64
+}
+
+func (s *denySnapshot) count(key string) int64 {
+	for i, k := range s.keys {
+		if k == key {
+			return s.counts[i]
+		}
+	}
+	return 0
+}
+
+// DenyOption configures a DenyCache.
+type DenyOption func(*DenyCache)
+
+// WithMaxEntries bounds the number of remembered counters (default
+// DefaultDenyEntries).
+func WithMaxEntries(n int) DenyOption {
+	return func(d *DenyCache) {
+		if n > 0 {
+			d.max = int64(n)
+		}
+	}
+}
+
+// NewDenyCache wraps inner; now defaults to time.Now.
+func NewDenyCache(inner Limiter, now func() time.Time, opts ...DenyOption) *DenyCache {
+	if now == nil {
+		now = time.Now
+	}
+	d := &DenyCache{inner: inner, now: now, max: DefaultDenyEntries}
+	for _, o := range opts {
+		o(d)
+	}
+	return d
+}
+
+// Check implements Limiter.
+func (d *DenyCache) Check(ctx context.Context, counters []Counter) (Result, error) {
+	if len(counters) == 0 {
+		return Result{Allowed: true, Denied: -1}, nil
+	}
+	if d.size.Load() > 0 {
+		if res, ok := d.local(counters); ok {
+			return res, nil
+		}
+	}
+	start := d.now()
+	res, err := d.inner.Check(ctx, counters)
+	if err == nil && !res.Allowed && !res.Local && res.ResetIn > 0 && len(res.Counts) == len(counters) {
+		d.remember(start.Add(res.ResetIn), counters, res.Counts)
+	}
+	return res, err
+}
+
+// local answers a refusal from the cache if a counter of the request is
+// remembered full.
+func (d *DenyCache) local(counters []Counter) (Result, bool) {
+	now := d.now()
+	if now.UnixNano() >= d.latest.Load() {
+		d.sweep(now)
+		return Result{}, false
+	}
+	for i, c := range counters {
+		v, ok := d.m.Load(c.Key)
+		if !ok {
+			continue
+		}
+		e := v.(*denyEntry)
+		if !now.Before(e.until) || c.Limit > e.count {
+			continue
+		}
+		counts := make([]int64, len(counters))
+		for j, cj := range counters {
+			counts[j] = e.snap.count(cj.Key)
+		}
+		counts[i] = e.count
+		return Result{Counts: counts, Denied: i, ResetIn: e.until.Sub(now), Local: true}, true
+	}
+	return Result{}, false
+}
+
+// remember stores every full counter of a refused request until the end of
+// its window.
+func (d *DenyCache) remember(until time.Time, counters []Counter, counts []int64) {
+	snap := &denySnapshot{keys: make([]string, len(counters)), counts: counts}
+	for i, c := range counters {
+		snap.keys[i] = c.Key
+	}
+	for u := until.UnixNano(); ; {
+		l := d.latest.Load()
+		if u <= l || d.latest.CompareAndSwap(l, u) {
+			break
+		}
+	}
+	for i, c := range counters {
+		if counts[i] < c.Limit {
+			continue
+		}
+		if d.size.Load() >= d.max {
+			d.evict()
+		}
+		e := &denyEntry{until: until, count: counts[i], userID: c.UserID, groupID: c.GroupID, snap: snap}
+		if _, loaded := d.m.Swap(c.Key, e); !loaded {
+			d.size.Add(1)
+		}
+	}
+}
+
+// evict makes room: expired entries first, then any until below the bound.
+func (d *DenyCache) evict() {
+	d.sweep(d.now())
+	d.m.Range(func(k, v any) bool {
+		if d.size.Load() < d.max {
+			return false
+		}
+		d.delete(k, v)
+		return true
+	})
+}
+
+// sweep drops expired entries.
+func (d *DenyCache) sweep(now time.Time) {
+	d.m.Range(func(k, v any) bool {
+		if !now.Before(v.(*denyEntry).until) {
+			d.delete(k, v)
+		}
+		return true
+	})
+}
+
+func (d *DenyCache) delete(k, v any) {
+	if d.m.CompareAndDelete(k, v) {
+		d.size.Add(-1)
+	}
+}
+
+// Peek implements Limiter.
+func (d *DenyCache) Peek(ctx context.Context, keys []string) ([]int64, time.Duration, error) {
+	return d.inner.Peek(ctx, keys)
+}
+
+// Forget implements Limiter: it drops the entries of counters of userID
+// or of groupID (0 = none); both 0 drops all. It also forgets in inner.
+func (d *DenyCache) Forget(userID, groupID int64) {
+	d.m.Range(func(k, v any) bool {
+		e := v.(*denyEntry)
+		if (userID == 0 && groupID == 0) || (userID != 0 && e.userID == userID) || (groupID != 0 && e.groupID == groupID) {
+			d.delete(k, v)
+		}
+		return true
+	})
+	d.inner.Forget(userID, groupID)
+}
+
+// Len returns the number of remembered counters, expired ones included
+// until they are swept.
+func (d *DenyCache) Len() int { return int(d.size.Load()) }

@@ -1,0 +1,164 @@
+package limiter
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
+)
+
+// sharedRedis is the Redis every worker shares; tests use a random key
+// prefix and delete their keys.
+const sharedRedis = "127.0.0.1:6379"
+
+// minRemaining is how much of the Redis-clock minute must remain before a
+// test that needs several requests in one window starts.
+const minRemaining = 15 * time.Second
+
+// randomPrefix returns a fresh key prefix for one test.
+func randomPrefix(t testing.TB) string {
+	t.Helper()
+	b := make([]byte, 6)
+	if _, err := rand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return "rpmtest:" + hex.EncodeToString(b) + ":"
+}
+
+// singleClient connects to the shared Redis and deletes every key under the
+// returned Keys' prefix on cleanup.
+func singleClient(t testing.TB) (redis.UniversalClient, Keys) {
+	t.Helper()
+	c := redis.NewClient(&redis.Options{Addr: sharedRedis, ContextTimeoutEnabled: true})
+	if err := c.Ping(context.Background()).Err(); err != nil {
+		c.Close()
+		t.Skipf("shared Redis at %s not reachable: %v", sharedRedis, err)
+	}
+	keys := Keys{Prefix: randomPrefix(t)}
+	t.Cleanup(func() {
+		ctx := context.Background()
+		iter := c.Scan(ctx, 0, keys.Prefix+"*", 1000).Iterator()
+		var del []string
+		for iter.Next(ctx) {
+			del = append(del, iter.Val())
+		}
+		if len(del) > 0 {
+			if err := c.Del(ctx, del...).Err(); err != nil {
+				t.Errorf("cleanup: %v", err)
+			}
+		}
+		c.Close()
+	})
+	return c, keys
+}
+
+// clusterClient starts a private 3-node Redis Cluster.
+func clusterClient(t testing.TB) (redis.UniversalClient, Keys) {
+	t.Helper()
+	addrs := redistest.StartCluster(t)
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { c.Close() })
+	if err := c.Ping(context.Background()).Err(); err != nil {
+		t.Fatalf("cluster ping: %v", err)
+	}
+	return c, Keys{Prefix: randomPrefix(t)}
+}
+
+// redisNow returns the Redis server clock.
+func redisNow(t testing.TB, c redis.UniversalClient) time.Time {
+	t.Helper()
+	now, err := c.Time(context.Background()).Result()
+	if err != nil {
+		t.Fatalf("redis TIME: %v", err)
+	}
+	return now
+}
+
+// untilWindowEnd returns the time left in the minute of now.
+func untilWindowEnd(now time.Time) time.Duration {
+	ms := now.UnixMilli()
+	return time.Duration(Window.Milliseconds()-ms%Window.Milliseconds()) * time.Millisecond
+}
+
+// waitWindow waits, if needed, until at least minRemaining is left in the
+// current Redis-clock minute, so a test's requests share one window.
+func waitWindow(t testing.TB, c redis.UniversalClient) {
+	t.Helper()
+	if left := untilWindowEnd(redisNow(t, c)); left < minRemaining {
+		t.Logf("waiting %v for the next Redis-clock window", left)
+		time.Sleep(left + 50*time.Millisecond)
+	}
+}
+
+// cmdCounter is a go-redis hook counting the commands sent, by name.
+type cmdCounter struct {
+	evalsha, eval, other atomic.Int64
+}
+
+func (h *cmdCounter) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *cmdCounter) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.count(cmd)
+		return next(ctx, cmd)
+	}
+}
+
+func (h *cmdCounter) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, cmd := range cmds {
+			h.count(cmd)
+		}
+		return next(ctx, cmds)
+	}
+}
+
+func (h *cmdCounter) count(cmd redis.Cmder) {
+	switch strings.ToLower(cmd.Name()) {
+	case "evalsha":
+		h.evalsha.Add(1)
+	case "eval":
+		h.eval.Add(1)
+	default:
+		h.other.Add(1)
+	}
+}
+
+func (h *cmdCounter) reset() {
+	h.evalsha.Store(0)
+	h.eval.Store(0)
+	h.other.Store(0)
+}
+
+func (h *cmdCounter) total() int64 { return h.evalsha.Load() + h.eval.Load() + h.other.Load() }
+
+// fakeClock is an injectable clock.
+type fakeClock struct {
+	ns atomic.Int64 // unix ns
+}
+
+func newFakeClock(t time.Time) *fakeClock {
+	c := &fakeClock{}
+	c.ns.Store(t.UnixNano())
+	return c
+}
+
+func (c *fakeClock) Now() time.Time      { return time.Unix(0, c.ns.Load()) }
+func (c *fakeClock) Add(d time.Duration) { c.ns.Add(int64(d)) }
+
+// privateClient starts a private redis-server for tests that change
+// server-wide state.
+func privateClient(t testing.TB) (*redis.Client, Keys) {
+	t.Helper()
+	srv := redistest.StartServer(t)
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { c.Close() })
+	return c, Keys{Prefix: randomPrefix(t)}
+}

@@ -1,0 +1,337 @@
+package limiter
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+func redisBackend(t *testing.T, c redis.UniversalClient, keys Keys) backend {
+	r := NewRedis(c)
+	return backend{
+		lim:  r,
+		keys: keys,
+		count: func(t *testing.T, key string) int64 {
+			t.Helper()
+			return rawCount(t, c, key)
+		},
+		wait: func(t *testing.T) { waitWindow(t, c) },
+	}
+}
+
+// rawCount reads a counter's hash directly (the layout documented in
+// redis.go), independent of the scripts: n if w is the current window of
+// the Redis clock, else 0.
+func rawCount(t *testing.T, c redis.UniversalClient, key string) int64 {
+	t.Helper()
+	ctx := context.Background()
+	vals, err := c.HMGet(ctx, key, "w", "n").Result()
+	if err != nil {
+		t.Fatalf("hmget %s: %v", key, err)
+	}
+	if vals[0] == nil {
+		return 0
+	}
+	w, err := strconv.ParseInt(vals[0].(string), 10, 64)
+	if err != nil {
+		t.Fatalf("%s: bad window %q", key, vals[0])
+	}
+	if w != redisNow(t, c).UnixMilli()/Window.Milliseconds() {
+		return 0
+	}
+	n, err := strconv.ParseInt(vals[1].(string), 10, 64)
+	if err != nil {
+		t.Fatalf("%s: bad count %q", key, vals[1])
+	}
+	return n
+}
+
+func TestRedisSpecTable(t *testing.T) {
+	c, keys := singleClient(t)
+	testSpecTable(t, redisBackend(t, c, keys))
+}
+
+func TestRedisCluster(t *testing.T) {
+	c, keys := clusterClient(t)
+	t.Run("spec table", func(t *testing.T) {
+		testSpecTable(t, redisBackend(t, c, keys))
+	})
+	t.Run("exactness", func(t *testing.T) {
+		testExactness(t, c, Keys{Prefix: keys.Prefix + "exact:"})
+	})
+	t.Run("users spread over slots", func(t *testing.T) {
+		// Users land on different masters; each request stays in one slot.
+		cc := c.(*redis.ClusterClient)
+		r := NewRedis(c)
+		waitWindow(t, c)
+		nodes := map[string]bool{}
+		for uid := int64(100); uid < 130; uid++ {
+			cs := []Counter{groupCounter(keys, uid, 1, 2), userCounter(keys, uid, 2), zoneUserCounter(keys, "z", uid, 2)}
+			for range 2 {
+				if res, err := r.Check(context.Background(), cs); err != nil || !res.Allowed {
+					t.Fatalf("user %d: %+v, %v", uid, res, err)
+				}
+			}
+			if res, err := r.Check(context.Background(), cs); err != nil || res.Allowed {
+				t.Fatalf("user %d third request: %+v, %v; want refused", uid, res, err)
+			}
+			node, err := cc.MasterForKey(context.Background(), cs[0].Key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			nodes[node.Options().Addr] = true
+		}
+		if len(nodes) < 2 {
+			t.Fatalf("30 users all on %v; want keys spread over masters", nodes)
+		}
+	})
+	t.Run("peek and resetIn", func(t *testing.T) {
+		testPeek(t, c, Keys{Prefix: keys.Prefix + "peek:"})
+	})
+}
+
+func TestRedisExactness(t *testing.T) {
+	c, keys := singleClient(t)
+	testExactness(t, c, keys)
+}
+
+// testExactness: 50 goroutines × 20 requests against limit 37 admit
+// exactly 37.
+func testExactness(t *testing.T, c redis.UniversalClient, keys Keys) {
+	r := NewRedis(c)
+	waitWindow(t, c)
+	cs := []Counter{groupCounter(keys, 1, 1, 37), userCounter(keys, 1, 1000)}
+	var admitted, refused atomic.Int64
+	var wg sync.WaitGroup
+	for range 50 {
+		wg.Go(func() {
+			for range 20 {
+				res, err := r.Check(context.Background(), cs)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if res.Allowed {
+					admitted.Add(1)
+				} else {
+					refused.Add(1)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if admitted.Load() != 37 || refused.Load() != 1000-37 {
+		t.Fatalf("admitted %d, refused %d; want 37, 963", admitted.Load(), refused.Load())
+	}
+	for i, want := range []int64{37, 37} {
+		if got := rawCount(t, c, cs[i].Key); got != want {
+			t.Fatalf("%s = %d, want %d", cs[i].Key, got, want)
+		}
+	}
+}
+
+func TestRedisResetInMatchesRedisClock(t *testing.T) {
+	c, keys := singleClient(t)
+	r := NewRedis(c)
+	for range 5 {
+		res, err := r.Check(context.Background(), []Counter{userCounter(keys, 1, 1000)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := untilWindowEnd(redisNow(t, c))
+		if res.ResetIn < time.Millisecond || res.ResetIn > Window {
+			t.Fatalf("ResetIn %v outside 1ms..60s", res.ResetIn)
+		}
+		if d := res.ResetIn - want; d < -time.Second || d > time.Second {
+			t.Fatalf("ResetIn %v, Redis clock says %v", res.ResetIn, want)
+		}
+	}
+}
+
+func TestRedisPeek(t *testing.T) {
+	c, keys := singleClient(t)
+	testPeek(t, c, keys)
+}
+
+func testPeek(t *testing.T, c redis.UniversalClient, keys Keys) {
+	r := NewRedis(c)
+	ctx := context.Background()
+	waitWindow(t, c)
+	cs := []Counter{userCounter(keys, 1, 10), groupCounter(keys, 1, 2, 10)}
+	for range 3 {
+		if _, err := r.Check(ctx, cs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 2 { // Peek does not increment
+		counts, reset, err := r.Peek(ctx, []string{cs[0].Key, cs[1].Key, keys.User(99)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if counts[0] != 3 || counts[1] != 3 || counts[2] != 0 {
+			t.Fatalf("peek counts %v, want [3 3 0]", counts)
+		}
+		checkResetIn(t, reset)
+	}
+	if n, err := r.Count(ctx, cs[0].Key); err != nil || n != 3 {
+		t.Fatalf("Count = %d, %v; want 3", n, err)
+	}
+	counts, reset, err := r.Peek(ctx, nil)
+	if err != nil || len(counts) != 0 {
+		t.Fatalf("peek no keys: %v, %v", counts, err)
+	}
+	want := untilWindowEnd(redisNow(t, c))
+	if d := reset - want; d < -time.Second || d > time.Second {
+		t.Fatalf("peek ResetIn %v, Redis clock says %v", reset, want)
+	}
+}
+
+func TestRedisRoundTrips(t *testing.T) {
+	c, keys := singleClient(t)
+	hook := &cmdCounter{}
+	c.AddHook(hook)
+	r := NewRedis(c)
+	ctx := context.Background()
+	waitWindow(t, c)
+	cs := []Counter{groupCounter(keys, 1, 1, 3), userCounter(keys, 1, 10), zoneUserCounter(keys, "z", 1, 10)}
+	if _, err := r.Check(ctx, cs); err != nil { // loads the script if needed
+		t.Fatal(err)
+	}
+	for range 4 {
+		hook.reset()
+		if _, err := r.Check(ctx, cs); err != nil {
+			t.Fatal(err)
+		}
+		if hook.evalsha.Load() != 1 || hook.total() != 1 {
+			t.Fatalf("commands per Check: evalsha %d, total %d; want exactly 1 EVALSHA", hook.evalsha.Load(), hook.total())
+		}
+	}
+	hook.reset()
+	if res, err := r.Check(ctx, nil); err != nil || !res.Allowed {
+		t.Fatalf("no counters: %+v, %v", res, err)
+	}
+	if hook.total() != 0 {
+		t.Fatalf("Check without counters sent %d commands, want 0", hook.total())
+	}
+
+	// Deny cache: the backend's refusal costs one round trip; later
+	// refusals in the window cost none.
+	d := NewDenyCache(r, nil)
+	hook.reset()
+	res, err := d.Check(ctx, cs)
+	if err != nil || res.Allowed || res.Local || res.Denied != 0 {
+		t.Fatalf("first refusal: %+v, %v", res, err)
+	}
+	if hook.total() != 1 {
+		t.Fatalf("backend refusal sent %d commands, want 1", hook.total())
+	}
+	hook.reset()
+	for range 10 {
+		res, err := d.Check(ctx, cs)
+		if err != nil || res.Allowed || !res.Local || res.Denied != 0 || res.Counts[0] != 3 || res.Counts[1] != 3 {
+			t.Fatalf("local refusal: %+v, %v", res, err)
+		}
+		checkResetIn(t, res.ResetIn)
+	}
+	if hook.total() != 0 {
+		t.Fatalf("deny-cache refusals sent %d commands, want 0", hook.total())
+	}
+	// Requests without the full counter still go to Redis.
+	hook.reset()
+	if res, err := d.Check(ctx, cs[1:]); err != nil || !res.Allowed {
+		t.Fatalf("other counters: %+v, %v", res, err)
+	}
+	if hook.evalsha.Load() != 1 {
+		t.Fatalf("evalsha %d, want 1", hook.evalsha.Load())
+	}
+}
+
+func TestRedisScriptReload(t *testing.T) {
+	// After SCRIPT FLUSH on a private server, Check falls back to EVAL.
+	c, keys := privateClient(t)
+	if err := c.ScriptFlush(context.Background()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	r := NewRedis(c)
+	if res, err := r.Check(context.Background(), []Counter{userCounter(keys, 1, 5)}); err != nil || !res.Allowed {
+		t.Fatalf("after SCRIPT FLUSH: %+v, %v", res, err)
+	}
+}
+
+func TestRedisExpiry(t *testing.T) {
+	c, keys := singleClient(t)
+	r := NewRedis(c, WithExpirySlack(3*time.Second))
+	ctx := context.Background()
+	key := keys.User(1)
+	res, err := r.Check(ctx, []Counter{userCounter(keys, 1, 5)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ttl, err := c.PTTL(ctx, key).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := res.ResetIn + 3*time.Second
+	if d := ttl - want; d < -time.Second || d > time.Second {
+		t.Fatalf("PTTL %v, want about %v (window end + slack)", ttl, want)
+	}
+}
+
+func TestRedisStaleWindowReadsZero(t *testing.T) {
+	c, keys := singleClient(t)
+	r := NewRedis(c)
+	ctx := context.Background()
+	waitWindow(t, c)
+	key := keys.User(1)
+	old := redisNow(t, c).UnixMilli()/Window.Milliseconds() - 1
+	if err := c.HSet(ctx, key, "w", old, "n", 100).Err(); err != nil {
+		t.Fatal(err)
+	}
+	cs := []Counter{userCounter(keys, 1, 2)}
+	if counts, _, err := r.Peek(ctx, []string{key}); err != nil || counts[0] != 0 {
+		t.Fatalf("peek of a past window: %v, %v; want 0", counts, err)
+	}
+	for i := int64(1); i <= 2; i++ {
+		res, err := r.Check(ctx, cs)
+		if err != nil || !res.Allowed || res.Counts[0] != i {
+			t.Fatalf("request %d: %+v, %v", i, res, err)
+		}
+	}
+	if res, err := r.Check(ctx, cs); err != nil || res.Allowed {
+		t.Fatalf("third: %+v, %v; want refused", res, err)
+	}
+	if ttl := c.PTTL(ctx, key).Val(); ttl <= 0 {
+		t.Fatalf("PTTL %v after the window rolled over, want an expiry", ttl)
+	}
+}
+
+func BenchmarkRedisCheck(b *testing.B) {
+	c := redis.NewClient(&redis.Options{Addr: sharedRedis, ContextTimeoutEnabled: true})
+	defer c.Close()
+	ctx := context.Background()
+	if err := c.Ping(ctx).Err(); err != nil {
+		b.Skipf("shared Redis at %s not reachable: %v", sharedRedis, err)
+	}
+	keys := Keys{Prefix: randomPrefix(b)}
+	r := NewRedis(c)
+	if err := r.Load(ctx); err != nil {
+		b.Fatal(err)
+	}
+	cs := []Counter{groupCounter(keys, 1, 1, 1<<40), userCounter(keys, 1, 1<<40)}
+	b.Cleanup(func() { c.Del(ctx, cs[0].Key, cs[1].Key) })
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := r.Check(ctx, cs); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+}

@@ -1,0 +1,213 @@
+package snapshot
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
+
+	"github.com/maypok86/otter/v2"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/singleflight"
+)
+
+// Loader reads a snapshot from the store. It returns a negative snapshot
+// (see Negative) for an unknown key and an error only when the store could
+// not answer.
+type Loader func(ctx context.Context, keyHash string) (*Snapshot, error)
+
+// ErrUnavailable reports that no usable snapshot exists and the store could
+// not be asked: the caller answers 503, never 401.
+var ErrUnavailable = errors.New("auth store unavailable")
+
+// CacheConfig sizes the two cache layers.
+type CacheConfig struct {
+	L1Size       int
+	L1TTL        time.Duration
+	L2TTL        time.Duration
+	NegativeTTL  time.Duration
+	Jitter       float64 // fraction of a TTL, e.g. 0.1
+	StaleIfError time.Duration
+	// L2Prefix prefixes the Redis keys of L2 entries.
+	L2Prefix string
+	// L2Timeout bounds each L2 call so a slow Redis never stalls auth.
+	L2Timeout time.Duration
+}
+
+// CacheHooks observe the cache for metrics. Nil hooks are skipped.
+type CacheHooks struct {
+	Hit      func(layer string)
+	Miss     func(layer string)
+	Load     func()
+	Stale    func()
+	L2Errors func()
+}
+
+// Cache serves snapshots from L1 (in-process), then L2 (Redis), then the
+// store, collapsing concurrent misses of one key into a single load.
+type Cache struct {
+	cfg   CacheConfig
+	l1    *otter.Cache[string, *entry]
+	l2    redis.UniversalClient
+	load  Loader
+	hooks CacheHooks
+	now   func() time.Time
+
+	flight singleflight.Group
+	// epoch changes on every invalidation; a load that began before one
+	// does not write its (possibly outdated) result to the caches.
+	epoch atomic.Uint64
+}
+
+type entry struct {
+	snap       *Snapshot
+	freshUntil time.Time
+}
+
+// NewCache builds a cache. l2 may be nil (L1 only).
+func NewCache(cfg CacheConfig, l2 redis.UniversalClient, load Loader, hooks CacheHooks) *Cache {
+	c := &Cache{cfg: cfg, l2: l2, load: load, hooks: hooks, now: time.Now}
+	keep := cfg.StaleIfError
+	c.l1 = otter.Must(&otter.Options[string, *entry]{
+		MaximumSize: cfg.L1Size,
+		// Entries outlive their freshness by stale_if_error so they can be
+		// served while the store is down.
+		ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[string, *entry]) time.Duration {
+			return time.Until(e.Value.freshUntil) + keep
+		}),
+	})
+	return c
+}
+
+// Get returns the snapshot of keyHash. A negative snapshot means the key is
+// unknown. ErrUnavailable means the store failed and nothing usable is cached.
+func (c *Cache) Get(ctx context.Context, keyHash string) (*Snapshot, error) {
+	e, ok := c.l1.GetIfPresent(keyHash)
+	if ok && c.now().Before(e.freshUntil) {
+		c.hook(c.hooks.Hit, "l1")
+		return e.snap, nil
+	}
+	c.hook(c.hooks.Miss, "l1")
+	v, err, _ := c.flight.Do(keyHash, func() (any, error) {
+		return c.fill(context.WithoutCancel(ctx), keyHash)
+	})
+	if err == nil {
+		return v.(*Snapshot), nil
+	}
+	// Serve a stale positive snapshot rather than fail: an outage is not a
+	// reason to lock out known keys. A stale negative is not served, since
+	// the key may have been created meanwhile.
+	if ok && !e.snap.NotFound && c.now().Before(e.freshUntil.Add(c.cfg.StaleIfError)) {
+		if c.hooks.Stale != nil {
+			c.hooks.Stale()
+		}
+		return e.snap, nil
+	}
+	return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+}
+
+func (c *Cache) fill(ctx context.Context, keyHash string) (*Snapshot, error) {
+	epoch := c.epoch.Load()
+	if s := c.getL2(ctx, keyHash); s != nil {
+		c.hook(c.hooks.Hit, "l2")
+		if c.epoch.Load() == epoch {
+			c.setL1(keyHash, s)
+		}
+		return s, nil
+	}
+	c.hook(c.hooks.Miss, "l2")
+	if c.hooks.Load != nil {
+		c.hooks.Load()
+	}
+	s, err := c.load(ctx, keyHash)
+	if err != nil {
+		return nil, fmt.Errorf("load snapshot: %w", err)
+	}
+	if c.epoch.Load() == epoch {
+		c.setL1(keyHash, s)
+		c.setL2(ctx, keyHash, s)
+	}
+	return s, nil
+}
+
+func (c *Cache) getL2(ctx context.Context, keyHash string) *Snapshot {
+	if c.l2 == nil {
+		return nil
+	}
+	ctx, cancel := c.l2Context(ctx)
+	defer cancel()
+	b, err := c.l2.Get(ctx, c.l2Key(keyHash)).Bytes()
+	if err != nil {
+		if !errors.Is(err, redis.Nil) {
+			c.hook0(c.hooks.L2Errors)
+		}
+		return nil
+	}
+	// An entry of another version or a corrupt one is a miss; the load that
+	// follows overwrites it.
+	s, err := Decode(b)
+	if err != nil {
+		return nil
+	}
+	return s
+}
+
+func (c *Cache) setL1(keyHash string, s *Snapshot) {
+	ttl := c.cfg.L1TTL
+	if s.NotFound {
+		ttl = min(ttl, c.cfg.NegativeTTL)
+	}
+	c.l1.Set(keyHash, &entry{snap: s, freshUntil: c.now().Add(c.jitter(ttl))})
+}
+
+func (c *Cache) setL2(ctx context.Context, keyHash string, s *Snapshot) {
+	if c.l2 == nil {
+		return
+	}
+	ttl := c.cfg.L2TTL
+	if s.NotFound {
+		ttl = c.cfg.NegativeTTL
+	}
+	b, err := Encode(s)
+	if err != nil {
+		return
+	}
+	ctx, cancel := c.l2Context(ctx)
+	defer cancel()
+	if err := c.l2.Set(ctx, c.l2Key(keyHash), b, c.jitter(ttl)).Err(); err != nil {
+		c.hook0(c.hooks.L2Errors)
+	}
+}
+
+// jitter spreads expiries by ±Jitter so entries loaded together do not
+// expire together.
+func (c *Cache) jitter(d time.Duration) time.Duration {
+	if c.cfg.Jitter <= 0 || d <= 0 {
+		return d
+	}
+	f := 1 + c.cfg.Jitter*(2*rand.Float64()-1)
+	return time.Duration(float64(d) * f)
+}
+
+func (c *Cache) l2Key(keyHash string) string { return c.cfg.L2Prefix + keyHash }
+
+func (c *Cache) l2Context(ctx context.Context) (context.Context, context.CancelFunc) {
+	if c.cfg.L2Timeout > 0 {
+		return context.WithTimeout(ctx, c.cfg.L2Timeout)
+	}
+	return context.WithCancel(ctx)
+}
+
+func (c *Cache) hook(f func(string), layer string) {
+	if f != nil {
+		f(layer)
+	}
+}
+
+func (c *Cache) hook0(f func()) {
+	if f != nil {
+		f()
+	}
+}

@@ -1,0 +1,4 @@
+package store
+
+// ListenPID returns the backend pid of the current LISTEN connection, or 0.
+func (p *Postgres) ListenPID() uint32 { return p.listenPID.Load() }

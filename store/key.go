@@ -1,0 +1,52 @@
+package store
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"math/big"
+)
+
+// KeyPrefix starts every key that NewKey generates.
+const KeyPrefix = "sk-rpm-"
+
+const (
+	keyRandomLen  = 40 // base62 characters after KeyPrefix (~238 bits)
+	displayPrefix = len(KeyPrefix) + 6
+	base62        = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+)
+
+// GeneratedKey is a new random API key. Raw is shown to its owner once and
+// never stored; Hash is what the stores keep.
+type GeneratedKey struct {
+	Raw    string
+	Hash   [sha256.Size]byte
+	Prefix string // the first characters of Raw, safe to display
+}
+
+// HashHex returns the key's SHA-256 as lowercase hex (the cache key).
+func (k GeneratedKey) HashHex() string { return hex.EncodeToString(k.Hash[:]) }
+
+// NewKey generates a random API key from crypto/rand: KeyPrefix followed by
+// 40 base62 characters.
+func NewKey() (GeneratedKey, error) {
+	buf := make([]byte, len(KeyPrefix)+keyRandomLen)
+	copy(buf, KeyPrefix)
+	max := big.NewInt(int64(len(base62)))
+	for i := len(KeyPrefix); i < len(buf); i++ {
+		n, err := rand.Int(rand.Reader, max)
+		if err != nil {
+			return GeneratedKey{}, fmt.Errorf("generate key: %w", err)
+		}
+		buf[i] = base62[n.Int64()]
+	}
+	raw := string(buf)
+	return GeneratedKey{Raw: raw, Hash: sha256.Sum256(buf), Prefix: raw[:displayPrefix]}, nil
+}
+
+// HashKey returns the lowercase hex SHA-256 of a raw key.
+func HashKey(raw string) string {
+	sum := sha256.Sum256([]byte(raw))
+	return hex.EncodeToString(sum[:])
+}

@@ -1,0 +1,113 @@
+package store_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/caddyrpm/caddy-rpm/store"
+	"github.com/caddyrpm/caddy-rpm/store/storetest"
+)
+
+func TestParseEvent(t *testing.T) {
+	h := store.HashKey("k")
+	for _, tc := range []struct {
+		in   string
+		want store.Event
+		ok   bool
+	}{
+		{"all", store.Event{Scope: store.ScopeAll}, true},
+		{"user:12", store.Event{Scope: store.ScopeUser, ID: 12}, true},
+		{"group:3", store.Event{Scope: store.ScopeGroup, ID: 3}, true},
+		{"key:7:" + h, store.Event{Scope: store.ScopeKey, ID: 7, KeyHash: h}, true},
+		{"key:7", store.Event{Scope: store.ScopeKey, ID: 7}, true},
+		{"key:7:xyz", store.Event{}, false},
+		{"user:", store.Event{}, false},
+		{"user:abc", store.Event{}, false},
+		{"user:1:2", store.Event{}, false},
+		{"thing:1", store.Event{}, false},
+		{"", store.Event{}, false},
+		{"ALL", store.Event{}, false},
+	} {
+		got, ok := store.ParseEvent(tc.in)
+		if ok != tc.ok || got != tc.want {
+			t.Errorf("ParseEvent(%q) = %+v, %v; want %+v, %v", tc.in, got, ok, tc.want, tc.ok)
+		}
+	}
+}
+
+func TestListenReconnects(t *testing.T) {
+	pool, _ := storetest.NewSchema(t)
+	st := store.NewPostgres(pool)
+	u := userWithID(t, pool, randomID(), 1)
+
+	events := make(chan store.Event, 100)
+	gaps := make(chan struct{}, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		st.Listen(ctx,
+			func(e store.Event) {
+				if e.Scope == store.ScopeUser && e.ID == u {
+					events <- e
+				}
+			},
+			func() { gaps <- struct{}{} })
+	}()
+	defer func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Error("Listen did not return after cancel")
+		}
+	}()
+
+	waitPID := func(not uint32) uint32 {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(deadline) {
+			if pid := st.ListenPID(); pid != 0 && pid != not {
+				return pid
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Fatal("listener did not connect")
+		return 0
+	}
+	expectEvent := func(limit int64) {
+		t.Helper()
+		exec(t, pool, `update rpm_users set rpm_limit = $2 where id = $1`, u, limit)
+		select {
+		case e := <-events:
+			if e != (store.Event{Scope: store.ScopeUser, ID: u}) {
+				t.Fatalf("event %+v", e)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("no event")
+		}
+	}
+
+	pid := waitPID(0)
+	expectEvent(2)
+	select {
+	case <-gaps:
+		t.Fatal("onGap called without a reconnect")
+	default:
+	}
+
+	var killed bool
+	if err := pool.QueryRow(context.Background(), `select pg_terminate_backend($1)`, int32(pid)).Scan(&killed); err != nil || !killed {
+		t.Fatalf("pg_terminate_backend(%d) = %v, %v", pid, killed, err)
+	}
+	select {
+	case <-gaps:
+	case <-time.After(10 * time.Second):
+		t.Fatal("onGap not called after the backend was killed")
+	}
+	if newPID := waitPID(pid); newPID == pid {
+		t.Fatal("same backend after reconnect")
+	}
+	expectEvent(3)
+}

@@ -37,7 +37,8 @@ type Handler struct {
 	clearRuns atomic.Int64
 }
 
-// NewHandler returns a handler serving the admin routes for b.
+// NewHandler returns a handler serving the admin routes for b; a nil
+// logger discards logs.
 func NewHandler(b Backend, logger *zap.Logger) *Handler {
 	return newHandler(func() (Backend, error) { return b, nil }, logger)
 }

@@ -1,3 +1,8 @@
+// Package admin is the admin.api.rpm module: JSON routes on Caddy's admin
+// endpoint for RPM status, override management (including "clear all"),
+// limit and status changes and auth cache invalidation, plus the admin web
+// page. The routes and their answers are listed in SPEC §8; besides those,
+// rpm-status reports per_zone (route-limit zones of this instance).
 package admin
 
 import (

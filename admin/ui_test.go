@@ -209,6 +209,11 @@ func TestUIBrowser(t *testing.T) {
 		if n := api.inFlight(); n != 1 {
 			t.Errorf("%d DELETEs in flight, want 1", n)
 		}
+		var others []bool
+		b.eval(`['save', 'add-row'].map(id => document.getElementById(id).disabled)`, &others)
+		if !reflect.DeepEqual(others, []bool{true, true}) {
+			t.Errorf("save, add-row disabled = %v during the clear, want both true", others)
+		}
 		b.shot("04-clearing")
 		time.Sleep(500 * time.Millisecond)
 		b.click("#clear-all") // a third click, still in flight: ignored
@@ -240,7 +245,7 @@ func TestUIBrowser(t *testing.T) {
 		b.click("#save")
 		b.waitJS(`document.getElementById('message').textContent.includes('read-only')`)
 		msg := b.text("#message")
-		if !strings.Contains(msg, "keys_file store is read-only") || !strings.Contains(msg, uiFakeReadOnly) {
+		if !strings.Contains(msg, uiFakeReadOnly) || !strings.Contains(msg, "Edit the keys file") {
 			t.Errorf("409 message %q", msg)
 		}
 		b.expectVisible("#message")
@@ -333,7 +338,7 @@ func uiMux(api *uiFakeAPI) http.Handler {
 
 // ---- fake JSON API ---------------------------------------------------------
 
-const uiFakeReadOnly = "keys_file store is read-only"
+const uiFakeReadOnly = "the keys_file store is read-only; configure postgres to change data"
 
 type uiEntry struct {
 	UserID      int64  `json:"user_id"`

@@ -25,6 +25,13 @@ const (
 	envAdminToken  = "CADDY_RPM_ADMIN_TOKEN"
 )
 
+// cmdRPMStdout and cmdRPMStderr are where the rpm commands write; tests
+// replace them.
+var (
+	cmdRPMStdout io.Writer = os.Stdout
+	cmdRPMStderr io.Writer = os.Stderr
+)
+
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "rpm",
@@ -136,7 +143,7 @@ func cmdRPMMigrate(fl caddycmd.Flags) (int, error) {
 	if err := store.Migrate(ctx, pool); err != nil {
 		return caddy.ExitCodeFailedStartup, err
 	}
-	fmt.Fprintln(os.Stderr, "migrations applied")
+	fmt.Fprintln(cmdRPMStderr, "migrations applied")
 	return caddy.ExitCodeSuccess, nil
 }
 
@@ -168,8 +175,8 @@ func cmdRPMKeyCreate(fl caddycmd.Flags) (int, error) {
 	if err != nil {
 		return caddy.ExitCodeFailedStartup, err
 	}
-	fmt.Fprintf(os.Stderr, "created api key %d (%s…) for user %d; it is shown only once:\n", id, key.Prefix, userID)
-	fmt.Println(key.Raw)
+	fmt.Fprintf(cmdRPMStderr, "created api key %d (%s…) for user %d; it is shown only once:\n", id, key.Prefix, userID)
+	fmt.Fprintln(cmdRPMStdout, key.Raw)
 	return caddy.ExitCodeSuccess, nil
 }
 
@@ -201,11 +208,11 @@ func cmdRPMStatus(fl caddycmd.Flags) (int, error) {
 		return caddy.ExitCodeFailedStartup, fmt.Errorf("read response: %w", err)
 	}
 	var out bytes.Buffer
-	if err := json.Indent(&out, body, "", "  "); err != nil {
+	if err := json.Indent(&out, bytes.TrimSpace(body), "", "  "); err != nil {
 		return caddy.ExitCodeFailedStartup, fmt.Errorf("admin API answered with invalid JSON: %w", err)
 	}
 	out.WriteByte('\n')
-	if _, err := out.WriteTo(os.Stdout); err != nil {
+	if _, err := out.WriteTo(cmdRPMStdout); err != nil {
 		return caddy.ExitCodeFailedStartup, err
 	}
 	return caddy.ExitCodeSuccess, nil

@@ -51,7 +51,7 @@ type Guarded struct {
 	failures atomic.Int64  // consecutive
 	errCount atomic.Uint64 // total backend failures
 
-	errLog, stateLog logLimiter
+	errLog, openLog, closeLog logLimiter
 
 	mu     sync.Mutex
 	closed bool
@@ -95,7 +95,8 @@ func WithThreshold(n int) GuardOption {
 func WithLogInterval(d time.Duration) GuardOption {
 	return func(g *Guarded) {
 		g.errLog.every = d
-		g.stateLog.every = d
+		g.openLog.every = d
+		g.closeLog.every = d
 	}
 }
 
@@ -127,7 +128,8 @@ func NewGuarded(inner Limiter, timeout time.Duration, logger *zap.Logger, opts .
 		threshold: DefaultThreshold,
 		logger:    logger,
 		errLog:    logLimiter{every: DefaultLogInterval},
-		stateLog:  logLimiter{every: DefaultLogInterval},
+		openLog:   logLimiter{every: DefaultLogInterval},
+		closeLog:  logLimiter{every: DefaultLogInterval},
 	}
 	for _, o := range opts {
 		o(g)
@@ -225,7 +227,7 @@ func (g *Guarded) fail(ctx context.Context, err error) error {
 
 // tripped starts the probe after the breaker opened.
 func (g *Guarded) tripped() {
-	if ok, suppressed := g.stateLog.allow(time.Now()); ok {
+	if ok, suppressed := g.openLog.allow(time.Now()); ok {
 		g.logger.Warn("rate limiter circuit breaker opened", zap.Duration("probe_interval", g.interval), zap.Int("suppressed", suppressed))
 	}
 	if g.onState != nil {
@@ -258,7 +260,7 @@ func (g *Guarded) probeLoop() {
 		}
 		g.failures.Store(0)
 		g.open.Store(false)
-		if ok, suppressed := g.stateLog.allow(time.Now()); ok {
+		if ok, suppressed := g.closeLog.allow(time.Now()); ok {
 			g.logger.Info("rate limiter circuit breaker closed", zap.Int("suppressed", suppressed))
 		}
 		if g.onState != nil {

@@ -91,8 +91,8 @@ func TestGuardedBreakerRedisDown(t *testing.T) {
 		t.Fatalf("%d failure warnings, want 1", n)
 	}
 
-	srv.Restart()
 	back := time.Now()
+	srv.Restart()
 	for {
 		res, err := g.Check(ctx, cs)
 		if err == nil && res.Allowed {
@@ -167,11 +167,11 @@ func TestGuardedCallerCancelIsNoBackendFailure(t *testing.T) {
 
 func TestGuardedThresholdAndRateLimitedLogs(t *testing.T) {
 	srv := redistest.StartServer(t)
-	g, logs := guardedOn(t, srv, 200*time.Millisecond, WithThreshold(25), WithLogInterval(300*time.Millisecond))
+	g, logs := guardedOn(t, srv, 100*time.Millisecond, WithThreshold(5), WithLogInterval(time.Hour))
 	srv.Stop()
 	keys := Keys{Prefix: randomPrefix(t)}
 	cs := []Counter{userCounter(keys, 1, 10)}
-	for i := range 24 {
+	for i := range 4 {
 		if _, err := g.Check(context.Background(), cs); !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrOpen) {
 			t.Fatalf("failure %d: %v, want a backend error", i+1, err)
 		}
@@ -179,22 +179,36 @@ func TestGuardedThresholdAndRateLimitedLogs(t *testing.T) {
 	if g.Open() {
 		t.Fatal("breaker opened before the threshold")
 	}
-	if n := logs.FilterMessage("rate limiter backend failed").Len(); n != 1 {
-		t.Fatalf("%d warnings for 24 failures within the log interval, want 1", n)
-	}
-	time.Sleep(350 * time.Millisecond)
 	if _, err := g.Check(context.Background(), cs); !errors.Is(err, ErrUnavailable) {
 		t.Fatal(err)
 	}
 	if !g.Open() {
-		t.Fatal("breaker closed after 25 failures, threshold 25")
+		t.Fatal("breaker closed after 5 failures, threshold 5")
 	}
-	warns := logs.FilterMessage("rate limiter backend failed").All()
-	if len(warns) != 2 || warns[1].ContextMap()["suppressed"] != int64(23) {
-		t.Fatalf("warnings %v, want a second one with suppressed=23", warns)
+	if n := logs.FilterMessage("rate limiter backend failed").Len(); n != 1 {
+		t.Fatalf("%d warnings for 5 failures within the log interval, want 1", n)
 	}
-	if g.Errors() != 25 {
-		t.Fatalf("Errors() = %d, want 25", g.Errors())
+	if g.Errors() != 5 {
+		t.Fatalf("Errors() = %d, want 5", g.Errors())
+	}
+}
+
+func TestLogLimiter(t *testing.T) {
+	l := logLimiter{every: 10 * time.Second}
+	t0 := time.Unix(1000, 0)
+	if ok, n := l.allow(t0); !ok || n != 0 {
+		t.Fatalf("first: %v %d", ok, n)
+	}
+	for i := range 23 {
+		if ok, _ := l.allow(t0.Add(time.Duration(i) * 400 * time.Millisecond)); ok {
+			t.Fatalf("line %d logged within the interval", i)
+		}
+	}
+	if ok, n := l.allow(t0.Add(10 * time.Second)); !ok || n != 23 {
+		t.Fatalf("after the interval: %v, suppressed %d; want true, 23", ok, n)
+	}
+	if ok, _ := l.allow(t0.Add(11 * time.Second)); ok {
+		t.Fatal("logged again within the interval")
 	}
 }
 

@@ -53,7 +53,10 @@
       case 400: return 'Invalid input: ' + s;
       case 401: return 'Admin token required or wrong. Enter the admin token above.';
       case 404: return 'Not found' + (s ? ': ' + s : '');
-      case 409: return s + ' — the keys_file store is read-only: change the keys file and reload Caddy, or use the Postgres store to edit here.';
+      case 409:
+        // The keys_file store answers 409 to every write.
+        if (/read-only/i.test(s)) return 'Cannot change data: ' + s + '. Edit the keys file and reload Caddy instead.';
+        return 'Conflict: ' + s + '. The keys_file store is read-only: edit the keys file and reload Caddy, or configure Postgres to change data here.';
       default: return 'The admin API answered ' + err.status + (s ? ': ' + s : '');
     }
   }
@@ -371,6 +374,14 @@
     return { entries };
   }
 
+  // groupBusy disables the group's other controls while a write is in flight,
+  // so that a Save cannot race a Clear all.
+  function groupBusy(busy, except) {
+    for (const b of [el.addRow, el.save, el.clearAll]) {
+      if (b !== except) b.disabled = busy;
+    }
+  }
+
   async function save() {
     if (openGroup === null || el.save.disabled) return;
     const body = collect();
@@ -381,6 +392,7 @@
     const id = openGroup;
     clearMessage();
     setBusy(el.save, true, 'Saving…');
+    groupBusy(true, el.save);
     try {
       await api('PUT', 'groups/' + id + '/rpm-overrides', body);
       await loadGroup(id);
@@ -388,6 +400,7 @@
     } catch (err) {
       fail(err, save);
     } finally {
+      groupBusy(false, el.save);
       setBusy(el.save, false);
     }
   }
@@ -397,6 +410,7 @@
     // a disabled button and sends one request.
     if (openGroup === null || el.clearAll.disabled) return;
     setBusy(el.clearAll, true, 'Clearing…');
+    groupBusy(true, el.clearAll);
     el.overrides.setAttribute('aria-busy', 'true');
     const id = openGroup;
     clearMessage();
@@ -414,6 +428,7 @@
       fail(err, clearAll);
     } finally {
       el.overrides.removeAttribute('aria-busy');
+      groupBusy(false, el.clearAll);
       setBusy(el.clearAll, false);
     }
   }

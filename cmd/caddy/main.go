@@ -7,8 +7,7 @@ import (
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
-	_ "github.com/caddyrpm/caddy-rpm/admin"
-	_ "github.com/caddyrpm/caddy-rpm/caddyrpm"
+	_ "github.com/caddyrpm/caddy-rpm"
 )
 
 func main() {

@@ -350,3 +350,5 @@ func eventually(t testing.TB, timeout time.Duration, f func() error) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+func itoa(v int64) string { return strconv.FormatInt(v, 10) }

@@ -9,7 +9,9 @@ import (
 )
 
 // uiFiles holds the admin web page: plain HTML, CSS and JavaScript with no
-// build step and no external assets.
+// build step and no external assets. index.html loads its script and style
+// with crossorigin: Caddy's admin endpoint rejects no-cors requests, which a
+// plain <script src> or stylesheet link would be.
 //
 //go:embed ui
 var uiFiles embed.FS
@@ -67,7 +69,11 @@ func serveUI(w http.ResponseWriter, r *http.Request) {
 	h.Set("Content-Security-Policy", uiCSP)
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("X-Frame-Options", "DENY")
-	h.Set("Referrer-Policy", "no-referrer")
+	// Caddy's admin endpoint checks the Origin, or failing that the Referer,
+	// of every browser request (they carry Sec-Fetch-Mode). Same-origin GETs
+	// have no Origin, so the page's own asset loads and API reads pass only
+	// with a Referer; "same-origin" sends it to this endpoint and nowhere else.
+	h.Set("Referrer-Policy", "same-origin")
 	if r.Method == http.MethodHead {
 		return
 	}

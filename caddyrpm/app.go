@@ -72,13 +72,15 @@ type App struct {
 	redis   redis.UniversalClient
 	cache   *snapshot.Cache
 	limiter limiter.Limiter
-	keys    limiter.Keys
-	metrics *metrics
-	zones   *zoneRegistry
-	logger  *zap.Logger
-	ctx     caddy.Context
-	closers []func()
-	cancel  context.CancelFunc
+	// redisDown reports an open Redis circuit breaker; nil without Redis.
+	redisDown func() bool
+	keys      limiter.Keys
+	metrics   *metrics
+	zones     *zoneRegistry
+	logger    *zap.Logger
+	ctx       caddy.Context
+	closers   []func()
+	cancel    context.CancelFunc
 }
 
 // CacheOptions configures the L1 (in-process) and L2 (Redis) snapshot
@@ -201,6 +203,7 @@ func (a *App) provisionCache() {
 		StaleIfError: time.Duration(c.StaleIfError),
 		L2Prefix:     a.KeyPrefix + "snap:",
 		L2Timeout:    time.Duration(a.RedisTimeout),
+		L2Down:       func() bool { return a.redisDown != nil && a.redisDown() },
 	}, l2, a.loadSnapshot, snapshot.CacheHooks{
 		Hit:      func(layer string) { m.cacheHits.WithLabelValues(layer).Inc() },
 		Miss:     func(layer string) { m.cacheMisses.WithLabelValues(layer).Inc() },

@@ -15,6 +15,7 @@ import (
 
 	"github.com/caddyrpm/caddy-rpm/limiter"
 	"github.com/caddyrpm/caddy-rpm/snapshot"
+	"github.com/caddyrpm/caddy-rpm/store"
 )
 
 func init() {
@@ -158,7 +159,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if problem != nil {
 		return h.deny(w, problem)
 	}
-	snap, err := h.app.cache.Get(r.Context(), hashKey(raw))
+	snap, err := h.app.cache.Get(r.Context(), store.HashKey(raw))
 	if err != nil {
 		h.logger.Warn("auth snapshot unavailable", zap.Error(err))
 		return h.deny(w, errAuthUnavailable)

@@ -1,8 +1,6 @@
 package caddyrpm
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"net/http"
 	"strings"
 )
@@ -64,10 +62,4 @@ func checkKeyShape(key string) *apiError {
 		}
 	}
 	return nil
-}
-
-// hashKey is the cache and store identity of a key: lowercase hex SHA-256.
-func hashKey(raw string) string {
-	sum := sha256.Sum256([]byte(raw))
-	return hex.EncodeToString(sum[:])
 }

@@ -142,13 +142,21 @@ func (a *App) provisionLimiter() {
 		return
 	}
 	key := fmt.Sprintf("limiter|%s|%s|%s", a.redisKey(), a.KeyPrefix, time.Duration(a.RedisTimeout))
-	lim, _ := share(a, key, func() (limiter.Limiter, func(), error) {
+	lim, _ := share(a, key, func() (guardedStack, func(), error) {
 		client := a.redis
 		m := a.metrics
 		guarded := limiter.NewGuarded(limiter.NewRedis(client), time.Duration(a.RedisTimeout), a.logger,
 			limiter.WithProbe(func(ctx context.Context) error { return client.Ping(ctx).Err() }),
 			limiter.WithOnError(func(error) { m.redisErrors.Inc() }))
-		return limiter.NewDenyCache(guarded, time.Now), func() { _ = guarded.Close() }, nil
+		return guardedStack{limiter.NewDenyCache(guarded, time.Now), guarded}, func() { _ = guarded.Close() }, nil
 	})
 	a.limiter = lim
+	a.redisDown = lim.guard.Open
+}
+
+// guardedStack is the Redis limiter as the handler uses it, with its
+// breaker at hand so the cache can skip L2 while Redis is known down.
+type guardedStack struct {
+	limiter.Limiter
+	guard *limiter.Guarded
 }

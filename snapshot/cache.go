@@ -34,6 +34,9 @@ type CacheConfig struct {
 	L2Prefix string
 	// L2Timeout bounds each L2 call so a slow Redis never stalls auth.
 	L2Timeout time.Duration
+	// L2Down, if set, reports that Redis is known to be down (the
+	// limiter's breaker is open); L2 is then skipped instead of waited on.
+	L2Down func() bool
 }
 
 // CacheHooks observe the cache for metrics. Nil hooks are skipped.
@@ -132,8 +135,12 @@ func (c *Cache) fill(ctx context.Context, keyHash string) (*Snapshot, error) {
 	return s, nil
 }
 
+func (c *Cache) l2Usable() bool {
+	return c.l2 != nil && (c.cfg.L2Down == nil || !c.cfg.L2Down())
+}
+
 func (c *Cache) getL2(ctx context.Context, keyHash string) *Snapshot {
-	if c.l2 == nil {
+	if !c.l2Usable() {
 		return nil
 	}
 	ctx, cancel := c.l2Context(ctx)
@@ -163,7 +170,7 @@ func (c *Cache) setL1(keyHash string, s *Snapshot) {
 }
 
 func (c *Cache) setL2(ctx context.Context, keyHash string, s *Snapshot) {
-	if c.l2 == nil {
+	if !c.l2Usable() {
 		return
 	}
 	ttl := c.cfg.L2TTL

@@ -1,0 +1,203 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// target is one scenario's endpoint.
+type target struct {
+	Name   string // scenario name
+	Addr   string // 127.0.0.1:port
+	Path   string
+	Key    string // sent as Authorization: Bearer <key>; empty: none
+	Expect int    // the status every request should get
+}
+
+// sample is the outcome of one load segment against one target.
+type sample struct {
+	Elapsed   time.Duration
+	Requests  int64 // complete responses
+	Errors    int64 // transport or protocol errors (the connection is redialled)
+	Statuses  map[int]int64
+	Latencies []int64 // ns, one per complete response
+}
+
+// run drives target with n keep-alive connections, each sending its next
+// request as soon as the previous response is read, for d.
+func run(t target, n int, d time.Duration) sample {
+	req := buildRequest(t)
+	var wg sync.WaitGroup
+	results := make([]sample, n)
+	start := time.Now()
+	deadline := start.Add(d)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i] = worker(t.Addr, req, deadline)
+		}()
+	}
+	wg.Wait()
+	out := sample{Elapsed: time.Since(start), Statuses: map[int]int64{}}
+	total := 0
+	for _, r := range results {
+		total += len(r.Latencies)
+	}
+	out.Latencies = make([]int64, 0, total)
+	for _, r := range results {
+		out.Requests += r.Requests
+		out.Errors += r.Errors
+		for s, c := range r.Statuses {
+			out.Statuses[s] += c
+		}
+		out.Latencies = append(out.Latencies, r.Latencies...)
+	}
+	return out
+}
+
+func buildRequest(t target) []byte {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: rpm-bench\r\nAccept: */*\r\n", t.Path, t.Addr)
+	if t.Key != "" {
+		fmt.Fprintf(&b, "Authorization: Bearer %s\r\n", t.Key)
+	}
+	b.WriteString("\r\n")
+	return b.Bytes()
+}
+
+// worker is one connection's request loop.
+func worker(addr string, req []byte, deadline time.Time) sample {
+	s := sample{Statuses: map[int]int64{}, Latencies: make([]int64, 0, 1<<14)}
+	var c net.Conn
+	var br *bufio.Reader
+	defer func() {
+		if c != nil {
+			_ = c.Close()
+		}
+	}()
+	for {
+		t0 := time.Now()
+		if !t0.Before(deadline) {
+			return s
+		}
+		if c == nil {
+			var err error
+			c, err = net.DialTimeout("tcp", addr, time.Second)
+			if err != nil {
+				s.Errors++
+				c = nil
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			_ = c.SetDeadline(deadline.Add(10 * time.Second))
+			br = bufio.NewReaderSize(c, 16<<10)
+			t0 = time.Now()
+		}
+		status, closeConn, err := roundTrip(c, br, req)
+		if err != nil {
+			s.Errors++
+			_ = c.Close()
+			c = nil
+			continue
+		}
+		s.Latencies = append(s.Latencies, int64(time.Since(t0)))
+		s.Requests++
+		s.Statuses[status]++
+		if closeConn {
+			_ = c.Close()
+			c = nil
+		}
+	}
+}
+
+var errMalformed = errors.New("malformed response")
+
+// roundTrip writes req and reads one HTTP/1.1 response, discarding the
+// body. It understands Content-Length and chunked bodies.
+func roundTrip(w io.Writer, br *bufio.Reader, req []byte) (status int, closeConn bool, err error) {
+	if _, err := w.Write(req); err != nil {
+		return 0, false, err
+	}
+	line, err := br.ReadSlice('\n')
+	if err != nil {
+		return 0, false, err
+	}
+	if len(line) < 12 || !bytes.HasPrefix(line, []byte("HTTP/1.")) {
+		return 0, false, errMalformed
+	}
+	status, err = strconv.Atoi(string(line[9:12]))
+	if err != nil {
+		return 0, false, errMalformed
+	}
+	length, chunked := -1, false
+	for {
+		line, err = br.ReadSlice('\n')
+		if err != nil {
+			return 0, false, err
+		}
+		if len(line) <= 2 {
+			break
+		}
+		name, value, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			return 0, false, errMalformed
+		}
+		value = bytes.TrimSpace(value)
+		switch {
+		case bytes.EqualFold(name, []byte("Content-Length")):
+			if length, err = strconv.Atoi(string(value)); err != nil {
+				return 0, false, errMalformed
+			}
+		case bytes.EqualFold(name, []byte("Transfer-Encoding")):
+			chunked = bytes.EqualFold(value, []byte("chunked"))
+		case bytes.EqualFold(name, []byte("Connection")):
+			closeConn = bytes.EqualFold(value, []byte("close"))
+		}
+	}
+	switch {
+	case chunked:
+		err = discardChunked(br)
+	case length >= 0:
+		_, err = br.Discard(length)
+	default: // body until EOF
+		_, err = io.Copy(io.Discard, br)
+		closeConn = true
+	}
+	return status, closeConn, err
+}
+
+func discardChunked(br *bufio.Reader) error {
+	for {
+		line, err := br.ReadSlice('\n')
+		if err != nil {
+			return err
+		}
+		sz, _, _ := bytes.Cut(bytes.TrimSpace(line), []byte(";"))
+		n, err := strconv.ParseInt(string(sz), 16, 64)
+		if err != nil {
+			return errMalformed
+		}
+		if n == 0 {
+			for { // trailers up to the empty line
+				line, err := br.ReadSlice('\n')
+				if err != nil {
+					return err
+				}
+				if len(line) <= 2 {
+					return nil
+				}
+			}
+		}
+		if _, err := br.Discard(int(n) + 2); err != nil {
+			return err
+		}
+	}
+}

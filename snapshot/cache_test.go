@@ -1,0 +1,256 @@
+package snapshot
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// testRedis connects to the shared test Redis and removes the test's keys
+// afterwards.
+func testRedis(t *testing.T) (*redis.Client, string) {
+	t.Helper()
+	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
+	if err := rdb.Ping(context.Background()).Err(); err != nil {
+		t.Fatalf("redis at 127.0.0.1:6379: %v", err)
+	}
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	prefix := "rpmtest:snap:" + hex.EncodeToString(b[:]) + ":"
+	t.Cleanup(func() {
+		ctx := context.Background()
+		keys, _ := rdb.Keys(ctx, prefix+"*").Result()
+		if len(keys) > 0 {
+			rdb.Del(ctx, keys...)
+		}
+		rdb.Close()
+	})
+	return rdb, prefix
+}
+
+// countingLoader returns snap (or err) and counts calls.
+type countingLoader struct {
+	calls atomic.Int64
+	mu    sync.Mutex
+	snap  *Snapshot
+	err   error
+	delay time.Duration
+}
+
+func (l *countingLoader) load(context.Context, string) (*Snapshot, error) {
+	l.calls.Add(1)
+	time.Sleep(l.delay)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.snap, l.err
+}
+
+func (l *countingLoader) set(s *Snapshot, err error) {
+	l.mu.Lock()
+	l.snap, l.err = s, err
+	l.mu.Unlock()
+}
+
+func testConfig(prefix string) CacheConfig {
+	return CacheConfig{
+		L1Size: 1000, L1TTL: time.Minute, L2TTL: time.Minute, NegativeTTL: time.Minute,
+		StaleIfError: time.Minute, L2Prefix: prefix, L2Timeout: time.Second,
+	}
+}
+
+func activeSnapshot(userID int64) *Snapshot {
+	gid := int64(3)
+	return &Snapshot{
+		Version: Version, APIKeyID: 1, UserID: userID, GroupID: &gid, Status: "active",
+		User:  &User{ID: userID, Status: "active", RPMLimit: 10},
+		Group: &Group{ID: gid, Name: "g", Status: "active", RPMLimit: 5},
+	}
+}
+
+func TestCacheOverwritesOtherVersionsAndCorruptEntries(t *testing.T) {
+	rdb, prefix := testRedis(t)
+	ctx := context.Background()
+	for name, stored := range map[string]string{
+		"version 6": `{"version":6,"api_key_id":1,"user_id":99,"status":"disabled"}`,
+		"corrupt":   `{"version":7,"user_id":`,
+		"not json":  "\x00\x01garbage",
+	} {
+		t.Run(name, func(t *testing.T) {
+			hash := "h-" + name
+			rdb.Set(ctx, prefix+hash, stored, time.Minute)
+			l := &countingLoader{snap: activeSnapshot(7)}
+			c := NewCache(testConfig(prefix), rdb, l.load, CacheHooks{})
+			s, err := c.Get(ctx, hash)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s.UserID != 7 || s.Status != "active" || l.calls.Load() != 1 {
+				t.Fatalf("served user %d status %q after %d loads; want the store's snapshot", s.UserID, s.Status, l.calls.Load())
+			}
+			b, err := rdb.Get(ctx, prefix+hash).Bytes()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, err := Decode(b); err != nil || got.UserID != 7 {
+				t.Fatalf("L2 not overwritten with version %d: %s (%v)", Version, b, err)
+			}
+		})
+	}
+}
+
+func TestCacheNegativeEntriesExpire(t *testing.T) {
+	rdb, prefix := testRedis(t)
+	cfg := testConfig(prefix)
+	cfg.NegativeTTL = 300 * time.Millisecond
+	l := &countingLoader{snap: Negative()}
+	c := NewCache(cfg, rdb, l.load, CacheHooks{})
+	ctx := context.Background()
+	for range 20 {
+		s, err := c.Get(ctx, "unknown")
+		if err != nil || !s.NotFound {
+			t.Fatalf("got %+v, %v; want a negative entry", s, err)
+		}
+	}
+	if n := l.calls.Load(); n != 1 {
+		t.Fatalf("%d store loads for a cached negative entry, want 1", n)
+	}
+	if ttl := rdb.PTTL(ctx, prefix+"unknown").Val(); ttl <= 0 || ttl > 400*time.Millisecond {
+		t.Fatalf("negative L2 entry TTL %v, want about 300ms", ttl)
+	}
+	time.Sleep(450 * time.Millisecond)
+	if _, err := c.Get(ctx, "unknown"); err != nil {
+		t.Fatal(err)
+	}
+	if n := l.calls.Load(); n != 2 {
+		t.Fatalf("%d store loads after the negative TTL, want 2", n)
+	}
+}
+
+func TestCacheCollapsesConcurrentMisses(t *testing.T) {
+	rdb, prefix := testRedis(t)
+	l := &countingLoader{snap: activeSnapshot(1), delay: 50 * time.Millisecond}
+	c := NewCache(testConfig(prefix), rdb, l.load, CacheHooks{})
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for range 500 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			if _, err := c.Get(context.Background(), "cold"); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	if n := l.calls.Load(); n != 1 {
+		t.Fatalf("%d store loads for 500 concurrent misses, want 1", n)
+	}
+}
+
+func TestCacheServesStaleWhileStoreIsDown(t *testing.T) {
+	cfg := testConfig("")
+	cfg.L1TTL = 50 * time.Millisecond
+	cfg.StaleIfError = 300 * time.Millisecond
+	l := &countingLoader{snap: activeSnapshot(1)}
+	c := NewCache(cfg, nil, l.load, CacheHooks{})
+	ctx := context.Background()
+	if _, err := c.Get(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	l.set(nil, errors.New("connection refused"))
+	time.Sleep(80 * time.Millisecond) // past the TTL, within stale_if_error
+	s, err := c.Get(ctx, "k")
+	if err != nil || s.UserID != 1 {
+		t.Fatalf("stale snapshot not served: %+v, %v", s, err)
+	}
+	if _, err := c.Get(ctx, "never-seen"); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("uncached key while the store is down: %v, want ErrUnavailable", err)
+	}
+	time.Sleep(350 * time.Millisecond) // past stale_if_error
+	if _, err := c.Get(ctx, "k"); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("snapshot served past stale_if_error: %v", err)
+	}
+}
+
+func TestCacheDoesNotServeStaleNegatives(t *testing.T) {
+	cfg := testConfig("")
+	cfg.NegativeTTL = 30 * time.Millisecond
+	l := &countingLoader{snap: Negative()}
+	c := NewCache(cfg, nil, l.load, CacheHooks{})
+	ctx := context.Background()
+	if _, err := c.Get(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	l.set(nil, errors.New("down"))
+	time.Sleep(50 * time.Millisecond)
+	if _, err := c.Get(ctx, "k"); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("a stale negative entry was served: %v", err)
+	}
+}
+
+func TestCacheForget(t *testing.T) {
+	rdb, prefix := testRedis(t)
+	l := &countingLoader{snap: activeSnapshot(5)}
+	c := NewCache(testConfig(prefix), rdb, l.load, CacheHooks{})
+	ctx := context.Background()
+	mustGet := func() {
+		t.Helper()
+		if _, err := c.Get(ctx, "k"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustGet()
+	c.ForgetL1(ForUser(6)) // another user: nothing happens
+	mustGet()
+	if n := l.calls.Load(); n != 1 {
+		t.Fatalf("loads %d, want 1", n)
+	}
+	c.ForgetL1(ForGroup(3)) // L1 only: L2 answers
+	mustGet()
+	if n := l.calls.Load(); n != 1 {
+		t.Fatalf("loads %d after an L1-only forget, want 1 (L2 hit)", n)
+	}
+	if err := c.ForgetHashes(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	if rdb.Exists(ctx, prefix+"k").Val() != 0 {
+		t.Fatal("L2 entry survived ForgetHashes")
+	}
+	mustGet()
+	if n := l.calls.Load(); n != 2 {
+		t.Fatalf("loads %d after ForgetHashes, want 2", n)
+	}
+	if err := c.FlushL2(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rdb.Exists(ctx, prefix+"k").Val() != 0 {
+		t.Fatal("L2 entry survived FlushL2")
+	}
+}
+
+func TestCacheSkipsL2WhenDown(t *testing.T) {
+	// A client pointed at a closed port: any L2 call would fail after the
+	// dial; with L2Down reporting true none is made.
+	dead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", DialTimeout: time.Second})
+	defer dead.Close()
+	var l2Errors atomic.Int64
+	cfg := testConfig("x:")
+	cfg.L2Down = func() bool { return true }
+	l := &countingLoader{snap: activeSnapshot(1)}
+	c := NewCache(cfg, dead, l.load, CacheHooks{L2Errors: func() { l2Errors.Add(1) }})
+	if _, err := c.Get(context.Background(), "k"); err != nil {
+		t.Fatal(err)
+	}
+	if n := l2Errors.Load(); n != 0 {
+		t.Fatalf("%d L2 errors with L2 marked down, want 0", n)
+	}
+}

@@ -45,15 +45,22 @@ func (AdminAPI) CaddyModule() caddy.ModuleInfo {
 // Provision sets up the handler.
 func (a *AdminAPI) Provision(caddy.Context) error {
 	h := newHandler(activeBackend, caddy.Log().Named("admin.api.rpm"))
-	if v := os.Getenv(ClearDelayEnv); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil {
-			return fmt.Errorf("parse %s: %w", ClearDelayEnv, err)
-		}
-		h.ClearDelay = d
-	}
+	var err error
+	h.ClearDelay, err = clearDelayFromEnv()
 	a.handler = h
-	return nil
+	return err
+}
+
+func clearDelayFromEnv() (time.Duration, error) {
+	v := os.Getenv(ClearDelayEnv)
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, fmt.Errorf("parse %s: %w", ClearDelayEnv, err)
+	}
+	return d, nil
 }
 
 // Routes returns the one route pattern the module serves; dispatching

@@ -1,0 +1,87 @@
+package e2e
+
+import (
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/caddyrpm/caddy-rpm/store/storetest"
+)
+
+// TestSiteAdminServesPageToBrowsers checks the rpm_admin directive: the
+// page opens by typed address (no Origin, as a browser navigates) where
+// Caddy's admin endpoint refuses it, and the API behind it needs the token.
+func TestSiteAdminServesPageToBrowsers(t *testing.T) {
+	pool, dsn := storetest.NewSchema(t)
+	uid := storetest.SeedUser(t, pool, 9)
+	c := startCaddy(t, `{
+	admin 127.0.0.1:{{.Admin}}
+	rpm {
+		postgres "{{.DSN}}"
+		admin_token s3cret
+	}
+}
+:{{.HTTP}} {
+	rpm_admin
+	respond "site"
+}`, params{DSN: dsn})
+
+	navigate := []string{"Sec-Fetch-Mode: navigate", "Sec-Fetch-Dest: document"}
+	if r := c.admin(t, http.MethodGet, "/admin/ui", "", navigate...); r.Status != http.StatusForbidden {
+		t.Fatalf("admin endpoint answered a typed navigation with %d; this test documents Caddy's 403", r.Status)
+	}
+	page := c.do(t, http.MethodGet, "/admin/ui", navigate...)
+	if page.Status != 200 || !strings.Contains(page.Body, "<html") {
+		t.Fatalf("site /admin/ui: %d %.200s", page.Status, page.Body)
+	}
+	path := "/admin/users/" + itoa(uid) + "/rpm-status"
+	if r := c.do(t, http.MethodGet, path); r.Status != http.StatusUnauthorized {
+		t.Fatalf("API on the site without token: %d, want 401", r.Status)
+	}
+	r := c.do(t, http.MethodGet, path, "Authorization: Bearer s3cret")
+	if r.Status != 200 || !strings.Contains(r.Body, `"user_rpm_limit":9`) {
+		t.Fatalf("API on the site with token: %d %s", r.Status, r.Body)
+	}
+	if r := c.get(t, "/other", ""); r.Status != 200 || r.Body != "site" {
+		t.Fatalf("non-admin path: %d %q, want the next handler", r.Status, r.Body)
+	}
+}
+
+// TestSiteAdminNeedsToken: a site is reachable from outside, so rpm_admin
+// refuses to start without admin_token.
+func TestSiteAdminNeedsToken(t *testing.T) {
+	dir := t.TempDir()
+	cfg := dir + "/Caddyfile"
+	writeFile(t, cfg, "{\n\tadmin off\n\trpm {\n\t\tkeys_file "+demoKeysPath(t)+"\n\t}\n}\n:0 {\n\trpm_admin\n}\n")
+	out, err := runCaddyCommand(t, "validate", "--config", cfg)
+	if err == nil || !strings.Contains(out, "admin_token") {
+		t.Fatalf("validate without admin_token: err=%v\n%s", err, out)
+	}
+}
+
+func writeFile(t testing.TB, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// demoKeysPath is the repository's demo keys file, absolute.
+func demoKeysPath(t testing.TB) string {
+	t.Helper()
+	p, err := filepath.Abs("../demo-keys.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// runCaddyCommand runs the test binary with args and returns its output.
+func runCaddyCommand(t testing.TB, args ...string) (string, error) {
+	t.Helper()
+	out, err := exec.Command(caddyBin, args...).CombinedOutput()
+	return string(out), err
+}

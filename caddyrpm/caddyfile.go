@@ -40,6 +40,7 @@ func init() {
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 	if existing != nil {
+		d.Next() // to the option name, so the error names its line
 		return nil, d.Err("the rpm global option is given more than once")
 	}
 	app := new(App)

@@ -95,6 +95,21 @@ func (a *App) flushLocal(source string) {
 	a.limiter.Forget(0, 0)
 }
 
+// flushAfterDatabaseGap handles a reconnect of the database listener. The
+// notifications sent meanwhile are lost, possibly on every instance at once
+// (a Postgres restart), and then nobody deleted the L2 entries they made
+// stale: L2 is flushed too, not only this instance's L1. (A gap of the Redis
+// subscription needs no L2 flush: the publisher deletes L2 itself.)
+func (a *App) flushAfterDatabaseGap(ctx context.Context) {
+	a.flushLocal("postgres")
+	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := a.cache.FlushL2(fctx); err != nil {
+		a.logger.Warn("flushing L2 after a database listener gap", zap.Error(err))
+	}
+	a.cache.ForgetL1(nil) // a fill may have copied a stale L2 entry meanwhile
+}
+
 func (a *App) startInvalidation(ctx context.Context) {
 	if l, ok := a.store.(store.Listener); ok {
 		go l.Listen(ctx, func(ev store.Event) {
@@ -103,7 +118,7 @@ func (a *App) startInvalidation(ctx context.Context) {
 			if err := a.invalidateHere(ictx, ev, "postgres"); err != nil {
 				a.logger.Warn("applying database invalidation", zap.Error(err))
 			}
-		}, func() { a.flushLocal("postgres") })
+		}, func() { a.flushAfterDatabaseGap(ctx) })
 	}
 	if a.redis != nil {
 		go a.subscribe(ctx)

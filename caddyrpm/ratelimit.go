@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/caddyrpm/caddy-rpm/limiter"
@@ -44,27 +43,53 @@ func (h *Handler) setRateLimitHeaders(hdr http.Header, counters []limiter.Counte
 	if len(counters) == 0 || h.RateLimitHeaders == "off" {
 		return
 	}
+	// This runs on every admitted request: build the values with strconv
+	// appends into one buffer and assign the canonical keys directly
+	// (the same result as fmt's %q / %d and Header.Set, at a fraction of
+	// the cost).
 	reset := resetSeconds(res.ResetIn)
 	if h.RateLimitHeaders != "legacy" {
-		var policy, state strings.Builder
+		buf := make([]byte, 0, 48*len(counters))
 		for i, c := range counters {
 			if i > 0 {
-				policy.WriteString(", ")
-				state.WriteString(", ")
+				buf = append(buf, ", "...)
 			}
-			fmt.Fprintf(&policy, "%q;q=%d;w=60", c.Policy, c.Limit)
-			fmt.Fprintf(&state, "%q;r=%d;t=%d", c.Policy, remaining(c, res.Counts, i), reset)
+			buf = strconv.AppendQuote(buf, c.Policy)
+			buf = append(buf, ";q="...)
+			buf = strconv.AppendInt(buf, c.Limit, 10)
+			buf = append(buf, ";w=60"...)
 		}
-		hdr.Set("RateLimit-Policy", policy.String())
-		hdr.Set("RateLimit", state.String())
+		split := len(buf)
+		for i, c := range counters {
+			if i > 0 {
+				buf = append(buf, ", "...)
+			}
+			buf = strconv.AppendQuote(buf, c.Policy)
+			buf = append(buf, ";r="...)
+			buf = strconv.AppendInt(buf, remaining(c, res.Counts, i), 10)
+			buf = append(buf, ";t="...)
+			buf = strconv.AppendInt(buf, reset, 10)
+		}
+		both := string(buf)
+		hdr[hdrRateLimitPolicy] = []string{both[:split]}
+		hdr[hdrRateLimit] = []string{both[split:]}
 	}
 	if h.RateLimitHeaders != "ietf" {
 		i := strictest(counters, res.Counts)
-		hdr.Set("X-RateLimit-Limit", strconv.FormatInt(counters[i].Limit, 10))
-		hdr.Set("X-RateLimit-Remaining", strconv.FormatInt(remaining(counters[i], res.Counts, i), 10))
-		hdr.Set("X-RateLimit-Reset", strconv.FormatInt(reset, 10))
+		hdr[hdrXRateLimitLimit] = []string{strconv.FormatInt(counters[i].Limit, 10)}
+		hdr[hdrXRateLimitRemaining] = []string{strconv.FormatInt(remaining(counters[i], res.Counts, i), 10)}
+		hdr[hdrXRateLimitReset] = []string{strconv.FormatInt(reset, 10)}
 	}
 }
+
+// The rate-limit header names in canonical form (what Header.Set uses).
+var (
+	hdrRateLimitPolicy     = http.CanonicalHeaderKey("RateLimit-Policy")
+	hdrRateLimit           = http.CanonicalHeaderKey("RateLimit")
+	hdrXRateLimitLimit     = http.CanonicalHeaderKey("X-RateLimit-Limit")
+	hdrXRateLimitRemaining = http.CanonicalHeaderKey("X-RateLimit-Remaining")
+	hdrXRateLimitReset     = http.CanonicalHeaderKey("X-RateLimit-Reset")
+)
 
 // refuse answers 429 for the counter that refused the request.
 func (h *Handler) refuse(w http.ResponseWriter, s *snapshot.Snapshot, counters []limiter.Counter, res limiter.Result) error {

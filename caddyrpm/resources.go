@@ -81,7 +81,9 @@ func (a *App) provisionStore(ctx caddy.Context) error {
 			return fmt.Errorf("rpm: migrate: %w", err)
 		}
 	}
-	a.store = store.NewPostgres(pool)
+	pg := store.NewPostgres(pool)
+	pg.Logger = a.logger // listener failures and reconnects
+	a.store = pg
 	return nil
 }
 

@@ -2,16 +2,38 @@ package store
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
 )
 
-// Channel is the NOTIFY channel the schema's triggers send invalidations on.
+// Channel is the NOTIFY channel the triggers of schema public send
+// invalidations on. Other schemas use their own channel (see ChannelOf), so
+// that instances on different schemas of one database do not invalidate each
+// other's caches.
 const Channel = "rpm_invalidate"
+
+// ChannelOf returns the NOTIFY channel of the schema conn's search_path
+// resolves to, as the schema's rpm_channel() names it; Channel if the schema
+// predates that function.
+func ChannelOf(ctx context.Context, conn *pgx.Conn) (string, error) {
+	var ch string
+	err := conn.QueryRow(ctx, "select rpm_channel()").Scan(&ch)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == "42883" { // undefined_function
+		return Channel, nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read channel name: %w", err)
+	}
+	return ch, nil
+}
 
 const (
 	listenBackoffMin = 100 * time.Millisecond
@@ -20,9 +42,9 @@ const (
 
 // Listen implements Listener. It holds one connection taken from the pool
 // (hijacked, so it never returns to the pool in LISTEN state), calls fn for
-// every well-formed notification on Channel and ignores malformed ones. On
-// any connection error it reconnects with exponential backoff (100ms up to
-// 5s) and calls onGap after every successful LISTEN that follows a failure,
+// every well-formed notification on the schema's channel (ChannelOf) and
+// ignores malformed ones. On any connection error it reconnects with
+// exponential backoff (100ms up to 5s) and calls onGap after every successful LISTEN that follows a failure,
 // since notifications sent meanwhile are lost. It returns when ctx is done.
 func (p *Postgres) Listen(ctx context.Context, fn func(Event), onGap func()) {
 	log := p.Logger
@@ -77,7 +99,11 @@ func (p *Postgres) listenOnce(ctx context.Context, fn func(Event), listening fun
 	if _, err := conn.Exec(ctx, "set application_name = 'caddy-rpm listener'"); err != nil {
 		return fmt.Errorf("set application_name: %w", err)
 	}
-	if _, err := conn.Exec(ctx, "listen "+Channel); err != nil {
+	ch, err := ChannelOf(ctx, conn)
+	if err != nil {
+		return err
+	}
+	if _, err := conn.Exec(ctx, "listen "+pgx.Identifier{ch}.Sanitize()); err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
 	p.listenPID.Store(conn.PgConn().PID())

@@ -14,7 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
-// watcher collects the payloads of rpm_invalidate on its own connection.
+// watcher collects the payloads of the schema's invalidation channel on its own connection.
 type watcher struct {
 	conn *pgx.Conn
 }
@@ -27,7 +27,11 @@ func newWatcher(t *testing.T, pool *pgxpool.Pool) *watcher {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = conn.Close(context.Background()) })
-	if _, err := conn.Exec(ctx, "listen "+store.Channel); err != nil {
+	ch, err := store.ChannelOf(ctx, conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "listen "+pgx.Identifier{ch}.Sanitize()); err != nil {
 		t.Fatal(err)
 	}
 	return &watcher{conn: conn}

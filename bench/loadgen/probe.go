@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -34,12 +36,14 @@ func (c counters) add(o counters) {
 
 // redisCommandStats reads INFO commandstats: calls per command, e.g.
 // "evalsha" -> 123. Commands called by Lua scripts are counted too.
-func redisCommandStats(ctx context.Context, rdb *redis.Client) (counters, error) {
+// usec is the time Redis spent executing each command (for EVALSHA, the
+// whole script, including the commands it calls).
+func redisCommandStats(ctx context.Context, rdb *redis.Client) (calls, usec counters, err error) {
 	info, err := rdb.Info(ctx, "commandstats").Result()
 	if err != nil {
-		return nil, fmt.Errorf("redis info commandstats: %w", err)
+		return nil, nil, fmt.Errorf("redis info commandstats: %w", err)
 	}
-	out := counters{}
+	out, us := counters{}, counters{}
 	sc := bufio.NewScanner(strings.NewReader(info))
 	for sc.Scan() {
 		line := strings.TrimSpace(sc.Text())
@@ -47,17 +51,24 @@ func redisCommandStats(ctx context.Context, rdb *redis.Client) (counters, error)
 		if !ok || !strings.HasPrefix(name, "cmdstat_") {
 			continue
 		}
+		cmd := strings.TrimPrefix(name, "cmdstat_")
 		for _, field := range strings.Split(rest, ",") {
-			if v, ok := strings.CutPrefix(field, "calls="); ok {
-				n, err := strconv.ParseFloat(v, 64)
-				if err != nil {
-					return nil, fmt.Errorf("redis info commandstats: %q: %w", line, err)
-				}
-				out[strings.TrimPrefix(name, "cmdstat_")] = n
+			k, v, _ := strings.Cut(field, "=")
+			if k != "calls" && k != "usec" {
+				continue
+			}
+			n, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				return nil, nil, fmt.Errorf("redis info commandstats: %q: %w", line, err)
+			}
+			if k == "calls" {
+				out[cmd] = n
+			} else {
+				us[cmd] = n
 			}
 		}
 	}
-	return out, nil
+	return out, us, nil
 }
 
 // caddyMetrics reads the caddy_rpm_* series of Caddy's admin /metrics,
@@ -142,4 +153,32 @@ from pg_stat_user_tables where schemaname = $1`, schema).Scan(&scans, &changes, 
 		return nil, fmt.Errorf("postgres stats: schema %q has no tables", schema)
 	}
 	return counters{"scans": float64(scans), "changes": float64(changes)}, nil
+}
+
+// captureProfile saves a CPU profile of Caddy (admin /debug/pprof) taken
+// over most of a segment of length d.
+func captureProfile(ctx context.Context, adminURL, dir, name string, d time.Duration) error {
+	secs := max(int((d-time.Second)/time.Second), 1)
+	url := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", strings.TrimRight(adminURL, "/"), secs)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	f, err := os.Create(filepath.Join(dir, "cpu-"+name+".pprof"))
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
 }

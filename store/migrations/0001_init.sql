@@ -92,6 +92,15 @@ create trigger rpm_groups_default_name before insert on rpm_groups
 -- a single group:X. Postgres also folds identical payloads of one
 -- transaction into one notification.
 
+-- The channel is per schema: NOTIFY is database-wide, and instances whose
+-- tables live in another schema of the same database must not act on these
+-- ids. In schema public it is plain rpm_invalidate.
+create function rpm_channel() returns text
+language sql stable set search_path from current as $$
+	select case when current_schema() = 'public' then 'rpm_invalidate'
+		else 'rpm_invalidate_' || left(md5(current_schema()), 16) end
+$$;
+
 create function rpm_notify_limit() returns integer
 language sql immutable as $$ select 64 $$;
 
@@ -104,11 +113,11 @@ begin
 		return;
 	end if;
 	if cardinality(payloads) > rpm_notify_limit() then
-		perform pg_notify('rpm_invalidate', 'all');
+		perform pg_notify(rpm_channel(), 'all');
 		return;
 	end if;
 	foreach p in array payloads loop
-		perform pg_notify('rpm_invalidate', p);
+		perform pg_notify(rpm_channel(), p);
 	end loop;
 end
 $$;
@@ -116,7 +125,7 @@ $$;
 create function rpm_notify_all() returns trigger
 language plpgsql set search_path from current as $$
 begin
-	perform pg_notify('rpm_invalidate', 'all');
+	perform pg_notify(rpm_channel(), 'all');
 	return null;
 end
 $$;

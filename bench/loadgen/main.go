@@ -1,0 +1,353 @@
+// Command loadgen is the benchmark driver of caddy-rpm: a keep-alive
+// HTTP/1.1 load generator with fixed concurrency that runs each scenario
+// (target) in turn, interleaved over several rounds, and measures around
+// every segment: throughput, latency percentiles, Redis commands (INFO
+// commandstats of a private redis-server), Caddy's caddy_rpm_* metrics and
+// Postgres table scans of the benchmark schema. It only targets 127.0.0.1.
+//
+// It prints the results as JSON on stdout and writes a markdown report.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"net"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+type targetsFlag []target
+
+func (f *targetsFlag) String() string { return fmt.Sprint(*f) }
+
+// Set parses name|127.0.0.1:port|path|key|expected-status.
+func (f *targetsFlag) Set(s string) error {
+	p := strings.Split(s, "|")
+	if len(p) != 5 {
+		return errors.New("want name|127.0.0.1:port|path|key|status")
+	}
+	host, _, err := net.SplitHostPort(p[1])
+	if err != nil || host != "127.0.0.1" {
+		return fmt.Errorf("target %q: only 127.0.0.1:<port> may be targeted", p[1])
+	}
+	if !strings.HasPrefix(p[2], "/") {
+		return fmt.Errorf("target %q: path must start with /", p[2])
+	}
+	status, err := strconv.Atoi(p[4])
+	if err != nil {
+		return fmt.Errorf("target %q: status: %w", p[0], err)
+	}
+	*f = append(*f, target{Name: p[0], Addr: p[1], Path: p[2], Key: p[3], Expect: status})
+	return nil
+}
+
+type notesFlag []string
+
+func (f *notesFlag) String() string     { return strings.Join(*f, "; ") }
+func (f *notesFlag) Set(s string) error { *f = append(*f, s); return nil }
+
+type config struct {
+	targets     targetsFlag
+	baseline    string
+	connections int
+	warmup      time.Duration
+	duration    time.Duration
+	rounds      int
+	redisAddr   string
+	metricsURL  string
+	pgDSN       string
+	pgSchema    string
+	pgSettle    time.Duration
+	mdPath      string
+	notes       notesFlag
+	pprofURL    string
+	pprofDir    string
+	pids        pidsFlag
+
+	latConnections int
+	latDuration    time.Duration
+}
+
+func main() {
+	var cfg config
+	flag.Var(&cfg.targets, "target", "scenario as name|127.0.0.1:port|path|key|expected-status (repeatable; the order is the run order)")
+	flag.StringVar(&cfg.baseline, "baseline", "plain", "the scenario the others are compared with")
+	flag.IntVar(&cfg.connections, "connections", 32, "concurrent keep-alive connections")
+	flag.DurationVar(&cfg.warmup, "warmup", 10*time.Second, "warm-up, split over the scenarios")
+	flag.DurationVar(&cfg.duration, "duration", 20*time.Second, "measured time per scenario, split over the rounds")
+	flag.IntVar(&cfg.latConnections, "latency-connections", 0, "if > 0, a second phase at this (low) concurrency, where latency is service time rather than queueing")
+	flag.DurationVar(&cfg.latDuration, "latency-duration", 0, "measured time per scenario in the second phase (default: -duration / 2)")
+	flag.IntVar(&cfg.rounds, "rounds", 2, "interleaved rounds; each runs every scenario once, in rotated order")
+	flag.StringVar(&cfg.redisAddr, "redis", "", "host:port of the (private) Redis server to read INFO commandstats from")
+	flag.StringVar(&cfg.metricsURL, "metrics", "", "Caddy's admin /metrics URL")
+	flag.StringVar(&cfg.pgDSN, "pg", "", "Postgres DSN to read statistics with")
+	flag.StringVar(&cfg.pgSchema, "schema", "", "the benchmark's Postgres schema")
+	flag.DurationVar(&cfg.pgSettle, "pg-settle", 11*time.Second, "wait before reading Postgres statistics (idle backends publish them within 10 s)")
+	flag.StringVar(&cfg.mdPath, "md", "", "write the markdown report here")
+	flag.StringVar(&cfg.pprofURL, "pprof", "", "Caddy admin base URL: capture a CPU profile of Caddy during each scenario's first segment (skews that segment)")
+	flag.StringVar(&cfg.pprofDir, "pprof-dir", ".", "directory for the cpu-<scenario>.pprof files")
+	flag.Var(&cfg.pids, "pid", "name=pid of a process whose CPU time per request to report (repeatable; pid self = the load generator)")
+	flag.Var(&cfg.notes, "note", "a line for the report's header (repeatable)")
+	flag.Parse()
+	if len(cfg.targets) == 0 || cfg.connections < 1 || cfg.rounds < 1 || cfg.duration <= 0 {
+		log.Fatal("loadgen: need at least one -target, -connections >= 1, -rounds >= 1, -duration > 0")
+	}
+	if cfg.latDuration <= 0 {
+		cfg.latDuration = cfg.duration / 2
+	}
+	log.SetFlags(log.Ltime)
+	rep, err := bench(context.Background(), cfg)
+	if err != nil {
+		log.Fatalf("loadgen: %v", err)
+	}
+	md := markdown(cfg, rep)
+	if cfg.mdPath != "" {
+		if err := os.WriteFile(cfg.mdPath, []byte(md), 0o644); err != nil {
+			log.Fatalf("loadgen: %v", err)
+		}
+	}
+	fmt.Fprintln(os.Stderr, md)
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(rep)
+}
+
+// segment is one timed run of one scenario.
+type segment struct {
+	Scenario string  `json:"scenario"`
+	Round    int     `json:"round"`
+	RPS      float64 `json:"rps"`
+	P99ms    float64 `json:"p99_ms"`
+}
+
+// scenarioResult aggregates a scenario's segments within one phase.
+type scenarioResult struct {
+	Name       string        `json:"name"`
+	Requests   int64         `json:"requests"`
+	Errors     int64         `json:"errors"`
+	Seconds    float64       `json:"seconds"`
+	RPS        float64       `json:"rps"`
+	P50ms      float64       `json:"p50_ms"`
+	P90ms      float64       `json:"p90_ms"`
+	P99ms      float64       `json:"p99_ms"`
+	Statuses   map[int]int64 `json:"statuses"`
+	Unexpected int64         `json:"unexpected_status"`
+	Redis      counters      `json:"redis_commands"`
+	RedisUsec  counters      `json:"redis_usec"`
+	Metrics    counters      `json:"caddy_metrics"`
+	CPU        counters      `json:"cpu_seconds"`
+	latencies  []int64
+}
+
+// phase is one pass over all scenarios at one concurrency.
+type phase struct {
+	Name        string            `json:"name"`
+	Connections int               `json:"connections"`
+	Rounds      int               `json:"rounds"`
+	Segment     string            `json:"segment"`
+	Scenarios   []*scenarioResult `json:"scenarios"`
+	Segments    []segment         `json:"segments"`
+	LoadBefore  string            `json:"load_before"`
+	LoadAfter   string            `json:"load_after"`
+}
+
+func (ph *phase) scenario(name string) *scenarioResult {
+	for _, r := range ph.Scenarios {
+		if r.Name == name {
+			return r
+		}
+	}
+	return nil
+}
+
+type report struct {
+	Started    time.Time `json:"started"`
+	GoMaxProcs int       `json:"loadgen_gomaxprocs"`
+	NumCPU     int       `json:"num_cpu"`
+	Phases     []*phase  `json:"phases"`
+	PG         counters  `json:"postgres"`
+	PGNote     string    `json:"postgres_note"`
+}
+
+func bench(ctx context.Context, cfg config) (*report, error) {
+	rep := &report{Started: time.Now(), GoMaxProcs: runtime.GOMAXPROCS(0), NumCPU: runtime.NumCPU()}
+	var rdb *redis.Client
+	if cfg.redisAddr != "" {
+		rdb = redis.NewClient(&redis.Options{Addr: cfg.redisAddr, PoolSize: 1, Protocol: 2, DisableIdentity: true})
+		defer rdb.Close()
+		if err := rdb.Ping(ctx).Err(); err != nil {
+			return nil, fmt.Errorf("redis %s: %w", cfg.redisAddr, err)
+		}
+	}
+
+	// Warm-up: connections, caches, the runtime's heap and pools.
+	per := max(cfg.warmup/time.Duration(len(cfg.targets)), time.Second)
+	for _, t := range cfg.targets {
+		log.Printf("warm-up %s for %v", t.Name, per)
+		s := run(t, cfg.connections, per)
+		log.Printf("  %.0f req/s, statuses %v, errors %d", float64(s.Requests)/s.Elapsed.Seconds(), s.Statuses, s.Errors)
+		if s.Requests == 0 {
+			return nil, fmt.Errorf("warm-up %s: no response (errors %d)", t.Name, s.Errors)
+		}
+	}
+
+	var pgBefore counters
+	if cfg.pgDSN != "" {
+		log.Printf("waiting %v for Postgres statistics to settle", cfg.pgSettle)
+		time.Sleep(cfg.pgSettle)
+		var err error
+		if pgBefore, err = pgStats(ctx, cfg.pgDSN, cfg.pgSchema); err != nil {
+			return nil, err
+		}
+	}
+
+	phases := []*phase{{Name: "saturated", Connections: cfg.connections, Rounds: cfg.rounds,
+		Segment: (cfg.duration / time.Duration(cfg.rounds)).String()}}
+	if cfg.latConnections > 0 {
+		phases = append(phases, &phase{Name: "unsaturated", Connections: cfg.latConnections, Rounds: cfg.rounds,
+			Segment: (cfg.latDuration / time.Duration(cfg.rounds)).String()})
+	}
+	for _, ph := range phases {
+		if err := runPhase(ctx, cfg, rdb, ph); err != nil {
+			return nil, err
+		}
+		rep.Phases = append(rep.Phases, ph)
+	}
+
+	if cfg.pgDSN != "" {
+		log.Printf("waiting %v for Postgres statistics to settle", cfg.pgSettle)
+		time.Sleep(cfg.pgSettle)
+		pgAfter, err := pgStats(ctx, cfg.pgDSN, cfg.pgSchema)
+		if err != nil {
+			return nil, err
+		}
+		rep.PG = delta(pgBefore, pgAfter)
+		rep.PGNote = "sum of seq_scan + idx_scan (and rows changed) over pg_stat_user_tables of schema " + cfg.pgSchema +
+			", from the end of the warm-up to the end of the last segment, each read after a " + cfg.pgSettle.String() + " settle"
+	}
+	return rep, nil
+}
+
+// runPhase runs ph.Rounds rounds; each runs every scenario for one segment,
+// in an order rotated by one per round, and measures around the segment.
+func runPhase(ctx context.Context, cfg config, rdb *redis.Client, ph *phase) error {
+	segLen, err := time.ParseDuration(ph.Segment)
+	if err != nil {
+		return err
+	}
+	for _, t := range cfg.targets {
+		ph.Scenarios = append(ph.Scenarios, &scenarioResult{Name: t.Name, Statuses: map[int]int64{},
+			Redis: counters{}, RedisUsec: counters{}, Metrics: counters{}, CPU: counters{}})
+	}
+	ph.LoadBefore = loadavg()
+	for round := range ph.Rounds {
+		n := len(cfg.targets)
+		for i := range n {
+			t := cfg.targets[(i+round)%n]
+			r := ph.scenario(t.Name)
+			redisBefore, usecBefore, metricsBefore, err := readCounters(ctx, rdb, cfg.metricsURL)
+			if err != nil {
+				return err
+			}
+			cpuBefore, err := cpuTimes(cfg.pids)
+			if err != nil {
+				return err
+			}
+			var prof chan error
+			if cfg.pprofURL != "" && round == 0 {
+				prof = make(chan error, 1)
+				go func() {
+					prof <- captureProfile(ctx, cfg.pprofURL, cfg.pprofDir, ph.Name+"-"+t.Name, segLen)
+				}()
+			}
+			s := run(t, ph.Connections, segLen)
+			if prof != nil {
+				if err := <-prof; err != nil {
+					log.Printf("profile %s: %v", t.Name, err)
+				}
+			}
+			cpuAfter, err := cpuTimes(cfg.pids)
+			if err != nil {
+				return err
+			}
+			redisAfter, usecAfter, metricsAfter, err := readCounters(ctx, rdb, cfg.metricsURL)
+			if err != nil {
+				return err
+			}
+			r.CPU.add(delta(cpuBefore, cpuAfter))
+			r.Redis.add(delta(redisBefore, redisAfter))
+			r.RedisUsec.add(delta(usecBefore, usecAfter))
+			r.Metrics.add(delta(metricsBefore, metricsAfter))
+			r.Requests += s.Requests
+			r.Errors += s.Errors
+			r.Seconds += s.Elapsed.Seconds()
+			for st, c := range s.Statuses {
+				r.Statuses[st] += c
+				if st != t.Expect {
+					r.Unexpected += c
+				}
+			}
+			r.latencies = append(r.latencies, s.Latencies...)
+			slices.Sort(s.Latencies)
+			seg := segment{Scenario: t.Name, Round: round + 1,
+				RPS: float64(s.Requests) / s.Elapsed.Seconds(), P99ms: pct(s.Latencies, 0.99)}
+			ph.Segments = append(ph.Segments, seg)
+			log.Printf("%s c=%d round %d %-9s %8.0f req/s  p99 %.3f ms  statuses %v errors %d",
+				ph.Name, ph.Connections, seg.Round, t.Name, seg.RPS, seg.P99ms, s.Statuses, s.Errors)
+		}
+	}
+	ph.LoadAfter = loadavg()
+	for _, r := range ph.Scenarios {
+		slices.Sort(r.latencies)
+		r.RPS = float64(r.Requests) / r.Seconds
+		r.P50ms, r.P90ms, r.P99ms = pct(r.latencies, 0.50), pct(r.latencies, 0.90), pct(r.latencies, 0.99)
+		r.latencies = nil
+	}
+	return nil
+}
+
+func readCounters(ctx context.Context, rdb *redis.Client, metricsURL string) (calls, usec, metrics counters, err error) {
+	calls, usec, metrics = counters{}, counters{}, counters{}
+	if rdb != nil {
+		if calls, usec, err = redisCommandStats(ctx, rdb); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	if metricsURL != "" {
+		if metrics, err = caddyMetrics(ctx, metricsURL); err != nil {
+			return nil, nil, nil, err
+		}
+	}
+	return calls, usec, metrics, nil
+}
+
+// pct is the q-quantile of sorted latencies (ns), in ms.
+func pct(sorted []int64, q float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(q * float64(len(sorted)-1))
+	return float64(sorted[i]) / 1e6
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "?"
+	}
+	return strings.Join(f[:3], " ")
+}

@@ -1,0 +1,215 @@
+package main
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+)
+
+// scriptInternal are the commands the limiter's Lua script calls; Redis
+// counts them in commandstats although the client never sends them.
+var scriptInternal = []string{"time", "hmget", "hset", "hincrby", "pexpireat"}
+
+// own are the commands the benchmark itself sends to Redis.
+var own = []string{"info"}
+
+// clientCommands is the number of commands clients sent (everything but
+// script-internal calls and the benchmark's own INFO).
+func clientCommands(c counters) float64 {
+	var n float64
+	for k, v := range c {
+		if !slices.Contains(scriptInternal, k) && !slices.Contains(own, k) {
+			n += v
+		}
+	}
+	return n
+}
+
+// otherClient lists client commands other than EVALSHA, as "get 3, ping 1".
+func otherClient(c counters) string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(c)) {
+		if k == "evalsha" || slices.Contains(scriptInternal, k) || slices.Contains(own, k) || c[k] == 0 {
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%s %.0f", strings.ToUpper(k), c[k]))
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	return strings.Join(parts, ", ")
+}
+
+func perReq(v float64, n int64) string {
+	if n == 0 {
+		return "-"
+	}
+	return fmt.Sprintf("%.4f", v/float64(n))
+}
+
+func markdown(cfg config, rep *report) string {
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+
+	p("### Run of %s\n\n", rep.Started.Format("2006-01-02 15:04:05 MST"))
+	for _, n := range cfg.notes {
+		p("- %s\n", n)
+	}
+	p("- load generator: keep-alive HTTP/1.1, closed loop, GOMAXPROCS=%d; %v warm-up; per phase, %d interleaved rounds (scenario order rotated each round)\n",
+		rep.GoMaxProcs, cfg.warmup, cfg.rounds)
+	for _, ph := range rep.Phases {
+		p("- phase %s: %d connections, %s per scenario per round; load average (1/5/15 min) before: %s, after: %s\n",
+			ph.Name, ph.Connections, ph.Segment, ph.LoadBefore, ph.LoadAfter)
+	}
+	for _, ph := range rep.Phases {
+		phaseMarkdown(p, cfg, rep, ph)
+	}
+
+	var rpmReqs int64
+	for _, ph := range rep.Phases {
+		for _, r := range ph.Scenarios {
+			if r.Name != cfg.baseline {
+				rpmReqs += r.Requests
+			}
+		}
+	}
+	var loads float64
+	for _, ph := range rep.Phases {
+		for _, r := range ph.Scenarios {
+			loads += sumMetric(r.Metrics, "caddy_rpm_store_loads_total")
+		}
+	}
+	if rep.PG != nil {
+		p("\n**Postgres**: %.0f store loads (caddy_rpm_store_loads_total) and %.0f table scans, %.0f rows changed in the benchmark schema over %d rpm requests (%s scans per rpm request). Scan measure: %s.\n",
+			loads, rep.PG["scans"], rep.PG["changes"], rpmReqs, perReq(rep.PG["scans"], rpmReqs), rep.PGNote)
+	}
+
+	sat := rep.Phases[0]
+	base := sat.scenario(cfg.baseline)
+	if base == nil {
+		return b.String()
+	}
+	p("\n**Targets** (spec §11):\n\n")
+	for _, r := range sat.Scenarios {
+		if r.Name == cfg.baseline {
+			continue
+		}
+		ev := r.Redis["evalsha"] + r.Redis["eval"]
+		cl := clientCommands(r.Redis)
+		switch {
+		case strings.Contains(r.Name, "admit"):
+			p("- %s throughput %.3f × plain (target ≥ 0.90): %s\n", r.Name, r.RPS/base.RPS, verdict(r.RPS/base.RPS >= 0.90))
+			for _, ph := range rep.Phases {
+				pb, pr := ph.scenario(cfg.baseline), ph.scenario(r.Name)
+				p("- %s p99 added, %s (%d connections): %.3f ms (target ≤ 1 ms): %s\n", r.Name, ph.Name, ph.Connections,
+					pr.P99ms-pb.P99ms, verdict(pr.P99ms-pb.P99ms <= 1))
+			}
+			p("- %s Redis round trips: %.0f EVAL/EVALSHA for %d requests; %.0f client-issued commands in all (target exactly 1 per request): %s\n",
+				r.Name, ev, r.Requests, cl, verdict(ev == float64(r.Requests)))
+		case strings.Contains(r.Name, "refus"):
+			p("- %s Redis round trips: %.0f client-issued commands (%.0f EVALSHA) for %d requests, %s per request (target 0 once this instance has seen the counter full): %s\n",
+				r.Name, cl, ev, r.Requests, perReq(cl, r.Requests), verdict(cl/float64(max(r.Requests, 1)) < 0.001))
+		}
+	}
+	if rep.PG != nil {
+		p("- Postgres queries per request in steady state: %.0f store loads on the request path; %.0f table scans in the schema (target 0): %s\n",
+			loads, rep.PG["scans"], verdict(loads == 0 && rep.PG["scans"] == 0))
+	}
+	return b.String()
+}
+
+func phaseMarkdown(p func(string, ...any), cfg config, rep *report, ph *phase) {
+	base := ph.scenario(cfg.baseline)
+	p("\n#### Phase %s: %d connections\n\n", ph.Name, ph.Connections)
+	p("| scenario | requests | req/s | × plain | p50 ms | p90 ms | p99 ms | p99 added ms | statuses | errors | EVALSHA / req | client cmds / req | other client cmds (total) | store loads |\n")
+	p("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---:|\n")
+	for _, r := range ph.Scenarios {
+		ratio, added := "-", "-"
+		if base != nil && base.RPS > 0 {
+			ratio = fmt.Sprintf("%.3f", r.RPS/base.RPS)
+			added = fmt.Sprintf("%+.3f", r.P99ms-base.P99ms)
+		}
+		p("| %s | %d | %.0f | %s | %.3f | %.3f | %.3f | %s | %s | %d | %s | %s | %s | %.0f |\n",
+			r.Name, r.Requests, r.RPS, ratio, r.P50ms, r.P90ms, r.P99ms, added, statuses(r.Statuses), r.Errors,
+			perReq(r.Redis["evalsha"], r.Requests), perReq(clientCommands(r.Redis), r.Requests), otherClient(r.Redis),
+			sumMetric(r.Metrics, "caddy_rpm_store_loads_total"))
+	}
+
+	p("\nScript-internal Redis commands per request (INFO commandstats counts them; no client sends them), and Redis execution time of EVALSHA:\n\n")
+	p("| scenario | %s | EVALSHA µs/call (in Redis) |\n|---|%s---:|\n", strings.ToUpper(strings.Join(scriptInternal, " | ")), strings.Repeat("---:|", len(scriptInternal)))
+	for _, r := range ph.Scenarios {
+		p("| %s |", r.Name)
+		for _, c := range scriptInternal {
+			p(" %s |", perReq(r.Redis[c], r.Requests))
+		}
+		us := "-"
+		if r.Redis["evalsha"] > 0 {
+			us = fmt.Sprintf("%.2f", r.RedisUsec["evalsha"]/r.Redis["evalsha"])
+		}
+		p(" %s |\n", us)
+	}
+
+	p("\nCaddy rpm decisions (from /metrics deltas):\n\n| scenario | admitted | refused by Redis | refused locally (deny cache) | fail-open | Redis errors | invalidations applied |\n|---|---:|---:|---:|---:|---:|---:|\n")
+	for _, r := range ph.Scenarios {
+		m := r.Metrics
+		refused := sumMetric(m, "caddy_rpm_decisions_total", `result="refused"`)
+		local := sumMetric(m, "caddy_rpm_decisions_total", `result="refused"`, `_local"`)
+		p("| %s | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f |\n", r.Name,
+			sumMetric(m, "caddy_rpm_decisions_total", `result="admitted"`), refused-local, local,
+			sumMetric(m, "caddy_rpm_fail_open_total"), sumMetric(m, "caddy_rpm_redis_errors_total"),
+			sumMetric(m, "caddy_rpm_invalidations_total"))
+	}
+
+	if len(cfg.pids) > 0 {
+		p("\nCPU time per request in µs (user + system, from /proc; the machine's %d cores are shared with other workers' processes):\n\n| scenario |", rep.NumCPU)
+		for _, pid := range cfg.pids {
+			p(" %s |", pid[0])
+		}
+		p(" sum of these | machine busy | others (machine − sum) | machine busy %% |\n|---|%s\n", strings.Repeat("---:|", len(cfg.pids)+4))
+		for _, r := range ph.Scenarios {
+			n := float64(max(r.Requests, 1))
+			p("| %s |", r.Name)
+			var sum float64
+			for _, pid := range cfg.pids {
+				v := r.CPU["cpu:"+pid[0]]
+				sum += v
+				p(" %.1f |", v/n*1e6)
+			}
+			busy, total := r.CPU["cpu:machine-busy"], r.CPU["cpu:machine-total"]
+			p(" %.1f | %.1f | %.1f | %.0f%% |\n", sum/n*1e6, busy/n*1e6, (busy-sum)/n*1e6, 100*busy/max(total, 1e-9))
+		}
+	}
+
+	p("\nPer segment (req/s, p99 ms):\n\n| round |")
+	for _, r := range ph.Scenarios {
+		p(" %s |", r.Name)
+	}
+	p("\n|---|%s\n", strings.Repeat("---:|", len(ph.Scenarios)))
+	for round := 1; round <= ph.Rounds; round++ {
+		p("| %d |", round)
+		for _, r := range ph.Scenarios {
+			for _, s := range ph.Segments {
+				if s.Round == round && s.Scenario == r.Name {
+					p(" %.0f (%.3f) |", s.RPS, s.P99ms)
+				}
+			}
+		}
+		p("\n")
+	}
+}
+
+func statuses(m map[int]int64) string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, fmt.Sprintf("%d×%d", k, m[k]))
+	}
+	return strings.Join(parts, " ")
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "**met**"
+	}
+	return "**missed**"
+}

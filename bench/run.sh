@@ -1,0 +1,224 @@
+#!/usr/bin/env bash
+# The RPM-limits benchmark (spec §11). It builds Caddy with this plugin, a
+# small upstream and the load generator, starts a private redis-server on a
+# free port and a dedicated Postgres schema, runs ONE Caddy with three sites
+# in front of the same upstream and measures, interleaved in one run:
+#
+#   plain     reverse_proxy only
+#   admitted  rpm + reverse_proxy; the user and group limits (10^9) apply but
+#             are never hit: one EVALSHA per request
+#   refused   rpm + reverse_proxy; a user limit of 1 is hit, so after the
+#             first 429 of the window the local deny cache answers
+#
+# and writes the markdown report to bench/results.md (RESULTS_APPEND=1 adds
+# the run to the file instead of replacing it).
+#
+# Environment (defaults):
+#   DURATION=20s       measured time per scenario, split over ROUNDS
+#   WARMUP=10s         warm-up, split over the scenarios
+#   ROUNDS=2           interleaved rounds (rotated order)
+#   CONNECTIONS=32     concurrent keep-alive connections of the load generator
+#   CADDY_GOMAXPROCS=$(nproc)  LOADGEN_GOMAXPROCS=1  UPSTREAM_GOMAXPROCS=1
+#   LATENCY_CONNECTIONS=2   a second, unsaturated phase at this concurrency
+#                      (0: none), LATENCY_DURATION (default DURATION/2)
+#   DATABASE_URL=postgres://root@127.0.0.1:5432/test?sslmode=disable
+#   BENCH_DB=private   create a throwaway database (dropped at the end) on
+#                      that server and the bench schema in it; "shared" puts
+#                      the schema into DATABASE_URL's database, where other
+#                      schemas' NOTIFY rpm_invalidate traffic reaches this
+#                      Caddy too (the channel is per database)
+#   PROFILE=1          also save Caddy CPU profiles of each scenario's first
+#                      segment into bench/out/ (skews those segments)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+
+DURATION=${DURATION:-20s}
+WARMUP=${WARMUP:-10s}
+ROUNDS=${ROUNDS:-2}
+CONNECTIONS=${CONNECTIONS:-32}
+LATENCY_CONNECTIONS=${LATENCY_CONNECTIONS:-2}
+LATENCY_DURATION=${LATENCY_DURATION:-0}
+BENCH_DB=${BENCH_DB:-private}
+NPROC=$(nproc)
+CADDY_GOMAXPROCS=${CADDY_GOMAXPROCS:-$NPROC}
+LOADGEN_GOMAXPROCS=${LOADGEN_GOMAXPROCS:-1}
+UPSTREAM_GOMAXPROCS=${UPSTREAM_GOMAXPROCS:-1}
+DATABASE_URL=${DATABASE_URL:-postgres://root@127.0.0.1:5432/test?sslmode=disable}
+PROFILE=${PROFILE:-}
+RESULTS=${RESULTS:-$root/bench/results.md}
+command_line="DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS LATENCY_CONNECTIONS=$LATENCY_CONNECTIONS BENCH_DB=$BENCH_DB CADDY_GOMAXPROCS=$CADDY_GOMAXPROCS LOADGEN_GOMAXPROCS=$LOADGEN_GOMAXPROCS UPSTREAM_GOMAXPROCS=$UPSTREAM_GOMAXPROCS bench/run.sh"
+
+for bin in redis-server psql go; do
+	command -v "$bin" >/dev/null || { echo "bench: $bin is required" >&2; exit 1; }
+done
+
+work=$(mktemp -d /tmp/rpm-bench.XXXXXX)
+schema="rpm_bench_$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+pids=()
+schema_created=
+db_created=
+admin_url=$DATABASE_URL
+
+cleanup() {
+	local status=$?
+	for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
+		kill "${pids[i]}" 2>/dev/null || true
+		wait "${pids[i]}" 2>/dev/null || true
+	done
+	if [[ -n $schema_created ]]; then
+		psql "$DATABASE_URL" -qAtc "set client_min_messages = warning; drop schema if exists $schema cascade" >/dev/null || echo "bench: could not drop schema $schema" >&2
+	fi
+	if [[ -n $db_created ]]; then
+		psql "$admin_url" -qAtc "drop database if exists $schema with (force)" >/dev/null || echo "bench: could not drop database $schema" >&2
+	fi
+	if ((status != 0)); then
+		echo "bench: failed; logs kept in $work" >&2
+		tail -n 20 "$work"/*.log >&2 2>/dev/null || true
+	else
+		rm -rf "$work"
+	fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_tcp() { # host port what
+	for _ in $(seq 100); do
+		(exec 3<>"/dev/tcp/$1/$2") 2>/dev/null && return 0
+		sleep 0.1
+	done
+	echo "bench: $3 did not listen on $1:$2" >&2
+	return 1
+}
+
+echo "== building into $work"
+go build -o "$work/caddy" ./cmd/caddy
+go build -o "$work/loadgen" ./bench/loadgen
+go build -o "$work/upstream" ./bench/upstream
+
+echo "== private redis-server"
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+	--dir "$work" >"$work/redis.log" 2>&1 &
+pids+=($!)
+wait_tcp 127.0.0.1 "$redis_port" redis-server
+
+echo "== upstream"
+upstream_port=$(free_port)
+GOMAXPROCS=$UPSTREAM_GOMAXPROCS "$work/upstream" -addr "127.0.0.1:$upstream_port" >"$work/upstream.log" 2>&1 &
+pids+=($!)
+wait_tcp 127.0.0.1 "$upstream_port" upstream
+
+if [[ $BENCH_DB == private ]]; then
+	echo "== Postgres database and schema $schema"
+	psql "$admin_url" -qAtc "create database $schema" >/dev/null
+	db_created=1
+	DATABASE_URL=$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/" + sys.argv[2])))' "$admin_url" "$schema")
+else
+	echo "== Postgres schema $schema"
+fi
+psql "$DATABASE_URL" -qAtc "create schema $schema" >/dev/null
+schema_created=1
+sep='?'
+[[ $DATABASE_URL == *\?* ]] && sep='&'
+dsn="${DATABASE_URL}${sep}search_path=$schema"
+"$work/caddy" rpm migrate --database-url "$dsn"
+# Ids far above those of other schemas in the same database: the
+# invalidation channel (NOTIFY rpm_invalidate) is per database, and
+# user/group/key ids 1, 2, ... of other schemas would invalidate ours.
+PGOPTIONS="-c search_path=$schema" psql "$DATABASE_URL" -qAtc "
+	alter table rpm_users alter column id restart with 910000001;
+	alter table rpm_groups alter column id restart with 910000001;
+	alter table rpm_api_keys alter column id restart with 910000001;" >/dev/null
+seed() { PGOPTIONS="-c search_path=$schema" psql "$DATABASE_URL" -qAtc "$1" | head -n1; }
+group_id=$(seed "insert into rpm_groups (name, rpm_limit) values ('bench', 1000000000) returning id")
+admitted_user=$(seed "insert into rpm_users (username, rpm_limit) values ('bench-admitted', 1000000000) returning id")
+refused_user=$(seed "insert into rpm_users (username, rpm_limit) values ('bench-refused', 1) returning id")
+admitted_key=$("$work/caddy" rpm key create --database-url "$dsn" --user "$admitted_user" --group "$group_id" --name bench 2>/dev/null)
+refused_key=$("$work/caddy" rpm key create --database-url "$dsn" --user "$refused_user" --group "$group_id" --name bench 2>/dev/null)
+[[ -n $admitted_key && -n $refused_key ]] || { echo "bench: key creation failed" >&2; exit 1; }
+
+echo "== Caddy"
+admin_port=$(free_port)
+plain_port=$(free_port)
+admitted_port=$(free_port)
+refused_port=$(free_port)
+site() { # port, handler lines
+	cat <<SITE
+http://127.0.0.1:$1 {
+	bind 127.0.0.1
+$2	reverse_proxy 127.0.0.1:$upstream_port {
+		transport http {
+			keepalive_idle_conns_per_host 1024
+		}
+	}
+}
+SITE
+}
+{
+	cat <<GLOBAL
+{
+	admin 127.0.0.1:$admin_port
+	auto_https off
+	persist_config off
+	rpm {
+		postgres "$dsn"
+		redis redis://127.0.0.1:$redis_port
+		key_prefix bench:
+	}
+}
+GLOBAL
+	site "$plain_port" ""
+	site "$admitted_port" $'\trpm\n'
+	site "$refused_port" $'\trpm\n'
+} >"$work/Caddyfile"
+GOMAXPROCS=$CADDY_GOMAXPROCS "$work/caddy" run --config "$work/Caddyfile" --adapter caddyfile >"$work/caddy.log" 2>&1 &
+pids+=($!)
+for p in "$admin_port" "$plain_port" "$admitted_port" "$refused_port"; do wait_tcp 127.0.0.1 "$p" caddy; done
+
+profile_args=()
+if [[ -n $PROFILE ]]; then
+	mkdir -p "$root/bench/out"
+	profile_args=(-pprof "http://127.0.0.1:$admin_port" -pprof-dir "$root/bench/out")
+fi
+
+echo "== load ($(uptime))"
+md="$work/run.md"
+GOMAXPROCS=$LOADGEN_GOMAXPROCS "$work/loadgen" \
+	-target "plain|127.0.0.1:$plain_port|/v1/models|$admitted_key|200" \
+	-target "admitted|127.0.0.1:$admitted_port|/v1/models|$admitted_key|200" \
+	-target "refused|127.0.0.1:$refused_port|/v1/models|$refused_key|429" \
+	-connections "$CONNECTIONS" -latency-connections "$LATENCY_CONNECTIONS" -latency-duration "$LATENCY_DURATION" -warmup "$WARMUP" -duration "$DURATION" -rounds "$ROUNDS" \
+	-redis "127.0.0.1:$redis_port" -metrics "http://127.0.0.1:$admin_port/metrics" \
+	-pg "$DATABASE_URL" -schema "$schema" -md "$md" "${profile_args[@]}" \
+	-pid "caddy=${pids[2]}" -pid "redis=${pids[0]}" -pid "upstream=${pids[1]}" -pid "loadgen=self" \
+	-note "machine: $NPROC cores (nproc), $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1); $(go version | cut -d' ' -f3); $(redis-server --version | cut -d' ' -f3); $(psql "$DATABASE_URL" -qAtc 'show server_version' | cut -d' ' -f1 | sed 's/^/postgres /')" \
+	-note "GOMAXPROCS: caddy $CADDY_GOMAXPROCS, load generator $LOADGEN_GOMAXPROCS, upstream $UPSTREAM_GOMAXPROCS (redis-server is single-threaded); all share the same $NPROC cores" \
+	-note "one Caddy ($(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty')), three sites on 127.0.0.1: plain reverse_proxy, rpm admitted (user 10^9, group 10^9), rpm refused (user limit 1); same upstream (bench/upstream); private redis-server; Postgres schema $schema ($([[ $BENCH_DB == private ]] && echo "in a throwaway database of the same name" || echo "in the shared database"))" \
+	>"$work/run.json"
+
+{
+	if [[ -n ${RESULTS_APPEND:-} && -s $RESULTS ]]; then
+		echo
+	else
+		echo "# caddy-rpm benchmark results"
+		echo
+		echo "Produced by \`make bench\` / \`bench/run.sh\`; see the comment at the top of bench/run.sh."
+		echo
+	fi
+	echo "Command: \`$command_line\`"
+	echo
+	cat "$md"
+} >>"$RESULTS.tmp.$$"
+if [[ -n ${RESULTS_APPEND:-} && -s $RESULTS ]]; then
+	cat "$RESULTS.tmp.$$" >>"$RESULTS"
+	rm -f "$RESULTS.tmp.$$"
+else
+	mv "$RESULTS.tmp.$$" "$RESULTS"
+fi
+cp "$work/run.json" "${RESULTS%.md}.json"
+echo "== written to $RESULTS"

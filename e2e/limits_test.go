@@ -1,0 +1,466 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/caddyrpm/caddy-rpm/limiter"
+	"github.com/caddyrpm/caddy-rpm/store/storetest"
+)
+
+// limCaddyfile is the Caddyfile of the limit tests: Postgres, Redis with a
+// private key prefix, a long L1 TTL (so steady-state requests never touch
+// Redis for their snapshot), "global" lines in the rpm app and the "site"
+// body.
+const limCaddyfile = `{
+	admin 127.0.0.1:{{.Admin}}
+	rpm {
+		postgres "{{.DSN}}"
+		redis {{.Redis}}
+		key_prefix {{.Prefix}}
+		cache {
+			l1_ttl 10m
+		}
+		{{index .Extra "global"}}
+	}
+}
+:{{.HTTP}} {
+	{{index .Extra "site"}}
+}`
+
+// limSite is the default site body: the rpm handler in front of the upstream.
+const limSite = `rpm
+	reverse_proxy {{.Upstream}}`
+
+// limEnv is one Postgres schema and one Redis key prefix.
+type limEnv struct {
+	pool   *pgxpool.Pool
+	dsn    string
+	prefix string
+	rdb    redis.UniversalClient // where the counters live
+	keys   limiter.Keys
+	up     *upstream
+}
+
+// newLimEnv creates a schema and a random key prefix on the shared Redis.
+func newLimEnv(t testing.TB) *limEnv {
+	t.Helper()
+	pool, dsn := storetest.NewSchema(t)
+	prefix := "rpmtest:" + randomID() + ":"
+	return &limEnv{pool: pool, dsn: dsn, prefix: prefix, rdb: newRedis(t, prefix),
+		keys: limiter.Keys{Prefix: prefix + "c:"}, up: newUpstream(t)}
+}
+
+// newLimEnvOn is newLimEnv with counters on another Redis (a private server
+// or a cluster) reached by rdb.
+func newLimEnvOn(t testing.TB, rdb redis.UniversalClient) *limEnv {
+	t.Helper()
+	pool, dsn := storetest.NewSchema(t)
+	prefix := "rpmtest:" + randomID() + ":"
+	return &limEnv{pool: pool, dsn: dsn, prefix: prefix, rdb: rdb,
+		keys: limiter.Keys{Prefix: prefix + "c:"}, up: newUpstream(t)}
+}
+
+// caddy starts a Caddy on this env; redisAddrs "" means the shared Redis.
+func (e *limEnv) caddy(t testing.TB, redisAddrs, global, site string) *caddyInstance {
+	t.Helper()
+	if site == "" {
+		site = limSite
+	}
+	// The site body may itself use {{.Upstream}}: render it first.
+	site = strings.ReplaceAll(site, "{{.Upstream}}", e.up.URL)
+	return startCaddy(t, limCaddyfile, params{DSN: e.dsn, Prefix: e.prefix, Upstream: e.up.URL,
+		Redis: redisAddrs, Extra: map[string]string{"global": global, "site": site}})
+}
+
+// count reads a counter's current-window count the way the limiter does
+// (hash {w, n}, w compared with the Redis clock), and whether the key exists.
+func (e *limEnv) count(t testing.TB, key string) (int64, bool) {
+	t.Helper()
+	ctx := context.Background()
+	n, err := limiter.NewRedis(e.rdb).Count(ctx, key)
+	if err != nil {
+		t.Fatalf("count %s: %v", key, err)
+	}
+	ex, err := e.rdb.Exists(ctx, key).Result()
+	if err != nil {
+		t.Fatalf("exists %s: %v", key, err)
+	}
+	return n, ex == 1
+}
+
+// wantCount asserts a counter's current-window count (0 also when absent).
+func (e *limEnv) wantCount(t testing.TB, what, key string, want int64) {
+	t.Helper()
+	if n, _ := e.count(t, key); n != want {
+		t.Fatalf("%s counter = %d, want %d", what, n, want)
+	}
+}
+
+// wantNoKey asserts a counter key does not exist at all.
+func (e *limEnv) wantNoKey(t testing.TB, what, key string) {
+	t.Helper()
+	if _, ok := e.count(t, key); ok {
+		t.Fatalf("%s counter %s exists, want none", what, key)
+	}
+}
+
+// userKeys lists every counter key of a user (one hash tag, so SCAN on
+// the shared Redis with that pattern finds them all).
+func (e *limEnv) userKeys(t testing.TB, uid int64) []string {
+	t.Helper()
+	ctx := context.Background()
+	// '{' and '}' are not glob characters.
+	pattern := strings.TrimSuffix(e.keys.User(uid), ":user") + ":*"
+	var out []string
+	iter := e.rdb.Scan(ctx, 0, pattern, 1000).Iterator()
+	for iter.Next(ctx) {
+		out = append(out, iter.Val())
+	}
+	if err := iter.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// limCode returns the error code of a gateway error body ("" if none).
+func limCode(body string) string {
+	var b struct {
+		Error struct {
+			Code string `json:"code"`
+		} `json:"error"`
+	}
+	_ = json.Unmarshal([]byte(body), &b)
+	return b.Error.Code
+}
+
+// limExpect sends requests with key to path and checks each status; a 429
+// must carry wantCode.
+func limExpect(t testing.TB, c *caddyInstance, path, key string, statuses []int, wantCode string) []response {
+	t.Helper()
+	out := make([]response, len(statuses))
+	for i, want := range statuses {
+		r := c.get(t, path, key)
+		if r.Status != want {
+			t.Fatalf("request %d to %s: status %d, want %d: %s", i+1, path, r.Status, want, r.Body)
+		}
+		if want == http.StatusTooManyRequests {
+			if code := limCode(r.Body); code != wantCode {
+				t.Fatalf("request %d: code %q, want %q: %s", i+1, code, wantCode, r.Body)
+			}
+			if r.Header.Get("Retry-After") == "" {
+				t.Fatalf("request %d: 429 without Retry-After", i+1)
+			}
+		}
+		out[i] = r
+	}
+	return out
+}
+
+// limRepeat returns n copies of status.
+func limRepeat(status, n int) []int {
+	out := make([]int, n)
+	for i := range out {
+		out[i] = status
+	}
+	return out
+}
+
+// limSeq concatenates status lists.
+func limSeq(lists ...[]int) []int {
+	var out []int
+	for _, l := range lists {
+		out = append(out, l...)
+	}
+	return out
+}
+
+// limClient is an HTTP client for concurrent load.
+var limClient = &http.Client{
+	Timeout:   15 * time.Second,
+	Transport: &http.Transport{MaxIdleConnsPerHost: 128, MaxConnsPerHost: 128},
+}
+
+// limHit sends one GET with a bearer key and returns the status.
+func limHit(url, key string) (int, error) {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := limClient.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var buf [512]byte
+	for {
+		if _, err := resp.Body.Read(buf[:]); err != nil {
+			break
+		}
+	}
+	return resp.StatusCode, nil
+}
+
+// limBurst runs workers goroutines of perWorker requests each, spreading
+// them round-robin over urls, and returns how many got each status.
+func limBurst(t testing.TB, urls []string, key string, workers, perWorker int) map[int]int {
+	t.Helper()
+	var (
+		mu       sync.Mutex
+		statuses = map[int]int{}
+		errs     []error
+		wg       sync.WaitGroup
+		start    = make(chan struct{})
+	)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			for i := range perWorker {
+				st, err := limHit(urls[(w*perWorker+i)%len(urls)], key)
+				mu.Lock()
+				if err != nil {
+					errs = append(errs, err)
+				} else {
+					statuses[st]++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	if len(errs) > 0 {
+		t.Fatalf("%d request errors, first: %v", len(errs), errs[0])
+	}
+	return statuses
+}
+
+// TestLimitsTable walks the table of spec §6 through Caddy, reading the
+// counters back from Redis after every step.
+func TestLimitsTable(t *testing.T) {
+	e := newLimEnv(t)
+	c := e.caddy(t, "", "", "")
+	ok, tooMany := http.StatusOK, http.StatusTooManyRequests
+
+	t.Run("override_below_group_and_user", func(t *testing.T) {
+		// override 2 / group 100 / user 100: the third is GROUP_RPM_EXCEEDED.
+		uid := storetest.SeedUser(t, e.pool, 100)
+		gid := storetest.SeedGroup(t, e.pool, "", 100)
+		storetest.SeedOverride(t, e.pool, uid, gid, 2)
+		_, key := storetest.SeedKey(t, e.pool, uid, &gid)
+		waitForWindow(t, e.rdb, 15*time.Second)
+		limExpect(t, c, "/v1/x", key, []int{ok, ok}, "")
+		e.wantCount(t, "user", e.keys.User(uid), 2)
+		e.wantCount(t, "(user, group)", e.keys.UserGroup(uid, gid), 2)
+		limExpect(t, c, "/v1/x", key, limRepeat(tooMany, 3), "GROUP_RPM_EXCEEDED")
+		// Refused requests increment nothing, not even the user counter
+		// that still had room.
+		e.wantCount(t, "user", e.keys.User(uid), 2)
+		e.wantCount(t, "(user, group)", e.keys.UserGroup(uid, gid), 2)
+	})
+
+	t.Run("user_below_override", func(t *testing.T) {
+		// override 100 / user 2: the third is USER_RPM_EXCEEDED.
+		uid := storetest.SeedUser(t, e.pool, 2)
+		gid := storetest.SeedGroup(t, e.pool, "", 1)
+		storetest.SeedOverride(t, e.pool, uid, gid, 100) // lifts the group's 1
+		_, key := storetest.SeedKey(t, e.pool, uid, &gid)
+		waitForWindow(t, e.rdb, 15*time.Second)
+		limExpect(t, c, "/v1/x", key, limSeq(limRepeat(ok, 2), limRepeat(tooMany, 2)), "USER_RPM_EXCEEDED")
+		e.wantCount(t, "user", e.keys.User(uid), 2)
+		e.wantCount(t, "(user, group)", e.keys.UserGroup(uid, gid), 2)
+	})
+
+	t.Run("override_zero_exempts_group", func(t *testing.T) {
+		// override 0 / user 5 (group 1): the sixth is USER_RPM_EXCEEDED
+		// and no (user, group) counter exists.
+		uid := storetest.SeedUser(t, e.pool, 5)
+		gid := storetest.SeedGroup(t, e.pool, "", 1)
+		storetest.SeedOverride(t, e.pool, uid, gid, 0)
+		_, key := storetest.SeedKey(t, e.pool, uid, &gid)
+		waitForWindow(t, e.rdb, 15*time.Second)
+		limExpect(t, c, "/v1/x", key, limSeq(limRepeat(ok, 5), limRepeat(tooMany, 2)), "USER_RPM_EXCEEDED")
+		e.wantCount(t, "user", e.keys.User(uid), 5)
+		e.wantNoKey(t, "(user, group)", e.keys.UserGroup(uid, gid))
+	})
+
+	t.Run("override_zero_user_zero", func(t *testing.T) {
+		// override 0 / user 0 (group 1): unlimited; no counter at all.
+		// TestCommandsPerRequest proves the zero Redis commands.
+		uid := storetest.SeedUser(t, e.pool, 0)
+		gid := storetest.SeedGroup(t, e.pool, "", 1)
+		storetest.SeedOverride(t, e.pool, uid, gid, 0)
+		_, key := storetest.SeedKey(t, e.pool, uid, &gid)
+		limExpect(t, c, "/v1/x", key, limRepeat(ok, 50), "")
+		if ks := e.userKeys(t, uid); len(ks) != 0 {
+			t.Fatalf("counters %v exist for an unlimited user", ks)
+		}
+	})
+
+	t.Run("group_only", func(t *testing.T) {
+		// no override / group 5 / user 0: the sixth is GROUP_RPM_EXCEEDED.
+		uid := storetest.SeedUser(t, e.pool, 0)
+		gid := storetest.SeedGroup(t, e.pool, "", 5)
+		_, key := storetest.SeedKey(t, e.pool, uid, &gid)
+		waitForWindow(t, e.rdb, 15*time.Second)
+		limExpect(t, c, "/v1/x", key, limSeq(limRepeat(ok, 5), limRepeat(tooMany, 2)), "GROUP_RPM_EXCEEDED")
+		e.wantCount(t, "(user, group)", e.keys.UserGroup(uid, gid), 5)
+		e.wantNoKey(t, "user", e.keys.User(uid))
+	})
+
+	t.Run("group_zero_user_limit", func(t *testing.T) {
+		// group 0 / user 2: the third is USER_RPM_EXCEEDED, no (user,
+		// group) counter.
+		uid := storetest.SeedUser(t, e.pool, 2)
+		gid := storetest.SeedGroup(t, e.pool, "", 0)
+		_, key := storetest.SeedKey(t, e.pool, uid, &gid)
+		waitForWindow(t, e.rdb, 15*time.Second)
+		limExpect(t, c, "/v1/x", key, limSeq(limRepeat(ok, 2), limRepeat(tooMany, 2)), "USER_RPM_EXCEEDED")
+		e.wantCount(t, "user", e.keys.User(uid), 2)
+		e.wantNoKey(t, "(user, group)", e.keys.UserGroup(uid, gid))
+	})
+
+	t.Run("key_without_group", func(t *testing.T) {
+		// A key without a group is limited by the user limit alone.
+		uid := storetest.SeedUser(t, e.pool, 3)
+		_, key := storetest.SeedKey(t, e.pool, uid, nil)
+		waitForWindow(t, e.rdb, 15*time.Second)
+		limExpect(t, c, "/v1/x", key, limSeq(limRepeat(ok, 3), limRepeat(tooMany, 2)), "USER_RPM_EXCEEDED")
+		e.wantCount(t, "user", e.keys.User(uid), 3)
+		if ks := e.userKeys(t, uid); len(ks) != 1 || ks[0] != e.keys.User(uid) {
+			t.Fatalf("counters of a key without group: %v, want only the user counter", ks)
+		}
+	})
+
+	t.Run("two_keys_share_group_counter", func(t *testing.T) {
+		// One user, two keys in one group (group 3, user 100): both keys
+		// count toward one (user, group) counter and one user counter.
+		uid := storetest.SeedUser(t, e.pool, 100)
+		gid := storetest.SeedGroup(t, e.pool, "", 3)
+		_, k1 := storetest.SeedKey(t, e.pool, uid, &gid)
+		_, k2 := storetest.SeedKey(t, e.pool, uid, &gid)
+		waitForWindow(t, e.rdb, 15*time.Second)
+		limExpect(t, c, "/v1/x", k1, []int{ok, ok}, "")
+		limExpect(t, c, "/v1/x", k2, []int{ok, tooMany}, "GROUP_RPM_EXCEEDED")
+		limExpect(t, c, "/v1/x", k1, []int{tooMany}, "GROUP_RPM_EXCEEDED")
+		e.wantCount(t, "user", e.keys.User(uid), 3)
+		e.wantCount(t, "(user, group)", e.keys.UserGroup(uid, gid), 3)
+	})
+
+	t.Run("two_keys_share_user_counter", func(t *testing.T) {
+		// One user, two keys in one group (group 100, user 3).
+		uid := storetest.SeedUser(t, e.pool, 3)
+		gid := storetest.SeedGroup(t, e.pool, "", 100)
+		_, k1 := storetest.SeedKey(t, e.pool, uid, &gid)
+		_, k2 := storetest.SeedKey(t, e.pool, uid, &gid)
+		waitForWindow(t, e.rdb, 15*time.Second)
+		limExpect(t, c, "/v1/x", k1, []int{ok}, "")
+		limExpect(t, c, "/v1/x", k2, []int{ok, ok, tooMany}, "USER_RPM_EXCEEDED")
+		limExpect(t, c, "/v1/x", k1, []int{tooMany}, "USER_RPM_EXCEEDED")
+		e.wantCount(t, "user", e.keys.User(uid), 3)
+		e.wantCount(t, "(user, group)", e.keys.UserGroup(uid, gid), 3)
+	})
+}
+
+// TestLimitsMetrics checks caddy_rpm_decisions_total's labels, that fail
+// opens are counted (see TestRedisFailOpen for the outage itself), and
+// that no caddy_rpm_ label value names a user, a group or a key.
+func TestLimitsMetrics(t *testing.T) {
+	e := newLimEnv(t)
+	c := e.caddy(t, "", "", "")
+	uid := storetest.SeedUser(t, e.pool, 2)
+	gid := storetest.SeedGroup(t, e.pool, "metrics-group", 100)
+	kid, key := storetest.SeedKey(t, e.pool, uid, &gid)
+	waitForWindow(t, e.rdb, 15*time.Second)
+
+	before := c.metric(t, "caddy_rpm_decisions_total", `result="admitted"`, `reason="ok"`)
+	limExpect(t, c, "/v1/x", key, []int{200, 200, 429, 429}, "USER_RPM_EXCEEDED")
+	if d := c.metric(t, "caddy_rpm_decisions_total", `result="admitted"`, `reason="ok"`) - before; d != 2 {
+		t.Errorf("admitted ok decisions += %v, want 2", d)
+	}
+	// The first refusal asks Redis, the second is answered by the local
+	// deny cache.
+	if v := c.metric(t, "caddy_rpm_decisions_total", `result="refused"`, `reason="USER_RPM_EXCEEDED"`); v != 1 {
+		t.Errorf("refused USER_RPM_EXCEEDED = %v, want 1", v)
+	}
+	if v := c.metric(t, "caddy_rpm_decisions_total", `result="refused"`, `reason="USER_RPM_EXCEEDED_local"`); v != 1 {
+		t.Errorf("refused USER_RPM_EXCEEDED_local = %v, want 1", v)
+	}
+
+	forbidden := []string{itoa(uid), itoa(gid), itoa(kid), key, "metrics-group"}
+	allowedLabels := map[string]bool{"result": true, "reason": true, "layer": true, "scope": true, "origin": true, "le": true}
+	body := c.admin(t, http.MethodGet, "/metrics", "").Body
+	series := 0
+	for _, line := range strings.Split(body, "\n") {
+		if !strings.HasPrefix(line, "caddy_rpm_") {
+			continue
+		}
+		series++
+		labels := limLabels(t, line)
+		if strings.HasPrefix(line, "caddy_rpm_decisions_total{") {
+			// result is a fixed set; reason is a code or fixed word, never
+			// anything numeric.
+			if r := labels["result"]; r != "admitted" && r != "refused" {
+				t.Errorf("result label %q: %s", r, line)
+			}
+			if !limReason.MatchString(labels["reason"]) {
+				t.Errorf("reason label %q: %s", labels["reason"], line)
+			}
+		}
+		for name, value := range labels {
+			if !allowedLabels[name] {
+				t.Errorf("unexpected label %s in %s", name, line)
+			}
+			if name == "le" {
+				continue // histogram bucket bounds are numbers by design
+			}
+			for _, f := range forbidden {
+				if value == f || strings.Contains(value, key) {
+					t.Errorf("label %s=%q carries an identifier (%q): %s", name, value, f, line)
+				}
+			}
+		}
+	}
+	if series == 0 {
+		t.Fatal("no caddy_rpm_ series in /metrics")
+	}
+}
+
+var limReason = regexp.MustCompile(`^[A-Za-z_]+$`)
+
+// limLabels parses the label set of a Prometheus text-format sample line.
+func limLabels(t testing.TB, line string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	open := strings.IndexByte(line, '{')
+	if open < 0 {
+		return out
+	}
+	closeIdx := strings.LastIndexByte(line, '}')
+	rest := line[open+1 : closeIdx]
+	for rest != "" {
+		name, after, ok := strings.Cut(rest, `="`)
+		if !ok {
+			t.Fatalf("bad labels in %q", line)
+		}
+		end := strings.Index(after, `"`)
+		for end > 0 && after[end-1] == '\\' {
+			end += 1 + strings.Index(after[end+1:], `"`)
+		}
+		out[strings.TrimPrefix(name, ",")] = after[:end]
+		rest = strings.TrimPrefix(after[end+1:], ",")
+	}
+	return out
+}

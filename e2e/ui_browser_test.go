@@ -1,0 +1,478 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/caddyrpm/caddy-rpm/store/storetest"
+)
+
+// uibCaddyfile is a gateway on Postgres and Redis; Extra "token" adds an
+// admin_token.
+const uibCaddyfile = `{
+	admin 127.0.0.1:{{.Admin}}
+	rpm {
+		postgres "{{.DSN}}"
+		redis {{.Redis}}
+		key_prefix {{.Prefix}}
+		{{index .Extra "token"}}
+	}
+}
+:{{.HTTP}} {
+	rpm
+	reverse_proxy {{.Upstream}}
+}`
+
+// uibStatus is the JSON of GET /admin/users/{id}/rpm-status.
+type uibStatus struct {
+	UserID         int64 `json:"user_id"`
+	UserRPMUsed    int64 `json:"user_rpm_used"`
+	UserRPMLimit   int64 `json:"user_rpm_limit"`
+	WindowResetsIn int64 `json:"window_resets_in"`
+	PerGroup       []struct {
+		GroupID   int64  `json:"group_id"`
+		GroupName string `json:"group_name"`
+		Used      int64  `json:"used"`
+		Limit     int64  `json:"limit"`
+		Source    string `json:"source"`
+	} `json:"per_group"`
+	PerZone []json.RawMessage `json:"per_zone"`
+}
+
+func uibGetStatus(t *testing.T, c *caddyInstance, uid int64, headers ...string) uibStatus {
+	t.Helper()
+	r := c.admin(t, http.MethodGet, "/admin/users/"+itoa(uid)+"/rpm-status", "", headers...)
+	if r.Status != http.StatusOK {
+		t.Fatalf("rpm-status of user %d: %d %s", uid, r.Status, r.Body)
+	}
+	var st uibStatus
+	if err := json.Unmarshal([]byte(r.Body), &st); err != nil {
+		t.Fatalf("rpm-status: %v: %s", err, r.Body)
+	}
+	return st
+}
+
+// uibLimitText is how the page shows a limit (0 = unlimited).
+func uibLimitText(n int64) string {
+	if n == 0 {
+		return "unlimited"
+	}
+	return itoa(n)
+}
+
+// uibOverrides reads the group's overrides from the database.
+func uibOverrides(t *testing.T, pool *pgxpool.Pool, gid int64) map[int64]int64 {
+	t.Helper()
+	rows, err := pool.Query(context.Background(),
+		`select user_id, rpm_override from rpm_user_group_overrides where group_id = $1`, gid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	out := map[int64]int64{}
+	for rows.Next() {
+		var u, v int64
+		if err := rows.Scan(&u, &v); err != nil {
+			t.Fatal(err)
+		}
+		out[u] = v
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// uibCountDeletes installs a statement-level trigger that counts DELETE
+// statements on the overrides table, and returns a function reading the
+// count. A "clear all" runs exactly one such statement.
+func uibCountDeletes(t *testing.T, pool *pgxpool.Pool) func() int64 {
+	t.Helper()
+	ctx := context.Background()
+	for _, q := range []string{
+		`create table uib_delete_statements (at timestamptz not null default clock_timestamp())`,
+		`create function uib_count_delete() returns trigger language plpgsql set search_path from current as $$
+begin
+	insert into uib_delete_statements default values;
+	return null;
+end $$`,
+		`create trigger uib_count_delete after delete on rpm_user_group_overrides
+	for each statement execute function uib_count_delete()`,
+	} {
+		if _, err := pool.Exec(ctx, q); err != nil {
+			t.Fatalf("install delete counter: %v", err)
+		}
+	}
+	return func() int64 {
+		t.Helper()
+		var n int64
+		if err := pool.QueryRow(ctx, `select count(*) from uib_delete_statements`).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+}
+
+// TestUIBrowserAdminPage drives the admin web page in headless Chromium
+// against a real Caddy on real Postgres and Redis: a status lookup matches
+// the JSON API, edited overrides are stored and enforced, Clear all sends
+// one DELETE and shows its loading state, a read-only keys_file store's 409
+// is readable, and an admin token is asked for once.
+func TestUIBrowserAdminPage(t *testing.T) {
+	brwRequireChromium(t)
+	// The admin module reads this when Caddy provisions it: every "clear
+	// all" store call waits 1.5 s, so the test sees the call in flight.
+	t.Setenv("CADDY_RPM_TEST_CLEAR_DELAY", "1500ms")
+
+	pool, dsn := storetest.NewSchema(t)
+	countDeletes := uibCountDeletes(t, pool)
+	userA := storetest.SeedUser(t, pool, 100)
+	userB := storetest.SeedUser(t, pool, 100)
+	g1 := storetest.SeedGroup(t, pool, "uib-alpha-"+randomID(), 50)
+	g2 := storetest.SeedGroup(t, pool, "uib-beta-"+randomID(), 40)
+	_, keyA1 := storetest.SeedKey(t, pool, userA, &g1)
+	_, keyA2 := storetest.SeedKey(t, pool, userA, &g2)
+	_, keyB1 := storetest.SeedKey(t, pool, userB, &g1)
+	storetest.SeedOverride(t, pool, userA, g1, 25)
+	storetest.SeedOverride(t, pool, userB, g1, 20)
+	storetest.SeedOverride(t, pool, userA, g2, 30)
+
+	prefix := "rpmtest:" + randomID() + ":"
+	rdb := newRedis(t, prefix)
+	up := newUpstream(t)
+	c := startCaddy(t, uibCaddyfile, params{DSN: dsn, Prefix: prefix, Upstream: up.URL,
+		Extra: map[string]string{"token": ""}})
+
+	b := newBrwBrowser(t)
+	b.open(c)
+	b.shot("page-loaded")
+
+	t.Run("lookup matches rpm-status", func(t *testing.T) {
+		b.t = t
+		waitForWindow(t, rdb, 20*time.Second)
+		for _, k := range []struct {
+			key string
+			n   int
+		}{{keyA1, 3}, {keyA2, 2}, {keyB1, 1}} {
+			for i := 0; i < k.n; i++ {
+				if r := c.get(t, "/v1/models", k.key); r.Status != http.StatusOK {
+					t.Fatalf("traffic: status %d: %s", r.Status, r.Body)
+				}
+			}
+		}
+		st := uibGetStatus(t, c, userA)
+		if st.UserRPMUsed != 5 || len(st.PerGroup) != 2 || st.PerGroup[0].Used != 3 || st.PerGroup[1].Used != 2 {
+			t.Fatalf("rpm-status after traffic: %+v, want 5 used, 3 in group %d and 2 in group %d", st, g1, g2)
+		}
+
+		b.typeInto("#user-id", itoa(userA))
+		b.click("#lookup")
+		b.waitJS(`!document.getElementById('user-status').hidden &&
+			document.querySelectorAll('#per-group tr[data-group-id]').length === 2`)
+		b.shot("lookup")
+
+		// Every number on the page against the JSON the test fetched.
+		b.expectText("#user-used", itoa(st.UserRPMUsed))
+		b.expectText("#user-limit", uibLimitText(st.UserRPMLimit))
+		var rows []string
+		b.eval(`[...document.querySelectorAll('#per-group tr[data-group-id]')].map(r => r.dataset.groupId)`, &rows)
+		var want []string
+		for _, g := range st.PerGroup {
+			want = append(want, itoa(g.GroupID))
+			row := fmt.Sprintf(`#per-group tr[data-group-id="%d"]`, g.GroupID)
+			b.expectText(row+" td:nth-child(1)", itoa(g.GroupID))
+			b.expectText(row+" td:nth-child(2)", g.GroupName)
+			b.expectText(row+" td.used", itoa(g.Used))
+			b.expectText(row+" td.limit", uibLimitText(g.Limit))
+			b.expectText(row+" td.source", g.Source)
+		}
+		if !reflect.DeepEqual(rows, want) {
+			t.Errorf("page group rows %v, want %v (rpm-status order)", rows, want)
+		}
+		// The override of A in g1 (25) and in g2 (30) are what both show.
+		if st.PerGroup[0].Limit != 25 || st.PerGroup[0].Source != "override" || st.PerGroup[1].Limit != 30 {
+			t.Errorf("rpm-status groups %+v, want overrides 25 and 30", st.PerGroup)
+		}
+		if len(st.PerZone) == 0 {
+			var zonesHidden bool
+			b.eval(`document.getElementById('per-zone').hidden`, &zonesHidden)
+			if !zonesHidden {
+				t.Errorf("per-zone table shown for a user without zones")
+			}
+		}
+		cd, err := strconv.Atoi(strings.TrimSuffix(b.text("#countdown"), " s"))
+		if err != nil {
+			t.Fatalf("countdown %q: %v", b.text("#countdown"), err)
+		}
+		if int64(cd) > st.WindowResetsIn+1 || int64(cd) < st.WindowResetsIn-5 {
+			t.Errorf("countdown %d s, rpm-status window_resets_in %d s", cd, st.WindowResetsIn)
+		}
+	})
+
+	t.Run("edit two overrides and save", func(t *testing.T) {
+		b.t = t
+		b.typeInto("#group-id", itoa(g1))
+		b.click("#open-group")
+		b.waitJS(`document.getElementById('group-label').textContent === '` + itoa(g1) + `' &&
+			document.querySelectorAll('#overrides tr').length === 2`)
+		b.shot("group-opened")
+
+		rowA := fmt.Sprintf(`#overrides tr[data-user-id="%d"] input.override-value`, userA)
+		rowB := fmt.Sprintf(`#overrides tr[data-user-id="%d"] input.override-value`, userB)
+		b.typeInto(rowA, "10")
+		b.typeInto(rowB, "2")
+		b.shot("overrides-edited")
+		b.click("#save")
+		b.waitJS(`document.getElementById('message').textContent.includes('Saved 2 overrides')`)
+		b.shot("overrides-saved")
+
+		if got, want := uibOverrides(t, pool, g1), map[int64]int64{userA: 10, userB: 2}; !reflect.DeepEqual(got, want) {
+			t.Fatalf("overrides of group %d in the database: %v, want %v", g1, got, want)
+		}
+
+		// B had 20 in g1 and a cached snapshot from the lookup traffic; now
+		// 2 holds from the next request on.
+		waitForWindow(t, rdb, 15*time.Second)
+		used := int64(0)
+		for _, g := range uibGetStatus(t, c, userB).PerGroup {
+			if g.GroupID == g1 {
+				used = g.Used
+				if g.Limit != 2 || g.Source != "override" {
+					t.Errorf("rpm-status of B in group %d: limit %d (%s), want override 2", g1, g.Limit, g.Source)
+				}
+			}
+		}
+		for i := used; i < 2; i++ {
+			if r := c.get(t, "/v1/models", keyB1); r.Status != http.StatusOK {
+				t.Fatalf("request %d of B in this minute: status %d, want 200: %s", i+1, r.Status, r.Body)
+			}
+		}
+		r := c.get(t, "/v1/models", keyB1)
+		if r.Status != http.StatusTooManyRequests || !strings.Contains(r.Body, "GROUP_RPM_EXCEEDED") {
+			t.Fatalf("request 3 of B in this minute: status %d, want 429 GROUP_RPM_EXCEEDED: %s", r.Status, r.Body)
+		}
+	})
+
+	t.Run("clear all double click", func(t *testing.T) {
+		b.t = t
+		uri := "/admin/groups/" + itoa(g1) + "/rpm-overrides"
+		deletesBefore := countDeletes()
+		httpBefore := uibMethods(brwAdminRequests(t, c, uri), http.MethodDelete)
+
+		b.doubleClick("#clear-all")
+		// Read the state while the DELETE is in flight (the server holds it 1.5 s).
+		type btnState struct {
+			Disabled bool   `json:"disabled"`
+			Text     string `json:"text"`
+			Busy     string `json:"busy"`
+			Loading  bool   `json:"loading"`
+			Others   []bool `json:"others"`
+		}
+		var st btnState
+		b.eval(`(() => { const b = document.getElementById('clear-all');
+			return {disabled: b.disabled, text: b.textContent, busy: b.getAttribute('aria-busy') || '',
+				loading: b.classList.contains('loading'),
+				others: ['save', 'add-row'].map(id => document.getElementById(id).disabled)}; })()`, &st)
+		if !st.Disabled || st.Text != "Clearing…" || st.Busy != "true" || !st.Loading {
+			t.Errorf("during the call: button %+v, want disabled, \"Clearing…\", aria-busy, .loading", st)
+		}
+		if !reflect.DeepEqual(st.Others, []bool{true, true}) {
+			t.Errorf("save, add-row disabled = %v during the clear, want both true", st.Others)
+		}
+		b.shot("clearing-in-flight")
+		// Still in flight half a second later: the button stays disabled and a
+		// third click does nothing.
+		time.Sleep(500 * time.Millisecond)
+		b.click("#clear-all")
+		b.eval(`document.getElementById('clear-all').disabled`, &st.Disabled)
+		if !st.Disabled {
+			t.Errorf("button enabled again before the DELETE answered")
+		}
+		if got := uibOverrides(t, pool, g1); len(got) != 2 {
+			t.Errorf("overrides %v already gone while the DELETE should still be held by the server", got)
+		}
+
+		b.waitJS(`document.getElementById('message').textContent.includes('Cleared 2 overrides')`)
+		b.waitJS(`!document.getElementById('clear-all').disabled`)
+		b.expectText("#clear-all", "Clear all")
+		var rows int
+		b.eval(`document.querySelectorAll('#overrides tr').length`, &rows)
+		if rows != 0 {
+			t.Errorf("%d override rows on the page after clear, want 0", rows)
+		}
+		b.expectVisible("#overrides-empty")
+		b.shot("cleared")
+
+		if got := uibOverrides(t, pool, g1); len(got) != 0 {
+			t.Errorf("overrides of group %d in the database after clear: %v, want none", g1, got)
+		}
+		if n := uibMethods(brwAdminRequests(t, c, uri), http.MethodDelete) - httpBefore; n != 1 {
+			t.Errorf("Caddy's admin endpoint received %d DELETE %s for a double click, want exactly 1", n, uri)
+		}
+		if n := countDeletes() - deletesBefore; n != 1 {
+			t.Errorf("%d DELETE statements ran on the overrides table, want exactly 1", n)
+		}
+		// The status panel's refresh (every 3 s) shows A's limit in g1 fall
+		// back to the group's 50.
+		row := fmt.Sprintf(`#per-group tr[data-group-id="%d"]`, g1)
+		b.waitJS(`document.querySelector('` + row + ` td.limit').textContent === '50' &&
+			document.querySelector('` + row + ` td.source').textContent === 'group'`)
+		b.shot("status-refreshed")
+		// g2 is untouched.
+		if got := uibOverrides(t, pool, g2); !reflect.DeepEqual(got, map[int64]int64{userA: 30}) {
+			t.Errorf("overrides of group %d: %v, want only A's 30", g2, got)
+		}
+	})
+
+	t.Run("keys_file store answers 409", func(t *testing.T) {
+		b.t = t
+		kf := uibKeysFileCaddy(t, prefix, up.URL)
+		b.open(kf)
+		b.typeInto("#group-id", "1")
+		b.click("#open-group")
+		b.waitJS(`document.getElementById('group-label').textContent === '1' &&
+			document.querySelectorAll('#overrides tr').length === 1`)
+		b.click("#save")
+		b.waitJS(`!document.getElementById('message').hidden && document.getElementById('message').textContent.includes('read-only')`)
+		msg := b.text("#message")
+		if !strings.HasPrefix(msg, "Cannot change data: the keys_file store is read-only") || !strings.Contains(msg, "Edit the keys file and reload Caddy") {
+			t.Errorf("409 on Save shown as %q", msg)
+		}
+		b.expectVisible("#message")
+		b.shot("keys-file-save-409")
+
+		b.click("#clear-all")
+		b.waitJS(`document.getElementById('clear-all').disabled`)
+		b.waitJS(`!document.getElementById('clear-all').disabled && document.getElementById('message').textContent.includes('read-only')`)
+		if msg := b.text("#message"); !strings.HasPrefix(msg, "Cannot change data: ") {
+			t.Errorf("409 on Clear all shown as %q", msg)
+		}
+		var rows int
+		b.eval(`document.querySelectorAll('#overrides tr').length`, &rows)
+		if rows != 1 {
+			t.Errorf("%d rows after a refused clear, want the 1 override still listed", rows)
+		}
+		b.shot("keys-file-clear-409")
+	})
+
+	t.Run("admin token asked once", func(t *testing.T) {
+		b.t = t
+		token := "uib-" + randomID() + randomID()
+		tc := startCaddy(t, uibCaddyfile, params{DSN: dsn, Prefix: prefix, Upstream: up.URL,
+			Extra: map[string]string{"token": "admin_token " + token}})
+		if r := tc.admin(t, http.MethodGet, "/admin/users/"+itoa(userA)+"/rpm-status", ""); r.Status != http.StatusUnauthorized {
+			t.Fatalf("rpm-status without token: %d, want 401", r.Status)
+		}
+		b.open(tc)
+		b.typeInto("#user-id", itoa(userA))
+		b.click("#lookup")
+		b.waitJS(`!document.getElementById('token-box').hidden`)
+		b.expectText("#message", "Admin token required or wrong. Enter the admin token above.")
+		b.shot("token-prompt")
+
+		b.typeInto("#token", token)
+		b.click("#token-save")
+		b.waitJS(`document.getElementById('token-box').hidden &&
+			document.querySelectorAll('#per-group tr[data-group-id]').length === 2`)
+		st := uibGetStatus(t, tc, userA, "Authorization: Bearer "+token)
+		b.expectText("#user-used", itoa(st.UserRPMUsed))
+		b.shot("token-lookup")
+
+		// A write works too, with no second prompt.
+		b.typeInto("#group-id", itoa(g2))
+		b.click("#open-group")
+		b.waitJS(`document.getElementById('group-label').textContent === '` + itoa(g2) + `' &&
+			document.querySelectorAll('#overrides tr').length === 1`)
+		b.typeInto(fmt.Sprintf(`#overrides tr[data-user-id="%d"] input.override-value`, userA), "35")
+		b.click("#save")
+		b.waitJS(`document.getElementById('message').textContent.includes('Saved 1 override')`)
+		b.shot("token-saved")
+		var prompt bool
+		b.eval(`document.getElementById('token-box').hidden`, &prompt)
+		if !prompt {
+			t.Errorf("token box shown again after the token was given")
+		}
+		if got := uibOverrides(t, pool, g2); !reflect.DeepEqual(got, map[int64]int64{userA: 35}) {
+			t.Errorf("overrides of group %d after the save with a token: %v, want A: 35", g2, got)
+		}
+
+		// What reached Caddy: one API call without a token (the 401 that
+		// brought up the prompt), every later one with it.
+		reqs := brwAdminRequests(t, tc, "/admin/")
+		var api []brwAdminRequest
+		for _, r := range reqs {
+			if !strings.HasPrefix(r.URI, "/admin/ui") {
+				api = append(api, r)
+			}
+		}
+		// The first logged call is the test's own check without a token.
+		if len(api) < 5 {
+			t.Fatalf("admin log holds %d API calls, want the test's 2 and at least 3 from the page", len(api))
+		}
+		without := 0
+		for _, r := range api[1:] {
+			if len(r.Headers["Authorization"]) == 0 {
+				without++
+			}
+		}
+		if without != 1 {
+			t.Errorf("%d page API calls without Authorization, want 1 (the token is asked once)", without)
+		}
+	})
+
+	b.t = t
+	if errs := b.pageErrors(); len(errs) > 0 {
+		t.Errorf("page errors: %s", strings.Join(errs, "; "))
+	}
+}
+
+// uibMethods counts the requests with the given method.
+func uibMethods(reqs []brwAdminRequest, method string) int {
+	n := 0
+	for _, r := range reqs {
+		if r.Method == method {
+			n++
+		}
+	}
+	return n
+}
+
+// uibKeysFileCaddy starts a Caddy on a read-only keys file with user 1,
+// group 1 and one override.
+func uibKeysFileCaddy(t *testing.T, prefix, upstream string) *caddyInstance {
+	t.Helper()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "keys.json")
+	doc := `{
+	"users": [{"id": 1, "username": "file-user", "status": "active", "rpm_limit": 10}],
+	"groups": [{"id": 1, "name": "file-group", "status": "active", "rpm_limit": 5}],
+	"api_keys": [{"id": 1, "key": "sk-uib-` + randomID() + `", "user_id": 1, "group_id": 1, "status": "active"}],
+	"rpm_overrides": [{"user_id": 1, "group_id": 1, "rpm_override": 3}]
+}`
+	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return startCaddy(t, `{
+	admin 127.0.0.1:{{.Admin}}
+	rpm {
+		keys_file {{index .Extra "file"}}
+		redis {{.Redis}}
+		key_prefix {{.Prefix}}
+	}
+}
+:{{.HTTP}} {
+	rpm
+	reverse_proxy {{.Upstream}}
+}`, params{Prefix: prefix, Upstream: upstream, Extra: map[string]string{"file": path}})
+}

@@ -96,9 +96,9 @@ type CacheOptions struct {
 	// NegativeTTL is how long an unknown key is remembered as unknown.
 	// Default: 30s.
 	NegativeTTL caddy.Duration `json:"negative_ttl,omitempty"`
-	// Jitter spreads every TTL by up to this percentage either way.
-	// Default: 10.
-	JitterPercent float64 `json:"jitter_percent,omitempty"`
+	// JitterPercent spreads every TTL by up to this percentage either way;
+	// 0 turns jitter off. Default: 10.
+	JitterPercent *float64 `json:"jitter_percent,omitempty"`
 	// StaleIfError is how long past its TTL an in-process snapshot may
 	// still be served while the store is unreachable. Default: 10m.
 	StaleIfError caddy.Duration `json:"stale_if_error,omitempty"`
@@ -171,11 +171,12 @@ func (a *App) setDefaults() error {
 	setDuration(&c.L2TTL, 5*time.Minute)
 	setDuration(&c.NegativeTTL, 30*time.Second)
 	setDuration(&c.StaleIfError, 10*time.Minute)
-	if c.JitterPercent == 0 {
-		c.JitterPercent = 10
+	if c.JitterPercent == nil {
+		c.JitterPercent = new(float64)
+		*c.JitterPercent = 10
 	}
-	if c.JitterPercent < 0 || c.JitterPercent >= 100 {
-		return fmt.Errorf("rpm: cache jitter must be in [0, 100), not %v", c.JitterPercent)
+	if j := *c.JitterPercent; j < 0 || j >= 100 {
+		return fmt.Errorf("rpm: cache jitter must be in [0, 100), not %v", j)
 	}
 	a.keys = limiter.Keys{Prefix: a.KeyPrefix + "c:"}
 	return nil
@@ -199,7 +200,7 @@ func (a *App) provisionCache() {
 		L1TTL:        time.Duration(c.L1TTL),
 		L2TTL:        time.Duration(c.L2TTL),
 		NegativeTTL:  time.Duration(c.NegativeTTL),
-		Jitter:       c.JitterPercent / 100,
+		Jitter:       *c.JitterPercent / 100,
 		StaleIfError: time.Duration(c.StaleIfError),
 		L2Prefix:     a.KeyPrefix + "snap:",
 		L2Timeout:    time.Duration(a.RedisTimeout),

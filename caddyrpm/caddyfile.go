@@ -134,8 +134,10 @@ func (c *CacheOptions) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "jitter":
 			var s string
 			if err = oneArg(d, &s); err == nil {
-				c.JitterPercent, err = strconv.ParseFloat(strings.TrimSuffix(s, "%"), 64)
-				if err != nil || c.JitterPercent < 0 || c.JitterPercent >= 100 {
+				var j float64
+				j, err = strconv.ParseFloat(strings.TrimSuffix(s, "%"), 64)
+				c.JitterPercent = &j
+				if err != nil || j < 0 || j >= 100 {
 					err = d.Errf("rpm cache: jitter must be a percentage in [0, 100), not '%s'", s)
 				}
 			}

@@ -36,7 +36,8 @@ const routeSite = `handle /img/* {
 
 func routeCaddy(t testing.TB, e *limEnv, imgLimits string) *caddyInstance {
 	t.Helper()
-	return e.caddy(t, "", "", strings.Replace(routeSite, "IMG_LIMITS", imgLimits, 1))
+	// A generous redis_timeout: see exactGlobal.
+	return e.caddy(t, "", exactGlobal, strings.Replace(routeSite, "IMG_LIMITS", imgLimits, 1))
 }
 
 // TestRouteLimitUser: `limit user 3` in zone img with a user limit of 100.

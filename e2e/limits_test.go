@@ -383,6 +383,9 @@ func TestLimitsMetrics(t *testing.T) {
 	uid := storetest.SeedUser(t, e.pool, 2)
 	gid := storetest.SeedGroup(t, e.pool, "metrics-group", 100)
 	kid, key := storetest.SeedKey(t, e.pool, uid, &gid)
+	// A late seeding notification would drop the deny-cache entry counted
+	// below.
+	cmdSettle(t, c)
 	waitForWindow(t, e.rdb, 15*time.Second)
 
 	before := c.metric(t, "caddy_rpm_decisions_total", `result="admitted"`, `reason="ok"`)

@@ -106,13 +106,13 @@ func (h *Handler) refuse(w http.ResponseWriter, s *snapshot.Snapshot, counters [
 	return h.writeError(w, &apiError{
 		status:  http.StatusTooManyRequests,
 		code:    c.Code,
-		message: limitMessage(s, c, reset),
+		message: limitMessage(s, c, h.routeScope(counters, res.Denied), reset),
 	})
 }
 
 // limitMessage says plainly that the gateway refused, which limit, its
 // value and when to retry: clients confuse gateway 429s with upstream ones.
-func limitMessage(s *snapshot.Snapshot, c limiter.Counter, reset int64) string {
+func limitMessage(s *snapshot.Snapshot, c limiter.Counter, routeScope string, reset int64) string {
 	var which string
 	switch c.Code {
 	case codeUserRPM:
@@ -124,7 +124,21 @@ func limitMessage(s *snapshot.Snapshot, c limiter.Counter, reset int64) string {
 		}
 		which = fmt.Sprintf("the group%s limit of %d requests per minute for this user", name, c.Limit)
 	default:
-		which = fmt.Sprintf("the route limit %q of %d requests per minute", c.Policy, c.Limit)
+		per := "user"
+		if routeScope == "key" {
+			per = "API key"
+		}
+		which = fmt.Sprintf("the route limit %q of %d requests per minute per %s", c.Policy, c.Limit, per)
 	}
 	return fmt.Sprintf("Rate limit reached at the API gateway (not the upstream provider): %s. Retry after %d seconds.", which, reset)
+}
+
+// routeScope is the scope of counter i if it is one of the handler's route
+// limits (they come last, in configuration order), else "".
+func (h *Handler) routeScope(counters []limiter.Counter, i int) string {
+	first := len(counters) - len(h.Limits)
+	if i < first || i >= len(counters) {
+		return ""
+	}
+	return h.Limits[i-first].Scope
 }

@@ -93,7 +93,7 @@ func TestLimitMessage(t *testing.T) {
 		{rlCounters[1], `the group "pro" limit of 10 requests per minute`},
 		{rlCounters[2], `the route limit "img" of 5 requests per minute`},
 	} {
-		msg := limitMessage(s, tc.c, 37)
+		msg := limitMessage(s, tc.c, "user", 37)
 		for _, w := range []string{tc.want, "API gateway", "not the upstream", "Retry after 37 seconds"} {
 			if !strings.Contains(msg, w) {
 				t.Errorf("message %q lacks %q", msg, w)

@@ -23,10 +23,9 @@
 #                      (0: none), LATENCY_DURATION (default DURATION/2)
 #   DATABASE_URL=postgres://root@127.0.0.1:5432/test?sslmode=disable
 #   BENCH_DB=private   create a throwaway database (dropped at the end) on
-#                      that server and the bench schema in it; "shared" puts
-#                      the schema into DATABASE_URL's database, where other
-#                      schemas' NOTIFY rpm_invalidate traffic reaches this
-#                      Caddy too (the channel is per database)
+#                      that server and the bench schema in it, so nothing
+#                      else touches its statistics; "shared" puts the schema
+#                      into DATABASE_URL's database
 #   PROFILE=1          also save Caddy CPU profiles of each scenario's first
 #                      segment into bench/out/ (skews those segments)
 set -euo pipefail
@@ -127,9 +126,8 @@ sep='?'
 [[ $DATABASE_URL == *\?* ]] && sep='&'
 dsn="${DATABASE_URL}${sep}search_path=$schema"
 "$work/caddy" rpm migrate --database-url "$dsn"
-# Ids far above those of other schemas in the same database: the
-# invalidation channel (NOTIFY rpm_invalidate) is per database, and
-# user/group/key ids 1, 2, ... of other schemas would invalidate ours.
+# Ids far above those of other schemas (defensive: with BENCH_DB=shared, an
+# invalidation of user 1 elsewhere can never name ours).
 PGOPTIONS="-c search_path=$schema" psql "$DATABASE_URL" -qAtc "
 	alter table rpm_users alter column id restart with 910000001;
 	alter table rpm_groups alter column id restart with 910000001;

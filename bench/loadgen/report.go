@@ -162,7 +162,7 @@ func phaseMarkdown(p func(string, ...any), cfg config, rep *report, ph *phase) {
 	}
 
 	if len(cfg.pids) > 0 {
-		p("\nCPU time per request in µs (user + system, from /proc; the machine's %d cores are shared with other workers' processes):\n\n| scenario |", rep.NumCPU)
+		p("\nCPU time per request in µs (user + system from /proc, sampled at 100 Hz, so ± a few µs and the others column can come out slightly negative; the machine's %d cores are shared with other workers' processes):\n\n| scenario |", rep.NumCPU)
 		for _, pid := range cfg.pids {
 			p(" %s |", pid[0])
 		}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test command: makes sure Postgres, Redis and Chromium are installed
 # and running, then runs go vet and the race-enabled test suite, which
-# includes end-to-end tests through a real Caddy binary.
+# includes end-to-end tests through a real Caddy binary. Arguments go to
+# go test (after ./...).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,5 +46,14 @@ if ! pg_ok; then
 	pg_ok || { echo "postgres is not usable at 127.0.0.1:5432 as root/test" >&2; exit 1; }
 fi
 
+unformatted=$(gofmt -l $(git ls-files '*.go'))
+if [[ -n $unformatted ]]; then
+	echo "gofmt needed: $unformatted" >&2
+	exit 1
+fi
 go vet ./...
+staticcheck="$(go env GOPATH)/bin/staticcheck"
+[[ -x $staticcheck ]] || go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
+"$staticcheck" ./...
+
 go test -race -count=1 -timeout 45m ./... "$@"

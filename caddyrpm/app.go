@@ -39,10 +39,10 @@ type App struct {
 	// Postgres to run without any server.
 	KeysFile string `json:"keys_file,omitempty"`
 
-	// Redis lists redis:// URLs or host:port addresses. One URL configures
-	// a single node; several addresses a failover-less universal client, or
-	// a cluster with RedisCluster. Default: none, which keeps counters and
-	// the cache in process (single instance only).
+	// Redis is the Redis server: one redis:// URL (its query options, such
+	// as pool_size, apply) or host:port; with RedisCluster, the seed nodes
+	// of a Redis Cluster. Default: none, which keeps counters and the cache
+	// in process (single instance only).
 	Redis []string `json:"redis,omitempty"`
 
 	// RedisCluster treats the Redis addresses as a Redis Cluster.

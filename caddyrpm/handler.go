@@ -187,7 +187,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.refuse(w, snap, counters, res)
 	default:
 		h.setRateLimitHeaders(w.Header(), counters, res)
-		h.app.metrics.decisions.WithLabelValues("admitted", "ok").Inc()
+		h.app.metrics.admittedOK.Inc()
 	}
 
 	h.setPlaceholders(r, snap)

@@ -10,7 +10,9 @@ import (
 // metrics are created once per process and registered with each config's
 // registry. No label ever carries a key, user or group id.
 type metrics struct {
-	decisions     *prometheus.CounterVec
+	decisions *prometheus.CounterVec
+	// admittedOK is decisions{admitted,ok}, resolved once for the hot path.
+	admittedOK    prometheus.Counter
 	cacheHits     *prometheus.CounterVec
 	cacheMisses   *prometheus.CounterVec
 	storeLoads    prometheus.Counter
@@ -30,7 +32,7 @@ var (
 const namespace = "caddy_rpm"
 
 func newMetrics() *metrics {
-	return &metrics{
+	m := &metrics{
 		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: namespace, Name: "decisions_total",
 			Help: "Requests decided by the rpm handler, by result and reason.",
@@ -73,6 +75,8 @@ func newMetrics() *metrics {
 			Help: "Cache invalidations applied, by scope and origin.",
 		}, []string{"scope", "origin"}),
 	}
+	m.admittedOK = m.decisions.WithLabelValues("admitted", "ok")
+	return m
 }
 
 // registerMetrics registers the process-wide collectors with reg,

@@ -95,12 +95,12 @@ func (a *App) provisionRedis() error {
 	if len(a.Redis) == 0 {
 		return nil
 	}
-	opts, err := redisOptions(a.Redis, a.RedisCluster)
+	connect, err := redisConnector(a.Redis, a.RedisCluster)
 	if err != nil {
 		return fmt.Errorf("rpm: redis: %w", err)
 	}
 	client, err := share(a, a.redisKey(), func() (redis.UniversalClient, func(), error) {
-		c := redis.NewUniversalClient(opts)
+		c := connect()
 		return c, func() { _ = c.Close() }, nil
 	})
 	if err != nil {
@@ -110,29 +110,46 @@ func (a *App) provisionRedis() error {
 	return nil
 }
 
-// redisOptions accepts redis:// URLs or plain host:port addresses.
-func redisOptions(addrs []string, cluster bool) (*redis.UniversalOptions, error) {
-	opts := &redis.UniversalOptions{
-		IsClusterMode: cluster,
-		// Request-path calls carry their own deadline (redis_timeout).
-		ContextTimeoutEnabled: true,
-	}
-	for _, addr := range addrs {
-		if !strings.Contains(addr, "://") {
-			opts.Addrs = append(opts.Addrs, addr)
-			continue
+// redisConnector parses the redis addresses — redis:// URLs (whose query
+// options, like pool_size, are honoured) or host:port — and returns a
+// function that creates the client. Request-path calls carry their own
+// deadline (redis_timeout), so context timeouts are enabled.
+func redisConnector(addrs []string, cluster bool) (func() redis.UniversalClient, error) {
+	if !cluster {
+		if len(addrs) > 1 {
+			return nil, fmt.Errorf("%d addresses given: several addresses need redis_cluster", len(addrs))
 		}
-		u, err := redis.ParseURL(addr)
+		opts, err := parseRedisAddr(addrs[0])
 		if err != nil {
-			return nil, fmt.Errorf("parse %q: %w", addr, err)
+			return nil, err
 		}
-		opts.Addrs = append(opts.Addrs, u.Addr)
-		opts.Username, opts.Password, opts.DB, opts.TLSConfig = u.Username, u.Password, u.DB, u.TLSConfig
+		opts.ContextTimeoutEnabled = true
+		return func() redis.UniversalClient { return redis.NewClient(opts) }, nil
 	}
-	if cluster && opts.DB != 0 {
-		return nil, fmt.Errorf("redis cluster has no database %d", opts.DB)
+	copts := &redis.ClusterOptions{ContextTimeoutEnabled: true}
+	for _, addr := range addrs {
+		o, err := parseRedisAddr(addr)
+		if err != nil {
+			return nil, err
+		}
+		if o.DB != 0 {
+			return nil, fmt.Errorf("%q: a Redis Cluster has no database %d", addr, o.DB)
+		}
+		copts.Addrs = append(copts.Addrs, o.Addr)
+		copts.Username, copts.Password, copts.TLSConfig = o.Username, o.Password, o.TLSConfig
 	}
-	return opts, nil
+	return func() redis.UniversalClient { return redis.NewClusterClient(copts) }, nil
+}
+
+func parseRedisAddr(addr string) (*redis.Options, error) {
+	if !strings.Contains(addr, "://") {
+		return &redis.Options{Addr: addr}, nil
+	}
+	o, err := redis.ParseURL(addr)
+	if err != nil {
+		return nil, fmt.Errorf("parse %q: %w", addr, err)
+	}
+	return o, nil
 }
 
 func (a *App) provisionLimiter() {

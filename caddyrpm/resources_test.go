@@ -1,0 +1,45 @@
+package caddyrpm
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+)
+
+func TestRedisConnector(t *testing.T) {
+	connect, err := redisConnector([]string{"redis://:pw@127.0.0.1:6390/3?pool_size=7"}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := connect()
+	defer c.Close()
+	opts := c.(*redis.Client).Options()
+	if opts.Addr != "127.0.0.1:6390" || opts.DB != 3 || opts.Password != "pw" || opts.PoolSize != 7 || !opts.ContextTimeoutEnabled {
+		t.Fatalf("URL options not applied: addr %s db %d pool %d ctx %v", opts.Addr, opts.DB, opts.PoolSize, opts.ContextTimeoutEnabled)
+	}
+
+	connect, err = redisConnector([]string{"127.0.0.1:7001", "redis://127.0.0.1:7002"}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := connect()
+	defer cc.Close()
+	if got := cc.(*redis.ClusterClient).Options().Addrs; strings.Join(got, ",") != "127.0.0.1:7001,127.0.0.1:7002" {
+		t.Fatalf("cluster addrs %v", got)
+	}
+
+	for _, bad := range []struct {
+		addrs   []string
+		cluster bool
+		want    string
+	}{
+		{[]string{"127.0.0.1:1", "127.0.0.1:2"}, false, "need redis_cluster"},
+		{[]string{"redis://127.0.0.1:7001/2"}, true, "no database 2"},
+		{[]string{"redis://[bad"}, false, "parse"},
+	} {
+		if _, err := redisConnector(bad.addrs, bad.cluster); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("redisConnector(%v, %v) = %v, want error containing %q", bad.addrs, bad.cluster, err, bad.want)
+		}
+	}
+}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/caddyrpm/caddy-rpm/internal/browsertest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
@@ -130,7 +131,7 @@ end $$`,
 // one DELETE and shows its loading state, a read-only keys_file store's 409
 // is readable, and an admin token is asked for once.
 func TestUIBrowserAdminPage(t *testing.T) {
-	brwRequireChromium(t)
+	browsertest.RequireChromium(t)
 	// The admin module reads this when Caddy provisions it: every "clear
 	// all" store call waits 1.5 s, so the test sees the call in flight.
 	t.Setenv("CADDY_RPM_TEST_CLEAR_DELAY", "1500ms")
@@ -154,12 +155,12 @@ func TestUIBrowserAdminPage(t *testing.T) {
 	c := startCaddy(t, uibCaddyfile, params{DSN: dsn, Prefix: prefix, Upstream: up.URL,
 		Extra: map[string]string{"token": ""}})
 
-	b := newBrwBrowser(t)
-	b.open(c)
-	b.shot("page-loaded")
+	b := brwNew(t)
+	brwOpen(b, c)
+	b.Shot("page-loaded")
 
 	t.Run("lookup matches rpm-status", func(t *testing.T) {
-		b.t = t
+		b.SetT(t)
 		waitForWindow(t, rdb, 20*time.Second)
 		for _, k := range []struct {
 			key string
@@ -176,26 +177,26 @@ func TestUIBrowserAdminPage(t *testing.T) {
 			t.Fatalf("rpm-status after traffic: %+v, want 5 used, 3 in group %d and 2 in group %d", st, g1, g2)
 		}
 
-		b.typeInto("#user-id", itoa(userA))
-		b.click("#lookup")
-		b.waitJS(`!document.getElementById('user-status').hidden &&
+		b.TypeInto("#user-id", itoa(userA))
+		b.Click("#lookup")
+		b.WaitJS(`!document.getElementById('user-status').hidden &&
 			document.querySelectorAll('#per-group tr[data-group-id]').length === 2`)
-		b.shot("lookup")
+		b.Shot("lookup")
 
 		// Every number on the page against the JSON the test fetched.
-		b.expectText("#user-used", itoa(st.UserRPMUsed))
-		b.expectText("#user-limit", uibLimitText(st.UserRPMLimit))
+		b.ExpectText("#user-used", itoa(st.UserRPMUsed))
+		b.ExpectText("#user-limit", uibLimitText(st.UserRPMLimit))
 		var rows []string
-		b.eval(`[...document.querySelectorAll('#per-group tr[data-group-id]')].map(r => r.dataset.groupId)`, &rows)
+		b.Eval(`[...document.querySelectorAll('#per-group tr[data-group-id]')].map(r => r.dataset.groupId)`, &rows)
 		var want []string
 		for _, g := range st.PerGroup {
 			want = append(want, itoa(g.GroupID))
 			row := fmt.Sprintf(`#per-group tr[data-group-id="%d"]`, g.GroupID)
-			b.expectText(row+" td:nth-child(1)", itoa(g.GroupID))
-			b.expectText(row+" td:nth-child(2)", g.GroupName)
-			b.expectText(row+" td.used", itoa(g.Used))
-			b.expectText(row+" td.limit", uibLimitText(g.Limit))
-			b.expectText(row+" td.source", g.Source)
+			b.ExpectText(row+" td:nth-child(1)", itoa(g.GroupID))
+			b.ExpectText(row+" td:nth-child(2)", g.GroupName)
+			b.ExpectText(row+" td.used", itoa(g.Used))
+			b.ExpectText(row+" td.limit", uibLimitText(g.Limit))
+			b.ExpectText(row+" td.source", g.Source)
 		}
 		if !reflect.DeepEqual(rows, want) {
 			t.Errorf("page group rows %v, want %v (rpm-status order)", rows, want)
@@ -206,14 +207,14 @@ func TestUIBrowserAdminPage(t *testing.T) {
 		}
 		if len(st.PerZone) == 0 {
 			var zonesHidden bool
-			b.eval(`document.getElementById('per-zone').hidden`, &zonesHidden)
+			b.Eval(`document.getElementById('per-zone').hidden`, &zonesHidden)
 			if !zonesHidden {
 				t.Errorf("per-zone table shown for a user without zones")
 			}
 		}
-		cd, err := strconv.Atoi(strings.TrimSuffix(b.text("#countdown"), " s"))
+		cd, err := strconv.Atoi(strings.TrimSuffix(b.Text("#countdown"), " s"))
 		if err != nil {
-			t.Fatalf("countdown %q: %v", b.text("#countdown"), err)
+			t.Fatalf("countdown %q: %v", b.Text("#countdown"), err)
 		}
 		if int64(cd) > st.WindowResetsIn+1 || int64(cd) < st.WindowResetsIn-5 {
 			t.Errorf("countdown %d s, rpm-status window_resets_in %d s", cd, st.WindowResetsIn)
@@ -221,21 +222,21 @@ func TestUIBrowserAdminPage(t *testing.T) {
 	})
 
 	t.Run("edit two overrides and save", func(t *testing.T) {
-		b.t = t
-		b.typeInto("#group-id", itoa(g1))
-		b.click("#open-group")
-		b.waitJS(`document.getElementById('group-label').textContent === '` + itoa(g1) + `' &&
+		b.SetT(t)
+		b.TypeInto("#group-id", itoa(g1))
+		b.Click("#open-group")
+		b.WaitJS(`document.getElementById('group-label').textContent === '` + itoa(g1) + `' &&
 			document.querySelectorAll('#overrides tr').length === 2`)
-		b.shot("group-opened")
+		b.Shot("group-opened")
 
 		rowA := fmt.Sprintf(`#overrides tr[data-user-id="%d"] input.override-value`, userA)
 		rowB := fmt.Sprintf(`#overrides tr[data-user-id="%d"] input.override-value`, userB)
-		b.typeInto(rowA, "10")
-		b.typeInto(rowB, "2")
-		b.shot("overrides-edited")
-		b.click("#save")
-		b.waitJS(`document.getElementById('message').textContent.includes('Saved 2 overrides')`)
-		b.shot("overrides-saved")
+		b.TypeInto(rowA, "10")
+		b.TypeInto(rowB, "2")
+		b.Shot("overrides-edited")
+		b.Click("#save")
+		b.WaitJS(`document.getElementById('message').textContent.includes('Saved 2 overrides')`)
+		b.Shot("overrides-saved")
 
 		if got, want := uibOverrides(t, pool, g1), map[int64]int64{userA: 10, userB: 2}; !reflect.DeepEqual(got, want) {
 			t.Fatalf("overrides of group %d in the database: %v, want %v", g1, got, want)
@@ -265,12 +266,12 @@ func TestUIBrowserAdminPage(t *testing.T) {
 	})
 
 	t.Run("clear all double click", func(t *testing.T) {
-		b.t = t
+		b.SetT(t)
 		uri := "/admin/groups/" + itoa(g1) + "/rpm-overrides"
 		deletesBefore := countDeletes()
 		httpBefore := uibMethods(brwAdminRequests(t, c, uri), http.MethodDelete)
 
-		b.doubleClick("#clear-all")
+		b.DoubleClick("#clear-all")
 		// Read the state while the DELETE is in flight (the server holds it 1.5 s).
 		type btnState struct {
 			Disabled bool   `json:"disabled"`
@@ -280,7 +281,7 @@ func TestUIBrowserAdminPage(t *testing.T) {
 			Others   []bool `json:"others"`
 		}
 		var st btnState
-		b.eval(`(() => { const b = document.getElementById('clear-all');
+		b.Eval(`(() => { const b = document.getElementById('clear-all');
 			return {disabled: b.disabled, text: b.textContent, busy: b.getAttribute('aria-busy') || '',
 				loading: b.classList.contains('loading'),
 				others: ['save', 'add-row'].map(id => document.getElementById(id).disabled)}; })()`, &st)
@@ -290,12 +291,12 @@ func TestUIBrowserAdminPage(t *testing.T) {
 		if !reflect.DeepEqual(st.Others, []bool{true, true}) {
 			t.Errorf("save, add-row disabled = %v during the clear, want both true", st.Others)
 		}
-		b.shot("clearing-in-flight")
+		b.Shot("clearing-in-flight")
 		// Still in flight half a second later: the button stays disabled and a
 		// third click does nothing.
 		time.Sleep(500 * time.Millisecond)
-		b.click("#clear-all")
-		b.eval(`document.getElementById('clear-all').disabled`, &st.Disabled)
+		b.Click("#clear-all")
+		b.Eval(`document.getElementById('clear-all').disabled`, &st.Disabled)
 		if !st.Disabled {
 			t.Errorf("button enabled again before the DELETE answered")
 		}
@@ -303,16 +304,16 @@ func TestUIBrowserAdminPage(t *testing.T) {
 			t.Errorf("overrides %v already gone while the DELETE should still be held by the server", got)
 		}
 
-		b.waitJS(`document.getElementById('message').textContent.includes('Cleared 2 overrides')`)
-		b.waitJS(`!document.getElementById('clear-all').disabled`)
-		b.expectText("#clear-all", "Clear all")
+		b.WaitJS(`document.getElementById('message').textContent.includes('Cleared 2 overrides')`)
+		b.WaitJS(`!document.getElementById('clear-all').disabled`)
+		b.ExpectText("#clear-all", "Clear all")
 		var rows int
-		b.eval(`document.querySelectorAll('#overrides tr').length`, &rows)
+		b.Eval(`document.querySelectorAll('#overrides tr').length`, &rows)
 		if rows != 0 {
 			t.Errorf("%d override rows on the page after clear, want 0", rows)
 		}
-		b.expectVisible("#overrides-empty")
-		b.shot("cleared")
+		b.ExpectVisible("#overrides-empty")
+		b.Shot("cleared")
 
 		if got := uibOverrides(t, pool, g1); len(got) != 0 {
 			t.Errorf("overrides of group %d in the database after clear: %v, want none", g1, got)
@@ -326,9 +327,9 @@ func TestUIBrowserAdminPage(t *testing.T) {
 		// The status panel's refresh (every 3 s) shows A's limit in g1 fall
 		// back to the group's 50.
 		row := fmt.Sprintf(`#per-group tr[data-group-id="%d"]`, g1)
-		b.waitJS(`document.querySelector('` + row + ` td.limit').textContent === '50' &&
+		b.WaitJS(`document.querySelector('` + row + ` td.limit').textContent === '50' &&
 			document.querySelector('` + row + ` td.source').textContent === 'group'`)
-		b.shot("status-refreshed")
+		b.Shot("status-refreshed")
 		// g2 is untouched.
 		if got := uibOverrides(t, pool, g2); !reflect.DeepEqual(got, map[int64]int64{userA: 30}) {
 			t.Errorf("overrides of group %d: %v, want only A's 30", g2, got)
@@ -336,70 +337,70 @@ func TestUIBrowserAdminPage(t *testing.T) {
 	})
 
 	t.Run("keys_file store answers 409", func(t *testing.T) {
-		b.t = t
+		b.SetT(t)
 		kf := uibKeysFileCaddy(t, prefix, up.URL)
-		b.open(kf)
-		b.typeInto("#group-id", "1")
-		b.click("#open-group")
-		b.waitJS(`document.getElementById('group-label').textContent === '1' &&
+		brwOpen(b, kf)
+		b.TypeInto("#group-id", "1")
+		b.Click("#open-group")
+		b.WaitJS(`document.getElementById('group-label').textContent === '1' &&
 			document.querySelectorAll('#overrides tr').length === 1`)
-		b.click("#save")
-		b.waitJS(`!document.getElementById('message').hidden && document.getElementById('message').textContent.includes('read-only')`)
-		msg := b.text("#message")
+		b.Click("#save")
+		b.WaitJS(`!document.getElementById('message').hidden && document.getElementById('message').textContent.includes('read-only')`)
+		msg := b.Text("#message")
 		if !strings.HasPrefix(msg, "Cannot change data: the keys_file store is read-only") || !strings.Contains(msg, "Edit the keys file and reload Caddy") {
 			t.Errorf("409 on Save shown as %q", msg)
 		}
-		b.expectVisible("#message")
-		b.shot("keys-file-save-409")
+		b.ExpectVisible("#message")
+		b.Shot("keys-file-save-409")
 
-		b.click("#clear-all")
-		b.waitJS(`document.getElementById('clear-all').disabled`)
-		b.waitJS(`!document.getElementById('clear-all').disabled && document.getElementById('message').textContent.includes('read-only')`)
-		if msg := b.text("#message"); !strings.HasPrefix(msg, "Cannot change data: ") {
+		b.Click("#clear-all")
+		b.WaitJS(`document.getElementById('clear-all').disabled`)
+		b.WaitJS(`!document.getElementById('clear-all').disabled && document.getElementById('message').textContent.includes('read-only')`)
+		if msg := b.Text("#message"); !strings.HasPrefix(msg, "Cannot change data: ") {
 			t.Errorf("409 on Clear all shown as %q", msg)
 		}
 		var rows int
-		b.eval(`document.querySelectorAll('#overrides tr').length`, &rows)
+		b.Eval(`document.querySelectorAll('#overrides tr').length`, &rows)
 		if rows != 1 {
 			t.Errorf("%d rows after a refused clear, want the 1 override still listed", rows)
 		}
-		b.shot("keys-file-clear-409")
+		b.Shot("keys-file-clear-409")
 	})
 
 	t.Run("admin token asked once", func(t *testing.T) {
-		b.t = t
+		b.SetT(t)
 		token := "uib-" + randomID() + randomID()
 		tc := startCaddy(t, uibCaddyfile, params{DSN: dsn, Prefix: prefix, Upstream: up.URL,
 			Extra: map[string]string{"token": "admin_token " + token}})
 		if r := tc.admin(t, http.MethodGet, "/admin/users/"+itoa(userA)+"/rpm-status", ""); r.Status != http.StatusUnauthorized {
 			t.Fatalf("rpm-status without token: %d, want 401", r.Status)
 		}
-		b.open(tc)
-		b.typeInto("#user-id", itoa(userA))
-		b.click("#lookup")
-		b.waitJS(`!document.getElementById('token-box').hidden`)
-		b.expectText("#message", "Admin token required or wrong. Enter the admin token above.")
-		b.shot("token-prompt")
+		brwOpen(b, tc)
+		b.TypeInto("#user-id", itoa(userA))
+		b.Click("#lookup")
+		b.WaitJS(`!document.getElementById('token-box').hidden`)
+		b.ExpectText("#message", "Admin token required or wrong. Enter the admin token above.")
+		b.Shot("token-prompt")
 
-		b.typeInto("#token", token)
-		b.click("#token-save")
-		b.waitJS(`document.getElementById('token-box').hidden &&
+		b.TypeInto("#token", token)
+		b.Click("#token-save")
+		b.WaitJS(`document.getElementById('token-box').hidden &&
 			document.querySelectorAll('#per-group tr[data-group-id]').length === 2`)
 		st := uibGetStatus(t, tc, userA, "Authorization: Bearer "+token)
-		b.expectText("#user-used", itoa(st.UserRPMUsed))
-		b.shot("token-lookup")
+		b.ExpectText("#user-used", itoa(st.UserRPMUsed))
+		b.Shot("token-lookup")
 
 		// A write works too, with no second prompt.
-		b.typeInto("#group-id", itoa(g2))
-		b.click("#open-group")
-		b.waitJS(`document.getElementById('group-label').textContent === '` + itoa(g2) + `' &&
+		b.TypeInto("#group-id", itoa(g2))
+		b.Click("#open-group")
+		b.WaitJS(`document.getElementById('group-label').textContent === '` + itoa(g2) + `' &&
 			document.querySelectorAll('#overrides tr').length === 1`)
-		b.typeInto(fmt.Sprintf(`#overrides tr[data-user-id="%d"] input.override-value`, userA), "35")
-		b.click("#save")
-		b.waitJS(`document.getElementById('message').textContent.includes('Saved 1 override')`)
-		b.shot("token-saved")
+		b.TypeInto(fmt.Sprintf(`#overrides tr[data-user-id="%d"] input.override-value`, userA), "35")
+		b.Click("#save")
+		b.WaitJS(`document.getElementById('message').textContent.includes('Saved 1 override')`)
+		b.Shot("token-saved")
 		var prompt bool
-		b.eval(`document.getElementById('token-box').hidden`, &prompt)
+		b.Eval(`document.getElementById('token-box').hidden`, &prompt)
 		if !prompt {
 			t.Errorf("token box shown again after the token was given")
 		}
@@ -431,10 +432,8 @@ func TestUIBrowserAdminPage(t *testing.T) {
 		}
 	})
 
-	b.t = t
-	if errs := b.pageErrors(); len(errs) > 0 {
-		t.Errorf("page errors: %s", strings.Join(errs, "; "))
-	}
+	b.SetT(t)
+	b.ExpectNoPageErrors()
 }
 
 // uibMethods counts the requests with the given method.

@@ -138,6 +138,14 @@ func (a *App) Provision(ctx caddy.Context) error {
 }
 
 func (a *App) setDefaults() error {
+	// Secrets and addresses may come from the environment: {env.DATABASE_URL}.
+	repl := caddy.NewReplacer()
+	a.Postgres = repl.ReplaceKnown(a.Postgres, "")
+	a.KeysFile = repl.ReplaceKnown(a.KeysFile, "")
+	a.AdminAuthToken = repl.ReplaceKnown(a.AdminAuthToken, "")
+	for i, addr := range a.Redis {
+		a.Redis[i] = repl.ReplaceKnown(addr, "")
+	}
 	switch {
 	case a.Postgres != "" && a.KeysFile != "":
 		return errors.New("rpm: postgres and keys_file are exclusive; set one")

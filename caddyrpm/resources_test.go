@@ -43,3 +43,16 @@ func TestRedisConnector(t *testing.T) {
 		}
 	}
 }
+
+func TestAppResolvesEnvPlaceholders(t *testing.T) {
+	t.Setenv("RPM_TEST_DSN", "postgres://u@db/x")
+	t.Setenv("RPM_TEST_REDIS", "redis://r:6379")
+	t.Setenv("RPM_TEST_TOKEN", "tok")
+	a := &App{Postgres: "{env.RPM_TEST_DSN}", Redis: []string{"{env.RPM_TEST_REDIS}"}, AdminAuthToken: "{env.RPM_TEST_TOKEN}"}
+	if err := a.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	if a.Postgres != "postgres://u@db/x" || a.Redis[0] != "redis://r:6379" || a.AdminToken() != "tok" {
+		t.Fatalf("placeholders not resolved: %q %q %q", a.Postgres, a.Redis, a.AdminToken())
+	}
+}

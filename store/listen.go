@@ -44,8 +44,9 @@ const (
 // (hijacked, so it never returns to the pool in LISTEN state), calls fn for
 // every well-formed notification on the schema's channel (ChannelOf) and
 // ignores malformed ones. On any connection error it reconnects with
-// exponential backoff (100ms up to 5s) and calls onGap after every successful LISTEN that follows a failure,
-// since notifications sent meanwhile are lost. It returns when ctx is done.
+// exponential backoff (100ms up to 5s) and calls onGap after every
+// successful LISTEN that follows a failure, since notifications sent
+// meanwhile are lost. It returns when ctx is done.
 func (p *Postgres) Listen(ctx context.Context, fn func(Event), onGap func()) {
 	log := p.Logger
 	if log == nil {

@@ -261,8 +261,9 @@ func (a *App) Cleanup() error {
 	return nil
 }
 
-// Store, Limiter, CounterKeys, AdminToken and Zones expose the app to the
-// admin API (admin.Backend).
+// Store returns the configured store. With Limiter, CounterKeys,
+// Invalidate, AdminToken and Zones it exposes the app to the admin API
+// (admin.Backend).
 func (a *App) Store() store.Store { return a.store }
 
 // Limiter returns the limiter.

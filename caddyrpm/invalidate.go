@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -26,7 +25,10 @@ func (a *App) channel() string { return a.KeyPrefix + "invalidate" }
 func (a *App) Invalidate(ctx context.Context, scope store.Scope, id int64) error {
 	err := a.invalidateHere(ctx, store.Event{Scope: scope, ID: id}, "admin")
 	if a.redis != nil {
-		msg := string(scope) + ":" + strconv.FormatInt(id, 10)
+		msg := string(scope) // the payload format of store.ParseEvent
+		if scope != store.ScopeAll {
+			msg += ":" + strconv.FormatInt(id, 10)
+		}
 		if perr := a.redis.Publish(ctx, a.channel(), msg).Err(); perr != nil && err == nil {
 			err = fmt.Errorf("publish invalidation: %w", perr)
 		}
@@ -38,11 +40,9 @@ func (a *App) Invalidate(ctx context.Context, scope store.Scope, id int64) error
 // cache and to the shared L2.
 func (a *App) invalidateHere(ctx context.Context, ev store.Event, origin string) error {
 	a.metrics.invalidations.WithLabelValues(string(ev.Scope), origin).Inc()
-	match := matcher(ev)
 	// L1 first so this instance stops serving at once, L2 next, then L1
 	// again: a concurrent fill may have copied the old L2 entry meanwhile.
-	a.cache.ForgetL1(match)
-	a.forgetLimits(ev)
+	a.forgetLocal(ev)
 	var err error
 	if ev.Scope == store.ScopeAll {
 		err = a.cache.FlushL2(ctx)
@@ -59,8 +59,14 @@ func (a *App) invalidateHere(ctx context.Context, ev store.Event, origin string)
 			err = ferr
 		}
 	}
-	a.cache.ForgetL1(match)
+	a.cache.ForgetL1(matcher(ev))
 	return err
+}
+
+// forgetLocal drops what ev reaches from this instance's L1 and deny cache.
+func (a *App) forgetLocal(ev store.Event) {
+	a.cache.ForgetL1(matcher(ev))
+	a.forgetLimits(ev)
 }
 
 func (a *App) forgetLimits(ev store.Event) {
@@ -91,8 +97,7 @@ func matcher(ev store.Event) func(*snapshot.Snapshot) bool {
 func (a *App) flushLocal(source string) {
 	a.logger.Info("invalidation listener reconnected; flushing local caches", zap.String("source", source))
 	a.metrics.invalidations.WithLabelValues(string(store.ScopeAll), "gap").Inc()
-	a.cache.ForgetL1(nil)
-	a.limiter.Forget(0, 0)
+	a.forgetLocal(store.Event{Scope: store.ScopeAll})
 }
 
 // flushAfterDatabaseGap handles a reconnect of the database listener. The
@@ -101,13 +106,12 @@ func (a *App) flushLocal(source string) {
 // stale: L2 is flushed too, not only this instance's L1. (A gap of the Redis
 // subscription needs no L2 flush: the publisher deletes L2 itself.)
 func (a *App) flushAfterDatabaseGap(ctx context.Context) {
-	a.flushLocal("postgres")
+	a.logger.Info("invalidation listener reconnected; flushing caches", zap.String("source", "postgres"))
 	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := a.cache.FlushL2(fctx); err != nil {
-		a.logger.Warn("flushing L2 after a database listener gap", zap.Error(err))
+	if err := a.invalidateHere(fctx, store.Event{Scope: store.ScopeAll}, "gap"); err != nil {
+		a.logger.Warn("flushing caches after a database listener gap", zap.Error(err))
 	}
-	a.cache.ForgetL1(nil) // a fill may have copied a stale L2 entry meanwhile
 }
 
 func (a *App) startInvalidation(ctx context.Context) {
@@ -155,33 +159,13 @@ func (a *App) subscribe(ctx context.Context) {
 				subscribed = true
 			}
 		case *redis.Message:
-			ev, ok := parseEvent(m.Payload)
+			ev, ok := store.ParseEvent(m.Payload)
 			if !ok {
 				continue
 			}
 			// The publisher already cleared L2; only local state remains.
 			a.metrics.invalidations.WithLabelValues(string(ev.Scope), "redis").Inc()
-			a.cache.ForgetL1(matcher(ev))
-			a.forgetLimits(ev)
+			a.forgetLocal(ev)
 		}
 	}
-}
-
-func parseEvent(payload string) (store.Event, bool) {
-	if payload == string(store.ScopeAll) || strings.HasPrefix(payload, "all:") {
-		return store.Event{Scope: store.ScopeAll}, true
-	}
-	scope, rest, ok := strings.Cut(payload, ":")
-	if !ok {
-		return store.Event{}, false
-	}
-	id, err := strconv.ParseInt(rest, 10, 64)
-	if err != nil {
-		return store.Event{}, false
-	}
-	switch s := store.Scope(scope); s {
-	case store.ScopeKey, store.ScopeUser, store.ScopeGroup:
-		return store.Event{Scope: s, ID: id}, true
-	}
-	return store.Event{}, false
 }

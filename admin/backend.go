@@ -2,7 +2,6 @@ package admin
 
 import (
 	"context"
-	"time"
 
 	"github.com/caddyrpm/caddy-rpm/limiter"
 	"github.com/caddyrpm/caddy-rpm/store"
@@ -34,13 +33,4 @@ type Zone struct {
 	Name  string
 	Scope string // "user" or "key"
 	Limit int64
-}
-
-// windowFields computes rpm-status's window fields from the time left.
-func windowFields(resetIn time.Duration, now time.Time) (int64, time.Time) {
-	secs := int64((resetIn + time.Second - 1) / time.Second)
-	if secs < 1 {
-		secs = 1
-	}
-	return secs, now.Add(resetIn).UTC().Truncate(time.Second)
 }

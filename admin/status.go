@@ -105,3 +105,12 @@ func (h *Handler) rpmStatus(w http.ResponseWriter, r *http.Request, b Backend) {
 	st.WindowResetsIn, st.WindowResetsAt = windowFields(resetIn, time.Now())
 	writeJSON(w, http.StatusOK, st)
 }
+
+// windowFields computes rpm-status's window fields from the time left.
+func windowFields(resetIn time.Duration, now time.Time) (int64, time.Time) {
+	secs := int64((resetIn + time.Second - 1) / time.Second)
+	if secs < 1 {
+		secs = 1
+	}
+	return secs, now.Add(resetIn).UTC().Truncate(time.Second)
+}

@@ -208,7 +208,7 @@ func (h *Handler) authorize(r *http.Request, s *snapshot.Snapshot) *apiError {
 		return errKeyExpired
 	case s.QuotaExhausted():
 		return errQuotaExhausted
-	case !s.IPAllowed(clientIP(r)):
+	case s.HasIPRules() && !s.IPAllowed(clientIP(r)):
 		return errIPNotAllowed
 	case s.User == nil || s.User.Status != "active":
 		return errUserDisabled

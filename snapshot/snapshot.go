@@ -99,6 +99,10 @@ func (s *Snapshot) Prepare() error {
 	return nil
 }
 
+// HasIPRules reports whether the key has a white- or blacklist, so callers
+// can skip finding the client IP when it has neither.
+func (s *Snapshot) HasIPRules() bool { return len(s.whitelist) > 0 || len(s.blacklist) > 0 }
+
 // IPAllowed reports whether ip passes the key's white- and blacklist.
 func (s *Snapshot) IPAllowed(ip netip.Addr) bool {
 	ip = ip.Unmap()

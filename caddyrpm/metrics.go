@@ -33,50 +33,31 @@ const namespace = "caddy_rpm"
 
 func newMetrics() *metrics {
 	m := &metrics{
-		decisions: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace, Name: "decisions_total",
-			Help: "Requests decided by the rpm handler, by result and reason.",
-		}, []string{"result", "reason"}),
-		cacheHits: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace, Name: "cache_hits_total",
-			Help: "Auth snapshot cache hits by layer (l1, l2).",
-		}, []string{"layer"}),
-		cacheMisses: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace, Name: "cache_misses_total",
-			Help: "Auth snapshot cache misses by layer (l1, l2).",
-		}, []string{"layer"}),
-		storeLoads: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: namespace, Name: "store_loads_total",
-			Help: "Auth snapshots loaded from the store.",
-		}),
-		storeErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: namespace, Name: "store_errors_total",
-			Help: "Failed store loads.",
-		}),
-		staleServed: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: namespace, Name: "stale_served_total",
-			Help: "Expired snapshots served because the store was unreachable.",
-		}),
-		redisErrors: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: namespace, Name: "redis_errors_total",
-			Help: "Redis calls that failed or timed out.",
-		}),
-		failOpens: prometheus.NewCounter(prometheus.CounterOpts{
-			Namespace: namespace, Name: "fail_open_total",
-			Help: "Requests admitted without a limit check because Redis was unavailable.",
-		}),
+		decisions:   counterVec("decisions_total", "Requests decided by the rpm handler, by result and reason.", "result", "reason"),
+		cacheHits:   counterVec("cache_hits_total", "Auth snapshot cache hits by layer (l1, l2).", "layer"),
+		cacheMisses: counterVec("cache_misses_total", "Auth snapshot cache misses by layer (l1, l2).", "layer"),
+		storeLoads:  counter("store_loads_total", "Auth snapshots loaded from the store."),
+		storeErrors: counter("store_errors_total", "Failed store loads."),
+		staleServed: counter("stale_served_total", "Expired snapshots served because the store was unreachable."),
+		redisErrors: counter("redis_errors_total", "Redis calls that failed or timed out."),
+		failOpens:   counter("fail_open_total", "Requests admitted without a limit check because Redis was unavailable."),
 		checkDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: namespace, Name: "check_duration_seconds",
 			Help:    "Time spent checking rate limits per request.",
 			Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .1},
 		}),
-		invalidations: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: namespace, Name: "invalidations_total",
-			Help: "Cache invalidations applied, by scope and origin.",
-		}, []string{"scope", "origin"}),
+		invalidations: counterVec("invalidations_total", "Cache invalidations applied, by scope and origin.", "scope", "origin"),
 	}
 	m.admittedOK = m.decisions.WithLabelValues("admitted", "ok")
 	return m
+}
+
+func counter(name, help string) prometheus.Counter {
+	return prometheus.NewCounter(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help})
+}
+
+func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help}, labels)
 }
 
 // registerMetrics registers the process-wide collectors with reg,

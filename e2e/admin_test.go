@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
@@ -180,7 +181,7 @@ func TestAdminAPIStatus(t *testing.T) {
 	_, k2b := storetest.SeedKey(t, e.pool, uid, &g2)
 	storetest.SeedKey(t, e.pool, uid, nil)
 	c := e.start(t, "")
-	waitForWindow(t, e.rdb, 15*time.Second)
+	redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 
 	for _, k := range []string{k1, k2a, k1, k2b, k1} {
 		admExpect(t, c, k, 200, "")
@@ -401,7 +402,7 @@ func TestAdminAPIWritesApplyOnNextRequest(t *testing.T) {
 	g3 := storetest.SeedGroup(t, e.pool, "", 100)
 	kid3, k3 := storetest.SeedKey(t, e.pool, u3, &g3)
 	c := e.start(t, "")
-	waitForWindow(t, e.rdb, 25*time.Second)
+	redistest.WaitForWindow(t, e.rdb, 25*time.Second)
 	patch := func(path, body string) {
 		t.Helper()
 		admWant(t, "PATCH "+path+" "+body, c.admin(t, http.MethodPatch, path, body), 200)

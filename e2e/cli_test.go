@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
@@ -36,7 +37,7 @@ func TestAdminAPICLIStatus(t *testing.T) {
 	_, key := storetest.SeedKey(t, e.pool, uid, &gid)
 	token := "tok-" + randomID()
 	c := e.start(t, "admin_token "+token)
-	waitForWindow(t, e.rdb, 15*time.Second)
+	redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 	for range 3 {
 		admExpect(t, c, key, 200, "")
 	}

@@ -250,7 +250,7 @@ func TestCommandsPerRequest(t *testing.T) {
 	// The seeding above sends database notifications; one arriving after
 	// the warm-up would evict a snapshot and cost a reload mid-measure.
 	cmdSettle(t, c)
-	waitForWindow(t, rdb, 15*time.Second)
+	redistest.WaitForWindow(t, rdb, 15*time.Second)
 	// Warm up: the first request of a key fills the snapshot caches (an
 	// L2 GET and SET) and loads the script; steady state starts after.
 	for _, k := range []string{limitedKey, freeKey, exemptKey} {

@@ -34,7 +34,7 @@ func exactCheck(t *testing.T, e *limEnv, cs []*caddyInstance, key, counter strin
 	for _, c := range cs {
 		urls = append(urls, c.URL+"/v1/x")
 	}
-	waitForWindow(t, e.rdb, 25*time.Second)
+	redistest.WaitForWindow(t, e.rdb, 25*time.Second)
 	st := limBurst(t, urls, key, exactWorkers, exactPerWorker)
 	var failOpens, redisErrors float64
 	for _, c := range cs {

@@ -312,20 +312,6 @@ func newRedis(t testing.TB, prefix string) *redis.Client {
 	return rdb
 }
 
-// waitForWindow waits until at least need remains in the Redis-clock
-// minute, so a test's requests all land in one window.
-func waitForWindow(t testing.TB, rdb redis.Cmdable, need time.Duration) {
-	t.Helper()
-	now, err := rdb.Time(context.Background()).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	left := time.Minute - time.Duration(now.Unix()%60)*time.Second - time.Duration(now.Nanosecond())
-	if left < need {
-		time.Sleep(left + 200*time.Millisecond)
-	}
-}
-
 // waitForLocalWindow is waitForWindow for the in-process limiter's clock.
 func waitForLocalWindow(need time.Duration) {
 	now := time.Now()

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
@@ -270,7 +271,7 @@ func TestHeaders(t *testing.T) {
 	uid := storetest.SeedUser(t, e.pool, 3)
 	gid := storetest.SeedGroup(t, e.pool, "", 4)
 	_, key := storetest.SeedKey(t, e.pool, uid, &gid)
-	waitForWindow(t, e.rdb, 15*time.Second)
+	redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 
 	limits := map[string]int64{"user": 3, "group": 4}
 	order := []string{"user", "group"}
@@ -345,7 +346,7 @@ func TestHeadersModes(t *testing.T) {
 		t.Run(tc.mode, func(t *testing.T) {
 			uid := storetest.SeedUser(t, e.pool, 1)
 			_, key := storetest.SeedKey(t, e.pool, uid, nil)
-			waitForWindow(t, e.rdb, 5*time.Second)
+			redistest.WaitForWindow(t, e.rdb, 5*time.Second)
 			rs := limExpect(t, c, "/"+tc.mode+"/x", key, []int{200, 429}, "USER_RPM_EXCEEDED")
 			for i, r := range rs {
 				for _, h := range tc.has {

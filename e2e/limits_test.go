@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/caddyrpm/caddy-rpm/limiter"
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
@@ -260,7 +261,7 @@ func TestLimitsTable(t *testing.T) {
 		gid := storetest.SeedGroup(t, e.pool, "", 100)
 		storetest.SeedOverride(t, e.pool, uid, gid, 2)
 		_, key := storetest.SeedKey(t, e.pool, uid, &gid)
-		waitForWindow(t, e.rdb, 15*time.Second)
+		redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 		limExpect(t, c, "/v1/x", key, []int{ok, ok}, "")
 		e.wantCount(t, "user", e.keys.User(uid), 2)
 		e.wantCount(t, "(user, group)", e.keys.UserGroup(uid, gid), 2)
@@ -277,7 +278,7 @@ func TestLimitsTable(t *testing.T) {
 		gid := storetest.SeedGroup(t, e.pool, "", 1)
 		storetest.SeedOverride(t, e.pool, uid, gid, 100) // lifts the group's 1
 		_, key := storetest.SeedKey(t, e.pool, uid, &gid)
-		waitForWindow(t, e.rdb, 15*time.Second)
+		redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 		limExpect(t, c, "/v1/x", key, limSeq(limRepeat(ok, 2), limRepeat(tooMany, 2)), "USER_RPM_EXCEEDED")
 		e.wantCount(t, "user", e.keys.User(uid), 2)
 		e.wantCount(t, "(user, group)", e.keys.UserGroup(uid, gid), 2)
@@ -290,7 +291,7 @@ func TestLimitsTable(t *testing.T) {
 		gid := storetest.SeedGroup(t, e.pool, "", 1)
 		storetest.SeedOverride(t, e.pool, uid, gid, 0)
 		_, key := storetest.SeedKey(t, e.pool, uid, &gid)
-		waitForWindow(t, e.rdb, 15*time.Second)
+		redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 		limExpect(t, c, "/v1/x", key, limSeq(limRepeat(ok, 5), limRepeat(tooMany, 2)), "USER_RPM_EXCEEDED")
 		e.wantCount(t, "user", e.keys.User(uid), 5)
 		e.wantNoKey(t, "(user, group)", e.keys.UserGroup(uid, gid))
@@ -314,7 +315,7 @@ func TestLimitsTable(t *testing.T) {
 		uid := storetest.SeedUser(t, e.pool, 0)
 		gid := storetest.SeedGroup(t, e.pool, "", 5)
 		_, key := storetest.SeedKey(t, e.pool, uid, &gid)
-		waitForWindow(t, e.rdb, 15*time.Second)
+		redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 		limExpect(t, c, "/v1/x", key, limSeq(limRepeat(ok, 5), limRepeat(tooMany, 2)), "GROUP_RPM_EXCEEDED")
 		e.wantCount(t, "(user, group)", e.keys.UserGroup(uid, gid), 5)
 		e.wantNoKey(t, "user", e.keys.User(uid))
@@ -326,7 +327,7 @@ func TestLimitsTable(t *testing.T) {
 		uid := storetest.SeedUser(t, e.pool, 2)
 		gid := storetest.SeedGroup(t, e.pool, "", 0)
 		_, key := storetest.SeedKey(t, e.pool, uid, &gid)
-		waitForWindow(t, e.rdb, 15*time.Second)
+		redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 		limExpect(t, c, "/v1/x", key, limSeq(limRepeat(ok, 2), limRepeat(tooMany, 2)), "USER_RPM_EXCEEDED")
 		e.wantCount(t, "user", e.keys.User(uid), 2)
 		e.wantNoKey(t, "(user, group)", e.keys.UserGroup(uid, gid))
@@ -336,7 +337,7 @@ func TestLimitsTable(t *testing.T) {
 		// A key without a group is limited by the user limit alone.
 		uid := storetest.SeedUser(t, e.pool, 3)
 		_, key := storetest.SeedKey(t, e.pool, uid, nil)
-		waitForWindow(t, e.rdb, 15*time.Second)
+		redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 		limExpect(t, c, "/v1/x", key, limSeq(limRepeat(ok, 3), limRepeat(tooMany, 2)), "USER_RPM_EXCEEDED")
 		e.wantCount(t, "user", e.keys.User(uid), 3)
 		if ks := e.userKeys(t, uid); len(ks) != 1 || ks[0] != e.keys.User(uid) {
@@ -351,7 +352,7 @@ func TestLimitsTable(t *testing.T) {
 		gid := storetest.SeedGroup(t, e.pool, "", 3)
 		_, k1 := storetest.SeedKey(t, e.pool, uid, &gid)
 		_, k2 := storetest.SeedKey(t, e.pool, uid, &gid)
-		waitForWindow(t, e.rdb, 15*time.Second)
+		redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 		limExpect(t, c, "/v1/x", k1, []int{ok, ok}, "")
 		limExpect(t, c, "/v1/x", k2, []int{ok, tooMany}, "GROUP_RPM_EXCEEDED")
 		limExpect(t, c, "/v1/x", k1, []int{tooMany}, "GROUP_RPM_EXCEEDED")
@@ -365,7 +366,7 @@ func TestLimitsTable(t *testing.T) {
 		gid := storetest.SeedGroup(t, e.pool, "", 100)
 		_, k1 := storetest.SeedKey(t, e.pool, uid, &gid)
 		_, k2 := storetest.SeedKey(t, e.pool, uid, &gid)
-		waitForWindow(t, e.rdb, 15*time.Second)
+		redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 		limExpect(t, c, "/v1/x", k1, []int{ok}, "")
 		limExpect(t, c, "/v1/x", k2, []int{ok, ok, tooMany}, "USER_RPM_EXCEEDED")
 		limExpect(t, c, "/v1/x", k1, []int{tooMany}, "USER_RPM_EXCEEDED")
@@ -386,7 +387,7 @@ func TestLimitsMetrics(t *testing.T) {
 	// A late seeding notification would drop the deny-cache entry counted
 	// below.
 	cmdSettle(t, c)
-	waitForWindow(t, e.rdb, 15*time.Second)
+	redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 
 	before := c.metric(t, "caddy_rpm_decisions_total", `result="admitted"`, `reason="ok"`)
 	limExpect(t, c, "/v1/x", key, []int{200, 200, 429, 429}, "USER_RPM_EXCEEDED")

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
@@ -65,7 +66,7 @@ func TestAdminAPIPropagation(t *testing.T) {
 	gLim := storetest.SeedGroup(t, e.pool, "", 1000000)
 	_, keyLim := storetest.SeedKey(t, e.pool, uid, &gLim)
 	c1, c2 := e.start(t, ""), e.start(t, "")
-	waitForWindow(t, e.rdb, 20*time.Second)
+	redistest.WaitForWindow(t, e.rdb, 20*time.Second)
 
 	check := func(name string, change func(), key string, before, after int, code string) {
 		t.Helper()

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
@@ -46,7 +47,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		prefix := "rpmtest:" + randomID() + ":"
 		rdb := newRedis(t, prefix)
 		testReloadUnderLoad(t, fmt.Sprintf("postgres %q\n\t\tredis redis://127.0.0.1:6379\n\t\tkey_prefix %s", dsn, prefix), key, 10,
-			func() { waitForWindow(t, rdb, 25*time.Second) })
+			func() { redistest.WaitForWindow(t, rdb, 25*time.Second) })
 	})
 }
 

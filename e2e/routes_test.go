@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
@@ -48,7 +49,7 @@ func TestRouteLimitUser(t *testing.T) {
 	gid := storetest.SeedGroup(t, e.pool, "", 0)
 	_, key := storetest.SeedKey(t, e.pool, uid, &gid)
 	zone := e.keys.ZoneUser("img", uid)
-	waitForWindow(t, e.rdb, 15*time.Second)
+	redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 
 	limExpect(t, c, "/img/x", key, limRepeat(200, 3), "")
 	e.wantCount(t, "zone img", zone, 3)
@@ -121,7 +122,7 @@ func TestRouteStrictestWins(t *testing.T) {
 	c := routeCaddy(t, e, "limit user 5")
 	uid := storetest.SeedUser(t, e.pool, 2)
 	_, key := storetest.SeedKey(t, e.pool, uid, nil)
-	waitForWindow(t, e.rdb, 15*time.Second)
+	redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 	limExpect(t, c, "/img/x", key, []int{200, 200, 429}, "USER_RPM_EXCEEDED")
 	e.wantCount(t, "zone img", e.keys.ZoneUser("img", uid), 2)
 	e.wantCount(t, "user", e.keys.User(uid), 2)
@@ -134,7 +135,7 @@ func TestRouteLimitKey(t *testing.T) {
 	uid := storetest.SeedUser(t, e.pool, 100)
 	k1id, k1 := storetest.SeedKey(t, e.pool, uid, nil)
 	k2id, k2 := storetest.SeedKey(t, e.pool, uid, nil)
-	waitForWindow(t, e.rdb, 15*time.Second)
+	redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 	limExpect(t, c, "/img/x", k1, []int{200, 200, 429}, "ROUTE_RPM_EXCEEDED")
 	limExpect(t, c, "/img/x", k2, []int{200, 200, 429}, "ROUTE_RPM_EXCEEDED")
 	e.wantCount(t, "zone img key 1", e.keys.ZoneKey("img", uid, k1id), 2)
@@ -151,7 +152,7 @@ func TestRouteZoneShared(t *testing.T) {
 	c2 := routeCaddy(t, e, "limit user 23")
 	uid := storetest.SeedUser(t, e.pool, 1000)
 	_, key := storetest.SeedKey(t, e.pool, uid, nil)
-	waitForWindow(t, e.rdb, 25*time.Second)
+	redistest.WaitForWindow(t, e.rdb, 25*time.Second)
 	st := limBurst(t, []string{c1.URL + "/img/x", c2.URL + "/img/x"}, key, 20, 10)
 	if st[200] != 23 || st[429] != 200-23 {
 		t.Fatalf("statuses %v, want 23×200", st)

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
@@ -54,7 +55,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 	}
 	reverse_proxy {{.Upstream}}
 }`, params{DSN: dsn, Prefix: prefix, Upstream: up.URL})
-	waitForWindow(t, rdb, 10*time.Second)
+	redistest.WaitForWindow(t, rdb, 10*time.Second)
 
 	for _, k := range []string{good, other, disabled, unknown} {
 		for _, h := range []string{"Authorization: Bearer " + k, "X-Api-Key: " + k, "Api-Key: " + k} {

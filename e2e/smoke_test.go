@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
@@ -30,7 +31,7 @@ func TestSmoke(t *testing.T) {
 	rpm
 	reverse_proxy {{.Upstream}}
 }`, params{DSN: dsn, Prefix: prefix, Upstream: up.URL})
-	waitForWindow(t, rdb, 10e9)
+	redistest.WaitForWindow(t, rdb, 10e9)
 
 	for i, want := range []int{200, 200, 429} {
 		r := c.get(t, "/v1/models", key)

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/caddyrpm/caddy-rpm/internal/browsertest"
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
@@ -161,7 +162,7 @@ func TestUIBrowserAdminPage(t *testing.T) {
 
 	t.Run("lookup matches rpm-status", func(t *testing.T) {
 		b.SetT(t)
-		waitForWindow(t, rdb, 20*time.Second)
+		redistest.WaitForWindow(t, rdb, 20*time.Second)
 		for _, k := range []struct {
 			key string
 			n   int
@@ -244,7 +245,7 @@ func TestUIBrowserAdminPage(t *testing.T) {
 
 		// B had 20 in g1 and a cached snapshot from the lookup traffic; now
 		// 2 holds from the next request on.
-		waitForWindow(t, rdb, 15*time.Second)
+		redistest.WaitForWindow(t, rdb, 15*time.Second)
 		used := int64(0)
 		for _, g := range uibGetStatus(t, c, userB).PerGroup {
 			if g.GroupID == g1 {

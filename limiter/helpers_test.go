@@ -88,16 +88,6 @@ func untilWindowEnd(now time.Time) time.Duration {
 	return time.Duration(Window.Milliseconds()-ms%Window.Milliseconds()) * time.Millisecond
 }
 
-// waitWindow waits, if needed, until at least minRemaining is left in the
-// current Redis-clock minute, so a test's requests share one window.
-func waitWindow(t testing.TB, c redis.UniversalClient) {
-	t.Helper()
-	if left := untilWindowEnd(redisNow(t, c)); left < minRemaining {
-		t.Logf("waiting %v for the next Redis-clock window", left)
-		time.Sleep(left + 50*time.Millisecond)
-	}
-}
-
 // cmdCounter is a go-redis hook counting the commands sent, by name.
 type cmdCounter struct {
 	evalsha, eval, other atomic.Int64

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -20,7 +21,7 @@ func redisBackend(t *testing.T, c redis.UniversalClient, keys Keys) backend {
 			t.Helper()
 			return rawCount(t, c, key)
 		},
-		wait: func(t *testing.T) { waitWindow(t, c) },
+		wait: func(t *testing.T) { redistest.WaitForWindow(t, c, minRemaining) },
 	}
 }
 
@@ -68,7 +69,7 @@ func TestRedisCluster(t *testing.T) {
 		// Users land on different masters; each request stays in one slot.
 		cc := c.(*redis.ClusterClient)
 		r := NewRedis(c)
-		waitWindow(t, c)
+		redistest.WaitForWindow(t, c, minRemaining)
 		nodes := map[string]bool{}
 		for uid := int64(100); uid < 130; uid++ {
 			cs := []Counter{groupCounter(keys, uid, 1, 2), userCounter(keys, uid, 2), zoneUserCounter(keys, "z", uid, 2)}
@@ -104,7 +105,7 @@ func TestRedisExactness(t *testing.T) {
 // exactly 37.
 func testExactness(t *testing.T, c redis.UniversalClient, keys Keys) {
 	r := NewRedis(c)
-	waitWindow(t, c)
+	redistest.WaitForWindow(t, c, minRemaining)
 	cs := []Counter{groupCounter(keys, 1, 1, 37), userCounter(keys, 1, 1000)}
 	var admitted, refused atomic.Int64
 	var wg sync.WaitGroup
@@ -173,7 +174,7 @@ func TestRedisPeek(t *testing.T) {
 func testPeek(t *testing.T, c redis.UniversalClient, keys Keys) {
 	r := NewRedis(c)
 	ctx := context.Background()
-	waitWindow(t, c)
+	redistest.WaitForWindow(t, c, minRemaining)
 	cs := []Counter{userCounter(keys, 1, 10), groupCounter(keys, 1, 2, 10)}
 	for range 3 {
 		if _, err := r.Check(ctx, cs); err != nil {
@@ -209,7 +210,7 @@ func TestRedisRoundTrips(t *testing.T) {
 	c.AddHook(hook)
 	r := NewRedis(c)
 	ctx := context.Background()
-	waitWindow(t, c)
+	redistest.WaitForWindow(t, c, minRemaining)
 	cs := []Counter{groupCounter(keys, 1, 1, 3), userCounter(keys, 1, 10), zoneUserCounter(keys, "z", 1, 10)}
 	if _, err := r.Check(ctx, cs); err != nil { // loads the script if needed
 		t.Fatal(err)
@@ -298,7 +299,7 @@ func TestRedisStaleWindowReadsZero(t *testing.T) {
 	c, keys := singleClient(t)
 	r := NewRedis(c)
 	ctx := context.Background()
-	waitWindow(t, c)
+	redistest.WaitForWindow(t, c, minRemaining)
 	key := keys.User(1)
 	old := redisNow(t, c).UnixMilli()/Window.Milliseconds() - 1
 	if err := c.HSet(ctx, key, "w", old, "n", 100).Err(); err != nil {

@@ -6,7 +6,8 @@
 #
 #   plain     reverse_proxy only
 #   admitted  rpm + reverse_proxy; the user and group limits (10^9) apply but
-#             are never hit: one EVALSHA per request
+#             are never hit: each request waits for one EVALSHA, which concurrent
+#             requests share (see limiter/batch.go)
 #   refused   rpm + reverse_proxy; a user limit of 1 is hit, so after the
 #             first 429 of the window the local deny cache answers
 #

@@ -21,6 +21,7 @@ type metrics struct {
 	redisErrors   prometheus.Counter
 	failOpens     prometheus.Counter
 	checkDuration prometheus.Histogram
+	checksPerCall prometheus.Histogram
 	invalidations *prometheus.CounterVec
 }
 
@@ -46,6 +47,11 @@ func newMetrics() *metrics {
 			Help:    "Time spent checking rate limits per request.",
 			Buckets: []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .1},
 		}),
+		checksPerCall: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: namespace, Name: "redis_checks_per_call",
+			Help:    "Requests' limit checks carried by one Redis script call: concurrent checks share a call. The count is the number of calls, the sum the checks sent.",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64},
+		}),
 		invalidations: counterVec("invalidations_total", "Cache invalidations applied, by scope and origin.", "scope", "origin"),
 	}
 	m.admittedOK = m.decisions.WithLabelValues("admitted", "ok")
@@ -70,7 +76,7 @@ func registerMetrics(reg *prometheus.Registry) (*metrics, error) {
 	m := allMetrics
 	for _, c := range []prometheus.Collector{
 		m.decisions, m.cacheHits, m.cacheMisses, m.storeLoads, m.storeErrors,
-		m.staleServed, m.redisErrors, m.failOpens, m.checkDuration, m.invalidations,
+		m.staleServed, m.redisErrors, m.failOpens, m.checkDuration, m.checksPerCall, m.invalidations,
 	} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError

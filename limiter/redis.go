@@ -3,6 +3,7 @@ package limiter
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -22,40 +23,64 @@ import (
 // write of a new window sets PEXPIREAT to the window end plus a slack, so
 // idle counters expire on their own.
 
-// checkScript checks and increments all counters of one request atomically.
+// checkScript checks and increments the counters of one or more checks
+// (requests), one check after the other, each atomically.
 //
-// KEYS: the counter keys; ARGV: their limits, then the expiry slack in ms.
-// Returns {denied, resetMs, count1, ..., countN}: denied is the 1-based
-// index of the first full counter, 0 when admitted.
+// KEYS: the counter keys of every check, in order. ARGV[1]: the expiry
+// slack in ms; then per check the number of its counters m and their m
+// limits. Returns {resetMs, then per check: denied, count1, ..., countm}:
+// denied is the 1-based index of the check's first full counter, 0 when
+// admitted.
+//
+// Each counter is read at most once and written at most once per call,
+// however many checks of the call share it.
 var checkScript = redis.NewScript(`
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local w = math.floor(ms / 60000)
 local wend = (w + 1) * 60000
-local n = #KEYS
-local counts = {}
-for i = 1, n do
-  local v = redis.call('HMGET', KEYS[i], 'w', 'n')
-  local c = 0
-  if v[1] and tonumber(v[1]) == w then c = tonumber(v[2]) or 0 end
-  counts[i] = c
-end
-for i = 1, n do
-  if counts[i] >= tonumber(ARGV[i]) then
-    return {i, wend - ms, unpack(counts)}
+local count, fresh, dirty = {}, {}, {}
+local out = {wend - ms}
+local k, a = 0, 2
+while a <= #ARGV do
+  local m = tonumber(ARGV[a])
+  local counts = {}
+  local denied = 0
+  for i = 1, m do
+    local key = KEYS[k + i]
+    local c = count[key]
+    if c == nil then
+      local v = redis.call('HMGET', key, 'w', 'n')
+      c = 0
+      if v[1] and tonumber(v[1]) == w then c = tonumber(v[2]) or 0 else fresh[key] = true end
+      count[key] = c
+    end
+    counts[i] = c
+    if denied == 0 and c >= tonumber(ARGV[a + i]) then denied = i end
   end
+  if denied == 0 then
+    for i = 1, m do
+      local key = KEYS[k + i]
+      counts[i] = count[key] + 1
+      count[key] = counts[i]
+      dirty[key] = true
+    end
+  end
+  out[#out + 1] = denied
+  for i = 1, m do out[#out + 1] = counts[i] end
+  k = k + m
+  a = a + m + 1
 end
-local exp = wend + tonumber(ARGV[n + 1])
-for i = 1, n do
-  if counts[i] == 0 then
-    redis.call('HSET', KEYS[i], 'w', string.format('%d', w), 'n', 1)
-    redis.call('PEXPIREAT', KEYS[i], string.format('%d', exp))
+local exp = string.format('%d', wend + tonumber(ARGV[1]))
+for key in pairs(dirty) do
+  if fresh[key] then
+    redis.call('HSET', key, 'w', string.format('%d', w), 'n', count[key])
+    redis.call('PEXPIREAT', key, exp)
   else
-    redis.call('HINCRBY', KEYS[i], 'n', 1)
+    redis.call('HSET', key, 'n', count[key])
   end
-  counts[i] = counts[i] + 1
 end
-return {0, wend - ms, unpack(counts)}
+return out
 `)
 
 // peekScript reads the current-window counts without writing.
@@ -79,14 +104,17 @@ return out
 const DefaultExpirySlack = 5 * time.Second
 
 // Redis is a Limiter whose counters live in Redis (single node or Cluster)
-// and whose windows follow the Redis server clock. Each Check is one EVALSHA
-// round trip; all keys of one call must share a hash slot (Keys does that).
+// and whose windows follow the Redis server clock. Each Check waits for one
+// EVALSHA round trip, which concurrent checks of the same slot may share;
+// all keys of one Check must share a hash slot (Keys does that).
 //
 // Errors wrap ErrUnavailable. Redis itself does not bound call time: give
 // the client ContextTimeoutEnabled and wrap it in a Guarded limiter.
 type Redis struct {
-	client redis.UniversalClient
-	slack  int64 // ms
+	client   redis.UniversalClient
+	slack    int64                     // ms
+	batchers []atomic.Pointer[batcher] // per cluster slot, or one
+	onCall   func(checks int)
 }
 
 // RedisOption configures a Redis limiter.
@@ -102,9 +130,19 @@ func WithExpirySlack(d time.Duration) RedisOption {
 	}
 }
 
+// WithOnCall sets a function called after each check script call with the
+// number of checks it carried (for metrics).
+func WithOnCall(f func(checks int)) RedisOption {
+	return func(r *Redis) { r.onCall = f }
+}
+
 // NewRedis returns a Limiter backed by client.
 func NewRedis(client redis.UniversalClient, opts ...RedisOption) *Redis {
 	r := &Redis{client: client, slack: DefaultExpirySlack.Milliseconds()}
+	r.batchers = make([]atomic.Pointer[batcher], 1)
+	if _, ok := client.(*redis.ClusterClient); ok {
+		r.batchers = make([]atomic.Pointer[batcher], 16384)
+	}
 	for _, o := range opts {
 		o(r)
 	}
@@ -116,37 +154,80 @@ func NewRedis(client redis.UniversalClient, opts ...RedisOption) *Redis {
 func (r *Redis) Load(ctx context.Context) error {
 	for _, s := range []*redis.Script{checkScript, peekScript} {
 		if err := s.Load(ctx, r.client).Err(); err != nil {
-			return fmt.Errorf("%w: load script: %w", ErrUnavailable, err)
+			return unavailable("load script", err)
 		}
 	}
 	return nil
 }
 
-// Check implements Limiter.
+// Check implements Limiter. Concurrent checks of one slot may share a
+// script call (see batch.go); each still waits for exactly one round trip.
 func (r *Redis) Check(ctx context.Context, counters []Counter) (Result, error) {
 	if len(counters) == 0 {
 		return Result{Allowed: true, Denied: -1}, nil
 	}
-	keys := make([]string, len(counters))
-	args := make([]any, len(counters)+1)
-	for i, c := range counters {
-		keys[i] = c.Key
-		args[i] = c.Limit
+	return r.batcherFor(counters[0].Key).check(ctx, counters)
+}
+
+// batcherFor returns the batcher of key's cluster slot, or the only one
+// when the client is not a cluster client.
+func (r *Redis) batcherFor(key string) *batcher {
+	slot := 0
+	if len(r.batchers) > 1 {
+		slot = int(clusterSlot(key))
 	}
-	args[len(counters)] = r.slack
+	if b := r.batchers[slot].Load(); b != nil {
+		return b
+	}
+	r.batchers[slot].CompareAndSwap(nil, &batcher{run: r.run})
+	return r.batchers[slot].Load()
+}
+
+// run sends the checks in one script call and stores each one's outcome.
+func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
+	n := 0
+	for _, p := range checks {
+		n += len(p.counters)
+	}
+	keys := make([]string, 0, n)
+	args := make([]any, 0, 1+n+len(checks))
+	args = append(args, r.slack)
+	for _, p := range checks {
+		args = append(args, len(p.counters))
+		for _, c := range p.counters {
+			keys = append(keys, c.Key)
+			args = append(args, c.Limit)
+		}
+	}
 	vals, err := checkScript.Run(ctx, r.client, keys, args...).Int64Slice()
+	if r.onCall != nil {
+		r.onCall(len(checks))
+	}
+	if err == nil && len(vals) != 1+n+len(checks) {
+		err = fmt.Errorf("%d values for %d checks of %d counters", len(vals), len(checks), n)
+	}
 	if err != nil {
-		return Result{Denied: -1}, fmt.Errorf("%w: redis check: %w", ErrUnavailable, err)
+		for _, p := range checks {
+			p.res, p.err = Result{Denied: -1}, unavailable("redis check", err)
+		}
+		return
 	}
-	if len(vals) != len(counters)+2 {
-		return Result{Denied: -1}, fmt.Errorf("%w: redis check: %d values for %d counters", ErrUnavailable, len(vals), len(counters))
+	resetIn := time.Duration(vals[0]) * time.Millisecond
+	vals = vals[1:]
+	for _, p := range checks {
+		m := len(p.counters)
+		p.res = Result{
+			Allowed: vals[0] == 0,
+			Denied:  int(vals[0]) - 1,
+			ResetIn: resetIn,
+			Counts:  vals[1 : 1+m : 1+m],
+		}
+		vals = vals[1+m:]
 	}
-	return Result{
-		Allowed: vals[0] == 0,
-		Denied:  int(vals[0]) - 1,
-		ResetIn: time.Duration(vals[1]) * time.Millisecond,
-		Counts:  vals[2:],
-	}, nil
+}
+
+func unavailable(op string, err error) error {
+	return fmt.Errorf("%w: %s: %w", ErrUnavailable, op, err)
 }
 
 // Peek implements Limiter. With no keys it still reads the Redis clock, so
@@ -154,7 +235,7 @@ func (r *Redis) Check(ctx context.Context, counters []Counter) (Result, error) {
 func (r *Redis) Peek(ctx context.Context, keys []string) ([]int64, time.Duration, error) {
 	vals, err := peekScript.Run(ctx, r.client, keys).Int64Slice()
 	if err != nil {
-		return nil, 0, fmt.Errorf("%w: redis peek: %w", ErrUnavailable, err)
+		return nil, 0, unavailable("redis peek", err)
 	}
 	if len(vals) != len(keys)+1 {
 		return nil, 0, fmt.Errorf("%w: redis peek: %d values for %d keys", ErrUnavailable, len(vals), len(keys))

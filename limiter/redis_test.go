@@ -65,6 +65,17 @@ func TestRedisCluster(t *testing.T) {
 	t.Run("exactness", func(t *testing.T) {
 		testExactness(t, c, Keys{Prefix: keys.Prefix + "exact:"})
 	})
+	t.Run("slots agree with CLUSTER KEYSLOT", func(t *testing.T) {
+		for _, key := range []string{keys.User(7), keys.UserGroup(123456, 9), keys.ZoneKey("img", 42, 1), "plain-key", "a{}b", "x{y}z{w}"} {
+			want, err := c.Do(context.Background(), "CLUSTER", "KEYSLOT", key).Int64()
+			if err != nil {
+				t.Fatalf("cluster keyslot %s: %v", key, err)
+			}
+			if got := clusterSlot(key); int64(got) != want {
+				t.Errorf("clusterSlot(%q) = %d, Redis says %d", key, got, want)
+			}
+		}
+	})
 	t.Run("users spread over slots", func(t *testing.T) {
 		// Users land on different masters; each request stays in one slot.
 		cc := c.(*redis.ClusterClient)

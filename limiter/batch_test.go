@@ -1,0 +1,250 @@
+package limiter
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
+)
+
+// gatedRun is a batcher run func that records each call and blocks until
+// the test opens its gate. It stands in for Redis only to steer timing; the
+// script itself is tested against Redis below.
+type gatedRun struct {
+	gate  chan struct{}
+	mu    sync.Mutex
+	calls [][]*pendingCheck
+}
+
+func newGatedRun() *gatedRun { return &gatedRun{gate: make(chan struct{})} }
+
+func (g *gatedRun) run(ctx context.Context, checks []*pendingCheck) {
+	g.mu.Lock()
+	g.calls = append(g.calls, checks)
+	g.mu.Unlock()
+	<-g.gate
+	for _, p := range checks {
+		p.res = Result{Allowed: true, Denied: -1, Counts: []int64{p.counters[0].Limit}}
+	}
+}
+
+func (g *gatedRun) callCount() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.calls)
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func (b *batcher) queued() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.queue)
+}
+
+func TestBatcherCoalescesWhileCallsAreOut(t *testing.T) {
+	g := newGatedRun()
+	b := &batcher{run: g.run}
+	const queuedChecks = maxBatch + 6
+	results := make([]Result, maxInFlight+queuedChecks)
+	var wg sync.WaitGroup
+	check := func(i int) {
+		wg.Go(func() {
+			res, err := b.check(context.Background(), []Counter{{Key: "k", Limit: int64(i)}})
+			if err != nil {
+				t.Errorf("check %d: %v", i, err)
+			}
+			results[i] = res
+		})
+	}
+	for i := range maxInFlight {
+		check(i)
+	}
+	waitFor(t, "the first calls", func() bool { return g.callCount() == maxInFlight })
+	for i := maxInFlight; i < len(results); i++ {
+		check(i)
+	}
+	waitFor(t, "queued checks", func() bool { return b.queued() == queuedChecks })
+	if n := g.callCount(); n != maxInFlight {
+		t.Fatalf("%d calls while %d are out, want no more", n, maxInFlight)
+	}
+	close(g.gate)
+	wg.Wait()
+
+	// Every check went out in exactly one call and got its own result.
+	seen := map[int64]int{}
+	for _, call := range g.calls {
+		if len(call) > maxBatch {
+			t.Errorf("a call carried %d checks, max %d", len(call), maxBatch)
+		}
+		for _, p := range call {
+			seen[p.counters[0].Limit]++
+		}
+	}
+	for i := range results {
+		if seen[int64(i)] != 1 {
+			t.Errorf("check %d went out %d times, want 1", i, seen[int64(i)])
+		}
+		if !results[i].Allowed || results[i].Counts[0] != int64(i) {
+			t.Errorf("check %d got %+v", i, results[i])
+		}
+	}
+	// The queue drained in ceil(queued/maxBatch) further calls.
+	if want := maxInFlight + (queuedChecks+maxBatch-1)/maxBatch; len(g.calls) != want {
+		t.Errorf("%d calls, want %d", len(g.calls), want)
+	}
+	// The last drain frees its place just after its callers return.
+	waitFor(t, "every call's place freed", func() bool {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return b.inFlight == 0 && len(b.queue) == 0
+	})
+}
+
+func TestBatcherQueuedCheckLeavesAtItsDeadline(t *testing.T) {
+	g := newGatedRun()
+	b := &batcher{run: g.run}
+	var wg sync.WaitGroup
+	for range maxInFlight {
+		wg.Go(func() {
+			if _, err := b.check(context.Background(), []Counter{{Key: "k", Limit: 1}}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	waitFor(t, "the first calls", func() bool { return g.callCount() == maxInFlight })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	res, err := b.check(ctx, []Counter{{Key: "k", Limit: 99}})
+	if !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) || res.Allowed {
+		t.Fatalf("got %+v, %v; want ErrUnavailable wrapping the deadline", res, err)
+	}
+	if waited := time.Since(start); waited > time.Second {
+		t.Fatalf("waited %v past a 20ms deadline", waited)
+	}
+	if b.queued() != 0 {
+		t.Fatalf("the check that left is still queued")
+	}
+	close(g.gate)
+	wg.Wait()
+	for _, call := range g.calls {
+		for _, p := range call {
+			if p.counters[0].Limit == 99 {
+				t.Fatalf("the check that left was sent")
+			}
+		}
+	}
+}
+
+// TestRedisChecksShareACall runs several checks in one script call against
+// Redis: each is decided in order, as if alone, and each counter is read
+// and written once.
+func TestRedisChecksShareACall(t *testing.T) {
+	c, keys := singleClient(t)
+	hook := &cmdCounter{}
+	c.AddHook(hook)
+	r := NewRedis(c)
+	redistest.WaitForWindow(t, c, minRemaining)
+
+	withGroup := []Counter{groupCounter(keys, 1, 7, 2), userCounter(keys, 1, 10)}
+	userOnly := []Counter{userCounter(keys, 1, 10)}
+	other := []Counter{userCounter(keys, 2, 1)}
+	checks := []*pendingCheck{
+		{counters: withGroup}, {counters: withGroup}, {counters: withGroup},
+		{counters: userOnly}, {counters: other}, {counters: other},
+	}
+	hook.reset()
+	r.run(context.Background(), checks)
+	if hook.evalsha.Load()+hook.eval.Load() != 1 {
+		t.Fatalf("%d script calls, want 1", hook.evalsha.Load()+hook.eval.Load())
+	}
+	want := []struct {
+		allowed bool
+		denied  int
+		counts  []int64
+	}{
+		{true, -1, []int64{1, 1}},
+		{true, -1, []int64{2, 2}},
+		{false, 0, []int64{2, 2}}, // group full; the user counter is not charged
+		{true, -1, []int64{3}},
+		{true, -1, []int64{1}},
+		{false, 0, []int64{1}},
+	}
+	for i, p := range checks {
+		w := want[i]
+		if p.err != nil || p.res.Allowed != w.allowed || p.res.Denied != w.denied || !slices.Equal(p.res.Counts, w.counts) {
+			t.Errorf("check %d: %+v, %v; want allowed %v, denied %d, counts %v", i, p.res, p.err, w.allowed, w.denied, w.counts)
+		}
+		checkResetIn(t, p.res.ResetIn)
+	}
+	for key, n := range map[string]int64{withGroup[0].Key: 2, withGroup[1].Key: 3, other[0].Key: 1} {
+		if got := rawCount(t, c, key); got != n {
+			t.Errorf("%s = %d, want %d", key, got, n)
+		}
+		if ttl := c.PTTL(context.Background(), key).Val(); ttl <= 0 || ttl > Window+DefaultExpirySlack {
+			t.Errorf("%s: ttl %v, want within the window plus slack", key, ttl)
+		}
+	}
+}
+
+// TestRedisConcurrentChecksShareRoundTrips: many concurrent checks against
+// Redis take fewer script calls than checks, and every counter is exact.
+func TestRedisConcurrentChecksShareRoundTrips(t *testing.T) {
+	c, keys := singleClient(t)
+	hook := &cmdCounter{}
+	c.AddHook(hook)
+	r := NewRedis(c)
+	if err := r.Load(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitForWindow(t, c, minRemaining)
+	hook.reset()
+
+	const users, perUser = 40, 25
+	var admitted atomic.Int64
+	var wg sync.WaitGroup
+	for u := range int64(users) {
+		for range perUser {
+			wg.Go(func() {
+				res, err := r.Check(context.Background(), []Counter{userCounter(keys, u+1, 20)})
+				if err != nil {
+					t.Error(err)
+				} else if res.Allowed {
+					admitted.Add(1)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	calls := hook.evalsha.Load() + hook.eval.Load()
+	// Other commands are the pool's connection set-up (HELLO, CLIENT
+	// SETINFO) for connections opened under the burst.
+	if calls == 0 || calls >= users*perUser {
+		t.Fatalf("%d script calls for %d checks; want fewer calls than checks", calls, users*perUser)
+	}
+	t.Logf("%d checks in %d script calls", users*perUser, calls)
+	if got := admitted.Load(); got != users*20 {
+		t.Fatalf("admitted %d, want %d", got, users*20)
+	}
+	for u := range int64(users) {
+		if got := rawCount(t, c, keys.User(u+1)); got != 20 {
+			t.Fatalf("user %d counter = %d, want 20", u+1, got)
+		}
+	}
+}

@@ -164,7 +164,9 @@ func (a *App) provisionLimiter() {
 	lim, _ := share(a, key, func() (guardedStack, func(), error) {
 		client := a.redis
 		m := a.metrics
-		guarded := limiter.NewGuarded(limiter.NewRedis(client, limiter.WithOnCall(func(n int) { m.checksPerCall.Observe(float64(n)) })), time.Duration(a.RedisTimeout), a.logger,
+		redisLimiter := limiter.NewRedis(client,
+			limiter.WithOnCall(func(checks int) { m.checksPerCall.Observe(float64(checks)) }))
+		guarded := limiter.NewGuarded(redisLimiter, time.Duration(a.RedisTimeout), a.logger,
 			limiter.WithProbe(func(ctx context.Context) error { return client.Ping(ctx).Err() }),
 			limiter.WithOnError(func(error) { m.redisErrors.Inc() }))
 		return guardedStack{limiter.NewDenyCache(guarded, time.Now), guarded}, func() { _ = guarded.Close() }, nil

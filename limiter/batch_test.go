@@ -156,9 +156,7 @@ func TestBatcherQueuedCheckLeavesAtItsDeadline(t *testing.T) {
 // Redis: each is decided in order, as if alone, and each counter is read
 // and written once.
 func TestRedisChecksShareACall(t *testing.T) {
-	c, keys := singleClient(t)
-	hook := &cmdCounter{}
-	c.AddHook(hook)
+	c, keys, hook := countedClient(t)
 	r := NewRedis(c)
 	redistest.WaitForWindow(t, c, minRemaining)
 
@@ -206,9 +204,7 @@ func TestRedisChecksShareACall(t *testing.T) {
 // TestRedisConcurrentChecksShareRoundTrips: many concurrent checks against
 // Redis take fewer script calls than checks, and every counter is exact.
 func TestRedisConcurrentChecksShareRoundTrips(t *testing.T) {
-	c, keys := singleClient(t)
-	hook := &cmdCounter{}
-	c.AddHook(hook)
+	c, keys, hook := countedClient(t)
 	r := NewRedis(c)
 	if err := r.Load(context.Background()); err != nil {
 		t.Fatal(err)

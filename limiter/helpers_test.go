@@ -60,6 +60,15 @@ func singleClient(t testing.TB) (redis.UniversalClient, Keys) {
 	return c, keys
 }
 
+// countedClient is singleClient with a hook counting the commands it sends.
+func countedClient(t testing.TB) (redis.UniversalClient, Keys, *cmdCounter) {
+	t.Helper()
+	c, keys := singleClient(t)
+	hook := &cmdCounter{}
+	c.AddHook(hook)
+	return c, keys, hook
+}
+
 // clusterClient starts a private 3-node Redis Cluster.
 func clusterClient(t testing.TB) (redis.UniversalClient, Keys) {
 	t.Helper()

@@ -216,9 +216,7 @@ func testPeek(t *testing.T, c redis.UniversalClient, keys Keys) {
 }
 
 func TestRedisRoundTrips(t *testing.T) {
-	c, keys := singleClient(t)
-	hook := &cmdCounter{}
-	c.AddHook(hook)
+	c, keys, hook := countedClient(t)
 	r := NewRedis(c)
 	ctx := context.Background()
 	redistest.WaitForWindow(t, c, minRemaining)

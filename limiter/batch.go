@@ -36,6 +36,11 @@ type pendingCheck struct {
 	done     chan struct{} // closed once res and err are set
 }
 
+// fail records that the check could not be asked of Redis.
+func (p *pendingCheck) fail(err error) {
+	p.res, p.err = Result{Denied: -1}, unavailable("redis check", err)
+}
+
 // batcher coalesces the checks of one Redis Cluster slot (or of the whole
 // server when it is not a cluster).
 type batcher struct {
@@ -77,6 +82,7 @@ func (b *batcher) check(ctx context.Context, counters []Counter) (Result, error)
 			}
 		}
 		b.mu.Unlock()
+		// Not p.fail: a call that took p may be writing p.res right now.
 		return Result{Denied: -1}, unavailable("redis check", ctx.Err())
 	}
 }
@@ -125,7 +131,7 @@ func (b *batcher) take() []*pendingCheck {
 		n++
 		if err := p.ctx.Err(); err != nil {
 			// Its caller has left or is leaving through ctx.Done.
-			p.res, p.err = Result{Denied: -1}, unavailable("redis check", err)
+			p.fail(err)
 			close(p.done)
 			continue
 		}

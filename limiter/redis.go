@@ -208,7 +208,7 @@ func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 	}
 	if err != nil {
 		for _, p := range checks {
-			p.res, p.err = Result{Denied: -1}, unavailable("redis check", err)
+			p.fail(err)
 		}
 		return
 	}

@@ -17,12 +17,18 @@ import (
 // and "a refused request increments nothing" hold per check — while the
 // round trip, the syscalls and the script start-up are paid once per call.
 // At low load nothing queues and each check goes out at once.
+//
+// A check may carry a deadline (the Guarded timeout). It costs no timer of
+// its own: the call that carries it is bounded by the earliest deadline of
+// its checks, and a check only ever waits for calls that started before
+// it arrived (so end before its deadline) and then for the one that carries
+// it. A queued caller still leaves at once when its own context ends.
 
 const (
 	// maxInFlight is how many script calls of one batcher may be out at
 	// once. Redis runs scripts one at a time; two keep it busy while a
 	// reply travels back.
-	maxInFlight = 2
+	maxInFlight = 1
 	// maxBatch bounds the checks of one script call.
 	maxBatch = 64
 )
@@ -30,6 +36,7 @@ const (
 // pendingCheck is a check waiting for a script call.
 type pendingCheck struct {
 	ctx      context.Context
+	deadline time.Time // zero: none but ctx's
 	counters []Counter
 	res      Result
 	err      error
@@ -52,14 +59,20 @@ type batcher struct {
 }
 
 // check runs counters in a script call of their own if one may go out now,
-// otherwise in the next batch.
-func (b *batcher) check(ctx context.Context, counters []Counter) (Result, error) {
-	p := &pendingCheck{ctx: ctx, counters: counters}
+// otherwise in the next batch. The check ends by deadline (if not zero) or
+// when ctx ends, whichever comes first.
+func (b *batcher) check(ctx context.Context, deadline time.Time, counters []Counter) (Result, error) {
+	p := &pendingCheck{ctx: ctx, deadline: deadline, counters: counters}
+	if d, ok := ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
+		p.deadline = d
+	}
 	b.mu.Lock()
 	if b.inFlight < maxInFlight {
 		b.inFlight++
 		b.mu.Unlock()
-		b.run(ctx, []*pendingCheck{p})
+		callCtx, cancel := withDeadline(ctx, p.deadline)
+		b.run(callCtx, []*pendingCheck{p})
+		cancel()
 		b.next()
 		return p.res, p.err
 	}
@@ -71,9 +84,9 @@ func (b *batcher) check(ctx context.Context, counters []Counter) (Result, error)
 	case <-p.done:
 		return p.res, p.err
 	case <-ctx.Done():
-		// Leave now to keep the caller's deadline. If a call already took
-		// the check it may still count it, like a call that timed out on
-		// the wire.
+		// The caller gave up (its deadline is also kept by the calls, see
+		// above). If a call already took the check it may still count it,
+		// like a call that timed out on the wire.
 		b.mu.Lock()
 		for i, q := range b.queue {
 			if q == p {
@@ -121,16 +134,20 @@ func (b *batcher) drain(batch []*pendingCheck) {
 	}
 }
 
-// take removes up to maxBatch checks from the queue, skipping those whose
-// caller has given up. Called with mu held.
+// take removes up to maxBatch checks from the queue, failing those whose
+// caller has given up or whose deadline has passed. Called with mu held.
 func (b *batcher) take() []*pendingCheck {
 	var batch []*pendingCheck
 	n := 0
+	now := time.Now()
 	for n < len(b.queue) && len(batch) < maxBatch {
 		p := b.queue[n]
 		n++
-		if err := p.ctx.Err(); err != nil {
-			// Its caller has left or is leaving through ctx.Done.
+		err := p.ctx.Err() // its caller has left or is leaving through ctx.Done
+		if err == nil && !p.deadline.IsZero() && !now.Before(p.deadline) {
+			err = context.DeadlineExceeded
+		}
+		if err != nil {
 			p.fail(err)
 			close(p.done)
 			continue
@@ -143,19 +160,23 @@ func (b *batcher) take() []*pendingCheck {
 	return batch
 }
 
-// batchContext bounds a shared call by the latest deadline of its checks:
-// each caller still leaves at its own deadline, and no caller's
-// cancellation fails the others' checks.
+// batchContext bounds a shared call by the earliest deadline of its checks,
+// so every check of it ends by its own deadline; no caller's cancellation
+// fails the others' checks.
 func batchContext(batch []*pendingCheck) (context.Context, context.CancelFunc) {
-	var latest time.Time
+	var earliest time.Time
 	for _, p := range batch {
-		d, ok := p.ctx.Deadline()
-		if !ok {
-			return context.WithCancel(context.WithoutCancel(p.ctx))
-		}
-		if d.After(latest) {
-			latest = d
+		if !p.deadline.IsZero() && (earliest.IsZero() || p.deadline.Before(earliest)) {
+			earliest = p.deadline
 		}
 	}
-	return context.WithDeadline(context.WithoutCancel(batch[0].ctx), latest)
+	return withDeadline(context.WithoutCancel(batch[0].ctx), earliest)
+}
+
+// withDeadline is context.WithDeadline, or ctx itself for a zero deadline.
+func withDeadline(ctx context.Context, d time.Time) (context.Context, context.CancelFunc) {
+	if d.IsZero() {
+		return ctx, func() {}
+	}
+	return context.WithDeadline(ctx, d)
 }

@@ -64,7 +64,7 @@ func TestBatcherCoalescesWhileCallsAreOut(t *testing.T) {
 	var wg sync.WaitGroup
 	check := func(i int) {
 		wg.Go(func() {
-			res, err := b.check(context.Background(), []Counter{{Key: "k", Limit: int64(i)}})
+			res, err := b.check(context.Background(), time.Time{}, []Counter{{Key: "k", Limit: int64(i)}})
 			if err != nil {
 				t.Errorf("check %d: %v", i, err)
 			}
@@ -121,7 +121,7 @@ func TestBatcherQueuedCheckLeavesAtItsDeadline(t *testing.T) {
 	var wg sync.WaitGroup
 	for range maxInFlight {
 		wg.Go(func() {
-			if _, err := b.check(context.Background(), []Counter{{Key: "k", Limit: 1}}); err != nil {
+			if _, err := b.check(context.Background(), time.Time{}, []Counter{{Key: "k", Limit: 1}}); err != nil {
 				t.Error(err)
 			}
 		})
@@ -131,7 +131,7 @@ func TestBatcherQueuedCheckLeavesAtItsDeadline(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
 	start := time.Now()
-	res, err := b.check(ctx, []Counter{{Key: "k", Limit: 99}})
+	res, err := b.check(ctx, time.Time{}, []Counter{{Key: "k", Limit: 99}})
 	if !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) || res.Allowed {
 		t.Fatalf("got %+v, %v; want ErrUnavailable wrapping the deadline", res, err)
 	}
@@ -149,6 +149,53 @@ func TestBatcherQueuedCheckLeavesAtItsDeadline(t *testing.T) {
 				t.Fatalf("the check that left was sent")
 			}
 		}
+	}
+}
+
+// TestBatcherDeadlineKeptByTheCalls gives checks a deadline but no context
+// deadline: a call that hangs ends at the earliest deadline of its checks,
+// and a check queued behind it ends by its own deadline in the next call.
+func TestBatcherDeadlineKeptByTheCalls(t *testing.T) {
+	var mu sync.Mutex
+	var callDeadlines []time.Time
+	b := &batcher{run: func(ctx context.Context, checks []*pendingCheck) {
+		d, _ := ctx.Deadline()
+		mu.Lock()
+		callDeadlines = append(callDeadlines, d)
+		mu.Unlock()
+		<-ctx.Done() // a hung Redis: the call ends at its deadline
+		for _, p := range checks {
+			p.fail(ctx.Err())
+		}
+	}}
+	ctx := context.Background()
+	start := time.Now()
+	first, second := start.Add(60*time.Millisecond), start.Add(120*time.Millisecond)
+	firstDone := make(chan error, 1)
+	go func() {
+		_, err := b.check(ctx, first, []Counter{{Key: "k", Limit: 1}})
+		firstDone <- err
+	}()
+	waitFor(t, "the first call", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(callDeadlines) == 1
+	})
+	_, err := b.check(ctx, second, []Counter{{Key: "k", Limit: 2}})
+	ended := time.Now()
+	if !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("queued check: %v, want ErrUnavailable wrapping the deadline", err)
+	}
+	if ended.Before(second) || ended.Sub(second) > 100*time.Millisecond {
+		t.Fatalf("queued check ended %v after its deadline", ended.Sub(second))
+	}
+	if err := <-firstDone; !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("first check: %v, want the deadline", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(callDeadlines) != 2 || !callDeadlines[0].Equal(first) || !callDeadlines[1].Equal(second) {
+		t.Fatalf("call deadlines %v, want [%v %v]", callDeadlines, first, second)
 	}
 }
 

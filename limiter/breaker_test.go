@@ -3,6 +3,7 @@ package limiter
 import (
 	"context"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -148,6 +149,41 @@ func TestGuardedTimeoutOnHungRedis(t *testing.T) {
 	}
 	if res, err := g.Check(ctx, cs); err != nil || !res.Allowed {
 		t.Fatalf("after resume: %+v, %v", res, err)
+	}
+}
+
+// TestGuardedConcurrentChecksOnHungRedis: checks that queue behind a hung
+// call (see batch.go) still end within the timeout, each.
+func TestGuardedConcurrentChecksOnHungRedis(t *testing.T) {
+	srv := redistest.StartServer(t)
+	const timeout = 100 * time.Millisecond
+	g, _ := guardedOn(t, srv, timeout, WithProbeInterval(time.Hour))
+	keys := Keys{Prefix: randomPrefix(t)}
+	ctx := context.Background()
+	if _, err := g.Check(ctx, []Counter{userCounter(keys, 1, 1000)}); err != nil {
+		t.Fatal(err)
+	}
+	srv.Pause()
+	defer srv.Resume()
+	const callers = 30
+	var wg sync.WaitGroup
+	var slow, notUnavailable atomic.Int64
+	for i := range callers {
+		wg.Go(func() {
+			start := time.Now()
+			_, err := g.Check(ctx, []Counter{userCounter(keys, int64(i+1), 1000)})
+			if time.Since(start) > timeout+150*time.Millisecond {
+				slow.Add(1)
+			}
+			if !errors.Is(err, ErrUnavailable) {
+				notUnavailable.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if slow.Load() != 0 || notUnavailable.Load() != 0 {
+		t.Fatalf("of %d checks on a hung Redis, %d took longer than the timeout (%v) and %d did not fail as unavailable",
+			callers, slow.Load(), timeout, notUnavailable.Load())
 	}
 }
 

@@ -163,10 +163,16 @@ func (r *Redis) Load(ctx context.Context) error {
 // Check implements Limiter. Concurrent checks of one slot may share a
 // script call (see batch.go); each still waits for exactly one round trip.
 func (r *Redis) Check(ctx context.Context, counters []Counter) (Result, error) {
+	return r.checkBy(ctx, time.Time{}, counters)
+}
+
+// checkBy is Check ending by deadline (zero: none) without a context timer
+// per check; Guarded uses it for its timeout.
+func (r *Redis) checkBy(ctx context.Context, deadline time.Time, counters []Counter) (Result, error) {
 	if len(counters) == 0 {
 		return Result{Allowed: true, Denied: -1}, nil
 	}
-	return r.batcherFor(counters[0].Key).check(ctx, counters)
+	return r.batcherFor(counters[0].Key).check(ctx, deadline, counters)
 }
 
 // batcherFor returns the batcher of key's cluster slot, or the only one

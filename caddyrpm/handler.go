@@ -263,7 +263,7 @@ func (h *Handler) stripCredentials(r *http.Request) {
 // layer (override or group limit) and the route limits.
 func (h *Handler) counters(s *snapshot.Snapshot) []limiter.Counter {
 	keys := h.app.keys
-	var cs []limiter.Counter
+	cs := make([]limiter.Counter, 0, 2+len(h.Limits))
 	var gid int64
 	if s.Group != nil {
 		gid = s.Group.ID

@@ -105,6 +105,9 @@ func markdown(cfg config, rep *report) string {
 				p("- %s p99 added, %s (%d connections): %.3f ms (target ≤ 1 ms): %s\n", r.Name, ph.Name, ph.Connections,
 					pr.P99ms-pb.P99ms, verdict(pr.P99ms-pb.P99ms <= 1))
 			}
+			if len(cfg.pids) > 0 {
+				p("- %s\n", cpuBudget(cfg, base, r))
+			}
 			// Concurrent checks share script calls: a request waits for
 			// exactly one round trip when its check went out in exactly one
 			// call and every call was one EVALSHA.
@@ -122,6 +125,28 @@ func markdown(cfg config, rep *report) string {
 			loads, rep.PG["scans"], verdict(loads == 0 && rep.PG["scans"] == 0))
 	}
 	return b.String()
+}
+
+// cpuBudget says how much machine CPU per request the scenario may use for
+// 0.90 × plain when the machine is CPU-bound (throughput is then inversely
+// proportional to it), and where its extra went.
+func cpuBudget(cfg config, base, r *scenarioResult) string {
+	perReqUS := func(res *scenarioResult, key string) float64 {
+		return res.CPU[key] / float64(max(res.Requests, 1)) * 1e6
+	}
+	budget := perReqUS(base, "cpu:machine-busy") / 0.90
+	used := perReqUS(r, "cpu:machine-busy")
+	var parts []string
+	var named float64
+	for _, pid := range cfg.pids {
+		d := perReqUS(r, "cpu:"+pid[0]) - perReqUS(base, "cpu:"+pid[0])
+		named += d
+		parts = append(parts, fmt.Sprintf("%s %+.1f", pid[0], d))
+	}
+	extra := used - perReqUS(base, "cpu:machine-busy")
+	parts = append(parts, fmt.Sprintf("others %+.1f", extra-named))
+	return fmt.Sprintf("%s machine CPU per request: %.1f µs against %.1f for plain; 0.90 × plain allows at most %.1f (+%.1f), it added %+.1f (%s)",
+		r.Name, used, perReqUS(base, "cpu:machine-busy"), budget, budget-perReqUS(base, "cpu:machine-busy"), extra, strings.Join(parts, ", "))
 }
 
 func phaseMarkdown(p func(string, ...any), cfg config, rep *report, ph *phase) {

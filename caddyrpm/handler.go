@@ -226,24 +226,38 @@ func clientIP(r *http.Request) netip.Addr {
 	return ip
 }
 
+// setPlaceholders makes the identity available as placeholders. They are
+// computed when used, so a request that uses none pays one allocation.
 func (h *Handler) setPlaceholders(r *http.Request, s *snapshot.Snapshot) {
 	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if !ok {
 		return
 	}
-	uid := strconv.FormatInt(s.UserID, 10)
-	repl.Set("http.auth.user.id", uid)
-	repl.Set("http.rpm.user_id", uid)
-	repl.Set("http.rpm.api_key_id", strconv.FormatInt(s.APIKeyID, 10))
-	if s.Group != nil {
-		repl.Set("http.rpm.group_id", strconv.FormatInt(s.Group.ID, 10))
-		repl.Set("http.rpm.group_name", s.Group.Name)
-		repl.Set("http.rpm.platform", s.Group.Platform)
-	} else {
-		repl.Set("http.rpm.group_id", "")
-		repl.Set("http.rpm.group_name", "")
-		repl.Set("http.rpm.platform", "")
+	repl.Map(func(key string) (any, bool) { return identityPlaceholder(s, key) })
+}
+
+// identityPlaceholder is the value of one http.auth.user.* or http.rpm.*
+// placeholder; the group ones are empty for a key without a group.
+func identityPlaceholder(s *snapshot.Snapshot, key string) (any, bool) {
+	switch key {
+	case "http.auth.user.id", "http.rpm.user_id":
+		return strconv.FormatInt(s.UserID, 10), true
+	case "http.rpm.api_key_id":
+		return strconv.FormatInt(s.APIKeyID, 10), true
+	case "http.rpm.group_id", "http.rpm.group_name", "http.rpm.platform":
+		g := s.Group
+		switch {
+		case g == nil:
+			return "", true
+		case key == "http.rpm.group_id":
+			return strconv.FormatInt(g.ID, 10), true
+		case key == "http.rpm.group_name":
+			return g.Name, true
+		default:
+			return g.Platform, true
+		}
 	}
+	return nil, false
 }
 
 func (h *Handler) stripCredentials(r *http.Request) {

@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-func handlerForTest(t *testing.T) *Handler {
+func handlerForTest(t testing.TB) *Handler {
 	t.Helper()
 	h := &Handler{
 		KeySources: []KeySource{{Header: "Authorization", Scheme: "Bearer"}, {Header: "X-Api-Key"}},

@@ -3,6 +3,8 @@ package limiter
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -28,9 +30,10 @@ import (
 //
 // KEYS: the counter keys of every check, in order. ARGV[1]: the expiry
 // slack in ms; then per check the number of its counters m and their m
-// limits. Returns {resetMs, then per check: denied, count1, ..., countm}:
-// denied is the 1-based index of the check's first full counter, 0 when
-// admitted.
+// limits. Returns one string of space-separated integers, "resetMs, then
+// per check: denied count1 ... countm" (one bulk reply is cheaper to build
+// and to parse than an array of integers): denied is the 1-based index of
+// the check's first full counter, 0 when admitted.
 //
 // Each counter is read at most once and written at most once per call,
 // however many checks of the call share it.
@@ -80,7 +83,7 @@ for key in pairs(dirty) do
     redis.call('HSET', key, 'n', count[key])
   end
 end
-return out
+return table.concat(out, ' ')
 `)
 
 // peekScript reads the current-window counts without writing.
@@ -205,12 +208,13 @@ func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 			args = append(args, c.Limit)
 		}
 	}
-	vals, err := checkScript.Run(ctx, r.client, keys, args...).Int64Slice()
+	reply, err := checkScript.Run(ctx, r.client, keys, args...).Text()
 	if r.onCall != nil {
 		r.onCall(len(checks))
 	}
-	if err == nil && len(vals) != 1+n+len(checks) {
-		err = fmt.Errorf("%d values for %d checks of %d counters", len(vals), len(checks), n)
+	var vals []int64
+	if err == nil {
+		vals, err = parseInts(reply, 1+n+len(checks))
 	}
 	if err != nil {
 		for _, p := range checks {
@@ -230,6 +234,22 @@ func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 		}
 		vals = vals[1+m:]
 	}
+}
+
+// parseInts parses want space-separated integers.
+func parseInts(s string, want int) ([]int64, error) {
+	vals := make([]int64, 0, want)
+	for field := range strings.FieldsSeq(s) {
+		v, err := strconv.ParseInt(field, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("check reply %q: %w", s, err)
+		}
+		vals = append(vals, v)
+	}
+	if len(vals) != want {
+		return nil, fmt.Errorf("check reply has %d values, want %d", len(vals), want)
+	}
+	return vals, nil
 }
 
 func unavailable(op string, err error) error {

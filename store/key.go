@@ -48,5 +48,7 @@ func NewKey() (GeneratedKey, error) {
 // HashKey returns the lowercase hex SHA-256 of a raw key.
 func HashKey(raw string) string {
 	sum := sha256.Sum256([]byte(raw))
-	return hex.EncodeToString(sum[:])
+	var buf [2 * sha256.Size]byte // on the stack: one allocation, the string
+	hex.Encode(buf[:], sum[:])
+	return string(buf[:])
 }

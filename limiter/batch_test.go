@@ -205,6 +205,9 @@ func TestBatcherDeadlineKeptByTheCalls(t *testing.T) {
 func TestRedisChecksShareACall(t *testing.T) {
 	c, keys, hook := countedClient(t)
 	r := NewRedis(c)
+	if err := r.Load(context.Background()); err != nil { // no NOSCRIPT fallback in the count
+		t.Fatal(err)
+	}
 	redistest.WaitForWindow(t, c, minRemaining)
 
 	withGroup := []Counter{groupCounter(keys, 1, 7, 2), userCounter(keys, 1, 10)}
@@ -245,6 +248,74 @@ func TestRedisChecksShareACall(t *testing.T) {
 		if ttl := c.PTTL(context.Background(), key).Val(); ttl <= 0 || ttl > Window+DefaultExpirySlack {
 			t.Errorf("%s: ttl %v, want within the window plus slack", key, ttl)
 		}
+	}
+}
+
+// TestRedisIdenticalChecksDecidedTogether: identical checks of a call go
+// to the script as one group, with the outcome of as many checks in a row;
+// the other checks of the call see the group's increments.
+func TestRedisIdenticalChecksDecidedTogether(t *testing.T) {
+	c, keys, _ := countedClient(t)
+	r := NewRedis(c)
+	if err := r.Load(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitForWindow(t, c, minRemaining)
+
+	a := []Counter{groupCounter(keys, 1, 7, 3), userCounter(keys, 1, 10)} // the group layer fills first
+	b := []Counter{userCounter(keys, 1, 10)}
+	u := []Counter{groupCounter(keys, 2, 7, 100), userCounter(keys, 2, 2)} // the user counter fills first
+	checks := []*pendingCheck{
+		{counters: a}, {counters: b}, {counters: a}, {counters: u}, {counters: a}, {counters: u},
+		{counters: b}, {counters: a}, {counters: u}, {counters: a}, {counters: u},
+	}
+	if groups := groupChecks(checks); len(groups) != 3 || len(groups[0]) != 5 || len(groups[1]) != 2 || len(groups[2]) != 4 {
+		t.Fatalf("groups of %d, want a ×5, b ×2, u ×4", len(groups))
+	}
+	r.run(context.Background(), checks)
+	// In check order: a's five are decided first (three fit the group
+	// layer), then b's two on top of them, then u's four (two fit the user
+	// limit).
+	wants := []struct {
+		allowed bool
+		denied  int
+		counts  []int64
+	}{
+		{true, -1, []int64{1, 1}}, // a
+		{true, -1, []int64{4}},    // b
+		{true, -1, []int64{2, 2}}, // a
+		{true, -1, []int64{1, 1}}, // u
+		{true, -1, []int64{3, 3}}, // a
+		{true, -1, []int64{2, 2}}, // u
+		{true, -1, []int64{5}},    // b
+		{false, 0, []int64{3, 3}}, // a: group full
+		{false, 1, []int64{2, 2}}, // u: user full
+		{false, 0, []int64{3, 3}}, // a
+		{false, 1, []int64{2, 2}}, // u
+	}
+	for i, p := range checks {
+		w := wants[i]
+		if p.err != nil || p.res.Allowed != w.allowed || p.res.Denied != w.denied || !slices.Equal(p.res.Counts, w.counts) {
+			t.Errorf("check %d: %+v, %v; want allowed %v, denied %d, counts %v", i, p.res, p.err, w.allowed, w.denied, w.counts)
+		}
+	}
+	for key, n := range map[string]int64{a[0].Key: 3, a[1].Key: 5, u[0].Key: 2, u[1].Key: 2} {
+		if got := rawCount(t, c, key); got != n {
+			t.Errorf("%s = %d, want %d", key, got, n)
+		}
+	}
+
+	// A counter already past its (lowered) limit admits none of a group.
+	over := []Counter{userCounter(keys, 1, 4)}
+	group := []*pendingCheck{{counters: over}, {counters: over}}
+	r.run(context.Background(), group)
+	for i, p := range group {
+		if p.err != nil || p.res.Allowed || p.res.Denied != 0 || !slices.Equal(p.res.Counts, []int64{5}) {
+			t.Errorf("over the limit, check %d: %+v, %v", i, p.res, p.err)
+		}
+	}
+	if got := rawCount(t, c, over[0].Key); got != 5 {
+		t.Errorf("a refused group changed the counter to %d", got)
 	}
 }
 

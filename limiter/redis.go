@@ -26,14 +26,19 @@ import (
 // idle counters expire on their own.
 
 // checkScript checks and increments the counters of one or more checks
-// (requests), one check after the other, each atomically.
+// (requests), one after the other, each atomically. Identical checks (same
+// counters, same limits) come as one group of k: the first of them that
+// fit are admitted and the rest refused, exactly as k checks in a row
+// would be, at the cost of one.
 //
-// KEYS: the counter keys of every check, in order. ARGV[1]: the expiry
-// slack in ms; then per check the number of its counters m and their m
-// limits. Returns one string of space-separated integers, "resetMs, then
-// per check: denied count1 ... countm" (one bulk reply is cheaper to build
-// and to parse than an array of integers): denied is the 1-based index of
-// the check's first full counter, 0 when admitted.
+// KEYS: the counter keys of every group, in order. ARGV[1]: the expiry
+// slack in ms; then per group its size k, the number of its counters m
+// and their m limits. Returns one string of space-separated integers (one
+// bulk reply is cheaper to build and to parse than an array): resetMs,
+// then per group "admitted denied count1 ... countm", where admitted is
+// how many of the k were admitted, denied the 1-based index of the first
+// counter the others found full (0 if none), and the counts those before
+// the group.
 //
 // Each counter is read at most once and written at most once per call,
 // however many checks of the call share it.
@@ -46,9 +51,9 @@ local count, fresh, dirty = {}, {}, {}
 local out = {wend - ms}
 local k, a = 0, 2
 while a <= #ARGV do
-  local m = tonumber(ARGV[a])
-  local counts = {}
-  local denied = 0
+  local size, m = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local before, limits = {}, {}
+  local admitted = size
   for i = 1, m do
     local key = KEYS[k + i]
     local c = count[key]
@@ -58,21 +63,27 @@ while a <= #ARGV do
       if v[1] and tonumber(v[1]) == w then c = tonumber(v[2]) or 0 else fresh[key] = true end
       count[key] = c
     end
-    counts[i] = c
-    if denied == 0 and c >= tonumber(ARGV[a + i]) then denied = i end
+    before[i], limits[i] = c, tonumber(ARGV[a + 1 + i])
+    admitted = math.min(admitted, math.max(0, limits[i] - c))
   end
-  if denied == 0 then
+  local denied = 0
+  if admitted < size then
+    for i = 1, m do
+      if before[i] + admitted >= limits[i] then denied = i break end
+    end
+  end
+  if admitted > 0 then
     for i = 1, m do
       local key = KEYS[k + i]
-      counts[i] = count[key] + 1
-      count[key] = counts[i]
+      count[key] = before[i] + admitted
       dirty[key] = true
     end
   end
+  out[#out + 1] = admitted
   out[#out + 1] = denied
-  for i = 1, m do out[#out + 1] = counts[i] end
+  for i = 1, m do out[#out + 1] = before[i] end
   k = k + m
-  a = a + m + 1
+  a = a + m + 2
 end
 local exp = string.format('%d', wend + tonumber(ARGV[1]))
 for key in pairs(dirty) do
@@ -194,16 +205,17 @@ func (r *Redis) batcherFor(key string) *batcher {
 
 // run sends the checks in one script call and stores each one's outcome.
 func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
+	groups := groupChecks(checks)
 	n := 0
-	for _, p := range checks {
-		n += len(p.counters)
+	for _, g := range groups {
+		n += len(g[0].counters)
 	}
 	keys := make([]string, 0, n)
-	args := make([]any, 0, 1+n+len(checks))
+	args := make([]any, 0, 1+n+2*len(groups))
 	args = append(args, r.slack)
-	for _, p := range checks {
-		args = append(args, len(p.counters))
-		for _, c := range p.counters {
+	for _, g := range groups {
+		args = append(args, len(g), len(g[0].counters))
+		for _, c := range g[0].counters {
 			keys = append(keys, c.Key)
 			args = append(args, c.Limit)
 		}
@@ -214,7 +226,7 @@ func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 	}
 	var vals []int64
 	if err == nil {
-		vals, err = parseInts(reply, 1+n+len(checks))
+		vals, err = parseInts(reply, 1+n+2*len(groups))
 	}
 	if err != nil {
 		for _, p := range checks {
@@ -224,16 +236,55 @@ func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 	}
 	resetIn := time.Duration(vals[0]) * time.Millisecond
 	vals = vals[1:]
-	for _, p := range checks {
-		m := len(p.counters)
-		p.res = Result{
-			Allowed: vals[0] == 0,
-			Denied:  int(vals[0]) - 1,
-			ResetIn: resetIn,
-			Counts:  vals[1 : 1+m : 1+m],
+	for _, g := range groups {
+		m := len(g[0].counters)
+		admitted, denied, before := int(vals[0]), int(vals[1]), vals[2:2+m]
+		// The checks of a group, in order: the first admitted ones see
+		// their own increment, the refused ones the group's last count.
+		counts := make([]int64, len(g)*m)
+		for j, p := range g {
+			res := Result{Allowed: j < admitted, Denied: -1, ResetIn: resetIn, Counts: counts[j*m : (j+1)*m : (j+1)*m]}
+			add := int64(min(j+1, admitted))
+			if !res.Allowed {
+				res.Denied = denied - 1
+			}
+			for i := range m {
+				res.Counts[i] = before[i] + add
+			}
+			p.res = res
 		}
-		vals = vals[1+m:]
+		vals = vals[2+m:]
 	}
+}
+
+// groupChecks puts identical checks (the same counters with the same
+// limits) together, keeping the order within each group. Any order of the
+// checks of one call is an order they could have arrived in.
+func groupChecks(checks []*pendingCheck) [][]*pendingCheck {
+	groups := make([][]*pendingCheck, 0, 1)
+next:
+	for _, p := range checks {
+		for i, g := range groups {
+			if sameCounters(g[0].counters, p.counters) {
+				groups[i] = append(g, p)
+				continue next
+			}
+		}
+		groups = append(groups, []*pendingCheck{p})
+	}
+	return groups
+}
+
+func sameCounters(a, b []Counter) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Key != b[i].Key || a[i].Limit != b[i].Limit {
+			return false
+		}
+	}
+	return true
 }
 
 // parseInts parses want space-separated integers.

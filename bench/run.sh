@@ -197,7 +197,7 @@ GOMAXPROCS=$LOADGEN_GOMAXPROCS "$work/loadgen" \
 	-pid "caddy=${pids[2]}" -pid "redis=${pids[0]}" -pid "upstream=${pids[1]}" -pid "loadgen=self" \
 	-note "machine: $NPROC cores (nproc), $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1); $(go version | cut -d' ' -f3); $(redis-server --version | cut -d' ' -f3); $(psql "$DATABASE_URL" -qAtc 'show server_version' | cut -d' ' -f1 | sed 's/^/postgres /')" \
 	-note "GOMAXPROCS: caddy $CADDY_GOMAXPROCS, load generator $LOADGEN_GOMAXPROCS, upstream $UPSTREAM_GOMAXPROCS (redis-server is single-threaded); all share the same $NPROC cores" \
-	-note "one Caddy ($(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+dirty')), three sites on 127.0.0.1: plain reverse_proxy, rpm admitted (user 10^9, group 10^9), rpm refused (user limit 1); same upstream (bench/upstream); private redis-server; Postgres schema $schema ($([[ $BENCH_DB == private ]] && echo "in a throwaway database of the same name" || echo "in the shared database"))" \
+	-note "one Caddy ($(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet -- . ':!bench/results.md' ':!bench/results.json' 2>/dev/null || echo '+dirty')), three sites on 127.0.0.1: plain reverse_proxy, rpm admitted (user 10^9, group 10^9), rpm refused (user limit 1); same upstream (bench/upstream); private redis-server; Postgres schema $schema ($([[ $BENCH_DB == private ]] && echo "in a throwaway database of the same name" || echo "in the shared database"))" \
 	>"$work/run.json"
 
 {

@@ -26,8 +26,9 @@ import (
 
 const (
 	// maxInFlight is how many script calls of one batcher may be out at
-	// once. Redis runs scripts one at a time; two keep it busy while a
-	// reply travels back.
+	// once. One makes the largest batches, and a call costs Redis and Caddy
+	// far more (syscalls, wake-ups, script start) than a check in it; two
+	// measured lower throughput and no lower latency (bench/run.sh).
 	maxInFlight = 1
 	// maxBatch bounds the checks of one script call.
 	maxBatch = 64

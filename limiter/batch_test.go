@@ -8,8 +8,6 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 )
 
 // gatedRun is a batcher run func that records each call and blocks until
@@ -203,12 +201,7 @@ func TestBatcherDeadlineKeptByTheCalls(t *testing.T) {
 // Redis: each is decided in order, as if alone, and each counter is read
 // and written once.
 func TestRedisChecksShareACall(t *testing.T) {
-	c, keys, hook := countedClient(t)
-	r := NewRedis(c)
-	if err := r.Load(context.Background()); err != nil { // no NOSCRIPT fallback in the count
-		t.Fatal(err)
-	}
-	redistest.WaitForWindow(t, c, minRemaining)
+	r, c, keys, hook := scriptedRedis(t)
 
 	withGroup := []Counter{groupCounter(keys, 1, 7, 2), userCounter(keys, 1, 10)}
 	userOnly := []Counter{userCounter(keys, 1, 10)}
@@ -255,12 +248,7 @@ func TestRedisChecksShareACall(t *testing.T) {
 // to the script as one group, with the outcome of as many checks in a row;
 // the other checks of the call see the group's increments.
 func TestRedisIdenticalChecksDecidedTogether(t *testing.T) {
-	c, keys, _ := countedClient(t)
-	r := NewRedis(c)
-	if err := r.Load(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	redistest.WaitForWindow(t, c, minRemaining)
+	r, c, keys, _ := scriptedRedis(t)
 
 	a := []Counter{groupCounter(keys, 1, 7, 3), userCounter(keys, 1, 10)} // the group layer fills first
 	b := []Counter{userCounter(keys, 1, 10)}
@@ -322,12 +310,7 @@ func TestRedisIdenticalChecksDecidedTogether(t *testing.T) {
 // TestRedisConcurrentChecksShareRoundTrips: many concurrent checks against
 // Redis take fewer script calls than checks, and every counter is exact.
 func TestRedisConcurrentChecksShareRoundTrips(t *testing.T) {
-	c, keys, hook := countedClient(t)
-	r := NewRedis(c)
-	if err := r.Load(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	redistest.WaitForWindow(t, c, minRemaining)
+	r, c, keys, hook := scriptedRedis(t)
 	hook.reset()
 
 	const users, perUser = 40, 25

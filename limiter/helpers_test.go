@@ -69,6 +69,20 @@ func countedClient(t testing.TB) (redis.UniversalClient, Keys, *cmdCounter) {
 	return c, keys, hook
 }
 
+// scriptedRedis is a Redis limiter on a counted client, its scripts loaded
+// (so no NOSCRIPT fallback shows in the counts), at a point of the window
+// with at least minRemaining left.
+func scriptedRedis(t testing.TB) (*Redis, redis.UniversalClient, Keys, *cmdCounter) {
+	t.Helper()
+	c, keys, hook := countedClient(t)
+	r := NewRedis(c)
+	if err := r.Load(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitForWindow(t, c, minRemaining)
+	return r, c, keys, hook
+}
+
 // clusterClient starts a private 3-node Redis Cluster.
 func clusterClient(t testing.TB) (redis.UniversalClient, Keys) {
 	t.Helper()

@@ -261,6 +261,9 @@ func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 // limits) together, keeping the order within each group. Any order of the
 // checks of one call is an order they could have arrived in.
 func groupChecks(checks []*pendingCheck) [][]*pendingCheck {
+	if len(checks) == 1 { // the common case at low load
+		return [][]*pendingCheck{checks}
+	}
 	groups := make([][]*pendingCheck, 0, 1)
 next:
 	for _, p := range checks {

@@ -1,6 +1,7 @@
 package caddyrpm
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -161,6 +162,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	snap, err := h.app.cache.Get(r.Context(), store.HashKey(raw))
 	if err != nil {
+		if r.Context().Err() != nil {
+			return h.clientGone(w, r, "auth")
+		}
 		h.logger.Warn("auth snapshot unavailable", zap.Error(err))
 		return h.deny(w, errAuthUnavailable)
 	}
@@ -176,6 +180,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 	switch {
 	case err != nil:
+		if r.Context().Err() != nil {
+			// The check ended because the client did, not Redis: there is
+			// nobody to admit, and nothing to fail open for.
+			return h.clientGone(w, r, "limit")
+		}
 		if h.app.OnRedisError == "closed" {
 			return h.deny(w, errLimiterUnavailable)
 		}
@@ -195,6 +204,26 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.stripCredentials(r)
 	}
 	return next.ServeHTTP(w, r)
+}
+
+// statusClientClosedRequest is the status Caddy's reverse_proxy records for
+// a client that went away before its answer: nginx's 499, in no standard.
+const statusClientClosedRequest = 499
+
+// clientGone ends a request whose client went away (its context ended)
+// before it was decided: it is not handed on, and it is no Redis or store
+// failure, so it counts neither as fail-open nor towards the breaker. Like
+// reverse_proxy it records 499 for the access log, writes no body and
+// returns no error, so Caddy logs no error and runs no error routes for a
+// client that cannot read them; the decision is counted as
+// decisions_total{result="client_gone",reason=stage} and logged at debug.
+func (h *Handler) clientGone(w http.ResponseWriter, r *http.Request, stage string) error {
+	h.app.metrics.decisions.WithLabelValues("client_gone", stage).Inc()
+	if c := h.logger.Check(zap.DebugLevel, "client went away before the request was decided"); c != nil {
+		c.Write(zap.String("stage", stage), zap.Error(context.Cause(r.Context())))
+	}
+	w.WriteHeader(statusClientClosedRequest)
+	return nil
 }
 
 // authorize applies the checks of the auth table in order.

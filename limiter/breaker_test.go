@@ -201,6 +201,75 @@ func TestGuardedCallerCancelIsNoBackendFailure(t *testing.T) {
 	}
 }
 
+// TestGuardedCallersLeavingMidCallOpenNoBreaker: on a hung Redis, callers
+// whose context is canceled while their check is out — one in the script
+// call, the others queued behind it — are no backend failure: they count
+// no error, call no error hook and do not open the breaker (threshold 1),
+// and the queued ones leave at once. A client that hangs up is not a Redis
+// outage.
+func TestGuardedCallersLeavingMidCallOpenNoBreaker(t *testing.T) {
+	srv := redistest.StartServer(t)
+	const timeout = time.Second
+	var hooked atomic.Int64
+	g, logs := guardedOn(t, srv, timeout, WithProbeInterval(time.Hour),
+		WithOnError(func(error) { hooked.Add(1) }))
+	keys := Keys{Prefix: randomPrefix(t)}
+	cs := []Counter{userCounter(keys, 1, 1000)}
+	if _, err := g.Check(context.Background(), cs); err != nil {
+		t.Fatal(err)
+	}
+	b := g.inner.(*Redis).batcherFor(cs[0].Key)
+
+	srv.Pause()
+	resumed := false
+	defer func() {
+		if !resumed {
+			srv.Resume()
+		}
+	}()
+	const callers = 8
+	ctx, cancel := context.WithCancel(context.Background())
+	errs := make([]error, callers)
+	ended := make([]time.Time, callers)
+	var wg sync.WaitGroup
+	for i := range callers {
+		wg.Go(func() {
+			_, errs[i] = g.Check(ctx, cs)
+			ended[i] = time.Now()
+		})
+	}
+	waitFor(t, "one call out and the rest queued", func() bool { return b.queued() == callers-1 })
+	canceled := time.Now()
+	cancel()
+	wg.Wait()
+	var atOnce int
+	for i, err := range errs {
+		if !errors.Is(err, ErrUnavailable) {
+			t.Errorf("caller %d: err %v, want ErrUnavailable", i, err)
+		}
+		if ended[i].Sub(canceled) < timeout/4 {
+			atOnce++
+		}
+	}
+	// The queued ones leave at once; the one whose call is out may wait for
+	// it (the call ends by the timeout at the latest).
+	if atOnce < callers-1 {
+		t.Errorf("%d of %d queued callers left at once", atOnce, callers-1)
+	}
+	if g.Open() || g.Errors() != 0 || hooked.Load() != 0 {
+		t.Fatalf("callers that left opened the breaker: open %v, errors %d, error hook %d", g.Open(), g.Errors(), hooked.Load())
+	}
+	if n := logs.FilterMessage("rate limiter backend failed").Len(); n != 0 {
+		t.Fatalf("%d backend-failure warnings for callers that left", n)
+	}
+	srv.Resume()
+	resumed = true
+	// Still closed: the next check asks Redis and is decided there.
+	if res, err := g.Check(context.Background(), cs); err != nil || !res.Allowed || res.Counts[0] < 2 {
+		t.Fatalf("after the callers left: %+v, %v; want a Redis decision", res, err)
+	}
+}
+
 func TestGuardedThresholdAndRateLimitedLogs(t *testing.T) {
 	srv := redistest.StartServer(t)
 	g, logs := guardedOn(t, srv, 100*time.Millisecond, WithThreshold(5), WithLogInterval(time.Hour))

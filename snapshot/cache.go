@@ -111,12 +111,23 @@ func (c *Cache) Get(ctx context.Context, keyHash string) (*Snapshot, error) {
 	return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
 }
 
+// fill reads keyHash from L2 or the store and caches what it read, unless
+// an invalidation ran meanwhile: a load must not leave a snapshot older
+// than an invalidation in a cache. Each invalidation bumps the epoch before
+// it deletes anything, so the epoch is compared twice: before writing (an
+// invalidation during the read) and after the writes have landed (one
+// during the writes, whose deletes may have landed first). The second time
+// the load deletes what it wrote; an invalidation that bumps the epoch
+// after that read deletes it itself.
 func (c *Cache) fill(ctx context.Context, keyHash string) (*Snapshot, error) {
 	epoch := c.epoch.Load()
 	if s := c.getL2(ctx, keyHash); s != nil {
 		c.hook(c.hooks.Hit, "l2")
 		if c.epoch.Load() == epoch {
 			c.setL1(keyHash, s)
+			if c.epoch.Load() != epoch {
+				c.l1.Invalidate(keyHash)
+			}
 		}
 		return s, nil
 	}
@@ -130,7 +141,13 @@ func (c *Cache) fill(ctx context.Context, keyHash string) (*Snapshot, error) {
 	}
 	if c.epoch.Load() == epoch {
 		c.setL1(keyHash, s)
-		c.setL2(ctx, keyHash, s)
+		wrote := c.setL2(ctx, keyHash, s)
+		if c.epoch.Load() != epoch {
+			c.l1.Invalidate(keyHash)
+			if wrote {
+				c.delL2(ctx, keyHash)
+			}
+		}
 	}
 	return s, nil
 }
@@ -169,9 +186,11 @@ func (c *Cache) setL1(keyHash string, s *Snapshot) {
 	c.l1.Set(keyHash, &entry{snap: s, freshUntil: c.now().Add(c.jitter(ttl))})
 }
 
-func (c *Cache) setL2(ctx context.Context, keyHash string, s *Snapshot) {
+// setL2 writes s to L2 and reports whether the write may have landed (an
+// error after sending, such as a timeout, may still have written).
+func (c *Cache) setL2(ctx context.Context, keyHash string, s *Snapshot) bool {
 	if !c.l2Usable() {
-		return
+		return false
 	}
 	ttl := c.cfg.L2TTL
 	if s.NotFound {
@@ -179,11 +198,22 @@ func (c *Cache) setL2(ctx context.Context, keyHash string, s *Snapshot) {
 	}
 	b, err := Encode(s)
 	if err != nil {
-		return
+		return false
 	}
 	ctx, cancel := c.l2Context(ctx)
 	defer cancel()
 	if err := c.l2.Set(ctx, c.l2Key(keyHash), b, c.jitter(ttl)).Err(); err != nil {
+		c.hook0(c.hooks.L2Errors)
+	}
+	return true
+}
+
+// delL2 deletes keyHash's L2 entry. Failing, the entry lives out its L2
+// TTL, as after any failed invalidation.
+func (c *Cache) delL2(ctx context.Context, keyHash string) {
+	ctx, cancel := c.l2Context(ctx)
+	defer cancel()
+	if err := c.l2.Del(ctx, c.l2Key(keyHash)).Err(); err != nil {
 		c.hook0(c.hooks.L2Errors)
 	}
 }

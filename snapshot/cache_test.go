@@ -254,3 +254,101 @@ func TestCacheSkipsL2WhenDown(t *testing.T) {
 		t.Fatalf("%d L2 errors with L2 marked down, want 0", n)
 	}
 }
+
+// beforeSet is a go-redis hook on the test's client that runs f once just
+// before the first SET of key is sent, to place an invalidation between a
+// load's epoch check and its L2 write landing.
+type beforeSet struct {
+	key  string
+	once sync.Once
+	f    func()
+}
+
+func (h *beforeSet) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *beforeSet) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if args := cmd.Args(); cmd.Name() == "set" && len(args) > 1 && args[1] == h.key {
+			h.once.Do(h.f)
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h *beforeSet) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// TestCacheLoadDoesNotOutliveAnInvalidation: a load never leaves its
+// snapshot in L1 or L2 after an invalidation that ran while it was loading
+// (the loader blocks until the test has invalidated) or while it was
+// writing (the invalidation's L2 delete lands just before the load's SET).
+// The next Get loads again and serves the store's new state.
+func TestCacheLoadDoesNotOutliveAnInvalidation(t *testing.T) {
+	ctx := context.Background()
+	old, changed := activeSnapshot(8), activeSnapshot(8)
+	changed.Status = "disabled"
+
+	check := func(t *testing.T, rdb *redis.Client, prefix string, c *Cache, l *countingLoader) {
+		t.Helper()
+		if n := rdb.Exists(ctx, prefix+"k").Val(); n != 0 {
+			b, _ := rdb.Get(ctx, prefix+"k").Bytes()
+			t.Fatalf("L2 holds the snapshot of a load older than the invalidation: %s", b)
+		}
+		l.set(changed, nil)
+		s, err := c.Get(ctx, "k")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s.Status != "disabled" || l.calls.Load() != 2 {
+			t.Fatalf("after the invalidation: status %q after %d loads, want the store's new state from a second load", s.Status, l.calls.Load())
+		}
+	}
+
+	t.Run("during the load", func(t *testing.T) {
+		rdb, prefix := testRedis(t)
+		l := &countingLoader{snap: old}
+		entered, release := make(chan struct{}), make(chan struct{})
+		c := NewCache(testConfig(prefix), rdb, func(ctx context.Context, h string) (*Snapshot, error) {
+			if l.calls.Load() == 0 {
+				close(entered)
+				<-release
+			}
+			return l.load(ctx, h)
+		}, CacheHooks{})
+		done := make(chan error, 1)
+		go func() {
+			_, err := c.Get(ctx, "k")
+			done <- err
+		}()
+		<-entered
+		if err := c.ForgetHashes(ctx, "k"); err != nil {
+			t.Fatal(err)
+		}
+		close(release)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		check(t, rdb, prefix, c, l)
+	})
+
+	t.Run("during the write", func(t *testing.T) {
+		rdb, prefix := testRedis(t)
+		l := &countingLoader{snap: old}
+		var c *Cache
+		hook := &beforeSet{key: prefix + "k"}
+		hook.f = func() {
+			// What an invalidation of this key does on this instance.
+			c.ForgetL1(ForUser(8))
+			if err := c.ForgetHashes(ctx, "k"); err != nil {
+				t.Error(err)
+			}
+		}
+		rdb.AddHook(hook)
+		c = NewCache(testConfig(prefix), rdb, l.load, CacheHooks{})
+		if _, err := c.Get(ctx, "k"); err != nil {
+			t.Fatal(err)
+		}
+		check(t, rdb, prefix, c, l)
+	})
+}

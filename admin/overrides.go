@@ -75,6 +75,7 @@ func (h *Handler) replaceOverrides(w http.ResponseWriter, r *http.Request, b Bac
 			}
 		}
 	}
+	h.clearsMustNotJoin(gid)
 	if err := b.Store().ReplaceGroupOverrides(r.Context(), gid, *body.Entries); err != nil {
 		h.storeError(w, r, "replace overrides", err)
 		return
@@ -91,13 +92,17 @@ type clearResult struct {
 
 // clearOverrides answers DELETE /admin/groups/{id}/rpm-overrides ("clear
 // all"). It is idempotent (a repeat clears 0), and concurrent calls for one
-// group collapse into a single store delete whose answer they all share.
+// group collapse into a single store delete whose answer they all share —
+// but only calls that arrive before this instance receives another write
+// to the group's overrides (see clearsMustNotJoin): a clear that arrives
+// after a PUT runs its own delete, so it never answers with the result of
+// a delete that may have run before that PUT's rows existed.
 func (h *Handler) clearOverrides(w http.ResponseWriter, r *http.Request, b Backend) {
 	gid, ok := pathID(w, r, "id")
 	if !ok {
 		return
 	}
-	ch := h.clears.DoChan(strconv.FormatInt(gid, 10), func() (any, error) {
+	ch := h.clears.DoChan(clearKey(gid), func() (any, error) {
 		// Shared by every collapsed caller: not tied to the first
 		// caller's connection.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 30*time.Second)
@@ -129,6 +134,14 @@ func (h *Handler) clearOverrides(w http.ResponseWriter, r *http.Request, b Backe
 	}
 }
 
+func clearKey(gid int64) string { return strconv.FormatInt(gid, 10) }
+
+// clearsMustNotJoin is called by every write to a group's overrides before
+// it reaches the store: a "clear all" already in flight for the group may
+// have deleted before this write lands, so later clears run their own
+// delete instead of joining it (its own callers still get its answer).
+func (h *Handler) clearsMustNotJoin(gid int64) { h.clears.Forget(clearKey(gid)) }
+
 // setOverride answers PUT /admin/users/{uid}/groups/{gid}/rpm-override:
 // {"rpm_override": N} sets the user's override in the group, null clears it.
 func (h *Handler) setOverride(w http.ResponseWriter, r *http.Request, b Backend) {
@@ -157,6 +170,7 @@ func (h *Handler) setOverride(w http.ResponseWriter, r *http.Request, b Backend)
 			return
 		}
 	}
+	h.clearsMustNotJoin(gid)
 	if err := b.Store().SetOverride(r.Context(), uid, gid, v); err != nil {
 		h.storeError(w, r, "set override", err)
 		return

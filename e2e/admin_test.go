@@ -385,6 +385,104 @@ where relation = 'rpm_user_group_overrides'::regclass and not granted`).Scan(&wa
 	admWant(t, "clear unknown group", c.admin(t, http.MethodDelete, "/admin/groups/999999999/rpm-overrides", ""), 404)
 }
 
+// TestAdminAPIClearAllAfterAPutRunsItsOwnDelete: clear #1 is held in the
+// database, a PUT replaces the group's set meanwhile, and clear #2 arrives
+// while #1 is still held. #2 must not share #1's answer (#1's delete may not
+// see the PUT's rows): it runs its own delete, the set ends empty, and each
+// clear reports what it deleted.
+func TestAdminAPIClearAllAfterAPutRunsItsOwnDelete(t *testing.T) {
+	e := admSetup(t)
+	ctx := context.Background()
+	g := storetest.SeedGroup(t, e.pool, "", 10)
+	var entries []string
+	for range 3 {
+		u := storetest.SeedUser(t, e.pool, 0)
+		storetest.SeedOverride(t, e.pool, u, g, 4)
+		entries = append(entries, fmt.Sprintf(`{"user_id":%d,"rpm_override":4}`, u))
+	}
+	for range 2 {
+		entries = append(entries, fmt.Sprintf(`{"user_id":%d,"rpm_override":6}`, storetest.SeedUser(t, e.pool, 0)))
+	}
+	c := e.start(t, "")
+	path := "/admin/groups/" + itoa(g) + "/rpm-overrides"
+
+	// A test transaction takes KEY SHARE locks on the group's three rows: a
+	// delete of them waits for it, while the PUT below (which keeps those
+	// rows at their values and adds two) does not, since its upsert locks
+	// them in a mode KEY SHARE allows.
+	lockConn, err := e.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lockConn.Release()
+	tx, err := lockConn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	var lockPID int32
+	if err := tx.QueryRow(ctx, `select pg_backend_pid()`).Scan(&lockPID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `select 1 from rpm_user_group_overrides where group_id = $1 for key share`, g); err != nil {
+		t.Fatal(err)
+	}
+	// held counts the sessions waiting on the lock, directly or behind
+	// another waiter (a second delete queues behind the first one's row lock).
+	held := func() int {
+		var n int
+		if err := e.pool.QueryRow(ctx, `with recursive w(pid) as (
+	select pid from pg_stat_activity where $1 = any(pg_blocking_pids(pid))
+	union
+	select a.pid from pg_stat_activity a join w on w.pid = any(pg_blocking_pids(a.pid))
+) select count(*) from w`, lockPID).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+
+	first, second := make(chan response, 1), make(chan response, 1)
+	go func() { first <- c.admin(t, http.MethodDelete, path, "") }()
+	eventually(t, 10*time.Second, func() error {
+		if held() == 0 {
+			return fmt.Errorf("clear #1 does not wait on the lock yet")
+		}
+		return nil
+	})
+	put := c.admin(t, http.MethodPut, path, `{"entries":[`+strings.Join(entries, ",")+`]}`)
+	admWant(t, "PUT while clear #1 is held", put, 200)
+	if got := e.overrides(t, g); len(got) != 5 {
+		t.Fatalf("after the PUT: %v, want 5 overrides", got)
+	}
+	go func() { second <- c.admin(t, http.MethodDelete, path, "") }()
+	// Its own delete waits on the lock too; a joined #2 sends none, so wait
+	// a bounded while rather than for ever.
+	for deadline := time.Now().Add(3 * time.Second); held() < 2 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	select {
+	case r := <-first:
+		t.Fatalf("clear #1 answered while held: %d %s", r.Status, r.Body)
+	default:
+	}
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var res [2]struct{ GroupID, Cleared int64 }
+	for i, ch := range []chan response{first, second} {
+		r := <-ch
+		admWant(t, fmt.Sprintf("clear #%d", i+1), r, 200)
+		admDecode(t, r, &res[i])
+	}
+	if got := e.overrides(t, g); len(got) != 0 {
+		t.Errorf("overrides left after both clears answered: %v", got)
+	}
+	if res[0].Cleared != 3 || res[1].Cleared != 2 {
+		t.Errorf("cleared %d and %d, want 3 (the rows before the PUT) and 2 (the rows the PUT added)",
+			res[0].Cleared, res[1].Cleared)
+	}
+}
+
 // TestAdminAPIWritesApplyOnNextRequest checks that every admin write is
 // enforced by the very next request, with TTLs of minutes so no expiry can
 // explain it.

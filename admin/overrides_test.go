@@ -157,19 +157,19 @@ func TestGroupOverridesClearAllConcurrent(t *testing.T) {
 		storetest.SeedOverride(t, pool, storetest.SeedUser(t, pool, 0), g, 1)
 	}
 	h := NewHandler(b, nil)
-	h.ClearDelay = 300 * time.Millisecond // keep the first call in flight
 	path := "/admin/groups/" + itoa(g) + "/rpm-overrides"
 
+	// The first call's delete waits on a table lock while the others arrive.
+	hold := holdOverrides(t, pool, `lock table rpm_user_group_overrides in share row exclusive mode`)
 	const n = 10
 	results := make([]response, n)
 	var wg sync.WaitGroup
 	for i := range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			results[i] = call(t, h, http.MethodDelete, path, "")
-		}()
+		wg.Go(func() { results[i] = call(t, h, http.MethodDelete, path, "") })
 	}
+	hold.waitFor(1)
+	time.Sleep(300 * time.Millisecond) // the other nine arrive meanwhile
+	hold.release()
 	wg.Wait()
 	for i, res := range results {
 		expect(t, res, http.StatusOK, "concurrent clear")
@@ -185,6 +185,50 @@ func TestGroupOverridesClearAllConcurrent(t *testing.T) {
 	}
 	if got := b.takeInvalidations(); len(got) != 1 {
 		t.Errorf("invalidations = %v, want one", got)
+	}
+}
+
+// TestGroupOverridesClearAllAfterAWrite: a clear that arrives after an
+// override write does not join a clear that started before it. Clear #1
+// is held in the database (KEY SHARE on the group's rows blocks deleting
+// them, not adding rows), an override is added, and clear #2 runs its own
+// delete: the set ends empty, #1 reports the 3 rows it saw, #2 the added
+// one.
+func TestGroupOverridesClearAllAfterAWrite(t *testing.T) {
+	b, pool := newPGBackend(t)
+	g := storetest.SeedGroup(t, pool, "g", 10)
+	for range 3 {
+		storetest.SeedOverride(t, pool, storetest.SeedUser(t, pool, 0), g, 1)
+	}
+	added := storetest.SeedUser(t, pool, 0)
+	h := NewHandler(b, nil)
+	path := "/admin/groups/" + itoa(g) + "/rpm-overrides"
+
+	hold := holdOverrides(t, pool, `select 1 from rpm_user_group_overrides where group_id = $1 for key share`, g)
+	var wg sync.WaitGroup
+	var first, second response
+	wg.Go(func() { first = call(t, h, http.MethodDelete, path, "") })
+	hold.waitFor(1)
+	expect(t, call(t, h, http.MethodPut, "/admin/users/"+itoa(added)+"/groups/"+itoa(g)+"/rpm-override", `{"rpm_override":7}`),
+		http.StatusOK, "set an override while clear #1 is held")
+	wg.Go(func() { second = call(t, h, http.MethodDelete, path, "") })
+	hold.waitFor(2)
+	hold.release()
+	wg.Wait()
+
+	expect(t, first, http.StatusOK, "clear #1")
+	expect(t, second, http.StatusOK, "clear #2")
+	if num(t, first.JSON, "cleared") != 3 {
+		t.Errorf("clear #1 = %s, want cleared 3", first.Raw)
+	}
+	if num(t, second.JSON, "cleared") != 1 {
+		t.Errorf("clear #2 = %s, want cleared 1 (the override added after clear #1 began)", second.Raw)
+	}
+	if got := overrides(t, b.st, g); len(got) != 0 {
+		t.Errorf("overrides left after both clears answered: %v", got)
+	}
+	if runs := h.ClearRuns(); runs != 2 {
+		t.Errorf("the store delete ran %d times, want 2", runs)
 	}
 }
 

@@ -8,7 +8,6 @@ import (
 	"sort"
 	"strings"
 	"sync/atomic"
-	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
@@ -27,11 +26,6 @@ type Handler struct {
 	logger  *zap.Logger
 	mux     *http.ServeMux
 	ui      http.Handler
-
-	// ClearDelay delays every "clear all" store call. Test-only: it keeps
-	// the call in flight so tests can observe concurrent duplicates being
-	// collapsed. Set it before serving.
-	ClearDelay time.Duration
 
 	clears    singleflight.Group
 	clearRuns atomic.Int64

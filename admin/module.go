@@ -9,8 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 )
@@ -18,12 +16,6 @@ import (
 func init() {
 	caddy.RegisterModule(AdminAPI{})
 }
-
-// ClearDelayEnv names an environment variable that, when set to a Go
-// duration, delays every "clear all" store call by that long. It is a
-// test-only hook (the admin page's browser test needs the call to stay in
-// flight for a while); never set it in production.
-const ClearDelayEnv = "CADDY_RPM_TEST_CLEAR_DELAY"
 
 // AdminAPI is the admin.api.rpm module: it serves the RPM admin routes and
 // the admin web page under /admin/ on Caddy's admin endpoint.
@@ -44,23 +36,8 @@ func (AdminAPI) CaddyModule() caddy.ModuleInfo {
 
 // Provision sets up the handler.
 func (a *AdminAPI) Provision(caddy.Context) error {
-	h := newHandler(activeBackend, caddy.Log().Named("admin.api.rpm"))
-	var err error
-	h.ClearDelay, err = clearDelayFromEnv()
-	a.handler = h
-	return err
-}
-
-func clearDelayFromEnv() (time.Duration, error) {
-	v := os.Getenv(ClearDelayEnv)
-	if v == "" {
-		return 0, nil
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil {
-		return 0, fmt.Errorf("parse %s: %w", ClearDelayEnv, err)
-	}
-	return d, nil
+	a.handler = newHandler(activeBackend, caddy.Log().Named("admin.api.rpm"))
+	return nil
 }
 
 // Routes returns the one route pattern the module serves; dispatching

@@ -108,13 +108,6 @@ func (h *Handler) clearOverrides(w http.ResponseWriter, r *http.Request, b Backe
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), 30*time.Second)
 		defer cancel()
 		h.clearRuns.Add(1)
-		if h.ClearDelay > 0 {
-			select {
-			case <-time.After(h.ClearDelay):
-			case <-ctx.Done():
-				return nil, ctx.Err()
-			}
-		}
 		n, err := b.Store().ClearGroupOverrides(ctx, gid)
 		if err != nil {
 			return nil, err

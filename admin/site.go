@@ -50,10 +50,8 @@ func (s *SiteHandler) Provision(ctx caddy.Context) error {
 	if b.AdminToken() == "" {
 		return errors.New("rpm_admin serves the admin API on a site: set admin_token in the rpm global option")
 	}
-	h := NewHandler(b, ctx.Logger())
-	h.ClearDelay, err = clearDelayFromEnv()
-	s.handler = h
-	return err
+	s.handler = NewHandler(b, ctx.Logger())
+	return nil
 }
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.

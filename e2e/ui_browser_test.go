@@ -133,9 +133,6 @@ end $$`,
 // is readable, and an admin token is asked for once.
 func TestUIBrowserAdminPage(t *testing.T) {
 	browsertest.RequireChromium(t)
-	// The admin module reads this when Caddy provisions it: every "clear
-	// all" store call waits 1.5 s, so the test sees the call in flight.
-	t.Setenv("CADDY_RPM_TEST_CLEAR_DELAY", "1500ms")
 
 	pool, dsn := storetest.NewSchema(t)
 	countDeletes := uibCountDeletes(t, pool)
@@ -272,8 +269,20 @@ func TestUIBrowserAdminPage(t *testing.T) {
 		deletesBefore := countDeletes()
 		httpBefore := uibMethods(brwAdminRequests(t, c, uri), http.MethodDelete)
 
+		// A test transaction locks the overrides table, so the DELETE stays
+		// in flight (its statement waits) until the test lets it go.
+		ctx := context.Background()
+		lockTx, err := pool.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() { _ = lockTx.Rollback(ctx) }()
+		if _, err := lockTx.Exec(ctx, `lock table rpm_user_group_overrides in share row exclusive mode`); err != nil {
+			t.Fatal(err)
+		}
+
 		b.DoubleClick("#clear-all")
-		// Read the state while the DELETE is in flight (the server holds it 1.5 s).
+		// Read the state while the DELETE is in flight.
 		type btnState struct {
 			Disabled bool   `json:"disabled"`
 			Text     string `json:"text"`
@@ -302,7 +311,10 @@ func TestUIBrowserAdminPage(t *testing.T) {
 			t.Errorf("button enabled again before the DELETE answered")
 		}
 		if got := uibOverrides(t, pool, g1); len(got) != 2 {
-			t.Errorf("overrides %v already gone while the DELETE should still be held by the server", got)
+			t.Errorf("overrides %v already gone while the DELETE should still be held by the lock", got)
+		}
+		if err := lockTx.Rollback(ctx); err != nil {
+			t.Fatal(err)
 		}
 
 		b.WaitJS(`document.getElementById('message').textContent.includes('Cleared 2 overrides')`)
@@ -354,8 +366,11 @@ func TestUIBrowserAdminPage(t *testing.T) {
 		b.ExpectVisible("#message")
 		b.Shot("keys-file-save-409")
 
+		// The 409 comes at once (the loading state was checked above): drop
+		// the Save's message first, so the one waited for is the clear's.
+		var none any
+		b.Eval(`document.getElementById('message').textContent = ''`, &none)
 		b.Click("#clear-all")
-		b.WaitJS(`document.getElementById('clear-all').disabled`)
 		b.WaitJS(`!document.getElementById('clear-all').disabled && document.getElementById('message').textContent.includes('read-only')`)
 		if msg := b.Text("#message"); !strings.HasPrefix(msg, "Cannot change data: ") {
 			t.Errorf("409 on Clear all shown as %q", msg)

@@ -170,12 +170,10 @@ func (c *Cache) setL1(keyHash string, s *Snapshot) {
 }
 
 func (c *Cache) setL2(ctx context.Context, keyHash string, s *Snapshot) {
-	if !c.l2Usable() {
+	// Negative entries stay in process: a key anyone can make up must not
+	// cost Redis memory, where it could push out counters.
+	if !c.l2Usable() || s.NotFound {
 		return
-	}
-	ttl := c.cfg.L2TTL
-	if s.NotFound {
-		ttl = c.cfg.NegativeTTL
 	}
 	b, err := Encode(s)
 	if err != nil {
@@ -183,7 +181,7 @@ func (c *Cache) setL2(ctx context.Context, keyHash string, s *Snapshot) {
 	}
 	ctx, cancel := c.l2Context(ctx)
 	defer cancel()
-	if err := c.l2.Set(ctx, c.l2Key(keyHash), b, c.jitter(ttl)).Err(); err != nil {
+	if err := c.l2.Set(ctx, c.l2Key(keyHash), b, c.jitter(c.cfg.L2TTL)).Err(); err != nil {
 		c.hook0(c.hooks.L2Errors)
 	}
 }

@@ -10,6 +10,9 @@
 #             requests share (see limiter/batch.go)
 #   refused   rpm + reverse_proxy; a user limit of 1 is hit, so after the
 #             first 429 of the window the local deny cache answers
+#   unknown   the admitted site with a new random well-formed key on every
+#             request (the loadgen's @random key): 401 INVALID_API_KEY from
+#             the key filter, no store load, no Redis command
 #
 # and writes the markdown report to bench/results.md (RESULTS_APPEND=1 adds
 # the run to the file instead of replacing it).
@@ -191,13 +194,14 @@ GOMAXPROCS=$LOADGEN_GOMAXPROCS "$work/loadgen" \
 	-target "plain|127.0.0.1:$plain_port|/v1/models|$admitted_key|200" \
 	-target "admitted|127.0.0.1:$admitted_port|/v1/models|$admitted_key|200" \
 	-target "refused|127.0.0.1:$refused_port|/v1/models|$refused_key|429" \
+	-target "unknown|127.0.0.1:$admitted_port|/v1/models|@random|401" \
 	-connections "$CONNECTIONS" -latency-connections "$LATENCY_CONNECTIONS" -latency-duration "$LATENCY_DURATION" -warmup "$WARMUP" -duration "$DURATION" -rounds "$ROUNDS" \
 	-redis "127.0.0.1:$redis_port" -metrics "http://127.0.0.1:$admin_port/metrics" \
 	-pg "$DATABASE_URL" -schema "$schema" -md "$md" "${profile_args[@]}" \
 	-pid "caddy=${pids[2]}" -pid "redis=${pids[0]}" -pid "upstream=${pids[1]}" -pid "loadgen=self" \
 	-note "machine: $NPROC cores (nproc), $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1); $(go version | cut -d' ' -f3); $(redis-server --version | cut -d' ' -f3); $(psql "$DATABASE_URL" -qAtc 'show server_version' | cut -d' ' -f1 | sed 's/^/postgres /')" \
 	-note "GOMAXPROCS: caddy $CADDY_GOMAXPROCS, load generator $LOADGEN_GOMAXPROCS, upstream $UPSTREAM_GOMAXPROCS (redis-server is single-threaded); all share the same $NPROC cores" \
-	-note "one Caddy ($(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet -- . ':!bench/results.md' ':!bench/results.json' 2>/dev/null || echo '+dirty')), three sites on 127.0.0.1: plain reverse_proxy, rpm admitted (user 10^9, group 10^9), rpm refused (user limit 1); same upstream (bench/upstream); private redis-server; Postgres schema $schema ($([[ $BENCH_DB == private ]] && echo "in a throwaway database of the same name" || echo "in the shared database"))" \
+	-note "one Caddy ($(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet -- . ':!bench/results.md' ':!bench/results.json' 2>/dev/null || echo '+dirty')), three sites on 127.0.0.1: plain reverse_proxy, rpm admitted (user 10^9, group 10^9), rpm refused (user limit 1); the unknown scenario sends random well-formed keys to the admitted site; same upstream (bench/upstream); private redis-server; Postgres schema $schema ($([[ $BENCH_DB == private ]] && echo "in a throwaway database of the same name" || echo "in the shared database"))" \
 	>"$work/run.json"
 
 {

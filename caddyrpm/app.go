@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddyrpm/caddy-rpm/admin"
+	"github.com/caddyrpm/caddy-rpm/keyfilter"
 	"github.com/caddyrpm/caddy-rpm/limiter"
 	"github.com/caddyrpm/caddy-rpm/snapshot"
 	"github.com/caddyrpm/caddy-rpm/store"
@@ -81,6 +82,10 @@ type App struct {
 	ctx       caddy.Context
 	closers   []func()
 	cancel    context.CancelFunc
+
+	// keyFilter holds the hashes of every valid key, so unknown keys are
+	// refused without a lookup; shared across reloads for Postgres.
+	keyFilter *keyfilter.Filter
 }
 
 // CacheOptions configures the L1 (in-process) and L2 (Redis) snapshot
@@ -93,7 +98,8 @@ type CacheOptions struct {
 	L1TTL caddy.Duration `json:"l1_ttl,omitempty"`
 	// L2TTL is how long a snapshot lives in Redis. Default: 5m.
 	L2TTL caddy.Duration `json:"l2_ttl,omitempty"`
-	// NegativeTTL is how long an unknown key is remembered as unknown.
+	// NegativeTTL is how long an unknown key that passed the key filter
+	// is remembered as unknown, in process only (never in Redis).
 	// Default: 30s.
 	NegativeTTL caddy.Duration `json:"negative_ttl,omitempty"`
 	// JitterPercent spreads every TTL by up to this percentage either way;
@@ -127,6 +133,9 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	a.metrics = m
 	if err := a.provisionStore(ctx); err != nil {
+		return err
+	}
+	if err := a.provisionKeyFilter(ctx); err != nil {
 		return err
 	}
 	if err := a.provisionRedis(); err != nil {

@@ -2,6 +2,7 @@ package caddyrpm
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"net/http"
@@ -160,7 +161,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if problem != nil {
 		return h.deny(w, problem)
 	}
-	snap, err := h.app.cache.Get(r.Context(), store.HashKey(raw))
+	sum := sha256.Sum256([]byte(raw))
+	if !h.app.keyFilter.MayContain(&sum) {
+		// Not a key of the store: refused without a cache or store lookup,
+		// so random keys cost neither a query nor a Redis entry.
+		h.app.metrics.keyFilterRejections.Inc()
+		return h.deny(w, errInvalidKey)
+	}
+	snap, err := h.app.cache.Get(r.Context(), store.HexHash(&sum))
 	if err != nil {
 		if r.Context().Err() != nil {
 			return h.clientGone(w, r, "auth")

@@ -117,12 +117,22 @@ func (a *App) flushAfterDatabaseGap(ctx context.Context) {
 func (a *App) startInvalidation(ctx context.Context) {
 	if l, ok := a.store.(store.Listener); ok {
 		go l.Listen(ctx, func(ev store.Event) {
+			// The filter first: a new key is admitted as soon as its
+			// notification arrives, before the cache work below.
+			a.feedKeyFilter(ev)
 			ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
 			if err := a.invalidateHere(ictx, ev, "postgres"); err != nil {
 				a.logger.Warn("applying database invalidation", zap.Error(err))
 			}
-		}, func() { a.flushAfterDatabaseGap(ctx) })
+		}, func(gap bool) {
+			// Every key created from now on is notified, so a build that
+			// starts now misses none; after a gap, one may have been missed.
+			a.keyFilter.Rebuild()
+			if gap {
+				a.flushAfterDatabaseGap(ctx)
+			}
+		})
 	}
 	if a.redis != nil {
 		go a.subscribe(ctx)

@@ -23,6 +23,9 @@ type metrics struct {
 	checkDuration prometheus.Histogram
 	checksPerCall prometheus.Histogram
 	invalidations *prometheus.CounterVec
+	// keyFilterRejections counts requests refused by the key filter.
+	keyFilterRejections prometheus.Counter
+	keyFilterBuilds     *prometheus.CounterVec
 }
 
 var (
@@ -53,6 +56,9 @@ func newMetrics() *metrics {
 			Buckets: []float64{1, 2, 4, 8, 16, 32, 64},
 		}),
 		invalidations: counterVec("invalidations_total", "Cache invalidations applied, by scope and origin.", "scope", "origin"),
+		keyFilterRejections: counter("key_filter_rejections_total",
+			"Requests refused as INVALID_API_KEY by the in-process filter of valid keys, without a cache or store lookup."),
+		keyFilterBuilds: counterVec("key_filter_builds_total", "Builds of the filter of valid keys from the store, by result (ok, error).", "result"),
 	}
 	m.admittedOK = m.decisions.WithLabelValues("admitted", "ok")
 	return m
@@ -77,6 +83,7 @@ func registerMetrics(reg *prometheus.Registry) (*metrics, error) {
 	for _, c := range []prometheus.Collector{
 		m.decisions, m.cacheHits, m.cacheMisses, m.storeLoads, m.storeErrors,
 		m.staleServed, m.redisErrors, m.failOpens, m.checkDuration, m.checksPerCall, m.invalidations,
+		m.keyFilterRejections, m.keyFilterBuilds,
 	} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError

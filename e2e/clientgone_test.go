@@ -65,8 +65,8 @@ func TestClientGoneIsNotRedisFailure(t *testing.T) {
 	e := newLimEnv(t)
 	c := e.caddy(t, "", "redis_timeout 1s", "")
 	uid := storetest.SeedUser(t, e.pool, 7)
-	_, warm := storetest.SeedKey(t, e.pool, uid, nil)
-	_, cold := storetest.SeedKey(t, e.pool, uid, nil) // first seen by a hang-up
+	_, warm := e.seedKey(t, uid, nil)
+	_, cold := e.seedKey(t, uid, nil) // first seen by a hang-up
 	// One normal request puts the warm key's snapshot in L1 (and spends 1
 	// of the 7).
 	redistest.WaitForWindow(t, e.rdb, 20*time.Second)

@@ -230,22 +230,22 @@ func TestCommandsPerRequest(t *testing.T) {
 
 	limited := storetest.SeedUser(t, e.pool, 1000)
 	lgid := storetest.SeedGroup(t, e.pool, "", 1000)
-	_, limitedKey := storetest.SeedKey(t, e.pool, limited, &lgid)
+	_, limitedKey := e.seedKey(t, limited, &lgid)
 
 	free := storetest.SeedUser(t, e.pool, 0)
 	fgid := storetest.SeedGroup(t, e.pool, "", 0)
-	_, freeKey := storetest.SeedKey(t, e.pool, free, &fgid)
+	_, freeKey := e.seedKey(t, free, &fgid)
 
 	exempt := storetest.SeedUser(t, e.pool, 0) // override 0 / user 0
 	egid := storetest.SeedGroup(t, e.pool, "", 1)
 	storetest.SeedOverride(t, e.pool, exempt, egid, 0)
-	_, exemptKey := storetest.SeedKey(t, e.pool, exempt, &egid)
+	_, exemptKey := e.seedKey(t, exempt, &egid)
 
 	small := storetest.SeedUser(t, e.pool, 2)
-	_, smallKey := storetest.SeedKey(t, e.pool, small, nil)
+	_, smallKey := e.seedKey(t, small, nil)
 
 	fresh := storetest.SeedUser(t, e.pool, 5)
-	_, freshKey := storetest.SeedKey(t, e.pool, fresh, nil)
+	_, freshKey := e.seedKey(t, fresh, nil)
 
 	// The seeding above sends database notifications; one arriving after
 	// the warm-up would evict a snapshot and cost a reload mid-measure.

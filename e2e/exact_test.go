@@ -58,7 +58,7 @@ func TestExactSingleInstance(t *testing.T) {
 	c := e.caddy(t, "", exactGlobal, "")
 	uid := storetest.SeedUser(t, e.pool, exactLimit)
 	gid := storetest.SeedGroup(t, e.pool, "", 0)
-	_, key := storetest.SeedKey(t, e.pool, uid, &gid)
+	_, key := e.seedKey(t, uid, &gid)
 	exactCheck(t, e, []*caddyInstance{c}, key, e.keys.User(uid))
 }
 
@@ -70,7 +70,7 @@ func TestExactTwoInstances(t *testing.T) {
 	c2 := e.caddy(t, "", exactGlobal, "")
 	uid := storetest.SeedUser(t, e.pool, 0)
 	gid := storetest.SeedGroup(t, e.pool, "", exactLimit)
-	_, key := storetest.SeedKey(t, e.pool, uid, &gid)
+	_, key := e.seedKey(t, uid, &gid)
 	exactCheck(t, e, []*caddyInstance{c1, c2}, key, e.keys.UserGroup(uid, gid))
 }
 
@@ -91,7 +91,7 @@ func TestExactCluster(t *testing.T) {
 	uid := storetest.SeedUser(t, e.pool, 1000)
 	gid := storetest.SeedGroup(t, e.pool, "", 1)
 	storetest.SeedOverride(t, e.pool, uid, gid, exactLimit)
-	_, key := storetest.SeedKey(t, e.pool, uid, &gid)
+	_, key := e.seedKey(t, uid, &gid)
 	exactCheck(t, e, []*caddyInstance{c1, c2}, key, e.keys.UserGroup(uid, gid))
 	e.wantCount(t, "user", e.keys.User(uid), exactLimit)
 	for _, c := range []*caddyInstance{c1, c2} {

@@ -270,7 +270,7 @@ func TestHeaders(t *testing.T) {
 	c := e.caddy(t, "", "", "")
 	uid := storetest.SeedUser(t, e.pool, 3)
 	gid := storetest.SeedGroup(t, e.pool, "", 4)
-	_, key := storetest.SeedKey(t, e.pool, uid, &gid)
+	_, key := e.seedKey(t, uid, &gid)
 	redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 
 	limits := map[string]int64{"user": 3, "group": 4}
@@ -345,7 +345,7 @@ func TestHeadersModes(t *testing.T) {
 	} {
 		t.Run(tc.mode, func(t *testing.T) {
 			uid := storetest.SeedUser(t, e.pool, 1)
-			_, key := storetest.SeedKey(t, e.pool, uid, nil)
+			_, key := e.seedKey(t, uid, nil)
 			redistest.WaitForWindow(t, e.rdb, 5*time.Second)
 			rs := limExpect(t, c, "/"+tc.mode+"/x", key, []int{200, 429}, "USER_RPM_EXCEEDED")
 			for i, r := range rs {
@@ -368,7 +368,7 @@ func TestHeadersModes(t *testing.T) {
 
 	// No limit applies: no rate-limit headers at all.
 	uid := storetest.SeedUser(t, e.pool, 0)
-	_, key := storetest.SeedKey(t, e.pool, uid, nil)
+	_, key := e.seedKey(t, uid, nil)
 	r := c.get(t, "/v1/x", key)
 	for _, h := range append(append(ietf, legacy...), "Retry-After") {
 		if v := r.Header.Get(h); v != "" {

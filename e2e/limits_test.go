@@ -50,6 +50,8 @@ type limEnv struct {
 	rdb    redis.UniversalClient // where the counters live
 	keys   limiter.Keys
 	up     *upstream
+	// instances are the Caddys started by caddy, which seedKey waits for.
+	instances []*caddyInstance
 }
 
 // newLimEnv creates a schema and a random key prefix on the shared Redis.
@@ -79,8 +81,18 @@ func (e *limEnv) caddy(t testing.TB, redisAddrs, global, site string) *caddyInst
 	}
 	// The site body may itself use {{.Upstream}}: render it first.
 	site = strings.ReplaceAll(site, "{{.Upstream}}", e.up.URL)
-	return startCaddy(t, limCaddyfile, params{DSN: e.dsn, Prefix: e.prefix, Upstream: e.up.URL,
+	c := startCaddy(t, limCaddyfile, params{DSN: e.dsn, Prefix: e.prefix, Upstream: e.up.URL,
 		Redis: redisAddrs, Extra: map[string]string{"global": global, "site": site}})
+	kfWaitBuilt(t, c)
+	e.instances = append(e.instances, c)
+	return c
+}
+
+// seedKey is storetest.SeedKey that returns once every instance of e has
+// the new key in its key filter (see kfSeedKey).
+func (e *limEnv) seedKey(t testing.TB, userID int64, groupID *int64) (int64, string) {
+	t.Helper()
+	return kfSeedKey(t, e.pool, userID, groupID, e.instances...)
 }
 
 // count reads a counter's current-window count the way the limiter does
@@ -260,7 +272,7 @@ func TestLimitsTable(t *testing.T) {
 		uid := storetest.SeedUser(t, e.pool, 100)
 		gid := storetest.SeedGroup(t, e.pool, "", 100)
 		storetest.SeedOverride(t, e.pool, uid, gid, 2)
-		_, key := storetest.SeedKey(t, e.pool, uid, &gid)
+		_, key := e.seedKey(t, uid, &gid)
 		redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 		limExpect(t, c, "/v1/x", key, []int{ok, ok}, "")
 		e.wantCount(t, "user", e.keys.User(uid), 2)
@@ -277,7 +289,7 @@ func TestLimitsTable(t *testing.T) {
 		uid := storetest.SeedUser(t, e.pool, 2)
 		gid := storetest.SeedGroup(t, e.pool, "", 1)
 		storetest.SeedOverride(t, e.pool, uid, gid, 100) // lifts the group's 1
-		_, key := storetest.SeedKey(t, e.pool, uid, &gid)
+		_, key := e.seedKey(t, uid, &gid)
 		redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 		limExpect(t, c, "/v1/x", key, limSeq(limRepeat(ok, 2), limRepeat(tooMany, 2)), "USER_RPM_EXCEEDED")
 		e.wantCount(t, "user", e.keys.User(uid), 2)
@@ -290,7 +302,7 @@ func TestLimitsTable(t *testing.T) {
 		uid := storetest.SeedUser(t, e.pool, 5)
 		gid := storetest.SeedGroup(t, e.pool, "", 1)
 		storetest.SeedOverride(t, e.pool, uid, gid, 0)
-		_, key := storetest.SeedKey(t, e.pool, uid, &gid)
+		_, key := e.seedKey(t, uid, &gid)
 		redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 		limExpect(t, c, "/v1/x", key, limSeq(limRepeat(ok, 5), limRepeat(tooMany, 2)), "USER_RPM_EXCEEDED")
 		e.wantCount(t, "user", e.keys.User(uid), 5)
@@ -303,7 +315,7 @@ func TestLimitsTable(t *testing.T) {
 		uid := storetest.SeedUser(t, e.pool, 0)
 		gid := storetest.SeedGroup(t, e.pool, "", 1)
 		storetest.SeedOverride(t, e.pool, uid, gid, 0)
-		_, key := storetest.SeedKey(t, e.pool, uid, &gid)
+		_, key := e.seedKey(t, uid, &gid)
 		limExpect(t, c, "/v1/x", key, limRepeat(ok, 50), "")
 		if ks := e.userKeys(t, uid); len(ks) != 0 {
 			t.Fatalf("counters %v exist for an unlimited user", ks)
@@ -314,7 +326,7 @@ func TestLimitsTable(t *testing.T) {
 		// no override / group 5 / user 0: the sixth is GROUP_RPM_EXCEEDED.
 		uid := storetest.SeedUser(t, e.pool, 0)
 		gid := storetest.SeedGroup(t, e.pool, "", 5)
-		_, key := storetest.SeedKey(t, e.pool, uid, &gid)
+		_, key := e.seedKey(t, uid, &gid)
 		redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 		limExpect(t, c, "/v1/x", key, limSeq(limRepeat(ok, 5), limRepeat(tooMany, 2)), "GROUP_RPM_EXCEEDED")
 		e.wantCount(t, "(user, group)", e.keys.UserGroup(uid, gid), 5)
@@ -326,7 +338,7 @@ func TestLimitsTable(t *testing.T) {
 		// group) counter.
 		uid := storetest.SeedUser(t, e.pool, 2)
 		gid := storetest.SeedGroup(t, e.pool, "", 0)
-		_, key := storetest.SeedKey(t, e.pool, uid, &gid)
+		_, key := e.seedKey(t, uid, &gid)
 		redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 		limExpect(t, c, "/v1/x", key, limSeq(limRepeat(ok, 2), limRepeat(tooMany, 2)), "USER_RPM_EXCEEDED")
 		e.wantCount(t, "user", e.keys.User(uid), 2)
@@ -336,7 +348,7 @@ func TestLimitsTable(t *testing.T) {
 	t.Run("key_without_group", func(t *testing.T) {
 		// A key without a group is limited by the user limit alone.
 		uid := storetest.SeedUser(t, e.pool, 3)
-		_, key := storetest.SeedKey(t, e.pool, uid, nil)
+		_, key := e.seedKey(t, uid, nil)
 		redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 		limExpect(t, c, "/v1/x", key, limSeq(limRepeat(ok, 3), limRepeat(tooMany, 2)), "USER_RPM_EXCEEDED")
 		e.wantCount(t, "user", e.keys.User(uid), 3)
@@ -350,8 +362,8 @@ func TestLimitsTable(t *testing.T) {
 		// count toward one (user, group) counter and one user counter.
 		uid := storetest.SeedUser(t, e.pool, 100)
 		gid := storetest.SeedGroup(t, e.pool, "", 3)
-		_, k1 := storetest.SeedKey(t, e.pool, uid, &gid)
-		_, k2 := storetest.SeedKey(t, e.pool, uid, &gid)
+		_, k1 := e.seedKey(t, uid, &gid)
+		_, k2 := e.seedKey(t, uid, &gid)
 		redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 		limExpect(t, c, "/v1/x", k1, []int{ok, ok}, "")
 		limExpect(t, c, "/v1/x", k2, []int{ok, tooMany}, "GROUP_RPM_EXCEEDED")
@@ -364,8 +376,8 @@ func TestLimitsTable(t *testing.T) {
 		// One user, two keys in one group (group 100, user 3).
 		uid := storetest.SeedUser(t, e.pool, 3)
 		gid := storetest.SeedGroup(t, e.pool, "", 100)
-		_, k1 := storetest.SeedKey(t, e.pool, uid, &gid)
-		_, k2 := storetest.SeedKey(t, e.pool, uid, &gid)
+		_, k1 := e.seedKey(t, uid, &gid)
+		_, k2 := e.seedKey(t, uid, &gid)
 		redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 		limExpect(t, c, "/v1/x", k1, []int{ok}, "")
 		limExpect(t, c, "/v1/x", k2, []int{ok, ok, tooMany}, "USER_RPM_EXCEEDED")
@@ -383,7 +395,7 @@ func TestLimitsMetrics(t *testing.T) {
 	c := e.caddy(t, "", "", "")
 	uid := storetest.SeedUser(t, e.pool, 2)
 	gid := storetest.SeedGroup(t, e.pool, "metrics-group", 100)
-	kid, key := storetest.SeedKey(t, e.pool, uid, &gid)
+	kid, key := e.seedKey(t, uid, &gid)
 	// A late seeding notification would drop the deny-cache entry counted
 	// below.
 	cmdSettle(t, c)

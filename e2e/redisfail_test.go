@@ -26,7 +26,7 @@ func failSetup(t *testing.T, mode string) (*redistest.Server, *limEnv, *caddyIns
 	e := newLimEnvOn(t, rdb)
 	c := e.caddy(t, srv.Addr, fmt.Sprintf("redis_timeout %s\n\t\ton_redis_error %s", failTimeout, mode), "")
 	uid := storetest.SeedUser(t, e.pool, 3)
-	_, key := storetest.SeedKey(t, e.pool, uid, nil)
+	_, key := e.seedKey(t, uid, nil)
 	redistest.WaitForWindow(t, rdb, 20*time.Second)
 	limExpect(t, c, "/v1/x", key, []int{200}, "")
 	e.wantCount(t, "user", e.keys.User(uid), 1)

@@ -188,13 +188,11 @@ func (c *Cache) setL1(keyHash string, s *Snapshot) {
 
 // setL2 writes s to L2 and reports whether the write may have landed (an
 // error after sending, such as a timeout, may still have written).
+// Negative entries stay in process: a key anyone can make up must not cost
+// Redis memory, where it could push out counters.
 func (c *Cache) setL2(ctx context.Context, keyHash string, s *Snapshot) bool {
-	if !c.l2Usable() {
+	if !c.l2Usable() || s.NotFound {
 		return false
-	}
-	ttl := c.cfg.L2TTL
-	if s.NotFound {
-		ttl = c.cfg.NegativeTTL
 	}
 	b, err := Encode(s)
 	if err != nil {
@@ -202,7 +200,7 @@ func (c *Cache) setL2(ctx context.Context, keyHash string, s *Snapshot) bool {
 	}
 	ctx, cancel := c.l2Context(ctx)
 	defer cancel()
-	if err := c.l2.Set(ctx, c.l2Key(keyHash), b, c.jitter(ttl)).Err(); err != nil {
+	if err := c.l2.Set(ctx, c.l2Key(keyHash), b, c.jitter(c.cfg.L2TTL)).Err(); err != nil {
 		c.hook0(c.hooks.L2Errors)
 	}
 	return true

@@ -105,6 +105,9 @@ func TestCacheOverwritesOtherVersionsAndCorruptEntries(t *testing.T) {
 	}
 }
 
+// TestCacheNegativeEntriesExpire checks that an unknown key is remembered
+// in L1 for NegativeTTL and never written to L2: a made-up key must not
+// cost Redis memory.
 func TestCacheNegativeEntriesExpire(t *testing.T) {
 	rdb, prefix := testRedis(t)
 	cfg := testConfig(prefix)
@@ -121,8 +124,17 @@ func TestCacheNegativeEntriesExpire(t *testing.T) {
 	if n := l.calls.Load(); n != 1 {
 		t.Fatalf("%d store loads for a cached negative entry, want 1", n)
 	}
-	if ttl := rdb.PTTL(ctx, prefix+"unknown").Val(); ttl <= 0 || ttl > 400*time.Millisecond {
-		t.Fatalf("negative L2 entry TTL %v, want about 300ms", ttl)
+	if n := rdb.Exists(ctx, prefix+"unknown").Val(); n != 0 {
+		t.Fatalf("a negative entry was written to L2 (ttl %v)", rdb.PTTL(ctx, prefix+"unknown").Val())
+	}
+	// Another instance on the same Redis finds nothing in L2 and asks
+	// the store itself.
+	l2 := &countingLoader{snap: Negative()}
+	if s, err := NewCache(cfg, rdb, l2.load, CacheHooks{}).Get(ctx, "unknown"); err != nil || !s.NotFound {
+		t.Fatalf("second instance: %+v, %v", s, err)
+	}
+	if n := l2.calls.Load(); n != 1 {
+		t.Fatalf("second instance: %d store loads, want 1", n)
 	}
 	time.Sleep(450 * time.Millisecond)
 	if _, err := c.Get(ctx, "unknown"); err != nil {
@@ -130,6 +142,9 @@ func TestCacheNegativeEntriesExpire(t *testing.T) {
 	}
 	if n := l.calls.Load(); n != 2 {
 		t.Fatalf("%d store loads after the negative TTL, want 2", n)
+	}
+	if n := rdb.Exists(ctx, prefix+"unknown").Val(); n != 0 {
+		t.Fatal("a negative entry was written to L2 after its reload")
 	}
 }
 

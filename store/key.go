@@ -48,6 +48,11 @@ func NewKey() (GeneratedKey, error) {
 // HashKey returns the lowercase hex SHA-256 of a raw key.
 func HashKey(raw string) string {
 	sum := sha256.Sum256([]byte(raw))
+	return HexHash(&sum)
+}
+
+// HexHash returns a key's SHA-256 as lowercase hex (the cache key).
+func HexHash(sum *[sha256.Size]byte) string {
 	var buf [2 * sha256.Size]byte // on the stack: one allocation, the string
 	hex.Encode(buf[:], sum[:])
 	return string(buf[:])

@@ -43,11 +43,12 @@ const (
 // Listen implements Listener. It holds one connection taken from the pool
 // (hijacked, so it never returns to the pool in LISTEN state), calls fn for
 // every well-formed notification on the schema's channel (ChannelOf) and
-// ignores malformed ones. On any connection error it reconnects with
-// exponential backoff (100ms up to 5s) and calls onGap after every
-// successful LISTEN that follows a failure, since notifications sent
-// meanwhile are lost. It returns when ctx is done.
-func (p *Postgres) Listen(ctx context.Context, fn func(Event), onGap func()) {
+// ignores malformed ones. It calls onListen after every successful LISTEN:
+// with gap false the first time and true after a failure, since
+// notifications sent meanwhile are lost. On any connection error it
+// reconnects with exponential backoff (100ms up to 5s). It returns when ctx
+// is done.
+func (p *Postgres) Listen(ctx context.Context, fn func(Event), onListen func(gap bool)) {
 	log := p.Logger
 	if log == nil {
 		log = zap.NewNop()
@@ -56,8 +57,8 @@ func (p *Postgres) Listen(ctx context.Context, fn func(Event), onGap func()) {
 	failed := false
 	for {
 		listening := func() {
-			if failed && onGap != nil {
-				onGap()
+			if onListen != nil {
+				onListen(failed)
 			}
 			if failed {
 				log.Info("listening for invalidations again")

@@ -42,7 +42,7 @@ func TestListenReconnects(t *testing.T) {
 	u := userWithID(t, pool, randomID(), 1)
 
 	events := make(chan store.Event, 100)
-	gaps := make(chan struct{}, 10)
+	gaps := make(chan bool, 10)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -53,7 +53,7 @@ func TestListenReconnects(t *testing.T) {
 					events <- e
 				}
 			},
-			func() { gaps <- struct{}{} })
+			func(gap bool) { gaps <- gap })
 	}()
 	defer func() {
 		cancel()
@@ -92,8 +92,16 @@ func TestListenReconnects(t *testing.T) {
 	pid := waitPID(0)
 	expectEvent(2)
 	select {
-	case <-gaps:
-		t.Fatal("onGap called without a reconnect")
+	case gap := <-gaps:
+		if gap {
+			t.Fatal("the first LISTEN reported a gap")
+		}
+	default:
+		t.Fatal("onListen not called after the first LISTEN")
+	}
+	select {
+	case gap := <-gaps:
+		t.Fatalf("onListen(%v) called again without a reconnect", gap)
 	default:
 	}
 
@@ -102,9 +110,12 @@ func TestListenReconnects(t *testing.T) {
 		t.Fatalf("pg_terminate_backend(%d) = %v, %v", pid, killed, err)
 	}
 	select {
-	case <-gaps:
+	case gap := <-gaps:
+		if !gap {
+			t.Fatal("the LISTEN after a reconnect reported no gap")
+		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("onGap not called after the backend was killed")
+		t.Fatal("onListen not called after the backend was killed")
 	}
 	if newPID := waitPID(pid); newPID == pid {
 		t.Fatal("same backend after reconnect")

@@ -102,6 +102,8 @@ type Event struct {
 // any writer, including plain SQL.
 type Listener interface {
 	// Listen calls fn for every change until ctx ends. It reconnects on its
-	// own and calls onGap after a reconnect, when events may have been lost.
-	Listen(ctx context.Context, fn func(Event), onGap func())
+	// own and calls onListen every time it starts listening: with gap false
+	// the first time, and true after a reconnect, when events may have been
+	// lost. Changes made before a call of onListen may have no event.
+	Listen(ctx context.Context, fn func(Event), onListen func(gap bool))
 }

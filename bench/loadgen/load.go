@@ -3,11 +3,14 @@ package main
 import (
 	"bufio"
 	"bytes"
+	crand "crypto/rand"
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -17,7 +20,7 @@ type target struct {
 	Name   string // scenario name
 	Addr   string // 127.0.0.1:port
 	Path   string
-	Key    string // sent as Authorization: Bearer <key>; empty: none
+	Key    string // sent as Authorization: Bearer <key>; empty: none; RandomKey: a new random key per request
 	Expect int    // the status every request should get
 }
 
@@ -33,7 +36,7 @@ type sample struct {
 // run drives target with n keep-alive connections, each sending its next
 // request as soon as the previous response is read, for d.
 func run(t target, n int, d time.Duration) sample {
-	req := buildRequest(t)
+	req, keyAt := buildRequest(t)
 	var wg sync.WaitGroup
 	results := make([]sample, n)
 	start := time.Now()
@@ -42,7 +45,7 @@ func run(t target, n int, d time.Duration) sample {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results[i] = worker(t.Addr, req, deadline)
+			results[i] = worker(t.Addr, req, keyAt, deadline)
 		}()
 	}
 	wg.Wait()
@@ -63,19 +66,60 @@ func run(t target, n int, d time.Duration) sample {
 	return out
 }
 
-func buildRequest(t target) []byte {
+// RandomKey as a target's key sends a new random key of the shape `caddy
+// rpm key create` prints with every request: keys no store holds.
+const RandomKey = "@random"
+
+const (
+	randomKeyPrefix = "sk-rpm-"
+	randomKeyLen    = 40 // base62 characters after the prefix
+	base62          = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+)
+
+// buildRequest returns the request bytes and, for RandomKey, the offset of
+// the random part of the key (else -1).
+func buildRequest(t target) ([]byte, int) {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: rpm-bench\r\nAccept: */*\r\n", t.Path, t.Addr)
-	if t.Key != "" {
+	keyAt := -1
+	switch t.Key {
+	case "":
+	case RandomKey:
+		b.WriteString("Authorization: Bearer " + randomKeyPrefix)
+		keyAt = b.Len()
+		b.WriteString(strings.Repeat("0", randomKeyLen) + "\r\n")
+	default:
 		fmt.Fprintf(&b, "Authorization: Bearer %s\r\n", t.Key)
 	}
 	b.WriteString("\r\n")
-	return b.Bytes()
+	return b.Bytes(), keyAt
+}
+
+// fillRandomKey writes randomKeyLen base62 characters at dst.
+func fillRandomKey(dst []byte, rng *rand.ChaCha8) {
+	var buf [8]byte
+	for i := 0; i < len(dst); {
+		_, _ = rng.Read(buf[:])
+		for _, c := range buf {
+			// 248 = 4 × 62: reject the rest so every character is equally likely.
+			if c < 248 && i < len(dst) {
+				dst[i] = base62[c%62]
+				i++
+			}
+		}
+	}
 }
 
 // worker is one connection's request loop.
-func worker(addr string, req []byte, deadline time.Time) sample {
+func worker(addr string, req []byte, keyAt int, deadline time.Time) sample {
 	s := sample{Statuses: map[int]int64{}, Latencies: make([]int64, 0, 1<<14)}
+	var rng *rand.ChaCha8
+	if keyAt >= 0 {
+		req = bytes.Clone(req)
+		var seed [32]byte
+		_, _ = crand.Read(seed[:])
+		rng = rand.NewChaCha8(seed)
+	}
 	var c net.Conn
 	var br *bufio.Reader
 	defer func() {
@@ -84,6 +128,9 @@ func worker(addr string, req []byte, deadline time.Time) sample {
 		}
 	}()
 	for {
+		if rng != nil { // outside the timed part
+			fillRandomKey(req[keyAt:keyAt+randomKeyLen], rng)
+		}
 		t0 := time.Now()
 		if !t0.Before(deadline) {
 			return s

@@ -80,7 +80,7 @@ type config struct {
 
 func main() {
 	var cfg config
-	flag.Var(&cfg.targets, "target", "scenario as name|127.0.0.1:port|path|key|expected-status (repeatable; the order is the run order)")
+	flag.Var(&cfg.targets, "target", "scenario as name|127.0.0.1:port|path|key|expected-status (repeatable; the order is the run order); key "+RandomKey+": a new random well-formed key per request")
 	flag.StringVar(&cfg.baseline, "baseline", "plain", "the scenario the others are compared with")
 	flag.IntVar(&cfg.connections, "connections", 32, "concurrent keep-alive connections")
 	flag.DurationVar(&cfg.warmup, "warmup", 10*time.Second, "warm-up, split over the scenarios")

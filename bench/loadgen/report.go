@@ -115,6 +115,11 @@ func markdown(cfg config, rep *report) string {
 			checks := sumMetric(r.Metrics, "caddy_rpm_redis_checks_per_call_sum")
 			p("- %s Redis round trips: %d requests sent %.0f checks in %.0f script calls (%.2f checks per call); Redis saw %.0f EVAL/EVALSHA and %.0f client-issued commands in all (target: each request waits for exactly 1 round trip): %s\n",
 				r.Name, r.Requests, checks, calls, checks/max(calls, 1), ev, cl, verdict(checks == float64(r.Requests) && calls == ev))
+		case strings.Contains(r.Name, "unknown"):
+			loads := sumMetric(r.Metrics, "caddy_rpm_store_loads_total")
+			p("- %s: %d random well-formed keys at %.0f req/s (%.3f × plain), %d answered 401; %.0f refused by the key filter, %.0f store loads, %.0f client-issued Redis commands (target: 0 store loads and 0 Redis commands): %s\n",
+				r.Name, r.Requests, r.RPS, r.RPS/base.RPS, r.Statuses[401],
+				sumMetric(r.Metrics, "caddy_rpm_key_filter_rejections_total"), loads, cl, verdict(loads == 0 && cl == 0))
 		case strings.Contains(r.Name, "refus"):
 			p("- %s Redis round trips: %.0f client-issued commands (%.0f EVALSHA) for %d requests, %s per request (target 0 once this instance has seen the counter full): %s\n",
 				r.Name, cl, ev, r.Requests, perReq(cl, r.Requests), verdict(cl/float64(max(r.Requests, 1)) < 0.001))
@@ -180,13 +185,15 @@ func phaseMarkdown(p func(string, ...any), cfg config, rep *report, ph *phase) {
 		p(" %s |\n", us)
 	}
 
-	p("\nCaddy rpm decisions (from /metrics deltas):\n\n| scenario | admitted | refused by Redis | refused locally (deny cache) | fail-open | Redis errors | invalidations applied |\n|---|---:|---:|---:|---:|---:|---:|\n")
+	p("\nCaddy rpm decisions (from /metrics deltas):\n\n| scenario | admitted | refused by Redis | refused locally (deny cache) | refused at authentication (by the key filter) | fail-open | Redis errors | invalidations applied |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range ph.Scenarios {
 		m := r.Metrics
 		refused := sumMetric(m, "caddy_rpm_decisions_total", `result="refused"`)
+		limits := sumMetric(m, "caddy_rpm_decisions_total", `result="refused"`, `_RPM_EXCEEDED`)
 		local := sumMetric(m, "caddy_rpm_decisions_total", `result="refused"`, `_local"`)
-		p("| %s | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f |\n", r.Name,
-			sumMetric(m, "caddy_rpm_decisions_total", `result="admitted"`), refused-local, local,
+		p("| %s | %.0f | %.0f | %.0f | %.0f (%.0f) | %.0f | %.0f | %.0f |\n", r.Name,
+			sumMetric(m, "caddy_rpm_decisions_total", `result="admitted"`), limits-local, local,
+			refused-limits, sumMetric(m, "caddy_rpm_key_filter_rejections_total"),
 			sumMetric(m, "caddy_rpm_fail_open_total"), sumMetric(m, "caddy_rpm_redis_errors_total"),
 			sumMetric(m, "caddy_rpm_invalidations_total"))
 	}

@@ -1,0 +1,82 @@
+package caddyrpm
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/caddyrpm/caddy-rpm/keyfilter"
+	"github.com/caddyrpm/caddy-rpm/store"
+)
+
+// The key filter holds the SHA-256 of every key of the store, so a request
+// with an unknown key is refused at once: no L1 entry, no Redis call, no
+// query. For Postgres it is built by one streaming query after the
+// invalidation listener starts (and after every reconnect of it), kept
+// current by the key notifications the triggers send on insert, and rebuilt
+// every few minutes; it is shared across config reloads. Until its first
+// build succeeds it refuses nothing.
+
+// provisionKeyFilter creates the filter of this configuration's store.
+func (a *App) provisionKeyFilter(ctx caddy.Context) error {
+	ks, ok := a.store.(store.KeySet)
+	if !ok {
+		return nil // no filter: every key takes the usual path
+	}
+	m := a.metrics
+	cfg := keyfilter.Config{
+		Source: ks.ScanKeyHashes,
+		// The filter may outlive this configuration: log to the default
+		// logger, not this config's.
+		Logger: caddy.Log().Named("rpm.keyfilter"),
+		OnBuild: func(err error) {
+			result := "ok"
+			if err != nil {
+				result = "error"
+			}
+			m.keyFilterBuilds.WithLabelValues(result).Inc()
+		},
+	}
+	if _, listens := a.store.(store.Listener); !listens {
+		// The keys file: read in memory and reread on every config load, so
+		// it is built here, once, and never goes stale.
+		f := keyfilter.New(cfg)
+		if err := f.Build(ctx); err != nil {
+			return fmt.Errorf("rpm: %w", err)
+		}
+		a.keyFilter = f
+		return nil
+	}
+	f, err := share(a, "keyfilter|"+a.Postgres, func() (*keyfilter.Filter, func(), error) {
+		f := keyfilter.New(cfg)
+		fctx, cancel := context.WithCancel(context.Background())
+		f.Start(fctx)
+		return f, func() { cancel(); <-f.Done() }, nil
+	})
+	if err != nil {
+		return fmt.Errorf("rpm: key filter: %w", err)
+	}
+	a.keyFilter = f
+	return nil
+}
+
+// feedKeyFilter applies a database notification to the key filter: a key
+// event carries the key's hash (a new key, or a changed one), which is added;
+// "all" (a statement that changed too many rows to list, or a truncate) and
+// a key event without a hash may have created keys it does not name, so the
+// filter is rebuilt.
+func (a *App) feedKeyFilter(ev store.Event) {
+	if ev.Scope != store.ScopeKey && ev.Scope != store.ScopeAll {
+		return
+	}
+	var h [32]byte
+	if ev.Scope == store.ScopeKey && len(ev.KeyHash) == hex.EncodedLen(len(h)) {
+		if _, err := hex.Decode(h[:], []byte(ev.KeyHash)); err == nil {
+			a.keyFilter.Add(&h)
+			return
+		}
+	}
+	a.keyFilter.Rebuild()
+}

@@ -1,0 +1,326 @@
+package keyfilter
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// keySet is a store stand-in for the source: a set of digests, a switch to
+// make it fail, and an optional pause in the middle of a scan.
+type keySet struct {
+	mu    sync.Mutex
+	keys  map[[32]byte]bool
+	err   error
+	scans atomic.Int64
+	// midway, if set, is called once half the keys have been streamed.
+	midway func()
+}
+
+func newKeySet(n int) *keySet {
+	s := &keySet{keys: map[[32]byte]bool{}}
+	for range n {
+		s.keys[randomHash()] = true
+	}
+	return s
+}
+
+func (s *keySet) source(ctx context.Context, sized func(int), add func(*[32]byte)) error {
+	s.scans.Add(1)
+	s.mu.Lock()
+	err, midway := s.err, s.midway
+	keys := make([][32]byte, 0, len(s.keys))
+	for k := range s.keys {
+		keys = append(keys, k)
+	}
+	s.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	sized(len(keys))
+	for i := range keys {
+		if i == len(keys)/2 && midway != nil {
+			midway()
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		add(&keys[i])
+	}
+	return nil
+}
+
+func (s *keySet) set(k [32]byte, present bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if present {
+		s.keys[k] = true
+	} else {
+		delete(s.keys, k)
+	}
+}
+
+func (s *keySet) all() [][32]byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out [][32]byte
+	for k := range s.keys {
+		out = append(out, k)
+	}
+	return out
+}
+
+// rejected counts how many of n random digests f refuses.
+func rejected(f *Filter, n int) int {
+	r := 0
+	for range n {
+		h := randomHash()
+		if !f.MayContain(&h) {
+			r++
+		}
+	}
+	return r
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestFilterAdmitsEverythingUntilBuilt(t *testing.T) {
+	var nilFilter *Filter
+	h := randomHash()
+	if !nilFilter.MayContain(&h) || nilFilter.Ready() {
+		t.Fatal("a nil filter must admit everything")
+	}
+	nilFilter.Add(&h) // no panic
+	nilFilter.Rebuild()
+
+	s := newKeySet(10)
+	s.err = errors.New("connection refused")
+	var builds []error
+	f := New(Config{Source: s.source, OnBuild: func(err error) { builds = append(builds, err) }})
+	if n := rejected(f, 1000); n != 0 || f.Ready() {
+		t.Fatalf("an unbuilt filter refused %d of 1000 keys", n)
+	}
+	if err := f.Build(context.Background()); err == nil {
+		t.Fatal("a failing source built a filter")
+	}
+	if n := rejected(f, 1000); n != 0 || f.Ready() {
+		t.Fatalf("after a failed first build the filter refused %d of 1000 keys", n)
+	}
+	if len(builds) != 1 || builds[0] == nil {
+		t.Fatalf("OnBuild saw %v, want one error", builds)
+	}
+}
+
+func TestFilterBuild(t *testing.T) {
+	s := newKeySet(5000)
+	f := New(Config{Source: s.source})
+	if err := f.Build(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if !f.Ready() {
+		t.Fatal("not ready after a build")
+	}
+	for _, k := range s.all() {
+		if !f.MayContain(&k) {
+			t.Fatal("a key of the store is refused")
+		}
+	}
+	if n := rejected(f, 10000); n < 9990 {
+		t.Fatalf("only %d of 10000 unknown keys refused", n)
+	}
+	// Added keys are admitted at once.
+	k := randomHash()
+	if f.MayContain(&k) {
+		t.Skip("a false positive for the new key; rerun")
+	}
+	f.Add(&k)
+	if !f.MayContain(&k) {
+		t.Fatal("an added key is refused")
+	}
+}
+
+// TestFilterKeepsKeysAddedDuringABuild adds a key while a build streams:
+// the store's view (taken before) lacks it, the notification arrives
+// meanwhile, and the filter the build installs must hold it.
+func TestFilterKeepsKeysAddedDuringABuild(t *testing.T) {
+	s := newKeySet(1000)
+	f := New(Config{Source: s.source})
+	if err := f.Build(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var added [][32]byte
+	s.midway = func() {
+		for range 100 {
+			k := randomHash()
+			added = append(added, k)
+			f.Add(&k)
+		}
+	}
+	if err := f.Build(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range added {
+		if !f.MayContain(&k) {
+			t.Fatal("a key added while the build streamed was lost")
+		}
+	}
+	// Also on the first build, when there is no filter yet to add to.
+	f = New(Config{Source: s.source})
+	added = nil
+	if err := f.Build(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range added {
+		if !f.MayContain(&k) {
+			t.Fatal("a key added while the first build streamed was lost")
+		}
+	}
+	if len(added) == 0 {
+		t.Fatal("the source did not pause midway")
+	}
+}
+
+func TestFilterFailedBuildKeepsThePreviousFilter(t *testing.T) {
+	s := newKeySet(100)
+	f := New(Config{Source: s.source})
+	if err := f.Build(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	keys := s.all()
+	s.err = errors.New("down")
+	if err := f.Build(context.Background()); err == nil {
+		t.Fatal("want an error")
+	}
+	for _, k := range keys {
+		if !f.MayContain(&k) {
+			t.Fatal("a failed build lost a key")
+		}
+	}
+	if n := rejected(f, 1000); n < 990 {
+		t.Fatalf("after a failed build only %d of 1000 unknown keys refused", n)
+	}
+}
+
+// TestFilterTooManyAddsDuringABuild: a build that could not remember every
+// key added while it streamed is not installed.
+func TestFilterTooManyAddsDuringABuild(t *testing.T) {
+	s := newKeySet(10)
+	f := New(Config{Source: s.source})
+	if err := f.Build(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	before := f.cur.Load()
+	s.midway = func() {
+		for range maxPending + 1 {
+			k := randomHash()
+			f.Add(&k)
+		}
+	}
+	if err := f.Build(context.Background()); err == nil {
+		t.Fatal("a build that lost added keys succeeded")
+	}
+	if f.cur.Load() != before {
+		t.Fatal("a build that lost added keys was installed")
+	}
+}
+
+// TestFilterStartRebuilds runs the goroutine: a build on Rebuild, periodic
+// builds that drop deleted keys, retries after a failure, a build when the
+// filter passes its capacity, and its end with the context.
+func TestFilterStartRebuilds(t *testing.T) {
+	s := newKeySet(100)
+	ctx, cancel := context.WithCancel(context.Background())
+	f := New(Config{Source: s.source, Refresh: time.Hour})
+	f.Start(ctx)
+	time.Sleep(50 * time.Millisecond)
+	if f.Ready() || s.scans.Load() != 0 {
+		t.Fatal("Start built before Rebuild was called")
+	}
+	f.Rebuild()
+	waitFor(t, "the build after Rebuild", f.Ready)
+
+	// Past capacity: the filter asks for a larger one.
+	scans := s.scans.Load()
+	for range MinCapacity {
+		k := randomHash()
+		s.set(k, true)
+		f.Add(&k)
+	}
+	waitFor(t, "a rebuild past capacity", func() bool {
+		b := f.cur.Load()
+		return s.scans.Load() > scans && b.Capacity() > MinCapacity
+	})
+
+	// A failing build is retried on its own.
+	s.mu.Lock()
+	s.err = errors.New("down")
+	s.mu.Unlock()
+	scans = s.scans.Load()
+	f.Rebuild()
+	waitFor(t, "the failing build", func() bool { return s.scans.Load() > scans })
+	s.mu.Lock()
+	s.err = nil
+	s.mu.Unlock()
+	scans = s.scans.Load()
+	waitFor(t, "the retry", func() bool { return s.scans.Load() > scans })
+
+	cancel()
+	select {
+	case <-f.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the goroutine did not end with its context")
+	}
+}
+
+func TestFilterRefreshDropsDeletedKeys(t *testing.T) {
+	s := newKeySet(100)
+	ctx, cancel := context.WithCancel(context.Background())
+	f := New(Config{Source: s.source, Refresh: 100 * time.Millisecond})
+	f.Start(ctx)
+	defer func() { cancel(); <-f.Done() }()
+	f.Rebuild()
+	waitFor(t, "the first build", f.Ready)
+	gone := s.all()[0]
+	s.set(gone, false)
+	if !f.MayContain(&gone) {
+		t.Fatal("the filter lost a key before a rebuild")
+	}
+	waitFor(t, "a periodic rebuild without the deleted key", func() bool { return !f.MayContain(&gone) })
+}
+
+// TestFilterStopsDuringABuild ends the context while a build waits on the
+// store: the goroutine ends anyway.
+func TestFilterStopsDuringABuild(t *testing.T) {
+	s := newKeySet(10)
+	ctx, cancel := context.WithCancel(context.Background())
+	blocked := make(chan struct{})
+	s.midway = func() {
+		close(blocked)
+		<-ctx.Done()
+	}
+	f := New(Config{Source: s.source, Refresh: time.Hour})
+	f.Start(ctx)
+	f.Rebuild()
+	<-blocked
+	cancel()
+	select {
+	case <-f.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the goroutine did not end while a build was in progress")
+	}
+	if f.Ready() {
+		t.Fatal("a cancelled build was installed")
+	}
+}

@@ -52,7 +52,7 @@ func (s *SiteHandler) Provision(ctx caddy.Context) error {
 		return errors.New("rpm app does not implement admin.Backend")
 	}
 	if b.AdminToken() == "" {
-		return errors.New("rpm_admin serves the admin API on a site: set admin_token in the rpm global option")
+		return errors.New("rpm_admin serves the admin API on a site: set admin_token or admin_token_file in the rpm global option")
 	}
 	h := NewHandler(b, ctx.Logger())
 	h.ClearDelay, err = clearDelayFromEnv()

@@ -265,11 +265,7 @@ func (h *Handler) stripCredentials(r *http.Request) {
 		r.Header.Del(s.Header)
 	}
 	if h.KeyQuery != "" {
-		q := r.URL.Query()
-		if q.Has(h.KeyQuery) {
-			q.Del(h.KeyQuery)
-			r.URL.RawQuery = q.Encode()
-		}
+		r.URL.RawQuery = withoutQueryParam(r.URL.RawQuery, h.KeyQuery)
 	}
 }
 

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"net/http"
+	"net/http/httptest"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -75,4 +76,53 @@ func TestAdminTokenFile(t *testing.T) {
 	if r := c.admin(t, http.MethodGet, status, "", "Authorization: Bearer "+token); r.Status != 200 || !strings.Contains(r.Body, `"user_rpm_limit":60`) {
 		t.Errorf("admin API with the file's token: %d %s", r.Status, r.Body)
 	}
+}
+
+// TestKeyQueryKeepsRawQuery: key_query removes only the key parameter;
+// the rest of the raw query reaches the upstream byte for byte (order,
+// escapes, '+', ';'), as upstream request signatures need.
+func TestKeyQueryKeepsRawQuery(t *testing.T) {
+	seen := make(chan string, 10)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.URL.RawQuery
+		_, _ = w.Write([]byte("upstream"))
+	}))
+	t.Cleanup(up.Close)
+	c := startCaddy(t, `{
+	admin 127.0.0.1:{{.Admin}}
+	rpm {
+		keys_file `+demoKeysPath(t)+`
+	}
+}
+:{{.HTTP}} {
+	rpm {
+		key_query key
+	}
+	reverse_proxy {{.Upstream}}
+}`, params{Upstream: up.URL})
+
+	const key = "sk-demo-caddy-rpm-key"
+	for _, tc := range []struct {
+		query, header, want string
+	}{
+		{"z=%20&a=1&key=" + key + "&b=2;c=3&sig=a+b", "", "z=%20&a=1&b=2;c=3&sig=a+b"},
+		{"%6Bey=" + key + "&x=%2F", "", "x=%2F"},
+		{"key=" + key, "", ""},
+		{"b=2;c=3&a=%41", "Authorization: Bearer " + key, "b=2;c=3&a=%41"},
+	} {
+		var headers []string
+		if tc.header != "" {
+			headers = append(headers, tc.header)
+		}
+		r := c.do(t, http.MethodGet, "/v1/x?"+tc.query, headers...)
+		if r.Status != 200 || r.Body != "upstream" {
+			t.Fatalf("?%s: %d %s", tc.query, r.Status, r.Body)
+		}
+		if got := <-seen; got != tc.want {
+			t.Errorf("?%s reached the upstream as ?%s, want ?%s", tc.query, got, tc.want)
+		}
+	}
+	// Extraction counts the pairs the removal removes: two are refused.
+	r := c.do(t, http.MethodGet, "/v1/x?key="+key+"&a=1&%6Bey="+key)
+	authCheckError(t, r, "openai", 400, "MULTIPLE_API_KEYS")
 }

@@ -217,6 +217,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err == nil && !zoneName.MatchString(h.Zone) {
 				err = d.Errf("rpm: zone '%s' must be 1-64 letters, digits, '.', '_' or '-'", h.Zone)
 			}
+			if err == nil && reservedZone(h.Zone) {
+				err = d.Errf("rpm: zone '%s' is reserved for the data limits' policy names", h.Zone)
+			}
 		case "limit":
 			limitLine = d.Line()
 			err = h.unmarshalLimit(d)

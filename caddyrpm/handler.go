@@ -78,6 +78,10 @@ type RouteLimit struct {
 
 var zoneName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 
+// reservedZone reports whether name is a policy name of the data limits,
+// which a zone's counters and rate-limit headers would be confused with.
+func reservedZone(name string) bool { return name == "user" || name == "group" }
+
 // CaddyModule returns the Caddy module information.
 func (Handler) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
@@ -134,7 +138,7 @@ func (h *Handler) validateLimits() error {
 	if h.Zone != "" && !zoneName.MatchString(h.Zone) {
 		return fmt.Errorf("zone %q: use 1-64 letters, digits, '.', '_' or '-'", h.Zone)
 	}
-	if h.Zone == "user" || h.Zone == "group" {
+	if reservedZone(h.Zone) {
 		return fmt.Errorf("zone %q is reserved for the data limits' policy names", h.Zone)
 	}
 	seen := map[string]bool{}

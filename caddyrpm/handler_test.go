@@ -5,6 +5,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/caddyrpm/caddy-rpm/store"
 )
 
 func handlerForTest(t testing.TB) *Handler {
@@ -46,8 +48,8 @@ func TestExtractKey(t *testing.T) {
 		{"bad escape", nil, "key=sk%zz", "", "INVALID_API_KEY"},
 		{"plus is a space", nil, "key=sk+3", "", "INVALID_API_KEY"},
 		{"name without value", nil, "key", "", "API_KEY_REQUIRED"},
-		{"too long", [][2]string{{"X-Api-Key", strings.Repeat("k", maxKeyLen+1)}}, "", "", "INVALID_API_KEY"},
-		{"longest allowed", [][2]string{{"X-Api-Key", strings.Repeat("k", maxKeyLen)}}, "", strings.Repeat("k", maxKeyLen), ""},
+		{"too long", [][2]string{{"X-Api-Key", strings.Repeat("k", store.MaxKeyLen+1)}}, "", "", "INVALID_API_KEY"},
+		{"longest allowed", [][2]string{{"X-Api-Key", strings.Repeat("k", store.MaxKeyLen)}}, "", strings.Repeat("k", store.MaxKeyLen), ""},
 		{"non-ASCII", [][2]string{{"X-Api-Key", "sk-é"}}, "", "", "INVALID_API_KEY"},
 		{"control byte", [][2]string{{"X-Api-Key", "sk-\x01"}}, "", "", "INVALID_API_KEY"},
 		{"inner space", [][2]string{{"Authorization", "Bearer a b"}}, "", "", "INVALID_API_KEY"},

@@ -4,10 +4,9 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-)
 
-// maxKeyLen bounds accepted keys; longer ones are malformed, not looked up.
-const maxKeyLen = 256
+	"github.com/caddyrpm/caddy-rpm/store"
+)
 
 // extractKey finds the API key in the first source that has one. Malformed
 // input yields an error for the client, never a lookup.
@@ -120,16 +119,10 @@ func pairNamed(pair, name string) (string, bool) {
 	return v, err == nil && uk == name
 }
 
-// checkKeyShape rejects keys no store can hold: too long, or with bytes
-// outside printable ASCII.
+// checkKeyShape rejects keys no store can hold (store.CheckKeyShape).
 func checkKeyShape(key string) *apiError {
-	if len(key) > maxKeyLen {
-		return errInvalidKey.withDetail("the API key is too long")
-	}
-	for i := 0; i < len(key); i++ {
-		if c := key[i]; c < 0x21 || c > 0x7e {
-			return errInvalidKey.withDetail("the API key contains characters that are not printable ASCII")
-		}
+	if err := store.CheckKeyShape(key); err != nil {
+		return errInvalidKey.withDetail(err.Error())
 	}
 	return nil
 }

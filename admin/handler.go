@@ -130,15 +130,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // authorized reports whether r carries the admin token (or none is needed).
+// Every Authorization header is looked at: behind a site's basic_auth the
+// request carries "Basic …" for the site and "Bearer <token>" for us.
 func authorized(r *http.Request, token string) bool {
 	if token == "" {
 		return true
 	}
-	got, ok := bearer(r.Header.Get("Authorization"))
-	if !ok {
-		return false
+	for _, v := range r.Header.Values("Authorization") {
+		if got, ok := bearer(v); ok && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1 {
+			return true
+		}
 	}
-	return subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
+	return false
 }
 
 // bearer extracts the credentials of a "Bearer <token>" header value.

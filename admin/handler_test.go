@@ -3,6 +3,7 @@ package admin
 import (
 	"errors"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -225,4 +226,29 @@ func adminHandlerFunc(h caddy.AdminHandler) http.Handler {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 		}
 	})
+}
+
+// TestAdminTokenBesideBasicAuth: behind a site's basic_auth the request
+// carries two Authorization headers, the site's Basic credentials and the
+// admin token; the token is found in either position, a wrong one in
+// neither.
+func TestAdminTokenBesideBasicAuth(t *testing.T) {
+	for name, tc := range map[string]struct {
+		values []string
+		want   bool
+	}{
+		"basic then bearer":       {[]string{"Basic b3A6cHc=", "Bearer s3cret-token"}, true},
+		"bearer then basic":       {[]string{"Bearer s3cret-token", "Basic b3A6cHc="}, true},
+		"basic then wrong bearer": {[]string{"Basic b3A6cHc=", "Bearer s3cret-tokem"}, false},
+		"two wrong bearers":       {[]string{"Bearer a", "Bearer b"}, false},
+		"basic only":              {[]string{"Basic b3A6cHc="}, false},
+	} {
+		req := httptest.NewRequest(http.MethodGet, "/admin/users/1/rpm-status", nil)
+		for _, v := range tc.values {
+			req.Header.Add("Authorization", v)
+		}
+		if got := authorized(req, "s3cret-token"); got != tc.want {
+			t.Errorf("%s: authorized = %v, want %v", name, got, tc.want)
+		}
+	}
 }

@@ -13,16 +13,20 @@ import (
 func init() {
 	caddy.RegisterModule(SiteHandler{})
 	httpcaddyfile.RegisterHandlerDirective("rpm_admin", parseSiteHandler)
-	// Registered before rpm is (this package initialises first), so it lands
-	// ahead of rpm: admin paths are not asked for an API key.
-	httpcaddyfile.RegisterDirectiveOrder("rpm_admin", httpcaddyfile.Before, "basic_auth")
+	// After every directive of the standard order that authenticates
+	// (basicauth, basic_auth, forward_auth), so a site's own authentication
+	// applies to the admin page and API first; the admin token is required
+	// on top. The rpm directive is ordered before basic_auth, so on a site
+	// with both, rpm sees the admin paths first unless matched away.
+	httpcaddyfile.RegisterDirectiveOrder("rpm_admin", httpcaddyfile.After, "forward_auth")
 }
 
 // SiteHandler serves the same admin routes and page under /admin/ on a
 // regular site. Caddy's admin endpoint refuses a browser's top-level
 // navigation (it carries no Origin), so operators who want to open the page
 // by typing its address mount it on a site instead. It requires the rpm
-// app's admin_token, since a site is reachable from outside.
+// app's admin_token, since a site is reachable from outside, and runs after
+// the site's basic_auth and forward_auth.
 //
 // Requests outside /admin/ pass to the next handler.
 type SiteHandler struct {
@@ -48,7 +52,7 @@ func (s *SiteHandler) Provision(ctx caddy.Context) error {
 		return errors.New("rpm app does not implement admin.Backend")
 	}
 	if b.AdminToken() == "" {
-		return errors.New("rpm_admin serves the admin API on a site: set admin_token in the rpm global option")
+		return errors.New("rpm_admin serves the admin API on a site: set admin_token or admin_token_file in the rpm global option")
 	}
 	s.handler = NewHandler(b, ctx.Logger())
 	return nil

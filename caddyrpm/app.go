@@ -7,6 +7,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"os"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -66,8 +69,16 @@ type App struct {
 	Cache *CacheOptions `json:"cache,omitempty"`
 
 	// AdminAuthToken, when set, is the bearer token every admin route
-	// requires. Default: none.
+	// requires. It may be a placeholder such as {env.RPM_ADMIN_TOKEN}; one
+	// that resolves to an empty string is an error, not "no token". The
+	// value shows in Caddy's GET /config/ to whoever can reach the admin
+	// endpoint; AdminTokenFile keeps it out. Default: none.
 	AdminAuthToken string `json:"admin_token,omitempty"`
+
+	// AdminTokenFile is the path of a file holding the admin token (its
+	// content, trimmed of surrounding white space), read when the config
+	// loads. Exclusive with AdminAuthToken. Default: none.
+	AdminTokenFile string `json:"admin_token_file,omitempty"`
 
 	store   store.Store
 	redis   redis.UniversalClient
@@ -80,8 +91,10 @@ type App struct {
 	zones     *zoneRegistry
 	logger    *zap.Logger
 	ctx       caddy.Context
-	closers   []func()
-	cancel    context.CancelFunc
+	// adminToken is the resolved admin token, "" for none.
+	adminToken string
+	closers    []func()
+	cancel     context.CancelFunc
 
 	// keyFilter holds the hashes of every valid key, so unknown keys are
 	// refused without a lookup; shared across reloads for Postgres.
@@ -151,9 +164,11 @@ func (a *App) setDefaults() error {
 	repl := caddy.NewReplacer()
 	a.Postgres = repl.ReplaceKnown(a.Postgres, "")
 	a.KeysFile = repl.ReplaceKnown(a.KeysFile, "")
-	a.AdminAuthToken = repl.ReplaceKnown(a.AdminAuthToken, "")
 	for i, addr := range a.Redis {
 		a.Redis[i] = repl.ReplaceKnown(addr, "")
+	}
+	if err := a.resolveAdminToken(repl); err != nil {
+		return err
 	}
 	switch {
 	case a.Postgres != "" && a.KeysFile != "":
@@ -197,6 +212,63 @@ func (a *App) setDefaults() error {
 	}
 	a.keys = limiter.Keys{Prefix: a.KeyPrefix + "c:"}
 	return nil
+}
+
+// maxAdminTokenFile bounds what is read of admin_token_file.
+const maxAdminTokenFile = 4096
+
+// resolveAdminToken sets adminToken from admin_token or admin_token_file.
+// A token that resolves to nothing is an error: silently running the admin
+// API without authentication because a variable is unset would be worse.
+// The exported field keeps the configured text (the placeholder).
+func (a *App) resolveAdminToken(repl *caddy.Replacer) error {
+	switch {
+	case a.AdminAuthToken != "" && a.AdminTokenFile != "":
+		return errors.New("rpm: admin_token and admin_token_file are exclusive; set one")
+	case a.AdminAuthToken != "":
+		tok := repl.ReplaceKnown(a.AdminAuthToken, "")
+		if tok == "" {
+			return fmt.Errorf("rpm: admin_token %q resolves to an empty string; set the variable or remove admin_token", a.AdminAuthToken)
+		}
+		if strings.TrimSpace(tok) != tok {
+			// Clients' tokens are trimmed, so such a token could never match.
+			return errors.New("rpm: admin_token must not begin or end with white space")
+		}
+		a.adminToken = tok
+	case a.AdminTokenFile != "":
+		path := repl.ReplaceKnown(a.AdminTokenFile, "")
+		tok, err := readTokenFile(path)
+		if err != nil {
+			return fmt.Errorf("rpm: admin_token_file: %w", err)
+		}
+		a.adminToken = tok
+	}
+	return nil
+}
+
+// readTokenFile returns the trimmed content of a token file, which must
+// not be empty.
+func readTokenFile(path string) (string, error) {
+	if path == "" {
+		return "", errors.New("the path resolves to an empty string")
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxAdminTokenFile+1))
+	if err != nil {
+		return "", fmt.Errorf("read %s: %w", path, err)
+	}
+	if len(b) > maxAdminTokenFile {
+		return "", fmt.Errorf("%s is larger than %d bytes", path, maxAdminTokenFile)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("%s is empty", path)
+	}
+	return tok, nil
 }
 
 func setDuration(d *caddy.Duration, def time.Duration) {
@@ -282,7 +354,7 @@ func (a *App) Limiter() limiter.Limiter { return a.limiter }
 func (a *App) CounterKeys() limiter.Keys { return a.keys }
 
 // AdminToken returns the admin bearer token, "" if none.
-func (a *App) AdminToken() string { return a.AdminAuthToken }
+func (a *App) AdminToken() string { return a.adminToken }
 
 // Zones returns the route zones configured on this instance.
 func (a *App) Zones() []admin.Zone { return a.zones.list() }

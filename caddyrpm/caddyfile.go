@@ -37,6 +37,7 @@ func init() {
 //			stale_if_error <duration>
 //		}
 //		admin_token    <token>
+//		admin_token_file <path>
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
 	if existing != nil {
@@ -72,7 +73,15 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "key_prefix":
 			err = oneArg(d, &a.KeyPrefix)
 		case "admin_token":
-			err = oneArg(d, &a.AdminAuthToken)
+			err = nonEmptyArg(d, &a.AdminAuthToken)
+			if err == nil && seen["admin_token_file"] {
+				err = d.Errf("rpm: admin_token and admin_token_file are exclusive; set one")
+			}
+		case "admin_token_file":
+			err = nonEmptyArg(d, &a.AdminTokenFile)
+			if err == nil && seen["admin_token"] {
+				err = d.Errf("rpm: admin_token and admin_token_file are exclusive; set one")
+			}
 		case "on_redis_error":
 			err = oneArg(d, &a.OnRedisError)
 			if err == nil && a.OnRedisError != "open" && a.OnRedisError != "closed" {
@@ -208,6 +217,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err == nil && !zoneName.MatchString(h.Zone) {
 				err = d.Errf("rpm: zone '%s' must be 1-64 letters, digits, '.', '_' or '-'", h.Zone)
 			}
+			if err == nil && reservedZone(h.Zone) {
+				err = d.Errf("rpm: zone '%s' is reserved for the data limits' policy names", h.Zone)
+			}
 		case "limit":
 			limitLine = d.Line()
 			err = h.unmarshalLimit(d)
@@ -248,6 +260,19 @@ func (h *Handler) unmarshalLimit(d *caddyfile.Dispenser) error {
 func oneArg(d *caddyfile.Dispenser, dst *string) error {
 	if !d.AllArgs(dst) {
 		return d.Errf("'%s' takes exactly one argument", d.Val())
+	}
+	return nil
+}
+
+// nonEmptyArg is oneArg for options where an empty value would be lost:
+// JSON omits it, so `admin_token ""` would silently mean "no token".
+func nonEmptyArg(d *caddyfile.Dispenser, dst *string) error {
+	opt := d.Val()
+	if err := oneArg(d, dst); err != nil {
+		return err
+	}
+	if *dst == "" {
+		return d.Errf("rpm: '%s' must not be empty", opt)
 	}
 	return nil
 }

@@ -80,6 +80,10 @@ type RouteLimit struct {
 
 var zoneName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 
+// reservedZone reports whether name is a policy name of the data limits,
+// which a zone's counters and rate-limit headers would be confused with.
+func reservedZone(name string) bool { return name == "user" || name == "group" }
+
 // CaddyModule returns the Caddy module information.
 func (Handler) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
@@ -136,7 +140,7 @@ func (h *Handler) validateLimits() error {
 	if h.Zone != "" && !zoneName.MatchString(h.Zone) {
 		return fmt.Errorf("zone %q: use 1-64 letters, digits, '.', '_' or '-'", h.Zone)
 	}
-	if h.Zone == "user" || h.Zone == "group" {
+	if reservedZone(h.Zone) {
 		return fmt.Errorf("zone %q is reserved for the data limits' policy names", h.Zone)
 	}
 	seen := map[string]bool{}
@@ -302,11 +306,7 @@ func (h *Handler) stripCredentials(r *http.Request) {
 		r.Header.Del(s.Header)
 	}
 	if h.KeyQuery != "" {
-		q := r.URL.Query()
-		if q.Has(h.KeyQuery) {
-			q.Del(h.KeyQuery)
-			r.URL.RawQuery = q.Encode()
-		}
+		r.URL.RawQuery = withoutQueryParam(r.URL.RawQuery, h.KeyQuery)
 	}
 }
 

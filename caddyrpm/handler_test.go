@@ -5,6 +5,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/caddyrpm/caddy-rpm/store"
 )
 
 func handlerForTest(t testing.TB) *Handler {
@@ -38,8 +40,16 @@ func TestExtractKey(t *testing.T) {
 		{"empty x-api-key", [][2]string{{"X-Api-Key", " "}}, "", "", "API_KEY_REQUIRED"},
 		{"two headers", [][2]string{{"Authorization", "Bearer a"}, {"Authorization", "Bearer b"}}, "", "", "MULTIPLE_API_KEYS"},
 		{"two query params", nil, "key=a&key=b", "", "MULTIPLE_API_KEYS"},
-		{"too long", [][2]string{{"X-Api-Key", strings.Repeat("k", maxKeyLen+1)}}, "", "", "INVALID_API_KEY"},
-		{"longest allowed", [][2]string{{"X-Api-Key", strings.Repeat("k", maxKeyLen)}}, "", strings.Repeat("k", maxKeyLen), ""},
+		{"escaped name twice", nil, "key=a&%6Bey=b", "", "MULTIPLE_API_KEYS"},
+		{"empty and full", nil, "key=&key=b", "", "MULTIPLE_API_KEYS"},
+		{"escaped query key", nil, "a=1&%6Bey=sk%2D3&b", "sk-3", ""},
+		{"semicolon in value", nil, "key=sk-3;x=1", "sk-3;x=1", ""},
+		{"semicolon before name", nil, "x=1;key=sk-3", "", "API_KEY_REQUIRED"},
+		{"bad escape", nil, "key=sk%zz", "", "INVALID_API_KEY"},
+		{"plus is a space", nil, "key=sk+3", "", "INVALID_API_KEY"},
+		{"name without value", nil, "key", "", "API_KEY_REQUIRED"},
+		{"too long", [][2]string{{"X-Api-Key", strings.Repeat("k", store.MaxKeyLen+1)}}, "", "", "INVALID_API_KEY"},
+		{"longest allowed", [][2]string{{"X-Api-Key", strings.Repeat("k", store.MaxKeyLen)}}, "", strings.Repeat("k", store.MaxKeyLen), ""},
 		{"non-ASCII", [][2]string{{"X-Api-Key", "sk-é"}}, "", "", "INVALID_API_KEY"},
 		{"control byte", [][2]string{{"X-Api-Key", "sk-\x01"}}, "", "", "INVALID_API_KEY"},
 		{"inner space", [][2]string{{"Authorization", "Bearer a b"}}, "", "", "INVALID_API_KEY"},
@@ -59,5 +69,31 @@ func TestExtractKey(t *testing.T) {
 				t.Fatalf("got key %q code %q, want key %q code %q", key, code, tc.key, tc.code)
 			}
 		})
+	}
+}
+
+// TestWithoutQueryParam: removing the key parameter leaves every other
+// byte of the raw query as sent, and removes exactly the pairs that
+// extractKey counts as the key.
+func TestWithoutQueryParam(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"z=%20&a=1&key=K&b=2;c=3&sig=a+b", "z=%20&a=1&b=2;c=3&sig=a+b"},
+		{"key=K", ""},
+		{"key=K&a=1", "a=1"},
+		{"a=1&key=K", "a=1"},
+		{"a=1&key=K&key=L&%6Bey=M&b", "a=1&b"},
+		{"a=1&&key=K&", "a=1&&"},
+		{"keys=1&akey=2&key", "keys=1&akey=2"},
+		{"x=1;key=K&key=L;y", "x=1;key=K"},
+		{"%zz=1&key=K", "%zz=1"},
+		{"a=%41&B=%62", "a=%41&B=%62"},
+		{"", ""},
+	} {
+		if got := withoutQueryParam(tc.in, "key"); got != tc.want {
+			t.Errorf("withoutQueryParam(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+		if _, n := queryParam(withoutQueryParam(tc.in, "key"), "key"); n != 0 {
+			t.Errorf("%q: %d key pairs left", tc.in, n)
+		}
 	}
 }

@@ -2,11 +2,11 @@ package caddyrpm
 
 import (
 	"net/http"
+	"net/url"
 	"strings"
-)
 
-// maxKeyLen bounds accepted keys; longer ones are malformed, not looked up.
-const maxKeyLen = 256
+	"github.com/caddyrpm/caddy-rpm/store"
+)
 
 // extractKey finds the API key in the first source that has one. Malformed
 // input yields an error for the client, never a lookup.
@@ -39,27 +39,90 @@ func (h *Handler) extractKey(r *http.Request) (string, *apiError) {
 		return key, checkKeyShape(key)
 	}
 	if h.KeyQuery != "" {
-		values := r.URL.Query()[h.KeyQuery]
+		value, n := queryParam(r.URL.RawQuery, h.KeyQuery)
 		switch {
-		case len(values) > 1:
+		case n > 1:
 			return "", errMultipleKeys.withDetail("the " + h.KeyQuery + " query parameter appears more than once")
-		case len(values) == 1 && values[0] != "":
-			return values[0], checkKeyShape(values[0])
+		case n == 1 && value != "":
+			key, err := url.QueryUnescape(value)
+			if err != nil {
+				return "", errInvalidKey.withDetail("the " + h.KeyQuery + " query parameter is not validly escaped")
+			}
+			return key, checkKeyShape(key)
 		}
 	}
 	return "", errKeyRequired
 }
 
-// checkKeyShape rejects keys no store can hold: too long, or with bytes
-// outside printable ASCII.
-func checkKeyShape(key string) *apiError {
-	if len(key) > maxKeyLen {
-		return errInvalidKey.withDetail("the API key is too long")
-	}
-	for i := 0; i < len(key); i++ {
-		if c := key[i]; c < 0x21 || c > 0x7e {
-			return errInvalidKey.withDetail("the API key contains characters that are not printable ASCII")
+// The query parameter that carries the key is found and removed on the raw
+// query, with one rule for both, so that what is authenticated is what is
+// removed and every other byte reaches the upstream as sent (re-encoding
+// the query would break request signatures). Pairs are separated by '&'
+// only; a ';' is part of the name or value it stands in. A pair is the key
+// parameter when the unescaped text before its first '=' is the name.
+
+// queryParam returns the raw value of the first pair named name and how
+// many pairs have that name.
+func queryParam(rawQuery, name string) (value string, n int) {
+	for rest := rawQuery; rest != ""; {
+		var pair string
+		pair, rest, _ = strings.Cut(rest, "&")
+		if v, ok := pairNamed(pair, name); ok {
+			if n == 0 {
+				value = v
+			}
+			n++
 		}
+	}
+	return value, n
+}
+
+// withoutQueryParam returns rawQuery without the pairs named name (and one
+// '&' each); the rest is unchanged.
+func withoutQueryParam(rawQuery, name string) string {
+	var b strings.Builder
+	removed := false
+	first := true
+	for rest := rawQuery; ; {
+		pair, tail, more := strings.Cut(rest, "&")
+		if _, ok := pairNamed(pair, name); ok {
+			removed = true
+		} else {
+			if !first {
+				b.WriteByte('&')
+			}
+			b.WriteString(pair)
+			first = false
+		}
+		if !more {
+			break
+		}
+		rest = tail
+	}
+	if !removed {
+		return rawQuery
+	}
+	return b.String()
+}
+
+// pairNamed reports whether the raw pair "k=v" (or "k") is named name, and
+// returns its raw value.
+func pairNamed(pair, name string) (string, bool) {
+	k, v, _ := strings.Cut(pair, "=")
+	if k == name {
+		return v, true
+	}
+	if !strings.ContainsAny(k, "%+") {
+		return "", false
+	}
+	uk, err := url.QueryUnescape(k)
+	return v, err == nil && uk == name
+}
+
+// checkKeyShape rejects keys no store can hold (store.CheckKeyShape).
+func checkKeyShape(key string) *apiError {
+	if err := store.CheckKeyShape(key); err != nil {
+		return errInvalidKey.withDetail(err.Error())
 	}
 	return nil
 }

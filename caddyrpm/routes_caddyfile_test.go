@@ -83,16 +83,18 @@ func TestRouteLimitsCaddyfileErrors(t *testing.T) {
 		block string
 		want  []string
 	}{
-		"limit_without_zone": {"\t\tlimit user 3", []string{"'limit' on line 8 needs a 'zone'", "Caddyfile:"}},
-		"limit_zero":         {"\t\tzone img\n\t\tlimit user 0", []string{"at least 1", "Caddyfile:9"}},
-		"limit_negative":     {"\t\tzone img\n\t\tlimit key -1", []string{"at least 1", "Caddyfile:9"}},
-		"limit_not_a_number": {"\t\tzone img\n\t\tlimit key many", []string{"at least 1", "Caddyfile:9"}},
-		"unknown_scope":      {"\t\tzone img\n\t\tlimit group 3", []string{"must be user or key, not 'group'", "Caddyfile:9"}},
-		"duplicate_scope":    {"\t\tzone img\n\t\tlimit user 3\n\t\tlimit key 1\n\t\tlimit user 4", []string{"duplicate limit for scope 'user'", "Caddyfile:11"}},
-		"missing_number":     {"\t\tzone img\n\t\tlimit user", []string{"limit takes a scope", "Caddyfile:9"}},
-		"extra_argument":     {"\t\tzone img\n\t\tlimit user 3 4", []string{"limit takes a scope", "Caddyfile:9"}},
-		"duplicate_zone":     {"\t\tzone img\n\t\tzone txt\n\t\tlimit user 3", []string{"duplicate option 'zone'", "Caddyfile:9"}},
-		"bad_zone_name":      {"\t\tzone a/b\n\t\tlimit user 3", []string{"zone 'a/b'", "Caddyfile:8"}},
+		"limit_without_zone":  {"\t\tlimit user 3", []string{"'limit' on line 8 needs a 'zone'", "Caddyfile:"}},
+		"limit_zero":          {"\t\tzone img\n\t\tlimit user 0", []string{"at least 1", "Caddyfile:9"}},
+		"limit_negative":      {"\t\tzone img\n\t\tlimit key -1", []string{"at least 1", "Caddyfile:9"}},
+		"limit_not_a_number":  {"\t\tzone img\n\t\tlimit key many", []string{"at least 1", "Caddyfile:9"}},
+		"unknown_scope":       {"\t\tzone img\n\t\tlimit group 3", []string{"must be user or key, not 'group'", "Caddyfile:9"}},
+		"duplicate_scope":     {"\t\tzone img\n\t\tlimit user 3\n\t\tlimit key 1\n\t\tlimit user 4", []string{"duplicate limit for scope 'user'", "Caddyfile:11"}},
+		"missing_number":      {"\t\tzone img\n\t\tlimit user", []string{"limit takes a scope", "Caddyfile:9"}},
+		"extra_argument":      {"\t\tzone img\n\t\tlimit user 3 4", []string{"limit takes a scope", "Caddyfile:9"}},
+		"duplicate_zone":      {"\t\tzone img\n\t\tzone txt\n\t\tlimit user 3", []string{"duplicate option 'zone'", "Caddyfile:9"}},
+		"bad_zone_name":       {"\t\tzone a/b\n\t\tlimit user 3", []string{"zone 'a/b'", "Caddyfile:8"}},
+		"reserved_zone_user":  {"\t\tzone user\n\t\tlimit user 3", []string{"zone 'user' is reserved", "Caddyfile:8"}},
+		"reserved_zone_group": {"\t\tlimit key 3\n\t\tzone group", []string{"zone 'group' is reserved", "Caddyfile:9"}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := adaptCaddyfile(t, routeCaddyfile(tc.block))

@@ -85,3 +85,69 @@ func runCaddyCommand(t testing.TB, args ...string) (string, error) {
 	out, err := exec.Command(caddyBin, args...).CombinedOutput()
 	return string(out), err
 }
+
+// TestSiteAdminAfterSiteAuth: rpm_admin runs after the site's basic_auth,
+// so the site's authentication applies to the admin page and API first and
+// the admin token is still required on top. The rpm directive, ordered
+// before basic_auth, is matched away from the admin paths as the README
+// says to.
+func TestSiteAdminAfterSiteAuth(t *testing.T) {
+	pool, dsn := storetest.NewSchema(t)
+	uid := storetest.SeedUser(t, pool, 9)
+	_, key := storetest.SeedKey(t, pool, uid, nil)
+	hash, err := runCaddyCommand(t, "hash-password", "--plaintext", "pw")
+	if err != nil {
+		t.Fatalf("hash-password: %v\n%s", err, hash)
+	}
+	c := startCaddy(t, `{
+	admin 127.0.0.1:{{.Admin}}
+	rpm {
+		postgres "{{.DSN}}"
+		admin_token s3cret
+	}
+}
+:{{.HTTP}} {
+	@api not path /admin /admin/*
+	rpm @api {
+		key_header x-api-key
+	}
+	basic_auth {
+		op {{index .Extra "hash"}}
+	}
+	rpm_admin
+	respond "site"
+}`, params{DSN: dsn, Extra: map[string]string{"hash": strings.TrimSpace(hash)}})
+
+	basic := "Authorization: Basic b3A6cHc=" // op:pw
+	status := "/admin/users/" + itoa(uid) + "/rpm-status"
+	fromBasicAuth := func(what string, r response) {
+		t.Helper()
+		if r.Status != http.StatusUnauthorized || !strings.HasPrefix(r.Header.Get("WWW-Authenticate"), "Basic") {
+			t.Errorf("%s: %d %q, want 401 from basic_auth", what, r.Status, r.Header.Get("WWW-Authenticate"))
+		}
+	}
+	fromBasicAuth("page without credentials", c.do(t, http.MethodGet, "/admin/ui"))
+	fromBasicAuth("API without credentials", c.do(t, http.MethodGet, status))
+	fromBasicAuth("API with only the admin token", c.do(t, http.MethodGet, status, "Authorization: Bearer s3cret"))
+
+	if r := c.do(t, http.MethodGet, "/admin/ui", basic); r.Status != 200 || !strings.Contains(r.Body, "<html") {
+		t.Errorf("page with basic auth: %d %.200s", r.Status, r.Body)
+	}
+	r := c.do(t, http.MethodGet, status, basic)
+	if r.Status != http.StatusUnauthorized || !strings.HasPrefix(r.Header.Get("WWW-Authenticate"), "Bearer") ||
+		!strings.Contains(r.Body, "admin token") {
+		t.Errorf("API with basic auth but no admin token: %d %q %s, want 401 from rpm_admin", r.Status, r.Header.Get("WWW-Authenticate"), r.Body)
+	}
+	r = c.do(t, http.MethodGet, status, basic, "Authorization: Bearer s3cret")
+	if r.Status != 200 || !strings.Contains(r.Body, `"user_rpm_limit":9`) {
+		t.Errorf("API with basic auth and admin token: %d %s", r.Status, r.Body)
+	}
+
+	// Other paths: basic_auth and an API key, both.
+	if r := c.do(t, http.MethodGet, "/v1/x", basic); r.Status != http.StatusUnauthorized || !strings.Contains(r.Body, "API_KEY_REQUIRED") {
+		t.Errorf("site path with basic auth, no key: %d %s", r.Status, r.Body)
+	}
+	if r := c.do(t, http.MethodGet, "/v1/x", basic, "x-api-key: "+key); r.Status != 200 || r.Body != "site" {
+		t.Errorf("site path with basic auth and key: %d %s", r.Status, r.Body)
+	}
+}

@@ -37,6 +37,9 @@ type Snapshot struct {
 
 	whitelist []netip.Prefix
 	blacklist []netip.Prefix
+	// ipInvalid is set when an IP list has an entry that is not an address
+	// or range: the key then admits no client (fail closed).
+	ipInvalid bool
 }
 
 // User is the user sub-snapshot. UserGroupRPMOverride is the user's override
@@ -80,31 +83,45 @@ func Decode(b []byte) (*Snapshot, error) {
 	if s.Version != Version {
 		return nil, fmt.Errorf("%w: got %d, want %d", ErrVersion, s.Version, Version)
 	}
-	if err := s.Prepare(); err != nil {
-		return nil, err
-	}
+	// An invalid IP list entry leaves the snapshot failing closed (see
+	// Prepare); the store that built it has reported the entry.
+	_ = s.Prepare()
 	return &s, nil
 }
 
 // Prepare parses the IP lists once so that request-time checks allocate
-// nothing. Stores call it on every snapshot they build.
+// nothing. Stores call it on every snapshot they build. An entry that is
+// not an IP address or CIDR range is an error, and the snapshot then fails
+// closed: IPAllowed refuses every client, so a list that cannot be read
+// never widens access.
 func (s *Snapshot) Prepare() error {
 	var err error
+	s.ipInvalid = false
 	if s.whitelist, err = parsePrefixes(s.IPWhitelist); err != nil {
+		s.whitelist, s.blacklist, s.ipInvalid = nil, nil, true
 		return fmt.Errorf("ip_whitelist: %w", err)
 	}
 	if s.blacklist, err = parsePrefixes(s.IPBlacklist); err != nil {
+		s.whitelist, s.blacklist, s.ipInvalid = nil, nil, true
 		return fmt.Errorf("ip_blacklist: %w", err)
 	}
 	return nil
 }
 
-// HasIPRules reports whether the key has a white- or blacklist, so callers
-// can skip finding the client IP when it has neither.
-func (s *Snapshot) HasIPRules() bool { return len(s.whitelist) > 0 || len(s.blacklist) > 0 }
+// HasIPRules reports whether the key has a white- or blacklist (or an
+// unreadable one), so callers can skip finding the client IP when it has
+// neither.
+func (s *Snapshot) HasIPRules() bool {
+	return len(s.whitelist) > 0 || len(s.blacklist) > 0 || s.ipInvalid
+}
 
-// IPAllowed reports whether ip passes the key's white- and blacklist.
+// IPAllowed reports whether ip passes the key's white- and blacklist. IPv4
+// clients match IPv4 entries whether they connect over IPv4 or as
+// IPv4-mapped IPv6; entries are unmapped the same way (see parsePrefixes).
 func (s *Snapshot) IPAllowed(ip netip.Addr) bool {
+	if s.ipInvalid {
+		return false
+	}
 	ip = ip.Unmap()
 	if len(s.whitelist) > 0 && !containsIP(s.whitelist, ip) {
 		return false
@@ -129,6 +146,11 @@ func containsIP(prefixes []netip.Prefix, ip netip.Addr) bool {
 	return false
 }
 
+// parsePrefixes parses IP list entries: addresses and CIDR ranges, IPv4 or
+// IPv6. IPv4-mapped IPv6 entries are unmapped, as client addresses are:
+// ::ffff:127.0.0.1 is 127.0.0.1 and ::ffff:127.0.0.0/104 is 127.0.0.0/8. A
+// mapped range shorter than 96 bits reaches beyond the IPv4 space, has no
+// IPv4 equivalent and is refused.
 func parsePrefixes(items []string) ([]netip.Prefix, error) {
 	if len(items) == 0 {
 		return nil, nil
@@ -140,6 +162,12 @@ func parsePrefixes(items []string) ([]netip.Prefix, error) {
 			p, err := netip.ParsePrefix(item)
 			if err != nil {
 				return nil, err
+			}
+			if a := p.Addr(); a.Is4In6() {
+				if p.Bits() < 96 {
+					return nil, fmt.Errorf("%q: an IPv4-mapped range needs a prefix length of at least 96", item)
+				}
+				p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
 			}
 			out = append(out, p.Masked())
 			continue

@@ -71,3 +71,46 @@ func TestIPLists(t *testing.T) {
 		t.Error("a malformed IP list entry was accepted")
 	}
 }
+
+// TestIPListsMappedRanges: IPv4-mapped entries are unmapped like client
+// addresses, ranges as well as single addresses, in both lists; a mapped
+// range shorter than 96 bits is refused and the snapshot fails closed.
+func TestIPListsMappedRanges(t *testing.T) {
+	for _, list := range []string{"whitelist", "blacklist"} {
+		for _, entry := range []string{"::ffff:127.0.0.0/104", "::FFFF:127.1.2.3/104", "::ffff:7f00:0/104", "127.0.0.0/8"} {
+			s := &Snapshot{}
+			if list == "whitelist" {
+				s.IPWhitelist = []string{entry}
+			} else {
+				s.IPBlacklist = []string{entry}
+			}
+			if err := s.Prepare(); err != nil {
+				t.Fatalf("%s %s: %v", list, entry, err)
+			}
+			for ip, in := range map[string]bool{
+				"127.0.0.1":        true,
+				"::ffff:127.9.9.9": true,
+				"128.0.0.1":        false,
+				"::1":              false,
+			} {
+				want := in == (list == "whitelist")
+				if got := s.IPAllowed(netip.MustParseAddr(ip)); got != want {
+					t.Errorf("%s %s: IPAllowed(%s) = %v, want %v", list, entry, ip, got, want)
+				}
+			}
+		}
+	}
+	s := &Snapshot{IPWhitelist: []string{"::ffff:0:0/96"}}
+	if err := s.Prepare(); err != nil || !s.IPAllowed(netip.MustParseAddr("203.0.113.9")) || s.IPAllowed(netip.MustParseAddr("2001:db8::1")) {
+		t.Errorf("::ffff:0:0/96 is all of IPv4 and nothing else (err %v)", err)
+	}
+	for _, bad := range []string{"::ffff:127.0.0.0/95", "::ffff:127.0.0.0/80", "nope", ""} {
+		s := &Snapshot{IPBlacklist: []string{"10.0.0.0/8", bad}}
+		if err := s.Prepare(); err == nil {
+			t.Errorf("blacklist entry %q accepted", bad)
+		}
+		if !s.HasIPRules() || s.IPAllowed(netip.MustParseAddr("127.0.0.1")) {
+			t.Errorf("blacklist entry %q: the snapshot does not fail closed", bad)
+		}
+	}
+}

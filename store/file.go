@@ -200,6 +200,10 @@ func (f *File) addKey(k fileKey) error {
 	case k.Key != "" && k.KeySHA256 != "":
 		return errors.New("give either key or key_sha256, not both")
 	case k.Key != "":
+		// A key no client can send would sit in the file unusable.
+		if err := CheckKeyShape(k.Key); err != nil {
+			return fmt.Errorf("key: %w", err)
+		}
 		hash = sha256.Sum256([]byte(k.Key))
 	case k.KeySHA256 != "":
 		if !decodeKeyHash(&hash, k.KeySHA256) {

@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -184,6 +185,13 @@ func TestFileStoreErrors(t *testing.T) {
 		{"no key", `{"users": [{"id": 1}], "api_keys": [{"id": 1, "user_id": 1}]}`, "api_keys[0]: key or key_sha256 is required"},
 		{"bad hex", `{"users": [{"id": 1}], "api_keys": [{"id": 1, "key_sha256": "abc", "user_id": 1}]}`, "api_keys[0]: key_sha256"},
 		{"bad ip", `{"users": [{"id": 1}], "api_keys": [{"id": 1, "key": "a", "user_id": 1, "ip_whitelist": ["nope"]}]}`, "api_keys[0]: api key 1: ip_whitelist"},
+		{"short mapped range", `{"users": [{"id": 1}], "api_keys": [{"id": 1, "key": "a", "user_id": 1}, {"id": 2, "key": "b", "user_id": 1, "ip_blacklist": ["::ffff:127.0.0.0/90"]}]}`, "api_keys[1]: api key 2: ip_blacklist"},
+		{"key with space", `{"users": [{"id": 1}], "api_keys": [{"id": 1, "key": "a", "user_id": 1}, {"id": 2, "key": "b", "user_id": 1}, {"id": 3, "key": "sk-secret part", "user_id": 1}]}`, "api_keys[2]: key: the API key contains characters that are not printable ASCII"},
+		{"key with tab", `{"users": [{"id": 1}], "api_keys": [{"id": 1, "key": "sk-secret\tx", "user_id": 1}]}`, "api_keys[0]: key: the API key contains"},
+		{"key not ASCII", `{"users": [{"id": 1}], "api_keys": [{"id": 1, "key": "sk-secret-clé", "user_id": 1}]}`, "api_keys[0]: key: the API key contains"},
+		{"key too long", `{"users": [{"id": 1}], "api_keys": [{"id": 1, "key": "sk-secret` + strings.Repeat("x", store.MaxKeyLen) + `", "user_id": 1}]}`, "api_keys[0]: key: the API key is longer than 256 bytes"},
+		{"key_sha256 not hex", `{"users": [{"id": 1}], "api_keys": [{"id": 1, "key_sha256": "` + strings.Repeat("g", 64) + `", "user_id": 1}]}`, "api_keys[0]: key_sha256 must be 64 hex characters"},
+		{"key_sha256 too long", `{"users": [{"id": 1}], "api_keys": [{"id": 1, "key_sha256": "` + h + `0", "user_id": 1}]}`, "api_keys[0]: key_sha256 must be 64 hex characters"},
 		{"bad expiry", `{"users": [{"id": 1}], "api_keys": [{"id": 1, "key": "a", "user_id": 1, "expires_at": "tomorrow"}]}`, "parse"},
 		{"key status", `{"users": [{"id": 1}], "api_keys": [{"id": 1, "key": "a", "user_id": 1, "status": "x"}]}`, "api_keys[0]: status"},
 		{"override unknown user", `{"groups": [{"id": 1}], "rpm_overrides": [{"user_id": 3, "group_id": 1, "rpm_override": 1}]}`, "rpm_overrides[0]: unknown user_id 3"},
@@ -196,8 +204,28 @@ func TestFileStoreErrors(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: error %v, want one containing %q", tc.name, err, tc.want)
 		}
+		if err != nil && strings.Contains(err.Error(), "sk-secret") {
+			t.Errorf("%s: the error shows the raw key: %v", tc.name, err)
+		}
 	}
 	if _, err := store.LoadFile(filepath.Join(t.TempDir(), "missing.json")); err == nil {
 		t.Error("missing file: no error")
+	}
+}
+
+// TestFileStoreKeyShapes: the longest key a client can send loads, and the
+// keys file's IP lists unmap IPv4-mapped ranges.
+func TestFileStoreKeyShapes(t *testing.T) {
+	longest := strings.Repeat("k", store.MaxKeyLen)
+	f, err := store.ParseFile([]byte(`{"users":[{"id":1}],"api_keys":[{"id":1,"key":"` + longest + `","user_id":1,"ip_whitelist":["::ffff:127.0.0.0/104"]}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := f.LoadSnapshot(context.Background(), store.HashKey(longest))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !s.IPAllowed(netip.MustParseAddr("127.0.0.1")) || s.IPAllowed(netip.MustParseAddr("10.0.0.1")) {
+		t.Error("::ffff:127.0.0.0/104 does not act as 127.0.0.0/8")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"math/big"
 )
@@ -57,3 +58,25 @@ func HexHash(sum *[sha256.Size]byte) string {
 	hex.Encode(buf[:], sum[:])
 	return string(buf[:])
 }
+
+// MaxKeyLen is the length in bytes of the longest API key a client can
+// authenticate with.
+const MaxKeyLen = 256
+
+// CheckKeyShape reports why raw can never authenticate: it is longer than
+// MaxKeyLen, or has a byte outside printable ASCII (a space included). The
+// rpm handler refuses such keys without a lookup, and the keys file refuses
+// to load them.
+func CheckKeyShape(raw string) error {
+	if len(raw) > MaxKeyLen {
+		return fmt.Errorf("the API key is longer than %d bytes", MaxKeyLen)
+	}
+	for i := 0; i < len(raw); i++ {
+		if c := raw[i]; c < 0x21 || c > 0x7e {
+			return errNotPrintable
+		}
+	}
+	return nil
+}
+
+var errNotPrintable = errors.New("the API key contains characters that are not printable ASCII (spaces included)")

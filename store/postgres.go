@@ -20,8 +20,9 @@ import (
 type Postgres struct {
 	pool *pgxpool.Pool
 
-	// Logger receives listener errors and reconnects; nil logs nothing.
-	// Set it before calling Listen.
+	// Logger receives listener errors and reconnects, and keys refused for
+	// an invalid IP list entry; nil logs nothing. Set it before calling
+	// Listen.
 	Logger *zap.Logger
 
 	listenPID atomic.Uint32 // backend pid of the current LISTEN connection
@@ -70,9 +71,13 @@ func (p *Postgres) LoadSnapshot(ctx context.Context, keyHash string) (*snapshot.
 		gStatus   pgtype.Text
 		gLimit    pgtype.Int8
 		override  pgtype.Int8
+		// The IP lists' elements may be NULL (plain SQL); scanned as
+		// nullable text so that such a row fails closed instead of failing
+		// to load.
+		whitelist, blacklist []pgtype.Text
 	)
 	err := p.pool.QueryRow(ctx, loadSnapshotSQL, hash[:]).Scan(
-		&k.ID, &k.UserID, &groupID, &k.Status, &k.IPWhitelist, &k.IPBlacklist,
+		&k.ID, &k.UserID, &groupID, &k.Status, &whitelist, &blacklist,
 		&k.Quota, &k.QuotaUsed, &expiresAt,
 		&u.Status, &u.Role, &u.RPMLimit, &u.Concurrency, &u.Balance,
 		&gID, &gName, &gPlatform, &gStatus, &gLimit,
@@ -85,6 +90,7 @@ func (p *Postgres) LoadSnapshot(ctx context.Context, keyHash string) (*snapshot.
 		return nil, fmt.Errorf("load snapshot: %w", err)
 	}
 	u.ID = k.UserID
+	k.IPWhitelist, k.IPBlacklist = ipList(whitelist), ipList(blacklist)
 	if groupID.Valid {
 		k.GroupID = &groupID.Int64
 	}
@@ -100,10 +106,28 @@ func (p *Postgres) LoadSnapshot(ctx context.Context, keyHash string) (*snapshot.
 		ov = &override.Int64
 	}
 	s, err := buildSnapshot(&k, &u, g, ov)
-	if err != nil {
-		return nil, fmt.Errorf("load snapshot: %w", err)
+	if err != nil && p.Logger != nil {
+		// A row's IP list is not checked on write (plain SQL may set it), so
+		// a bad entry shows up here. The snapshot fails closed: the key is
+		// refused 403 IP_NOT_ALLOWED until the row is fixed. Serving it
+		// keeps it cached, rather than reloading on every request or
+		// falling back to a stale snapshot with the old lists.
+		p.Logger.Warn("api key refused: invalid IP list entry", zap.Int64("api_key_id", k.ID), zap.Error(err))
 	}
 	return s, nil
+}
+
+// ipList converts a scanned IP list; a NULL element becomes "", which is no
+// address, so the snapshot fails closed.
+func ipList(in []pgtype.Text) []string {
+	if len(in) == 0 {
+		return nil
+	}
+	out := make([]string, len(in))
+	for i, v := range in {
+		out[i] = v.String // "" when NULL
+	}
+	return out
 }
 
 // KeyHashes implements Store.

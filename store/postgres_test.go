@@ -3,6 +3,7 @@ package store_test
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"reflect"
 	"strings"
 	"sync/atomic"
@@ -14,6 +15,8 @@ import (
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // queryCounter is a pgx tracer that counts queries.
@@ -438,5 +441,53 @@ func TestCreateKey(t *testing.T) {
 	}
 	if _, _, err := st.CreateKey(ctx, store.NewAPIKey{UserID: u, GroupID: ptr(int64(999999))}); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("CreateKey(unknown group) = %v", err)
+	}
+}
+
+// TestLoadSnapshotInvalidIPListFailsClosed: a row whose IP list has an
+// entry that is not an address or range (plain SQL can write one) loads
+// without error, logs a warning naming the key, and admits no client.
+func TestLoadSnapshotInvalidIPListFailsClosed(t *testing.T) {
+	pool, _ := storetest.NewSchema(t)
+	ctx := context.Background()
+	core, logs := observer.New(zap.WarnLevel)
+	st := store.NewPostgres(pool)
+	st.Logger = zap.New(core)
+	uid := storetest.SeedUser(t, pool, 0)
+	for _, tc := range []struct{ name, set string }{
+		{"not an address", `ip_whitelist = '{127.0.0.1,nope}'`},
+		{"mapped range under 96 bits", `ip_blacklist = '{::ffff:127.0.0.0/90}'`},
+		{"NULL element", `ip_blacklist = '{NULL}'`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			kid, raw := storetest.SeedKey(t, pool, uid, nil)
+			exec(t, pool, `update rpm_api_keys set `+tc.set+` where id = $1`, kid)
+			before := logs.Len()
+			s, err := st.LoadSnapshot(ctx, store.HashKey(raw))
+			if err != nil {
+				t.Fatalf("LoadSnapshot: %v", err)
+			}
+			if !s.HasIPRules() {
+				t.Error("HasIPRules = false: the IP check would be skipped")
+			}
+			for _, ip := range []string{"127.0.0.1", "::ffff:127.0.0.1", "10.1.2.3", "2001:db8::1"} {
+				if s.IPAllowed(netip.MustParseAddr(ip)) {
+					t.Errorf("IPAllowed(%s) = true, want every client refused", ip)
+				}
+			}
+			entries := logs.All()[before:]
+			if len(entries) != 1 || entries[0].ContextMap()["api_key_id"] != kid {
+				t.Fatalf("warnings %v, want one naming api_key_id %d", entries, kid)
+			}
+			// The snapshot survives the L2 round trip still failing closed.
+			b, err := snapshot.Encode(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, err := snapshot.Decode(b)
+			if err != nil || !d.HasIPRules() || d.IPAllowed(netip.MustParseAddr("127.0.0.1")) {
+				t.Fatalf("decoded snapshot: %v, rules %v", err, d != nil && d.HasIPRules())
+			}
+		})
 	}
 }

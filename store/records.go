@@ -49,7 +49,9 @@ type groupRow struct {
 
 // buildSnapshot assembles and prepares the snapshot of key k. g is nil when
 // the key has no group; override is the user's override in that group, nil
-// when there is none.
+// when there is none. It always returns the snapshot; the error reports an
+// IP list entry that is not an address or range, in which case the
+// snapshot admits no client (snapshot.Snapshot.Prepare).
 func buildSnapshot(k *keyRow, u *userRow, g *groupRow, override *int64) (*snapshot.Snapshot, error) {
 	s := &snapshot.Snapshot{
 		Version:     snapshot.Version,
@@ -82,7 +84,7 @@ func buildSnapshot(k *keyRow, u *userRow, g *groupRow, override *int64) (*snapsh
 		s.User.UserGroupRPMOverride = override
 	}
 	if err := s.Prepare(); err != nil {
-		return nil, fmt.Errorf("api key %d: %w", k.ID, err)
+		return s, fmt.Errorf("api key %d: %w", k.ID, err)
 	}
 	return s, nil
 }

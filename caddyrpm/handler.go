@@ -301,9 +301,14 @@ func identityPlaceholder(s *snapshot.Snapshot, key string) (any, bool) {
 	return nil, false
 }
 
+// stripCredentials removes the key sources' credentials from the request,
+// and only ours: an Authorization header of another scheme (Basic, for a
+// basic_auth later in the route) stays for whoever checks it.
 func (h *Handler) stripCredentials(r *http.Request) {
 	for _, s := range h.KeySources {
-		r.Header.Del(s.Header)
+		if _, ours := s.credential(r.Header.Get(s.Header)); ours {
+			r.Header.Del(s.Header)
+		}
 	}
 	if h.KeyQuery != "" {
 		r.URL.RawQuery = withoutQueryParam(r.URL.RawQuery, h.KeyQuery)

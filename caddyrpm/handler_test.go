@@ -97,3 +97,32 @@ func TestWithoutQueryParam(t *testing.T) {
 		}
 	}
 }
+
+// TestStripCredentialsKeepsOtherSchemes: only the key sources' own
+// credentials are removed before the request goes on; a Basic
+// Authorization (for a basic_auth later in the route) is left alone.
+func TestStripCredentialsKeepsOtherSchemes(t *testing.T) {
+	h := handlerForTest(t)
+	for _, tc := range []struct {
+		name, authorization, apiKey string
+		wantAuthorization           string
+	}{
+		{"bearer removed", "Bearer sk-1", "", ""},
+		{"basic kept, x-api-key removed", "Basic dTpw", "sk-2", "Basic dTpw"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := httptest.NewRequest(http.MethodGet, "/", nil)
+			r.Header.Set("Authorization", tc.authorization)
+			if tc.apiKey != "" {
+				r.Header.Set("X-Api-Key", tc.apiKey)
+			}
+			h.stripCredentials(r)
+			if got := r.Header.Get("Authorization"); got != tc.wantAuthorization {
+				t.Errorf("Authorization = %q, want %q", got, tc.wantAuthorization)
+			}
+			if got := r.Header.Get("X-Api-Key"); got != "" {
+				t.Errorf("X-Api-Key = %q, want it removed", got)
+			}
+		})
+	}
+}

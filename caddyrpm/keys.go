@@ -19,20 +19,12 @@ func (h *Handler) extractKey(r *http.Request) (string, *apiError) {
 		if len(values) > 1 {
 			return "", errMultipleKeys.withDetail("the " + src.Header + " header appears more than once")
 		}
-		key := values[0]
-		if src.Scheme != "" {
-			scheme, rest, found := strings.Cut(strings.TrimSpace(key), " ")
-			if !strings.EqualFold(scheme, src.Scheme) {
-				// Another scheme (e.g. Basic) is not our credential; try the
-				// next source.
-				continue
-			}
-			if !found {
-				rest = ""
-			}
-			key = rest
+		key, ours := src.credential(values[0])
+		if !ours {
+			// Another scheme (e.g. Basic) is not our credential; try the
+			// next source.
+			continue
 		}
-		key = strings.TrimSpace(key)
 		if key == "" {
 			return "", errKeyRequired.withDetail("the " + src.Header + " header carries an empty key")
 		}
@@ -52,6 +44,20 @@ func (h *Handler) extractKey(r *http.Request) (string, *apiError) {
 		}
 	}
 	return "", errKeyRequired
+}
+
+// credential returns the key a value of the source's header carries, and
+// whether the value is ours at all: with a scheme, a value of another
+// scheme (e.g. Basic) belongs to someone else.
+func (src KeySource) credential(value string) (key string, ours bool) {
+	if src.Scheme == "" {
+		return strings.TrimSpace(value), true
+	}
+	scheme, rest, _ := strings.Cut(strings.TrimSpace(value), " ")
+	if !strings.EqualFold(scheme, src.Scheme) {
+		return "", false
+	}
+	return strings.TrimSpace(rest), true
 }
 
 // The query parameter that carries the key is found and removed on the raw

@@ -77,15 +77,13 @@ type App struct {
 	// redisDown reports an open Redis circuit breaker; nil without Redis.
 	redisDown func() bool
 	keys      limiter.Keys
-	// prefix is the namespaced prefix of every Redis key and channel
-	// (RedisPrefix); key_prefix alone without Redis.
-	prefix  string
-	metrics *metrics
-	zones   *zoneRegistry
-	logger  *zap.Logger
-	ctx     caddy.Context
-	closers []func()
-	cancel  context.CancelFunc
+	prefix    string // of every Redis key and channel (RedisPrefix); key_prefix alone without Redis
+	metrics   *metrics
+	zones     *zoneRegistry
+	logger    *zap.Logger
+	ctx       caddy.Context
+	closers   []func()
+	cancel    context.CancelFunc
 }
 
 // CacheOptions configures the L1 (in-process) and L2 (Redis) snapshot

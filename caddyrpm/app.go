@@ -61,8 +61,10 @@ type App struct {
 	// or "closed" (answer 503). Default: open.
 	OnRedisError string `json:"on_redis_error,omitempty"`
 
-	// KeyPrefix prefixes every Redis key and channel this app uses.
-	// Default: "rpm:".
+	// KeyPrefix prefixes every Redis key and channel this app uses; the
+	// store's identity follows it (see RedisPrefix), so deployments with
+	// different stores never share Redis state. At most 64 letters, digits
+	// and ":", ".", "_", "-", "/". Default: "rpm:".
 	KeyPrefix string `json:"key_prefix,omitempty"`
 
 	// Cache configures the snapshot caches. Default: see CacheOptions.
@@ -87,6 +89,7 @@ type App struct {
 	// redisDown reports an open Redis circuit breaker; nil without Redis.
 	redisDown func() bool
 	keys      limiter.Keys
+	prefix    string // of every Redis key and channel (RedisPrefix); key_prefix alone without Redis
 	metrics   *metrics
 	zones     *zoneRegistry
 	logger    *zap.Logger
@@ -151,7 +154,10 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err := a.provisionKeyFilter(ctx); err != nil {
 		return err
 	}
-	if err := a.provisionRedis(); err != nil {
+	if err := a.provisionRedis(ctx); err != nil {
+		return err
+	}
+	if err := a.provisionNamespace(ctx); err != nil {
 		return err
 	}
 	a.provisionCache()
@@ -192,6 +198,9 @@ func (a *App) setDefaults() error {
 	if a.KeyPrefix == "" {
 		a.KeyPrefix = "rpm:"
 	}
+	if err := checkKeyPrefix(a.KeyPrefix); err != nil {
+		return fmt.Errorf("rpm: %w", err)
+	}
 	if a.Cache == nil {
 		a.Cache = new(CacheOptions)
 	}
@@ -210,7 +219,6 @@ func (a *App) setDefaults() error {
 	if j := *c.JitterPercent; j < 0 || j >= 100 {
 		return fmt.Errorf("rpm: cache jitter must be in [0, 100), not %v", j)
 	}
-	a.keys = limiter.Keys{Prefix: a.KeyPrefix + "c:"}
 	return nil
 }
 
@@ -291,7 +299,7 @@ func (a *App) provisionCache() {
 		NegativeTTL:  time.Duration(c.NegativeTTL),
 		Jitter:       *c.JitterPercent / 100,
 		StaleIfError: time.Duration(c.StaleIfError),
-		L2Prefix:     a.KeyPrefix + "snap:",
+		L2Prefix:     a.prefix + "snap:",
 		L2Timeout:    time.Duration(a.RedisTimeout),
 		L2Down:       func() bool { return a.redisDown != nil && a.redisDown() },
 	}, l2, a.loadSnapshot, snapshot.CacheHooks{

@@ -72,6 +72,11 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = oneArg(d, &a.KeysFile)
 		case "key_prefix":
 			err = oneArg(d, &a.KeyPrefix)
+			if err == nil {
+				if perr := checkKeyPrefix(a.KeyPrefix); perr != nil {
+					err = d.Errf("rpm: %v", perr)
+				}
+			}
 		case "admin_token":
 			err = nonEmptyArg(d, &a.AdminAuthToken)
 			if err == nil && seen["admin_token_file"] {

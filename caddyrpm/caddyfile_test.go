@@ -188,6 +188,8 @@ func TestCaddyfileErrorsNameTheLine(t *testing.T) {
 		{"handler duplicate flag", handler("\t\tkeep_credentials\n\t\tkeep_credentials"), "Caddyfile:9", "keep_credentials"},
 		{"handler duplicate key_query", handler("\t\tkey_query a\n\t\tkey_query b"), "Caddyfile:9", "key_query"},
 		{"handler bad format", handler("\t\terror_format xml"), "Caddyfile:8", "xml"},
+		{"global key_prefix glob", global("\t\tkeys_file k.json\n\t\tkey_prefix rpm*:"), "Caddyfile:4", "key_prefix"},
+		{"global key_prefix hash tag", global("\t\tkeys_file k.json\n\t\tkey_prefix {t}:"), "Caddyfile:4", "key_prefix"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -17,7 +17,7 @@ import (
 // on every data change (admin writes and plain SQL alike), and explicit
 // flushes from the admin API are published on a Redis channel.
 
-func (a *App) channel() string { return a.KeyPrefix + "invalidate" }
+func (a *App) channel() string { return a.prefix + "invalidate" }
 
 // Invalidate drops what scope/id reaches from L2 and from L1 of every
 // instance, and the local deny entries it touches. It implements the

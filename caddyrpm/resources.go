@@ -2,8 +2,11 @@ package caddyrpm
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -91,7 +94,7 @@ func (a *App) redisKey() string {
 	return fmt.Sprintf("redis|%t|%s", a.RedisCluster, strings.Join(a.Redis, ","))
 }
 
-func (a *App) provisionRedis() error {
+func (a *App) provisionRedis(ctx context.Context) error {
 	if len(a.Redis) == 0 {
 		return nil
 	}
@@ -99,21 +102,32 @@ func (a *App) provisionRedis() error {
 	if err != nil {
 		return fmt.Errorf("rpm: redis: %w", err)
 	}
-	client, err := share(a, a.redisKey(), func() (redis.UniversalClient, func(), error) {
+	conn, err := share(a, a.redisKey(), func() (*redisConn, func(), error) {
 		c := connect()
-		return c, func() { _ = c.Close() }, nil
+		return &redisConn{client: c}, func() { _ = c.Close() }, nil
 	})
 	if err != nil {
 		return fmt.Errorf("rpm: redis: %w", err)
 	}
-	a.redis = client
+	if err := a.verifyRedis(ctx, conn); err != nil {
+		return err
+	}
+	a.redis = conn.client
 	return nil
+}
+
+// redisConn is a Redis client shared across reloads, with whether its
+// server's version was found good (then reloads do not ask again).
+type redisConn struct {
+	client   redis.UniversalClient
+	verified atomic.Bool
 }
 
 // redisConnector parses the redis addresses — redis:// URLs (whose query
 // options, like pool_size, are honoured) or host:port — and returns a
 // function that creates the client. Request-path calls carry their own
-// deadline (redis_timeout), so context timeouts are enabled.
+// deadline (redis_timeout), so context timeouts are enabled. Errors show
+// addresses with their password redacted.
 func redisConnector(addrs []string, cluster bool) (func() redis.UniversalClient, error) {
 	if !cluster {
 		if len(addrs) > 1 {
@@ -133,7 +147,7 @@ func redisConnector(addrs []string, cluster bool) (func() redis.UniversalClient,
 			return nil, err
 		}
 		if o.DB != 0 {
-			return nil, fmt.Errorf("%q: a Redis Cluster has no database %d", addr, o.DB)
+			return nil, fmt.Errorf("%s: a Redis Cluster has no database %d", redactURL(addr), o.DB)
 		}
 		copts.Addrs = append(copts.Addrs, o.Addr)
 		copts.Username, copts.Password, copts.TLSConfig = o.Username, o.Password, o.TLSConfig
@@ -147,9 +161,35 @@ func parseRedisAddr(addr string) (*redis.Options, error) {
 	}
 	o, err := redis.ParseURL(addr)
 	if err != nil {
-		return nil, fmt.Errorf("parse %q: %w", addr, err)
+		// A url.Error repeats the whole URL, password included: keep only
+		// its cause.
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err
+		}
+		return nil, fmt.Errorf("parse %s: %w", redactURL(addr), err)
 	}
 	return o, nil
+}
+
+// redactURL hides the password of a URL, as pgx does for Postgres DSNs, so
+// errors and logs can show the address. It does not need a parsable URL:
+// everything between "://" and the last "@" is taken as user information,
+// which at worst hides more than the password.
+func redactURL(addr string) string {
+	scheme, rest, ok := strings.Cut(addr, "://")
+	if !ok {
+		return addr
+	}
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return addr
+	}
+	user, _, hasPassword := strings.Cut(rest[:at], ":")
+	if !hasPassword {
+		return addr
+	}
+	return scheme + "://" + user + ":xxxxx@" + rest[at+1:]
 }
 
 func (a *App) provisionLimiter() {

@@ -56,3 +56,45 @@ func TestAppResolvesEnvPlaceholders(t *testing.T) {
 		t.Fatalf("placeholders not resolved: %q %q %q", a.Postgres, a.Redis, a.AdminToken())
 	}
 }
+
+// TestRedisConfigErrorsRedactPassword: configuration errors about a Redis
+// URL show it with the password replaced, whatever part of it is wrong.
+func TestRedisConfigErrorsRedactPassword(t *testing.T) {
+	const secret = "s3cr3t-Pa55"
+	for _, tc := range []struct {
+		addrs   []string
+		cluster bool
+	}{
+		{[]string{"redis://:" + secret + "@127.0.0.1:notaport/0"}, false},
+		{[]string{"redis://user:" + secret + "@[::1/0"}, false},
+		{[]string{"redis://:" + secret + "@127.0.0.1:6379/x"}, false},
+		{[]string{"redis://:" + secret + "@127.0.0.1:6379/0?pool_size=many"}, false},
+		{[]string{"redis://:" + secret + "@127.0.0.1:6379/0?unknown=1"}, false},
+		{[]string{"redis://:" + secret + "@127.0.0.1:7001/2"}, true},
+		{[]string{"redis://:" + secret + "@127.0.0.1:7001", "ftp://:" + secret + "@h"}, true},
+	} {
+		_, err := redisConnector(tc.addrs, tc.cluster)
+		if err == nil {
+			t.Errorf("%v: no error", tc.addrs)
+			continue
+		}
+		if strings.Contains(err.Error(), secret) {
+			t.Errorf("error shows the password: %v", err)
+		}
+	}
+}
+
+func TestRedactURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"redis://:pw@h:1/0":          "redis://:xxxxx@h:1/0",
+		"rediss://u:p@ss@h:1/0?x=1":  "rediss://u:xxxxx@h:1/0?x=1",
+		"redis://u@h:1":              "redis://u@h:1",
+		"redis://h:1/0":              "redis://h:1/0",
+		"h:6379":                     "h:6379",
+		"unix://:pw@/tmp/redis.sock": "unix://:xxxxx@/tmp/redis.sock",
+	} {
+		if got := redactURL(in); got != want {
+			t.Errorf("redactURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

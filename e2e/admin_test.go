@@ -53,7 +53,8 @@ const admCaddyfile = `{
 type admEnv struct {
 	pool   *pgxpool.Pool
 	dsn    string
-	prefix string
+	prefix string // key_prefix
+	ns     string // the namespaced prefix of the Redis keys (redisNS)
 	rdb    *redis.Client
 	up     *upstream
 }
@@ -62,7 +63,8 @@ func admSetup(t *testing.T) *admEnv {
 	t.Helper()
 	pool, dsn := storetest.NewSchema(t)
 	prefix := "rpmtest:" + randomID() + ":"
-	return &admEnv{pool: pool, dsn: dsn, prefix: prefix, rdb: newRedis(t, prefix), up: newUpstream(t)}
+	return &admEnv{pool: pool, dsn: dsn, prefix: prefix, ns: pgRedisNS(t, prefix, pool),
+		rdb: newRedis(t, prefix), up: newUpstream(t)}
 }
 
 // start runs one Caddy instance on the environment; rpmExtra is added to
@@ -657,7 +659,7 @@ func TestAdminAPIFlushAuthCache(t *testing.T) {
 	}
 	c1, c2 := e.start(t, ""), e.start(t, "")
 	snaps := func() []string {
-		got, err := e.rdb.Keys(ctx, e.prefix+"snap:*").Result()
+		got, err := e.rdb.Keys(ctx, e.ns+"snap:*").Result()
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -56,6 +56,7 @@ func TestCacheL2WrongVersionNeverServed(t *testing.T) {
 	_, kNeg := storetest.SeedKey(t, pool, uid, &gid)
 	prefix := "rpmtest:" + randomID() + ":"
 	rdb := newRedis(t, prefix)
+	snap := pgRedisNS(t, prefix, pool) + "snap:"
 	ctx := context.Background()
 
 	v6 := fmt.Sprintf(`{"version":6,"api_key_id":%d,"user_id":%d,"group_id":%d,"status":"disabled",`+
@@ -68,7 +69,7 @@ func TestCacheL2WrongVersionNeverServed(t *testing.T) {
 		kNeg: `{"version":6,"not_found":true}`,
 	}
 	for k, v := range plant {
-		if err := rdb.Set(ctx, prefix+"snap:"+cacheHash(k), v, time.Hour).Err(); err != nil {
+		if err := rdb.Set(ctx, snap+cacheHash(k), v, time.Hour).Err(); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -85,7 +86,7 @@ func TestCacheL2WrongVersionNeverServed(t *testing.T) {
 		t.Fatalf("store loads = %d, want %d", n, len(plant))
 	}
 	for k := range plant {
-		b, err := rdb.Get(ctx, prefix+"snap:"+cacheHash(k)).Bytes()
+		b, err := rdb.Get(ctx, snap+cacheHash(k)).Bytes()
 		if err != nil {
 			t.Fatalf("L2 entry after reload: %v", err)
 		}
@@ -97,7 +98,7 @@ func TestCacheL2WrongVersionNeverServed(t *testing.T) {
 		if err := json.Unmarshal(b, &s); err != nil || s.Version != 7 || s.Status != "active" || s.NotFound {
 			t.Fatalf("L2 entry not overwritten with version 7: %s (%v)", b, err)
 		}
-		ttl := rdb.PTTL(ctx, prefix+"snap:"+cacheHash(k)).Val()
+		ttl := rdb.PTTL(ctx, snap+cacheHash(k)).Val()
 		if ttl <= 0 || ttl > 6*time.Minute {
 			t.Fatalf("L2 ttl = %v, want about l2_ttl (5m)", ttl)
 		}
@@ -114,6 +115,7 @@ func TestCacheNegativeEntry(t *testing.T) {
 	kid, deleted := storetest.SeedKey(t, pool, uid, nil)
 	prefix := "rpmtest:" + randomID() + ":"
 	rdb := newRedis(t, prefix)
+	snap := pgRedisNS(t, prefix, pool) + "snap:"
 	up := newUpstream(t)
 	c := startCaddy(t, cacheCaddyfile, params{DSN: dsn, Prefix: prefix, Upstream: up.URL,
 		Extra: map[string]string{"cache": "negative_ttl 2s"}})
@@ -133,8 +135,8 @@ func TestCacheNegativeEntry(t *testing.T) {
 		r := c.get(t, "/v1/x", deleted)
 		authCheckError(t, r, "openai", 401, "INVALID_API_KEY")
 	}
-	if n := rdb.Exists(context.Background(), prefix+"snap:"+cacheHash(deleted)).Val(); n != 0 {
-		t.Fatalf("a negative entry went to Redis (ttl %v)", rdb.PTTL(context.Background(), prefix+"snap:"+cacheHash(deleted)).Val())
+	if n := rdb.Exists(context.Background(), snap+cacheHash(deleted)).Val(); n != 0 {
+		t.Fatalf("a negative entry went to Redis (ttl %v)", rdb.PTTL(context.Background(), snap+cacheHash(deleted)).Val())
 	}
 	if time.Since(start) > 1500*time.Millisecond {
 		t.Skip("machine too slow to stay inside negative_ttl")

@@ -24,7 +24,11 @@ import (
 	"text/template"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/caddyrpm/caddy-rpm/caddyrpm"
+	"github.com/caddyrpm/caddy-rpm/store"
 )
 
 var caddyBin string
@@ -310,6 +314,27 @@ func newRedis(t testing.TB, prefix string) *redis.Client {
 		rdb.Close()
 	})
 	return rdb
+}
+
+// redisNS returns the prefix under which a Caddy with this key_prefix on
+// store s keeps its Redis keys and channel ("<prefix>c:…", "<prefix>snap:…",
+// "<prefix>invalidate"), computed from the same inputs as the plugin. Tests
+// that read Redis keys directly name them through this.
+func redisNS(t testing.TB, keyPrefix string, s store.Identifier) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	id, err := s.StoreID(ctx)
+	if err != nil {
+		t.Fatalf("store id: %v", err)
+	}
+	return caddyrpm.RedisPrefix(keyPrefix, id)
+}
+
+// pgRedisNS is redisNS for the Postgres schema of pool.
+func pgRedisNS(t testing.TB, keyPrefix string, pool *pgxpool.Pool) string {
+	t.Helper()
+	return redisNS(t, keyPrefix, store.NewPostgres(pool))
 }
 
 // waitForLocalWindow is waitForWindow for the in-process limiter's clock.

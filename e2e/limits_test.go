@@ -46,7 +46,8 @@ const limSite = `rpm
 type limEnv struct {
 	pool   *pgxpool.Pool
 	dsn    string
-	prefix string
+	prefix string                // key_prefix
+	ns     string                // the namespaced prefix of the Redis keys (redisNS)
 	rdb    redis.UniversalClient // where the counters live
 	keys   limiter.Keys
 	up     *upstream
@@ -59,8 +60,9 @@ func newLimEnv(t testing.TB) *limEnv {
 	t.Helper()
 	pool, dsn := storetest.NewSchema(t)
 	prefix := "rpmtest:" + randomID() + ":"
-	return &limEnv{pool: pool, dsn: dsn, prefix: prefix, rdb: newRedis(t, prefix),
-		keys: limiter.Keys{Prefix: prefix + "c:"}, up: newUpstream(t)}
+	ns := pgRedisNS(t, prefix, pool)
+	return &limEnv{pool: pool, dsn: dsn, prefix: prefix, ns: ns, rdb: newRedis(t, prefix),
+		keys: limiter.Keys{Prefix: ns + "c:"}, up: newUpstream(t)}
 }
 
 // newLimEnvOn is newLimEnv with counters on another Redis (a private server
@@ -69,8 +71,9 @@ func newLimEnvOn(t testing.TB, rdb redis.UniversalClient) *limEnv {
 	t.Helper()
 	pool, dsn := storetest.NewSchema(t)
 	prefix := "rpmtest:" + randomID() + ":"
-	return &limEnv{pool: pool, dsn: dsn, prefix: prefix, rdb: rdb,
-		keys: limiter.Keys{Prefix: prefix + "c:"}, up: newUpstream(t)}
+	ns := pgRedisNS(t, prefix, pool)
+	return &limEnv{pool: pool, dsn: dsn, prefix: prefix, ns: ns, rdb: rdb,
+		keys: limiter.Keys{Prefix: ns + "c:"}, up: newUpstream(t)}
 }
 
 // caddy starts a Caddy on this env; redisAddrs "" means the shared Redis.

@@ -367,3 +367,29 @@ func TestCacheLoadDoesNotOutliveAnInvalidation(t *testing.T) {
 		check(t, rdb, prefix, c, l)
 	})
 }
+
+// TestFlushL2PrefixIsLiteral: glob characters in the prefix match only
+// themselves, so a flush deletes this prefix's entries and never another
+// prefix's keys that the unescaped pattern would match.
+func TestFlushL2PrefixIsLiteral(t *testing.T) {
+	rdb, base := testRedis(t)
+	ctx := context.Background()
+	prefix := base + `t[1]*\?:`
+	c := NewCache(testConfig(prefix), rdb, (&countingLoader{snap: activeSnapshot(1)}).load, CacheHooks{})
+	if _, err := c.Get(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	other := base + "t1zz?:other" // matched by the unescaped pattern
+	if err := rdb.Set(ctx, other, "v", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.FlushL2(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if rdb.Exists(ctx, prefix+"k").Val() != 0 {
+		t.Fatal("own L2 entry survived FlushL2")
+	}
+	if rdb.Exists(ctx, other).Val() != 1 {
+		t.Fatal("FlushL2 deleted a key of another prefix")
+	}
+}

@@ -3,6 +3,7 @@ package snapshot
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -50,7 +51,7 @@ func (c *Cache) FlushL2(ctx context.Context) error {
 	}
 	c.epoch.Add(1)
 	scan := func(ctx context.Context, node redis.Cmdable) error {
-		iter := node.Scan(ctx, 0, c.cfg.L2Prefix+"*", 1000).Iterator()
+		iter := node.Scan(ctx, 0, globEscape(c.cfg.L2Prefix)+"*", 1000).Iterator()
 		for iter.Next(ctx) {
 			if err := node.Unlink(ctx, iter.Val()).Err(); err != nil {
 				return err
@@ -68,6 +69,22 @@ func (c *Cache) FlushL2(ctx context.Context) error {
 		return fmt.Errorf("flush l2: %w", err)
 	}
 	return nil
+}
+
+// globEscape quotes the characters a Redis MATCH pattern gives a meaning
+// (* ? [ ] \; ^ and - count only inside brackets, which cannot open), so a
+// prefix matches only itself and a flush never reaches keys of another
+// prefix.
+func globEscape(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		switch r {
+		case '*', '?', '[', ']', '\\':
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // Match helpers for ForgetL1.

@@ -27,6 +27,7 @@ type File struct {
 	keys      map[[32]byte]*fileEntry
 	keyByID   map[int64][32]byte
 	overrides map[[2]int64]int64 // (user id, group id) → override
+	id        string             // StoreID: a hash of the content
 }
 
 // fileEntry is one key and its prebuilt snapshot.
@@ -118,6 +119,7 @@ func ParseFile(data []byte) (*File, error) {
 		keys:      make(map[[32]byte]*fileEntry, len(doc.APIKeys)),
 		keyByID:   make(map[int64][32]byte, len(doc.APIKeys)),
 		overrides: make(map[[2]int64]int64, len(doc.RPMOverrides)),
+		id:        shortID("keys_file", string(data)),
 	}
 	for i, u := range doc.Users {
 		where := fmt.Sprintf("users[%d]", i)

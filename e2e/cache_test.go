@@ -22,7 +22,7 @@ const cacheCaddyfile = `{
 	admin 127.0.0.1:{{.Admin}}
 	rpm {
 		postgres "{{.DSN}}"
-		redis {{.Redis}}
+		{{if ne .Redis "off"}}redis {{.Redis}}{{end}}
 		key_prefix {{.Prefix}}
 		cache {
 			{{index .Extra "cache"}}

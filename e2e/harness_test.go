@@ -114,7 +114,7 @@ type params struct {
 	Upstream    string
 	Prefix      string
 	DSN         string
-	Redis       string
+	Redis       string // default redis://127.0.0.1:6379; "off" in templates that allow it: none
 	Extra       map[string]string
 }
 

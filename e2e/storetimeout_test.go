@@ -1,0 +1,308 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyrpm/caddy-rpm/store/storetest"
+)
+
+// A Postgres that stops answering without closing anything (a dead host, a
+// broken path): the tcpProxy stalls. Every store call on the request path
+// ends within store_timeout; the listener and the pool come back by
+// themselves once the database answers again.
+
+const (
+	stallStoreTimeout = 500 * time.Millisecond
+	// stallBound is how long a request that waits on the stalled store may
+	// take: store_timeout and a little.
+	stallBound = stallStoreTimeout + 500*time.Millisecond
+)
+
+// stallGet sends a GET with key and a client timeout, so that a request
+// that hangs fails the test instead of hanging it.
+func stallGet(c *caddyInstance, key string, timeout time.Duration) (response, time.Duration, error) {
+	req, err := http.NewRequest(http.MethodGet, c.URL+"/v1/x", nil)
+	if err != nil {
+		return response{}, 0, err
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	start := time.Now()
+	resp, err := (&http.Client{Timeout: timeout}).Do(req)
+	if err != nil {
+		return response{}, time.Since(start), err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return response{Status: resp.StatusCode, Header: resp.Header, Body: string(b)}, time.Since(start), err
+}
+
+// stallWant checks one answer during the stall: status and code, within
+// stallBound.
+func stallWant(r response, d time.Duration, err error, status int, code string) error {
+	switch {
+	case err != nil:
+		return fmt.Errorf("no answer after %v: %v", d, err)
+	case r.Status != status || (code != "" && admCode(r) != code):
+		return fmt.Errorf("status %d %s after %v, want %d %s: %s", r.Status, admCode(r), d, status, code, r.Body)
+	case d > stallBound:
+		return fmt.Errorf("answered %d after %v, want within %v", r.Status, d, stallBound)
+	}
+	return nil
+}
+
+// TestStoreTimeoutStalledPostgres stalls the path to Postgres: uncached
+// keys get 503 AUTH_UNAVAILABLE within store_timeout, for every waiter of
+// one shared load and for waiters whose client leaves; a known key past
+// its L1 TTL whose L2 copy is gone is served stale; a cached key keeps its
+// normal latency; the admin API answers 504. Once Postgres answers again,
+// new keys are admitted and the listener delivers changes again.
+func TestStoreTimeoutStalledPostgres(t *testing.T) {
+	pool, dsn := storetest.NewSchema(t)
+	target, via := proxiedDSN(t, dsn)
+	pg := newTCPProxy(t, target)
+	uid := storetest.SeedUser(t, pool, 0)
+	gid := storetest.SeedGroup(t, pool, "stall", 0)
+	freshID, fresh := storetest.SeedKey(t, pool, uid, &gid)
+	_, stale := storetest.SeedKey(t, pool, uid, &gid)
+	_, single := storetest.SeedKey(t, pool, uid, &gid)
+	_, shared := storetest.SeedKey(t, pool, uid, &gid)
+	_, gone := storetest.SeedKey(t, pool, uid, &gid)
+	_, after := storetest.SeedKey(t, pool, uid, &gid)
+	prefix := "rpmtest:" + randomID() + ":"
+	rdb := newRedis(t, prefix)
+	up := newUpstream(t)
+	c := startCaddy(t, `{
+	admin 127.0.0.1:{{.Admin}}
+	rpm {
+		postgres "{{.DSN}}"
+		redis {{.Redis}}
+		key_prefix {{.Prefix}}
+		store_timeout `+stallStoreTimeout.String()+`
+		cache {
+			l1_ttl 1s
+			jitter 0%
+			stale_if_error 1m
+		}
+	}
+}
+:{{.HTTP}} {
+	rpm
+	reverse_proxy {{.Upstream}}
+}`, params{DSN: via(pg.Addr), Prefix: prefix, Upstream: up.URL})
+	ctx := context.Background()
+
+	// The listener is up: a status change in SQL reaches the cached key
+	// (its L2 copy outlives the test, so only a notification can).
+	admExpect(t, c, fresh, 200, "")
+	setStatus := func(status string) {
+		t.Helper()
+		if _, err := pool.Exec(ctx, `update rpm_api_keys set status = $1 where id = $2`, status, freshID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flip := func(what string, within time.Duration, status int, code string) time.Duration {
+		t.Helper()
+		start := time.Now()
+		var last response
+		for time.Since(start) < within {
+			r, _, err := stallGet(c, fresh, 5*time.Second)
+			if err == nil && r.Status == status && (code == "" || admCode(r) == code) {
+				return time.Since(start)
+			}
+			last = r
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Fatalf("%s: still %d %s after %v, want %d %s; log tail:\n%s",
+			what, last.Status, admCode(last), within, status, code, admTail(c, 30))
+		return 0
+	}
+	setStatus("disabled")
+	flip("before the stall: disable", 5*time.Second, 401, "API_KEY_DISABLED")
+	setStatus("active")
+	flip("before the stall: enable", 5*time.Second, 200, "")
+
+	admExpect(t, c, stale, 200, "")
+	warmed := time.Now()
+	if err := rdb.Del(ctx, prefix+"snap:"+cacheHash(stale)).Err(); err != nil {
+		t.Fatal(err)
+	}
+
+	// (c) The cached key is asked all along; L1 and L2 answer it.
+	type sample struct {
+		status int
+		d      time.Duration
+		err    error
+	}
+	var (
+		hammerMu sync.Mutex
+		samples  []sample
+	)
+	stopHammer := make(chan struct{})
+	hammerDone := make(chan struct{})
+	go func() {
+		defer close(hammerDone)
+		for {
+			select {
+			case <-stopHammer:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			r, d, err := stallGet(c, fresh, 5*time.Second)
+			hammerMu.Lock()
+			samples = append(samples, sample{r.Status, d, err})
+			hammerMu.Unlock()
+		}
+	}()
+
+	pg.Stall()
+	stalled := time.Now()
+
+	// The admin API gives up after its 10 s bound; asked at once, checked
+	// before Postgres answers again.
+	type adminResult struct {
+		r   response
+		d   time.Duration
+		err error
+	}
+	adminDone := make(chan adminResult, 1)
+	go func() {
+		start := time.Now()
+		resp, err := (&http.Client{Timeout: 20 * time.Second}).Get(c.AdminURL + "/admin/users/" + itoa(uid) + "/rpm-status")
+		if err != nil {
+			adminDone <- adminResult{d: time.Since(start), err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		adminDone <- adminResult{r: response{Status: resp.StatusCode, Body: string(b)}, d: time.Since(start)}
+	}()
+
+	// (a) An uncached key and an unknown one: 503 within the bound.
+	for name, k := range map[string]string{"uncached key": single, "unknown key": "sk-unknown-" + randomID()} {
+		r, d, err := stallGet(c, k, 5*time.Second)
+		if err := stallWant(r, d, err, 503, "AUTH_UNAVAILABLE"); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if r.Header.Get("Retry-After") == "" {
+			t.Fatalf("%s: 503 without Retry-After", name)
+		}
+	}
+
+	// (a) Many waiters of one shared load: each within the bound.
+	var wg sync.WaitGroup
+	errs := make(chan error, 20)
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r, d, err := stallGet(c, shared, 5*time.Second)
+			if err := stallWant(r, d, err, 503, "AUTH_UNAVAILABLE"); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("waiter of a shared load: %v", err)
+	}
+	if t.Failed() {
+		t.FailNow()
+	}
+
+	// (a) Clients that leave: their waiters end too (each is refused, which
+	// the decisions counter shows), not parked behind the load.
+	refused := func() float64 {
+		return c.metric(t, "caddy_rpm_decisions_total", `result="refused"`, `reason="AUTH_UNAVAILABLE"`)
+	}
+	before := refused()
+	for range 5 {
+		if _, _, err := stallGet(c, gone, 100*time.Millisecond); err == nil {
+			t.Fatal("a request for an uncached key was answered within 100ms while Postgres is stalled")
+		}
+	}
+	left := time.Now()
+	eventually(t, stallBound, func() error {
+		if n := refused(); n < before+5 {
+			return fmt.Errorf("%v of 5 waiters whose clients left have ended", n-before)
+		}
+		return nil
+	})
+	t.Logf("the waiters of 5 clients that left ended within %v", time.Since(left))
+
+	// (b) The known key past its L1 TTL, without L2 copy: served stale.
+	if wait := time.Second + 100*time.Millisecond - time.Since(warmed); wait > 0 {
+		time.Sleep(wait)
+	}
+	staleBefore := c.metric(t, "caddy_rpm_stale_served_total")
+	for i := range 3 {
+		r, d, err := stallGet(c, stale, 5*time.Second)
+		if err := stallWant(r, d, err, 200, ""); err != nil {
+			t.Fatalf("stale key (%d): %v", i, err)
+		}
+	}
+	if n := c.metric(t, "caddy_rpm_stale_served_total"); n < staleBefore+3 {
+		t.Fatalf("stale_served_total %v -> %v, want +3", staleBefore, n)
+	}
+
+	// The admin request: 504 with a clear error after its bound.
+	ar := <-adminDone
+	if ar.err != nil {
+		t.Fatalf("admin rpm-status while Postgres is stalled: no answer after %v: %v", ar.d, ar.err)
+	}
+	if ar.r.Status != http.StatusGatewayTimeout || !strings.Contains(ar.r.Body, "no answer from the database") {
+		t.Fatalf("admin rpm-status while Postgres is stalled: %d %s after %v, want 504", ar.r.Status, ar.r.Body, ar.d)
+	}
+	if ar.d > 11*time.Second {
+		t.Fatalf("admin rpm-status answered after %v, want about 10s", ar.d)
+	}
+
+	// (c) The cached key answered 200 at its usual latency throughout.
+	close(stopHammer)
+	<-hammerDone
+	var slowest time.Duration
+	for _, s := range samples {
+		if s.err != nil || s.status != 200 {
+			t.Fatalf("cached key while Postgres is stalled: %d after %v: %v", s.status, s.d, s.err)
+		}
+		slowest = max(slowest, s.d)
+	}
+	if len(samples) < 20 || slowest >= 400*time.Millisecond {
+		t.Fatalf("cached key: %d answers, slowest %v; want many, each well below store_timeout", len(samples), slowest)
+	}
+	t.Logf("cached key: %d answers during the stall, slowest %v", len(samples), slowest)
+
+	// (d) Postgres answers again: new keys are admitted, and the listener
+	// is back (a change made in SQL reaches the cached key).
+	t.Logf("Postgres stalled for %v", time.Since(stalled))
+	pg.Unstall()
+	back := time.Now()
+	eventually(t, 20*time.Second, func() error {
+		r, _, err := stallGet(c, after, 5*time.Second)
+		if err != nil {
+			return err
+		}
+		if r.Status != 200 {
+			return &authErr{r}
+		}
+		return nil
+	})
+	t.Logf("new keys admitted %v after Postgres answered again", time.Since(back))
+	setStatus("disabled")
+	flip("after the stall: disable", 10*time.Second, 401, "API_KEY_DISABLED")
+	t.Logf("a change in SQL took effect %v after Postgres answered again", time.Since(back))
+	setStatus("active")
+	if d := flip("after the stall: enable", 5*time.Second, 200, ""); d > time.Second {
+		t.Errorf("a change in SQL after the listener's return took %v", d)
+	}
+	if !strings.Contains(c.Logs(), "listening for invalidations again") {
+		t.Errorf("the listener did not log its return")
+	}
+}

@@ -123,10 +123,26 @@ func TestStoreTimeoutStalledPostgres(t *testing.T) {
 			what, last.Status, admCode(last), within, status, code, admTail(c, 30))
 		return 0
 	}
+	notified := func() float64 {
+		return c.metric(t, "caddy_rpm_invalidations_total", `origin="postgres"`)
+	}
+	before := notified()
 	setStatus(t, "disabled")
 	flip(t, "before the stall: disable", 5*time.Second, 401, "API_KEY_DISABLED")
 	setStatus(t, "active")
 	flip(t, "before the stall: enable", 5*time.Second, 200, "")
+	// The key is cached in L1 and L2 once both notifications are applied
+	// (one applied late would drop the copies a request just made).
+	eventually(t, 5*time.Second, func() error {
+		if n := notified(); n < before+2 {
+			return fmt.Errorf("%v of 2 notifications applied", n-before)
+		}
+		return nil
+	})
+	admExpect(t, c, fresh, 200, "")
+	if n, err := rdb.Exists(ctx, prefix+"snap:"+cacheHash(fresh)).Result(); err != nil || n != 1 {
+		t.Fatalf("the cached key has no L2 copy before the stall: %v, %v", n, err)
+	}
 
 	admExpect(t, c, stale, 200, "")
 	warmed := time.Now()
@@ -171,18 +187,28 @@ func TestStoreTimeoutStalledPostgres(t *testing.T) {
 		d   time.Duration
 		err error
 	}
-	adminDone := make(chan adminResult, 1)
-	go func() {
-		start := time.Now()
-		resp, err := (&http.Client{Timeout: 20 * time.Second}).Get(c.AdminURL + "/admin/users/" + itoa(uid) + "/rpm-status")
-		if err != nil {
-			adminDone <- adminResult{d: time.Since(start), err: err}
-			return
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		adminDone <- adminResult{r: response{Status: resp.StatusCode, Body: string(b)}, d: time.Since(start)}
-	}()
+	adminCall := func(method, path string) chan adminResult {
+		done := make(chan adminResult, 1)
+		go func() {
+			start := time.Now()
+			req, err := http.NewRequest(method, c.AdminURL+path, nil)
+			if err != nil {
+				done <- adminResult{err: err}
+				return
+			}
+			resp, err := (&http.Client{Timeout: 20 * time.Second}).Do(req)
+			if err != nil {
+				done <- adminResult{d: time.Since(start), err: err}
+				return
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			done <- adminResult{r: response{Status: resp.StatusCode, Body: string(b)}, d: time.Since(start)}
+		}()
+		return done
+	}
+	adminRead := adminCall(http.MethodGet, "/admin/users/"+itoa(uid)+"/rpm-status")
+	adminClear := adminCall(http.MethodDelete, "/admin/groups/"+itoa(gid)+"/rpm-overrides")
 
 	t.Run("uncached key", func(t *testing.T) {
 		for name, k := range map[string]string{"uncached key": single, "unknown key": "sk-unknown-" + randomID()} {
@@ -264,15 +290,18 @@ func TestStoreTimeoutStalledPostgres(t *testing.T) {
 	})
 
 	t.Run("admin API", func(t *testing.T) {
-		ar := <-adminDone
-		if ar.err != nil {
-			t.Fatalf("rpm-status while Postgres is stalled: no answer after %v: %v", ar.d, ar.err)
-		}
-		if ar.r.Status != http.StatusGatewayTimeout || !strings.Contains(ar.r.Body, "did not answer in time") {
-			t.Fatalf("rpm-status while Postgres is stalled: %d %s after %v, want 504", ar.r.Status, ar.r.Body, ar.d)
-		}
-		if ar.d > 11*time.Second {
-			t.Fatalf("rpm-status answered after %v, want within its 10s bound", ar.d)
+		for name, done := range map[string]chan adminResult{"rpm-status": adminRead, "clear all": adminClear} {
+			ar := <-done
+			if ar.err != nil {
+				t.Errorf("%s while Postgres is stalled: no answer after %v: %v", name, ar.d, ar.err)
+				continue
+			}
+			if ar.r.Status != http.StatusGatewayTimeout || !strings.Contains(ar.r.Body, "did not answer in time") {
+				t.Errorf("%s while Postgres is stalled: %d %s after %v, want 504", name, ar.r.Status, ar.r.Body, ar.d)
+			}
+			if ar.d > 11*time.Second {
+				t.Errorf("%s answered after %v, want within its 10s bound", name, ar.d)
+			}
 		}
 	})
 

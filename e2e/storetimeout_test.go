@@ -327,7 +327,9 @@ func TestStoreTimeoutStalledPostgres(t *testing.T) {
 	pg.Unstall()
 	back := time.Now()
 	t.Run("recovery", func(t *testing.T) {
-		eventually(t, 20*time.Second, func() error {
+		// Connects begun during the stall have given up by now (their
+		// timeout is 5s), so the pool has room for new connections.
+		eventually(t, 5*time.Second, func() error {
 			r, _, err := stallGet(c, after, 5*time.Second)
 			if err != nil {
 				return err

@@ -125,10 +125,10 @@ func (p *Postgres) listenOnce(ctx context.Context, fn func(Event), listening fun
 	p.listenPID.Store(conn.PgConn().PID())
 	listening()
 	for {
-		wait, cancel := context.WithTimeout(ctx, listenPingAfter)
+		wait, stop := context.WithTimeout(ctx, listenPingAfter)
 		n, err := conn.WaitForNotification(wait)
 		quiet := wait.Err() != nil && ctx.Err() == nil
-		cancel()
+		stop()
 		switch {
 		case err == nil:
 			if ev, ok := ParseEvent(n.Payload); ok {

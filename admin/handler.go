@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
@@ -106,6 +107,11 @@ func (h *Handler) handle(path string, ms methods) {
 
 type backendKey struct{}
 
+// requestTimeout bounds the store and Redis calls of one admin request, so
+// that a database which stops answering gets a 504 rather than a request
+// that hangs.
+const requestTimeout = 10 * time.Second
+
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path == "/admin/ui" || strings.HasPrefix(r.URL.Path, "/admin/ui/") {
@@ -126,7 +132,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusUnauthorized, "missing or invalid admin token")
 		return
 	}
-	h.mux.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), backendKey{}, b)))
+	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
+	defer cancel()
+	h.mux.ServeHTTP(w, r.WithContext(context.WithValue(ctx, backendKey{}, b)))
 }
 
 // authorized reports whether r carries the admin token (or none is needed).

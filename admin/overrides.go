@@ -2,6 +2,7 @@ package admin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -123,7 +124,11 @@ func (h *Handler) clearOverrides(w http.ResponseWriter, r *http.Request, b Backe
 		}
 		writeJSON(w, http.StatusOK, res.Val)
 	case <-r.Context().Done():
-		// The client went away; the shared delete carries on.
+		// The client went away, or requestTimeout passed; the shared
+		// delete carries on either way.
+		if err := r.Context().Err(); errors.Is(err, context.DeadlineExceeded) {
+			h.storeError(w, r, "clear overrides", err)
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -34,10 +35,20 @@ func writeError(w http.ResponseWriter, status int, msg string) {
 }
 
 // storeError answers an error from the store or the limiter: known store
-// errors map to 404, 409 and 400; anything else is logged and answers 500
-// with a generic message.
+// errors map to 404, 409 and 400, a call that ran out of time (the
+// request's requestTimeout or a connect timeout) to 504; anything else is
+// logged and answers 500 with a generic message.
 func (h *Handler) storeError(w http.ResponseWriter, r *http.Request, op string, err error) {
 	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		h.logger.Warn("admin request timed out",
+			zap.String("op", op),
+			zap.String("method", r.Method),
+			zap.String("path", r.URL.Path),
+			zap.Error(err))
+		writeError(w, http.StatusGatewayTimeout, fmt.Sprintf(
+			"%s: the database or Redis did not answer in time (an admin request waits at most %v); "+
+				"a change may or may not have been applied: retry", op, requestTimeout))
 	case errors.Is(err, store.ErrReadOnly):
 		writeError(w, http.StatusConflict, store.ErrReadOnly.Error())
 	case errors.Is(err, store.ErrNotFound):

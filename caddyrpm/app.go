@@ -43,6 +43,14 @@ type App struct {
 	// Postgres to run without any server.
 	KeysFile string `json:"keys_file,omitempty"`
 
+	// StoreTimeout bounds every Postgres call on the request path: a
+	// request waits at most this long for a snapshot load, then gets a
+	// stale snapshot (see CacheOptions.StaleIfError) or 503. It also bounds
+	// the invalidation listener's setup and pings. Unless the DSN sets
+	// connect_timeout, new connections get the larger of StoreTimeout and
+	// 5s to connect. Default: 2s.
+	StoreTimeout caddy.Duration `json:"store_timeout,omitempty"`
+
 	// Redis is the Redis server: one redis:// URL (its query options, such
 	// as pool_size, apply) or host:port; with RedisCluster, the seed nodes
 	// of a Redis Cluster. Default: none, which keeps counters and the cache
@@ -185,6 +193,7 @@ func (a *App) setDefaults() error {
 	if a.RedisTimeout <= 0 {
 		a.RedisTimeout = caddy.Duration(100 * time.Millisecond)
 	}
+	setDuration(&a.StoreTimeout, 2*time.Second)
 	switch a.OnRedisError {
 	case "":
 		a.OnRedisError = "open"
@@ -302,6 +311,7 @@ func (a *App) provisionCache() {
 		L2Prefix:     a.prefix + "snap:",
 		L2Timeout:    time.Duration(a.RedisTimeout),
 		L2Down:       func() bool { return a.redisDown != nil && a.redisDown() },
+		LoadTimeout:  time.Duration(a.StoreTimeout),
 	}, l2, a.loadSnapshot, snapshot.CacheHooks{
 		Hit:      func(layer string) { m.cacheHits.WithLabelValues(layer).Inc() },
 		Miss:     func(layer string) { m.cacheMisses.WithLabelValues(layer).Inc() },

@@ -23,6 +23,7 @@ func init() {
 //		postgres       <dsn>
 //		auto_migrate
 //		keys_file      <path>
+//		store_timeout  <duration>
 //		redis          <url> [<url>...]
 //		redis_cluster
 //		redis_timeout  <duration>
@@ -94,6 +95,8 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "redis_timeout":
 			err = durationArg(d, &a.RedisTimeout)
+		case "store_timeout":
+			err = durationArg(d, &a.StoreTimeout)
 		case "auto_migrate":
 			err = flag(d, &a.AutoMigrate)
 		case "redis_cluster":

@@ -66,6 +66,7 @@ func TestCaddyfileEquivalentJSON(t *testing.T) {
 	rpm {
 		postgres "postgres://u@db:5432/rpm?sslmode=disable"
 		auto_migrate
+		store_timeout 750ms
 		redis redis://r1:6379 redis://r2:6379
 		redis_cluster
 		redis_timeout 250ms
@@ -104,6 +105,7 @@ func TestCaddyfileEquivalentJSON(t *testing.T) {
 	wantApp := cfJSON(t, `{
 		"postgres": "postgres://u@db:5432/rpm?sslmode=disable",
 		"auto_migrate": true,
+		"store_timeout": 750000000,
 		"redis": ["redis://r1:6379", "redis://r2:6379"],
 		"redis_cluster": true,
 		"redis_timeout": 250000000,
@@ -180,6 +182,7 @@ func TestCaddyfileErrorsNameTheLine(t *testing.T) {
 		{"global duplicate flag", global("\t\tkeys_file k.json\n\t\tauto_migrate\n\t\tauto_migrate"), "Caddyfile:5", "auto_migrate"},
 		{"global duplicate cache", global("\t\tkeys_file k.json\n\t\tcache {\n\t\t}\n\t\tcache {\n\t\t}"), "Caddyfile:6", "cache"},
 		{"global option twice", "{\n\trpm {\n\t\tkeys_file k.json\n\t}\n\trpm {\n\t\tkeys_file k.json\n\t}\n}\n:8080 {\n\trespond ok\n}\n", "Caddyfile:5", "more than once"},
+		{"global bad store_timeout", global("\t\tkeys_file k.json\n\t\tstore_timeout soon"), "Caddyfile:4", "store_timeout"},
 		{"cache unknown", global("\t\tkeys_file k.json\n\t\tcache {\n\t\t\tl1_ttl 1s\n\t\t\tl3_ttl 1s\n\t\t}"), "Caddyfile:6", "l3_ttl"},
 		{"cache duplicate", global("\t\tkeys_file k.json\n\t\tcache {\n\t\t\tl1_ttl 1s\n\t\t\tl1_ttl 2s\n\t\t}"), "Caddyfile:6", "l1_ttl"},
 		{"cache bad value", global("\t\tkeys_file k.json\n\t\tcache {\n\t\t\tjitter lots\n\t\t}"), "Caddyfile:5", "jitter"},

@@ -17,6 +17,11 @@ import (
 	"github.com/caddyrpm/caddy-rpm/store"
 )
 
+// minConnectTimeout is the least connect timeout of the Postgres pool when
+// the DSN sets none: a slow but working connection setup (TLS, SCRAM over a
+// long path) still completes in the background for the next request.
+const minConnectTimeout = 5 * time.Second
+
 // connections holds what survives config reloads: database pools, Redis
 // clients and limiter state (local counters, deny cache, breaker), keyed by
 // their configuration, so a reload neither reconnects nor resets counters.
@@ -62,12 +67,21 @@ func (a *App) provisionStore(ctx caddy.Context) error {
 		a.store = f
 		return nil
 	}
-	pool, err := share(a, "pg|"+a.Postgres, func() (*pgxpool.Pool, func(), error) {
+	connectTimeout := max(minConnectTimeout, time.Duration(a.StoreTimeout))
+	key := fmt.Sprintf("pg|%s|%s", connectTimeout, a.Postgres)
+	pool, err := share(a, key, func() (*pgxpool.Pool, func(), error) {
 		cfg, err := pgxpool.ParseConfig(a.Postgres)
 		if err != nil {
 			return nil, nil, fmt.Errorf("parse postgres dsn: %w", err)
 		}
 		cfg.ConnConfig.RuntimeParams["application_name"] = "caddy-rpm"
+		if cfg.ConnConfig.ConnectTimeout <= 0 {
+			// pgxpool's default is 2 minutes, and a connect it starts goes
+			// on after the request that wanted it gave up: against a dead
+			// path, such connects would hold the pool's slots long after
+			// the database answers again.
+			cfg.ConnConfig.ConnectTimeout = connectTimeout
+		}
 		p, err := pgxpool.NewWithConfig(context.Background(), cfg)
 		if err != nil {
 			return nil, nil, fmt.Errorf("open postgres pool: %w", err)
@@ -86,6 +100,7 @@ func (a *App) provisionStore(ctx caddy.Context) error {
 	}
 	pg := store.NewPostgres(pool)
 	pg.Logger = a.logger // listener failures and reconnects
+	pg.ListenTimeout = time.Duration(a.StoreTimeout)
 	a.store = pg
 	return nil
 }

@@ -1,28 +1,42 @@
 package e2e
 
 import (
+	"errors"
 	"io"
 	"net"
 	"net/url"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // tcpProxy forwards loopback connections to a target. Block makes the
 // target unreachable: open connections are killed and new ones are closed
-// at once; Unblock restores forwarding. It counts the bytes clients send,
-// so a test can prove that no statement went to the target.
+// at once; Unblock restores forwarding. Stall makes the target silent
+// instead, as a dead host or a broken network path does: nothing is closed,
+// but no byte is relayed any more; Unstall relays new connections again.
+// It counts the bytes clients send, so a test can prove that no statement
+// went to the target.
 type tcpProxy struct {
 	Addr   string
 	target string
 	ln     net.Listener
+	done   chan struct{} // closed when the proxy closes
 
 	mu      sync.Mutex
 	blocked bool
-	conns   map[net.Conn]struct{}
+	stalled bool
+	conns   map[net.Conn]*proxyPair
 	sent    atomic.Int64 // bytes from clients to the target
 	wg      sync.WaitGroup
+}
+
+// proxyPair is one relayed connection: client and target side.
+type proxyPair struct {
+	// dead is set by Stall: the pair relays nothing ever again.
+	dead atomic.Bool
 }
 
 func newTCPProxy(t testing.TB, target string) *tcpProxy {
@@ -31,7 +45,8 @@ func newTCPProxy(t testing.TB, target string) *tcpProxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &tcpProxy{Addr: ln.Addr().String(), target: target, ln: ln, conns: map[net.Conn]struct{}{}}
+	p := &tcpProxy{Addr: ln.Addr().String(), target: target, ln: ln, done: make(chan struct{}),
+		conns: map[net.Conn]*proxyPair{}}
 	p.wg.Add(1)
 	go p.serve()
 	t.Cleanup(p.close)
@@ -51,6 +66,14 @@ func (p *tcpProxy) serve() {
 			abort(c)
 			continue
 		}
+		if p.stalled {
+			// Accepted and never answered; closed with the proxy.
+			pr := &proxyPair{}
+			pr.dead.Store(true)
+			p.conns[c] = pr
+			p.mu.Unlock()
+			continue
+		}
 		p.mu.Unlock()
 		up, err := net.Dial("tcp", p.target)
 		if err != nil {
@@ -64,20 +87,29 @@ func (p *tcpProxy) serve() {
 			abort(up)
 			continue
 		}
-		p.conns[c], p.conns[up] = struct{}{}, struct{}{}
+		pr := &proxyPair{}
+		pr.dead.Store(p.stalled) // stalled while dialling
+		p.conns[c], p.conns[up] = pr, pr
 		p.mu.Unlock()
 		p.wg.Add(2)
-		go p.pipe(up, c, &p.sent)
-		go p.pipe(c, up, nil)
+		go p.pipe(pr, up, c, &p.sent)
+		go p.pipe(pr, c, up, nil)
 	}
 }
 
-// pipe copies src to dst until either side ends, then closes both.
-func (p *tcpProxy) pipe(dst, src net.Conn, count *atomic.Int64) {
+// pipe copies src to dst until either side ends, then closes both. Once
+// the pair is dead it relays nothing, not even the end of a side: what it
+// read is lost, as on a broken path, and both sides stay open until the
+// proxy closes.
+func (p *tcpProxy) pipe(pr *proxyPair, dst, src net.Conn, count *atomic.Int64) {
 	defer p.wg.Done()
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
+		if pr.dead.Load() {
+			<-p.done
+			break
+		}
 		if n > 0 {
 			if count != nil {
 				count.Add(int64(n))
@@ -119,11 +151,32 @@ func (p *tcpProxy) Unblock() {
 	p.mu.Unlock()
 }
 
+// Stall stops relaying without closing anything: open connections stay
+// open and silent for good (like connections whose path lost its state,
+// they stay dead after Unstall), and new ones are accepted but never
+// answered.
+func (p *tcpProxy) Stall() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stalled = true
+	for _, pr := range p.conns {
+		pr.dead.Store(true)
+	}
+}
+
+// Unstall relays new connections again.
+func (p *tcpProxy) Unstall() {
+	p.mu.Lock()
+	p.stalled = false
+	p.mu.Unlock()
+}
+
 // Sent returns the bytes clients sent through the proxy so far.
 func (p *tcpProxy) Sent() int64 { return p.sent.Load() }
 
 func (p *tcpProxy) close() {
 	_ = p.ln.Close()
+	close(p.done)
 	p.Block()
 	p.wg.Wait()
 }
@@ -209,4 +262,66 @@ func TestTCPProxyBlock(t *testing.T) {
 	if p.Sent() < 8 {
 		t.Fatalf("sent = %d, want >= 8", p.Sent())
 	}
+}
+
+// TestTCPProxyStall checks the stall mode: an open connection stays open
+// but silent, a new one is accepted but never answered, and after Unstall
+// new connections are relayed while the stalled ones stay silent.
+func TestTCPProxyStall(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { _, _ = io.Copy(c, c); c.Close() }()
+		}
+	}()
+	p := newTCPProxy(t, ln.Addr().String())
+	dial := func() net.Conn {
+		t.Helper()
+		c, err := net.Dial("tcp", p.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	// silent checks that c neither answers nor closes within 300ms.
+	silent := func(what string, c net.Conn) {
+		t.Helper()
+		if _, err := c.Write([]byte("ping")); err != nil {
+			t.Fatalf("%s: write: %v", what, err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		_, err := c.Read(make([]byte, 4))
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("%s: read = %v, want a timeout (no answer, no close)", what, err)
+		}
+	}
+	echo := func(what string, c net.Conn) {
+		t.Helper()
+		if _, err := c.Write([]byte("ping")); err != nil {
+			t.Fatalf("%s: write: %v", what, err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := io.ReadFull(c, make([]byte, 4)); err != nil {
+			t.Fatalf("%s: echo: %v", what, err)
+		}
+	}
+	old := dial()
+	echo("before Stall", old)
+	p.Stall()
+	silent("open connection after Stall", old)
+	during := dial()
+	silent("new connection while stalled", during)
+	p.Unstall()
+	echo("new connection after Unstall", dial())
+	silent("connection opened before Stall, after Unstall", old)
+	silent("connection opened while stalled, after Unstall", during)
 }

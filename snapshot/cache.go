@@ -37,6 +37,11 @@ type CacheConfig struct {
 	// L2Down, if set, reports that Redis is known to be down (the
 	// limiter's breaker is open); L2 is then skipped instead of waited on.
 	L2Down func() bool
+	// LoadTimeout bounds the wait for a snapshot that is not fresh in L1:
+	// the shared load (L2 read and store query) runs under this deadline,
+	// and each caller stops waiting this long after it joined even if the
+	// loader ignores its deadline. Zero means no bound.
+	LoadTimeout time.Duration
 }
 
 // CacheHooks observe the cache for metrics. Nil hooks are skipped.
@@ -93,11 +98,9 @@ func (c *Cache) Get(ctx context.Context, keyHash string) (*Snapshot, error) {
 		return e.snap, nil
 	}
 	c.hook(c.hooks.Miss, "l1")
-	v, err, _ := c.flight.Do(keyHash, func() (any, error) {
-		return c.fill(context.WithoutCancel(ctx), keyHash)
-	})
+	s, err := c.await(ctx, keyHash)
 	if err == nil {
-		return v.(*Snapshot), nil
+		return s, nil
 	}
 	// Serve a stale positive snapshot rather than fail: an outage is not a
 	// reason to lock out known keys. A stale negative is not served, since
@@ -108,7 +111,44 @@ func (c *Cache) Get(ctx context.Context, keyHash string) (*Snapshot, error) {
 		}
 		return e.snap, nil
 	}
-	return nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
+// await joins the shared load of keyHash, or starts it, and waits for its
+// result. The load belongs to no single caller, so it is detached from
+// ctx; each caller leaves on its own when its ctx ends (a client that went
+// away) or after LoadTimeout, so none stays parked behind a store that
+// does not answer.
+func (c *Cache) await(ctx context.Context, keyHash string) (*Snapshot, error) {
+	ch := c.flight.DoChan(keyHash, func() (any, error) {
+		lctx, cancel := c.loadContext(context.WithoutCancel(ctx))
+		defer cancel()
+		return c.fill(lctx, keyHash)
+	})
+	var timeout <-chan time.Time
+	if c.cfg.LoadTimeout > 0 {
+		t := time.NewTimer(c.cfg.LoadTimeout)
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*Snapshot), nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("wait for snapshot load: %w", context.Cause(ctx))
+	case <-timeout:
+		return nil, fmt.Errorf("wait for snapshot load: no answer within %v", c.cfg.LoadTimeout)
+	}
+}
+
+func (c *Cache) loadContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	if c.cfg.LoadTimeout > 0 {
+		return context.WithTimeout(ctx, c.cfg.LoadTimeout)
+	}
+	return context.WithCancel(ctx)
 }
 
 // fill reads keyHash from L2 or the store and caches what it read, unless
@@ -141,11 +181,13 @@ func (c *Cache) fill(ctx context.Context, keyHash string) (*Snapshot, error) {
 	}
 	if c.epoch.Load() == epoch {
 		c.setL1(keyHash, s)
-		wrote := c.setL2(ctx, keyHash, s)
+		// The writes get their own L2 bound, not what the load left over.
+		wctx := context.WithoutCancel(ctx)
+		wrote := c.setL2(wctx, keyHash, s)
 		if c.epoch.Load() != epoch {
 			c.l1.Invalidate(keyHash)
 			if wrote {
-				c.delL2(ctx, keyHash)
+				c.delL2(wctx, keyHash)
 			}
 		}
 	}

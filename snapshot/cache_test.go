@@ -393,3 +393,138 @@ func TestFlushL2PrefixIsLiteral(t *testing.T) {
 		t.Fatal("FlushL2 deleted a key of another prefix")
 	}
 }
+
+// hangingLoader answers only once released, ignoring its context, like a
+// store behind a dead network path whose driver does not give up. It
+// records whether each call carried a deadline.
+type hangingLoader struct {
+	calls       atomic.Int64
+	noDeadline  atomic.Int64
+	release     chan struct{}
+	releaseOnce sync.Once
+	snap        *Snapshot
+}
+
+func newHangingLoader(t *testing.T) *hangingLoader {
+	l := &hangingLoader{release: make(chan struct{}), snap: activeSnapshot(1)}
+	t.Cleanup(l.unblock)
+	return l
+}
+
+func (l *hangingLoader) load(ctx context.Context, _ string) (*Snapshot, error) {
+	l.calls.Add(1)
+	if _, ok := ctx.Deadline(); !ok {
+		l.noDeadline.Add(1)
+	}
+	<-l.release
+	return l.snap, nil
+}
+
+func (l *hangingLoader) unblock() { l.releaseOnce.Do(func() { close(l.release) }) }
+
+// timedGet calls c.Get and returns how long it took; a call still running
+// after 5 s is reported as an error instead of hanging the test.
+func timedGet(ctx context.Context, c *Cache, key string) (*Snapshot, time.Duration, error) {
+	type result struct {
+		s   *Snapshot
+		err error
+	}
+	ch := make(chan result, 1)
+	begin := time.Now()
+	go func() {
+		s, err := c.Get(ctx, key)
+		ch <- result{s, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.s, time.Since(begin), r.err
+	case <-time.After(5 * time.Second):
+		return nil, time.Since(begin), errors.New("Get still waiting after 5s")
+	}
+}
+
+// TestCacheWaitersLeaveAHangingLoad checks the bound on a load that does
+// not end: every waiter of the shared load gets ErrUnavailable within
+// LoadTimeout, the load itself carries a deadline, and a waiter whose
+// context ends leaves at once.
+func TestCacheWaitersLeaveAHangingLoad(t *testing.T) {
+	const timeout = 200 * time.Millisecond
+	cfg := testConfig("")
+	cfg.LoadTimeout = timeout
+	l := newHangingLoader(t)
+	c := NewCache(cfg, nil, l.load, CacheHooks{})
+
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			_, d, err := timedGet(context.Background(), c, "cold")
+			if d > timeout+300*time.Millisecond {
+				t.Errorf("a waiter of a hanging load returned after %v (%v), want about %v", d, err, timeout)
+			}
+			if !errors.Is(err, ErrUnavailable) {
+				t.Errorf("waiter of a hanging load: %v, want ErrUnavailable", err)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	if n := l.calls.Load(); n != 1 {
+		t.Fatalf("%d loads for 50 concurrent waiters, want 1", n)
+	}
+	if n := l.noDeadline.Load(); n != 0 {
+		t.Fatalf("the shared load ran without a deadline")
+	}
+
+	// A waiter whose request ends (the client went away) leaves at once,
+	// long before the load's bound.
+	slow := testConfig("")
+	slow.LoadTimeout = time.Minute
+	c = NewCache(slow, nil, newHangingLoader(t).load, CacheHooks{})
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	_, d, err := timedGet(ctx, c, "cold")
+	if d > time.Second {
+		t.Fatalf("a waiter whose context was cancelled after 50ms returned after %v (%v)", d, err)
+	}
+	if !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled waiter: %v, want ErrUnavailable and context.Canceled", err)
+	}
+}
+
+// TestCacheServesStaleWhenLoadHangs checks that a known key past its TTL is
+// served stale once the load's bound passes, not after the load ends.
+func TestCacheServesStaleWhenLoadHangs(t *testing.T) {
+	const timeout = 200 * time.Millisecond
+	cfg := testConfig("")
+	cfg.L1TTL = 50 * time.Millisecond
+	cfg.LoadTimeout = timeout
+	good := &countingLoader{snap: activeSnapshot(7)}
+	hanging := newHangingLoader(t)
+	var down atomic.Bool
+	var stale atomic.Int64
+	c := NewCache(cfg, nil, func(ctx context.Context, k string) (*Snapshot, error) {
+		if down.Load() {
+			return hanging.load(ctx, k)
+		}
+		return good.load(ctx, k)
+	}, CacheHooks{Stale: func() { stale.Add(1) }})
+	if _, err := c.Get(context.Background(), "k"); err != nil {
+		t.Fatal(err)
+	}
+	down.Store(true)
+	time.Sleep(80 * time.Millisecond) // past the TTL, within stale_if_error
+	s, d, err := timedGet(context.Background(), c, "k")
+	if d > timeout+300*time.Millisecond {
+		t.Fatalf("stale answer after %v (%v), want about %v", d, err, timeout)
+	}
+	if err != nil || s.UserID != 7 {
+		t.Fatalf("stale snapshot not served: %+v, %v", s, err)
+	}
+	if stale.Load() != 1 {
+		t.Fatalf("stale hook called %d times, want 1", stale.Load())
+	}
+}

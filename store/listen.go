@@ -38,13 +38,21 @@ func ChannelOf(ctx context.Context, conn *pgx.Conn) (string, error) {
 const (
 	listenBackoffMin = 100 * time.Millisecond
 	listenBackoffMax = 5 * time.Second
+	// listenPingAfter is how long the listener waits for a notification
+	// before it pings the server: a dead path (no reset, no answer) looks
+	// just like a quiet channel until something is sent on it.
+	listenPingAfter = 2 * time.Second
+	// defaultListenTimeout is ListenTimeout's default.
+	defaultListenTimeout = 2 * time.Second
 )
 
 // Listen implements Listener. It holds one connection taken from the pool
 // (hijacked, so it never returns to the pool in LISTEN state), calls fn for
 // every well-formed notification on the schema's channel (ChannelOf) and
-// ignores malformed ones. It calls onListen after every successful LISTEN:
-// with gap false the first time and true after a failure, since
+// ignores malformed ones. After 2s without a notification it pings the
+// server; a setup step or ping that gets no answer within ListenTimeout
+// counts as a connection error. It calls onListen after every successful
+// LISTEN: with gap false the first time and true after a failure, since
 // notifications sent meanwhile are lost. On any connection error it
 // reconnects with exponential backoff (100ms up to 5s). It returns when ctx
 // is done.
@@ -87,7 +95,13 @@ func (p *Postgres) Listen(ctx context.Context, fn func(Event), onListen func(gap
 // listenOnce runs one LISTEN session until an error or the end of ctx.
 // listening is called once LISTEN has succeeded.
 func (p *Postgres) listenOnce(ctx context.Context, fn func(Event), listening func()) error {
-	pc, err := p.pool.Acquire(ctx)
+	timeout := p.ListenTimeout
+	if timeout <= 0 {
+		timeout = defaultListenTimeout
+	}
+	setup, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	pc, err := p.pool.Acquire(setup)
 	if err != nil {
 		return fmt.Errorf("acquire connection: %w", err)
 	}
@@ -98,27 +112,49 @@ func (p *Postgres) listenOnce(ctx context.Context, fn func(Event), listening fun
 		defer cancel()
 		_ = conn.Close(closeCtx)
 	}()
-	if _, err := conn.Exec(ctx, "set application_name = 'caddy-rpm listener'"); err != nil {
+	if _, err := conn.Exec(setup, "set application_name = 'caddy-rpm listener'"); err != nil {
 		return fmt.Errorf("set application_name: %w", err)
 	}
-	ch, err := ChannelOf(ctx, conn)
+	ch, err := ChannelOf(setup, conn)
 	if err != nil {
 		return err
 	}
-	if _, err := conn.Exec(ctx, "listen "+pgx.Identifier{ch}.Sanitize()); err != nil {
+	if _, err := conn.Exec(setup, "listen "+pgx.Identifier{ch}.Sanitize()); err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	cancel()
 	p.listenPID.Store(conn.PgConn().PID())
 	listening()
 	for {
-		n, err := conn.WaitForNotification(ctx)
-		if err != nil {
+		wait, stop := context.WithTimeout(ctx, listenPingAfter)
+		n, err := conn.WaitForNotification(wait)
+		quiet := wait.Err() != nil && ctx.Err() == nil
+		stop()
+		switch {
+		case err == nil:
+			if ev, ok := ParseEvent(n.Payload); ok {
+				fn(ev)
+			}
+		case quiet:
+			// Nothing arrived: make sure the server is still there. pgx
+			// keeps the connection usable after a timed-out wait.
+			if err := p.ping(ctx, conn, timeout); err != nil {
+				return err
+			}
+		default:
 			return fmt.Errorf("wait for notification: %w", err)
 		}
-		if ev, ok := ParseEvent(n.Payload); ok {
-			fn(ev)
-		}
 	}
+}
+
+// ping checks that the server answers on conn within timeout.
+func (p *Postgres) ping(ctx context.Context, conn *pgx.Conn, timeout time.Duration) error {
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if err := conn.Ping(pctx); err != nil {
+		return fmt.Errorf("ping listener connection: %w", err)
+	}
+	return nil
 }
 
 // ParseEvent parses a notification payload: "all", "user:<id>",

@@ -122,3 +122,75 @@ func TestListenReconnects(t *testing.T) {
 	}
 	expectEvent(3)
 }
+
+// TestListenPingsWhenQuiet checks that a quiet listener pings its server
+// (so a dead connection would be noticed) and that its connection keeps
+// delivering notifications after the waits that preceded the pings.
+func TestListenPingsWhenQuiet(t *testing.T) {
+	pool, _ := storetest.NewSchema(t)
+	st := store.NewPostgres(pool)
+	st.ListenTimeout = time.Second
+	u := userWithID(t, pool, randomID(), 1)
+
+	events := make(chan store.Event, 10)
+	gaps := make(chan struct{}, 10)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		st.Listen(ctx, func(e store.Event) {
+			if e.Scope == store.ScopeUser && e.ID == u {
+				events <- e
+			}
+		}, func(gap bool) {
+			if gap {
+				gaps <- struct{}{}
+			}
+		})
+	}()
+	defer func() {
+		cancel()
+		<-done
+	}()
+
+	deadline := time.Now().Add(10 * time.Second)
+	var pid uint32
+	for pid == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		pid = st.ListenPID()
+	}
+	if pid == 0 {
+		t.Fatal("listener did not connect")
+	}
+	// The listener's backend shows the ping as its last statement once a
+	// quiet period has passed.
+	var last string
+	for time.Now().Before(deadline) {
+		if err := pool.QueryRow(context.Background(),
+			`select query from pg_stat_activity where pid = $1`, int32(pid)).Scan(&last); err != nil {
+			t.Fatal(err)
+		}
+		if last == "-- ping" {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if last != "-- ping" {
+		t.Fatalf("the quiet listener's last statement is %q, want a ping", last)
+	}
+	time.Sleep(2500 * time.Millisecond) // another quiet period and ping
+	exec(t, pool, `update rpm_users set rpm_limit = 2 where id = $1`, u)
+	select {
+	case <-events:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no event after quiet periods")
+	}
+	if got := st.ListenPID(); got != pid {
+		t.Fatalf("listener reconnected (pid %d -> %d) though its server answered", pid, got)
+	}
+	select {
+	case <-gaps:
+		t.Fatal("onGap called without a reconnect")
+	default:
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"sync/atomic"
+	"time"
 
 	"github.com/caddyrpm/caddy-rpm/snapshot"
 	"github.com/jackc/pgx/v5"
@@ -24,6 +25,12 @@ type Postgres struct {
 	// an invalid IP list entry; nil logs nothing. Set it before calling
 	// Listen.
 	Logger *zap.Logger
+
+	// ListenTimeout bounds the listener's connection setup (taking a
+	// connection, LISTEN) and each of its pings, so a connection stuck on a
+	// dead network path is given up and replaced. Set it before calling
+	// Listen. Default: 2s.
+	ListenTimeout time.Duration
 
 	listenPID atomic.Uint32 // backend pid of the current LISTEN connection
 }

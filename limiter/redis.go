@@ -29,16 +29,20 @@ import (
 // (requests), one after the other, each atomically. Identical checks (same
 // counters, same limits) come as one group of k: the first of them that
 // fit are admitted and the rest refused, exactly as k checks in a row
-// would be, at the cost of one.
+// would be, at the cost of one. A check may also take concurrency slots
+// (see slots_redis.go); such a check is always a group of its own.
 //
-// KEYS: the counter keys of every group, in order. ARGV[1]: the expiry
-// slack in ms; then per group its size k, the number of its counters m
-// and their m limits. Returns one string of space-separated integers (one
-// bulk reply is cheaper to build and to parse than an array): resetMs,
-// then per group "admitted denied count1 ... countm", where admitted is
-// how many of the k were admitted, denied the 1-based index of the first
-// counter the others found full (0 if none), and the counts those before
-// the group.
+// KEYS: per group its counter keys, then its slot set keys. ARGV[1]: the
+// expiry slack in ms; ARGV[2]: the lease length in ms; then per group its
+// size k, the number of its counters m, the number of its slot sets s, the
+// m limits and, if s > 0, the lease member and the s set limits. Returns
+// one string of space-separated integers (one bulk reply is cheaper to
+// build and to parse than an array): resetMs, then per group "admitted
+// denied count1 ... countm", where admitted is how many of the k were
+// admitted, denied the 1-based index of the first counter the others found
+// full (0 if none), and the counts those before the group; a group with
+// slot sets goes on with "deniedSlot held1 ... helds": the 1-based index
+// of the set found full (0 if none) and the sizes of the sets before it.
 //
 // Each counter is read at most once and written at most once per call,
 // however many checks of the call share it.
@@ -47,11 +51,13 @@ local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local w = math.floor(ms / 60000)
 local wend = (w + 1) * 60000
-local count, fresh, dirty = {}, {}, {}
+local lease = tonumber(ARGV[2])
+local count, fresh, dirty, pruned = {}, {}, {}, {}
 local out = {wend - ms}
-local k, a = 0, 2
+local k, a = 0, 3
 while a <= #ARGV do
-  local size, m = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local size, m, s = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  a = a + 3
   local before, limits = {}, {}
   local admitted = size
   for i = 1, m do
@@ -63,7 +69,7 @@ while a <= #ARGV do
       if v[1] and tonumber(v[1]) == w then c = tonumber(v[2]) or 0 else fresh[key] = true end
       count[key] = c
     end
-    before[i], limits[i] = c, tonumber(ARGV[a + 1 + i])
+    before[i], limits[i] = c, tonumber(ARGV[a + i - 1])
     admitted = math.min(admitted, math.max(0, limits[i] - c))
   end
   local denied = 0
@@ -71,6 +77,30 @@ while a <= #ARGV do
     for i = 1, m do
       if before[i] + admitted >= limits[i] then denied = i break end
     end
+  end
+  a = a + m
+  local deniedSlot, held = 0, {}
+  if s > 0 then
+    local member = ARGV[a]
+    for i = 1, s do
+      local key = KEYS[k + m + i]
+      if not pruned[key] then
+        redis.call('ZREMRANGEBYSCORE', key, '-inf', ms)
+        pruned[key] = true
+      end
+      held[i] = redis.call('ZCARD', key)
+      if deniedSlot == 0 and admitted > 0 and held[i] >= tonumber(ARGV[a + i]) then deniedSlot = i end
+    end
+    if deniedSlot > 0 then admitted = 0 end
+    if admitted > 0 then
+      local deadline = string.format('%d', ms + lease)
+      for i = 1, s do
+        local key = KEYS[k + m + i]
+        redis.call('ZADD', key, deadline, member)
+        if redis.call('PTTL', key) < lease then redis.call('PEXPIRE', key, lease) end
+      end
+    end
+    a = a + s + 1
   end
   if admitted > 0 then
     for i = 1, m do
@@ -82,8 +112,11 @@ while a <= #ARGV do
   out[#out + 1] = admitted
   out[#out + 1] = denied
   for i = 1, m do out[#out + 1] = before[i] end
-  k = k + m
-  a = a + m + 2
+  if s > 0 then
+    out[#out + 1] = deniedSlot
+    for i = 1, s do out[#out + 1] = held[i] end
+  end
+  k = k + m + s
 end
 local exp = string.format('%d', wend + tonumber(ARGV[1]))
 for key in pairs(dirty) do
@@ -129,6 +162,7 @@ type Redis struct {
 	slack    int64                     // ms
 	batchers []atomic.Pointer[batcher] // per cluster slot, or one
 	onCall   func(checks int)
+	leases   *leaseKeeper // concurrency slots (slots_redis.go)
 }
 
 // RedisOption configures a Redis limiter.
@@ -152,7 +186,7 @@ func WithOnCall(f func(checks int)) RedisOption {
 
 // NewRedis returns a Limiter backed by client.
 func NewRedis(client redis.UniversalClient, opts ...RedisOption) *Redis {
-	r := &Redis{client: client, slack: DefaultExpirySlack.Milliseconds()}
+	r := &Redis{client: client, slack: DefaultExpirySlack.Milliseconds(), leases: newLeaseKeeper(client)}
 	r.batchers = make([]atomic.Pointer[batcher], 1)
 	if _, ok := client.(*redis.ClusterClient); ok {
 		r.batchers = make([]atomic.Pointer[batcher], 16384)
@@ -206,18 +240,31 @@ func (r *Redis) batcherFor(key string) *batcher {
 // run sends the checks in one script call and stores each one's outcome.
 func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 	groups := groupChecks(checks)
-	n := 0
+	nkeys, nvals := 0, 1
 	for _, g := range groups {
-		n += len(g[0].counters)
+		m, s := len(g[0].counters), len(g[0].slots)
+		nkeys += m + s
+		nvals += 2 + m
+		if s > 0 {
+			nvals += 1 + s
+		}
 	}
-	keys := make([]string, 0, n)
-	args := make([]any, 0, 1+n+2*len(groups))
-	args = append(args, r.slack)
+	keys := make([]string, 0, nkeys)
+	args := make([]any, 0, 2+nkeys+4*len(groups))
+	args = append(args, r.slack, r.leases.cfg.Lease.Milliseconds())
 	for _, g := range groups {
-		args = append(args, len(g), len(g[0].counters))
-		for _, c := range g[0].counters {
+		p := g[0]
+		args = append(args, len(g), len(p.counters), len(p.slots))
+		for _, c := range p.counters {
 			keys = append(keys, c.Key)
 			args = append(args, c.Limit)
+		}
+		if len(p.slots) > 0 {
+			args = append(args, p.member)
+			for _, sl := range p.slots {
+				keys = append(keys, sl.Key)
+				args = append(args, sl.Limit)
+			}
 		}
 	}
 	reply, err := checkScript.Run(ctx, r.client, keys, args...).Text()
@@ -226,7 +273,7 @@ func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 	}
 	var vals []int64
 	if err == nil {
-		vals, err = parseInts(reply, 1+n+2*len(groups))
+		vals, err = parseInts(reply, nvals)
 	}
 	if err != nil {
 		for _, p := range checks {
@@ -251,9 +298,12 @@ func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 			for i := range m {
 				res.Counts[i] = before[i] + add
 			}
-			p.res = res
+			p.res, p.deniedSlot = res, -1
 		}
 		vals = vals[2+m:]
+		if s := len(g[0].slots); s > 0 {
+			vals = g[0].slotOutcome(vals, s)
+		}
 	}
 }
 
@@ -268,7 +318,8 @@ func groupChecks(checks []*pendingCheck) [][]*pendingCheck {
 next:
 	for _, p := range checks {
 		for i, g := range groups {
-			if sameCounters(g[0].counters, p.counters) {
+			// Checks with slots stay alone: each takes its own lease.
+			if len(p.slots) == 0 && len(g[0].slots) == 0 && sameCounters(g[0].counters, p.counters) {
 				groups[i] = append(g, p)
 				continue next
 			}

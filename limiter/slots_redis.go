@@ -1,0 +1,106 @@
+package limiter
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// WithLeases configures the leases of the limiter's concurrency slots
+// (zero fields take their defaults, see LeaseConfig).
+func WithLeases(c LeaseConfig) RedisOption {
+	return func(r *Redis) { r.leases.cfg = c.withDefaults() }
+}
+
+// CheckAcquire implements Acquirer. The counters and the slot sets are
+// decided in one script call, which concurrent checks of the same cluster
+// hash slot may share (see batch.go); a check with slots is never decided
+// together with an identical one, since each takes its own lease.
+//
+// When the answer is lost (timeout, connection lost) the places may have
+// been taken all the same: they are released in the background, and
+// expire after the lease length at the latest.
+func (r *Redis) CheckAcquire(ctx context.Context, counters []Counter, slots []Slot) (AcquireResult, *Lease, error) {
+	return r.acquireBy(ctx, time.Time{}, counters, slots)
+}
+
+// acquireBy is CheckAcquire ending by deadline (zero: none), like checkBy.
+func (r *Redis) acquireBy(ctx context.Context, deadline time.Time, counters []Counter, slots []Slot) (AcquireResult, *Lease, error) {
+	if len(slots) == 0 {
+		res, err := r.checkBy(ctx, deadline, counters)
+		return AcquireResult{Result: res, DeniedSlot: -1}, nil, err
+	}
+	k := r.leases
+	if err := k.start(); err != nil {
+		return refusedAcquire(), nil, unavailable("redis acquire", err)
+	}
+	keys := make([]string, len(slots))
+	for i, s := range slots {
+		keys[i] = s.Key
+	}
+	p := &pendingCheck{counters: counters, slots: slots, member: k.newMember()}
+	start := time.Now()
+	if err := r.batcherFor(keys[0]).do(ctx, deadline, p); err != nil {
+		k.abandon(p.member, keys)
+		return refusedAcquire(), nil, err
+	}
+	res := AcquireResult{Result: p.res, DeniedSlot: p.deniedSlot, InFlight: p.inFlight}
+	if !res.Allowed {
+		return res, nil, nil
+	}
+	return res, k.hold(p.member, keys, start), nil
+}
+
+// slotOutcome reads a check's "deniedSlot held1 ... helds" from the
+// script's reply and returns the rest.
+func (p *pendingCheck) slotOutcome(vals []int64, s int) []int64 {
+	p.deniedSlot = int(vals[0]) - 1
+	p.inFlight = make([]int64, s)
+	for i, n := range vals[1 : 1+s] {
+		if p.res.Allowed {
+			n++
+		}
+		p.inFlight[i] = n
+	}
+	return vals[1+s:]
+}
+
+// peekSlotsScript counts the members of sets whose deadline has not
+// passed, without writing. KEYS: the set keys. Returns {held1, ..., heldN}.
+var peekSlotsScript = redis.NewScript(`#!lua flags=no-writes
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for i = 1, #KEYS do
+  out[i] = redis.call('ZCOUNT', KEYS[i], '(' .. string.format('%d', ms), '+inf')
+end
+return out
+`)
+
+// PeekSlots implements Acquirer.
+func (r *Redis) PeekSlots(ctx context.Context, keys []string) ([]int64, error) {
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	held, err := peekSlotsScript.Run(ctx, r.client, keys).Int64Slice()
+	if err != nil {
+		return nil, unavailable("redis peek slots", err)
+	}
+	if len(held) != len(keys) {
+		return nil, fmt.Errorf("%w: redis peek slots: %d values for %d keys", ErrUnavailable, len(held), len(keys))
+	}
+	return held, nil
+}
+
+// InFlight implements Acquirer.
+func (r *Redis) InFlight() int64 { return r.leases.held.Load() }
+
+// Close stops renewing and releasing leases, after sending the releases
+// still queued. Leases held at that point expire within the lease length.
+// CheckAcquire with slots fails after Close; Check is unaffected.
+func (r *Redis) Close() error {
+	r.leases.close()
+	return nil
+}

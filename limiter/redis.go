@@ -157,6 +157,9 @@ const DefaultExpirySlack = 5 * time.Second
 //
 // Errors wrap ErrUnavailable. Redis itself does not bound call time: give
 // the client ContextTimeoutEnabled and wrap it in a Guarded limiter.
+//
+// Concurrency slots (CheckAcquire) are leases that two goroutines, started
+// by the first acquisition, renew and release (lease.go); Close ends them.
 type Redis struct {
 	client   redis.UniversalClient
 	slack    int64                     // ms

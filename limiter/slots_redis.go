@@ -79,7 +79,8 @@ end
 return out
 `)
 
-// PeekSlots implements Acquirer.
+// PeekSlots implements Acquirer. On a Redis Cluster all keys of one call
+// must share a hash slot (the sets of one user do).
 func (r *Redis) PeekSlots(ctx context.Context, keys []string) ([]int64, error) {
 	if len(keys) == 0 {
 		return nil, nil
@@ -98,7 +99,8 @@ func (r *Redis) PeekSlots(ctx context.Context, keys []string) ([]int64, error) {
 func (r *Redis) InFlight() int64 { return r.leases.held.Load() }
 
 // Close stops renewing and releasing leases, after sending the releases
-// still queued. Leases held at that point expire within the lease length.
+// still queued. Leases held at that point expire within the lease length;
+// releasing them later still sends the release, once, without retries.
 // CheckAcquire with slots fails after Close; Check is unaffected.
 func (r *Redis) Close() error {
 	r.leases.close()

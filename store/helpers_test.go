@@ -3,15 +3,10 @@ package store_test
 import (
 	"context"
 	"math/rand/v2"
-	"strconv"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 )
-
-func itoa(v int64) string { return strconv.FormatInt(v, 10) }
-
-func ptr[T any](v T) *T { return &v }
 
 // randomID returns a large random id. NOTIFY channels are database-wide and
 // other tests share the database, so tests that watch notifications use ids

@@ -142,6 +142,3 @@ values ($1, $2, $3) on conflict (user_id, group_id) do update set rpm_override =
 		t.Fatalf("seed override: %v", err)
 	}
 }
-
-// Ptr returns a pointer to v.
-func Ptr[T any](v T) *T { return &v }

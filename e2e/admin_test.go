@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
@@ -22,31 +23,6 @@ import (
 // request, the admin token and the cache flush. Helpers here are prefixed
 // adm and shared with propagation_test.go, reconnect_test.go and
 // cli_test.go.
-
-// admCaddyfile runs the rpm app on Postgres and Redis with TTLs long enough
-// that no test result can be explained by an expiry, and a Redis timeout
-// long enough that a busy machine never makes a limit check fail open. Extra "rpm" adds lines
-// to the rpm global block.
-const admCaddyfile = `{
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		postgres "{{.DSN}}"
-		redis {{.Redis}}
-		key_prefix {{.Prefix}}
-		# Generous, so load on the test machine never fails a check open.
-		redis_timeout 2s
-		cache {
-			l1_ttl 5m
-			l2_ttl 5m
-			negative_ttl 5m
-		}
-		{{index .Extra "rpm"}}
-	}
-}
-:{{.HTTP}} {
-	rpm
-	reverse_proxy {{.Upstream}}
-}`
 
 // admEnv is one test's Postgres schema, Redis prefix and upstream, shared by
 // the Caddy instances it starts.
@@ -62,17 +38,20 @@ type admEnv struct {
 func admSetup(t *testing.T) *admEnv {
 	t.Helper()
 	pool, dsn := storetest.NewSchema(t)
-	prefix := "rpmtest:" + randomID() + ":"
+	rdb, prefix := redistest.Shared(t)
 	return &admEnv{pool: pool, dsn: dsn, prefix: prefix, ns: pgRedisNS(t, prefix, pool),
-		rdb: newRedis(t, prefix), up: newUpstream(t)}
+		rdb: rdb, up: newUpstream(t)}
 }
 
-// start runs one Caddy instance on the environment; rpmExtra is added to
-// the rpm global options.
-func (e *admEnv) start(t *testing.T, rpmExtra string) *caddyInstance {
+// start runs one Caddy instance on the environment, with TTLs long enough
+// that no test result can be explained by an expiry and a Redis timeout
+// long enough that a busy machine never makes a limit check fail open;
+// global adds lines to the rpm app block.
+func (e *admEnv) start(t *testing.T, global string) *caddyInstance {
 	t.Helper()
-	return startCaddy(t, admCaddyfile, params{DSN: e.dsn, Prefix: e.prefix, Upstream: e.up.URL,
-		Extra: map[string]string{"rpm": rpmExtra}})
+	return startCaddy(t, params{DSN: e.dsn, Prefix: e.prefix, Upstream: e.up.URL,
+		Cache:  "l1_ttl 5m\nl2_ttl 5m\nnegative_ttl 5m",
+		Global: "redis_timeout 2s\n" + global})
 }
 
 func (e *admEnv) exec(t testing.TB, sql string, args ...any) {
@@ -127,24 +106,13 @@ func admDecode(t testing.TB, r response, v any) {
 	}
 }
 
-// admCode returns the error code of an openai-format error body.
-func admCode(r response) string {
-	var b struct {
-		Error struct {
-			Code string `json:"code"`
-		} `json:"error"`
-	}
-	_ = json.Unmarshal([]byte(r.Body), &b)
-	return b.Error.Code
-}
-
 // admExpect sends a request with key through c and checks status and, if
 // code is not "", the error code.
 func admExpect(t testing.TB, c *caddyInstance, key string, status int, code string) {
 	t.Helper()
 	r := c.get(t, "/v1/models", key)
-	if r.Status != status || (code != "" && admCode(r) != code) {
-		t.Fatalf("gateway: status %d code %q, want %d %q: %s", r.Status, admCode(r), status, code, r.Body)
+	if r.Status != status || (code != "" && r.code() != code) {
+		t.Fatalf("gateway: status %d code %q, want %d %q: %s", r.Status, r.code(), status, code, r.Body)
 	}
 }
 
@@ -192,7 +160,7 @@ func TestAdminAPIStatus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := c.admin(t, http.MethodGet, "/admin/users/"+itoa(uid)+"/rpm-status", "")
+	r := c.admin(t, http.MethodGet, "/admin/users/"+testutil.Itoa(uid)+"/rpm-status", "")
 	admWant(t, "rpm-status", r, 200)
 	if ct := r.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
 		t.Errorf("content type %q", ct)
@@ -216,7 +184,7 @@ func TestAdminAPIStatus(t *testing.T) {
 	if err != nil {
 		t.Fatalf("window_resets_at %q: %v", st.WindowResetsAt, err)
 	}
-	windowEnd := before.Truncate(time.Minute).Add(time.Minute)
+	windowEnd := before.Add(redistest.UntilWindowEnd(before))
 	if d := at.Sub(windowEnd); d < -time.Second || d > time.Second {
 		t.Errorf("window_resets_at %s, Redis window ends %s", at, windowEnd.UTC())
 	}
@@ -237,7 +205,7 @@ func TestAdminAPIReplaceOverrides(t *testing.T) {
 	storetest.SeedOverride(t, e.pool, a, g, 5)
 	storetest.SeedOverride(t, e.pool, b, g, 6)
 	c := e.start(t, "")
-	path := "/admin/groups/" + itoa(g) + "/rpm-overrides"
+	path := "/admin/groups/" + testutil.Itoa(g) + "/rpm-overrides"
 
 	r := c.admin(t, http.MethodPut, path, fmt.Sprintf(
 		`{"entries":[{"user_id":%d,"rpm_override":9},{"user_id":%d,"rpm_override":3},{"user_id":%d,"rpm_override":null}]}`, a, cu, b))
@@ -317,7 +285,7 @@ $$`)
 		return n
 	}
 	c := e.start(t, "")
-	path := "/admin/groups/" + itoa(g) + "/rpm-overrides"
+	path := "/admin/groups/" + testutil.Itoa(g) + "/rpm-overrides"
 
 	// Hold a lock that blocks DELETE on the table so the first call stays in
 	// flight while the other nine arrive.
@@ -342,7 +310,7 @@ $$`)
 			results[i] = c.admin(t, http.MethodDelete, path, "")
 		}()
 	}
-	eventually(t, 10*time.Second, func() error {
+	testutil.WaitFor(t, 10*time.Second, func() error {
 		var waiting int
 		if err := e.pool.QueryRow(ctx, `select count(*) from pg_locks
 where relation = 'rpm_user_group_overrides'::regclass and not granted`).Scan(&waiting); err != nil {
@@ -378,7 +346,7 @@ where relation = 'rpm_user_group_overrides'::regclass and not granted`).Scan(&wa
 
 	r := c.admin(t, http.MethodDelete, path, "")
 	admWant(t, "second clear", r, 200)
-	if !strings.Contains(r.Body, `"cleared":0`) || !strings.Contains(r.Body, `"group_id":`+itoa(g)) {
+	if !strings.Contains(r.Body, `"cleared":0`) || !strings.Contains(r.Body, `"group_id":`+testutil.Itoa(g)) {
 		t.Fatalf("second clear: %s", r.Body)
 	}
 	if n := deletes(); n != 2 {
@@ -406,7 +374,7 @@ func TestAdminAPIClearAllAfterAPutRunsItsOwnDelete(t *testing.T) {
 		entries = append(entries, fmt.Sprintf(`{"user_id":%d,"rpm_override":6}`, storetest.SeedUser(t, e.pool, 0)))
 	}
 	c := e.start(t, "")
-	path := "/admin/groups/" + itoa(g) + "/rpm-overrides"
+	path := "/admin/groups/" + testutil.Itoa(g) + "/rpm-overrides"
 
 	// A test transaction takes KEY SHARE locks on the group's three rows: a
 	// delete of them waits for it, while the PUT below (which keeps those
@@ -445,7 +413,7 @@ func TestAdminAPIClearAllAfterAPutRunsItsOwnDelete(t *testing.T) {
 
 	first, second := make(chan response, 1), make(chan response, 1)
 	go func() { first <- c.admin(t, http.MethodDelete, path, "") }()
-	eventually(t, 10*time.Second, func() error {
+	testutil.WaitFor(t, 10*time.Second, func() error {
 		if held() == 0 {
 			return fmt.Errorf("clear #1 does not wait on the lock yet")
 		}
@@ -517,31 +485,31 @@ func TestAdminAPIWritesApplyOnNextRequest(t *testing.T) {
 		admExpect(t, c, k1, 200, "")
 		admExpect(t, c, k1, 429, "GROUP_RPM_EXCEEDED")
 		admExpect(t, c, k1, 429, "GROUP_RPM_EXCEEDED")
-		patch("/admin/groups/"+itoa(g1), `{"rpm_limit":5}`)
+		patch("/admin/groups/"+testutil.Itoa(g1), `{"rpm_limit":5}`)
 		admExpect(t, c, k1, 200, "")
-		patch("/admin/groups/"+itoa(g1), `{"rpm_limit":1}`)
+		patch("/admin/groups/"+testutil.Itoa(g1), `{"rpm_limit":1}`)
 		admExpect(t, c, k1, 429, "GROUP_RPM_EXCEEDED")
-		patch("/admin/groups/"+itoa(g1), `{"status":"disabled","rpm_limit":0}`)
+		patch("/admin/groups/"+testutil.Itoa(g1), `{"status":"disabled","rpm_limit":0}`)
 		admExpect(t, c, k1, 403, "GROUP_DISABLED")
-		patch("/admin/groups/"+itoa(g1), `{"status":"active"}`)
+		patch("/admin/groups/"+testutil.Itoa(g1), `{"status":"active"}`)
 		admExpect(t, c, k1, 200, "")
 	})
 	t.Run("user limit", func(t *testing.T) {
 		admExpect(t, c, k2, 200, "")
 		admExpect(t, c, k2, 429, "USER_RPM_EXCEEDED")
-		patch("/admin/users/"+itoa(u2), `{"rpm_limit":10}`)
+		patch("/admin/users/"+testutil.Itoa(u2), `{"rpm_limit":10}`)
 		admExpect(t, c, k2, 200, "")
-		patch("/admin/users/"+itoa(u2), `{"rpm_limit":2}`)
+		patch("/admin/users/"+testutil.Itoa(u2), `{"rpm_limit":2}`)
 		admExpect(t, c, k2, 429, "USER_RPM_EXCEEDED")
-		patch("/admin/users/"+itoa(u2), `{"status":"disabled","rpm_limit":0}`)
+		patch("/admin/users/"+testutil.Itoa(u2), `{"status":"disabled","rpm_limit":0}`)
 		admExpect(t, c, k2, 403, "USER_DISABLED")
-		patch("/admin/users/"+itoa(u2), `{"status":"active"}`)
+		patch("/admin/users/"+testutil.Itoa(u2), `{"status":"active"}`)
 		admExpect(t, c, k2, 200, "")
 	})
 	t.Run("override set and cleared", func(t *testing.T) {
 		admExpect(t, c, k3, 200, "")
 		admExpect(t, c, k3, 200, "") // (u3, g3) count 2
-		one := "/admin/users/" + itoa(u3) + "/groups/" + itoa(g3) + "/rpm-override"
+		one := "/admin/users/" + testutil.Itoa(u3) + "/groups/" + testutil.Itoa(g3) + "/rpm-override"
 		put(one, `{"rpm_override":2}`)
 		admExpect(t, c, k3, 429, "GROUP_RPM_EXCEEDED")
 		put(one, `{"rpm_override":null}`)
@@ -554,7 +522,7 @@ func TestAdminAPIWritesApplyOnNextRequest(t *testing.T) {
 		admExpect(t, c, k3, 200, "") // count 4
 	})
 	t.Run("replace all and clear all", func(t *testing.T) {
-		all := "/admin/groups/" + itoa(g3) + "/rpm-overrides"
+		all := "/admin/groups/" + testutil.Itoa(g3) + "/rpm-overrides"
 		put(all, fmt.Sprintf(`{"entries":[{"user_id":%d,"rpm_override":1}]}`, u3))
 		admExpect(t, c, k3, 429, "GROUP_RPM_EXCEEDED")
 		put(all, `{"entries":[]}`)
@@ -566,9 +534,9 @@ func TestAdminAPIWritesApplyOnNextRequest(t *testing.T) {
 	})
 	t.Run("key status", func(t *testing.T) {
 		admExpect(t, c, k3, 200, "")
-		patch("/admin/keys/"+itoa(kid3), `{"status":"disabled"}`)
+		patch("/admin/keys/"+testutil.Itoa(kid3), `{"status":"disabled"}`)
 		admExpect(t, c, k3, 401, "API_KEY_DISABLED")
-		patch("/admin/keys/"+itoa(kid3), `{"status":"active"}`)
+		patch("/admin/keys/"+testutil.Itoa(kid3), `{"status":"active"}`)
 		admExpect(t, c, k3, 200, "")
 	})
 }
@@ -584,7 +552,7 @@ func TestAdminAPIToken(t *testing.T) {
 	storetest.SeedOverride(t, e.pool, uid, gid, 4)
 	token := "tok-" + randomID()
 	c := e.start(t, "admin_token "+token)
-	u, g, k := itoa(uid), itoa(gid), itoa(kid)
+	u, g, k := testutil.Itoa(uid), testutil.Itoa(gid), testutil.Itoa(kid)
 
 	routes := []struct{ method, path, body string }{
 		{"GET", "/admin/users/" + u + "/rpm-status", ""},
@@ -688,7 +656,7 @@ func TestAdminAPIFlushAuthCache(t *testing.T) {
 	if left := snaps(); len(left) != 0 {
 		t.Fatalf("L2 snapshots left after the flush: %v", left)
 	}
-	eventually(t, time.Second, func() error {
+	testutil.WaitFor(t, time.Second, func() error {
 		if f := c2.metric(t, "caddy_rpm_invalidations_total", `scope="all"`, `origin="redis"`); f <= flushes2 {
 			return fmt.Errorf("instance 2 got no flush yet")
 		}

@@ -9,25 +9,17 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
 // authFormats are the error formats, each served under /<format>/ by
-// authCaddyfile.
+// authSite.
 var authFormats = []string{"openai", "anthropic", "problem"}
 
-// authCaddyfile has one route per error_format. The Postgres DSN may point
-// at a tcpProxy.
-const authCaddyfile = `{
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		postgres "{{.DSN}}"
-		redis {{.Redis}}
-		key_prefix {{.Prefix}}
-	}
-}
-:{{.HTTP}} {
-	handle /openai/* {
+// authSite has one route per error_format.
+const authSite = `handle /openai/* {
 		rpm {
 			error_format openai
 		}
@@ -44,8 +36,7 @@ const authCaddyfile = `{
 			error_format problem
 		}
 		reverse_proxy {{.Upstream}}
-	}
-}`
+	}`
 
 // authKeyWith seeds a key for uid (in gid if non-nil) and applies set, an
 // SQL "set" clause for its row, e.g. "status = 'disabled'".
@@ -157,10 +148,9 @@ func TestAuthTable(t *testing.T) {
 	// API_KEY_DISABLED (a 401), not USER_DISABLED.
 	both := authKeyWith(t, pool, offUser, &offGroup, "status = 'disabled'")
 
-	prefix := "rpmtest:" + randomID() + ":"
-	newRedis(t, prefix)
+	_, prefix := redistest.Shared(t)
 	up := newUpstream(t)
-	c := startCaddy(t, authCaddyfile, params{DSN: via(pg.Addr), Prefix: prefix, Upstream: up.URL})
+	c := startCaddy(t, params{DSN: via(pg.Addr), Prefix: prefix, Upstream: up.URL, Site: authSite})
 
 	type row struct {
 		name    string
@@ -222,7 +212,7 @@ func TestAuthTable(t *testing.T) {
 		authCheckError(t, c.get(t, "/"+f+"/v1/models", "sk-nope-"+randomID()), f, 401, "INVALID_API_KEY")
 	}
 	pg.Unblock()
-	eventually(t, 10e9, func() error {
+	testutil.WaitFor(t, 10e9, func() error {
 		if r := c.get(t, "/openai/v1/models", fresh); r.Status != 200 {
 			return &authErr{r}
 		}
@@ -232,7 +222,7 @@ func TestAuthTable(t *testing.T) {
 
 type authErr struct{ r response }
 
-func (e *authErr) Error() string { return itoa(int64(e.r.Status)) + " " + e.r.Body }
+func (e *authErr) Error() string { return testutil.Itoa(int64(e.r.Status)) + " " + e.r.Body }
 
 // TestAuthClientIPTrustedProxies checks that IP lists judge Caddy's client
 // IP: the X-Forwarded-For address behind a trusted proxy, the peer address
@@ -242,25 +232,12 @@ func TestAuthClientIPTrustedProxies(t *testing.T) {
 	uid := storetest.SeedUser(t, pool, 0)
 	white := authKeyWith(t, pool, uid, nil, "ip_whitelist = '{203.0.113.0/24}'")
 	black := authKeyWith(t, pool, uid, nil, "ip_blacklist = '{198.51.100.9}'")
-	prefix := "rpmtest:" + randomID() + ":"
-	newRedis(t, prefix)
+	_, prefix := redistest.Shared(t)
 	up := newUpstream(t)
-	const cf = `{
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		postgres "{{.DSN}}"
-		redis {{.Redis}}
-		key_prefix {{.Prefix}}
-	}
-	{{index .Extra "servers"}}
-}
-:{{.HTTP}} {
-	rpm
-	reverse_proxy {{.Upstream}}
-}`
-	trusted := startCaddy(t, cf, params{DSN: dsn, Prefix: prefix, Upstream: up.URL, Extra: map[string]string{
-		"servers": "servers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t\tclient_ip_headers X-Forwarded-For\n\t}"}})
-	plain := startCaddy(t, cf, params{DSN: dsn, Prefix: prefix, Upstream: up.URL, Extra: map[string]string{"servers": ""}})
+	p := params{DSN: dsn, Prefix: prefix, Upstream: up.URL}
+	plain := startCaddy(t, p)
+	p.Options = "servers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t\tclient_ip_headers X-Forwarded-For\n\t}"
+	trusted := startCaddy(t, p)
 
 	check := func(c *caddyInstance, name, key, xff string, want int) {
 		t.Helper()
@@ -298,8 +275,7 @@ func TestAuthPlaceholders(t *testing.T) {
 	authExec(t, pool, "update rpm_groups set platform = 'openai' where id = $1", gid)
 	kid, key := storetest.SeedKey(t, pool, uid, &gid)
 	noGroupKey := authKeyWith(t, pool, uid, nil, "")
-	prefix := "rpmtest:" + randomID() + ":"
-	newRedis(t, prefix)
+	_, prefix := redistest.Shared(t)
 	up := newUpstream(t)
 	const headersUp = `
 			header_up X-Auth-User {http.auth.user.id}
@@ -308,28 +284,18 @@ func TestAuthPlaceholders(t *testing.T) {
 			header_up X-Group {http.rpm.group_name}
 			header_up X-Key-Id {http.rpm.api_key_id}
 			header_up X-Platform {http.rpm.platform}`
-	c := startCaddy(t, `{
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		postgres "{{.DSN}}"
-		redis {{.Redis}}
-		key_prefix {{.Prefix}}
-	}
-}
-:{{.HTTP}} {
-	handle /keep/* {
+	c := startCaddy(t, params{DSN: dsn, Prefix: prefix, Upstream: up.URL, Site: `handle /keep/* {
 		rpm {
 			keep_credentials
 		}
-		reverse_proxy {{.Upstream}} {`+headersUp+`
+		reverse_proxy {{.Upstream}} {` + headersUp + `
 		}
 	}
 	handle {
 		rpm
-		reverse_proxy {{.Upstream}} {`+headersUp+`
+		reverse_proxy {{.Upstream}} {` + headersUp + `
 		}
-	}
-}`, params{DSN: dsn, Prefix: prefix, Upstream: up.URL})
+	}`})
 
 	hdrs := []string{"Authorization: Bearer " + key, "X-Api-Key: " + key}
 	if r := c.do(t, http.MethodGet, "/v1/chat", hdrs...); r.Status != 200 {
@@ -345,8 +311,8 @@ func TestAuthPlaceholders(t *testing.T) {
 	if len(seen) != 3 {
 		t.Fatalf("upstream saw %d requests", len(seen))
 	}
-	want := map[string]string{"X-Auth-User": itoa(uid), "X-User": itoa(uid), "X-Group-Id": itoa(gid),
-		"X-Group": "gpt-team", "X-Key-Id": itoa(kid), "X-Platform": "openai"}
+	want := map[string]string{"X-Auth-User": testutil.Itoa(uid), "X-User": testutil.Itoa(uid), "X-Group-Id": testutil.Itoa(gid),
+		"X-Group": "gpt-team", "X-Key-Id": testutil.Itoa(kid), "X-Platform": "openai"}
 	for i, h := range seen[:2] {
 		for k, v := range want {
 			if got := h.Get(k); got != v {
@@ -360,7 +326,7 @@ func TestAuthPlaceholders(t *testing.T) {
 	if a, x := seen[1].Get("Authorization"), seen[1].Get("X-Api-Key"); a != "Bearer "+key || x != key {
 		t.Errorf("keep_credentials: Authorization %q X-Api-Key %q", a, x)
 	}
-	if g, u := seen[2].Get("X-Group-Id"), seen[2].Get("X-User"); g != "" || u != itoa(uid) {
+	if g, u := seen[2].Get("X-Group-Id"), seen[2].Get("X-User"); g != "" || u != testutil.Itoa(uid) {
 		t.Errorf("no group: X-Group-Id %q X-User %q", g, u)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
@@ -43,12 +44,12 @@ func propFlip(t testing.TB, c *caddyInstance, key string, start time.Time, statu
 	t.Helper()
 	for {
 		r := c.get(t, "/v1/models", key)
-		if r.Status == status && (code == "" || admCode(r) == code) {
+		if r.Status == status && (code == "" || r.code() == code) {
 			return time.Since(start)
 		}
 		if time.Since(start) > 5*time.Second {
 			t.Fatalf("instance %s still answers %d %s after %v, want %d %s; log tail:\n%s",
-				c.URL, r.Status, admCode(r), time.Since(start), status, code, admTail(c, 30))
+				c.URL, r.Status, r.code(), time.Since(start), status, code, admTail(c, 30))
 		}
 	}
 }
@@ -82,17 +83,17 @@ func TestAdminAPIPropagation(t *testing.T) {
 	}
 
 	check("admin PATCH key disabled on instance 1", func() {
-		admWant(t, "patch key", c1.admin(t, http.MethodPatch, "/admin/keys/"+itoa(kid), `{"status":"disabled"}`), 200)
+		admWant(t, "patch key", c1.admin(t, http.MethodPatch, "/admin/keys/"+testutil.Itoa(kid), `{"status":"disabled"}`), 200)
 	}, key, 200, 401, "API_KEY_DISABLED")
 	check("admin PATCH key active on instance 1", func() {
-		admWant(t, "patch key", c1.admin(t, http.MethodPatch, "/admin/keys/"+itoa(kid), `{"status":"active"}`), 200)
+		admWant(t, "patch key", c1.admin(t, http.MethodPatch, "/admin/keys/"+testutil.Itoa(kid), `{"status":"active"}`), 200)
 	}, key, 401, 200, "")
 	check("admin PUT override on instance 1", func() {
 		admWant(t, "put override", c1.admin(t, http.MethodPut,
-			"/admin/users/"+itoa(uid)+"/groups/"+itoa(gLim)+"/rpm-override", `{"rpm_override":1}`), 200)
+			"/admin/users/"+testutil.Itoa(uid)+"/groups/"+testutil.Itoa(gLim)+"/rpm-override", `{"rpm_override":1}`), 200)
 	}, keyLim, 200, 429, "GROUP_RPM_EXCEEDED")
 	check("admin DELETE override set on instance 1", func() {
-		admWant(t, "clear all", c1.admin(t, http.MethodDelete, "/admin/groups/"+itoa(gLim)+"/rpm-overrides", ""), 200)
+		admWant(t, "clear all", c1.admin(t, http.MethodDelete, "/admin/groups/"+testutil.Itoa(gLim)+"/rpm-overrides", ""), 200)
 	}, keyLim, 429, 200, "")
 
 	check("SQL update rpm_api_keys status", func() {

@@ -10,16 +10,18 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
-// routeSite caps /img/* (zone img) and /txt/* (zone txt) tighter than the
-// rest of the API. limit lines come from Extra-like substitution below.
-const routeSite = `handle /img/* {
+// routeSite caps /img/* (zone img, with the imgLimits lines) and /txt/*
+// (zone txt) tighter than the rest of the API.
+func routeSite(imgLimits string) string {
+	return `handle /img/* {
 		rpm {
 			zone img
-			IMG_LIMITS
+			` + imgLimits + `
 		}
 		reverse_proxy {{.Upstream}}
 	}
@@ -34,11 +36,12 @@ const routeSite = `handle /img/* {
 		rpm
 		reverse_proxy {{.Upstream}}
 	}`
+}
 
 func routeCaddy(t testing.TB, e *limEnv, imgLimits string) *caddyInstance {
 	t.Helper()
 	// A generous redis_timeout: see exactGlobal.
-	return e.caddy(t, "", exactGlobal, strings.Replace(routeSite, "IMG_LIMITS", imgLimits, 1))
+	return e.caddy(t, "", exactGlobal, routeSite(imgLimits))
 }
 
 // TestRouteLimitUser: `limit user 3` in zone img with a user limit of 100.
@@ -85,7 +88,7 @@ func TestRouteLimitUser(t *testing.T) {
 	limExpect(t, c, "/img/x", key, []int{429}, "ROUTE_RPM_EXCEEDED")
 
 	// rpm-status lists the zones this instance configured.
-	st := c.admin(t, http.MethodGet, "/admin/users/"+itoa(uid)+"/rpm-status", "")
+	st := c.admin(t, http.MethodGet, "/admin/users/"+testutil.Itoa(uid)+"/rpm-status", "")
 	if st.Status != 200 {
 		t.Fatalf("rpm-status: %d %s", st.Status, st.Body)
 	}

@@ -16,25 +16,10 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/caddyrpm/caddy-rpm/internal/browsertest"
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
-
-// uibCaddyfile is a gateway on Postgres and Redis; Extra "token" adds an
-// admin_token.
-const uibCaddyfile = `{
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		postgres "{{.DSN}}"
-		redis {{.Redis}}
-		key_prefix {{.Prefix}}
-		{{index .Extra "token"}}
-	}
-}
-:{{.HTTP}} {
-	rpm
-	reverse_proxy {{.Upstream}}
-}`
 
 // uibStatus is the JSON of GET /admin/users/{id}/rpm-status.
 type uibStatus struct {
@@ -54,7 +39,7 @@ type uibStatus struct {
 
 func uibGetStatus(t *testing.T, c *caddyInstance, uid int64, headers ...string) uibStatus {
 	t.Helper()
-	r := c.admin(t, http.MethodGet, "/admin/users/"+itoa(uid)+"/rpm-status", "", headers...)
+	r := c.admin(t, http.MethodGet, "/admin/users/"+testutil.Itoa(uid)+"/rpm-status", "", headers...)
 	if r.Status != http.StatusOK {
 		t.Fatalf("rpm-status of user %d: %d %s", uid, r.Status, r.Body)
 	}
@@ -70,7 +55,7 @@ func uibLimitText(n int64) string {
 	if n == 0 {
 		return "unlimited"
 	}
-	return itoa(n)
+	return testutil.Itoa(n)
 }
 
 // uibOverrides reads the group's overrides from the database.
@@ -147,11 +132,9 @@ func TestUIBrowserAdminPage(t *testing.T) {
 	storetest.SeedOverride(t, pool, userB, g1, 20)
 	storetest.SeedOverride(t, pool, userA, g2, 30)
 
-	prefix := "rpmtest:" + randomID() + ":"
-	rdb := newRedis(t, prefix)
+	rdb, prefix := redistest.Shared(t)
 	up := newUpstream(t)
-	c := startCaddy(t, uibCaddyfile, params{DSN: dsn, Prefix: prefix, Upstream: up.URL,
-		Extra: map[string]string{"token": ""}})
+	c := startCaddy(t, params{DSN: dsn, Prefix: prefix, Upstream: up.URL})
 
 	b := brwNew(t)
 	brwOpen(b, c)
@@ -175,24 +158,24 @@ func TestUIBrowserAdminPage(t *testing.T) {
 			t.Fatalf("rpm-status after traffic: %+v, want 5 used, 3 in group %d and 2 in group %d", st, g1, g2)
 		}
 
-		b.TypeInto("#user-id", itoa(userA))
+		b.TypeInto("#user-id", testutil.Itoa(userA))
 		b.Click("#lookup")
 		b.WaitJS(`!document.getElementById('user-status').hidden &&
 			document.querySelectorAll('#per-group tr[data-group-id]').length === 2`)
 		b.Shot("lookup")
 
 		// Every number on the page against the JSON the test fetched.
-		b.ExpectText("#user-used", itoa(st.UserRPMUsed))
+		b.ExpectText("#user-used", testutil.Itoa(st.UserRPMUsed))
 		b.ExpectText("#user-limit", uibLimitText(st.UserRPMLimit))
 		var rows []string
 		b.Eval(`[...document.querySelectorAll('#per-group tr[data-group-id]')].map(r => r.dataset.groupId)`, &rows)
 		var want []string
 		for _, g := range st.PerGroup {
-			want = append(want, itoa(g.GroupID))
+			want = append(want, testutil.Itoa(g.GroupID))
 			row := fmt.Sprintf(`#per-group tr[data-group-id="%d"]`, g.GroupID)
-			b.ExpectText(row+" td:nth-child(1)", itoa(g.GroupID))
+			b.ExpectText(row+" td:nth-child(1)", testutil.Itoa(g.GroupID))
 			b.ExpectText(row+" td:nth-child(2)", g.GroupName)
-			b.ExpectText(row+" td.used", itoa(g.Used))
+			b.ExpectText(row+" td.used", testutil.Itoa(g.Used))
 			b.ExpectText(row+" td.limit", uibLimitText(g.Limit))
 			b.ExpectText(row+" td.source", g.Source)
 		}
@@ -221,9 +204,9 @@ func TestUIBrowserAdminPage(t *testing.T) {
 
 	t.Run("edit two overrides and save", func(t *testing.T) {
 		b.SetT(t)
-		b.TypeInto("#group-id", itoa(g1))
+		b.TypeInto("#group-id", testutil.Itoa(g1))
 		b.Click("#open-group")
-		b.WaitJS(`document.getElementById('group-label').textContent === '` + itoa(g1) + `' &&
+		b.WaitJS(`document.getElementById('group-label').textContent === '` + testutil.Itoa(g1) + `' &&
 			document.querySelectorAll('#overrides tr').length === 2`)
 		b.Shot("group-opened")
 
@@ -265,7 +248,7 @@ func TestUIBrowserAdminPage(t *testing.T) {
 
 	t.Run("clear all double click", func(t *testing.T) {
 		b.SetT(t)
-		uri := "/admin/groups/" + itoa(g1) + "/rpm-overrides"
+		uri := "/admin/groups/" + testutil.Itoa(g1) + "/rpm-overrides"
 		deletesBefore := countDeletes()
 		httpBefore := uibMethods(brwAdminRequests(t, c, uri), http.MethodDelete)
 
@@ -386,13 +369,12 @@ func TestUIBrowserAdminPage(t *testing.T) {
 	t.Run("admin token asked once", func(t *testing.T) {
 		b.SetT(t)
 		token := "uib-" + randomID() + randomID()
-		tc := startCaddy(t, uibCaddyfile, params{DSN: dsn, Prefix: prefix, Upstream: up.URL,
-			Extra: map[string]string{"token": "admin_token " + token}})
-		if r := tc.admin(t, http.MethodGet, "/admin/users/"+itoa(userA)+"/rpm-status", ""); r.Status != http.StatusUnauthorized {
+		tc := startCaddy(t, params{DSN: dsn, Prefix: prefix, Upstream: up.URL, Global: "admin_token " + token})
+		if r := tc.admin(t, http.MethodGet, "/admin/users/"+testutil.Itoa(userA)+"/rpm-status", ""); r.Status != http.StatusUnauthorized {
 			t.Fatalf("rpm-status without token: %d, want 401", r.Status)
 		}
 		brwOpen(b, tc)
-		b.TypeInto("#user-id", itoa(userA))
+		b.TypeInto("#user-id", testutil.Itoa(userA))
 		b.Click("#lookup")
 		b.WaitJS(`!document.getElementById('token-box').hidden`)
 		b.ExpectText("#message", "Admin token required or wrong. Enter the admin token above.")
@@ -403,13 +385,13 @@ func TestUIBrowserAdminPage(t *testing.T) {
 		b.WaitJS(`document.getElementById('token-box').hidden &&
 			document.querySelectorAll('#per-group tr[data-group-id]').length === 2`)
 		st := uibGetStatus(t, tc, userA, "Authorization: Bearer "+token)
-		b.ExpectText("#user-used", itoa(st.UserRPMUsed))
+		b.ExpectText("#user-used", testutil.Itoa(st.UserRPMUsed))
 		b.Shot("token-lookup")
 
 		// A write works too, with no second prompt.
-		b.TypeInto("#group-id", itoa(g2))
+		b.TypeInto("#group-id", testutil.Itoa(g2))
 		b.Click("#open-group")
-		b.WaitJS(`document.getElementById('group-label').textContent === '` + itoa(g2) + `' &&
+		b.WaitJS(`document.getElementById('group-label').textContent === '` + testutil.Itoa(g2) + `' &&
 			document.querySelectorAll('#overrides tr').length === 1`)
 		b.TypeInto(fmt.Sprintf(`#overrides tr[data-user-id="%d"] input.override-value`, userA), "35")
 		b.Click("#save")
@@ -478,16 +460,5 @@ func uibKeysFileCaddy(t *testing.T, prefix, upstream string) *caddyInstance {
 	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return startCaddy(t, `{
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		keys_file {{index .Extra "file"}}
-		redis {{.Redis}}
-		key_prefix {{.Prefix}}
-	}
-}
-:{{.HTTP}} {
-	rpm
-	reverse_proxy {{.Upstream}}
-}`, params{Prefix: prefix, Upstream: upstream, Extra: map[string]string{"file": path}})
+	return startCaddy(t, params{KeysFile: path, Prefix: prefix, Upstream: upstream})
 }

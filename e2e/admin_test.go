@@ -61,29 +61,6 @@ func (e *admEnv) exec(t testing.TB, sql string, args ...any) {
 	}
 }
 
-// overrides reads a group's overrides straight from the database.
-func (e *admEnv) overrides(t testing.TB, gid int64) map[int64]int64 {
-	t.Helper()
-	rows, err := e.pool.Query(context.Background(),
-		`select user_id, rpm_override from rpm_user_group_overrides where group_id = $1`, gid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	out := map[int64]int64{}
-	for rows.Next() {
-		var u, v int64
-		if err := rows.Scan(&u, &v); err != nil {
-			t.Fatal(err)
-		}
-		out[u] = v
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
 // admWant fails unless r has the status.
 func admWant(t testing.TB, what string, r response, status int) {
 	t.Helper()
@@ -211,7 +188,7 @@ func TestAdminAPIReplaceOverrides(t *testing.T) {
 		`{"entries":[{"user_id":%d,"rpm_override":9},{"user_id":%d,"rpm_override":3},{"user_id":%d,"rpm_override":null}]}`, a, cu, b))
 	admWant(t, "replace", r, 200)
 	want := map[int64]int64{a: 9, cu: 3}
-	if got := e.overrides(t, g); fmt.Sprint(got) != fmt.Sprint(want) {
+	if got := storetest.Overrides(t, e.pool, g); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("db after replace: %v, want %v", got, want)
 	}
 	var body struct {
@@ -241,7 +218,7 @@ func TestAdminAPIReplaceOverrides(t *testing.T) {
 		if name == "negative" && r.Status != 400 {
 			t.Errorf("negative: status %d, want 400", r.Status)
 		}
-		if got := e.overrides(t, g); fmt.Sprint(got) != fmt.Sprint(want) {
+		if got := storetest.Overrides(t, e.pool, g); fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Fatalf("%s changed the database: %v, want %v", name, got, want)
 		}
 	}
@@ -249,7 +226,7 @@ func TestAdminAPIReplaceOverrides(t *testing.T) {
 
 	// An empty set removes everything.
 	admWant(t, "replace with []", c.admin(t, http.MethodPut, path, `{"entries":[]}`), 200)
-	if got := e.overrides(t, g); len(got) != 0 {
+	if got := storetest.Overrides(t, e.pool, g); len(got) != 0 {
 		t.Fatalf("db after replace with []: %v", got)
 	}
 }
@@ -259,7 +236,6 @@ func TestAdminAPIReplaceOverrides(t *testing.T) {
 // statement in Postgres (counted by a statement-level trigger).
 func TestAdminAPIClearAll(t *testing.T) {
 	e := admSetup(t)
-	ctx := context.Background()
 	g := storetest.SeedGroup(t, e.pool, "", 10)
 	other := storetest.SeedGroup(t, e.pool, "", 10)
 	for range 3 {
@@ -267,40 +243,13 @@ func TestAdminAPIClearAll(t *testing.T) {
 		storetest.SeedOverride(t, e.pool, u, g, 4)
 		storetest.SeedOverride(t, e.pool, u, other, 4)
 	}
-	e.exec(t, `create table rpm_test_delete_statements (at timestamptz not null default clock_timestamp())`)
-	e.exec(t, `create function rpm_test_count_delete() returns trigger
-language plpgsql set search_path from current as $$
-begin
-	insert into rpm_test_delete_statements default values;
-	return null;
-end
-$$`)
-	e.exec(t, `create trigger rpm_test_count_delete after delete on rpm_user_group_overrides
-	for each statement execute function rpm_test_count_delete()`)
-	deletes := func() int {
-		var n int
-		if err := e.pool.QueryRow(ctx, `select count(*) from rpm_test_delete_statements`).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
+	deletes := storetest.CountOverrideDeletes(t, e.pool)
 	c := e.start(t, "")
 	path := "/admin/groups/" + testutil.Itoa(g) + "/rpm-overrides"
 
 	// Hold a lock that blocks DELETE on the table so the first call stays in
 	// flight while the other nine arrive.
-	lockConn, err := e.pool.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lockConn.Release()
-	tx, err := lockConn.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, `lock table rpm_user_group_overrides in share row exclusive mode`); err != nil {
-		t.Fatal(err)
-	}
+	hold := storetest.HoldLock(t, e.pool, `lock table rpm_user_group_overrides in share row exclusive mode`)
 	var wg sync.WaitGroup
 	results := make([]response, 10)
 	for i := range results {
@@ -310,21 +259,9 @@ $$`)
 			results[i] = c.admin(t, http.MethodDelete, path, "")
 		}()
 	}
-	testutil.WaitFor(t, 10*time.Second, func() error {
-		var waiting int
-		if err := e.pool.QueryRow(ctx, `select count(*) from pg_locks
-where relation = 'rpm_user_group_overrides'::regclass and not granted`).Scan(&waiting); err != nil {
-			return err
-		}
-		if waiting == 0 {
-			return fmt.Errorf("no DELETE waits on the lock yet")
-		}
-		return nil
-	})
+	hold.WaitFor(1)         // a DELETE waits on the lock
 	time.Sleep(time.Second) // the other nine requests arrive meanwhile
-	if err := tx.Rollback(ctx); err != nil {
-		t.Fatal(err)
-	}
+	hold.Release()
 	wg.Wait()
 	for i, r := range results {
 		admWant(t, fmt.Sprintf("concurrent clear %d", i), r, 200)
@@ -337,10 +274,10 @@ where relation = 'rpm_user_group_overrides'::regclass and not granted`).Scan(&wa
 	if n := deletes(); n != 1 {
 		t.Fatalf("ten concurrent clears ran %d DELETE statements, want 1", n)
 	}
-	if got := e.overrides(t, g); len(got) != 0 {
+	if got := storetest.Overrides(t, e.pool, g); len(got) != 0 {
 		t.Fatalf("overrides left after clear: %v", got)
 	}
-	if got := e.overrides(t, other); len(got) != 3 {
+	if got := storetest.Overrides(t, e.pool, other); len(got) != 3 {
 		t.Fatalf("other group's overrides: %v, want 3 untouched", got)
 	}
 
@@ -362,7 +299,6 @@ where relation = 'rpm_user_group_overrides'::regclass and not granted`).Scan(&wa
 // clear reports what it deleted.
 func TestAdminAPIClearAllAfterAPutRunsItsOwnDelete(t *testing.T) {
 	e := admSetup(t)
-	ctx := context.Background()
 	g := storetest.SeedGroup(t, e.pool, "", 10)
 	var entries []string
 	for range 3 {
@@ -380,54 +316,20 @@ func TestAdminAPIClearAllAfterAPutRunsItsOwnDelete(t *testing.T) {
 	// delete of them waits for it, while the PUT below (which keeps those
 	// rows at their values and adds two) does not, since its upsert locks
 	// them in a mode KEY SHARE allows.
-	lockConn, err := e.pool.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lockConn.Release()
-	tx, err := lockConn.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = tx.Rollback(ctx) }()
-	var lockPID int32
-	if err := tx.QueryRow(ctx, `select pg_backend_pid()`).Scan(&lockPID); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, `select 1 from rpm_user_group_overrides where group_id = $1 for key share`, g); err != nil {
-		t.Fatal(err)
-	}
-	// held counts the sessions waiting on the lock, directly or behind
-	// another waiter (a second delete queues behind the first one's row lock).
-	held := func() int {
-		var n int
-		if err := e.pool.QueryRow(ctx, `with recursive w(pid) as (
-	select pid from pg_stat_activity where $1 = any(pg_blocking_pids(pid))
-	union
-	select a.pid from pg_stat_activity a join w on w.pid = any(pg_blocking_pids(a.pid))
-) select count(*) from w`, lockPID).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
+	hold := storetest.HoldLock(t, e.pool, `select 1 from rpm_user_group_overrides where group_id = $1 for key share`, g)
 
 	first, second := make(chan response, 1), make(chan response, 1)
 	go func() { first <- c.admin(t, http.MethodDelete, path, "") }()
-	testutil.WaitFor(t, 10*time.Second, func() error {
-		if held() == 0 {
-			return fmt.Errorf("clear #1 does not wait on the lock yet")
-		}
-		return nil
-	})
+	hold.WaitFor(1) // clear #1 waits on the lock
 	put := c.admin(t, http.MethodPut, path, `{"entries":[`+strings.Join(entries, ",")+`]}`)
 	admWant(t, "PUT while clear #1 is held", put, 200)
-	if got := e.overrides(t, g); len(got) != 5 {
+	if got := storetest.Overrides(t, e.pool, g); len(got) != 5 {
 		t.Fatalf("after the PUT: %v, want 5 overrides", got)
 	}
 	go func() { second <- c.admin(t, http.MethodDelete, path, "") }()
 	// Its own delete waits on the lock too; a joined #2 sends none, so wait
 	// a bounded while rather than for ever.
-	for deadline := time.Now().Add(3 * time.Second); held() < 2 && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(3 * time.Second); hold.Waiting() < 2 && time.Now().Before(deadline); {
 		time.Sleep(20 * time.Millisecond)
 	}
 	select {
@@ -435,16 +337,14 @@ func TestAdminAPIClearAllAfterAPutRunsItsOwnDelete(t *testing.T) {
 		t.Fatalf("clear #1 answered while held: %d %s", r.Status, r.Body)
 	default:
 	}
-	if err := tx.Rollback(ctx); err != nil {
-		t.Fatal(err)
-	}
+	hold.Release()
 	var res [2]struct{ GroupID, Cleared int64 }
 	for i, ch := range []chan response{first, second} {
 		r := <-ch
 		admWant(t, fmt.Sprintf("clear #%d", i+1), r, 200)
 		admDecode(t, r, &res[i])
 	}
-	if got := e.overrides(t, g); len(got) != 0 {
+	if got := storetest.Overrides(t, e.pool, g); len(got) != 0 {
 		t.Errorf("overrides left after both clears answered: %v", got)
 	}
 	if res[0].Cleared != 3 || res[1].Cleared != 2 {
@@ -588,7 +488,7 @@ func TestAdminAPIToken(t *testing.T) {
 	for _, p := range []string{"/admin/nope", "/admin/users/abc/rpm-status"} {
 		admWant(t, "GET "+p+" without token", c.admin(t, http.MethodGet, p, ""), 401)
 	}
-	if got := e.overrides(t, gid); got[uid] != 4 || len(got) != 1 {
+	if got := storetest.Overrides(t, e.pool, gid); got[uid] != 4 || len(got) != 1 {
 		t.Fatalf("refused calls changed the overrides: %v", got)
 	}
 
@@ -597,7 +497,7 @@ func TestAdminAPIToken(t *testing.T) {
 		r := c.admin(t, rt.method, rt.path, rt.body, good)
 		admWant(t, rt.method+" "+rt.path+" with the token", r, 200)
 	}
-	if got := e.overrides(t, gid); len(got) != 0 {
+	if got := storetest.Overrides(t, e.pool, gid); len(got) != 0 {
 		t.Fatalf("clear all with the token left %v", got)
 	}
 	admExpect(t, c, key, 200, "")

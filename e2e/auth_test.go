@@ -122,8 +122,7 @@ func authCheckError(t testing.TB, r response, format string, status int, code st
 // every error format, end to end, including the store outage row.
 func TestAuthTable(t *testing.T) {
 	pool, dsn := storetest.NewSchema(t)
-	target, via := proxiedDSN(t, dsn)
-	pg := newTCPProxy(t, target)
+	pg, viaPG := proxiedPostgres(t, dsn)
 
 	uid := storetest.SeedUser(t, pool, 0)
 	gid := storetest.SeedGroup(t, pool, "auth", 0)
@@ -150,7 +149,7 @@ func TestAuthTable(t *testing.T) {
 
 	_, prefix := redistest.Shared(t)
 	up := newUpstream(t)
-	c := startCaddy(t, params{DSN: via(pg.Addr), Prefix: prefix, Upstream: up.URL, Site: authSite})
+	c := startCaddy(t, params{DSN: viaPG, Prefix: prefix, Upstream: up.URL, Site: authSite})
 
 	type row struct {
 		name    string

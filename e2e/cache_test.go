@@ -155,8 +155,7 @@ const cacheStatsFlush = 12 * time.Second
 // per-group override and for one without.
 func TestCacheSteadyStateNoStoreQueries(t *testing.T) {
 	pool, dsn := storetest.NewSchema(t)
-	target, via := proxiedDSN(t, dsn)
-	pg := newTCPProxy(t, target)
+	pg, viaPG := proxiedPostgres(t, dsn)
 	gid := storetest.SeedGroup(t, pool, "steady", 0)
 	withOverride := storetest.SeedUser(t, pool, 0)
 	storetest.SeedOverride(t, pool, withOverride, gid, 100000)
@@ -165,7 +164,7 @@ func TestCacheSteadyStateNoStoreQueries(t *testing.T) {
 	_, kWithout := storetest.SeedKey(t, pool, without, &gid)
 	_, prefix := redistest.Shared(t)
 	up := newUpstream(t)
-	c := startCaddy(t, params{DSN: via(pg.Addr), Prefix: prefix, Upstream: up.URL, Cache: "l1_ttl 5m"})
+	c := startCaddy(t, params{DSN: viaPG, Prefix: prefix, Upstream: up.URL, Cache: "l1_ttl 5m"})
 
 	// Postgres publishes a backend's statistics up to ~10s late, so each
 	// reading waits for the counters to settle.

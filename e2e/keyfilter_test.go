@@ -131,13 +131,12 @@ func kfSeedKey(t testing.TB, pool *pgxpool.Pool, userID int64, groupID *int64, c
 // and no new Redis key in all; a real key keeps working.
 func TestKeyFilterRandomKeys(t *testing.T) {
 	pool, dsn := storetest.NewSchema(t)
-	target, via := proxiedDSN(t, dsn)
-	pg := newTCPProxy(t, target)
+	pg, viaPG := proxiedPostgres(t, dsn)
 	uid := storetest.SeedUser(t, pool, 0)
 	_, real := storetest.SeedKey(t, pool, uid, nil)
 	rdb, prefix := redistest.Shared(t)
 	up := newUpstream(t)
-	c := startCaddy(t, params{DSN: via(pg.Addr), Prefix: prefix, Upstream: up.URL, Cache: "l1_ttl 5m"})
+	c := startCaddy(t, params{DSN: viaPG, Prefix: prefix, Upstream: up.URL, Cache: "l1_ttl 5m"})
 	if r := c.get(t, "/v1/x", real); r.Status != 200 {
 		t.Fatalf("real key: %d %s", r.Status, r.Body)
 	}
@@ -291,13 +290,12 @@ func TestKeyFilterNewKeysEverywhere(t *testing.T) {
 // store load.
 func TestKeyFilterNotBuiltRefusesNothing(t *testing.T) {
 	pool, dsn := storetest.NewSchema(t)
-	target, via := proxiedDSN(t, dsn)
-	pg := newTCPProxy(t, target)
+	pg, viaPG := proxiedPostgres(t, dsn)
 	uid := storetest.SeedUser(t, pool, 0)
 	_, real := storetest.SeedKey(t, pool, uid, nil)
 	up := newUpstream(t)
 	pg.Block()
-	c := startCaddy(t, params{DSN: via(pg.Addr), Prefix: "rpmtest:", Upstream: up.URL, Redis: "off"})
+	c := startCaddy(t, params{DSN: viaPG, Prefix: "rpmtest:", Upstream: up.URL, Redis: "off"})
 	for _, k := range []string{real, kfRandomKey(t)} {
 		authCheckError(t, c.get(t, "/v1/x", k), "openai", 503, "AUTH_UNAVAILABLE")
 	}
@@ -319,12 +317,11 @@ func TestKeyFilterNotBuiltRefusesNothing(t *testing.T) {
 // back, the filter is rebuilt and the key is admitted.
 func TestKeyFilterRebuiltAfterListenerGap(t *testing.T) {
 	pool, dsn := storetest.NewSchema(t)
-	target, via := proxiedDSN(t, dsn)
-	pg := newTCPProxy(t, target)
+	pg, viaPG := proxiedPostgres(t, dsn)
 	uid := storetest.SeedUser(t, pool, 0)
 	_, prefix := redistest.Shared(t)
 	up := newUpstream(t)
-	c := startCaddy(t, params{DSN: via(pg.Addr), Prefix: prefix, Upstream: up.URL})
+	c := startCaddy(t, params{DSN: viaPG, Prefix: prefix, Upstream: up.URL})
 	kfWaitFilter(t, c)
 	builds := c.metric(t, "caddy_rpm_key_filter_builds_total", `result="ok"`)
 

@@ -16,14 +16,13 @@ import (
 // still 401. There is no Redis, so L2 cannot answer.
 func TestOutagePostgres(t *testing.T) {
 	pool, dsn := storetest.NewSchema(t)
-	target, via := proxiedDSN(t, dsn)
-	pg := newTCPProxy(t, target)
+	pg, viaPG := proxiedPostgres(t, dsn)
 	uid := storetest.SeedUser(t, pool, 0)
 	gid := storetest.SeedGroup(t, pool, "outage", 0)
 	_, cached := storetest.SeedKey(t, pool, uid, &gid)
 	_, uncached := storetest.SeedKey(t, pool, uid, &gid)
 	up := newUpstream(t)
-	c := startCaddy(t, params{DSN: via(pg.Addr), Redis: "off", Upstream: up.URL,
+	c := startCaddy(t, params{DSN: viaPG, Redis: "off", Upstream: up.URL,
 		Cache: "l1_ttl 1s\nstale_if_error 1m"})
 
 	if r := c.get(t, "/v1/x", cached); r.Status != 200 {

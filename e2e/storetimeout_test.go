@@ -68,8 +68,7 @@ func stallWant(r response, d time.Duration, err error, status int, code string) 
 // new keys are admitted and the listener delivers changes again.
 func TestStoreTimeoutStalledPostgres(t *testing.T) {
 	pool, dsn := storetest.NewSchema(t)
-	target, via := proxiedDSN(t, dsn)
-	pg := newTCPProxy(t, target)
+	pg, viaPG := proxiedPostgres(t, dsn)
 	uid := storetest.SeedUser(t, pool, 0)
 	gid := storetest.SeedGroup(t, pool, "stall", 0)
 	freshID, fresh := storetest.SeedKey(t, pool, uid, &gid)
@@ -80,7 +79,7 @@ func TestStoreTimeoutStalledPostgres(t *testing.T) {
 	_, after := storetest.SeedKey(t, pool, uid, &gid)
 	rdb, prefix := redistest.Shared(t)
 	up := newUpstream(t)
-	c := startCaddy(t, params{DSN: via(pg.Addr), Prefix: prefix, Upstream: up.URL,
+	c := startCaddy(t, params{DSN: viaPG, Prefix: prefix, Upstream: up.URL,
 		Global: "store_timeout " + stallStoreTimeout.String(),
 		Cache:  "l1_ttl 1s\njitter 0%\nstale_if_error 1m"})
 	ctx := context.Background()

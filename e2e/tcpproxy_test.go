@@ -186,18 +186,16 @@ func abort(c net.Conn) {
 	_ = c.Close()
 }
 
-// proxiedDSN returns dsn with its host:port replaced by the proxy's, and
-// the original host:port.
-func proxiedDSN(t testing.TB, dsn string) (target string, via func(addr string) string) {
+// proxiedPostgres puts a tcpProxy in front of the Postgres server of dsn
+// and returns the proxy and dsn with the proxy's address in place of the
+// server's.
+func proxiedPostgres(t testing.TB, dsn string) (*tcpProxy, string) {
 	t.Helper()
 	u, err := url.Parse(dsn)
 	if err != nil {
 		t.Fatalf("parse dsn: %v", err)
 	}
-	target = u.Host
-	return target, func(addr string) string {
-		v := *u
-		v.Host = addr
-		return v.String()
-	}
+	pg := newTCPProxy(t, u.Host)
+	u.Host = pg.Addr
+	return pg, u.String()
 }

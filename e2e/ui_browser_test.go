@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -12,8 +11,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/caddyrpm/caddy-rpm/internal/browsertest"
 	"github.com/caddyrpm/caddy-rpm/internal/testutil"
@@ -58,59 +55,6 @@ func uibLimitText(n int64) string {
 	return testutil.Itoa(n)
 }
 
-// uibOverrides reads the group's overrides from the database.
-func uibOverrides(t *testing.T, pool *pgxpool.Pool, gid int64) map[int64]int64 {
-	t.Helper()
-	rows, err := pool.Query(context.Background(),
-		`select user_id, rpm_override from rpm_user_group_overrides where group_id = $1`, gid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	out := map[int64]int64{}
-	for rows.Next() {
-		var u, v int64
-		if err := rows.Scan(&u, &v); err != nil {
-			t.Fatal(err)
-		}
-		out[u] = v
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-// uibCountDeletes installs a statement-level trigger that counts DELETE
-// statements on the overrides table, and returns a function reading the
-// count. A "clear all" runs exactly one such statement.
-func uibCountDeletes(t *testing.T, pool *pgxpool.Pool) func() int64 {
-	t.Helper()
-	ctx := context.Background()
-	for _, q := range []string{
-		`create table uib_delete_statements (at timestamptz not null default clock_timestamp())`,
-		`create function uib_count_delete() returns trigger language plpgsql set search_path from current as $$
-begin
-	insert into uib_delete_statements default values;
-	return null;
-end $$`,
-		`create trigger uib_count_delete after delete on rpm_user_group_overrides
-	for each statement execute function uib_count_delete()`,
-	} {
-		if _, err := pool.Exec(ctx, q); err != nil {
-			t.Fatalf("install delete counter: %v", err)
-		}
-	}
-	return func() int64 {
-		t.Helper()
-		var n int64
-		if err := pool.QueryRow(ctx, `select count(*) from uib_delete_statements`).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
-}
-
 // TestUIBrowserAdminPage drives the admin web page in headless Chromium
 // against a real Caddy on real Postgres and Redis: a status lookup matches
 // the JSON API, edited overrides are stored and enforced, Clear all sends
@@ -120,7 +64,7 @@ func TestUIBrowserAdminPage(t *testing.T) {
 	browsertest.RequireChromium(t)
 
 	pool, dsn := storetest.NewSchema(t)
-	countDeletes := uibCountDeletes(t, pool)
+	countDeletes := storetest.CountOverrideDeletes(t, pool)
 	userA := storetest.SeedUser(t, pool, 100)
 	userB := storetest.SeedUser(t, pool, 100)
 	g1 := storetest.SeedGroup(t, pool, "uib-alpha-"+randomID(), 50)
@@ -219,7 +163,7 @@ func TestUIBrowserAdminPage(t *testing.T) {
 		b.WaitJS(`document.getElementById('message').textContent.includes('Saved 2 overrides')`)
 		b.Shot("overrides-saved")
 
-		if got, want := uibOverrides(t, pool, g1), map[int64]int64{userA: 10, userB: 2}; !reflect.DeepEqual(got, want) {
+		if got, want := storetest.Overrides(t, pool, g1), map[int64]int64{userA: 10, userB: 2}; !reflect.DeepEqual(got, want) {
 			t.Fatalf("overrides of group %d in the database: %v, want %v", g1, got, want)
 		}
 
@@ -254,15 +198,7 @@ func TestUIBrowserAdminPage(t *testing.T) {
 
 		// A test transaction locks the overrides table, so the DELETE stays
 		// in flight (its statement waits) until the test lets it go.
-		ctx := context.Background()
-		lockTx, err := pool.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() { _ = lockTx.Rollback(ctx) }()
-		if _, err := lockTx.Exec(ctx, `lock table rpm_user_group_overrides in share row exclusive mode`); err != nil {
-			t.Fatal(err)
-		}
+		hold := storetest.HoldLock(t, pool, `lock table rpm_user_group_overrides in share row exclusive mode`)
 
 		b.DoubleClick("#clear-all")
 		// Read the state while the DELETE is in flight.
@@ -293,12 +229,10 @@ func TestUIBrowserAdminPage(t *testing.T) {
 		if !st.Disabled {
 			t.Errorf("button enabled again before the DELETE answered")
 		}
-		if got := uibOverrides(t, pool, g1); len(got) != 2 {
+		if got := storetest.Overrides(t, pool, g1); len(got) != 2 {
 			t.Errorf("overrides %v already gone while the DELETE should still be held by the lock", got)
 		}
-		if err := lockTx.Rollback(ctx); err != nil {
-			t.Fatal(err)
-		}
+		hold.Release()
 
 		b.WaitJS(`document.getElementById('message').textContent.includes('Cleared 2 overrides')`)
 		b.WaitJS(`!document.getElementById('clear-all').disabled`)
@@ -311,7 +245,7 @@ func TestUIBrowserAdminPage(t *testing.T) {
 		b.ExpectVisible("#overrides-empty")
 		b.Shot("cleared")
 
-		if got := uibOverrides(t, pool, g1); len(got) != 0 {
+		if got := storetest.Overrides(t, pool, g1); len(got) != 0 {
 			t.Errorf("overrides of group %d in the database after clear: %v, want none", g1, got)
 		}
 		if n := uibMethods(brwAdminRequests(t, c, uri), http.MethodDelete) - httpBefore; n != 1 {
@@ -327,7 +261,7 @@ func TestUIBrowserAdminPage(t *testing.T) {
 			document.querySelector('` + row + ` td.source').textContent === 'group'`)
 		b.Shot("status-refreshed")
 		// g2 is untouched.
-		if got := uibOverrides(t, pool, g2); !reflect.DeepEqual(got, map[int64]int64{userA: 30}) {
+		if got := storetest.Overrides(t, pool, g2); !reflect.DeepEqual(got, map[int64]int64{userA: 30}) {
 			t.Errorf("overrides of group %d: %v, want only A's 30", g2, got)
 		}
 	})
@@ -402,7 +336,7 @@ func TestUIBrowserAdminPage(t *testing.T) {
 		if !prompt {
 			t.Errorf("token box shown again after the token was given")
 		}
-		if got := uibOverrides(t, pool, g2); !reflect.DeepEqual(got, map[int64]int64{userA: 35}) {
+		if got := storetest.Overrides(t, pool, g2); !reflect.DeepEqual(got, map[int64]int64{userA: 35}) {
 			t.Errorf("overrides of group %d after the save with a token: %v, want A: 35", g2, got)
 		}
 

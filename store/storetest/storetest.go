@@ -142,3 +142,27 @@ values ($1, $2, $3) on conflict (user_id, group_id) do update set rpm_override =
 		t.Fatalf("seed override: %v", err)
 	}
 }
+
+// Overrides reads the group's RPM overrides, user id to value, straight
+// from the database.
+func Overrides(t testing.TB, pool *pgxpool.Pool, groupID int64) map[int64]int64 {
+	t.Helper()
+	rows, err := pool.Query(context.Background(),
+		`select user_id, rpm_override from rpm_user_group_overrides where group_id = $1`, groupID)
+	if err != nil {
+		t.Fatalf("read overrides: %v", err)
+	}
+	defer rows.Close()
+	out := map[int64]int64{}
+	for rows.Next() {
+		var u, v int64
+		if err := rows.Scan(&u, &v); err != nil {
+			t.Fatalf("read overrides: %v", err)
+		}
+		out[u] = v
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatalf("read overrides: %v", err)
+	}
+	return out
+}

@@ -3,7 +3,9 @@
 package testutil
 
 import (
+	"bytes"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 )
@@ -32,4 +34,24 @@ func WaitFor(t testing.TB, timeout time.Duration, cond func() error) {
 		}
 		time.Sleep(interval)
 	}
+}
+
+// SyncBuffer is a bytes.Buffer that a child process may write while the
+// test reads it.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *SyncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+// String returns what was written so far.
+func (b *SyncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

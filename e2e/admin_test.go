@@ -54,13 +54,6 @@ func (e *admEnv) start(t *testing.T, global string) *caddyInstance {
 		Global: "redis_timeout 2s\n" + global})
 }
 
-func (e *admEnv) exec(t testing.TB, sql string, args ...any) {
-	t.Helper()
-	if _, err := e.pool.Exec(context.Background(), sql, args...); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
-}
-
 // admWant fails unless r has the status.
 func admWant(t testing.TB, what string, r response, status int) {
 	t.Helper()

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -44,18 +43,9 @@ func authKeyWith(t testing.TB, pool *pgxpool.Pool, uid int64, gid *int64, set st
 	t.Helper()
 	id, raw := storetest.SeedKey(t, pool, uid, gid)
 	if set != "" {
-		if _, err := pool.Exec(context.Background(), "update rpm_api_keys set "+set+" where id = $1", id); err != nil {
-			t.Fatalf("update key: %v", err)
-		}
+		storetest.Exec(t, pool, "update rpm_api_keys set "+set+" where id = $1", id)
 	}
 	return raw
-}
-
-func authExec(t testing.TB, pool *pgxpool.Pool, sql string, args ...any) {
-	t.Helper()
-	if _, err := pool.Exec(context.Background(), sql, args...); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
 }
 
 // authCheckError asserts a refusal: status, code, the body shape of the
@@ -137,10 +127,10 @@ func TestAuthTable(t *testing.T) {
 	black := authKeyWith(t, pool, uid, &gid, "ip_blacklist = '{127.0.0.0/24}'")
 	blackOther := authKeyWith(t, pool, uid, &gid, "ip_blacklist = '{192.0.2.1}'")
 	offUser := storetest.SeedUser(t, pool, 0)
-	authExec(t, pool, "update rpm_users set status = 'disabled' where id = $1", offUser)
+	storetest.Exec(t, pool, "update rpm_users set status = 'disabled' where id = $1", offUser)
 	userOff := authKeyWith(t, pool, offUser, &gid, "")
 	offGroup := storetest.SeedGroup(t, pool, "off", 0)
-	authExec(t, pool, "update rpm_groups set status = 'disabled' where id = $1", offGroup)
+	storetest.Exec(t, pool, "update rpm_groups set status = 'disabled' where id = $1", offGroup)
 	groupOff := authKeyWith(t, pool, uid, &offGroup, "")
 	noGroup := authKeyWith(t, pool, uid, nil, "")
 	// The first failing check wins: a disabled key of a disabled user is
@@ -271,7 +261,7 @@ func TestAuthPlaceholders(t *testing.T) {
 	pool, dsn := storetest.NewSchema(t)
 	uid := storetest.SeedUser(t, pool, 0)
 	gid := storetest.SeedGroup(t, pool, "gpt-team", 0)
-	authExec(t, pool, "update rpm_groups set platform = 'openai' where id = $1", gid)
+	storetest.Exec(t, pool, "update rpm_groups set platform = 'openai' where id = $1", gid)
 	kid, key := storetest.SeedKey(t, pool, uid, &gid)
 	noGroupKey := authKeyWith(t, pool, uid, nil, "")
 	_, prefix := redistest.Shared(t)

@@ -97,9 +97,7 @@ func TestCacheNegativeEntry(t *testing.T) {
 	// next rebuild. Wait until the delete's notification is applied, so it
 	// cannot drop the negative entry below.
 	events := kfKeyEvents(t, c)
-	if _, err := pool.Exec(context.Background(), `delete from rpm_api_keys where id = $1`, kid); err != nil {
-		t.Fatal(err)
-	}
+	storetest.Exec(t, pool, `delete from rpm_api_keys where id = $1`, kid)
 	kfWaitKeyEvents(t, c, events)
 	loads := cacheLoads(t, c)
 

@@ -266,16 +266,16 @@ func TestKeyFilterNewKeysEverywhere(t *testing.T) {
 		hashes = append(hashes, h[:])
 	}
 	start = time.Now()
-	e.exec(t, `insert into rpm_api_keys (key_hash, user_id) select h, $2 from unnest($1::bytea[]) h`, hashes, uid)
+	storetest.Exec(t, e.pool, `insert into rpm_api_keys (key_hash, user_id) select h, $2 from unnest($1::bytea[]) h`, hashes, uid)
 	expect("SQL insert of 70 keys", bulk[len(bulk)-1], start, 200, "")
 	expect("SQL insert of 70 keys", bulk[0], start, 200, "")
 
 	start = time.Now()
-	e.exec(t, `update rpm_api_keys set status = 'disabled' where id = $1`, kid)
+	storetest.Exec(t, e.pool, `update rpm_api_keys set status = 'disabled' where id = $1`, kid)
 	expect("SQL disable", raw, start, 401, "API_KEY_DISABLED")
 
 	start = time.Now()
-	e.exec(t, `delete from rpm_api_keys where id = $1`, kid)
+	storetest.Exec(t, e.pool, `delete from rpm_api_keys where id = $1`, kid)
 	expect("SQL delete", raw, start, 401, "INVALID_API_KEY")
 	if n := e.rdb.Exists(ctx, snap+store.HashKey(raw)).Val(); n != 0 {
 		t.Fatal("the deleted key's negative entry went to Redis")

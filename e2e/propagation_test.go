@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"net/http"
 	"slices"
 	"testing"
@@ -97,29 +96,29 @@ func TestAdminAPIPropagation(t *testing.T) {
 	}, keyLim, 429, 200, "")
 
 	check("SQL update rpm_api_keys status", func() {
-		e.exec(t, `update rpm_api_keys set status = 'disabled' where id = $1`, kid)
+		storetest.Exec(t, e.pool, `update rpm_api_keys set status = 'disabled' where id = $1`, kid)
 	}, key, 200, 401, "API_KEY_DISABLED")
 	check("SQL update rpm_api_keys status back", func() {
-		e.exec(t, `update rpm_api_keys set status = 'active' where id = $1`, kid)
+		storetest.Exec(t, e.pool, `update rpm_api_keys set status = 'active' where id = $1`, kid)
 	}, key, 401, 200, "")
 
 	// The override lifts the group's limit of 1; the counter already
 	// holds more than 1 when the row goes.
 	check("SQL delete override row", func() {
-		e.exec(t, `delete from rpm_user_group_overrides where user_id = $1 and group_id = $2`, uid, gOv)
+		storetest.Exec(t, e.pool, `delete from rpm_user_group_overrides where user_id = $1 and group_id = $2`, uid, gOv)
 	}, keyOv, 200, 429, "GROUP_RPM_EXCEEDED")
 	check("SQL insert override row", func() {
-		e.exec(t, `insert into rpm_user_group_overrides (user_id, group_id, rpm_override) values ($1, $2, 1000000)`, uid, gOv)
+		storetest.Exec(t, e.pool, `insert into rpm_user_group_overrides (user_id, group_id, rpm_override) values ($1, $2, 1000000)`, uid, gOv)
 	}, keyOv, 429, 200, "")
 
 	check("SQL update group limit", func() {
-		e.exec(t, `update rpm_groups set rpm_limit = 1 where id = $1`, gLim)
+		storetest.Exec(t, e.pool, `update rpm_groups set rpm_limit = 1 where id = $1`, gLim)
 	}, keyLim, 200, 429, "GROUP_RPM_EXCEEDED")
 	check("SQL update group limit back", func() {
-		e.exec(t, `update rpm_groups set rpm_limit = 1000000 where id = $1`, gLim)
+		storetest.Exec(t, e.pool, `update rpm_groups set rpm_limit = 1000000 where id = $1`, gLim)
 	}, keyLim, 429, 200, "")
 	check("SQL update user status", func() {
-		e.exec(t, `update rpm_users set status = 'disabled' where id = $1`, uid)
+		storetest.Exec(t, e.pool, `update rpm_users set status = 'disabled' where id = $1`, uid)
 	}, key, 200, 403, "USER_DISABLED")
 }
 
@@ -145,9 +144,7 @@ func TestAdminAPIPropagationLatency(t *testing.T) {
 		// Timed from just before the autocommit UPDATE is sent, so the
 		// figure includes the commit itself.
 		start := time.Now()
-		if _, err := e.pool.Exec(context.Background(), sql, kid); err != nil {
-			t.Fatal(err)
-		}
+		storetest.Exec(t, e.pool, sql, kid)
 		lat = append(lat, propFlip(t, c2, key, start, next, code))
 		status = next
 	}

@@ -167,7 +167,7 @@ func TestAdminAPIReconnect(t *testing.T) {
 	}
 	// Revoke the key while both instances are deaf: its notification is
 	// lost on both, and the L2 entry nobody deleted still says active.
-	e.exec(t, `update rpm_api_keys set status = 'disabled' where id = $1`, kid)
+	storetest.Exec(t, e.pool, `update rpm_api_keys set status = 'disabled' where id = $1`, kid)
 
 	reconListeners(t, e, c1, pg1, rd1)
 	reconListeners(t, e, c2, pg2, rd2)
@@ -182,7 +182,7 @@ func TestAdminAPIReconnect(t *testing.T) {
 	propWarm(t, c1, key, 401)
 	propWarm(t, c2, key, 401)
 	start := time.Now()
-	e.exec(t, `update rpm_api_keys set status = 'active' where id = $1`, kid)
+	storetest.Exec(t, e.pool, `update rpm_api_keys set status = 'active' where id = $1`, kid)
 	if d := propFlip(t, c2, key, start, 200, ""); d > propWithin {
 		t.Errorf("SQL change after the reconnect reached instance 2 after %v", d)
 	} else {

@@ -91,9 +91,7 @@ func TestStoreTimeoutStalledPostgres(t *testing.T) {
 	admExpect(t, c, fresh, 200, "")
 	setStatus := func(t *testing.T, status string) {
 		t.Helper()
-		if _, err := pool.Exec(ctx, `update rpm_api_keys set status = $1 where id = $2`, status, freshID); err != nil {
-			t.Fatal(err)
-		}
+		storetest.Exec(t, pool, `update rpm_api_keys set status = $1 where id = $2`, status, freshID)
 	}
 	flip := func(t *testing.T, what string, within time.Duration, status int, code string) time.Duration {
 		t.Helper()

@@ -80,7 +80,7 @@ func TestListenReconnects(t *testing.T) {
 	}
 	expectEvent := func(limit int64) {
 		t.Helper()
-		exec(t, pool, `update rpm_users set rpm_limit = $2 where id = $1`, u, limit)
+		storetest.Exec(t, pool, `update rpm_users set rpm_limit = $2 where id = $1`, u, limit)
 		select {
 		case e := <-events:
 			if e != (store.Event{Scope: store.ScopeUser, ID: u}) {
@@ -176,7 +176,7 @@ func TestListenPingsWhenQuiet(t *testing.T) {
 		return nil
 	})
 	time.Sleep(2500 * time.Millisecond) // another quiet period and ping
-	exec(t, pool, `update rpm_users set rpm_limit = 2 where id = $1`, u)
+	storetest.Exec(t, pool, `update rpm_users set rpm_limit = 2 where id = $1`, u)
 	select {
 	case <-events:
 	case <-time.After(5 * time.Second):

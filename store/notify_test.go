@@ -79,7 +79,7 @@ func TestTriggers(t *testing.T) {
 
 	check := func(name string, want []string, sql string, args ...any) {
 		t.Helper()
-		exec(t, pool, sql, args...)
+		storetest.Exec(t, pool, sql, args...)
 		got := w.collect(t, 300*time.Millisecond, mine)
 		if !slices.Equal(got, want) {
 			t.Errorf("%s: payloads %q, want %q", name, got, want)
@@ -120,9 +120,9 @@ func TestTriggerBulkOverrideDelete(t *testing.T) {
 	pool, _ := storetest.NewSchema(t)
 	g := groupWithID(t, pool, randomID(), 20)
 	base := randomID()
-	exec(t, pool, `insert into rpm_users (id) select $1::bigint + i from generate_series(1, 1000) i`, base)
+	storetest.Exec(t, pool, `insert into rpm_users (id) select $1::bigint + i from generate_series(1, 1000) i`, base)
 	w := newWatcher(t, pool)
-	exec(t, pool, `insert into rpm_user_group_overrides (user_id, group_id, rpm_override)
+	storetest.Exec(t, pool, `insert into rpm_user_group_overrides (user_id, group_id, rpm_override)
 		select $1::bigint + i, $2, i from generate_series(1, 1000) i`, base, g)
 	keep := func(p string) bool {
 		if p == "group:"+testutil.Itoa(g) {
@@ -135,7 +135,7 @@ func TestTriggerBulkOverrideDelete(t *testing.T) {
 	if got := w.collect(t, 500*time.Millisecond, keep); !slices.Equal(got, []string{"group:" + testutil.Itoa(g)}) {
 		t.Fatalf("bulk insert: %d payloads %q, want one group payload", len(got), trim(got))
 	}
-	if n := exec(t, pool, `delete from rpm_user_group_overrides where group_id = $1`, g); n != 1000 {
+	if n := storetest.Exec(t, pool, `delete from rpm_user_group_overrides where group_id = $1`, g); n != 1000 {
 		t.Fatalf("deleted %d rows", n)
 	}
 	if got := w.collect(t, 500*time.Millisecond, keep); !slices.Equal(got, []string{"group:" + testutil.Itoa(g)}) {

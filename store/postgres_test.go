@@ -46,7 +46,7 @@ func TestLoadSnapshot(t *testing.T) {
 	noGroup, rawNoGroup := storetest.SeedKey(t, pool, uid, nil)
 	uid2 := storetest.SeedUser(t, pool, 5)
 	noOverride, rawNoOverride := storetest.SeedKey(t, pool, uid2, &gid)
-	exec(t, pool, `update rpm_api_keys set ip_whitelist = '{10.0.0.0/8}', ip_blacklist = '{10.1.2.3}',
+	storetest.Exec(t, pool, `update rpm_api_keys set ip_whitelist = '{10.0.0.0/8}', ip_blacklist = '{10.1.2.3}',
 		quota = 2.5, quota_used = 1, expires_at = '2030-01-02T03:04:05Z' where id = $1`, withOverride)
 
 	t.Run("with override", func(t *testing.T) {
@@ -462,7 +462,7 @@ func TestLoadSnapshotInvalidIPListFailsClosed(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			kid, raw := storetest.SeedKey(t, pool, uid, nil)
-			exec(t, pool, `update rpm_api_keys set `+tc.set+` where id = $1`, kid)
+			storetest.Exec(t, pool, `update rpm_api_keys set `+tc.set+` where id = $1`, kid)
 			before := logs.Len()
 			s, err := st.LoadSnapshot(ctx, store.HashKey(raw))
 			if err != nil {

@@ -166,3 +166,14 @@ func Overrides(t testing.TB, pool *pgxpool.Pool, groupID int64) map[int64]int64 
 	}
 	return out
 }
+
+// Exec runs a statement and returns the number of rows it affected; an
+// error fails the test.
+func Exec(t testing.TB, pool *pgxpool.Pool, sql string, args ...any) int64 {
+	t.Helper()
+	tag, err := pool.Exec(context.Background(), sql, args...)
+	if err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return tag.RowsAffected()
+}

@@ -64,27 +64,22 @@ func authCheckError(t testing.TB, r response, format string, status int, code st
 	ct := r.Header.Get("Content-Type")
 	str := func(m map[string]any, k string) string { s, _ := m[k].(string); return s }
 	switch format {
-	case "openai":
+	case "openai", "anthropic":
 		e, ok := body["error"].(map[string]any)
-		if !ok || len(body) != 1 {
-			t.Fatalf("openai body %s", r.Body)
+		// openai's body is {"error": {...}} alone; anthropic's has
+		// "type": "error" besides.
+		shape := len(body) == 1
+		if format == "anthropic" {
+			shape = body["type"] == "error"
+		}
+		if !ok || !shape {
+			t.Fatalf("%s body %s", format, r.Body)
 		}
 		if str(e, "code") != code || str(e, "type") != wantType || str(e, "message") == "" {
-			t.Fatalf("openai error %s, want code %s type %s", r.Body, code, wantType)
+			t.Fatalf("%s error %s, want code %s type %s", format, r.Body, code, wantType)
 		}
 		if !strings.HasPrefix(ct, "application/json") {
-			t.Fatalf("openai content type %q", ct)
-		}
-	case "anthropic":
-		e, ok := body["error"].(map[string]any)
-		if !ok || body["type"] != "error" {
-			t.Fatalf("anthropic body %s", r.Body)
-		}
-		if str(e, "code") != code || str(e, "type") != wantType || str(e, "message") == "" {
-			t.Fatalf("anthropic error %s, want code %s type %s", r.Body, code, wantType)
-		}
-		if !strings.HasPrefix(ct, "application/json") {
-			t.Fatalf("anthropic content type %q", ct)
+			t.Fatalf("%s content type %q", format, ct)
 		}
 	case "problem":
 		if ct != "application/problem+json" {

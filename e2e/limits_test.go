@@ -192,40 +192,56 @@ func limHit(url, key string) (int, error) {
 	return resp.StatusCode, nil
 }
 
+// limTally counts the statuses of concurrent requests, and the errors of
+// those that got none.
+type limTally struct {
+	mu       sync.Mutex
+	statuses map[int]int
+	errs     []error
+}
+
+func (c *limTally) add(status int, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		c.errs = append(c.errs, err)
+		return
+	}
+	if c.statuses == nil {
+		c.statuses = map[int]int{}
+	}
+	c.statuses[status]++
+}
+
+// check fails the test if a request got no answer.
+func (c *limTally) check(t testing.TB) {
+	t.Helper()
+	if len(c.errs) > 0 {
+		t.Fatalf("%d request errors, first: %v", len(c.errs), c.errs[0])
+	}
+}
+
 // limBurst runs workers goroutines of perWorker requests each, spreading
 // them round-robin over urls, and returns how many got each status.
 func limBurst(t testing.TB, urls []string, key string, workers, perWorker int) map[int]int {
 	t.Helper()
 	var (
-		mu       sync.Mutex
-		statuses = map[int]int{}
-		errs     []error
-		wg       sync.WaitGroup
-		start    = make(chan struct{})
+		tally limTally
+		wg    sync.WaitGroup
+		start = make(chan struct{})
 	)
 	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			<-start
 			for i := range perWorker {
-				st, err := limHit(urls[(w*perWorker+i)%len(urls)], key)
-				mu.Lock()
-				if err != nil {
-					errs = append(errs, err)
-				} else {
-					statuses[st]++
-				}
-				mu.Unlock()
+				tally.add(limHit(urls[(w*perWorker+i)%len(urls)], key))
 			}
-		}()
+		})
 	}
 	close(start)
 	wg.Wait()
-	if len(errs) > 0 {
-		t.Fatalf("%d request errors, first: %v", len(errs), errs[0])
-	}
-	return statuses
+	tally.check(t)
+	return tally.statuses
 }
 
 // TestLimitsTable walks the table of spec §6 through Caddy, reading the

@@ -220,7 +220,7 @@ func TestAuthClientIPTrustedProxies(t *testing.T) {
 	up := newUpstream(t)
 	p := params{DSN: dsn, Prefix: prefix, Upstream: up.URL}
 	plain := startCaddy(t, p)
-	p.Options = "servers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t\tclient_ip_headers X-Forwarded-For\n\t}"
+	p.Options = "servers {\n\ttrusted_proxies static 127.0.0.1/32\n\tclient_ip_headers X-Forwarded-For\n}"
 	trusted := startCaddy(t, p)
 
 	check := func(c *caddyInstance, name, key, xff string, want int) {

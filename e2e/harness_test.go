@@ -114,10 +114,16 @@ type caddyInstance struct {
 
 // caddyfile is the one Caddyfile of the tests: an admin endpoint, the rpm
 // app and one site. params fill it; empty fields leave their lines out.
-var caddyfile = template.Must(template.New("Caddyfile").Option("missingkey=error").Parse(`{
+var caddyfile = template.Must(template.New("Caddyfile").Option("missingkey=error").Funcs(template.FuncMap{
+	// indent puts n tabs before every line of a multi-line option after the
+	// first, so that the rendered file (in a failing test's log) reads well.
+	"indent": func(n int, s string) string {
+		return strings.ReplaceAll(strings.TrimSpace(s), "\n", "\n"+strings.Repeat("\t", n))
+	},
+}).Parse(`{
 	admin {{if .Admin}}127.0.0.1:{{.Admin}}{{else}}off{{end}}
 {{- with .Options}}
-	{{.}}
+	{{indent 1 .}}
 {{- end}}
 	rpm {
 {{- with .DSN}}
@@ -134,11 +140,11 @@ var caddyfile = template.Must(template.New("Caddyfile").Option("missingkey=error
 {{- end}}
 {{- with .Cache}}
 		cache {
-			{{.}}
+			{{indent 3 .}}
 		}
 {{- end}}
 {{- with .Global}}
-		{{.}}
+		{{indent 2 .}}
 {{- end}}
 	}
 }
@@ -147,7 +153,7 @@ var caddyfile = template.Must(template.New("Caddyfile").Option("missingkey=error
 	{{.Site}}
 {{- else}}
 	rpm{{with .RPM}} {
-		{{.}}
+		{{indent 2 .}}
 	}{{end}}
 	{{if .Upstream}}reverse_proxy {{.Upstream}}{{else}}respond "ok"{{end}}
 {{- end}}

@@ -24,7 +24,7 @@ func failSetup(t *testing.T, mode string) (*redistest.Server, *limEnv, *caddyIns
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1})
 	t.Cleanup(func() { rdb.Close() })
 	e := newLimEnvOn(t, rdb)
-	c := e.caddy(t, srv.Addr, fmt.Sprintf("redis_timeout %s\n\t\ton_redis_error %s", failTimeout, mode), "")
+	c := e.caddy(t, srv.Addr, fmt.Sprintf("redis_timeout %s\non_redis_error %s", failTimeout, mode), "")
 	uid := storetest.SeedUser(t, e.pool, 3)
 	_, key := e.seedKey(t, uid, nil)
 	redistest.WaitForWindow(t, rdb, 20*time.Second)

@@ -3,9 +3,6 @@ package e2e
 import (
 	"encoding/json"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -175,23 +172,18 @@ func TestRouteZoneShared(t *testing.T) {
 func TestRouteConfigErrors(t *testing.T) {
 	for name, tc := range map[string]struct{ block, want string }{
 		"no_zone":         {"limit user 3", "needs a 'zone'"},
-		"zero":            {"zone img\n\t\tlimit user 0", "at least 1"},
-		"negative":        {"zone img\n\t\tlimit key -2", "at least 1"},
-		"unknown_scope":   {"zone img\n\t\tlimit group 3", "must be user or key"},
-		"duplicate_scope": {"zone img\n\t\tlimit user 3\n\t\tlimit user 4", "duplicate limit"},
+		"zero":            {"zone img\nlimit user 0", "at least 1"},
+		"negative":        {"zone img\nlimit key -2", "at least 1"},
+		"unknown_scope":   {"zone img\nlimit group 3", "must be user or key"},
+		"duplicate_scope": {"zone img\nlimit user 3\nlimit user 4", "duplicate limit"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			dir := t.TempDir()
-			cfg := filepath.Join(dir, "Caddyfile")
-			src := "{\n\trpm {\n\t\tkeys_file keys.json\n\t}\n}\n:8080 {\n\trpm {\n\t\t" + tc.block + "\n\t}\n\trespond ok\n}\n"
-			if err := os.WriteFile(cfg, []byte(src), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			out, err := exec.Command(caddyBin, "adapt", "--config", cfg).CombinedOutput()
+			cfg := writeCaddyfile(t, t.TempDir(), params{KeysFile: "keys.json", Redis: "off", RPM: tc.block})
+			out, err := runCaddyCommand(t, "adapt", "--config", cfg)
 			if err == nil {
-				t.Fatalf("caddy adapt accepted:\n%s\n%s", src, out)
+				t.Fatalf("caddy adapt accepted the route limits %q:\n%s", tc.block, out)
 			}
-			if !strings.Contains(string(out), tc.want) || !strings.Contains(string(out), "Caddyfile:") {
+			if !strings.Contains(out, tc.want) || !strings.Contains(out, "Caddyfile:") {
 				t.Fatalf("caddy adapt error does not name the problem and line:\n%s", out)
 			}
 		})

@@ -107,7 +107,6 @@ type caddyInstance struct {
 	AdminPort int
 	logPath   string
 	cfgPath   string
-	params    params // what the Caddyfile was rendered from
 	cmd       *exec.Cmd
 	done      chan struct{}
 }
@@ -222,9 +221,7 @@ func startCaddy(t testing.TB, p params) *caddyInstance {
 	t.Helper()
 	p.HTTP, p.Admin = freePort(t), freePort(t)
 	dir := t.TempDir()
-	c := runCaddy(t, dir, writeCaddyfile(t, dir, p), p.HTTP, p.Admin)
-	c.params = p
-	return c
+	return runCaddy(t, dir, writeCaddyfile(t, dir, p), p.HTTP, p.Admin)
 }
 
 // reload renders p on the instance's ports over its Caddyfile and runs
@@ -238,9 +235,10 @@ func (c *caddyInstance) reload(t testing.TB, p params) {
 	if err != nil {
 		t.Fatalf("reload: %v\n%s", err, out)
 	}
-	c.params = p
 }
 
+// runCaddy runs `caddy run` on cfgPath in dir and waits until it listens
+// on httpPort.
 func runCaddy(t testing.TB, dir, cfgPath string, httpPort, adminPort int) *caddyInstance {
 	t.Helper()
 	logPath := filepath.Join(dir, "caddy.log")

@@ -14,6 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 )
 
@@ -61,7 +62,7 @@ func TestRedisSlots(t *testing.T) {
 		testSlotModel(t, b, other, func(t *testing.T) {
 			// Every release sent: the set holds exactly the leases held.
 			want := b.acq.InFlight() + other.InFlight()
-			eventually(t, 2*time.Second, b.heldIs(t, b.keys.UserSlots(4), want))
+			testutil.WaitFor(t, 2*time.Second, b.heldIs(t, b.keys.UserSlots(4), want))
 		})
 	})
 	t.Run("concurrent", func(t *testing.T) {
@@ -130,7 +131,7 @@ func TestRedisSlotsDeadInstance(t *testing.T) {
 		t.Fatal("admitted while the dead instance's lease runs")
 	}
 	var back *Lease
-	eventually(t, 3*time.Second, func() error {
+	testutil.WaitFor(t, 3*time.Second, func() error {
 		res, l := acquire(t, live, nil, ss)
 		if !res.Allowed {
 			return errors.New("the dead instance's place is still taken")
@@ -142,7 +143,7 @@ func TestRedisSlotsDeadInstance(t *testing.T) {
 		t.Errorf("place came back after %v, lease %v", d, short.Lease)
 	}
 	back.Release()
-	eventually(t, 2*time.Second, func() error {
+	testutil.WaitFor(t, 2*time.Second, func() error {
 		if n := rawHeld(t, c, ss[0].Key); n != 0 {
 			return fmt.Errorf("set holds %d", n)
 		}
@@ -237,7 +238,7 @@ func TestRedisReleasesBatched(t *testing.T) {
 		l.Release()
 	}
 	for uid := range int64(2) {
-		eventually(t, 2*time.Second, func() error {
+		testutil.WaitFor(t, 2*time.Second, func() error {
 			if n := rawHeld(t, c, keys.UserSlots(uid)); n != 0 {
 				return fmt.Errorf("user %d's set holds %d", uid, n)
 			}
@@ -273,7 +274,7 @@ func TestRedisReleaseRetried(t *testing.T) {
 	}
 	time.Sleep(time.Second) // several sends time out
 	srv.Resume()
-	eventually(t, 3*time.Second, func() error {
+	testutil.WaitFor(t, 3*time.Second, func() error {
 		if n := rawHeld(t, c, ss[0].Key); n != 0 {
 			return fmt.Errorf("set holds %d after Redis came back", n)
 		}
@@ -318,7 +319,7 @@ func TestRedisLostAnswerReleased(t *testing.T) {
 		t.Fatalf("CheckAcquire with its answer lost: %v, %v; want ErrUnavailable", lease, err)
 	}
 	for _, s := range ss {
-		eventually(t, 2*time.Second, func() error {
+		testutil.WaitFor(t, 2*time.Second, func() error {
 			if n := rawHeld(t, c, s.Key); n != 0 {
 				return fmt.Errorf("set %s holds %d", s.Key, n)
 			}
@@ -348,7 +349,7 @@ func TestRedisSlotsAfterClose(t *testing.T) {
 		t.Fatalf("Check after Close: %+v, %v", res, err)
 	}
 	lease.Release() // still sent, once
-	eventually(t, 2*time.Second, func() error {
+	testutil.WaitFor(t, 2*time.Second, func() error {
 		if n := rawHeld(t, c, ss[0].Key); n != 0 {
 			return fmt.Errorf("set holds %d after a release past Close", n)
 		}
@@ -411,7 +412,7 @@ func TestRedisSlotsCluster(t *testing.T) {
 		l.Release()
 	}
 	for uid := range int64(20) {
-		eventually(t, 2*time.Second, func() error {
+		testutil.WaitFor(t, 2*time.Second, func() error {
 			res, l := acquire(t, other, nil, []Slot{{Key: keys.UserSlots(uid), Limit: 1}})
 			if !res.Allowed {
 				return fmt.Errorf("user %d: still refused after the release", uid)

@@ -8,6 +8,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 )
 
 // slotBackend is a limiter that takes slots, with readers that do not go
@@ -36,32 +39,7 @@ func localSlotBackend(t *testing.T) slotBackend {
 			counts, _, _ := l.Peek(context.Background(), []string{key})
 			return counts[0]
 		},
-		wait: func(t *testing.T) { waitForLocalWindow(t, minRemaining) },
-	}
-}
-
-// waitForLocalWindow waits until need is left in the minute of this
-// machine's clock (the in-process limiter's windows).
-func waitForLocalWindow(t *testing.T, need time.Duration) {
-	now := time.Now()
-	if left := now.Truncate(Window).Add(Window).Sub(now); left < need {
-		time.Sleep(left + 50*time.Millisecond)
-	}
-}
-
-// eventually polls cond every 10ms until it returns nil or d passes.
-func eventually(t *testing.T, d time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %v: %v", d, err)
-		}
-		time.Sleep(10 * time.Millisecond)
+		wait: func(t *testing.T) { redistest.WaitForLocalWindow(t, minRemaining) },
 	}
 }
 
@@ -132,14 +110,14 @@ func testSlotCap(t *testing.T, b slotBackend) {
 	if got := b.acq.InFlight(); got != 1 {
 		t.Errorf("InFlight %d after a release, want 1", got)
 	}
-	eventually(t, 2*time.Second, b.heldIs(t, ss[0].Key, 1))
+	testutil.WaitFor(t, 2*time.Second, b.heldIs(t, ss[0].Key, 1))
 	res, lease := acquire(t, b.acq, cs, ss)
 	if !res.Allowed || res.InFlight[0] != 2 {
 		t.Fatalf("after a release: %+v; want admitted as the 2nd in flight", res)
 	}
 	lease.Release()
 	admitted[1].Release()
-	eventually(t, 2*time.Second, b.heldIs(t, ss[0].Key, 0))
+	testutil.WaitFor(t, 2*time.Second, b.heldIs(t, ss[0].Key, 0))
 	if got := b.acq.InFlight(); got != 0 {
 		t.Errorf("InFlight %d after all releases, want 0", got)
 	}
@@ -199,7 +177,7 @@ func testDoubleRelease(t *testing.T, b slotBackend) {
 		wg.Go(l1.Release)
 	}
 	wg.Wait()
-	eventually(t, 2*time.Second, b.heldIs(t, ss[0].Key, 1))
+	testutil.WaitFor(t, 2*time.Second, b.heldIs(t, ss[0].Key, 1))
 	if got := b.acq.InFlight(); got != 1 {
 		t.Errorf("InFlight %d after 4 releases of one lease, want 1", got)
 	}
@@ -296,7 +274,7 @@ func testSlotsConcurrent(t *testing.T, b slotBackend, other Acquirer) {
 	if peak.Load() < 2 || admitted.Load() < limit {
 		t.Fatalf("peak %d, %d admitted: the test did not overlap requests", peak.Load(), admitted.Load())
 	}
-	eventually(t, 2*time.Second, b.heldIs(t, ss[0].Key, 0))
+	testutil.WaitFor(t, 2*time.Second, b.heldIs(t, ss[0].Key, 0))
 }
 
 func TestLocalSlots(t *testing.T) {

@@ -326,7 +326,7 @@ func (k *leaseKeeper) send(rs []pendingRelease) (retry []pendingRelease) {
 	for i, cmd := range grouped {
 		if cmd.Err() != nil {
 			for _, r := range rs {
-				if r.key == order[i] && !r.confirm {
+				if r.key == order[i] && !r.confirm && now.Before(r.until) {
 					retry = append(retry, r)
 				}
 			}

@@ -139,7 +139,7 @@ func TestRedisSlotsDeadInstance(t *testing.T) {
 		back = l
 		return nil
 	})
-	if d := time.Since(acquired); d > short.Lease+300*time.Millisecond {
+	if d := time.Since(acquired); d > short.Lease+500*time.Millisecond {
 		t.Errorf("place came back after %v, lease %v", d, short.Lease)
 	}
 	back.Release()
@@ -280,6 +280,28 @@ func TestRedisReleaseRetried(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestRedisReleaseRetriesEnd: a release that cannot be sent is retried,
+// and dropped once its lease has expired in Redis anyway.
+func TestRedisReleaseRetriesEnd(t *testing.T) {
+	srv := redistest.StartServer(t)
+	c := redis.NewClient(&redis.Options{Addr: srv.Addr, ContextTimeoutEnabled: true, MaxRetries: -1})
+	t.Cleanup(func() { c.Close() })
+	hook := &pipeCounter{cmds: map[string]int{}}
+	c.AddHook(hook)
+	cfg := LeaseConfig{Lease: 500 * time.Millisecond, ReleaseDelay: time.Millisecond, Timeout: 50 * time.Millisecond}
+	r := newRedisAcquirer(t, c, cfg)
+	_, lease := acquire(t, r, nil, []Slot{{Key: Keys{Prefix: "expire:"}.UserSlots(1), Limit: 1}})
+	srv.Pause()
+	defer srv.Resume()
+	lease.Release()
+	time.Sleep(cfg.Lease + 200*time.Millisecond)
+	tries, _ := hook.get()
+	time.Sleep(10 * cfg.retryDelay())
+	if again, _ := hook.get(); again != tries || tries < 2 {
+		t.Fatalf("%d release sends within the lease, %d after it expired; want several, then none", tries, again-tries)
+	}
 }
 
 // loseAnswer is a go-redis hook that lets the first EVALSHA run in Redis

@@ -3,6 +3,7 @@ package limiter
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -41,7 +42,10 @@ type pendingCheck struct {
 	counters []Counter
 	slots    []Slot // a check with slots is never grouped (see groupChecks)
 	member   string // the lease member its slots are taken as
-	res      Result
+	// sent is set once a script call has taken the check: from then on
+	// Redis may carry it out even if its caller gets no answer.
+	sent atomic.Bool
+	res  Result
 	// deniedSlot and inFlight are the slots' outcome (see AcquireResult).
 	deniedSlot int
 	inFlight   []int64
@@ -87,6 +91,7 @@ func (b *batcher) do(ctx context.Context, deadline time.Time, p *pendingCheck) e
 	if b.inFlight < maxInFlight {
 		b.inFlight++
 		b.mu.Unlock()
+		p.sent.Store(true)
 		callCtx, cancel := withDeadline(ctx, p.deadline)
 		b.run(callCtx, []*pendingCheck{p})
 		cancel()
@@ -169,6 +174,7 @@ func (b *batcher) take() []*pendingCheck {
 			close(p.done)
 			continue
 		}
+		p.sent.Store(true) // under mu: a caller leaving sees it gone from the queue
 		batch = append(batch, p)
 	}
 	rest := copy(b.queue, b.queue[n:])

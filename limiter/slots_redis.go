@@ -19,9 +19,9 @@ func WithLeases(c LeaseConfig) RedisOption {
 // hash slot may share (see batch.go); a check with slots is never decided
 // together with an identical one, since each takes its own lease.
 //
-// When the answer is lost (timeout, connection lost) the places may have
-// been taken all the same: they are released in the background, and
-// expire after the lease length at the latest.
+// When the answer is lost (timeout, connection lost) after the check was
+// sent, the places may have been taken all the same: they are released in
+// the background, and expire after the lease length at the latest.
 func (r *Redis) CheckAcquire(ctx context.Context, counters []Counter, slots []Slot) (AcquireResult, *Lease, error) {
 	return r.acquireBy(ctx, time.Time{}, counters, slots)
 }
@@ -43,7 +43,9 @@ func (r *Redis) acquireBy(ctx context.Context, deadline time.Time, counters []Co
 	p := &pendingCheck{counters: counters, slots: slots, member: k.newMember()}
 	start := time.Now()
 	if err := r.batcherFor(keys[0]).do(ctx, deadline, p); err != nil {
-		k.abandon(p.member, keys)
+		if p.sent.Load() {
+			k.abandon(p.member, keys)
+		}
 		return refusedAcquire(), nil, err
 	}
 	res := AcquireResult{Result: p.res, DeniedSlot: p.deniedSlot, InFlight: p.inFlight}

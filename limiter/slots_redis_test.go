@@ -444,3 +444,73 @@ func TestRedisSlotsCluster(t *testing.T) {
 		})
 	}
 }
+
+// gateFirstScript is a go-redis hook that holds the first EVALSHA until
+// open is closed.
+type gateFirstScript struct {
+	held atomic.Bool
+	open chan struct{}
+}
+
+func (h *gateFirstScript) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *gateFirstScript) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if strings.EqualFold(cmd.Name(), "evalsha") && h.held.CompareAndSwap(false, true) {
+			<-h.open
+		}
+		return next(ctx, cmd)
+	}
+}
+
+func (h *gateFirstScript) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// TestRedisUnsentAcquisitionNotReleased: an acquisition whose caller left
+// while it waited for a script call was never sent, so there is nothing
+// to give back and no release goes out for it.
+func TestRedisUnsentAcquisitionNotReleased(t *testing.T) {
+	c, keys := singleClient(t)
+	r := newRedisAcquirer(t, c, fastLeases)
+	if err := r.Load(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	gate := &gateFirstScript{open: make(chan struct{})}
+	counter := &pipeCounter{cmds: map[string]int{}}
+	c.AddHook(gate)
+	c.AddHook(counter)
+	ss := []Slot{{Key: keys.UserSlots(1), Limit: 5}}
+	first := make(chan *Lease, 1)
+	go func() {
+		_, l, err := r.CheckAcquire(context.Background(), nil, ss)
+		if err != nil {
+			t.Error(err)
+		}
+		first <- l
+	}()
+	testutil.WaitFor(t, 2*time.Second, func() error {
+		if !gate.held.Load() {
+			return errors.New("the first acquisition is not out yet")
+		}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	_, lease, err := r.CheckAcquire(ctx, nil, ss) // queued behind the first, then left
+	cancel()
+	if !errors.Is(err, ErrUnavailable) || lease != nil {
+		t.Fatalf("queued acquisition whose caller left: %v, %v", lease, err)
+	}
+	close(gate.open)
+	(<-first).Release()
+	testutil.WaitFor(t, 2*time.Second, func() error {
+		if n := rawHeld(t, c, ss[0].Key); n != 0 {
+			return fmt.Errorf("set holds %d", n)
+		}
+		return nil
+	})
+	time.Sleep(50 * time.Millisecond)
+	if _, cmds := counter.get(); cmds["evalsha"] != 1 || cmds["zrem"] != 1 {
+		t.Fatalf("commands %v; want 1 EVALSHA (the second acquisition never sent) and 1 ZREM (the first one's release)", cmds)
+	}
+}

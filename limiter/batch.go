@@ -40,7 +40,7 @@ type pendingCheck struct {
 	ctx      context.Context
 	deadline time.Time // zero: none but ctx's
 	counters []Counter
-	slots    []Slot // a check with slots is never grouped (see groupChecks)
+	slots    []Slot
 	member   string // the lease member its slots are taken as
 	// sent is set once a script call has taken the check: from then on
 	// Redis may carry it out even if its caller gets no answer.

@@ -27,32 +27,36 @@ import (
 
 // checkScript checks and increments the counters of one or more checks
 // (requests), one after the other, each atomically. Identical checks (same
-// counters, same limits) come as one group of k: the first of them that
-// fit are admitted and the rest refused, exactly as k checks in a row
-// would be, at the cost of one. A check may also take concurrency slots
-// (see slots_redis.go); such a check is always a group of its own.
+// counters, same slot sets, same limits) come as one group of k: the first
+// of them that fit are admitted and the rest refused, exactly as k checks
+// in a row would be, at the cost of one. A check may also take concurrency
+// slots (see slots_redis.go): each check of a group brings its own lease
+// member, and each admitted one is added to every set of the group.
 //
 // KEYS: per group its counter keys, then its slot set keys. ARGV[1]: the
 // expiry slack in ms; ARGV[2]: the lease length in ms; then per group its
 // size k, the number of its counters m, the number of its slot sets s, the
-// m limits and, if s > 0, the lease member and the s set limits. Returns
-// one string of space-separated integers (one bulk reply is cheaper to
-// build and to parse than an array): resetMs, then per group "admitted
-// denied count1 ... countm", where admitted is how many of the k were
-// admitted, denied the 1-based index of the first counter the others found
-// full (0 if none), and the counts those before the group; a group with
-// slot sets goes on with "deniedSlot held1 ... helds": the 1-based index
-// of the set found full (0 if none) and the sizes of the sets before it.
+// m counter limits and, if s > 0, the s set limits and the k members, in
+// the order of the group. Returns one string of space-separated integers
+// (one bulk reply is cheaper to build and to parse than an array):
+// resetMs, then per group "admitted denied count1 ... countm", where
+// admitted is how many of the k were admitted, denied the 1-based index of
+// the first counter the others found full (0 if none), and the counts
+// those before the group; a group with slot sets goes on with "deniedSlot
+// held1 ... helds": the 1-based index of the first set the others found
+// full when no counter was (0 if none), and the sizes of the sets before
+// the group.
 //
 // Each counter is read at most once and written at most once per call,
-// however many checks of the call share it.
+// however many checks of the call share it; each slot set is pruned,
+// counted and given its expiry at most once per call.
 var checkScript = redis.NewScript(`
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local w = math.floor(ms / 60000)
 local wend = (w + 1) * 60000
 local lease = tonumber(ARGV[2])
-local count, fresh, dirty, pruned = {}, {}, {}, {}
+local count, fresh, dirty, card, extended = {}, {}, {}, {}, {}
 local out = {wend - ms}
 local k, a = 0, 3
 while a <= #ARGV do
@@ -81,26 +85,44 @@ while a <= #ARGV do
   a = a + m
   local deniedSlot, held = 0, {}
   if s > 0 then
-    local member = ARGV[a]
+    local room = admitted
     for i = 1, s do
       local key = KEYS[k + m + i]
-      if not pruned[key] then
+      local n = card[key]
+      if n == nil then
         redis.call('ZREMRANGEBYSCORE', key, '-inf', ms)
-        pruned[key] = true
+        n = redis.call('ZCARD', key)
+        card[key] = n
       end
-      held[i] = redis.call('ZCARD', key)
-      if deniedSlot == 0 and admitted > 0 and held[i] >= tonumber(ARGV[a + i]) then deniedSlot = i end
+      held[i] = n
+      room = math.min(room, math.max(0, tonumber(ARGV[a + i - 1]) - n))
     end
-    if deniedSlot > 0 then admitted = 0 end
+    if room < admitted then
+      -- A set is full before any counter: it refuses the rest.
+      denied = 0
+      for i = 1, s do
+        if held[i] + room >= tonumber(ARGV[a + i - 1]) then deniedSlot = i break end
+      end
+      admitted = room
+    end
+    a = a + s
     if admitted > 0 then
       local deadline = string.format('%d', ms + lease)
+      local add = {}
+      for j = 1, admitted do
+        add[2 * j - 1], add[2 * j] = deadline, ARGV[a + j - 1]
+      end
       for i = 1, s do
         local key = KEYS[k + m + i]
-        redis.call('ZADD', key, deadline, member)
-        if redis.call('PTTL', key) < lease then redis.call('PEXPIRE', key, lease) end
+        redis.call('ZADD', key, unpack(add))
+        card[key] = held[i] + admitted
+        if not extended[key] then
+          if redis.call('PTTL', key) < lease then redis.call('PEXPIRE', key, lease) end
+          extended[key] = true
+        end
       end
     end
-    a = a + s + 1
+    a = a + size
   end
   if admitted > 0 then
     for i = 1, m do
@@ -253,7 +275,7 @@ func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 		}
 	}
 	keys := make([]string, 0, nkeys)
-	args := make([]any, 0, 2+nkeys+4*len(groups))
+	args := make([]any, 0, 2+nkeys+3*len(groups)+len(checks))
 	args = append(args, r.slack, r.leases.cfg.Lease.Milliseconds())
 	for _, g := range groups {
 		p := g[0]
@@ -263,10 +285,12 @@ func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 			args = append(args, c.Limit)
 		}
 		if len(p.slots) > 0 {
-			args = append(args, p.member)
 			for _, sl := range p.slots {
 				keys = append(keys, sl.Key)
 				args = append(args, sl.Limit)
+			}
+			for _, q := range g {
+				args = append(args, q.member)
 			}
 		}
 	}
@@ -305,14 +329,14 @@ func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 		}
 		vals = vals[2+m:]
 		if s := len(g[0].slots); s > 0 {
-			vals = g[0].slotOutcome(vals, s)
+			vals = slotOutcome(g, admitted, vals, s)
 		}
 	}
 }
 
-// groupChecks puts identical checks (the same counters with the same
-// limits) together, keeping the order within each group. Any order of the
-// checks of one call is an order they could have arrived in.
+// groupChecks puts identical checks (the same counters and slot sets with
+// the same limits) together, keeping the order within each group. Any
+// order of the checks of one call is an order they could have arrived in.
 func groupChecks(checks []*pendingCheck) [][]*pendingCheck {
 	if len(checks) == 1 { // the common case at low load
 		return [][]*pendingCheck{checks}
@@ -321,8 +345,7 @@ func groupChecks(checks []*pendingCheck) [][]*pendingCheck {
 next:
 	for _, p := range checks {
 		for i, g := range groups {
-			// Checks with slots stay alone: each takes its own lease.
-			if len(p.slots) == 0 && len(g[0].slots) == 0 && sameCounters(g[0].counters, p.counters) {
+			if sameCounters(g[0].counters, p.counters) && sameSlots(g[0].slots, p.slots) {
 				groups[i] = append(g, p)
 				continue next
 			}

@@ -16,8 +16,8 @@ func WithLeases(c LeaseConfig) RedisOption {
 
 // CheckAcquire implements Acquirer. The counters and the slot sets are
 // decided in one script call, which concurrent checks of the same cluster
-// hash slot may share (see batch.go); a check with slots is never decided
-// together with an identical one, since each takes its own lease.
+// hash slot may share (see batch.go); identical checks are decided as one
+// group, each with a lease member of its own.
 //
 // When the answer is lost (timeout, connection lost) after the check was
 // sent, the places may have been taken all the same: they are released in
@@ -55,18 +55,37 @@ func (r *Redis) acquireBy(ctx context.Context, deadline time.Time, counters []Co
 	return res, k.hold(p.member, keys, start), nil
 }
 
-// slotOutcome reads a check's "deniedSlot held1 ... helds" from the
-// script's reply and returns the rest.
-func (p *pendingCheck) slotOutcome(vals []int64, s int) []int64 {
-	p.deniedSlot = int(vals[0]) - 1
-	p.inFlight = make([]int64, s)
-	for i, n := range vals[1 : 1+s] {
-		if p.res.Allowed {
-			n++
+// slotOutcome reads a group's "deniedSlot held1 ... helds" from the
+// script's reply into its checks, of which the first admitted were
+// admitted, and returns the rest of the reply.
+func slotOutcome(g []*pendingCheck, admitted int, vals []int64, s int) []int64 {
+	deniedSlot, held := int(vals[0])-1, vals[1:1+s]
+	inFlight := make([]int64, len(g)*s)
+	for j, p := range g {
+		p.inFlight = inFlight[j*s : (j+1)*s : (j+1)*s]
+		add := int64(min(j+1, admitted))
+		for i := range s {
+			p.inFlight[i] = held[i] + add
 		}
-		p.inFlight[i] = n
+		if !p.res.Allowed {
+			p.deniedSlot = deniedSlot
+		}
 	}
 	return vals[1+s:]
+}
+
+// sameSlots reports whether two checks take places in the same sets with
+// the same limits.
+func sameSlots(a, b []Slot) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // peekSlotsScript counts the members of sets whose deadline has not

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -71,10 +72,10 @@ func TestRedisSlots(t *testing.T) {
 	})
 }
 
-// TestRedisSlotsNeverGrouped: identical concurrent acquisitions, which the
-// script would decide as one group were they plain checks, each get a
-// place of their own, exactly up to the cap.
-func TestRedisSlotsNeverGrouped(t *testing.T) {
+// TestRedisAcquisitionsExact: identical concurrent acquisitions, decided
+// in shared script calls as groups, each get a place of their own, exactly
+// up to the cap.
+func TestRedisAcquisitionsExact(t *testing.T) {
 	c, keys := singleClient(t)
 	r := newRedisAcquirer(t, c, fastLeases)
 	redistest.WaitForWindow(t, c, minRemaining)
@@ -85,7 +86,10 @@ func TestRedisSlotsNeverGrouped(t *testing.T) {
 	var wg sync.WaitGroup
 	for range 40 {
 		wg.Go(func() {
-			_, lease := acquire(t, r, cs, ss)
+			_, lease, err := r.CheckAcquire(context.Background(), cs, ss)
+			if err != nil {
+				t.Error(err)
+			}
 			if lease != nil {
 				mu.Lock()
 				leases = append(leases, lease)
@@ -109,6 +113,68 @@ func TestRedisSlotsNeverGrouped(t *testing.T) {
 	}
 	for _, l := range leases {
 		l.Release()
+	}
+}
+
+// TestRedisIdenticalAcquisitionsDecidedTogether: one script call decides
+// groups of identical acquisitions as the same checks in a row would be,
+// each admitted one adding its own member to every set of its check.
+func TestRedisIdenticalAcquisitionsDecidedTogether(t *testing.T) {
+	r, c, keys, _ := scriptedRedis(t)
+	setFull := []Counter{userCounter(keys, 1, 10)} // the set fills first
+	setFullSlots := []Slot{{Key: keys.UserSlots(1), Limit: 2}, {Key: keys.ZoneUserSlots("z", 1), Limit: 9}}
+	counterFull := []Counter{userCounter(keys, 2, 2)} // the counter fills first
+	counterFullSlots := []Slot{{Key: keys.UserSlots(2), Limit: 5}}
+	var checks []*pendingCheck
+	add := func(cs []Counter, ss []Slot) {
+		checks = append(checks, &pendingCheck{counters: cs, slots: ss, member: "m" + strconv.Itoa(len(checks))})
+	}
+	add(setFull, setFullSlots)         // 0
+	add(counterFull, counterFullSlots) // 1
+	add(setFull, nil)                  // 2: no slots, a group of its own
+	add(setFull, setFullSlots)         // 3
+	add(counterFull, counterFullSlots) // 4
+	add(setFull, setFullSlots)         // 5
+	add(counterFull, counterFullSlots) // 6
+	add(setFull, setFullSlots)         // 7
+	if groups := groupChecks(checks); len(groups) != 3 || len(groups[0]) != 4 || len(groups[1]) != 3 || len(groups[2]) != 1 {
+		t.Fatalf("%d groups, want set-full ×4, counter-full ×3, plain ×1", len(groups))
+	}
+	r.run(context.Background(), checks)
+	wants := []struct {
+		allowed            bool
+		denied, deniedSlot int
+		counts, inFlight   []int64
+	}{
+		{true, -1, -1, []int64{1}, []int64{1, 1}},
+		{true, -1, -1, []int64{1}, []int64{1}},
+		{true, -1, -1, []int64{3}, nil}, // decided after the set-full group
+		{true, -1, -1, []int64{2}, []int64{2, 2}},
+		{true, -1, -1, []int64{2}, []int64{2}},
+		{false, -1, 0, []int64{2}, []int64{2, 2}}, // the user's set is full
+		{false, 0, -1, []int64{2}, []int64{2}},    // the counter is full
+		{false, -1, 0, []int64{2}, []int64{2, 2}},
+	}
+	for i, p := range checks {
+		w := wants[i]
+		if p.err != nil || p.res.Allowed != w.allowed || p.res.Denied != w.denied || p.deniedSlot != w.deniedSlot ||
+			!slices.Equal(p.res.Counts, w.counts) || !slices.Equal(p.inFlight, w.inFlight) {
+			t.Errorf("check %d: %+v deniedSlot %d inFlight %v, %v; want %+v", i, p.res, p.deniedSlot, p.inFlight, p.err, w)
+		}
+	}
+	for key, want := range map[string][]string{
+		setFullSlots[0].Key:     {"m0", "m3"},
+		setFullSlots[1].Key:     {"m0", "m3"},
+		counterFullSlots[0].Key: {"m1", "m4"},
+	} {
+		got, err := c.ZRange(context.Background(), key, 0, -1).Result()
+		slices.Sort(got)
+		if err != nil || !slices.Equal(got, want) {
+			t.Errorf("set %s holds %v, %v; want %v", key, got, err, want)
+		}
+	}
+	if got := rawCount(t, c, setFull[0].Key); got != 3 {
+		t.Errorf("user 1's counter %d, want 3 (two acquisitions and the plain check)", got)
 	}
 }
 

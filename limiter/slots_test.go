@@ -75,9 +75,17 @@ func testSlotCap(t *testing.T, b slotBackend) {
 	leases := make([]*Lease, 3)
 	var wg sync.WaitGroup
 	for i := range results {
-		wg.Go(func() { results[i], leases[i] = acquire(t, b.acq, cs, ss) })
+		wg.Go(func() {
+			var err error
+			if results[i], leases[i], err = b.acq.CheckAcquire(context.Background(), cs, ss); err != nil {
+				t.Error(err)
+			}
+		})
 	}
 	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
 	var admitted []*Lease
 	refused := 0
 	for i, res := range results {

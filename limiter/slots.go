@@ -38,7 +38,8 @@ type AcquireResult struct {
 	// reported (Denied) and DeniedSlot is -1.
 	DeniedSlot int
 	// InFlight holds, per slot set, the number of requests it holds: after
-	// this request when admitted, before it when refused.
+	// this request when admitted, before it when refused. It is nil when
+	// the deny cache refused the request without asking the backend.
 	InFlight []int64
 }
 
@@ -49,9 +50,11 @@ type Acquirer interface {
 	// in the same atomic step: the request is admitted only if every
 	// counter is below its limit and every set holds fewer than its limit,
 	// and then all counters are incremented and all places taken; a
-	// refused request changes nothing. An admitted request with slots gets
-	// a Lease, which the caller must Release exactly once when the request
-	// is over; otherwise the Lease is nil (Release on nil does nothing).
+	// refused request changes nothing. The sets of one request must be
+	// distinct (a request counts once in a set). An admitted request with
+	// slots gets a Lease, which the caller must Release exactly once when
+	// the request is over; otherwise the Lease is nil (Release on nil does
+	// nothing).
 	CheckAcquire(ctx context.Context, counters []Counter, slots []Slot) (AcquireResult, *Lease, error)
 	// PeekSlots returns how many requests each slot set holds, without
 	// taking a place.

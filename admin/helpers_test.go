@@ -14,41 +14,53 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/caddyrpm/caddy-rpm/gateway"
 	"github.com/caddyrpm/caddy-rpm/limiter"
+	"github.com/caddyrpm/caddy-rpm/snapshot"
 	"github.com/caddyrpm/caddy-rpm/store"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
-// invalidation is one recorded Backend.Invalidate call.
+// invalidation is one invalidation the gateway applied.
 type invalidation struct {
-	Scope store.Scope
+	Scope gateway.Scope
 	ID    int64
 }
 
-// testBackend is a Backend over a real store and limiter that records
-// invalidations.
+// testBackend is what a handler under test runs on: a real store and
+// limiter, and the gateway over them (built by handler), which records the
+// invalidations it applies.
 type testBackend struct {
-	st    store.Store
+	st    store.Source
 	lim   limiter.Limiter
 	keys  limiter.Keys
 	token string
-	zones []Zone
+	zones []gateway.RouteLimit
+	g     *gateway.Gateway
 
 	mu    sync.Mutex
 	inval []invalidation
 }
 
-func (b *testBackend) Store() store.Store        { return b.st }
-func (b *testBackend) Limiter() limiter.Limiter  { return b.lim }
-func (b *testBackend) CounterKeys() limiter.Keys { return b.keys }
-func (b *testBackend) AdminToken() string        { return b.token }
-func (b *testBackend) Zones() []Zone             { return b.zones }
-
-func (b *testBackend) Invalidate(_ context.Context, scope store.Scope, id int64) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.inval = append(b.inval, invalidation{scope, id})
-	return nil
+// handler builds the gateway over the backend's parts and returns an
+// admin handler over it.
+func (b *testBackend) handler() *Handler {
+	w, _ := b.st.(store.Writable)
+	g, err := gateway.New(gateway.Config{
+		Source: b.st, Writable: w, Limiter: b.lim, CounterKeys: b.keys,
+		Cache: snapshot.CacheConfig{L1Size: 100, L1TTL: time.Minute, NegativeTTL: time.Minute},
+		OnInvalidate: func(scope gateway.Scope, id int64, _ string) {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			b.inval = append(b.inval, invalidation{scope, id})
+		},
+	})
+	if err != nil {
+		panic(err) // only for a missing source or limiter
+	}
+	g.DeclareRoute(b.zones)
+	b.g = g
+	return NewHandler(g, b.token, nil)
 }
 
 // takeInvalidations returns and resets the recorded invalidations.
@@ -123,7 +135,7 @@ func expect(t *testing.T, res response, code int, what string) {
 }
 
 // overrides reads a group's overrides from the store as user id → value.
-func overrides(t *testing.T, st store.Store, gid int64) map[int64]int64 {
+func overrides(t *testing.T, st store.Source, gid int64) map[int64]int64 {
 	t.Helper()
 	list, err := st.GroupOverrides(context.Background(), gid)
 	if err != nil {

@@ -17,7 +17,7 @@ func TestGroupOverridesList(t *testing.T) {
 	u1, u2 := storetest.SeedUser(t, pool, 0), storetest.SeedUser(t, pool, 0)
 	storetest.SeedOverride(t, pool, u2, g, 0)
 	storetest.SeedOverride(t, pool, u1, g, 5)
-	h := NewHandler(b, nil)
+	h := b.handler()
 
 	res := call(t, h, http.MethodGet, "/admin/groups/"+itoa(g)+"/rpm-overrides", "")
 	expect(t, res, http.StatusOK, "list")
@@ -44,7 +44,7 @@ func TestGroupOverridesReplace(t *testing.T) {
 	storetest.SeedOverride(t, pool, u1, g, 5)
 	storetest.SeedOverride(t, pool, u2, g, 6)
 	storetest.SeedOverride(t, pool, u1, other, 9)
-	h := NewHandler(b, nil)
+	h := b.handler()
 	path := "/admin/groups/" + itoa(g) + "/rpm-overrides"
 
 	// The body's set replaces the whole set: u1 changes, u2 (absent) goes,
@@ -124,7 +124,7 @@ func TestGroupOverridesClearAll(t *testing.T) {
 		storetest.SeedOverride(t, pool, u, g, int64(i))
 		storetest.SeedOverride(t, pool, u, other, 1)
 	}
-	h := NewHandler(b, nil)
+	h := b.handler()
 	path := "/admin/groups/" + itoa(g) + "/rpm-overrides"
 
 	res := call(t, h, http.MethodDelete, path, "")
@@ -143,8 +143,8 @@ func TestGroupOverridesClearAll(t *testing.T) {
 	if len(overrides(t, b.st, g)) != 0 || len(overrides(t, b.st, other)) != 3 {
 		t.Errorf("after clear: %v / %v", overrides(t, b.st, g), overrides(t, b.st, other))
 	}
-	if h.ClearRuns() != 2 {
-		t.Errorf("ClearRuns = %d, want 2 sequential runs", h.ClearRuns())
+	if b.g.ClearRuns() != 2 {
+		t.Errorf("ClearRuns = %d, want 2 sequential runs", b.g.ClearRuns())
 	}
 	expect(t, call(t, h, http.MethodDelete, "/admin/groups/999999/rpm-overrides", ""), http.StatusNotFound, "unknown group")
 	expect(t, call(t, h, http.MethodDelete, "/admin/groups/x/rpm-overrides", ""), http.StatusBadRequest, "bad id")
@@ -156,7 +156,7 @@ func TestGroupOverridesClearAllConcurrent(t *testing.T) {
 	for i := 0; i < 4; i++ {
 		storetest.SeedOverride(t, pool, storetest.SeedUser(t, pool, 0), g, 1)
 	}
-	h := NewHandler(b, nil)
+	h := b.handler()
 	path := "/admin/groups/" + itoa(g) + "/rpm-overrides"
 
 	// The first call's delete waits on a table lock while the others arrive.
@@ -180,7 +180,7 @@ func TestGroupOverridesClearAllConcurrent(t *testing.T) {
 	if num(t, results[0].JSON, "cleared") != 4 {
 		t.Errorf("shared answer = %s, want cleared 4", results[0].Raw)
 	}
-	if runs := h.ClearRuns(); runs != 1 {
+	if runs := b.g.ClearRuns(); runs != 1 {
 		t.Errorf("the store delete ran %d times, want 1", runs)
 	}
 	if got := b.takeInvalidations(); len(got) != 1 {
@@ -201,7 +201,7 @@ func TestGroupOverridesClearAllAfterAWrite(t *testing.T) {
 		storetest.SeedOverride(t, pool, storetest.SeedUser(t, pool, 0), g, 1)
 	}
 	added := storetest.SeedUser(t, pool, 0)
-	h := NewHandler(b, nil)
+	h := b.handler()
 	path := "/admin/groups/" + itoa(g) + "/rpm-overrides"
 
 	hold := holdOverrides(t, pool, `select 1 from rpm_user_group_overrides where group_id = $1 for key share`, g)
@@ -227,7 +227,7 @@ func TestGroupOverridesClearAllAfterAWrite(t *testing.T) {
 	if got := overrides(t, b.st, g); len(got) != 0 {
 		t.Errorf("overrides left after both clears answered: %v", got)
 	}
-	if runs := h.ClearRuns(); runs != 2 {
+	if runs := b.g.ClearRuns(); runs != 2 {
 		t.Errorf("the store delete ran %d times, want 2", runs)
 	}
 }
@@ -236,7 +236,7 @@ func TestSetOverride(t *testing.T) {
 	b, pool := newPGBackend(t)
 	g := storetest.SeedGroup(t, pool, "g", 10)
 	u := storetest.SeedUser(t, pool, 0)
-	h := NewHandler(b, nil)
+	h := b.handler()
 	path := "/admin/users/" + itoa(u) + "/groups/" + itoa(g) + "/rpm-override"
 
 	res := call(t, h, http.MethodPut, path, `{"rpm_override":12}`)

@@ -14,7 +14,7 @@ func TestPatchUserAndGroup(t *testing.T) {
 	b, pool := newPGBackend(t)
 	u := storetest.SeedUser(t, pool, 20)
 	g := storetest.SeedGroup(t, pool, "g", 10)
-	h := NewHandler(b, nil)
+	h := b.handler()
 	ctx := context.Background()
 
 	read := func(table string, id int64) (limit int64, status string) {
@@ -86,7 +86,7 @@ func TestPatchKey(t *testing.T) {
 	b, pool := newPGBackend(t)
 	u := storetest.SeedUser(t, pool, 0)
 	k, _ := storetest.SeedKey(t, pool, u, nil)
-	h := NewHandler(b, nil)
+	h := b.handler()
 	path := "/admin/keys/" + itoa(k)
 	status := func() string {
 		t.Helper()

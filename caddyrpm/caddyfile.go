@@ -9,6 +9,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddyrpm/caddy-rpm/gateway"
 )
 
 func init() {
@@ -222,11 +224,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = oneOf(d, &h.RateLimitHeaders, "all", "ietf", "legacy", "off")
 		case "zone":
 			err = oneArg(d, &h.Zone)
-			if err == nil && !zoneName.MatchString(h.Zone) {
-				err = d.Errf("rpm: zone '%s' must be 1-64 letters, digits, '.', '_' or '-'", h.Zone)
-			}
-			if err == nil && reservedZone(h.Zone) {
-				err = d.Errf("rpm: zone '%s' is reserved for the data limits' policy names", h.Zone)
+			if err == nil {
+				if zerr := gateway.CheckZone(h.Zone); zerr != nil {
+					err = d.Errf("rpm: %v", zerr)
+				}
 			}
 		case "limit":
 			limitLine = d.Line()

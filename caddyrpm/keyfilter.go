@@ -21,7 +21,7 @@ import (
 
 // provisionKeyFilter creates the filter of this configuration's store.
 func (a *App) provisionKeyFilter(ctx caddy.Context) error {
-	ks, ok := a.store.(store.KeySet)
+	ks, ok := a.source.(store.KeySet)
 	if !ok {
 		return nil // no filter: every key takes the usual path
 	}
@@ -39,7 +39,7 @@ func (a *App) provisionKeyFilter(ctx caddy.Context) error {
 			m.keyFilterBuilds.WithLabelValues(result).Inc()
 		},
 	}
-	if _, listens := a.store.(store.Listener); !listens {
+	if _, listens := a.source.(store.Listener); !listens {
 		// The keys file: read in memory and reread on every config load, so
 		// it is built here, once, and never goes stale.
 		f := keyfilter.New(cfg)

@@ -50,7 +50,7 @@ func (a *App) provisionNamespace(ctx context.Context) error {
 		a.prefix = RedisPrefix(a.KeyPrefix, id)
 		a.logger.Info("redis keys and channel of this store", zap.String("prefix", a.prefix))
 	}
-	a.keys = limiter.Keys{Prefix: a.prefix + "c:"}
+	a.counterKeys = limiter.Keys{Prefix: a.prefix + "c:"}
 	return nil
 }
 
@@ -58,7 +58,7 @@ func (a *App) provisionNamespace(ctx context.Context) error {
 // result is shared like the pool, so a reload with the same DSN reuses it
 // rather than querying again.
 func (a *App) storeID(ctx context.Context) (string, error) {
-	switch s := a.store.(type) {
+	switch s := a.source.(type) {
 	case *store.Postgres:
 		id, err := share(a, "pg-id|"+a.Postgres, func() (string, func(), error) {
 			qctx, cancel := context.WithTimeout(ctx, storeIDTimeout)

@@ -19,8 +19,8 @@ import (
 )
 
 // File is the read-only store loaded from a keys_file JSON document. It
-// keeps only the SHA-256 of each key, never the raw key. Every write
-// returns ErrReadOnly.
+// keeps only the SHA-256 of each key, never the raw key. It is a Source
+// only: having no Writable is what makes it read-only.
 type File struct {
 	users     map[int64]*userRow
 	groups    map[int64]*groupRow
@@ -36,7 +36,7 @@ type fileEntry struct {
 	snap *snapshot.Snapshot
 }
 
-var _ Store = (*File)(nil)
+var _ Source = (*File)(nil)
 
 // fileDoc is the keys_file format (SPEC §3).
 type fileDoc struct {
@@ -262,7 +262,7 @@ func fileStatus(s string) (string, error) {
 	return s, nil
 }
 
-// LoadSnapshot implements Store. Each call returns a fresh copy.
+// LoadSnapshot implements Source. Each call returns a fresh copy.
 func (f *File) LoadSnapshot(_ context.Context, keyHash string) (*snapshot.Snapshot, error) {
 	var hash [32]byte
 	if !decodeKeyHash(&hash, keyHash) {
@@ -282,7 +282,7 @@ func (f *File) LoadSnapshot(_ context.Context, keyHash string) (*snapshot.Snapsh
 	return &s, nil
 }
 
-// KeyHashes implements Store.
+// KeyHashes implements Source.
 func (f *File) KeyHashes(_ context.Context, scope Scope, id int64) ([]string, error) {
 	var match func(*keyRow) bool
 	switch scope {
@@ -307,7 +307,7 @@ func (f *File) KeyHashes(_ context.Context, scope Scope, id int64) ([]string, er
 	return out, nil
 }
 
-// UserRPM implements Store.
+// UserRPM implements Source.
 func (f *File) UserRPM(_ context.Context, userID int64) (*UserRPM, error) {
 	u, ok := f.users[userID]
 	if !ok {
@@ -338,7 +338,7 @@ func (f *File) UserRPM(_ context.Context, userID int64) (*UserRPM, error) {
 	return out, nil
 }
 
-// GroupOverrides implements Store.
+// GroupOverrides implements Source.
 func (f *File) GroupOverrides(_ context.Context, groupID int64) ([]Override, error) {
 	if _, ok := f.groups[groupID]; !ok {
 		return nil, fmt.Errorf("group %d: %w", groupID, ErrNotFound)
@@ -352,24 +352,3 @@ func (f *File) GroupOverrides(_ context.Context, groupID int64) ([]Override, err
 	sort.Slice(out, func(i, j int) bool { return out[i].UserID < out[j].UserID })
 	return out, nil
 }
-
-// ReplaceGroupOverrides implements Store; the file store is read-only.
-func (f *File) ReplaceGroupOverrides(context.Context, int64, []Override) error { return ErrReadOnly }
-
-// ClearGroupOverrides implements Store; the file store is read-only.
-func (f *File) ClearGroupOverrides(context.Context, int64) (int64, error) { return 0, ErrReadOnly }
-
-// SetOverride implements Store; the file store is read-only.
-func (f *File) SetOverride(context.Context, int64, int64, *int64) error { return ErrReadOnly }
-
-// UpdateUser implements Store; the file store is read-only.
-func (f *File) UpdateUser(context.Context, int64, Patch) error { return ErrReadOnly }
-
-// UpdateGroup implements Store; the file store is read-only.
-func (f *File) UpdateGroup(context.Context, int64, Patch) error { return ErrReadOnly }
-
-// UpdateKey implements Store; the file store is read-only.
-func (f *File) UpdateKey(context.Context, int64, Patch) error { return ErrReadOnly }
-
-// Close implements Store.
-func (f *File) Close() {}

@@ -36,17 +36,14 @@ type Postgres struct {
 }
 
 var (
-	_ Store    = (*Postgres)(nil)
+	_ Source   = (*Postgres)(nil)
+	_ Writable = (*Postgres)(nil)
 	_ Listener = (*Postgres)(nil)
 )
 
 // NewPostgres returns a store on pool. The caller owns the pool and closes
 // it after the store.
 func NewPostgres(pool *pgxpool.Pool) *Postgres { return &Postgres{pool: pool} }
-
-// Close implements Store. The pool belongs to the caller, so there is
-// nothing to release.
-func (p *Postgres) Close() {}
 
 // loadSnapshotSQL reads everything a snapshot needs in one round trip.
 const loadSnapshotSQL = `select
@@ -61,7 +58,7 @@ left join rpm_groups g on g.id = k.group_id
 left join rpm_user_group_overrides o on o.user_id = k.user_id and o.group_id = k.group_id
 where k.key_hash = $1`
 
-// LoadSnapshot implements Store with a single query.
+// LoadSnapshot implements Source with a single query.
 func (p *Postgres) LoadSnapshot(ctx context.Context, keyHash string) (*snapshot.Snapshot, error) {
 	var hash [32]byte
 	if !decodeKeyHash(&hash, keyHash) {
@@ -137,7 +134,7 @@ func ipList(in []pgtype.Text) []string {
 	return out
 }
 
-// KeyHashes implements Store.
+// KeyHashes implements Source.
 func (p *Postgres) KeyHashes(ctx context.Context, scope Scope, id int64) ([]string, error) {
 	var (
 		sql  string
@@ -166,7 +163,7 @@ func (p *Postgres) KeyHashes(ctx context.Context, scope Scope, id int64) ([]stri
 	return hashes, nil
 }
 
-// UserRPM implements Store: the groups of the user's keys and of their
+// UserRPM implements Source: the groups of the user's keys and of their
 // overrides, by group id.
 func (p *Postgres) UserRPM(ctx context.Context, userID int64) (*UserRPM, error) {
 	rows, err := p.pool.Query(ctx, `select u.rpm_limit, g.id, g.name, g.rpm_limit, o.rpm_override
@@ -215,7 +212,7 @@ order by g.id`, userID)
 	return out, nil
 }
 
-// GroupOverrides implements Store.
+// GroupOverrides implements Source.
 func (p *Postgres) GroupOverrides(ctx context.Context, groupID int64) ([]Override, error) {
 	rows, err := p.pool.Query(ctx, `select o.user_id, o.rpm_override
 from rpm_groups g
@@ -249,7 +246,7 @@ order by o.user_id`, groupID)
 	return out, nil
 }
 
-// ReplaceGroupOverrides implements Store in one transaction: afterwards the
+// ReplaceGroupOverrides implements Writable in one transaction: afterwards the
 // group has exactly the entries with a non-nil RPMOverride. Rows that keep
 // their value are not touched, so they send no notification.
 func (p *Postgres) ReplaceGroupOverrides(ctx context.Context, groupID int64, entries []Override) error {
@@ -312,7 +309,7 @@ where rpm_user_group_overrides.rpm_override <> excluded.rpm_override`, groupID, 
 	return nil
 }
 
-// ClearGroupOverrides implements Store.
+// ClearGroupOverrides implements Writable.
 func (p *Postgres) ClearGroupOverrides(ctx context.Context, groupID int64) (int64, error) {
 	var found bool
 	var n int64
@@ -328,7 +325,7 @@ select exists (select 1 from g), (select count(*) from d)`, groupID).Scan(&found
 	return n, nil
 }
 
-// SetOverride implements Store.
+// SetOverride implements Writable.
 func (p *Postgres) SetOverride(ctx context.Context, userID, groupID int64, value *int64) error {
 	if value != nil && !validLimit(*value) {
 		return fmt.Errorf("set override of user %d in group %d: %w: rpm_override must be between 0 and %d, got %d",
@@ -366,21 +363,21 @@ select exists (select 1 from u), exists (select 1 from g)`
 	return nil
 }
 
-// UpdateUser implements Store.
+// UpdateUser implements Writable.
 func (p *Postgres) UpdateUser(ctx context.Context, id int64, patch Patch) error {
 	return p.update(ctx, "user", `update rpm_users set
 	rpm_limit = coalesce($2, rpm_limit), status = coalesce($3, status)
 where id = $1`, id, patch, true)
 }
 
-// UpdateGroup implements Store.
+// UpdateGroup implements Writable.
 func (p *Postgres) UpdateGroup(ctx context.Context, id int64, patch Patch) error {
 	return p.update(ctx, "group", `update rpm_groups set
 	rpm_limit = coalesce($2, rpm_limit), status = coalesce($3, status)
 where id = $1`, id, patch, true)
 }
 
-// UpdateKey implements Store. Keys have a status but no rpm_limit.
+// UpdateKey implements Writable. Keys have a status but no rpm_limit.
 func (p *Postgres) UpdateKey(ctx context.Context, id int64, patch Patch) error {
 	return p.update(ctx, "api key", `update rpm_api_keys set
 	status = coalesce($3, status)

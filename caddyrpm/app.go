@@ -69,11 +69,11 @@ type App struct {
 	// or "closed" (answer 503). Default: open.
 	OnRedisError string `json:"on_redis_error,omitempty"`
 
-	// KeyPrefix prefixes every Redis key and channel this app uses; the
+	// RedisKeyPrefix prefixes every Redis key and channel this app uses; the
 	// store's identity follows it (see RedisPrefix), so deployments with
 	// different stores never share Redis state. At most 64 letters, digits
 	// and ":", ".", "_", "-", "/". Default: "rpm:".
-	KeyPrefix string `json:"key_prefix,omitempty"`
+	RedisKeyPrefix string `json:"key_prefix,omitempty"`
 
 	// Cache configures the snapshot caches. Default: see CacheOptions.
 	Cache *CacheOptions `json:"cache,omitempty"`
@@ -205,10 +205,10 @@ func (a *App) setDefaults() error {
 	if a.RedisCluster && len(a.Redis) == 0 {
 		return errors.New("rpm: redis_cluster needs redis addresses")
 	}
-	if a.KeyPrefix == "" {
-		a.KeyPrefix = "rpm:"
+	if a.RedisKeyPrefix == "" {
+		a.RedisKeyPrefix = "rpm:"
 	}
-	if err := checkKeyPrefix(a.KeyPrefix); err != nil {
+	if err := checkKeyPrefix(a.RedisKeyPrefix); err != nil {
 		return fmt.Errorf("rpm: %w", err)
 	}
 	if a.Cache == nil {

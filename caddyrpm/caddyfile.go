@@ -74,9 +74,9 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "keys_file":
 			err = oneArg(d, &a.KeysFile)
 		case "key_prefix":
-			err = oneArg(d, &a.KeyPrefix)
+			err = oneArg(d, &a.RedisKeyPrefix)
 			if err == nil {
-				if perr := checkKeyPrefix(a.KeyPrefix); perr != nil {
+				if perr := checkKeyPrefix(a.RedisKeyPrefix); perr != nil {
 					err = d.Errf("rpm: %v", perr)
 				}
 			}

@@ -41,13 +41,13 @@ const storeIDTimeout = 5 * time.Second
 // provisionNamespace sets the prefix of this app's Redis keys and channel.
 // It runs after the store and Redis are provisioned.
 func (a *App) provisionNamespace(ctx context.Context) error {
-	a.prefix = a.KeyPrefix
+	a.prefix = a.RedisKeyPrefix
 	if a.redis != nil {
 		id, err := a.storeID(ctx)
 		if err != nil {
 			return err
 		}
-		a.prefix = RedisPrefix(a.KeyPrefix, id)
+		a.prefix = RedisPrefix(a.RedisKeyPrefix, id)
 		a.logger.Info("redis keys and channel of this store", zap.String("prefix", a.prefix))
 	}
 	a.counterKeys = limiter.Keys{Prefix: a.prefix + "c:"}

@@ -215,7 +215,7 @@ func (a *App) provisionLimiter() {
 		a.limiter = lim
 		return
 	}
-	key := fmt.Sprintf("limiter|%s|%s|%s", a.redisKey(), a.KeyPrefix, time.Duration(a.RedisTimeout))
+	key := fmt.Sprintf("limiter|%s|%s|%s", a.redisKey(), a.RedisKeyPrefix, time.Duration(a.RedisTimeout))
 	lim, _ := share(a, key, func() (redisLimiter, func(), error) {
 		client := a.redis
 		m := a.metrics // process-wide, the same for every configuration

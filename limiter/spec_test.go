@@ -100,8 +100,9 @@ func checkResetIn(t *testing.T, d time.Duration) {
 	}
 }
 
-// testSpecTable runs every row of SPEC §6 as the counter sets the handler
-// builds for it.
+// testSpecTable runs every row of the limit rules (user limit, group limit
+// or the user's override in the group, 0 exempts) as the counter sets the
+// gateway builds for it.
 func testSpecTable(t *testing.T, b backend) {
 	k := b.keys
 	b.wait(t)

@@ -38,7 +38,8 @@ type fileEntry struct {
 
 var _ Source = (*File)(nil)
 
-// fileDoc is the keys_file format (SPEC §3).
+// fileDoc is the keys_file format: users, groups, API keys (raw or as
+// SHA-256) and (user, group) RPM overrides.
 type fileDoc struct {
 	Users        []fileUser     `json:"users"`
 	Groups       []fileGroup    `json:"groups"`

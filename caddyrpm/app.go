@@ -145,12 +145,15 @@ func (App) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision sets defaults, validates, and connects (lazily) to the store
+// Provision sets defaults, validates (see Validate), and connects (lazily) to the store
 // and Redis, reusing connections of a previous configuration.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
 	if err := a.setDefaults(); err != nil {
+		return err
+	}
+	if err := a.Validate(); err != nil {
 		return err
 	}
 	m, err := registerMetrics(ctx.GetMetricsRegistry())
@@ -185,31 +188,15 @@ func (a *App) setDefaults() error {
 	if err := a.resolveAdminToken(repl); err != nil {
 		return err
 	}
-	switch {
-	case a.Postgres != "" && a.KeysFile != "":
-		return errors.New("rpm: postgres and keys_file are exclusive; set one")
-	case a.Postgres == "" && a.KeysFile == "":
-		return errors.New("rpm: a store is required: set postgres or keys_file")
-	}
 	if a.RedisTimeout <= 0 {
 		a.RedisTimeout = caddy.Duration(100 * time.Millisecond)
 	}
 	setDuration(&a.StoreTimeout, 2*time.Second)
-	switch a.OnRedisError {
-	case "":
+	if a.OnRedisError == "" {
 		a.OnRedisError = "open"
-	case "open", "closed":
-	default:
-		return fmt.Errorf("rpm: on_redis_error must be open or closed, not %q", a.OnRedisError)
-	}
-	if a.RedisCluster && len(a.Redis) == 0 {
-		return errors.New("rpm: redis_cluster needs redis addresses")
 	}
 	if a.RedisKeyPrefix == "" {
 		a.RedisKeyPrefix = "rpm:"
-	}
-	if err := checkKeyPrefix(a.RedisKeyPrefix); err != nil {
-		return fmt.Errorf("rpm: %w", err)
 	}
 	if a.Cache == nil {
 		a.Cache = new(CacheOptions)
@@ -225,9 +212,6 @@ func (a *App) setDefaults() error {
 	if c.JitterPercent == nil {
 		c.JitterPercent = new(float64)
 		*c.JitterPercent = 10
-	}
-	if j := *c.JitterPercent; j < 0 || j >= 100 {
-		return fmt.Errorf("rpm: cache jitter must be in [0, 100), not %v", j)
 	}
 	return nil
 }
@@ -377,5 +361,6 @@ func (a *App) AdminToken() string { return a.adminToken }
 var (
 	_ caddy.App          = (*App)(nil)
 	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.Validator    = (*App)(nil)
 	_ caddy.CleanerUpper = (*App)(nil)
 )

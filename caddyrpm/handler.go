@@ -86,35 +86,27 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision sets defaults, validates and finds the rpm app.
+// Provision sets defaults and finds the rpm app; Validate checks the
+// values.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	if len(h.KeySources) == 0 {
 		h.KeySources = []KeySource{{Header: "Authorization", Scheme: "Bearer"}, {Header: "X-Api-Key"}}
 	}
 	for i, s := range h.KeySources {
-		if s.Header == "" {
-			return fmt.Errorf("key_sources[%d]: header is required", i)
-		}
 		h.KeySources[i].Header = http.CanonicalHeaderKey(s.Header)
 	}
 	if h.ErrorFormat == "" {
 		h.ErrorFormat = "openai"
 	}
-	f, ok := errorFormats[h.ErrorFormat]
-	if !ok {
-		return fmt.Errorf("error_format must be openai, anthropic or problem, not %q", h.ErrorFormat)
-	}
-	h.format = f
-	switch h.RateLimitHeaders {
-	case "":
+	h.format = errorFormats[h.ErrorFormat]
+	if h.RateLimitHeaders == "" {
 		h.RateLimitHeaders = "all"
-	case "all", "ietf", "legacy", "off":
-	default:
-		return fmt.Errorf("ratelimit_headers must be all, ietf, legacy or off, not %q", h.RateLimitHeaders)
 	}
-	if err := h.provisionRoute(); err != nil {
-		return err
+	h.route = make([]gateway.RouteLimit, 0, len(h.Limits))
+	for _, l := range h.Limits {
+		scope, _ := routeScope(l.Scope) // an unknown one fails Validate
+		h.route = append(h.route, gateway.RouteLimit{Zone: h.Zone, Scope: scope, Limit: l.Limit})
 	}
 	appIface, err := ctx.App("rpm")
 	if err != nil {
@@ -124,24 +116,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.gateway = h.app.gateway
 	h.gateway.DeclareRoute(h.route)
 	return nil
-}
-
-// provisionRoute turns the route limits into the gateway's and checks them.
-func (h *Handler) provisionRoute() error {
-	h.route = make([]gateway.RouteLimit, 0, len(h.Limits))
-	for _, l := range h.Limits {
-		var scope gateway.LimitScope
-		switch l.Scope {
-		case "user":
-			scope = gateway.LimitRouteUser
-		case "key":
-			scope = gateway.LimitRouteKey
-		default:
-			return fmt.Errorf("route limit scope must be user or key, not %q", l.Scope)
-		}
-		h.route = append(h.route, gateway.RouteLimit{Zone: h.Zone, Scope: scope, Limit: l.Limit})
-	}
-	return gateway.CheckRoute(h.Zone, h.route)
 }
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
@@ -300,5 +274,6 @@ func (h *Handler) stripCredentials(r *http.Request) {
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )

@@ -71,7 +71,7 @@ func TestRouteLimitsCaddyfile(t *testing.T) {
 	if found.Zone != "img" || !reflect.DeepEqual(found.Limits, want) {
 		t.Fatalf("zone %q limits %+v, want img %+v", found.Zone, found.Limits, want)
 	}
-	if err := found.provisionRoute(); err != nil {
+	if err := found.checkRoute(); err != nil {
 		t.Fatalf("valid limits refused: %v", err)
 	}
 }
@@ -125,7 +125,7 @@ func TestRouteLimitsJSONValidation(t *testing.T) {
 		"bad_zone_chars": {Handler{Zone: "a b", Limits: []RouteLimit{{"key", 3}}}, "letters"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			err := tc.h.provisionRoute()
+			err := tc.h.checkRoute()
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want one containing %q", err, tc.want)
 			}

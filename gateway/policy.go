@@ -68,34 +68,47 @@ func CheckZone(zone string) error {
 	return nil
 }
 
-// CheckRoute validates the route limits of one zone: a valid name that is
-// not a data limit's policy name ("user", "group"), at most one limit per
-// scope, each at least 1.
+// RouteError is an invalid route: Limit is the index of the limit at
+// fault, -1 when the zone is.
+type RouteError struct {
+	Limit int
+	Err   error
+}
+
+func (e *RouteError) Error() string { return e.Err.Error() }
+
+func (e *RouteError) Unwrap() error { return e.Err }
+
+// CheckRoute validates the route limits of one zone (a *RouteError): a
+// valid zone name (CheckZone), at most one limit per scope, each at least
+// 1 and of that zone.
 func CheckRoute(zone string, limits []RouteLimit) error {
 	if zone == "" {
 		if len(limits) > 0 {
-			return errors.New("a route limit needs a zone")
+			return &RouteError{0, errors.New("a route limit needs a zone")}
 		}
 		return nil
 	}
 	if err := CheckZone(zone); err != nil {
-		return err
+		return &RouteError{-1, err}
 	}
 	var seen [LimitRouteKey + 1]bool
-	for _, l := range limits {
-		if l.Scope != LimitRouteUser && l.Scope != LimitRouteKey {
-			return fmt.Errorf("route limit scope must be user or key, not %d", l.Scope)
+	for i, l := range limits {
+		var err error
+		switch {
+		case l.Scope != LimitRouteUser && l.Scope != LimitRouteKey:
+			err = errors.New("route limit scope must be user or key")
+		case l.Zone != zone:
+			err = fmt.Errorf("route limit of zone '%s' listed under zone '%s'", l.Zone, zone)
+		case seen[l.Scope]:
+			err = fmt.Errorf("duplicate limit for scope '%s'", l.Per())
+		case l.Limit < 1:
+			err = fmt.Errorf("route limit %s must be at least 1, not %d", l.Per(), l.Limit)
 		}
-		if l.Zone != zone {
-			return fmt.Errorf("route limit of zone %q listed under zone %q", l.Zone, zone)
-		}
-		if seen[l.Scope] {
-			return fmt.Errorf("duplicate route limit for scope %s", l.Per())
+		if err != nil {
+			return &RouteError{i, err}
 		}
 		seen[l.Scope] = true
-		if l.Limit < 1 {
-			return fmt.Errorf("route limit %s must be at least 1, not %d", l.Per(), l.Limit)
-		}
 	}
 	return nil
 }

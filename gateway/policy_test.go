@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"reflect"
 	"strings"
 	"testing"
@@ -92,7 +93,7 @@ func TestCheckRoute(t *testing.T) {
 		"none":          {"", nil, ""},
 		"no zone":       {"", []RouteLimit{{"", LimitRouteUser, 3}}, "needs a zone"},
 		"zero":          {"img", []RouteLimit{{"img", LimitRouteUser, 0}}, "at least 1"},
-		"duplicate":     {"img", []RouteLimit{{"img", LimitRouteKey, 3}, {"img", LimitRouteKey, 4}}, "duplicate route limit for scope key"},
+		"duplicate":     {"img", []RouteLimit{{"img", LimitRouteKey, 3}, {"img", LimitRouteKey, 4}}, "duplicate limit for scope 'key'"},
 		"data scope":    {"img", []RouteLimit{{"img", LimitUser, 3}}, "must be user or key"},
 		"reserved user": {"user", nil, "zone 'user' is reserved"},
 		"reserved grp":  {"group", nil, "zone 'group' is reserved"},
@@ -106,6 +107,26 @@ func TestCheckRoute(t *testing.T) {
 			t.Errorf("%s: %v", name, err)
 		case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
 			t.Errorf("%s: error %v, want one containing %q", name, err, tc.want)
+		}
+	}
+}
+
+// TestCheckRouteNamesTheLimitAtFault: the error says which limit (or the
+// zone, -1) is at fault, so a Caddyfile error can name its line.
+func TestCheckRouteNamesTheLimitAtFault(t *testing.T) {
+	ok := RouteLimit{"img", LimitRouteUser, 3}
+	for _, tc := range []struct {
+		zone   string
+		limits []RouteLimit
+		want   int
+	}{
+		{"a b", []RouteLimit{ok}, -1},
+		{"img", []RouteLimit{ok, {"img", LimitRouteKey, 0}}, 1},
+		{"img", []RouteLimit{ok, {"img", LimitRouteKey, 1}, {"img", LimitRouteUser, 4}}, 2},
+	} {
+		var re *RouteError
+		if err := CheckRoute(tc.zone, tc.limits); !errors.As(err, &re) || re.Limit != tc.want {
+			t.Errorf("CheckRoute(%q, %v) = %v, want a RouteError at %d", tc.zone, tc.limits, err, tc.want)
 		}
 	}
 }

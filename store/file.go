@@ -22,17 +22,16 @@ import (
 // keeps only the SHA-256 of each key, never the raw key. It is a Source
 // only: having no Writable is what makes it read-only.
 type File struct {
-	users     map[int64]*userRow
-	groups    map[int64]*groupRow
+	users     map[int64]*snapshot.User
+	groups    map[int64]*snapshot.Group
 	keys      map[[32]byte]*fileEntry
 	keyByID   map[int64][32]byte
 	overrides map[[2]int64]int64 // (user id, group id) → override
 	id        string             // StoreID: a hash of the content
 }
 
-// fileEntry is one key and its prebuilt snapshot.
+// fileEntry is one key's prebuilt snapshot.
 type fileEntry struct {
-	key  keyRow
 	snap *snapshot.Snapshot
 }
 
@@ -115,8 +114,8 @@ func ParseFile(data []byte) (*File, error) {
 	}
 
 	f := &File{
-		users:     make(map[int64]*userRow, len(doc.Users)),
-		groups:    make(map[int64]*groupRow, len(doc.Groups)),
+		users:     make(map[int64]*snapshot.User, len(doc.Users)),
+		groups:    make(map[int64]*snapshot.Group, len(doc.Groups)),
 		keys:      make(map[[32]byte]*fileEntry, len(doc.APIKeys)),
 		keyByID:   make(map[int64][32]byte, len(doc.APIKeys)),
 		overrides: make(map[[2]int64]int64, len(doc.RPMOverrides)),
@@ -137,7 +136,7 @@ func ParseFile(data []byte) (*File, error) {
 		if !validLimit(u.RPMLimit) {
 			return nil, fmt.Errorf("%s: rpm_limit must be between 0 and %d", where, math.MaxInt32)
 		}
-		f.users[u.ID] = &userRow{ID: u.ID, Status: status, Role: u.Role, RPMLimit: u.RPMLimit,
+		f.users[u.ID] = &snapshot.User{ID: u.ID, Status: status, Role: u.Role, RPMLimit: u.RPMLimit,
 			Concurrency: u.Concurrency, Balance: u.Balance}
 	}
 	names := make(map[string]int64, len(doc.Groups))
@@ -163,7 +162,7 @@ func ParseFile(data []byte) (*File, error) {
 		if !validLimit(g.RPMLimit) {
 			return nil, fmt.Errorf("%s: rpm_limit must be between 0 and %d", where, math.MaxInt32)
 		}
-		f.groups[g.ID] = &groupRow{ID: g.ID, Name: g.Name, Platform: g.Platform, Status: status, RPMLimit: g.RPMLimit}
+		f.groups[g.ID] = &snapshot.Group{ID: g.ID, Name: g.Name, Platform: g.Platform, Status: status, RPMLimit: g.RPMLimit}
 	}
 	for i, o := range doc.RPMOverrides {
 		where := fmt.Sprintf("rpm_overrides[%d]", i)
@@ -222,7 +221,7 @@ func (f *File) addKey(k fileKey) error {
 	if !ok {
 		return fmt.Errorf("unknown user_id %d", k.UserID)
 	}
-	var g *groupRow
+	var g *snapshot.Group
 	var override *int64
 	if k.GroupID != nil {
 		if g, ok = f.groups[*k.GroupID]; !ok {
@@ -239,16 +238,21 @@ func (f *File) addKey(k fileKey) error {
 	if k.Quota < 0 {
 		return errors.New("quota must not be negative")
 	}
-	row := keyRow{
-		ID: k.ID, UserID: k.UserID, GroupID: k.GroupID, Status: status,
+	user := *u
+	s := &snapshot.Snapshot{
+		APIKeyID: k.ID, UserID: k.UserID, GroupID: k.GroupID, Status: status,
 		IPWhitelist: k.IPWhitelist, IPBlacklist: k.IPBlacklist,
 		Quota: k.Quota, QuotaUsed: k.QuotaUsed, ExpiresAt: k.ExpiresAt,
+		User: &user,
 	}
-	s, err := buildSnapshot(&row, u, g, override)
-	if err != nil {
+	if g != nil {
+		group := *g // the snapshot's own, like its user
+		g = &group
+	}
+	if err := completeSnapshot(s, g, override); err != nil {
 		return err
 	}
-	f.keys[hash] = &fileEntry{key: row, snap: s}
+	f.keys[hash] = &fileEntry{snap: s}
 	f.keyByID[k.ID] = hash
 	return nil
 }
@@ -285,22 +289,22 @@ func (f *File) LoadSnapshot(_ context.Context, keyHash string) (*snapshot.Snapsh
 
 // KeyHashes implements Source.
 func (f *File) KeyHashes(_ context.Context, scope Scope, id int64) ([]string, error) {
-	var match func(*keyRow) bool
+	var match func(*snapshot.Snapshot) bool
 	switch scope {
 	case ScopeKey:
-		match = func(k *keyRow) bool { return k.ID == id }
+		match = snapshot.ForKey(id)
 	case ScopeUser:
-		match = func(k *keyRow) bool { return k.UserID == id }
+		match = snapshot.ForUser(id)
 	case ScopeGroup:
-		match = func(k *keyRow) bool { return k.GroupID != nil && *k.GroupID == id }
+		match = snapshot.ForGroup(id)
 	case ScopeAll:
-		match = func(*keyRow) bool { return true }
+		match = func(*snapshot.Snapshot) bool { return true }
 	default:
 		return nil, fmt.Errorf("key hashes: %w: unknown scope %q", ErrInvalid, scope)
 	}
 	var out []string
 	for hash, e := range f.keys {
-		if match(&e.key) {
+		if match(e.snap) {
 			out = append(out, hex.EncodeToString(hash[:]))
 		}
 	}
@@ -316,8 +320,8 @@ func (f *File) UserRPM(_ context.Context, userID int64) (*UserRPM, error) {
 	}
 	var ids []int64
 	for _, e := range f.keys {
-		if e.key.UserID == userID && e.key.GroupID != nil {
-			ids = append(ids, *e.key.GroupID)
+		if e.snap.UserID == userID && e.snap.Group != nil {
+			ids = append(ids, e.snap.Group.ID)
 		}
 	}
 	for k := range f.overrides {

@@ -64,9 +64,8 @@ func (p *Postgres) LoadSnapshot(ctx context.Context, keyHash string) (*snapshot.
 	if !decodeKeyHash(&hash, keyHash) {
 		return nil, fmt.Errorf("load snapshot: %w", ErrNotFound)
 	}
+	s := &snapshot.Snapshot{User: &snapshot.User{}}
 	var (
-		k         keyRow
-		u         userRow
 		groupID   pgtype.Int8
 		expiresAt pgtype.Timestamptz
 		gID       pgtype.Int8
@@ -81,9 +80,9 @@ func (p *Postgres) LoadSnapshot(ctx context.Context, keyHash string) (*snapshot.
 		whitelist, blacklist []pgtype.Text
 	)
 	err := p.pool.QueryRow(ctx, loadSnapshotSQL, hash[:]).Scan(
-		&k.ID, &k.UserID, &groupID, &k.Status, &whitelist, &blacklist,
-		&k.Quota, &k.QuotaUsed, &expiresAt,
-		&u.Status, &u.Role, &u.RPMLimit, &u.Concurrency, &u.Balance,
+		&s.APIKeyID, &s.UserID, &groupID, &s.Status, &whitelist, &blacklist,
+		&s.Quota, &s.QuotaUsed, &expiresAt,
+		&s.User.Status, &s.User.Role, &s.User.RPMLimit, &s.User.Concurrency, &s.User.Balance,
 		&gID, &gName, &gPlatform, &gStatus, &gLimit,
 		&override,
 	)
@@ -93,30 +92,28 @@ func (p *Postgres) LoadSnapshot(ctx context.Context, keyHash string) (*snapshot.
 	if err != nil {
 		return nil, fmt.Errorf("load snapshot: %w", err)
 	}
-	u.ID = k.UserID
-	k.IPWhitelist, k.IPBlacklist = ipList(whitelist), ipList(blacklist)
+	s.IPWhitelist, s.IPBlacklist = ipList(whitelist), ipList(blacklist)
 	if groupID.Valid {
-		k.GroupID = &groupID.Int64
+		s.GroupID = &groupID.Int64
 	}
 	if expiresAt.Valid {
-		k.ExpiresAt = &expiresAt.Time
+		s.ExpiresAt = &expiresAt.Time
 	}
-	var g *groupRow
+	var g *snapshot.Group
 	if gID.Valid {
-		g = &groupRow{ID: gID.Int64, Name: gName.String, Platform: gPlatform.String, Status: gStatus.String, RPMLimit: gLimit.Int64}
+		g = &snapshot.Group{ID: gID.Int64, Name: gName.String, Platform: gPlatform.String, Status: gStatus.String, RPMLimit: gLimit.Int64}
 	}
 	var ov *int64
 	if override.Valid {
 		ov = &override.Int64
 	}
-	s, err := buildSnapshot(&k, &u, g, ov)
-	if err != nil && p.Logger != nil {
+	if err := completeSnapshot(s, g, ov); err != nil && p.Logger != nil {
 		// A row's IP list is not checked on write (plain SQL may set it), so
 		// a bad entry shows up here. The snapshot fails closed: the key is
 		// refused 403 IP_NOT_ALLOWED until the row is fixed. Serving it
 		// keeps it cached, rather than reloading on every request or
 		// falling back to a stale snapshot with the old lists.
-		p.Logger.Warn("api key refused: invalid IP list entry", zap.Int64("api_key_id", k.ID), zap.Error(err))
+		p.Logger.Warn("api key refused: invalid IP list entry", zap.Int64("api_key_id", s.APIKeyID), zap.Error(err))
 	}
 	return s, nil
 }

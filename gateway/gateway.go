@@ -41,8 +41,8 @@ type Config struct {
 	// FailClosed refuses requests (Unavailable) when the limiter cannot
 	// be asked; the default admits them uncounted (AdmittedFailOpen).
 	FailClosed bool
-	// Cache configures the snapshot cache the gateway builds; its L2Down
-	// is set by the gateway (see Breaker).
+	// Cache configures the snapshot cache the gateway builds; its Health
+	// is the gateway (see Breaker).
 	Cache snapshot.CacheConfig
 	// CacheHooks observe the snapshot cache.
 	CacheHooks snapshot.CacheHooks
@@ -134,7 +134,7 @@ func New(cfg Config) (*Gateway, error) {
 		g.logger = zap.NewNop()
 	}
 	cc := cfg.Cache
-	cc.L2Down = g.RedisDown
+	cc.Health = g
 	g.cache = snapshot.NewCache(cc, cfg.Redis, g.loadSnapshot, cfg.CacheHooks)
 	return g, nil
 }

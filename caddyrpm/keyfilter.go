@@ -2,7 +2,6 @@ package caddyrpm
 
 import (
 	"context"
-	"encoding/hex"
 	"fmt"
 
 	"github.com/caddyserver/caddy/v2"
@@ -15,7 +14,8 @@ import (
 // with an unknown key is refused at once: no L1 entry, no Redis call, no
 // query. For Postgres it is built by one streaming query after the
 // invalidation listener starts (and after every reconnect of it), kept
-// current by the key notifications the triggers send on insert, and rebuilt
+// current by the key notifications the triggers send on insert (fed by the
+// gateway, which listens), and rebuilt
 // every few minutes; it is shared across config reloads. Until its first
 // build succeeds it refuses nothing.
 
@@ -60,23 +60,4 @@ func (a *App) provisionKeyFilter(ctx caddy.Context) error {
 	}
 	a.keyFilter = f
 	return nil
-}
-
-// feedKeyFilter applies a database notification to the key filter: a key
-// event carries the key's hash (a new key, or a changed one), which is added;
-// "all" (a statement that changed too many rows to list, or a truncate) and
-// a key event without a hash may have created keys it does not name, so the
-// filter is rebuilt.
-func (a *App) feedKeyFilter(ev store.Event) {
-	if ev.Scope != store.ScopeKey && ev.Scope != store.ScopeAll {
-		return
-	}
-	var h [32]byte
-	if ev.Scope == store.ScopeKey && len(ev.KeyHash) == hex.EncodedLen(len(h)) {
-		if _, err := hex.Decode(h[:], []byte(ev.KeyHash)); err == nil {
-			a.keyFilter.Add(&h)
-			return
-		}
-	}
-	a.keyFilter.Rebuild()
 }

@@ -1,17 +1,14 @@
 package admin
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/caddyrpm/caddy-rpm/gateway"
@@ -134,20 +131,6 @@ func expect(t *testing.T, res response, code int, what string) {
 	}
 }
 
-// overrides reads a group's overrides from the store as user id → value.
-func overrides(t *testing.T, st store.Source, gid int64) map[int64]int64 {
-	t.Helper()
-	list, err := st.GroupOverrides(context.Background(), gid)
-	if err != nil {
-		t.Fatalf("group %d overrides: %v", gid, err)
-	}
-	out := make(map[int64]int64, len(list))
-	for _, o := range list {
-		out[o.UserID] = *o.RPMOverride
-	}
-	return out
-}
-
 // num reads a JSON number field as int64.
 func num(t *testing.T, m map[string]any, field string) int64 {
 	t.Helper()
@@ -156,81 +139,4 @@ func num(t *testing.T, m map[string]any, field string) int64 {
 		t.Fatalf("field %q = %#v, want a number (in %v)", field, m[field], m)
 	}
 	return int64(v)
-}
-
-func itoa(n int64) string { return strconv.FormatInt(n, 10) }
-
-// sqlHold is a test transaction holding a lock on the overrides table (or
-// rows of it), to keep admin writes in flight from the database side.
-type sqlHold struct {
-	t    *testing.T
-	pool *pgxpool.Pool
-	tx   pgx.Tx
-	pid  int32
-}
-
-// holdOverrides begins a transaction on its own connection and runs lock
-// (e.g. "lock table ..." or "select ... for key share") in it. The lock
-// is released by release or at the end of the test.
-func holdOverrides(t *testing.T, pool *pgxpool.Pool, lock string, args ...any) *sqlHold {
-	t.Helper()
-	ctx := context.Background()
-	conn, err := pool.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		conn.Release()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = tx.Rollback(ctx)
-		conn.Release()
-	})
-	h := &sqlHold{t: t, pool: pool, tx: tx}
-	if err := tx.QueryRow(ctx, `select pg_backend_pid()`).Scan(&h.pid); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, lock, args...); err != nil {
-		t.Fatal(err)
-	}
-	return h
-}
-
-// waiting counts the sessions waiting on the hold, directly or behind
-// another waiter.
-func (h *sqlHold) waiting() int {
-	h.t.Helper()
-	var n int
-	err := h.pool.QueryRow(context.Background(), `with recursive w(pid) as (
-	select pid from pg_stat_activity where $1 = any(pg_blocking_pids(pid))
-	union
-	select a.pid from pg_stat_activity a join w on w.pid = any(pg_blocking_pids(a.pid))
-) select count(*) from w`, h.pid).Scan(&n)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return n
-}
-
-// waitFor waits until at least n sessions wait on the hold (or fails after
-// 10 s).
-func (h *sqlHold) waitFor(n int) {
-	h.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for h.waiting() < n {
-		if time.Now().After(deadline) {
-			h.t.Fatalf("%d sessions wait on the lock after 10 s, want %d", h.waiting(), n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// release ends the transaction and with it the lock.
-func (h *sqlHold) release() {
-	h.t.Helper()
-	if err := h.tx.Rollback(context.Background()); err != nil {
-		h.t.Fatal(err)
-	}
 }

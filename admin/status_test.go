@@ -2,8 +2,6 @@ package admin
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"net/http"
 	"reflect"
@@ -11,10 +9,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/caddyrpm/caddy-rpm/gateway"
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter"
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
@@ -63,7 +62,7 @@ func spend(t *testing.T, b *testBackend, uid, gid, groupLimit int64, n int) {
 // getStatus calls rpm-status and decodes the answer.
 func getStatus(t *testing.T, h http.Handler, uid int64) rpmStatus {
 	t.Helper()
-	res := call(t, h, http.MethodGet, "/admin/users/"+itoa(uid)+"/rpm-status", "")
+	res := call(t, h, http.MethodGet, "/admin/users/"+testutil.Itoa(uid)+"/rpm-status", "")
 	expect(t, res, http.StatusOK, "rpm-status")
 	var st rpmStatus
 	if err := json.Unmarshal([]byte(res.Raw), &st); err != nil {
@@ -180,22 +179,8 @@ func TestRPMStatusErrors(t *testing.T) {
 // TestRPMStatusRedis runs the acceptance scenario on the Redis limiter,
 // whose windows follow the Redis clock.
 func TestRPMStatusRedis(t *testing.T) {
-	client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
-	t.Cleanup(func() { _ = client.Close() })
-	ctx := context.Background()
-	if err := client.Ping(ctx).Err(); err != nil {
-		t.Fatalf("redis: %v", err)
-	}
-	var rnd [6]byte
-	_, _ = rand.Read(rnd[:])
-	prefix := "rpmtest:admin:" + hex.EncodeToString(rnd[:]) + ":"
-	t.Cleanup(func() {
-		iter := client.Scan(ctx, 0, prefix+"*", 100).Iterator()
-		for iter.Next(ctx) {
-			client.Del(ctx, iter.Val())
-		}
-	})
-	waitForMinuteRoom(t, client)
+	client, prefix := redistest.Shared(t)
+	redistest.WaitForWindow(t, client, 15*time.Second)
 
 	b, pool := newPGBackend(t)
 	b.lim = limiter.NewRedis(client)
@@ -204,19 +189,4 @@ func TestRPMStatusRedis(t *testing.T) {
 	spend(t, b, uid, g1, 10, 3)
 	spend(t, b, uid, g2, 7, 2)
 	checkAcceptance(t, getStatus(t, b.handler(), uid), uid, g1, g2)
-}
-
-// waitForMinuteRoom waits until at least 15 s remain in the Redis clock's
-// minute, so a test's counts stay in one window.
-func waitForMinuteRoom(t *testing.T, client *redis.Client) {
-	t.Helper()
-	now, err := client.Time(context.Background()).Result()
-	if err != nil {
-		t.Fatalf("redis time: %v", err)
-	}
-	left := time.Minute - now.Sub(now.Truncate(time.Minute))
-	if left < 15*time.Second {
-		t.Logf("waiting %v for the next minute", left)
-		time.Sleep(left + 100*time.Millisecond)
-	}
 }

@@ -6,20 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 )
-
-// adaptCaddyfile runs the real Caddyfile adapter on src.
-func adaptCaddyfile(t *testing.T, src string) ([]byte, error) {
-	t.Helper()
-	adapter := caddyconfig.GetAdapter("caddyfile")
-	if adapter == nil {
-		t.Fatal("no caddyfile adapter")
-	}
-	out, _, err := adapter.Adapt([]byte(src), map[string]any{"filename": "Caddyfile"})
-	return out, err
-}
 
 // routeCaddyfile puts block into an rpm handler; the block starts on line 8.
 func routeCaddyfile(block string) string {
@@ -27,7 +15,11 @@ func routeCaddyfile(block string) string {
 }
 
 func TestRouteLimitsCaddyfile(t *testing.T) {
-	out, err := adaptCaddyfile(t, routeCaddyfile("\t\tzone img\n\t\tlimit user 3\n\t\tlimit key 2"))
+	adapted, err := cfAdapt(t, routeCaddyfile("\t\tzone img\n\t\tlimit user 3\n\t\tlimit key 2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := json.Marshal(adapted)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +89,7 @@ func TestRouteLimitsCaddyfileErrors(t *testing.T) {
 		"reserved_zone_group": {"\t\tlimit key 3\n\t\tzone group", []string{"zone 'group' is reserved", "Caddyfile:9"}},
 	} {
 		t.Run(name, func(t *testing.T) {
-			_, err := adaptCaddyfile(t, routeCaddyfile(tc.block))
+			_, err := cfAdapt(t, routeCaddyfile(tc.block))
 			if err == nil {
 				t.Fatal("adapted without error")
 			}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter"
 )
 
@@ -38,7 +39,7 @@ func TestCheckRefused(t *testing.T) {
 	// A refused request's counts are not incremented; remaining never goes
 	// below 0.
 	lim := &answering{res: limiter.Result{Denied: 1, Counts: []int64{4, 12, 0}, ResetIn: 500 * time.Millisecond, Local: true}}
-	d := newTestGateway(t, lim, false).Check(context.Background(), snap(ptr(10), 50, 20, true), route)
+	d := newTestGateway(t, lim, false).Check(context.Background(), snap(testutil.Ptr[int64](10), 50, 20, true), route)
 	l, ok := d.Refusal()
 	if d.Outcome != Refused || !ok || !d.Local {
 		t.Fatalf("outcome %v, refusal %v, local %v; want Refused, true, true", d.Outcome, ok, d.Local)

@@ -2,19 +2,15 @@ package gateway
 
 import (
 	"context"
-	"crypto/rand"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter"
 	"github.com/caddyrpm/caddy-rpm/snapshot"
 	"github.com/caddyrpm/caddy-rpm/store"
 )
-
-func ptr(v int64) *int64 { return &v }
 
 // answering is a limiter that answers every Check with res and err, and
 // records the counters it was asked about.
@@ -54,30 +50,10 @@ func snap(override *int64, groupLimit, userLimit int64, withGroup bool) *snapsho
 	s := &snapshot.Snapshot{APIKeyID: 3, UserID: 7,
 		User: &snapshot.User{ID: 7, Status: "active", RPMLimit: userLimit, UserGroupRPMOverride: override}}
 	if withGroup {
-		s.GroupID = ptr(2)
+		s.GroupID = testutil.Ptr[int64](2)
 		s.Group = &snapshot.Group{ID: 2, Name: "pro", Status: "active", RPMLimit: groupLimit}
 	}
 	return s
-}
-
-// sharedRedis is the Redis at 127.0.0.1:6379 with a fresh key prefix whose
-// keys are deleted at the end of the test; the test is skipped without it.
-func sharedRedis(t *testing.T) (*redis.Client, string) {
-	t.Helper()
-	ctx := context.Background()
-	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
-	if err := rdb.Ping(ctx).Err(); err != nil {
-		t.Skipf("redis: %v", err)
-	}
-	prefix := "rpmtest:" + rand.Text() + ":"
-	t.Cleanup(func() {
-		keys, _ := rdb.Keys(ctx, prefix+"*").Result()
-		if len(keys) > 0 {
-			rdb.Del(ctx, keys...)
-		}
-		_ = rdb.Close()
-	})
-	return rdb, prefix
 }
 
 // countingSource is a source that knows every key (as user 1's key 1)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/caddyrpm/caddy-rpm/limiter"
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/snapshot"
 )
 
@@ -16,7 +17,7 @@ import (
 // deleted the L2 entries they made stale.
 func TestFlushAfterDatabaseGapFlushesL2(t *testing.T) {
 	ctx := context.Background()
-	rdb, prefix := sharedRedis(t)
+	rdb, prefix := redistest.Shared(t)
 	src := &countingSource{}
 	g, err := New(Config{
 		Source:  src,
@@ -58,7 +59,7 @@ func TestFlushAfterDatabaseGapFlushesL2(t *testing.T) {
 // instances on the channel, in the payload format the listener parses.
 func TestInvalidatePublishes(t *testing.T) {
 	ctx := context.Background()
-	rdb, prefix := sharedRedis(t)
+	rdb, prefix := redistest.Shared(t)
 	sub := rdb.Subscribe(ctx, prefix+"invalidate")
 	defer sub.Close()
 	if _, err := sub.Receive(ctx); err != nil { // the subscription confirmation

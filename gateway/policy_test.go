@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter"
 )
 
@@ -29,10 +30,10 @@ func TestLimitsThatApply(t *testing.T) {
 		{"no override, no limits", nil, 0, 0, true, nil},
 		{"no override, group limit", nil, 10, 20, true, []want{{LimitUser, 20}, {LimitGroup, 10}}},
 		{"no override, group limit, no user limit", nil, 10, 0, true, []want{{LimitGroup, 10}}},
-		{"override 0 exempts from the group", ptr(0), 10, 5, true, []want{{LimitUser, 5}}},
-		{"override 0 and no user limit", ptr(0), 10, 0, true, nil},
-		{"override replaces the group limit", ptr(7), 100, 20, true, []want{{LimitUser, 20}, {LimitOverride, 7}}},
-		{"override with group limit 0", ptr(7), 0, 0, true, []want{{LimitOverride, 7}}},
+		{"override 0 exempts from the group", testutil.Ptr[int64](0), 10, 5, true, []want{{LimitUser, 5}}},
+		{"override 0 and no user limit", testutil.Ptr[int64](0), 10, 0, true, nil},
+		{"override replaces the group limit", testutil.Ptr[int64](7), 100, 20, true, []want{{LimitUser, 20}, {LimitOverride, 7}}},
+		{"override with group limit 0", testutil.Ptr[int64](7), 0, 0, true, []want{{LimitOverride, 7}}},
 		{"key without group", nil, 0, 4, false, []want{{LimitUser, 4}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -28,9 +28,8 @@ func (a *App) provisionKeyFilter(ctx caddy.Context) error {
 	m := a.metrics
 	cfg := keyfilter.Config{
 		Source: ks.ScanKeyHashes,
-		// The filter may outlive this configuration: log to the default
-		// logger, not this config's.
-		Logger: caddy.Log().Named("rpm.keyfilter"),
+		// The filter may outlive this configuration (see sharedLogger).
+		Logger: sharedLogger("rpm.keyfilter"),
 		OnBuild: func(err error) {
 			result := "ok"
 			if err != nil {

@@ -221,9 +221,8 @@ func (a *App) provisionLimiter() {
 		m := a.metrics // process-wide, the same for every configuration
 		counting := limiter.NewRedis(client,
 			limiter.WithOnCall(func(checks int) { m.checksPerCall.Observe(float64(checks)) }))
-		// The limiter may outlive this configuration: log to the default
-		// logger, not this config's.
-		guarded := limiter.NewGuarded(counting, time.Duration(a.RedisTimeout), caddy.Log().Named("rpm.redis"),
+		// The limiter outlives this configuration (see sharedLogger).
+		guarded := limiter.NewGuarded(counting, time.Duration(a.RedisTimeout), sharedLogger("rpm.redis"),
 			limiter.WithProbe(func(ctx context.Context) error { return client.Ping(ctx).Err() }),
 			limiter.WithOnError(func(error) { m.redisErrors.Inc() }))
 		return redisLimiter{limiter.NewDenyCache(guarded, time.Now), guarded}, func() { _ = guarded.Close() }, nil

@@ -194,25 +194,27 @@ func (h *Handler) clientGone(w http.ResponseWriter, r *http.Request, stage strin
 	return nil
 }
 
-// authorize applies the checks of the auth table in order.
+// authorize applies the authentication rules (gateway.Authorize); the
+// client address is only looked up for keys with IP lists.
 func (h *Handler) authorize(r *http.Request, s *snapshot.Snapshot) *apiError {
-	switch {
-	case s.NotFound:
-		return errInvalidKey
-	case s.Status != "active":
-		return errKeyDisabled
-	case s.Expired(time.Now()):
-		return errKeyExpired
-	case s.QuotaExhausted():
-		return errQuotaExhausted
-	case s.HasIPRules() && !s.IPAllowed(clientIP(r)):
-		return errIPNotAllowed
-	case s.User == nil || s.User.Status != "active":
-		return errUserDisabled
-	case s.Group != nil && s.Group.Status != "active":
-		return errGroupDisabled
+	var ip netip.Addr
+	if s.HasIPRules() {
+		ip = clientIP(r)
 	}
-	return nil
+	return refusals[gateway.Authorize(s, time.Now(), ip)]
+}
+
+// refusals are the answers to gateway.Authorize's refusals; nil lets the
+// request on.
+var refusals = [...]*apiError{
+	gateway.NotRefused:     nil,
+	gateway.UnknownKey:     errInvalidKey,
+	gateway.KeyDisabled:    errKeyDisabled,
+	gateway.KeyExpired:     errKeyExpired,
+	gateway.QuotaExhausted: errQuotaExhausted,
+	gateway.IPNotAllowed:   errIPNotAllowed,
+	gateway.UserDisabled:   errUserDisabled,
+	gateway.GroupDisabled:  errGroupDisabled,
 }
 
 // clientIP is Caddy's idea of the client address, which honours

@@ -1,6 +1,6 @@
 // Package gateway is the core of caddy-rpm, free of Caddy and HTTP: it
-// owns the rules that decide on a request (which limits apply and whether
-// they admit it), the status of a user's limits, the admin changes with
+// owns the rules that decide on a request (the authentication rules,
+// which limits apply and whether they admit it), the status of a user's limits, the admin changes with
 // the cache invalidation each needs, the invalidation fan-out between
 // instances and the view of Redis health the caches share.
 //

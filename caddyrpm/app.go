@@ -1,6 +1,9 @@
 // Package caddyrpm provides the rpm Caddy app and the http.handlers.rpm
 // middleware: API-key authentication against cached auth snapshots and
 // per-user, per-group and per-(user, group) requests-per-minute limits.
+// It is the Caddy glue around the gateway, which decides: configuration
+// (Caddyfile, validation, defaults), connections shared across reloads,
+// placeholders, metrics and the HTTP answers to the gateway's decisions.
 package caddyrpm
 
 import (
@@ -27,9 +30,10 @@ func init() {
 	caddy.RegisterModule(App{})
 }
 
-// App is the rpm app. It owns the store, the Redis client, the snapshot
-// caches, the limiter and cache invalidation, and is shared by every rpm
-// handler of the configuration.
+// App is the rpm app. It connects the store and Redis (shared across
+// reloads), builds the limiter and the gateway of the configuration over
+// them, and is shared by every rpm handler of the configuration; the admin
+// modules reach the gateway through it.
 type App struct {
 	// Postgres is the DSN of the Postgres database that is the source of
 	// truth. Exactly one of Postgres and KeysFile must be set.

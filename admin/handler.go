@@ -136,8 +136,8 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) error {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="caddy-rpm admin"`)
 		return apiError(http.StatusUnauthorized, "missing or invalid admin token")
 	}
-	if _, pattern := h.mux.Handler(r); pattern == "" {
-		return h.unrouted(w, r)
+	if mh, pattern := h.mux.Handler(r); pattern == "" {
+		return unrouted(w, r, mh)
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
@@ -147,9 +147,9 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request) error {
 }
 
 // unrouted is the answer to a request no pattern matches: 404, or 405 with
-// the Allow header the mux computes when the path has other methods.
-func (h *Handler) unrouted(w http.ResponseWriter, r *http.Request) error {
-	mh, _ := h.mux.Handler(r)
+// the Allow header the mux computes when the path has other methods; mh
+// is the mux's own (text) answer.
+func unrouted(w http.ResponseWriter, r *http.Request, mh http.Handler) error {
 	probe := &headerProbe{header: http.Header{}}
 	mh.ServeHTTP(probe, r)
 	if probe.status == http.StatusMethodNotAllowed {

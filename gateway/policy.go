@@ -149,30 +149,38 @@ func (p *policy) counterKey(scope LimitScope, uid, gid int64, zone string, keyID
 // group) layer and the route limits; a limit of 0 is no limit. It records
 // each limit in d and returns the counters to check, in the same order.
 func (p *policy) counters(s *snapshot.Snapshot, route []RouteLimit, d *Decision) []limiter.Counter {
-	cs := make([]limiter.Counter, 0, 2+len(route))
 	var gid int64
 	if s.Group != nil {
 		gid = s.Group.ID
 	}
-	add := func(scope LimitScope, zone string, limit int64) {
-		if d.n == MaxCounters {
-			return // CheckRoute allows no more
-		}
-		cs = append(cs, limiter.Counter{Key: p.counterKey(scope, s.UserID, gid, zone, s.APIKeyID),
-			Limit: limit, UserID: s.UserID, GroupID: gid})
-		d.limits[d.n] = Limit{Scope: scope, Zone: zone, Limit: limit, Remaining: limit}
-		d.n++
-	}
 	if s.User.RPMLimit > 0 {
-		add(LimitUser, "", s.User.RPMLimit)
+		d.add(LimitUser, "", s.User.RPMLimit)
 	}
 	if s.Group != nil {
 		if limit, scope := groupLimit(s.Group.RPMLimit, s.User.UserGroupRPMOverride); limit > 0 {
-			add(scope, "", limit)
+			d.add(scope, "", limit)
 		}
 	}
 	for _, l := range route {
-		add(l.Scope, l.Zone, l.Limit)
+		d.add(l.Scope, l.Zone, l.Limit)
+	}
+	if d.n == 0 {
+		return nil
+	}
+	cs := make([]limiter.Counter, d.n)
+	for i, l := range d.limits[:d.n] {
+		cs[i] = limiter.Counter{Key: p.counterKey(l.Scope, s.UserID, gid, l.Zone, s.APIKeyID),
+			Limit: l.Limit, UserID: s.UserID, GroupID: gid}
 	}
 	return cs
+}
+
+// add records a limit that applies, with all of it remaining until the
+// limiter answers.
+func (d *Decision) add(scope LimitScope, zone string, limit int64) {
+	if d.n == MaxCounters {
+		return // CheckRoute allows no more
+	}
+	d.limits[d.n] = Limit{Scope: scope, Zone: zone, Limit: limit, Remaining: limit}
+	d.n++
 }

@@ -117,6 +117,9 @@ type App struct {
 	// keyFilter holds the hashes of every valid key, so unknown keys are
 	// refused without a lookup; shared across reloads for Postgres.
 	keyFilter *keyfilter.Filter
+
+	// shadowLog throttles the log lines of shadow-mode refusals.
+	shadowLog *shadowLog
 }
 
 // CacheOptions configures the L1 (in-process) and L2 (Redis) snapshot
@@ -165,6 +168,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	a.metrics = m
+	a.shadowLog = new(shadowLog)
 	if err := a.provisionStore(ctx); err != nil {
 		return err
 	}

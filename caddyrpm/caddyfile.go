@@ -175,6 +175,7 @@ func (c *CacheOptions) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		ratelimit_headers all|ietf|legacy|off
 //		zone              <name>
 //		limit             user|key <n>
+//		shadow
 //	}
 func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	handler := new(Handler)
@@ -224,6 +225,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "limit":
 			limitLines = append(limitLines, d.Line())
 			err = h.unmarshalLimit(d)
+		case "shadow":
+			err = flag(d, &h.Shadow)
 		default:
 			err = d.Errf("rpm: unknown option '%s'", opt)
 		}

@@ -53,6 +53,14 @@ type Handler struct {
 	// limits. Default: none.
 	Limits []RouteLimit `json:"limits,omitempty"`
 
+	// Shadow makes this handler's limit checks observe instead of enforce
+	// (shadow mode): a request that a limit would refuse is admitted, like
+	// a refused one it is counted in none of its limits, and it is counted
+	// in caddy_rpm_shadow_refusals_total, logged at most once per user and
+	// window, and marked with its code in {http.rpm.shadow_refused}.
+	// Authentication is enforced as usual. Default: false.
+	Shadow bool `json:"shadow,omitempty"`
+
 	app     *App
 	gateway *gateway.Gateway
 	// route is Zone and Limits as the gateway takes them.
@@ -148,6 +156,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if len(d.Limits()) > 0 {
 		h.app.metrics.checkDuration.Observe(time.Since(start).Seconds())
 	}
+	if h.Shadow {
+		d.Shadow()
+	}
+	var shadowCode string
 	switch d.Outcome {
 	case gateway.Abandoned:
 		// The check ended because the client did, not Redis: there is
@@ -162,12 +174,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.app.metrics.decisions.WithLabelValues("admitted", "fail_open").Inc()
 	case gateway.Refused:
 		return h.refuse(w, snap, &d)
+	case gateway.ShadowRefused:
+		// The headers tell what the limits say, as on any admitted request
+		// (r=0 for the full one); only the 429 is left out.
+		shadowCode = h.shadowRefused(snap, &d)
+		h.setRateLimitHeaders(w.Header(), &d)
 	default:
 		h.setRateLimitHeaders(w.Header(), &d)
 		h.app.metrics.admittedOK.Inc()
 	}
 
-	h.setPlaceholders(r, snap)
+	h.setPlaceholders(r, snap, shadowCode)
 	if !h.KeepCredentials {
 		h.stripCredentials(r)
 	}
@@ -225,14 +242,20 @@ func clientIP(r *http.Request) netip.Addr {
 	return ip
 }
 
-// setPlaceholders makes the identity available as placeholders. They are
-// computed when used, so a request that uses none pays one allocation.
-func (h *Handler) setPlaceholders(r *http.Request, s *snapshot.Snapshot) {
+// setPlaceholders makes the identity and the shadow-mode refusal code
+// available as placeholders. They are computed when used, so a request that
+// uses none pays one allocation.
+func (h *Handler) setPlaceholders(r *http.Request, s *snapshot.Snapshot, shadowCode string) {
 	repl, ok := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if !ok {
 		return
 	}
-	repl.Map(func(key string) (any, bool) { return identityPlaceholder(s, key) })
+	repl.Map(func(key string) (any, bool) {
+		if key == shadowPlaceholder {
+			return shadowCode, true
+		}
+		return identityPlaceholder(s, key)
+	})
 }
 
 // identityPlaceholder is the value of one http.auth.user.* or http.rpm.*

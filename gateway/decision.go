@@ -26,6 +26,11 @@ const (
 	// (a client that went away). Nobody is left to admit, and it is no
 	// limiter failure.
 	Abandoned
+	// ShadowRefused: a limit is used up, but the route only observes its
+	// limits (shadow mode), so the request is admitted. Like a refusal it
+	// is counted in none of its limits; Decision.Refusing names the limit
+	// that would have refused it.
+	ShadowRefused
 )
 
 // Limit is one limit a request was checked against.
@@ -66,10 +71,10 @@ type Decision struct {
 // order: user, (user, group) layer, then the route's limits.
 func (d *Decision) Limits() []Limit { return d.limits[:d.n] }
 
-// Refusal returns the limit that refused the request; ok is false unless
-// the outcome is Refused.
+// Refusal returns the limit that refused the request (or, in shadow mode,
+// would have); ok is false unless the outcome is Refused or ShadowRefused.
 func (d *Decision) Refusal() (l Limit, ok bool) {
-	if d.Outcome != Refused || d.Refusing < 0 || d.Refusing >= d.n {
+	if (d.Outcome != Refused && d.Outcome != ShadowRefused) || d.Refusing < 0 || d.Refusing >= d.n {
 		return Limit{}, false
 	}
 	return d.limits[d.Refusing], true
@@ -90,6 +95,19 @@ func (d *Decision) Strictest() int {
 		}
 	}
 	return best
+}
+
+// Shadow applies shadow mode to the decision: a refusal by a limit becomes
+// ShadowRefused, an admission. Nothing else changes: authentication
+// refusals are decided before any check and are never shadowed, and a
+// limiter that cannot be asked fails open or closed as configured, since
+// shadow mode observes limits, not Redis. The refused check took nothing,
+// so the counters keep what enforcement would have admitted and turning
+// shadow mode off later starts from true counts.
+func (d *Decision) Shadow() {
+	if d.Outcome == Refused {
+		d.Outcome = ShadowRefused
+	}
 }
 
 // ResetSeconds is ResetIn in whole seconds (see ResetSeconds).

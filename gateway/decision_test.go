@@ -112,3 +112,27 @@ func TestResetSecondsBounds(t *testing.T) {
 		}
 	}
 }
+
+func TestShadowAdmitsOnlyLimitRefusals(t *testing.T) {
+	refusing := &answering{res: limiter.Result{Denied: 2, Counts: []int64{4, 9, 5}, ResetIn: time.Second}}
+	d := newTestGateway(t, refusing, false).Check(context.Background(), snap(nil, 10, 20, true), route)
+	d.Shadow()
+	l, ok := d.Refusal()
+	if d.Outcome != ShadowRefused || !ok || l.Scope != LimitRouteUser || l.Remaining != 0 {
+		t.Fatalf("outcome %v, refusal %+v %v; want ShadowRefused by the zone's limit with 0 left", d.Outcome, l, ok)
+	}
+
+	// Every other outcome stays as it is: shadow mode observes limits, it
+	// does not change how an admission or a Redis failure is handled.
+	for name, lim := range map[string]*answering{
+		"admitted":    {res: limiter.Result{Allowed: true, Denied: -1, Counts: []int64{1, 1, 1}}},
+		"fail closed": {err: errors.New("redis down")},
+	} {
+		d := newTestGateway(t, lim, true).Check(context.Background(), snap(nil, 10, 20, true), route)
+		before := d.Outcome
+		d.Shadow()
+		if d.Outcome != before {
+			t.Errorf("%s: Shadow changed %v into %v", name, before, d.Outcome)
+		}
+	}
+}

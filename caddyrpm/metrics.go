@@ -26,6 +26,9 @@ type metrics struct {
 	// keyFilterRejections counts requests refused by the key filter.
 	keyFilterRejections prometheus.Counter
 	keyFilterBuilds     *prometheus.CounterVec
+	// shadowRefusals counts requests admitted by shadow mode, by the code
+	// they would have been refused with.
+	shadowRefusals *prometheus.CounterVec
 }
 
 var (
@@ -59,6 +62,8 @@ func newMetrics() *metrics {
 		keyFilterRejections: counter("key_filter_rejections_total",
 			"Requests refused as INVALID_API_KEY by the in-process filter of valid keys, without a cache or store lookup."),
 		keyFilterBuilds: counterVec("key_filter_builds_total", "Builds of the filter of valid keys from the store, by result (ok, error).", "result"),
+		shadowRefusals: counterVec("shadow_refusals_total",
+			"Requests admitted by a handler in shadow mode that a limit would have refused, by the code of that refusal.", "reason"),
 	}
 	m.admittedOK = m.decisions.WithLabelValues("admitted", "ok")
 	return m
@@ -83,7 +88,7 @@ func registerMetrics(reg *prometheus.Registry) (*metrics, error) {
 	for _, c := range []prometheus.Collector{
 		m.decisions, m.cacheHits, m.cacheMisses, m.storeLoads, m.storeErrors,
 		m.staleServed, m.redisErrors, m.failOpens, m.checkDuration, m.checksPerCall, m.invalidations,
-		m.keyFilterRejections, m.keyFilterBuilds,
+		m.keyFilterRejections, m.keyFilterBuilds, m.shadowRefusals,
 	} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError

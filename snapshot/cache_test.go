@@ -229,14 +229,19 @@ func TestCacheForget(t *testing.T) {
 	}
 }
 
+// redisDown is a Health that reports Redis down.
+type redisDown struct{}
+
+func (redisDown) RedisDown() bool { return true }
+
 func TestCacheSkipsL2WhenDown(t *testing.T) {
 	// A client pointed at a closed port: any L2 call would fail after the
-	// dial; with L2Down reporting true none is made.
+	// dial; with Redis reported down none is made.
 	dead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", DialTimeout: time.Second})
 	defer dead.Close()
 	var l2Errors atomic.Int64
 	cfg := testConfig("x:")
-	cfg.L2Down = func() bool { return true }
+	cfg.Health = redisDown{}
 	l := &countingLoader{snap: activeSnapshot(1)}
 	c := NewCache(cfg, dead, l.load, CacheHooks{L2Errors: func() { l2Errors.Add(1) }})
 	if _, err := c.Get(context.Background(), "k"); err != nil {

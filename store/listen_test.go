@@ -191,3 +191,21 @@ func TestListenPingsWhenQuiet(t *testing.T) {
 	default:
 	}
 }
+
+// TestEventPayloadRoundTrip: what Payload writes, ParseEvent reads back,
+// so publishers and the listener cannot disagree on the format.
+func TestEventPayloadRoundTrip(t *testing.T) {
+	h := store.HashKey("k")
+	for _, ev := range []store.Event{
+		{Scope: store.ScopeAll},
+		{Scope: store.ScopeUser, ID: 12},
+		{Scope: store.ScopeGroup, ID: 3},
+		{Scope: store.ScopeKey, ID: 7},
+		{Scope: store.ScopeKey, ID: 7, KeyHash: h},
+	} {
+		got, ok := store.ParseEvent(ev.Payload())
+		if !ok || got != ev {
+			t.Errorf("ParseEvent(%q) = %+v, %v; want %+v", ev.Payload(), got, ok, ev)
+		}
+	}
+}

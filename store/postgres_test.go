@@ -35,7 +35,6 @@ func TestLoadSnapshot(t *testing.T) {
 	pool, _ := storetest.NewSchemaConfig(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = counter })
 	ctx := context.Background()
 	st := store.NewPostgres(pool)
-	defer st.Close()
 
 	uid := storetest.SeedUser(t, pool, 60)
 	gid := storetest.SeedGroup(t, pool, "default", 30)

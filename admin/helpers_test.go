@@ -29,7 +29,7 @@ type invalidation struct {
 // invalidations it applies.
 type testBackend struct {
 	st    store.Source
-	lim   limiter.Limiter
+	lim   limiter.Acquirer
 	keys  limiter.Keys
 	token string
 	zones []gateway.RouteLimit

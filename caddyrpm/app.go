@@ -79,6 +79,13 @@ type App struct {
 	// and ":", ".", "_", "-", "/". Default: "rpm:".
 	RedisKeyPrefix string `json:"key_prefix,omitempty"`
 
+	// ConcurrencyLease is how long a concurrency slot stays taken in Redis
+	// without its instance renewing it (renewals run every quarter of it,
+	// at most every 5s, while the request is in flight). It bounds how long
+	// the slots of an instance that died (killed, lost its network) stay
+	// taken. At least 1s. Default: 20s.
+	ConcurrencyLease caddy.Duration `json:"concurrency_lease,omitempty"`
+
 	// Cache configures the snapshot caches. Default: see CacheOptions.
 	Cache *CacheOptions `json:"cache,omitempty"`
 
@@ -99,7 +106,7 @@ type App struct {
 	source   store.Source
 	writable store.Writable
 	redis    redis.UniversalClient
-	limiter  limiter.Limiter
+	limiter  limiter.Acquirer
 	// breaker guards Redis; nil without Redis.
 	breaker *limiter.Guarded
 	// counterKeys names the rate-limit counters.
@@ -200,6 +207,7 @@ func (a *App) setDefaults() error {
 		a.RedisTimeout = caddy.Duration(100 * time.Millisecond)
 	}
 	setDuration(&a.StoreTimeout, 2*time.Second)
+	setDuration(&a.ConcurrencyLease, limiter.DefaultLease)
 	if a.OnRedisError == "" {
 		a.OnRedisError = "open"
 	}

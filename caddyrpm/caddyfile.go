@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -32,6 +33,7 @@ func init() {
 //		redis_cluster
 //		redis_timeout  <duration>
 //		on_redis_error open|closed
+//		concurrency_lease <duration>
 //		key_prefix     <prefix>
 //		cache {
 //			l1_size        <n>
@@ -93,6 +95,10 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = durationArg(d, &a.RedisTimeout)
 		case "store_timeout":
 			err = durationArg(d, &a.StoreTimeout)
+		case "concurrency_lease":
+			err = checked(d, durationArg(d, &a.ConcurrencyLease), func() error {
+				return checkConcurrencyLease(time.Duration(a.ConcurrencyLease))
+			})
 		case "auto_migrate":
 			err = flag(d, &a.AutoMigrate)
 		case "redis_cluster":
@@ -175,6 +181,7 @@ func (c *CacheOptions) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		ratelimit_headers all|ietf|legacy|off
 //		zone              <name>
 //		limit             user|key <n>
+//		concurrency       user|key <n>
 //		shadow
 //	}
 func parseHandlerDirective(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
@@ -191,10 +198,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	seen := map[string]bool{}
 	var zoneLine int
-	var limitLines []int // of h.Limits[i]
+	var limitLines, concLines []int // of h.Limits[i], h.Concurrency[i]
 	for d.NextBlock(0) {
 		opt := d.Val()
-		repeatable := opt == "key_header" || opt == "limit"
+		repeatable := opt == "key_header" || opt == "limit" || opt == "concurrency"
 		if seen[opt] && !repeatable {
 			return d.Errf("rpm: duplicate option '%s'", opt)
 		}
@@ -224,7 +231,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = checked(d, oneArg(d, &h.Zone), func() error { return gateway.CheckZone(h.Zone) })
 		case "limit":
 			limitLines = append(limitLines, d.Line())
-			err = h.unmarshalLimit(d)
+			err = unmarshalRouteLimit(d, &h.Limits, "a number per minute")
+		case "concurrency":
+			concLines = append(concLines, d.Line())
+			err = unmarshalRouteLimit(d, &h.Concurrency, "a number of requests at once")
 		case "shadow":
 			err = flag(d, &h.Shadow)
 		default:
@@ -234,16 +244,23 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return err
 		}
 	}
-	if len(h.Limits) > 0 && h.Zone == "" {
-		return d.Errf("rpm: 'limit' on line %d needs a 'zone' in the same block", limitLines[len(limitLines)-1])
+	if h.Zone == "" {
+		switch {
+		case len(h.Limits) > 0:
+			return d.Errf("rpm: 'limit' on line %d needs a 'zone' in the same block", limitLines[len(limitLines)-1])
+		case len(h.Concurrency) > 0:
+			return d.Errf("rpm: 'concurrency' on line %d needs a 'zone' in the same block", concLines[len(concLines)-1])
+		}
 	}
 	// The values, checked as Validate checks them; the error names the
-	// line of the limit (or zone) at fault.
+	// line of the limit (or zone) at fault. Route errors index Limits
+	// followed by Concurrency.
+	routeLines := append(limitLines, concLines...)
 	var re *gateway.RouteError
 	if err := h.checkRoute(); errors.As(err, &re) {
 		line := zoneLine
 		if re.Limit >= 0 {
-			line = limitLines[re.Limit]
+			line = routeLines[re.Limit]
 		}
 		return fmt.Errorf("rpm: %w, at %s:%d", re.Err, d.File(), line)
 	} else if err != nil {
@@ -252,16 +269,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-func (h *Handler) unmarshalLimit(d *caddyfile.Dispenser) error {
+// unmarshalRouteLimit parses "limit|concurrency user|key <n>" into dst;
+// unit says what n counts.
+func unmarshalRouteLimit(d *caddyfile.Dispenser, dst *[]RouteLimit, unit string) error {
+	opt := d.Val()
 	var scope, n string
 	if !d.Args(&scope, &n) || d.NextArg() {
-		return d.Errf("rpm: limit takes a scope (user or key) and a number per minute")
+		return d.Errf("rpm: %s takes a scope (user or key) and %s", opt, unit)
 	}
 	limit, err := strconv.ParseInt(n, 10, 64)
 	if err != nil {
-		return d.Errf("rpm: limit %s must be a whole number of at least 1, not '%s'", scope, n)
+		return d.Errf("rpm: %s %s must be a whole number of at least 1, not '%s'", opt, scope, n)
 	}
-	h.Limits = append(h.Limits, RouteLimit{Scope: scope, Limit: limit})
+	*dst = append(*dst, RouteLimit{Scope: scope, Limit: limit})
 	return nil
 }
 

@@ -19,6 +19,9 @@ const (
 	codeUserRPM  = "USER_RPM_EXCEEDED"
 	codeGroupRPM = "GROUP_RPM_EXCEEDED"
 	codeRouteRPM = "ROUTE_RPM_EXCEEDED"
+	// codeConcurrency refuses a request past a concurrency cap (the
+	// user's or a route's).
+	codeConcurrency = "CONCURRENCY_EXCEEDED"
 )
 
 var (

@@ -45,13 +45,20 @@ type Handler struct {
 	// legacy or off. Default: all. 429 responses always carry Retry-After.
 	RateLimitHeaders string `json:"ratelimit_headers,omitempty"`
 
-	// Zone names the counters of the route limits below; handlers and
-	// instances with the same zone share them. Required with Limits.
+	// Zone names the counters and slot sets of the route limits below;
+	// handlers and instances with the same zone share them. Required with
+	// Limits or Concurrency.
 	Zone string `json:"zone,omitempty"`
 
 	// Limits are route limits per minute, checked together with the data
 	// limits. Default: none.
 	Limits []RouteLimit `json:"limits,omitempty"`
+
+	// Concurrency are route caps on requests in flight (Limit is the
+	// number of requests at once), checked together with the limits and
+	// the user's concurrency; a request holds its place until its response
+	// is over. Default: none.
+	Concurrency []RouteLimit `json:"concurrency,omitempty"`
 
 	// Shadow makes this handler's limit checks observe instead of enforce
 	// (shadow mode): a request that a limit would refuse is admitted, like
@@ -78,11 +85,13 @@ type KeySource struct {
 	Scheme string `json:"scheme,omitempty"`
 }
 
-// RouteLimit caps the requests this handler admits per minute.
+// RouteLimit caps the requests this handler admits per minute (Limits) or
+// at once (Concurrency).
 type RouteLimit struct {
 	// Scope is "user" (per user, across their keys) or "key" (per key).
 	Scope string `json:"scope"`
-	// Limit is the number of requests per minute; at least 1.
+	// Limit is the number of requests per minute (Limits) or in flight
+	// (Concurrency); at least 1.
 	Limit int64 `json:"limit"`
 }
 
@@ -111,11 +120,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.RateLimitHeaders == "" {
 		h.RateLimitHeaders = "all"
 	}
-	h.route = make([]gateway.RouteLimit, 0, len(h.Limits))
-	for _, l := range h.Limits {
-		scope, _ := routeScope(l.Scope) // an unknown one fails Validate
-		h.route = append(h.route, gateway.RouteLimit{Zone: h.Zone, Scope: scope, Limit: l.Limit})
-	}
+	h.route, _ = h.gatewayRoute() // an unknown scope fails Validate
 	appIface, err := ctx.App("rpm")
 	if err != nil {
 		return fmt.Errorf("getting rpm app: %w", err)
@@ -174,14 +179,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.app.metrics.decisions.WithLabelValues("admitted", "fail_open").Inc()
 	case gateway.Refused:
 		return h.refuse(w, snap, &d)
+	case gateway.Admitted:
+		// Its places under the concurrency caps (if any) are held until
+		// the response is over: next returns once the response is fully
+		// written (streams included), or the client went away, or the
+		// upstream failed.
+		defer d.Lease.Release()
+		h.setRateLimitHeaders(w.Header(), &d)
+		h.app.metrics.admittedOK.Inc()
 	case gateway.ShadowRefused:
 		// The headers tell what the limits say, as on any admitted request
 		// (r=0 for the full one); only the 429 is left out.
 		shadowCode = h.shadowRefused(snap, &d)
 		h.setRateLimitHeaders(w.Header(), &d)
-	default:
-		h.setRateLimitHeaders(w.Header(), &d)
-		h.app.metrics.admittedOK.Inc()
 	}
 
 	h.setPlaceholders(r, snap, shadowCode)

@@ -17,7 +17,7 @@ import (
 
 // admitAll is a backend that admits every check, so the benchmark below
 // measures the handler's own work on the admitted path without Redis.
-type admitAll struct{ limiter.Limiter }
+type admitAll struct{ limiter.Acquirer }
 
 func (admitAll) Check(_ context.Context, cs []limiter.Counter) (limiter.Result, error) {
 	counts := make([]int64, len(cs))

@@ -66,7 +66,7 @@ func (s fixedSource) LoadSnapshot(context.Context, string) (*snapshot.Snapshot, 
 
 // answering is a limiter that answers every check with res.
 type answering struct {
-	limiter.Limiter
+	limiter.Acquirer
 	res limiter.Result
 }
 

@@ -29,6 +29,9 @@ type metrics struct {
 	// shadowRefusals counts requests admitted by shadow mode, by the code
 	// they would have been refused with.
 	shadowRefusals *prometheus.CounterVec
+	// inFlight is the number of this process's requests holding a
+	// concurrency slot (see liveLimiters).
+	inFlight prometheus.GaugeFunc
 }
 
 var (
@@ -65,6 +68,10 @@ func newMetrics() *metrics {
 		shadowRefusals: counterVec("shadow_refusals_total",
 			"Requests admitted by a handler in shadow mode that a limit would have refused, by the code of that refusal.", "reason"),
 	}
+	m.inFlight = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: namespace, Name: "in_flight",
+		Help: "Requests of this instance admitted under a concurrency cap and not over yet (holding a slot).",
+	}, inFlight)
 	m.admittedOK = m.decisions.WithLabelValues("admitted", "ok")
 	return m
 }
@@ -88,7 +95,7 @@ func registerMetrics(reg *prometheus.Registry) (*metrics, error) {
 	for _, c := range []prometheus.Collector{
 		m.decisions, m.cacheHits, m.cacheMisses, m.storeLoads, m.storeErrors,
 		m.staleServed, m.redisErrors, m.failOpens, m.checkDuration, m.checksPerCall, m.invalidations,
-		m.keyFilterRejections, m.keyFilterBuilds, m.shadowRefusals,
+		m.keyFilterRejections, m.keyFilterBuilds, m.shadowRefusals, m.inFlight,
 	} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError

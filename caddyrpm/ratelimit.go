@@ -10,10 +10,11 @@ import (
 )
 
 // policyName is a limit's name in the RateLimit headers: "user", "group"
-// (the group's limit or the user's override in it) or the route zone.
+// (the group's limit or the user's override in it) or the route zone; in
+// logs, a concurrency cap's name the same way.
 func policyName(l *gateway.Limit) string {
 	switch l.Scope {
-	case gateway.LimitUser:
+	case gateway.LimitUser, gateway.LimitConcurrencyUser:
 		return "user"
 	case gateway.LimitGroup, gateway.LimitOverride:
 		return "group"
@@ -23,6 +24,9 @@ func policyName(l *gateway.Limit) string {
 
 // refusalCode is the error code of a refusal by a limit of this scope.
 func refusalCode(scope gateway.LimitScope) string {
+	if scope.Concurrency() {
+		return codeConcurrency
+	}
 	switch scope {
 	case gateway.LimitUser:
 		return codeUserRPM
@@ -104,7 +108,10 @@ var (
 	hdrXRateLimitReset     = http.CanonicalHeaderKey("X-RateLimit-Reset")
 )
 
-// refuse answers 429 for the limit that refused the request.
+// refuse answers 429 for the limit that refused the request. A full
+// concurrency cap is retried after 1 s, as a place may free up at any
+// moment; the rate-limit headers describe the per-minute limits only
+// (a cap is no quota per window), as on any answer.
 func (h *Handler) refuse(w http.ResponseWriter, s *snapshot.Snapshot, d *gateway.Decision) error {
 	l, _ := d.Refusal()
 	code := refusalCode(l.Scope)
@@ -113,15 +120,32 @@ func (h *Handler) refuse(w http.ResponseWriter, s *snapshot.Snapshot, d *gateway
 		reason += "_local"
 	}
 	h.app.metrics.decisions.WithLabelValues("refused", reason).Inc()
-	reset := d.ResetSeconds()
+	var retry int64 = 1
+	var message string
+	if l.Scope.Concurrency() {
+		message = concurrencyMessage(l)
+	} else {
+		retry = d.ResetSeconds()
+		message = limitMessage(s, l, retry)
+	}
 	hdr := w.Header()
-	hdr.Set("Retry-After", strconv.FormatInt(reset, 10))
+	hdr.Set("Retry-After", strconv.FormatInt(retry, 10))
 	h.setRateLimitHeaders(hdr, d)
-	return h.writeError(w, &apiError{
-		status:  http.StatusTooManyRequests,
-		code:    code,
-		message: limitMessage(s, l, reset),
-	})
+	return h.writeError(w, &apiError{status: http.StatusTooManyRequests, code: code, message: message})
+}
+
+// concurrencyMessage is limitMessage for a full concurrency cap.
+func concurrencyMessage(l gateway.Limit) string {
+	var which string
+	switch l.Scope {
+	case gateway.LimitConcurrencyUser:
+		which = fmt.Sprintf("the user's limit of %d concurrent requests", l.Limit)
+	case gateway.LimitRouteConcurrencyUser:
+		which = fmt.Sprintf("the route limit %q of %d concurrent requests per user", l.Zone, l.Limit)
+	default:
+		which = fmt.Sprintf("the route limit %q of %d concurrent requests per API key", l.Zone, l.Limit)
+	}
+	return fmt.Sprintf("Concurrency limit reached at the API gateway (not the upstream provider): %s. Retry after 1 second, or when one of these requests has ended.", which)
 }
 
 // limitMessage says plainly that the gateway refused, which limit, its

@@ -209,23 +209,34 @@ func redactURL(addr string) string {
 
 func (a *App) provisionLimiter() {
 	if a.redis == nil {
-		lim, _ := share(a, "limiter|local", func() (limiter.Limiter, func(), error) {
-			return limiter.NewDenyCache(limiter.NewLocal(time.Now), time.Now), nil, nil
+		lim, _ := share(a, "limiter|local", func() (limiter.Acquirer, func(), error) {
+			l := limiter.NewDenyCache(limiter.NewLocal(time.Now), time.Now)
+			return l, trackInFlight(l), nil
 		})
 		a.limiter = lim
 		return
 	}
-	key := fmt.Sprintf("limiter|%s|%s|%s", a.redisKey(), a.RedisKeyPrefix, time.Duration(a.RedisTimeout))
+	key := fmt.Sprintf("limiter|%s|%s|%s|%s", a.redisKey(), a.RedisKeyPrefix, time.Duration(a.RedisTimeout),
+		time.Duration(a.ConcurrencyLease))
 	lim, _ := share(a, key, func() (redisLimiter, func(), error) {
 		client := a.redis
 		m := a.metrics // process-wide, the same for every configuration
 		counting := limiter.NewRedis(client,
-			limiter.WithOnCall(func(checks int) { m.checksPerCall.Observe(float64(checks)) }))
+			limiter.WithOnCall(func(checks int) { m.checksPerCall.Observe(float64(checks)) }),
+			limiter.WithLeases(leaseConfig(time.Duration(a.ConcurrencyLease))))
 		// The limiter outlives this configuration (see sharedLogger).
 		guarded := limiter.NewGuarded(counting, time.Duration(a.RedisTimeout), sharedLogger("rpm.redis"),
 			limiter.WithProbe(func(ctx context.Context) error { return client.Ping(ctx).Err() }),
 			limiter.WithOnError(func(error) { m.redisErrors.Inc() }))
-		return redisLimiter{limiter.NewDenyCache(guarded, time.Now), guarded}, func() { _ = guarded.Close() }, nil
+		deny := limiter.NewDenyCache(guarded, time.Now)
+		untrack := trackInFlight(deny)
+		return redisLimiter{deny, guarded}, func() {
+			untrack()
+			_ = guarded.Close()
+			// Sends the releases still queued; leases still held expire
+			// within the lease length.
+			_ = counting.Close()
+		}, nil
 	})
 	a.limiter, a.breaker = lim.limiter, lim.breaker
 }
@@ -234,6 +245,13 @@ func (a *App) provisionLimiter() {
 // over the circuit breaker over Redis, and the breaker itself, which the
 // gateway owns as its view of Redis health.
 type redisLimiter struct {
-	limiter limiter.Limiter
+	limiter limiter.Acquirer
 	breaker *limiter.Guarded
+}
+
+// leaseConfig renews leases every quarter of their length, at most every
+// limiter.DefaultRenew, so that a renewal or two may fail before a lease
+// of a live request lapses.
+func leaseConfig(lease time.Duration) limiter.LeaseConfig {
+	return limiter.LeaseConfig{Lease: lease, Renew: min(limiter.DefaultRenew, lease/4)}
 }

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/caddyrpm/caddy-rpm/gateway"
 )
@@ -34,6 +35,9 @@ func (a *App) Validate() error {
 	if err := checkKeyPrefix(a.RedisKeyPrefix); err != nil {
 		return fmt.Errorf("rpm: %w", err)
 	}
+	if err := checkConcurrencyLease(time.Duration(a.ConcurrencyLease)); err != nil {
+		return fmt.Errorf("rpm: %w", err)
+	}
 	if a.Cache != nil && a.Cache.JitterPercent != nil {
 		if err := checkJitter(*a.Cache.JitterPercent); err != nil {
 			return fmt.Errorf("rpm: %w", err)
@@ -46,6 +50,20 @@ func (a *App) Validate() error {
 func checkOnRedisError(v string) error {
 	if v != "" && v != "open" && v != "closed" {
 		return fmt.Errorf("on_redis_error must be open or closed, not '%s'", v)
+	}
+	return nil
+}
+
+// minConcurrencyLease is the shortest concurrency_lease: renewals run
+// every quarter of it, and a shorter one would have them race the
+// requests they keep alive.
+const minConcurrencyLease = time.Second
+
+// checkConcurrencyLease allows 0 (the default) and at least
+// minConcurrencyLease.
+func checkConcurrencyLease(d time.Duration) error {
+	if d != 0 && d < minConcurrencyLease {
+		return fmt.Errorf("concurrency_lease must be at least %s, not %s", minConcurrencyLease, d)
 	}
 	return nil
 }
@@ -74,26 +92,52 @@ func (h *Handler) Validate() error {
 	return h.checkRoute()
 }
 
-// checkRoute checks the zone and its limits (a *gateway.RouteError).
+// checkRoute checks the zone and its limits (a *gateway.RouteError whose
+// index is in Limits followed by Concurrency).
 func (h *Handler) checkRoute() error {
-	route := make([]gateway.RouteLimit, 0, len(h.Limits))
-	for i, l := range h.Limits {
-		scope, err := routeScope(l.Scope)
-		if err != nil {
-			return &gateway.RouteError{Limit: i, Err: err}
-		}
-		route = append(route, gateway.RouteLimit{Zone: h.Zone, Scope: scope, Limit: l.Limit})
+	route, err := h.gatewayRoute()
+	if err != nil {
+		return err
 	}
 	return gateway.CheckRoute(h.Zone, route)
 }
 
-// routeScope is the gateway's scope of a route limit's scope name.
-func routeScope(name string) (gateway.LimitScope, error) {
-	switch name {
-	case "user":
+// gatewayRoute is Limits followed by Concurrency as the gateway takes
+// them; an unknown scope is a *gateway.RouteError.
+func (h *Handler) gatewayRoute() ([]gateway.RouteLimit, error) {
+	route := make([]gateway.RouteLimit, 0, len(h.Limits)+len(h.Concurrency))
+	for i, l := range h.Limits {
+		scope, err := routeScope(l.Scope, false)
+		if err != nil {
+			return route, &gateway.RouteError{Limit: i, Err: err}
+		}
+		route = append(route, gateway.RouteLimit{Zone: h.Zone, Scope: scope, Limit: l.Limit})
+	}
+	for i, l := range h.Concurrency {
+		scope, err := routeScope(l.Scope, true)
+		if err != nil {
+			return route, &gateway.RouteError{Limit: len(h.Limits) + i, Err: err}
+		}
+		route = append(route, gateway.RouteLimit{Zone: h.Zone, Scope: scope, Limit: l.Limit})
+	}
+	return route, nil
+}
+
+// routeScope is the gateway's scope of a route limit's (or with
+// concurrency, a route cap's) scope name.
+func routeScope(name string, concurrency bool) (gateway.LimitScope, error) {
+	switch {
+	case name == "user" && concurrency:
+		return gateway.LimitRouteConcurrencyUser, nil
+	case name == "key" && concurrency:
+		return gateway.LimitRouteConcurrencyKey, nil
+	case name == "user":
 		return gateway.LimitRouteUser, nil
-	case "key":
+	case name == "key":
 		return gateway.LimitRouteKey, nil
+	}
+	if concurrency {
+		return 0, fmt.Errorf("route concurrency scope must be user or key, not '%s'", name)
 	}
 	return 0, fmt.Errorf("route limit scope must be user or key, not '%s'", name)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/limiter"
 	"github.com/caddyrpm/caddy-rpm/snapshot"
 )
 
@@ -12,12 +13,14 @@ type Outcome uint8
 
 // The outcomes of a check.
 const (
-	// Admitted: every limit had room and was counted (or none applies).
+	// Admitted: every limit had room and was counted, and a place was
+	// taken under every concurrency cap (or none applies).
 	Admitted Outcome = iota
 	// AdmittedFailOpen: the limiter could not be asked and the gateway
 	// fails open, so the request passes uncounted.
 	AdmittedFailOpen
-	// Refused: a limit is used up; Decision.Refusing names it.
+	// Refused: a limit is used up or a concurrency cap is full;
+	// Decision.Refusal names it.
 	Refused
 	// Unavailable: the limiter could not be asked and the gateway fails
 	// closed.
@@ -26,24 +29,33 @@ const (
 	// (a client that went away). Nobody is left to admit, and it is no
 	// limiter failure.
 	Abandoned
-	// ShadowRefused: a limit is used up, but the route only observes its
-	// limits (shadow mode), so the request is admitted. Like a refusal it
-	// is counted in none of its limits; Decision.Refusing names the limit
-	// that would have refused it.
+	// ShadowRefused: a limit is used up (or a concurrency cap full), but
+	// the route only observes its limits (shadow mode), so the request is
+	// admitted. Like a refusal it is counted in none of its limits and
+	// holds no place under any cap; Decision.Refusal names the limit that
+	// would have refused it.
 	ShadowRefused
 )
 
-// Limit is one limit a request was checked against.
+// Limit is one limit a request was checked against: a per-minute limit
+// or a concurrency cap (Scope.Concurrency).
 type Limit struct {
 	// Scope says what the limit caps.
 	Scope LimitScope
 	// Zone is the route zone of a route limit, "" otherwise.
 	Zone string
-	// Limit is the number of requests per minute.
+	// Limit is the number of requests per minute, or for a concurrency cap
+	// the number of requests in flight at once.
 	Limit int64
-	// Remaining is how many more requests the limit admits in this window;
-	// the limit itself when the limiter could not be asked.
+	// Remaining is how many more requests the limit admits in this window
+	// (a cap: at this moment); the limit itself when the limiter could not
+	// be asked.
 	Remaining int64
+	// InFlight is, for a concurrency cap, the number of requests its set
+	// holds: with this one when admitted, without it when refused; 0 when
+	// the limiter did not say (it could not be asked, or a counter was
+	// refused by the local deny cache).
+	InFlight int64
 }
 
 // Decision is the result of Check: what the HTTP layer renders as headers
@@ -55,6 +67,16 @@ type Decision struct {
 	// Refusing is the index in Limits of the limit that refused the
 	// request, -1 if none. With several full limits it is the first.
 	Refusing int
+	// RefusingCap is the index in Caps of the concurrency cap that refused
+	// the request, -1 if none. A full limit is reported before a full cap
+	// (Refusing), so at most one of the two is set.
+	RefusingCap int
+	// Lease holds the request's places under the concurrency caps when it
+	// was admitted with caps that apply; nil otherwise (a shadow-refused or
+	// fail-open request holds none). Whoever hands the request on must
+	// Release it once, when the response is over; Release on nil does
+	// nothing.
+	Lease *limiter.Lease
 	// Local reports a refusal decided by the local deny cache, without
 	// asking Redis.
 	Local bool
@@ -65,19 +87,32 @@ type Decision struct {
 
 	limits [MaxCounters]Limit
 	n      int
+	caps   [MaxCaps]Limit
+	nc     int
 }
 
-// Limits returns the limits the request was checked against, in a fixed
-// order: user, (user, group) layer, then the route's limits.
+// Limits returns the per-minute limits the request was checked against,
+// in a fixed order: user, (user, group) layer, then the route's limits.
 func (d *Decision) Limits() []Limit { return d.limits[:d.n] }
 
-// Refusal returns the limit that refused the request (or, in shadow mode,
-// would have); ok is false unless the outcome is Refused or ShadowRefused.
+// Caps returns the concurrency caps the request was checked against, in a
+// fixed order: the user's, then the route's per user and per key.
+func (d *Decision) Caps() []Limit { return d.caps[:d.nc] }
+
+// Refusal returns the limit or cap that refused the request (or, in
+// shadow mode, would have); ok is false unless the outcome is Refused or
+// ShadowRefused.
 func (d *Decision) Refusal() (l Limit, ok bool) {
-	if (d.Outcome != Refused && d.Outcome != ShadowRefused) || d.Refusing < 0 || d.Refusing >= d.n {
+	if d.Outcome != Refused && d.Outcome != ShadowRefused {
 		return Limit{}, false
 	}
-	return d.limits[d.Refusing], true
+	switch {
+	case d.Refusing >= 0 && d.Refusing < d.n:
+		return d.limits[d.Refusing], true
+	case d.RefusingCap >= 0 && d.RefusingCap < d.nc:
+		return d.caps[d.RefusingCap], true
+	}
+	return Limit{}, false
 }
 
 // Strictest returns the index of the limit with the fewest requests left,
@@ -97,13 +132,15 @@ func (d *Decision) Strictest() int {
 	return best
 }
 
-// Shadow applies shadow mode to the decision: a refusal by a limit becomes
-// ShadowRefused, an admission. Nothing else changes: authentication
-// refusals are decided before any check and are never shadowed, and a
-// limiter that cannot be asked fails open or closed as configured, since
-// shadow mode observes limits, not Redis. The refused check took nothing,
-// so the counters keep what enforcement would have admitted and turning
-// shadow mode off later starts from true counts.
+// Shadow applies shadow mode to the decision: a refusal by a limit or a
+// concurrency cap becomes ShadowRefused, an admission. Nothing else
+// changes: authentication refusals are decided before any check and are
+// never shadowed, and a limiter that cannot be asked fails open or closed
+// as configured, since shadow mode observes limits, not Redis. The refused
+// check took nothing, so the counters keep what enforcement would have
+// admitted and turning shadow mode off later starts from true counts; a
+// request admitted past a full cap holds no place under any cap, so the
+// caps' sets keep holding only requests enforcement would have admitted.
 func (d *Decision) Shadow() {
 	if d.Outcome == Refused {
 		d.Outcome = ShadowRefused
@@ -122,14 +159,41 @@ func ResetSeconds(d time.Duration) int64 {
 
 // Check counts a request of the key whose snapshot is s through a route
 // with the given limits (nil for none): it admits the request if every
-// limit that applies has room, and then counts it against all of them.
+// limit that applies has room and every concurrency cap has a free place,
+// and then counts it against all limits and takes a place under every cap
+// (Decision.Lease), in one atomic step. Without caps it is a plain count.
 func (g *Gateway) Check(ctx context.Context, s *snapshot.Snapshot, route []RouteLimit) Decision {
-	d := Decision{Refusing: -1}
+	d := Decision{Refusing: -1, RefusingCap: -1}
 	counters := g.policy.counters(s, route, &d)
-	if len(counters) == 0 {
+	slots := g.policy.slots(s, route, &d)
+	if len(slots) == 0 {
+		if len(counters) > 0 {
+			res, err := g.limiter.Check(ctx, counters)
+			g.decide(ctx, &d, &res, err)
+		}
 		return d
 	}
-	res, err := g.limiter.Check(ctx, counters)
+	res, lease, err := g.limiter.CheckAcquire(ctx, counters, slots)
+	if !g.decide(ctx, &d, &res.Result, err) {
+		return d
+	}
+	for i := range min(d.nc, len(res.InFlight)) {
+		c := &d.caps[i]
+		c.InFlight = res.InFlight[i]
+		c.Remaining = max(0, c.Limit-c.InFlight)
+	}
+	switch {
+	case res.Allowed:
+		d.Lease = lease
+	case res.Denied < 0 && res.DeniedSlot >= 0:
+		d.Refusing, d.RefusingCap = -1, res.DeniedSlot
+	}
+	return d
+}
+
+// decide records the limiter's answer (or failure) on the per-minute
+// limits in d and reports whether the limiter answered.
+func (g *Gateway) decide(ctx context.Context, d *Decision, res *limiter.Result, err error) bool {
 	if err != nil {
 		switch {
 		case ctx.Err() != nil:
@@ -140,7 +204,7 @@ func (g *Gateway) Check(ctx context.Context, s *snapshot.Snapshot, route []Route
 			d.Outcome = AdmittedFailOpen
 		}
 		d.Err = err
-		return d
+		return false
 	}
 	d.ResetIn = res.ResetIn
 	for i := range min(d.n, len(res.Counts)) {
@@ -149,5 +213,5 @@ func (g *Gateway) Check(ctx context.Context, s *snapshot.Snapshot, route []Route
 	if !res.Allowed {
 		d.Outcome, d.Refusing, d.Local = Refused, res.Denied, res.Local
 	}
-	return d
+	return true
 }

@@ -30,8 +30,8 @@ type Config struct {
 	// Writable is the store admin changes go to; nil for a read-only store
 	// (the keys file), whose changes then fail with ErrReadOnly.
 	Writable store.Writable
-	// Limiter counts requests. Required.
-	Limiter limiter.Limiter
+	// Limiter counts requests and takes their concurrency slots. Required.
+	Limiter limiter.Acquirer
 	// Breaker is the circuit breaker in front of Redis, nil without Redis.
 	// Whether it is open is the one view of Redis health: the snapshot
 	// cache skips Redis while it is.
@@ -93,7 +93,7 @@ var (
 type Gateway struct {
 	source     store.Source
 	writable   store.Writable
-	limiter    limiter.Limiter
+	limiter    limiter.Acquirer
 	breaker    *limiter.Guarded
 	cache      *snapshot.Cache
 	policy     policy

@@ -15,7 +15,7 @@ import (
 // answering is a limiter that answers every Check with res and err, and
 // records the counters it was asked about.
 type answering struct {
-	limiter.Limiter
+	limiter.Acquirer
 	res   limiter.Result
 	err   error
 	asked []limiter.Counter
@@ -34,7 +34,7 @@ func (noSource) LoadSnapshot(context.Context, string) (*snapshot.Snapshot, error
 }
 
 // newTestGateway is a gateway over lim with counters named under "p:".
-func newTestGateway(t *testing.T, lim limiter.Limiter, failClosed bool) *Gateway {
+func newTestGateway(t *testing.T, lim limiter.Acquirer, failClosed bool) *Gateway {
 	t.Helper()
 	g, err := New(Config{Source: noSource{}, Limiter: lim, FailClosed: failClosed,
 		CounterKeys: limiter.Keys{Prefix: "p:"},

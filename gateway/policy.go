@@ -11,7 +11,8 @@ import (
 
 // LimitScope says what a limit caps: the user, the user in a group (by the
 // group's limit or the user's override in it), or a route zone per user or
-// per API key.
+// per API key; and whether it caps requests per minute or requests in
+// flight (a concurrency cap, see Concurrency).
 type LimitScope uint8
 
 // The scopes of a limit.
@@ -27,30 +28,68 @@ const (
 	LimitRouteUser
 	// LimitRouteKey caps an API key's requests through a route zone.
 	LimitRouteKey
+	// LimitConcurrencyUser caps a user's requests in flight, across their
+	// keys and routes (the user's concurrency).
+	LimitConcurrencyUser
+	// LimitRouteConcurrencyUser caps a user's requests in flight through a
+	// route zone.
+	LimitRouteConcurrencyUser
+	// LimitRouteConcurrencyKey caps an API key's requests in flight through
+	// a route zone.
+	LimitRouteConcurrencyKey
 )
+
+// Concurrency reports whether the scope caps requests in flight rather
+// than requests per minute.
+func (s LimitScope) Concurrency() bool { return s >= LimitConcurrencyUser }
+
+// route reports whether the scope is one of a route zone's.
+func (s LimitScope) route() bool {
+	switch s {
+	case LimitRouteUser, LimitRouteKey, LimitRouteConcurrencyUser, LimitRouteConcurrencyKey:
+		return true
+	}
+	return false
+}
 
 // MaxCounters is the most counters one request is checked against: the
 // user, the (user, group) layer and a zone's per-user and per-key limits.
 const MaxCounters = 4
 
+// MaxCaps is the most concurrency caps one request is checked against:
+// the user's and a zone's per-user and per-key caps.
+const MaxCaps = 3
+
 // RouteLimit is one limit of a route zone: handlers (and instances) that
-// name the same zone share its counters.
+// name the same zone share its counters and slot sets.
 type RouteLimit struct {
-	// Zone names the counters.
+	// Zone names the counters and slot sets.
 	Zone string
-	// Scope is LimitRouteUser or LimitRouteKey.
+	// Scope is LimitRouteUser or LimitRouteKey (requests per minute), or
+	// LimitRouteConcurrencyUser or LimitRouteConcurrencyKey (requests in
+	// flight).
 	Scope LimitScope
-	// Limit is the number of requests per minute; at least 1.
+	// Limit is the number of requests per minute, or of requests in flight
+	// at once for a concurrency scope; at least 1.
 	Limit int64
 }
 
 // Per is the unit a route limit counts, "user" or "key" (its name in
 // configurations and in rpm-status).
 func (l RouteLimit) Per() string {
-	if l.Scope == LimitRouteKey {
+	if l.Scope == LimitRouteKey || l.Scope == LimitRouteConcurrencyKey {
 		return "key"
 	}
 	return "user"
+}
+
+// kind is what a route limit is called in errors: "limit" (per minute)
+// or "concurrency", as in configurations.
+func (l RouteLimit) kind() string {
+	if l.Scope.Concurrency() {
+		return "concurrency"
+	}
+	return "limit"
 }
 
 var zoneName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
@@ -80,8 +119,9 @@ func (e *RouteError) Error() string { return e.Err.Error() }
 func (e *RouteError) Unwrap() error { return e.Err }
 
 // CheckRoute validates the route limits of one zone (a *RouteError): a
-// valid zone name (CheckZone), at most one limit per scope, each at least
-// 1 and of that zone.
+// valid zone name (CheckZone), at most one limit per scope (a per-minute
+// limit and a concurrency cap of one unit are two scopes), each at least 1
+// and of that zone.
 func CheckRoute(zone string, limits []RouteLimit) error {
 	if zone == "" {
 		if len(limits) > 0 {
@@ -92,18 +132,18 @@ func CheckRoute(zone string, limits []RouteLimit) error {
 	if err := CheckZone(zone); err != nil {
 		return &RouteError{-1, err}
 	}
-	var seen [LimitRouteKey + 1]bool
+	var seen [LimitRouteConcurrencyKey + 1]bool
 	for i, l := range limits {
 		var err error
 		switch {
-		case l.Scope != LimitRouteUser && l.Scope != LimitRouteKey:
+		case !l.Scope.route():
 			err = errors.New("route limit scope must be user or key")
 		case l.Zone != zone:
 			err = fmt.Errorf("route limit of zone '%s' listed under zone '%s'", l.Zone, zone)
 		case seen[l.Scope]:
-			err = fmt.Errorf("duplicate limit for scope '%s'", l.Per())
+			err = fmt.Errorf("duplicate %s for scope '%s'", l.kind(), l.Per())
 		case l.Limit < 1:
-			err = fmt.Errorf("route limit %s must be at least 1, not %d", l.Per(), l.Limit)
+			err = fmt.Errorf("route %s %s must be at least 1, not %d", l.kind(), l.Per(), l.Limit)
 		}
 		if err != nil {
 			return &RouteError{i, err}
@@ -162,7 +202,9 @@ func (p *policy) counters(s *snapshot.Snapshot, route []RouteLimit, d *Decision)
 		}
 	}
 	for _, l := range route {
-		d.add(l.Scope, l.Zone, l.Limit)
+		if !l.Scope.Concurrency() {
+			d.add(l.Scope, l.Zone, l.Limit)
+		}
 	}
 	if d.n == 0 {
 		return nil
@@ -173,6 +215,53 @@ func (p *policy) counters(s *snapshot.Snapshot, route []RouteLimit, d *Decision)
 			Limit: l.Limit, UserID: s.UserID, GroupID: gid}
 	}
 	return cs
+}
+
+// slotKey names the slot set of a concurrency cap of user uid; zone and
+// keyID are those of route caps.
+func (p *policy) slotKey(scope LimitScope, uid int64, zone string, keyID int64) string {
+	switch scope {
+	case LimitConcurrencyUser:
+		return p.counterKeys.UserSlots(uid)
+	case LimitRouteConcurrencyUser:
+		return p.counterKeys.ZoneUserSlots(zone, uid)
+	default:
+		return p.counterKeys.ZoneKeySlots(zone, uid, keyID)
+	}
+}
+
+// slots lists the concurrency caps that apply to a request with the
+// snapshot s through a route with the given limits: the user's
+// concurrency (0 is no cap) and the route's caps. It records each cap in
+// d and returns the slot sets to take a place in, in the same order; nil
+// (no allocation) when no cap applies.
+func (p *policy) slots(s *snapshot.Snapshot, route []RouteLimit, d *Decision) []limiter.Slot {
+	if s.User.Concurrency > 0 {
+		d.addCap(LimitConcurrencyUser, "", s.User.Concurrency)
+	}
+	for _, l := range route {
+		if l.Scope.Concurrency() {
+			d.addCap(l.Scope, l.Zone, l.Limit)
+		}
+	}
+	if d.nc == 0 {
+		return nil
+	}
+	ss := make([]limiter.Slot, d.nc)
+	for i, c := range d.caps[:d.nc] {
+		ss[i] = limiter.Slot{Key: p.slotKey(c.Scope, s.UserID, c.Zone, s.APIKeyID), Limit: c.Limit}
+	}
+	return ss
+}
+
+// addCap records a concurrency cap that applies, with all of it free
+// until the limiter answers.
+func (d *Decision) addCap(scope LimitScope, zone string, limit int64) {
+	if d.nc == MaxCaps {
+		return // CheckRoute allows no more
+	}
+	d.caps[d.nc] = Limit{Scope: scope, Zone: zone, Limit: limit, Remaining: limit}
+	d.nc++
 }
 
 // add records a limit that applies, with all of it remaining until the

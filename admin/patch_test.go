@@ -128,3 +128,57 @@ func TestPatchKey(t *testing.T) {
 		t.Errorf("failed writes invalidated %v", got)
 	}
 }
+
+// TestPatchUserConcurrency: a user's concurrency is set (0 lifts the cap)
+// through the gateway, which invalidates the user; groups and keys have
+// none, and bad values change nothing.
+func TestPatchUserConcurrency(t *testing.T) {
+	b, pool := newPGBackend(t)
+	u := storetest.SeedUser(t, pool, 20)
+	g := storetest.SeedGroup(t, pool, "g", 10)
+	k, _ := storetest.SeedKey(t, pool, u, &g)
+	h := b.handler()
+	read := func() (conc, limit int64) {
+		t.Helper()
+		if err := pool.QueryRow(context.Background(), `select concurrency, rpm_limit from rpm_users where id = $1`, u).Scan(&conc, &limit); err != nil {
+			t.Fatal(err)
+		}
+		return conc, limit
+	}
+	path := "/admin/users/" + testutil.Itoa(u)
+
+	res := call(t, h, http.MethodPatch, path, `{"concurrency":2}`)
+	expect(t, res, http.StatusOK, "patch concurrency")
+	if num(t, res.JSON, "user_id") != u || num(t, res.JSON, "concurrency") != 2 || res.JSON["rpm_limit"] != nil {
+		t.Errorf("answer = %s", res.Raw)
+	}
+	if c, l := read(); c != 2 || l != 20 {
+		t.Errorf("after the patch: concurrency %d rpm_limit %d, want 2 and 20", c, l)
+	}
+	if got := b.takeInvalidations(); !reflect.DeepEqual(got, []invalidation{{store.ScopeUser, u}}) {
+		t.Errorf("invalidations = %v, want user %d", got, u)
+	}
+	expect(t, call(t, h, http.MethodPatch, path, `{"concurrency":0,"rpm_limit":5}`), http.StatusOK, "lift the cap")
+	if c, l := read(); c != 0 || l != 5 {
+		t.Errorf("after lifting: concurrency %d rpm_limit %d, want 0 and 5", c, l)
+	}
+	b.takeInvalidations()
+
+	for name, body := range map[string]string{
+		"negative":  `{"concurrency":-1}`,
+		"too large": `{"concurrency":3000000000}`,
+		"string":    `{"concurrency":"2"}`,
+		"null":      `{"concurrency":null}`,
+	} {
+		expect(t, call(t, h, http.MethodPatch, path, body), http.StatusBadRequest, name)
+	}
+	expect(t, call(t, h, http.MethodPatch, "/admin/groups/"+testutil.Itoa(g), `{"concurrency":1}`), http.StatusBadRequest, "group concurrency")
+	expect(t, call(t, h, http.MethodPatch, "/admin/keys/"+testutil.Itoa(k), `{"concurrency":1}`), http.StatusBadRequest, "key concurrency")
+	expect(t, call(t, h, http.MethodPatch, "/admin/users/999999", `{"concurrency":1}`), http.StatusNotFound, "unknown user")
+	if c, l := read(); c != 0 || l != 5 {
+		t.Errorf("after bad bodies: concurrency %d rpm_limit %d, want 0 and 5", c, l)
+	}
+	if got := b.takeInvalidations(); len(got) != 0 {
+		t.Errorf("failed writes invalidated %v", got)
+	}
+}

@@ -190,3 +190,51 @@ func TestRPMStatusRedis(t *testing.T) {
 	spend(t, b, uid, g2, 7, 2)
 	checkAcceptance(t, getStatus(t, b.handler(), uid), uid, g1, g2)
 }
+
+// TestRPMStatusConcurrency: rpm-status shows the user's concurrency and
+// requests in flight, and per zone its cap next to its limit, with the
+// per-user zone's requests in flight; nothing is taken by reading.
+func TestRPMStatusConcurrency(t *testing.T) {
+	b, pool := newPGBackend(t)
+	uid := storetest.SeedUser(t, pool, 0)
+	if _, err := pool.Exec(context.Background(), `update rpm_users set concurrency = 3 where id = $1`, uid); err != nil {
+		t.Fatal(err)
+	}
+	b.zones = []gateway.RouteLimit{
+		{Zone: "chat", Scope: gateway.LimitRouteConcurrencyUser, Limit: 2},
+		{Zone: "chat", Scope: gateway.LimitRouteUser, Limit: 9},
+		{Zone: "chat", Scope: gateway.LimitRouteConcurrencyKey, Limit: 1},
+	}
+	h := b.handler()
+	acquire := func(slots ...limiter.Slot) *limiter.Lease {
+		t.Helper()
+		res, lease, err := b.lim.CheckAcquire(context.Background(), nil, slots)
+		if err != nil || !res.Allowed {
+			t.Fatalf("acquire: %+v, %v", res, err)
+		}
+		return lease
+	}
+	user := limiter.Slot{Key: b.keys.UserSlots(uid), Limit: 3}
+	zone := limiter.Slot{Key: b.keys.ZoneUserSlots("chat", uid), Limit: 2}
+	first := acquire(user, zone)
+	acquire(user)
+
+	st := getStatus(t, h, uid)
+	if st.Concurrency != 3 || st.InFlight != 2 {
+		t.Errorf("concurrency/in_flight = %d/%d, want 3/2", st.Concurrency, st.InFlight)
+	}
+	if len(st.PerZone) != 2 {
+		t.Fatalf("per_zone = %+v, want chat per user and per key", st.PerZone)
+	}
+	if z := st.PerZone[0]; z.Name != "chat" || z.Scope != "user" || z.Limit != 9 || z.Used == nil || *z.Used != 0 ||
+		z.Concurrency != 2 || z.InFlight == nil || *z.InFlight != 1 {
+		t.Errorf("per-user zone = %+v, want chat/user limit 9 used 0, concurrency 2 with 1 in flight", z)
+	}
+	if z := st.PerZone[1]; z.Scope != "key" || z.Limit != 0 || z.Concurrency != 1 || z.InFlight != nil || z.Used != nil {
+		t.Errorf("per-key zone = %+v, want chat/key concurrency 1 without counts", z)
+	}
+	first.Release()
+	if st := getStatus(t, h, uid); st.InFlight != 1 || *st.PerZone[0].InFlight != 0 {
+		t.Errorf("after a release: in_flight %d, zone %d; want 1 and 0", st.InFlight, *st.PerZone[0].InFlight)
+	}
+}

@@ -101,6 +101,11 @@ func TestCheckRoute(t *testing.T) {
 		"bad chars":     {"a b", nil, "letters"},
 		"too long":      {strings.Repeat("z", 65), nil, "1-64"},
 		"other zone":    {"img", []RouteLimit{{"txt", LimitRouteUser, 3}}, "listed under zone"},
+		"limit and cap": {"img", []RouteLimit{{"img", LimitRouteKey, 3}, {"img", LimitRouteConcurrencyKey, 1}}, ""},
+		"cap zero":      {"img", []RouteLimit{{"img", LimitRouteConcurrencyUser, 0}}, "route concurrency user must be at least 1, not 0"},
+		"cap duplicate": {"img", []RouteLimit{{"img", LimitRouteConcurrencyKey, 1}, {"img", LimitRouteConcurrencyKey, 2}}, "duplicate concurrency for scope 'key'"},
+		"cap no zone":   {"", []RouteLimit{{"", LimitRouteConcurrencyKey, 1}}, "needs a zone"},
+		"user cap":      {"img", []RouteLimit{{"img", LimitConcurrencyUser, 1}}, "must be user or key"},
 	} {
 		err := CheckRoute(tc.zone, tc.limits)
 		switch {

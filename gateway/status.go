@@ -13,9 +13,15 @@ import (
 // Status is a user's limits and current-window counts (the answer of
 // rpm-status). A limit of 0 means unlimited.
 type Status struct {
-	UserID         int64         `json:"user_id"`
-	UserRPMUsed    int64         `json:"user_rpm_used"`
-	UserRPMLimit   int64         `json:"user_rpm_limit"`
+	UserID       int64 `json:"user_id"`
+	UserRPMUsed  int64 `json:"user_rpm_used"`
+	UserRPMLimit int64 `json:"user_rpm_limit"`
+	// Concurrency is the user's cap on requests in flight, 0 for none.
+	Concurrency int64 `json:"concurrency"`
+	// InFlight is the number of the user's requests holding a place under
+	// that cap, across instances; always 0 without a cap (requests are
+	// then not tracked).
+	InFlight       int64         `json:"in_flight"`
 	PerGroup       []GroupStatus `json:"per_group"`
 	PerZone        []ZoneStatus  `json:"per_zone"`
 	WindowResetsIn int64         `json:"window_resets_in"`
@@ -33,14 +39,18 @@ type GroupStatus struct {
 	Source string `json:"source"`
 }
 
-// ZoneStatus is one route zone in Status. Used is the user's count in the
-// zone for zones limited per user; zones limited per key count each key
-// separately, so they report no Used (the limit still shows).
+// ZoneStatus is one route zone and unit ("user" or "key") in Status:
+// its limit per minute and its concurrency cap (0 for none). Used and
+// InFlight are the user's count and requests in flight in the zone, for
+// the per-user unit; per-key ones count each key separately, so they
+// report neither (the limits still show).
 type ZoneStatus struct {
-	Name  string `json:"name"`
-	Scope string `json:"scope"`
-	Used  *int64 `json:"used,omitempty"`
-	Limit int64  `json:"limit"`
+	Name        string `json:"name"`
+	Scope       string `json:"scope"`
+	Used        *int64 `json:"used,omitempty"`
+	Limit       int64  `json:"limit"`
+	Concurrency int64  `json:"concurrency,omitempty"`
+	InFlight    *int64 `json:"in_flight,omitempty"`
 }
 
 // Status reads a user's limits from the store (not the snapshot cache) and
@@ -63,15 +73,25 @@ func (g *Gateway) Status(ctx context.Context, uid int64) (*Status, error) {
 		_, scope := groupLimit(gr.RPMLimit, gr.Override)
 		keys = append(keys, p.counterKey(scope, uid, gr.GroupID, "", 0))
 	}
+	// The slot sets: the user's, then one per per-user zone cap.
+	sets := []string{p.slotKey(LimitConcurrencyUser, uid, "", 0)}
 	zoneCount := make([]int, len(zones))
 	for i, z := range zones {
 		zoneCount[i] = -1
-		if z.Scope == LimitRouteUser {
+		switch z.Scope {
+		case LimitRouteUser:
 			zoneCount[i] = len(keys)
 			keys = append(keys, p.counterKey(z.Scope, uid, 0, z.Zone, 0))
+		case LimitRouteConcurrencyUser:
+			zoneCount[i] = len(sets)
+			sets = append(sets, p.slotKey(z.Scope, uid, z.Zone, 0))
 		}
 	}
 	counts, resetIn, err := g.limiter.Peek(ctx, keys)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCountersUnavailable, err)
+	}
+	held, err := g.limiter.PeekSlots(ctx, sets)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrCountersUnavailable, err)
 	}
@@ -80,6 +100,8 @@ func (g *Gateway) Status(ctx context.Context, uid int64) (*Status, error) {
 		UserID:       uid,
 		UserRPMUsed:  counts[0],
 		UserRPMLimit: u.RPMLimit,
+		Concurrency:  u.Concurrency,
+		InFlight:     held[0],
 		PerGroup:     make([]GroupStatus, 0, len(u.Groups)),
 		PerZone:      make([]ZoneStatus, 0, len(zones)),
 	}
@@ -92,13 +114,27 @@ func (g *Gateway) Status(ctx context.Context, uid int64) (*Status, error) {
 		st.PerGroup = append(st.PerGroup, GroupStatus{GroupID: gr.GroupID, GroupName: gr.Name,
 			Used: counts[1+i], Limit: limit, Source: source})
 	}
+	// One entry per zone and unit, with its limit and its cap; zones are
+	// sorted by name, then unit.
 	for i, z := range zones {
-		zs := ZoneStatus{Name: z.Zone, Scope: z.Per(), Limit: z.Limit}
-		if j := zoneCount[i]; j >= 0 {
-			used := counts[j]
-			zs.Used = &used
+		n := len(st.PerZone)
+		if n == 0 || st.PerZone[n-1].Name != z.Zone || st.PerZone[n-1].Scope != z.Per() {
+			st.PerZone = append(st.PerZone, ZoneStatus{Name: z.Zone, Scope: z.Per()})
+			n++
 		}
-		st.PerZone = append(st.PerZone, zs)
+		zs := &st.PerZone[n-1]
+		j := zoneCount[i]
+		if z.Scope.Concurrency() {
+			zs.Concurrency = z.Limit
+			if j >= 0 {
+				zs.InFlight = &held[j]
+			}
+			continue
+		}
+		zs.Limit = z.Limit
+		if j >= 0 {
+			zs.Used = &counts[j]
+		}
 	}
 	st.WindowResetsIn = ResetSeconds(resetIn)
 	st.WindowResetsAt = time.Now().Add(resetIn).UTC().Truncate(time.Second)

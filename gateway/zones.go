@@ -36,7 +36,8 @@ func (g *Gateway) DeclareRoute(limits []RouteLimit) {
 	}
 }
 
-// routeLimits lists the declared route limits by zone, per-user first.
+// routeLimits lists the declared route limits by zone, then unit (per-user
+// first), the limit per minute before the concurrency cap of each.
 func (g *Gateway) routeLimits() []RouteLimit {
 	z := &g.zones
 	z.mu.Lock()
@@ -46,7 +47,15 @@ func (g *Gateway) routeLimits() []RouteLimit {
 		out = append(out, l)
 	}
 	slices.SortFunc(out, func(a, b RouteLimit) int {
-		return cmp.Or(cmp.Compare(a.Zone, b.Zone), cmp.Compare(a.Per(), b.Per()))
+		return cmp.Or(cmp.Compare(a.Zone, b.Zone), cmp.Compare(perRank(a), perRank(b)), cmp.Compare(a.Scope, b.Scope))
 	})
 	return out
+}
+
+// perRank orders per-user route limits before per-key ones.
+func perRank(l RouteLimit) int {
+	if l.Per() == "key" {
+		return 1
+	}
+	return 0
 }

@@ -136,6 +136,9 @@ func ParseFile(data []byte) (*File, error) {
 		if !validLimit(u.RPMLimit) {
 			return nil, fmt.Errorf("%s: rpm_limit must be between 0 and %d", where, math.MaxInt32)
 		}
+		if !validLimit(u.Concurrency) {
+			return nil, fmt.Errorf("%s: concurrency must be between 0 and %d", where, math.MaxInt32)
+		}
 		f.users[u.ID] = &snapshot.User{ID: u.ID, Status: status, Role: u.Role, RPMLimit: u.RPMLimit,
 			Concurrency: u.Concurrency, Balance: u.Balance}
 	}
@@ -331,7 +334,7 @@ func (f *File) UserRPM(_ context.Context, userID int64) (*UserRPM, error) {
 	}
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
-	out := &UserRPM{UserID: userID, RPMLimit: u.RPMLimit, Groups: make([]UserGroup, 0, len(ids))}
+	out := &UserRPM{UserID: userID, RPMLimit: u.RPMLimit, Concurrency: u.Concurrency, Groups: make([]UserGroup, 0, len(ids))}
 	for _, id := range ids {
 		g := f.groups[id]
 		ug := UserGroup{GroupID: id, Name: g.Name, RPMLimit: g.RPMLimit}

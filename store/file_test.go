@@ -100,7 +100,7 @@ func TestFileStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := &store.UserRPM{UserID: 1, RPMLimit: 60, Groups: []store.UserGroup{
+	want := &store.UserRPM{UserID: 1, RPMLimit: 60, Concurrency: 2, Groups: []store.UserGroup{
 		{GroupID: 1, Name: "default", RPMLimit: 30, Override: testutil.Ptr(int64(10))},
 		{GroupID: 2, Name: "other", RPMLimit: 0, Override: testutil.Ptr(int64(0))},
 	}}

@@ -163,7 +163,7 @@ func (p *Postgres) KeyHashes(ctx context.Context, scope Scope, id int64) ([]stri
 // UserRPM implements Source: the groups of the user's keys and of their
 // overrides, by group id.
 func (p *Postgres) UserRPM(ctx context.Context, userID int64) (*UserRPM, error) {
-	rows, err := p.pool.Query(ctx, `select u.rpm_limit, g.id, g.name, g.rpm_limit, o.rpm_override
+	rows, err := p.pool.Query(ctx, `select u.rpm_limit, u.concurrency, g.id, g.name, g.rpm_limit, o.rpm_override
 from rpm_users u
 left join rpm_groups g on
 	g.id in (select k.group_id from rpm_api_keys k where k.user_id = u.id)
@@ -179,16 +179,17 @@ order by g.id`, userID)
 	for rows.Next() {
 		var (
 			limit    int64
+			conc     int64
 			gID      pgtype.Int8
 			gName    pgtype.Text
 			gLimit   pgtype.Int8
 			override pgtype.Int8
 		)
-		if err := rows.Scan(&limit, &gID, &gName, &gLimit, &override); err != nil {
+		if err := rows.Scan(&limit, &conc, &gID, &gName, &gLimit, &override); err != nil {
 			return nil, fmt.Errorf("user %d rpm: %w", userID, err)
 		}
 		if out == nil {
-			out = &UserRPM{UserID: userID, RPMLimit: limit, Groups: []UserGroup{}}
+			out = &UserRPM{UserID: userID, RPMLimit: limit, Concurrency: conc, Groups: []UserGroup{}}
 		}
 		if !gID.Valid {
 			continue
@@ -363,29 +364,33 @@ select exists (select 1 from u), exists (select 1 from g)`
 // UpdateUser implements Writable.
 func (p *Postgres) UpdateUser(ctx context.Context, id int64, patch Patch) error {
 	return p.update(ctx, "user", `update rpm_users set
-	rpm_limit = coalesce($2, rpm_limit), status = coalesce($3, status)
-where id = $1`, id, patch, true)
+	rpm_limit = coalesce($2, rpm_limit), status = coalesce($3, status),
+	concurrency = coalesce($4, concurrency)
+where id = $1`, id, patch, true, true)
 }
 
-// UpdateGroup implements Writable.
+// UpdateGroup implements Writable. Groups have no concurrency.
 func (p *Postgres) UpdateGroup(ctx context.Context, id int64, patch Patch) error {
 	return p.update(ctx, "group", `update rpm_groups set
 	rpm_limit = coalesce($2, rpm_limit), status = coalesce($3, status)
-where id = $1`, id, patch, true)
+where id = $1 and $4::integer is null`, id, patch, true, false)
 }
 
 // UpdateKey implements Writable. Keys have a status but no rpm_limit.
 func (p *Postgres) UpdateKey(ctx context.Context, id int64, patch Patch) error {
 	return p.update(ctx, "api key", `update rpm_api_keys set
 	status = coalesce($3, status)
-where id = $1 and $2::integer is null`, id, patch, false)
+where id = $1 and $2::integer is null and $4::integer is null`, id, patch, false, false)
 }
 
-func (p *Postgres) update(ctx context.Context, what, sql string, id int64, patch Patch, withLimit bool) error {
-	if err := validatePatch(patch, withLimit); err != nil {
+// update runs sql with $1 the id and $2..$4 the patch's rpm_limit, status
+// and concurrency; withLimit and withConcurrency say which of these the
+// record has (the validation refuses the others before any query).
+func (p *Postgres) update(ctx context.Context, what, sql string, id int64, patch Patch, withLimit, withConcurrency bool) error {
+	if err := validatePatch(patch, withLimit, withConcurrency); err != nil {
 		return fmt.Errorf("update %s %d: %w", what, id, err)
 	}
-	tag, err := p.pool.Exec(ctx, sql, id, patch.RPMLimit, patch.Status)
+	tag, err := p.pool.Exec(ctx, sql, id, patch.RPMLimit, patch.Status, patch.Concurrency)
 	if err != nil {
 		return fmt.Errorf("update %s %d: %w", what, id, mapError(err))
 	}

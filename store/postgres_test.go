@@ -189,12 +189,15 @@ func TestUserRPM(t *testing.T) {
 	storetest.SeedKey(t, pool, u, nil)
 	storetest.SeedOverride(t, pool, u, g2, 0)
 	storetest.SeedOverride(t, pool, u, g3, 7)
+	if _, err := pool.Exec(ctx, `update rpm_users set concurrency = 5 where id = $1`, u); err != nil {
+		t.Fatal(err)
+	}
 
 	got, err := st.UserRPM(ctx, u)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := &store.UserRPM{UserID: u, RPMLimit: 60, Groups: []store.UserGroup{
+	want := &store.UserRPM{UserID: u, RPMLimit: 60, Concurrency: 5, Groups: []store.UserGroup{
 		{GroupID: g1, Name: "a", RPMLimit: 10},
 		{GroupID: g2, Name: "b", RPMLimit: 20, Override: testutil.Ptr(int64(0))},
 		{GroupID: g3, Name: "c", RPMLimit: 30, Override: testutil.Ptr(int64(7))},
@@ -370,6 +373,9 @@ func TestUpdates(t *testing.T) {
 	if err := st.UpdateUser(ctx, u, store.Patch{Status: testutil.Ptr("disabled")}); err != nil {
 		t.Fatal(err)
 	}
+	if err := st.UpdateUser(ctx, u, store.Patch{Concurrency: testutil.Ptr(int64(3))}); err != nil {
+		t.Fatal(err)
+	}
 	if err := st.UpdateGroup(ctx, g, store.Patch{RPMLimit: testutil.Ptr(int64(0)), Status: testutil.Ptr("disabled")}); err != nil {
 		t.Fatal(err)
 	}
@@ -377,7 +383,7 @@ func TestUpdates(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := snap()
-	if s.User.RPMLimit != 11 || s.User.Status != "disabled" || s.Group.RPMLimit != 0 ||
+	if s.User.RPMLimit != 11 || s.User.Status != "disabled" || s.User.Concurrency != 3 || s.Group.RPMLimit != 0 ||
 		s.Group.Status != "disabled" || s.Status != "disabled" {
 		t.Fatalf("after updates: %+v user %+v group %+v", s, s.User, s.Group)
 	}
@@ -401,6 +407,9 @@ func TestUpdates(t *testing.T) {
 		{"key limit", st.UpdateKey(ctx, k, store.Patch{RPMLimit: testutil.Ptr(int64(1)), Status: testutil.Ptr("active")}), store.ErrInvalid},
 		{"key bad status", st.UpdateKey(ctx, k, store.Patch{Status: testutil.Ptr("revoked")}), store.ErrInvalid},
 		{"key unknown", st.UpdateKey(ctx, 999999, store.Patch{Status: testutil.Ptr("active")}), store.ErrNotFound},
+		{"user negative concurrency", st.UpdateUser(ctx, u, store.Patch{Concurrency: testutil.Ptr(int64(-1))}), store.ErrInvalid},
+		{"group concurrency", st.UpdateGroup(ctx, g, store.Patch{Concurrency: testutil.Ptr(int64(2))}), store.ErrInvalid},
+		{"key concurrency", st.UpdateKey(ctx, k, store.Patch{Concurrency: testutil.Ptr(int64(2))}), store.ErrInvalid},
 	} {
 		if !errors.Is(tc.err, tc.want) {
 			t.Errorf("%s: %v, want %v", tc.name, tc.err, tc.want)

@@ -51,8 +51,16 @@ func validStatus(s string) bool { return s == StatusActive || s == StatusDisable
 func validLimit(v int64) bool { return v >= 0 && v <= math.MaxInt32 }
 
 // validatePatch checks a patch's values; withLimit says whether the record
-// has an rpm_limit at all.
-func validatePatch(p Patch, withLimit bool) error {
+// has an rpm_limit at all, withConcurrency whether it has a concurrency.
+func validatePatch(p Patch, withLimit, withConcurrency bool) error {
+	if p.Concurrency != nil {
+		if !withConcurrency {
+			return fmt.Errorf("%w: concurrency can only be set on a user", ErrInvalid)
+		}
+		if !validLimit(*p.Concurrency) {
+			return fmt.Errorf("%w: concurrency must be between 0 and %d, got %d", ErrInvalid, math.MaxInt32, *p.Concurrency)
+		}
+	}
 	if p.RPMLimit != nil {
 		if !withLimit {
 			return fmt.Errorf("%w: rpm_limit cannot be set on an api key", ErrInvalid)

@@ -68,6 +68,9 @@ type Writable interface {
 type Patch struct {
 	RPMLimit *int64  `json:"rpm_limit,omitempty"`
 	Status   *string `json:"status,omitempty"`
+	// Concurrency is a user's cap on requests in flight (0 = none); only
+	// users have one.
+	Concurrency *int64 `json:"concurrency,omitempty"`
 }
 
 // Override is one (user, group) RPM override. A nil RPMOverride in a
@@ -81,7 +84,9 @@ type Override struct {
 type UserRPM struct {
 	UserID   int64
 	RPMLimit int64
-	Groups   []UserGroup
+	// Concurrency is the user's cap on requests in flight, 0 for none.
+	Concurrency int64
+	Groups      []UserGroup
 }
 
 // UserGroup is one group of a user: from their keys or their overrides.

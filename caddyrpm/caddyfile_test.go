@@ -77,6 +77,7 @@ func TestCaddyfileErrorsNameTheLine(t *testing.T) {
 		{"global duplicate cache", global("\t\tkeys_file k.json\n\t\tcache {\n\t\t}\n\t\tcache {\n\t\t}"), "Caddyfile:6", "cache"},
 		{"global option twice", "{\n\trpm {\n\t\tkeys_file k.json\n\t}\n\trpm {\n\t\tkeys_file k.json\n\t}\n}\n:8080 {\n\trespond ok\n}\n", "Caddyfile:5", "more than once"},
 		{"global bad store_timeout", global("\t\tkeys_file k.json\n\t\tstore_timeout soon"), "Caddyfile:4", "store_timeout"},
+		{"global short concurrency_lease", global("\t\tkeys_file k.json\n\t\tconcurrency_lease 500ms"), "Caddyfile:4", "concurrency_lease must be at least 1s"},
 		{"cache unknown", global("\t\tkeys_file k.json\n\t\tcache {\n\t\t\tl1_ttl 1s\n\t\t\tl3_ttl 1s\n\t\t}"), "Caddyfile:6", "l3_ttl"},
 		{"cache duplicate", global("\t\tkeys_file k.json\n\t\tcache {\n\t\t\tl1_ttl 1s\n\t\t\tl1_ttl 2s\n\t\t}"), "Caddyfile:6", "l1_ttl"},
 		{"cache bad value", global("\t\tkeys_file k.json\n\t\tcache {\n\t\t\tjitter lots\n\t\t}"), "Caddyfile:5", "jitter"},

@@ -15,7 +15,7 @@ func routeCaddyfile(block string) string {
 }
 
 func TestRouteLimitsCaddyfile(t *testing.T) {
-	adapted, err := cfAdapt(t, routeCaddyfile("\t\tzone img\n\t\tlimit user 3\n\t\tlimit key 2"))
+	adapted, err := cfAdapt(t, routeCaddyfile("\t\tzone img\n\t\tlimit user 3\n\t\tconcurrency key 1\n\t\tlimit key 2\n\t\tconcurrency user 4"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -23,39 +23,7 @@ func TestRouteLimitsCaddyfile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Find the rpm handler in the adapted JSON.
-	var cfg struct {
-		Apps struct {
-			HTTP struct {
-				Servers map[string]struct {
-					Routes []struct {
-						Handle []json.RawMessage `json:"handle"`
-					} `json:"routes"`
-				} `json:"servers"`
-			} `json:"http"`
-		} `json:"apps"`
-	}
-	if err := json.Unmarshal(out, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	var found *Handler
-	for _, srv := range cfg.Apps.HTTP.Servers {
-		for _, r := range srv.Routes {
-			for _, raw := range r.Handle {
-				// The handler may be nested in a subroute.
-				s := string(raw)
-				i := strings.Index(s, `{"handler":"rpm"`)
-				if i < 0 {
-					continue
-				}
-				var h Handler
-				if err := json.NewDecoder(strings.NewReader(s[i:])).Decode(&h); err != nil {
-					t.Fatal(err)
-				}
-				found = &h
-			}
-		}
-	}
+	found := findRPMHandler(t, out)
 	if found == nil {
 		t.Fatalf("no rpm handler in %s", out)
 	}
@@ -63,9 +31,56 @@ func TestRouteLimitsCaddyfile(t *testing.T) {
 	if found.Zone != "img" || !reflect.DeepEqual(found.Limits, want) {
 		t.Fatalf("zone %q limits %+v, want img %+v", found.Zone, found.Limits, want)
 	}
+	if want := []RouteLimit{{Scope: "key", Limit: 1}, {Scope: "user", Limit: 4}}; !reflect.DeepEqual(found.Concurrency, want) {
+		t.Fatalf("concurrency %+v, want %+v", found.Concurrency, want)
+	}
 	if err := found.checkRoute(); err != nil {
 		t.Fatalf("valid limits refused: %v", err)
 	}
+}
+
+// findRPMHandler returns the first rpm handler anywhere in an adapted
+// config (it may be nested in a subroute), nil if there is none.
+func findRPMHandler(t *testing.T, config []byte) *Handler {
+	t.Helper()
+	var walk func(v any) map[string]any
+	walk = func(v any) map[string]any {
+		switch v := v.(type) {
+		case map[string]any:
+			if v["handler"] == "rpm" {
+				return v
+			}
+			for _, e := range v {
+				if m := walk(e); m != nil {
+					return m
+				}
+			}
+		case []any:
+			for _, e := range v {
+				if m := walk(e); m != nil {
+					return m
+				}
+			}
+		}
+		return nil
+	}
+	var cfg any
+	if err := json.Unmarshal(config, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	m := walk(cfg)
+	if m == nil {
+		return nil
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var h Handler
+	if err := json.Unmarshal(b, &h); err != nil {
+		t.Fatal(err)
+	}
+	return &h
 }
 
 // TestRouteLimitsCaddyfileErrors: every bad route limit is a config error
@@ -75,18 +90,26 @@ func TestRouteLimitsCaddyfileErrors(t *testing.T) {
 		block string
 		want  []string
 	}{
-		"limit_without_zone":  {"\t\tlimit user 3", []string{"'limit' on line 8 needs a 'zone'", "Caddyfile:"}},
-		"limit_zero":          {"\t\tzone img\n\t\tlimit user 0", []string{"at least 1", "Caddyfile:9"}},
-		"limit_negative":      {"\t\tzone img\n\t\tlimit key -1", []string{"at least 1", "Caddyfile:9"}},
-		"limit_not_a_number":  {"\t\tzone img\n\t\tlimit key many", []string{"at least 1", "Caddyfile:9"}},
-		"unknown_scope":       {"\t\tzone img\n\t\tlimit group 3", []string{"must be user or key, not 'group'", "Caddyfile:9"}},
-		"duplicate_scope":     {"\t\tzone img\n\t\tlimit user 3\n\t\tlimit key 1\n\t\tlimit user 4", []string{"duplicate limit for scope 'user'", "Caddyfile:11"}},
-		"missing_number":      {"\t\tzone img\n\t\tlimit user", []string{"limit takes a scope", "Caddyfile:9"}},
-		"extra_argument":      {"\t\tzone img\n\t\tlimit user 3 4", []string{"limit takes a scope", "Caddyfile:9"}},
-		"duplicate_zone":      {"\t\tzone img\n\t\tzone txt\n\t\tlimit user 3", []string{"duplicate option 'zone'", "Caddyfile:9"}},
-		"bad_zone_name":       {"\t\tzone a/b\n\t\tlimit user 3", []string{"zone 'a/b'", "Caddyfile:8"}},
-		"reserved_zone_user":  {"\t\tzone user\n\t\tlimit user 3", []string{"zone 'user' is reserved", "Caddyfile:8"}},
-		"reserved_zone_group": {"\t\tlimit key 3\n\t\tzone group", []string{"zone 'group' is reserved", "Caddyfile:9"}},
+		"limit_without_zone":       {"\t\tlimit user 3", []string{"'limit' on line 8 needs a 'zone'", "Caddyfile:"}},
+		"limit_zero":               {"\t\tzone img\n\t\tlimit user 0", []string{"at least 1", "Caddyfile:9"}},
+		"limit_negative":           {"\t\tzone img\n\t\tlimit key -1", []string{"at least 1", "Caddyfile:9"}},
+		"limit_not_a_number":       {"\t\tzone img\n\t\tlimit key many", []string{"at least 1", "Caddyfile:9"}},
+		"unknown_scope":            {"\t\tzone img\n\t\tlimit group 3", []string{"must be user or key, not 'group'", "Caddyfile:9"}},
+		"duplicate_scope":          {"\t\tzone img\n\t\tlimit user 3\n\t\tlimit key 1\n\t\tlimit user 4", []string{"duplicate limit for scope 'user'", "Caddyfile:11"}},
+		"missing_number":           {"\t\tzone img\n\t\tlimit user", []string{"limit takes a scope", "Caddyfile:9"}},
+		"extra_argument":           {"\t\tzone img\n\t\tlimit user 3 4", []string{"limit takes a scope", "Caddyfile:9"}},
+		"duplicate_zone":           {"\t\tzone img\n\t\tzone txt\n\t\tlimit user 3", []string{"duplicate option 'zone'", "Caddyfile:9"}},
+		"bad_zone_name":            {"\t\tzone a/b\n\t\tlimit user 3", []string{"zone 'a/b'", "Caddyfile:8"}},
+		"reserved_zone_user":       {"\t\tzone user\n\t\tlimit user 3", []string{"zone 'user' is reserved", "Caddyfile:8"}},
+		"reserved_zone_group":      {"\t\tlimit key 3\n\t\tzone group", []string{"zone 'group' is reserved", "Caddyfile:9"}},
+		"concurrency_without_zone": {"\t\tconcurrency key 1", []string{"'concurrency' on line 8 needs a 'zone'"}},
+		"concurrency_zero":         {"\t\tzone img\n\t\tconcurrency user 0", []string{"route concurrency user must be at least 1, not 0", "Caddyfile:9"}},
+		"concurrency_not_a_number": {"\t\tzone img\n\t\tconcurrency key one", []string{"concurrency key must be a whole number", "Caddyfile:9"}},
+		"concurrency_scope":        {"\t\tzone img\n\t\tconcurrency group 2", []string{"concurrency scope must be user or key, not 'group'", "Caddyfile:9"}},
+		"concurrency_duplicate":    {"\t\tzone img\n\t\tconcurrency key 1\n\t\tlimit key 5\n\t\tconcurrency key 2", []string{"duplicate concurrency for scope 'key'", "Caddyfile:11"}},
+		"concurrency_args":         {"\t\tzone img\n\t\tconcurrency key", []string{"concurrency takes a scope (user or key) and a number of requests at once", "Caddyfile:9"}},
+		"concurrency_after_limit":  {"\t\tzone img\n\t\tlimit key 0\n\t\tconcurrency key 1", []string{"route limit key must be at least 1", "Caddyfile:9"}},
+		"limit_after_concurrency":  {"\t\tzone img\n\t\tconcurrency key 1\n\t\tlimit key 0", []string{"route limit key must be at least 1", "Caddyfile:10"}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := cfAdapt(t, routeCaddyfile(tc.block))
@@ -115,6 +138,10 @@ func TestRouteLimitsJSONValidation(t *testing.T) {
 		"duplicate":      {Handler{Zone: "img", Limits: []RouteLimit{{"key", 3}, {"key", 4}}}, "duplicate"},
 		"reserved_zone":  {Handler{Zone: "user", Limits: []RouteLimit{{"key", 3}}}, "reserved"},
 		"bad_zone_chars": {Handler{Zone: "a b", Limits: []RouteLimit{{"key", 3}}}, "letters"},
+		"cap_no_zone":    {Handler{Concurrency: []RouteLimit{{"key", 1}}}, "needs a zone"},
+		"cap_zero":       {Handler{Zone: "img", Concurrency: []RouteLimit{{"user", 0}}}, "route concurrency user must be at least 1"},
+		"cap_scope":      {Handler{Zone: "img", Concurrency: []RouteLimit{{"group", 1}}}, "concurrency scope must be user or key"},
+		"cap_duplicate":  {Handler{Zone: "img", Concurrency: []RouteLimit{{"key", 1}, {"key", 2}}}, "duplicate concurrency"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			err := tc.h.checkRoute()

@@ -3,6 +3,7 @@ package limiter
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -39,14 +40,22 @@ type pendingCheck struct {
 	ctx      context.Context
 	deadline time.Time // zero: none but ctx's
 	counters []Counter
-	res      Result
-	err      error
-	done     chan struct{} // closed once res and err are set
+	slots    []Slot
+	member   string // the lease member its slots are taken as
+	// sent is set once a script call has taken the check: from then on
+	// Redis may carry it out even if its caller gets no answer.
+	sent atomic.Bool
+	res  Result
+	// deniedSlot and inFlight are the slots' outcome (see AcquireResult).
+	deniedSlot int
+	inFlight   []int64
+	err        error
+	done       chan struct{} // closed once res and err are set
 }
 
 // fail records that the check could not be asked of Redis.
 func (p *pendingCheck) fail(err error) {
-	p.res, p.err = Result{Denied: -1}, unavailable("redis check", err)
+	p.res, p.deniedSlot, p.err = Result{Denied: -1}, -1, unavailable("redis check", err)
 }
 
 // batcher coalesces the checks of one Redis Cluster slot (or of the whole
@@ -63,7 +72,18 @@ type batcher struct {
 // otherwise in the next batch. The check ends by deadline (if not zero) or
 // when ctx ends, whichever comes first.
 func (b *batcher) check(ctx context.Context, deadline time.Time, counters []Counter) (Result, error) {
-	p := &pendingCheck{ctx: ctx, deadline: deadline, counters: counters}
+	p := &pendingCheck{counters: counters}
+	if err := b.do(ctx, deadline, p); err != nil {
+		return Result{Denied: -1}, err
+	}
+	return p.res, nil
+}
+
+// do runs the check p (its counters, slots and member set) like check. On
+// a nil error p holds the outcome; on an error p must not be read, as a
+// call may still be writing it.
+func (b *batcher) do(ctx context.Context, deadline time.Time, p *pendingCheck) error {
+	p.ctx, p.deadline = ctx, deadline
 	if d, ok := ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
 		p.deadline = d
 	}
@@ -71,11 +91,12 @@ func (b *batcher) check(ctx context.Context, deadline time.Time, counters []Coun
 	if b.inFlight < maxInFlight {
 		b.inFlight++
 		b.mu.Unlock()
+		p.sent.Store(true)
 		callCtx, cancel := withDeadline(ctx, p.deadline)
 		b.run(callCtx, []*pendingCheck{p})
 		cancel()
 		b.next()
-		return p.res, p.err
+		return p.err
 	}
 	p.done = make(chan struct{})
 	b.queue = append(b.queue, p)
@@ -83,7 +104,7 @@ func (b *batcher) check(ctx context.Context, deadline time.Time, counters []Coun
 
 	select {
 	case <-p.done:
-		return p.res, p.err
+		return p.err
 	case <-ctx.Done():
 		// The caller gave up (its deadline is also kept by the calls, see
 		// above). If a call already took the check it may still count it,
@@ -97,7 +118,7 @@ func (b *batcher) check(ctx context.Context, deadline time.Time, counters []Coun
 		}
 		b.mu.Unlock()
 		// Not p.fail: a call that took p may be writing p.res right now.
-		return Result{Denied: -1}, unavailable("redis check", ctx.Err())
+		return unavailable("redis check", ctx.Err())
 	}
 }
 
@@ -153,6 +174,7 @@ func (b *batcher) take() []*pendingCheck {
 			close(p.done)
 			continue
 		}
+		p.sent.Store(true) // under mu: a caller leaving sees it gone from the queue
 		batch = append(batch, p)
 	}
 	rest := copy(b.queue, b.queue[n:])

@@ -3,6 +3,7 @@ package limiter
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -15,7 +16,9 @@ type Local struct {
 
 	mu     sync.Mutex
 	counts map[string]localCount
-	swept  int64 // window of the last sweep
+	swept  int64            // window of the last sweep
+	slots  map[string]int64 // slot set key -> requests held (slots_local.go)
+	held   atomic.Int64     // leases not yet released
 }
 
 type localCount struct {
@@ -28,7 +31,7 @@ func NewLocal(now func() time.Time) *Local {
 	if now == nil {
 		now = time.Now
 	}
-	return &Local{now: now, counts: make(map[string]localCount)}
+	return &Local{now: now, counts: make(map[string]localCount), slots: make(map[string]int64)}
 }
 
 // window returns the current window number and the time left in it.
@@ -51,27 +54,8 @@ func (l *Local) Check(_ context.Context, counters []Counter) (Result, error) {
 	if len(counters) == 0 {
 		return Result{Allowed: true, Denied: -1}, nil
 	}
-	w, reset := l.window()
-	counts := make([]int64, len(counters))
-
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.sweepLocked(w)
-	for i, c := range counters {
-		if e, ok := l.counts[c.Key]; ok && e.window == w {
-			counts[i] = e.n
-		}
-	}
-	for i, c := range counters {
-		if counts[i] >= c.Limit {
-			return Result{Counts: counts, Denied: i, ResetIn: reset}, nil
-		}
-	}
-	for i, c := range counters {
-		counts[i]++
-		l.counts[c.Key] = localCount{window: w, n: counts[i]}
-	}
-	return Result{Allowed: true, Counts: counts, Denied: -1, ResetIn: reset}, nil
+	res, _ := l.acquire(counters, nil)
+	return res.Result, nil
 }
 
 // Peek implements Limiter.

@@ -27,31 +27,41 @@ import (
 
 // checkScript checks and increments the counters of one or more checks
 // (requests), one after the other, each atomically. Identical checks (same
-// counters, same limits) come as one group of k: the first of them that
-// fit are admitted and the rest refused, exactly as k checks in a row
-// would be, at the cost of one.
+// counters, same slot sets, same limits) come as one group of k: the first
+// of them that fit are admitted and the rest refused, exactly as k checks
+// in a row would be, at the cost of one. A check may also take concurrency
+// slots (see slots_redis.go): each check of a group brings its own lease
+// member, and each admitted one is added to every set of the group.
 //
-// KEYS: the counter keys of every group, in order. ARGV[1]: the expiry
-// slack in ms; then per group its size k, the number of its counters m
-// and their m limits. Returns one string of space-separated integers (one
-// bulk reply is cheaper to build and to parse than an array): resetMs,
-// then per group "admitted denied count1 ... countm", where admitted is
-// how many of the k were admitted, denied the 1-based index of the first
-// counter the others found full (0 if none), and the counts those before
+// KEYS: per group its counter keys, then its slot set keys. ARGV[1]: the
+// expiry slack in ms; ARGV[2]: the lease length in ms; then per group its
+// size k, the number of its counters m, the number of its slot sets s, the
+// m counter limits and, if s > 0, the s set limits and the k members, in
+// the order of the group. Returns one string of space-separated integers
+// (one bulk reply is cheaper to build and to parse than an array):
+// resetMs, then per group "admitted denied count1 ... countm", where
+// admitted is how many of the k were admitted, denied the 1-based index of
+// the first counter the others found full (0 if none), and the counts
+// those before the group; a group with slot sets goes on with "deniedSlot
+// held1 ... helds": the 1-based index of the first set the others found
+// full when no counter was (0 if none), and the sizes of the sets before
 // the group.
 //
 // Each counter is read at most once and written at most once per call,
-// however many checks of the call share it.
+// however many checks of the call share it; each slot set is pruned,
+// counted and given its expiry at most once per call.
 var checkScript = redis.NewScript(`
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local w = math.floor(ms / 60000)
 local wend = (w + 1) * 60000
-local count, fresh, dirty = {}, {}, {}
+local lease = tonumber(ARGV[2])
+local count, fresh, dirty, card, extended = {}, {}, {}, {}, {}
 local out = {wend - ms}
-local k, a = 0, 2
+local k, a = 0, 3
 while a <= #ARGV do
-  local size, m = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+  local size, m, s = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  a = a + 3
   local before, limits = {}, {}
   local admitted = size
   for i = 1, m do
@@ -63,7 +73,7 @@ while a <= #ARGV do
       if v[1] and tonumber(v[1]) == w then c = tonumber(v[2]) or 0 else fresh[key] = true end
       count[key] = c
     end
-    before[i], limits[i] = c, tonumber(ARGV[a + 1 + i])
+    before[i], limits[i] = c, tonumber(ARGV[a + i - 1])
     admitted = math.min(admitted, math.max(0, limits[i] - c))
   end
   local denied = 0
@@ -71,6 +81,48 @@ while a <= #ARGV do
     for i = 1, m do
       if before[i] + admitted >= limits[i] then denied = i break end
     end
+  end
+  a = a + m
+  local deniedSlot, held = 0, {}
+  if s > 0 then
+    local room = admitted
+    for i = 1, s do
+      local key = KEYS[k + m + i]
+      local n = card[key]
+      if n == nil then
+        redis.call('ZREMRANGEBYSCORE', key, '-inf', ms)
+        n = redis.call('ZCARD', key)
+        card[key] = n
+      end
+      held[i] = n
+      room = math.min(room, math.max(0, tonumber(ARGV[a + i - 1]) - n))
+    end
+    if room < admitted then
+      -- A set is full before any counter: it refuses the rest.
+      denied = 0
+      for i = 1, s do
+        if held[i] + room >= tonumber(ARGV[a + i - 1]) then deniedSlot = i break end
+      end
+      admitted = room
+    end
+    a = a + s
+    if admitted > 0 then
+      local deadline = string.format('%d', ms + lease)
+      local add = {}
+      for j = 1, admitted do
+        add[2 * j - 1], add[2 * j] = deadline, ARGV[a + j - 1]
+      end
+      for i = 1, s do
+        local key = KEYS[k + m + i]
+        redis.call('ZADD', key, unpack(add))
+        card[key] = held[i] + admitted
+        if not extended[key] then
+          if redis.call('PTTL', key) < lease then redis.call('PEXPIRE', key, lease) end
+          extended[key] = true
+        end
+      end
+    end
+    a = a + size
   end
   if admitted > 0 then
     for i = 1, m do
@@ -82,8 +134,11 @@ while a <= #ARGV do
   out[#out + 1] = admitted
   out[#out + 1] = denied
   for i = 1, m do out[#out + 1] = before[i] end
-  k = k + m
-  a = a + m + 2
+  if s > 0 then
+    out[#out + 1] = deniedSlot
+    for i = 1, s do out[#out + 1] = held[i] end
+  end
+  k = k + m + s
 end
 local exp = string.format('%d', wend + tonumber(ARGV[1]))
 for key in pairs(dirty) do
@@ -124,11 +179,15 @@ const DefaultExpirySlack = 5 * time.Second
 //
 // Errors wrap ErrUnavailable. Redis itself does not bound call time: give
 // the client ContextTimeoutEnabled and wrap it in a Guarded limiter.
+//
+// Concurrency slots (CheckAcquire) are leases that two goroutines, started
+// by the first acquisition, renew and release (lease.go); Close ends them.
 type Redis struct {
 	client   redis.UniversalClient
 	slack    int64                     // ms
 	batchers []atomic.Pointer[batcher] // per cluster slot, or one
 	onCall   func(checks int)
+	leases   *leaseKeeper // concurrency slots (slots_redis.go)
 }
 
 // RedisOption configures a Redis limiter.
@@ -152,7 +211,7 @@ func WithOnCall(f func(checks int)) RedisOption {
 
 // NewRedis returns a Limiter backed by client.
 func NewRedis(client redis.UniversalClient, opts ...RedisOption) *Redis {
-	r := &Redis{client: client, slack: DefaultExpirySlack.Milliseconds()}
+	r := &Redis{client: client, slack: DefaultExpirySlack.Milliseconds(), leases: newLeaseKeeper(client)}
 	r.batchers = make([]atomic.Pointer[batcher], 1)
 	if _, ok := client.(*redis.ClusterClient); ok {
 		r.batchers = make([]atomic.Pointer[batcher], 16384)
@@ -206,18 +265,33 @@ func (r *Redis) batcherFor(key string) *batcher {
 // run sends the checks in one script call and stores each one's outcome.
 func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 	groups := groupChecks(checks)
-	n := 0
+	nkeys, nvals := 0, 1
 	for _, g := range groups {
-		n += len(g[0].counters)
+		m, s := len(g[0].counters), len(g[0].slots)
+		nkeys += m + s
+		nvals += 2 + m
+		if s > 0 {
+			nvals += 1 + s
+		}
 	}
-	keys := make([]string, 0, n)
-	args := make([]any, 0, 1+n+2*len(groups))
-	args = append(args, r.slack)
+	keys := make([]string, 0, nkeys)
+	args := make([]any, 0, 2+nkeys+3*len(groups)+len(checks))
+	args = append(args, r.slack, r.leases.cfg.Lease.Milliseconds())
 	for _, g := range groups {
-		args = append(args, len(g), len(g[0].counters))
-		for _, c := range g[0].counters {
+		p := g[0]
+		args = append(args, len(g), len(p.counters), len(p.slots))
+		for _, c := range p.counters {
 			keys = append(keys, c.Key)
 			args = append(args, c.Limit)
+		}
+		if len(p.slots) > 0 {
+			for _, sl := range p.slots {
+				keys = append(keys, sl.Key)
+				args = append(args, sl.Limit)
+			}
+			for _, q := range g {
+				args = append(args, q.member)
+			}
 		}
 	}
 	reply, err := checkScript.Run(ctx, r.client, keys, args...).Text()
@@ -226,7 +300,7 @@ func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 	}
 	var vals []int64
 	if err == nil {
-		vals, err = parseInts(reply, 1+n+2*len(groups))
+		vals, err = parseInts(reply, nvals)
 	}
 	if err != nil {
 		for _, p := range checks {
@@ -251,15 +325,18 @@ func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 			for i := range m {
 				res.Counts[i] = before[i] + add
 			}
-			p.res = res
+			p.res, p.deniedSlot = res, -1
 		}
 		vals = vals[2+m:]
+		if s := len(g[0].slots); s > 0 {
+			vals = slotOutcome(g, admitted, vals, s)
+		}
 	}
 }
 
-// groupChecks puts identical checks (the same counters with the same
-// limits) together, keeping the order within each group. Any order of the
-// checks of one call is an order they could have arrived in.
+// groupChecks puts identical checks (the same counters and slot sets with
+// the same limits) together, keeping the order within each group. Any
+// order of the checks of one call is an order they could have arrived in.
 func groupChecks(checks []*pendingCheck) [][]*pendingCheck {
 	if len(checks) == 1 { // the common case at low load
 		return [][]*pendingCheck{checks}
@@ -268,7 +345,7 @@ func groupChecks(checks []*pendingCheck) [][]*pendingCheck {
 next:
 	for _, p := range checks {
 		for i, g := range groups {
-			if sameCounters(g[0].counters, p.counters) {
+			if sameCounters(g[0].counters, p.counters) && sameSlots(g[0].slots, p.slots) {
 				groups[i] = append(g, p)
 				continue next
 			}

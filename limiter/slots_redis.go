@@ -1,0 +1,129 @@
+package limiter
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// WithLeases configures the leases of the limiter's concurrency slots
+// (zero fields take their defaults, see LeaseConfig).
+func WithLeases(c LeaseConfig) RedisOption {
+	return func(r *Redis) { r.leases.cfg = c.withDefaults() }
+}
+
+// CheckAcquire implements Acquirer. The counters and the slot sets are
+// decided in one script call, which concurrent checks of the same cluster
+// hash slot may share (see batch.go); identical checks are decided as one
+// group, each with a lease member of its own.
+//
+// When the answer is lost (timeout, connection lost) after the check was
+// sent, the places may have been taken all the same: they are released in
+// the background, and expire after the lease length at the latest.
+func (r *Redis) CheckAcquire(ctx context.Context, counters []Counter, slots []Slot) (AcquireResult, *Lease, error) {
+	return r.acquireBy(ctx, time.Time{}, counters, slots)
+}
+
+// acquireBy is CheckAcquire ending by deadline (zero: none), like checkBy.
+func (r *Redis) acquireBy(ctx context.Context, deadline time.Time, counters []Counter, slots []Slot) (AcquireResult, *Lease, error) {
+	if len(slots) == 0 {
+		res, err := r.checkBy(ctx, deadline, counters)
+		return AcquireResult{Result: res, DeniedSlot: -1}, nil, err
+	}
+	k := r.leases
+	if err := k.start(); err != nil {
+		return refusedAcquire(), nil, unavailable("redis acquire", err)
+	}
+	keys := make([]string, len(slots))
+	for i, s := range slots {
+		keys[i] = s.Key
+	}
+	p := &pendingCheck{counters: counters, slots: slots, member: k.newMember()}
+	start := time.Now()
+	if err := r.batcherFor(keys[0]).do(ctx, deadline, p); err != nil {
+		if p.sent.Load() {
+			k.abandon(p.member, keys)
+		}
+		return refusedAcquire(), nil, err
+	}
+	res := AcquireResult{Result: p.res, DeniedSlot: p.deniedSlot, InFlight: p.inFlight}
+	if !res.Allowed {
+		return res, nil, nil
+	}
+	return res, k.hold(p.member, keys, start), nil
+}
+
+// slotOutcome reads a group's "deniedSlot held1 ... helds" from the
+// script's reply into its checks, of which the first admitted were
+// admitted, and returns the rest of the reply.
+func slotOutcome(g []*pendingCheck, admitted int, vals []int64, s int) []int64 {
+	deniedSlot, held := int(vals[0])-1, vals[1:1+s]
+	inFlight := make([]int64, len(g)*s)
+	for j, p := range g {
+		p.inFlight = inFlight[j*s : (j+1)*s : (j+1)*s]
+		add := int64(min(j+1, admitted))
+		for i := range s {
+			p.inFlight[i] = held[i] + add
+		}
+		if !p.res.Allowed {
+			p.deniedSlot = deniedSlot
+		}
+	}
+	return vals[1+s:]
+}
+
+// sameSlots reports whether two checks take places in the same sets with
+// the same limits.
+func sameSlots(a, b []Slot) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// peekSlotsScript counts the members of sets whose deadline has not
+// passed, without writing. KEYS: the set keys. Returns {held1, ..., heldN}.
+var peekSlotsScript = redis.NewScript(`#!lua flags=no-writes
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for i = 1, #KEYS do
+  out[i] = redis.call('ZCOUNT', KEYS[i], '(' .. string.format('%d', ms), '+inf')
+end
+return out
+`)
+
+// PeekSlots implements Acquirer. On a Redis Cluster all keys of one call
+// must share a hash slot (the sets of one user do).
+func (r *Redis) PeekSlots(ctx context.Context, keys []string) ([]int64, error) {
+	if len(keys) == 0 {
+		return nil, nil
+	}
+	held, err := peekSlotsScript.Run(ctx, r.client, keys).Int64Slice()
+	if err != nil {
+		return nil, unavailable("redis peek slots", err)
+	}
+	if len(held) != len(keys) {
+		return nil, fmt.Errorf("%w: redis peek slots: %d values for %d keys", ErrUnavailable, len(held), len(keys))
+	}
+	return held, nil
+}
+
+// InFlight implements Acquirer.
+func (r *Redis) InFlight() int64 { return r.leases.held.Load() }
+
+// Close stops renewing and releasing leases, after sending the releases
+// still queued. Leases held at that point expire within the lease length;
+// releasing them later still sends the release, once, without retries.
+// CheckAcquire with slots fails after Close; Check is unaffected.
+func (r *Redis) Close() error {
+	r.leases.close()
+	return nil
+}

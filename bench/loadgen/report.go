@@ -97,6 +97,10 @@ func markdown(cfg config, rep *report) string {
 		}
 		ev := r.Redis["evalsha"] + r.Redis["eval"]
 		cl := clientCommands(r.Redis)
+		if kr := keyRangeOf(cfg, r.Name); kr != nil {
+			p("- %s\n", usersLine(cfg, kr, base, r))
+			continue
+		}
 		switch {
 		case strings.Contains(r.Name, "admit"):
 			p("- %s throughput %.3f × plain (target ≥ 0.90): %s\n", r.Name, r.RPS/base.RPS, verdict(r.RPS/base.RPS >= 0.90))
@@ -249,4 +253,47 @@ func verdict(ok bool) string {
 		return "**met**"
 	}
 	return "**missed**"
+}
+
+// keyRangeOf returns the key range of the named scenario, or nil.
+func keyRangeOf(cfg config, name string) *keyRange {
+	for _, t := range cfg.targets {
+		if t.Name == name {
+			kr, _ := parseKeyRange(t.Key)
+			return kr
+		}
+	}
+	return nil
+}
+
+// usersLine reports a scenario of many keys: throughput, how often the
+// in-process snapshot cache (L1) answered, and the CPU per request of
+// Caddy and Redis.
+func usersLine(cfg config, kr *keyRange, base, r *scenarioResult) string {
+	m := r.Metrics
+	l1Hits := sumMetric(m, "caddy_rpm_cache_hits_total", `layer="l1"`)
+	l1Misses := sumMetric(m, "caddy_rpm_cache_misses_total", `layer="l1"`)
+	l2Hits := sumMetric(m, "caddy_rpm_cache_hits_total", `layer="l2"`)
+	ratio := l1Hits / max(l1Hits+l1Misses, 1)
+	n := float64(max(r.Requests, 1))
+	perUS := func(res *scenarioResult, key string) string {
+		if _, ok := res.CPU[key]; !ok {
+			return "-"
+		}
+		return fmt.Sprintf("%.1f", res.CPU[key]/float64(max(res.Requests, 1))*1e6)
+	}
+	var redisUsec float64
+	for k, v := range r.RedisUsec {
+		if !slices.Contains(scriptInternal, k) && !slices.Contains(own, k) {
+			redisUsec += v
+		}
+	}
+	return fmt.Sprintf("%s (%d keys of as many users, each request one drawn uniformly at random): %.0f req/s, %.3f × plain; "+
+		"L1 hit ratio %.4f (%.0f hits, %.0f misses; target ≥ 0.97): %s; %.0f L2 hits, %.0f store loads; "+
+		"Caddy CPU per request %s µs (plain %s); Redis CPU per request %s µs (process, from /proc), of which %.1f µs executing commands (INFO commandstats); "+
+		"per request %s EVALSHA, %s GET, %s client commands",
+		r.Name, kr.n, r.RPS, r.RPS/base.RPS,
+		ratio, l1Hits, l1Misses, verdict(ratio >= 0.97), l2Hits, sumMetric(m, "caddy_rpm_store_loads_total"),
+		perUS(r, "cpu:caddy"), perUS(base, "cpu:caddy"), perUS(r, "cpu:redis"), redisUsec/n,
+		perReq(r.Redis["evalsha"], r.Requests), perReq(r.Redis["get"], r.Requests), perReq(clientCommands(r.Redis), r.Requests))
 }

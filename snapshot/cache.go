@@ -81,8 +81,9 @@ type Cache struct {
 	now   func() time.Time
 	// born is the origin of the entries' times, which are durations since
 	// it: 8 bytes each instead of a time.Time's 24.
-	born   time.Time
-	shared interner
+	born      time.Time
+	shared    interner
+	refresher refresher
 
 	flight singleflight.Group
 	// epoch changes on every invalidation; a load that began before one
@@ -101,14 +102,10 @@ type entry struct {
 	refreshAt atomic.Int64
 }
 
-// refreshRetry spaces the background reloads of an entry whose reload
-// failed (the store and L2 down): one per key per interval, however many
-// requests read it.
-const refreshRetry = 5 * time.Second
-
 // NewCache builds a cache. l2 may be nil (L1 only).
 func NewCache(cfg CacheConfig, l2 redis.UniversalClient, load Loader, hooks CacheHooks) *Cache {
-	c := &Cache{cfg: cfg, l2: l2, load: load, hooks: hooks, now: time.Now, born: time.Now()}
+	c := &Cache{cfg: cfg, l2: l2, load: load, hooks: hooks, now: time.Now, born: time.Now(),
+		refresher: refresher{due: make(chan string, refreshQueue)}}
 	keep := cfg.StaleIfError
 	c.l1 = otter.Must(&otter.Options[string, *entry]{
 		MaximumSize: cfg.L1Size,
@@ -181,30 +178,6 @@ func (c *Cache) await(ctx context.Context, keyHash string) (*Snapshot, error) {
 	case <-timeout:
 		return nil, fmt.Errorf("wait for snapshot load: no answer within %v", c.cfg.LoadTimeout)
 	}
-}
-
-// refresh reloads keyHash in the background once its fresh entry e is
-// past refreshAt (the second half of its TTL), so that a key in use is
-// reloaded before it expires and its requests never wait for L2 or the
-// store: under uniform access to many keys, expiry would otherwise make
-// every key miss once per TTL. The reload is the one a miss runs (L2, then
-// the store; shared with a concurrent miss; bounded by LoadTimeout; not
-// written if an invalidation ran meanwhile). It only replaces e, which
-// stays fresh until its own freshUntil, so what is served is never older
-// than without the refresh.
-func (c *Cache) refresh(keyHash string, e *entry, now time.Duration) {
-	at := e.refreshAt.Load()
-	if now < time.Duration(at) || !e.refreshAt.CompareAndSwap(at, int64(now+refreshRetry)) {
-		return
-	}
-	c.hook0(c.hooks.Refresh)
-	// The result is not awaited; DoChan's channel is buffered, so the
-	// shared load does not block on it.
-	c.flight.DoChan(keyHash, func() (any, error) {
-		lctx, cancel := c.loadContext(context.Background())
-		defer cancel()
-		return c.fill(lctx, keyHash)
-	})
 }
 
 func (c *Cache) loadContext(ctx context.Context) (context.Context, context.CancelFunc) {

@@ -360,3 +360,82 @@ func TestL1BytesPerSnapshot(t *testing.T) {
 	runtime.KeepAlive(c)
 	runtime.KeepAlive(encoded)
 }
+
+// afterPipeline runs f once, after the first pipeline that reads key has
+// been answered and before its caller sees the answers.
+type afterPipeline struct {
+	key string
+	f   atomic.Pointer[func()]
+}
+
+func (h *afterPipeline) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (h *afterPipeline) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+func (h *afterPipeline) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		err := next(ctx, cmds)
+		for _, cmd := range cmds {
+			if args := cmd.Args(); cmd.Name() == "get" && len(args) > 1 && args[1] == h.key {
+				if f := h.f.Swap(nil); f != nil {
+					(*f)()
+				}
+				break
+			}
+		}
+		return err
+	}
+}
+
+// A background reload that read L2 before an invalidation ran does not
+// write what it read: the key's next read loads the new snapshot.
+func TestCacheReloadDoesNotOutliveAnInvalidation(t *testing.T) {
+	rdb, prefix := l1Redis(t)
+	hook := &afterPipeline{key: prefix + "k"}
+	rdb.AddHook(hook)
+	var (
+		mu    sync.Mutex
+		limit int64 = 1
+	)
+	c := NewCache(CacheConfig{L1Size: 100, L1TTL: time.Minute, L2TTL: time.Minute, NegativeTTL: time.Minute,
+		StaleIfError: time.Minute, L2Prefix: prefix, L2Timeout: 5 * time.Second},
+		rdb, func(context.Context, string) (*Snapshot, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			s := userSnapshot(1)
+			s.User.RPMLimit = limit
+			return s, nil
+		}, CacheHooks{})
+	clk := &fakeClock{}
+	useClock(c, clk)
+	ctx := context.Background()
+	if _, err := c.Get(ctx, "k"); err != nil { // L1 and L2 hold limit 1
+		t.Fatal(err)
+	}
+
+	// The limit changes in the store; its invalidation runs while the
+	// reload's L2 read (of limit 1) is on its way back.
+	invalidate := func() {
+		mu.Lock()
+		limit = 2
+		mu.Unlock()
+		if err := c.ForgetHashes(ctx, "k"); err != nil {
+			t.Error(err)
+		}
+	}
+	hook.f.Store(&invalidate)
+	clk.advance(31 * time.Second)
+	if _, err := c.Get(ctx, "k"); err != nil { // a hit that queues the reload
+		t.Fatal(err)
+	}
+	awaitRefreshes(t, c)
+	if hook.f.Load() != nil {
+		t.Fatal("the reload read nothing from L2")
+	}
+	if e, ok := c.l1.GetIfPresent("k"); ok {
+		t.Fatalf("L1 holds limit %d after the invalidation", e.snap.User.RPMLimit)
+	}
+	s, err := c.Get(ctx, "k")
+	if err != nil || s.User.RPMLimit != 2 {
+		t.Fatalf("after the invalidation: %+v, %v; want limit 2", s, err)
+	}
+}

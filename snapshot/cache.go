@@ -84,6 +84,7 @@ type Cache struct {
 	born      time.Time
 	shared    interner
 	refresher refresher
+	gens      generations
 
 	flight singleflight.Group
 	// epoch changes on every invalidation; a load that began before one
@@ -100,12 +101,15 @@ type entry struct {
 	// the read that starts it moves refreshAt on by refreshRetry, so a
 	// reload that fails is retried at that pace, not on every read.
 	refreshAt atomic.Int64
+	// stamp is the generations' stamp of snap when it was stored: the
+	// entry is valid while it is unchanged (see generations).
+	stamp uint32
 }
 
 // NewCache builds a cache. l2 may be nil (L1 only).
 func NewCache(cfg CacheConfig, l2 redis.UniversalClient, load Loader, hooks CacheHooks) *Cache {
 	c := &Cache{cfg: cfg, l2: l2, load: load, hooks: hooks, now: time.Now, born: time.Now(),
-		refresher: refresher{due: make(chan string, refreshQueue)}}
+		refresher: refresher{due: make(chan string, refreshQueue)}, gens: generations{l1Size: cfg.L1Size}}
 	keep := cfg.StaleIfError
 	c.l1 = otter.Must(&otter.Options[string, *entry]{
 		MaximumSize: cfg.L1Size,
@@ -126,6 +130,7 @@ func (c *Cache) clock() time.Duration { return c.now().Sub(c.born) }
 // unknown. ErrUnavailable means the store failed and nothing usable is cached.
 func (c *Cache) Get(ctx context.Context, keyHash string) (*Snapshot, error) {
 	e, ok := c.l1.GetIfPresent(keyHash)
+	ok = ok && e.stamp == c.gens.stamp(e.snap)
 	if ok {
 		if now := c.clock(); now < e.freshUntil {
 			c.hook(c.hooks.Hit, "l1")
@@ -265,7 +270,8 @@ func (c *Cache) setL1(keyHash string, s *Snapshot) {
 	}
 	ttl = c.jitter(ttl)
 	now := c.clock()
-	e := &entry{snap: c.shared.compact(s), freshUntil: now + ttl}
+	s = c.shared.compact(s)
+	e := &entry{snap: s, freshUntil: now + ttl, stamp: c.gens.stamp(s)}
 	e.refreshAt.Store(int64(now + ttl/2))
 	c.l1.Set(keyHash, e)
 }

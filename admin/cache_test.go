@@ -10,7 +10,7 @@ import (
 
 func TestAuthCacheInvalidation(t *testing.T) {
 	b, _ := newPGBackend(t)
-	h := NewHandler(b, nil)
+	h := b.handler()
 
 	res := call(t, h, http.MethodDelete, "/admin/auth-cache", "")
 	expect(t, res, http.StatusOK, "flush")

@@ -5,54 +5,46 @@ import (
 	"crypto/subtle"
 	"errors"
 	"net/http"
-	"sort"
+	"slices"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"go.uber.org/zap"
-	"golang.org/x/sync/singleflight"
+
+	"github.com/caddyrpm/caddy-rpm/gateway"
 )
 
 // Handler serves the admin routes under /admin/. It works with or without
-// Caddy: the admin.api.rpm module mounts one that finds the rpm app per
-// request, and NewHandler makes one around a fixed Backend (tests).
+// Caddy: the admin modules make one that finds the rpm app per request,
+// and NewHandler makes one around a fixed Core (tests).
 //
-// Authentication: when the backend has an admin token, every JSON route
-// (and unknown paths) needs "Authorization: Bearer <token>". The web page
-// and its assets under /admin/ui are served without it: they hold no data,
-// and the page asks for the token and sends it with each API call.
+// Authentication: when there is an admin token, every JSON route (and
+// unknown paths) needs "Authorization: Bearer <token>". The web page and
+// its assets under /admin/ui are served without it: they hold no data, and
+// the page asks for the token and sends it with each API call.
 type Handler struct {
-	backend func() (Backend, error)
-	logger  *zap.Logger
-	mux     *http.ServeMux
-	ui      http.Handler
-
-	clears    singleflight.Group
-	clearRuns atomic.Int64
+	target func() (Core, string, error)
+	logger *zap.Logger
+	mux    *http.ServeMux
 }
 
-// NewHandler returns a handler serving the admin routes for b; a nil
-// logger discards logs.
-func NewHandler(b Backend, logger *zap.Logger) *Handler {
-	return newHandler(func() (Backend, error) { return b, nil }, logger)
+// NewHandler returns a handler serving the admin routes over core, with
+// the admin token (none if ""); a nil logger discards logs.
+func NewHandler(core Core, token string, logger *zap.Logger) *Handler {
+	return newHandler(func() (Core, string, error) { return core, token, nil }, logger)
 }
 
-func newHandler(backend func() (Backend, error), logger *zap.Logger) *Handler {
+func newHandler(target func() (Core, string, error), logger *zap.Logger) *Handler {
 	if logger == nil {
 		logger = zap.NewNop()
 	}
-	h := &Handler{backend: backend, logger: logger, mux: http.NewServeMux(), ui: uiHandler()}
+	h := &Handler{target: target, logger: logger, mux: http.NewServeMux()}
 	h.routes()
 	return h
 }
 
-// ClearRuns reports how many times "clear all" ran its store delete; calls
-// collapsed into one in flight count once.
-func (h *Handler) ClearRuns() int64 { return h.clearRuns.Load() }
-
-// apiFunc is a route handler with the request's backend.
-type apiFunc func(w http.ResponseWriter, r *http.Request, b Backend)
+// apiFunc is a route handler with the request's core.
+type apiFunc func(w http.ResponseWriter, r *http.Request, c Core) error
 
 // methods maps HTTP methods to the handlers of one path.
 type methods map[string]apiFunc
@@ -70,72 +62,114 @@ func (h *Handler) routes() {
 	h.handle("/admin/keys/{id}", methods{http.MethodPatch: h.patchKey})
 	h.handle("/admin/auth-cache", methods{http.MethodDelete: h.flushCache})
 	h.handle("/admin/auth-cache/{kind}/{id}", methods{http.MethodDelete: h.invalidateCache})
-	h.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "no such admin route: "+r.URL.Path)
-	})
 }
 
-// handle registers the path with a method dispatcher, so a wrong method
-// answers 405 with an Allow header and a JSON error.
+// handle registers "METHOD path" patterns, so the mux answers a wrong
+// method with 405 and an Allow header (GET brings HEAD), and an OPTIONS
+// pattern answering 204 with the same Allow.
 func (h *Handler) handle(path string, ms methods) {
-	if get, ok := ms[http.MethodGet]; ok {
-		ms[http.MethodHead] = get
-	}
-	allowed := make([]string, 0, len(ms)+1)
-	for m := range ms {
+	allowed := []string{http.MethodOptions}
+	for m, fn := range ms {
 		allowed = append(allowed, m)
+		if m == http.MethodGet {
+			allowed = append(allowed, http.MethodHead)
+		}
+		h.mux.Handle(m+" "+path, apiHandler(fn))
 	}
-	allowed = append(allowed, http.MethodOptions)
-	sort.Strings(allowed)
+	slices.Sort(allowed)
 	allow := strings.Join(allowed, ", ")
-
-	h.mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodOptions {
-			w.Header().Set("Allow", allow)
-			w.WriteHeader(http.StatusNoContent)
-			return
-		}
-		fn, ok := ms[r.Method]
-		if !ok {
-			w.Header().Set("Allow", allow)
-			writeError(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed; allowed: "+allow)
-			return
-		}
-		fn(w, r, r.Context().Value(backendKey{}).(Backend))
+	h.mux.HandleFunc(http.MethodOptions+" "+path, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Allow", allow)
+		w.WriteHeader(http.StatusNoContent)
 	})
 }
 
-type backendKey struct{}
+// apiHandler is an apiFunc as the mux takes it: the request's core comes
+// in, and its error goes out, through the call in the context.
+type apiHandler apiFunc
+
+// routeCall is one request's core and the error its route handler returned.
+type routeCall struct {
+	core Core
+	err  error
+}
+
+type callKey struct{}
+
+func (fn apiHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	c := r.Context().Value(callKey{}).(*routeCall)
+	c.err = fn(w, r, c.core)
+}
 
 // requestTimeout bounds the store and Redis calls of one admin request, so
 // that a database which stops answering gets a 504 rather than a request
 // that hangs.
 const requestTimeout = 10 * time.Second
 
-// ServeHTTP implements http.Handler.
+// errNotConfigured reports that the config has no rpm app.
+var errNotConfigured = errors.New("rpm app is not configured")
+
+// ServeHTTP implements http.Handler: errors are answered as Caddy's admin
+// endpoint answers them.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if err := h.serve(w, r); err != nil {
+		writeAPIError(w, err)
+	}
+}
+
+// serve answers r or returns the error to answer (a caddy.APIError).
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request) error {
 	if r.URL.Path == "/admin/ui" || strings.HasPrefix(r.URL.Path, "/admin/ui/") {
 		// The page and its assets: no token, see the type's doc comment.
-		h.ui.ServeHTTP(w, r)
-		return
+		serveUI(w, r)
+		return nil
 	}
-	b, err := h.backend()
+	w.Header().Set("Cache-Control", "no-store")
+	core, token, err := h.target()
 	if err != nil {
 		if !errors.Is(err, errNotConfigured) {
 			h.logger.Error("find rpm app", zap.Error(err))
 		}
-		writeError(w, http.StatusServiceUnavailable, errNotConfigured.Error())
-		return
+		return apiError(http.StatusServiceUnavailable, errNotConfigured.Error())
 	}
-	if !authorized(r, b.AdminToken()) {
+	if !authorized(r, token) {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="caddy-rpm admin"`)
-		writeError(w, http.StatusUnauthorized, "missing or invalid admin token")
-		return
+		return apiError(http.StatusUnauthorized, "missing or invalid admin token")
+	}
+	if mh, pattern := h.mux.Handler(r); pattern == "" {
+		return unrouted(w, r, mh)
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), requestTimeout)
 	defer cancel()
-	h.mux.ServeHTTP(w, r.WithContext(context.WithValue(ctx, backendKey{}, b)))
+	c := &routeCall{core: core}
+	h.mux.ServeHTTP(w, r.WithContext(context.WithValue(ctx, callKey{}, c)))
+	return c.err
 }
+
+// unrouted is the answer to a request no pattern matches: 404, or 405 with
+// the Allow header the mux computes when the path has other methods; mh
+// is the mux's own (text) answer.
+func unrouted(w http.ResponseWriter, r *http.Request, mh http.Handler) error {
+	probe := &headerProbe{header: http.Header{}}
+	mh.ServeHTTP(probe, r)
+	if probe.status == http.StatusMethodNotAllowed {
+		allow := probe.header.Get("Allow")
+		w.Header().Set("Allow", allow)
+		return apiError(http.StatusMethodNotAllowed, "method "+r.Method+" not allowed; allowed: "+allow)
+	}
+	return apiError(http.StatusNotFound, "no such admin route: "+r.URL.Path)
+}
+
+// headerProbe records the status and headers of the mux's own text answer
+// to an unrouted request and drops its body, so it can be answered as JSON.
+type headerProbe struct {
+	header http.Header
+	status int
+}
+
+func (p *headerProbe) Header() http.Header         { return p.header }
+func (p *headerProbe) Write(b []byte) (int, error) { return len(b), nil }
+func (p *headerProbe) WriteHeader(status int)      { p.status = status }
 
 // authorized reports whether r carries the admin token (or none is needed).
 // Every Authorization header is looked at: behind a site's basic_auth the
@@ -145,19 +179,10 @@ func authorized(r *http.Request, token string) bool {
 		return true
 	}
 	for _, v := range r.Header.Values("Authorization") {
-		if got, ok := bearer(v); ok && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1 {
+		got, ours := gateway.Credential(v, "Bearer")
+		if ours && got != "" && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1 {
 			return true
 		}
 	}
 	return false
-}
-
-// bearer extracts the credentials of a "Bearer <token>" header value.
-func bearer(v string) (string, bool) {
-	const scheme = "bearer "
-	if len(v) <= len(scheme) || !strings.EqualFold(v[:len(scheme)], scheme) {
-		return "", false
-	}
-	tok := strings.TrimSpace(v[len(scheme):])
-	return tok, tok != ""
 }

@@ -61,7 +61,7 @@ var apiCalls = []struct{ method, path, body string }{
 func TestAdminToken(t *testing.T) {
 	b := newFileBackend(t)
 	b.token = "s3cret-token"
-	h := NewHandler(b, nil)
+	h := b.handler()
 	for _, c := range apiCalls {
 		for name, hdr := range map[string][]string{
 			"no token":     nil,
@@ -96,7 +96,7 @@ func TestAdminToken(t *testing.T) {
 
 func TestNoTokenConfigured(t *testing.T) {
 	b := newFileBackend(t)
-	h := NewHandler(b, nil)
+	h := b.handler()
 	for _, c := range apiCalls {
 		if res := call(t, h, c.method, c.path, c.body); res.Code == http.StatusUnauthorized {
 			t.Errorf("%s %s without a configured token: 401", c.method, c.path)
@@ -106,7 +106,7 @@ func TestNoTokenConfigured(t *testing.T) {
 
 func TestKeysFileStore(t *testing.T) {
 	b := newFileBackend(t)
-	h := NewHandler(b, nil)
+	h := b.handler()
 	for _, c := range apiCalls {
 		if c.method == http.MethodGet || strings.HasPrefix(c.path, "/admin/auth-cache") {
 			continue
@@ -139,7 +139,7 @@ func TestKeysFileStore(t *testing.T) {
 }
 
 func TestMethodNotAllowed(t *testing.T) {
-	h := NewHandler(newFileBackend(t), nil)
+	h := newFileBackend(t).handler()
 	for _, c := range []struct{ method, path, allow string }{
 		{http.MethodPost, "/admin/users/1/rpm-status", "GET, HEAD, OPTIONS"},
 		{http.MethodDelete, "/admin/users/1/rpm-status", "GET, HEAD, OPTIONS"},
@@ -171,26 +171,26 @@ func TestMethodNotAllowed(t *testing.T) {
 }
 
 func TestNotFound(t *testing.T) {
-	h := NewHandler(newFileBackend(t), nil)
+	h := newFileBackend(t).handler()
 	for _, p := range []string{"/admin/", "/admin/nope", "/admin/users", "/admin/users/1/rpm-status/extra", "/admin/groups/1/overrides", "/admin/keys"} {
 		expect(t, call(t, h, http.MethodGet, p, ""), http.StatusNotFound, p)
 	}
 }
 
 func TestBodyTooLarge(t *testing.T) {
-	h := NewHandler(newFileBackend(t), nil)
+	h := newFileBackend(t).handler()
 	body := `{"entries":[` + strings.Repeat(`{"user_id":1,"rpm_override":1},`, 40000) + `{"user_id":2,"rpm_override":1}]}`
 	expect(t, call(t, h, http.MethodPut, "/admin/groups/1/rpm-overrides", body), http.StatusRequestEntityTooLarge, "large body")
 }
 
 func TestBackendNotConfigured(t *testing.T) {
-	h := newHandler(func() (Backend, error) { return nil, errNotConfigured }, nil)
+	h := newHandler(func() (Core, string, error) { return nil, "", errNotConfigured }, nil)
 	res := call(t, h, http.MethodGet, "/admin/users/1/rpm-status", "")
 	expect(t, res, http.StatusServiceUnavailable, "no app")
 	if res.JSON["error"] != "rpm app is not configured" {
 		t.Errorf("error = %q", res.JSON["error"])
 	}
-	h = newHandler(func() (Backend, error) { return nil, errors.New("loading rpm app module: boom") }, nil)
+	h = newHandler(func() (Core, string, error) { return nil, "", errors.New("loading rpm app module: boom") }, nil)
 	expect(t, call(t, h, http.MethodDelete, "/admin/auth-cache", ""), http.StatusServiceUnavailable, "failed app")
 	// The page does not need the app.
 	if res := call(t, h, http.MethodGet, "/admin/ui", ""); res.Code != http.StatusOK {
@@ -219,11 +219,13 @@ func TestModule(t *testing.T) {
 	expect(t, res, http.StatusServiceUnavailable, "no running config")
 }
 
-// adminHandlerFunc adapts a caddy.AdminHandler for call.
+// adminHandlerFunc adapts a caddy.AdminHandler for call, answering its
+// errors as Caddy's admin endpoint does (see TestModuleOnAdminEndpoint
+// for the real one).
 func adminHandlerFunc(h caddy.AdminHandler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := h.ServeHTTP(w, r); err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
+			writeAPIError(w, err)
 		}
 	})
 }

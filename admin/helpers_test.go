@@ -1,54 +1,63 @@
 package admin
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/caddyrpm/caddy-rpm/gateway"
 	"github.com/caddyrpm/caddy-rpm/limiter"
+	"github.com/caddyrpm/caddy-rpm/snapshot"
 	"github.com/caddyrpm/caddy-rpm/store"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
-// invalidation is one recorded Backend.Invalidate call.
+// invalidation is one invalidation the gateway applied.
 type invalidation struct {
-	Scope store.Scope
+	Scope gateway.Scope
 	ID    int64
 }
 
-// testBackend is a Backend over a real store and limiter that records
-// invalidations.
+// testBackend is what a handler under test runs on: a real store and
+// limiter, and the gateway over them (built by handler), which records the
+// invalidations it applies.
 type testBackend struct {
-	st    store.Store
+	st    store.Source
 	lim   limiter.Limiter
 	keys  limiter.Keys
 	token string
-	zones []Zone
+	zones []gateway.RouteLimit
+	g     *gateway.Gateway
 
 	mu    sync.Mutex
 	inval []invalidation
 }
 
-func (b *testBackend) Store() store.Store        { return b.st }
-func (b *testBackend) Limiter() limiter.Limiter  { return b.lim }
-func (b *testBackend) CounterKeys() limiter.Keys { return b.keys }
-func (b *testBackend) AdminToken() string        { return b.token }
-func (b *testBackend) Zones() []Zone             { return b.zones }
-
-func (b *testBackend) Invalidate(_ context.Context, scope store.Scope, id int64) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.inval = append(b.inval, invalidation{scope, id})
-	return nil
+// handler builds the gateway over the backend's parts and returns an
+// admin handler over it.
+func (b *testBackend) handler() *Handler {
+	w, _ := b.st.(store.Writable)
+	g, err := gateway.New(gateway.Config{
+		Source: b.st, Writable: w, Limiter: b.lim, CounterKeys: b.keys,
+		Cache: snapshot.CacheConfig{L1Size: 100, L1TTL: time.Minute, NegativeTTL: time.Minute},
+		OnInvalidate: func(scope gateway.Scope, id int64, _ string) {
+			b.mu.Lock()
+			defer b.mu.Unlock()
+			b.inval = append(b.inval, invalidation{scope, id})
+		},
+	})
+	if err != nil {
+		panic(err) // only for a missing source or limiter
+	}
+	g.DeclareRoute(b.zones)
+	b.g = g
+	return NewHandler(g, b.token, nil)
 }
 
 // takeInvalidations returns and resets the recorded invalidations.
@@ -122,20 +131,6 @@ func expect(t *testing.T, res response, code int, what string) {
 	}
 }
 
-// overrides reads a group's overrides from the store as user id → value.
-func overrides(t *testing.T, st store.Store, gid int64) map[int64]int64 {
-	t.Helper()
-	list, err := st.GroupOverrides(context.Background(), gid)
-	if err != nil {
-		t.Fatalf("group %d overrides: %v", gid, err)
-	}
-	out := make(map[int64]int64, len(list))
-	for _, o := range list {
-		out[o.UserID] = *o.RPMOverride
-	}
-	return out
-}
-
 // num reads a JSON number field as int64.
 func num(t *testing.T, m map[string]any, field string) int64 {
 	t.Helper()
@@ -144,81 +139,4 @@ func num(t *testing.T, m map[string]any, field string) int64 {
 		t.Fatalf("field %q = %#v, want a number (in %v)", field, m[field], m)
 	}
 	return int64(v)
-}
-
-func itoa(n int64) string { return strconv.FormatInt(n, 10) }
-
-// sqlHold is a test transaction holding a lock on the overrides table (or
-// rows of it), to keep admin writes in flight from the database side.
-type sqlHold struct {
-	t    *testing.T
-	pool *pgxpool.Pool
-	tx   pgx.Tx
-	pid  int32
-}
-
-// holdOverrides begins a transaction on its own connection and runs lock
-// (e.g. "lock table ..." or "select ... for key share") in it. The lock
-// is released by release or at the end of the test.
-func holdOverrides(t *testing.T, pool *pgxpool.Pool, lock string, args ...any) *sqlHold {
-	t.Helper()
-	ctx := context.Background()
-	conn, err := pool.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		conn.Release()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = tx.Rollback(ctx)
-		conn.Release()
-	})
-	h := &sqlHold{t: t, pool: pool, tx: tx}
-	if err := tx.QueryRow(ctx, `select pg_backend_pid()`).Scan(&h.pid); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, lock, args...); err != nil {
-		t.Fatal(err)
-	}
-	return h
-}
-
-// waiting counts the sessions waiting on the hold, directly or behind
-// another waiter.
-func (h *sqlHold) waiting() int {
-	h.t.Helper()
-	var n int
-	err := h.pool.QueryRow(context.Background(), `with recursive w(pid) as (
-	select pid from pg_stat_activity where $1 = any(pg_blocking_pids(pid))
-	union
-	select a.pid from pg_stat_activity a join w on w.pid = any(pg_blocking_pids(a.pid))
-) select count(*) from w`, h.pid).Scan(&n)
-	if err != nil {
-		h.t.Fatal(err)
-	}
-	return n
-}
-
-// waitFor waits until at least n sessions wait on the hold (or fails after
-// 10 s).
-func (h *sqlHold) waitFor(n int) {
-	h.t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for h.waiting() < n {
-		if time.Now().After(deadline) {
-			h.t.Fatalf("%d sessions wait on the lock after 10 s, want %d", h.waiting(), n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-// release ends the transaction and with it the lock.
-func (h *sqlHold) release() {
-	h.t.Helper()
-	if err := h.tx.Rollback(context.Background()); err != nil {
-		h.t.Fatal(err)
-	}
 }

@@ -1,8 +1,9 @@
 // Package admin is the admin.api.rpm module: JSON routes on Caddy's admin
 // endpoint for RPM status, override management (including "clear all"),
 // limit and status changes and auth cache invalidation, plus the admin web
-// page. The routes and their answers are listed in SPEC §8; besides those,
-// rpm-status reports per_zone (route-limit zones of this instance).
+// page; and the rpm_admin handler serving the same on a site. It is an
+// HTTP adapter over the gateway (Core): the rules, the writes and the
+// invalidations they need are the gateway's.
 package admin
 
 import (
@@ -35,40 +36,35 @@ func (AdminAPI) CaddyModule() caddy.ModuleInfo {
 }
 
 // Provision sets up the handler.
-func (a *AdminAPI) Provision(caddy.Context) error {
-	a.handler = newHandler(activeBackend, caddy.Log().Named("admin.api.rpm"))
+func (a *AdminAPI) Provision(ctx caddy.Context) error {
+	a.handler = newHandler(activeApp, ctx.Logger(a))
 	return nil
 }
 
-// Routes returns the one route pattern the module serves; dispatching
-// happens inside the handler.
+// Routes returns the one route pattern the module serves; the handler
+// routes within it. Errors go back to Caddy, which answers them as
+// {"error": "<message>"} and logs them.
 func (a *AdminAPI) Routes() []caddy.AdminRoute {
 	return []caddy.AdminRoute{{
 		Pattern: "/admin/",
-		Handler: caddy.AdminHandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
-			a.handler.ServeHTTP(w, r)
-			return nil
-		}),
+		Handler: caddy.AdminHandlerFunc(a.handler.serve),
 	}}
 }
 
-// errNotConfigured reports that the config has no rpm app.
-var errNotConfigured = errors.New("rpm app is not configured")
-
-// activeBackend finds the rpm app of the running config.
-func activeBackend() (Backend, error) {
+// activeApp finds the rpm app of the running config.
+func activeApp() (Core, string, error) {
 	app, err := caddy.ActiveContext().AppIfConfigured("rpm")
 	if err != nil {
 		if errors.Is(err, caddy.ErrNotConfigured) {
-			return nil, errNotConfigured
+			return nil, "", errNotConfigured
 		}
-		return nil, fmt.Errorf("rpm app: %w", err)
+		return nil, "", fmt.Errorf("rpm app: %w", err)
 	}
-	b, ok := app.(Backend)
+	a, ok := app.(App)
 	if !ok {
-		return nil, fmt.Errorf("rpm app %T does not implement admin.Backend", app)
+		return nil, "", fmt.Errorf("rpm app %T does not implement admin.App", app)
 	}
-	return b, nil
+	return a.Gateway(), a.AdminToken(), nil
 }
 
 // Interface guards.
@@ -76,4 +72,5 @@ var (
 	_ caddy.Module      = (*AdminAPI)(nil)
 	_ caddy.Provisioner = (*AdminAPI)(nil)
 	_ caddy.AdminRouter = (*AdminAPI)(nil)
+	_ http.Handler      = (*Handler)(nil)
 )

@@ -4,7 +4,7 @@ import (
 	"context"
 	"net/http"
 
-	"github.com/caddyrpm/caddy-rpm/store"
+	"github.com/caddyrpm/caddy-rpm/gateway"
 )
 
 // limitPatch is the body of PATCH /admin/users/{id} and /admin/groups/{id}.
@@ -19,46 +19,41 @@ type statusPatch struct {
 }
 
 // patchUser answers PATCH /admin/users/{id}.
-func (h *Handler) patchUser(w http.ResponseWriter, r *http.Request, b Backend) {
-	h.patchLimits(w, r, b, "user_id", store.ScopeUser, b.Store().UpdateUser)
+func (h *Handler) patchUser(w http.ResponseWriter, r *http.Request, c Core) error {
+	return h.patchLimits(w, r, "user_id", "update user", c.PatchUser)
 }
 
 // patchGroup answers PATCH /admin/groups/{id}.
-func (h *Handler) patchGroup(w http.ResponseWriter, r *http.Request, b Backend) {
-	h.patchLimits(w, r, b, "group_id", store.ScopeGroup, b.Store().UpdateGroup)
+func (h *Handler) patchGroup(w http.ResponseWriter, r *http.Request, c Core) error {
+	return h.patchLimits(w, r, "group_id", "update group", c.PatchGroup)
 }
 
-func (h *Handler) patchLimits(w http.ResponseWriter, r *http.Request, b Backend, idField string,
-	scope store.Scope, update func(context.Context, int64, store.Patch) error) {
-	id, ok := pathID(w, r, "id")
-	if !ok {
-		return
+func (h *Handler) patchLimits(w http.ResponseWriter, r *http.Request, idField, op string,
+	patch func(context.Context, int64, gateway.Patch) error) error {
+	id, err := pathID(r, "id")
+	if err != nil {
+		return err
 	}
 	var p limitPatch
-	if !decodeBody(w, r, &p) {
-		return
+	if err := decodeBody(w, r, &p); err != nil {
+		return err
 	}
 	if p.RPMLimit == nil && p.Status == nil {
-		writeError(w, http.StatusBadRequest, `invalid body: give "rpm_limit" and/or "status"`)
-		return
+		return apiError(http.StatusBadRequest, `invalid body: give "rpm_limit" and/or "status"`)
 	}
 	if p.RPMLimit != nil {
-		if err := checkLimit("rpm_limit", *p.RPMLimit); err != nil {
-			writeError(w, http.StatusBadRequest, err.Error())
-			return
+		if err := gateway.CheckLimit("rpm_limit", *p.RPMLimit); err != nil {
+			return badRequest(err)
 		}
 	}
 	if p.Status != nil {
-		if err := checkStatus(*p.Status); err != nil {
-			writeError(w, http.StatusBadRequest, err.Error())
-			return
+		if err := gateway.CheckStatus(*p.Status); err != nil {
+			return badRequest(err)
 		}
 	}
-	if err := update(r.Context(), id, store.Patch{RPMLimit: p.RPMLimit, Status: p.Status}); err != nil {
-		h.storeError(w, r, "update "+string(scope), err)
-		return
+	if err := patch(r.Context(), id, gateway.Patch{RPMLimit: p.RPMLimit, Status: p.Status}); err != nil {
+		return h.coreError(r, op, err)
 	}
-	h.invalidate(r.Context(), b, scope, id)
 	answer := map[string]any{idField: id}
 	if p.RPMLimit != nil {
 		answer["rpm_limit"] = *p.RPMLimit
@@ -67,31 +62,29 @@ func (h *Handler) patchLimits(w http.ResponseWriter, r *http.Request, b Backend,
 		answer["status"] = *p.Status
 	}
 	writeJSON(w, http.StatusOK, answer)
+	return nil
 }
 
 // patchKey answers PATCH /admin/keys/{id}: {"status": "disabled"} revokes
 // the key, "active" restores it.
-func (h *Handler) patchKey(w http.ResponseWriter, r *http.Request, b Backend) {
-	id, ok := pathID(w, r, "id")
-	if !ok {
-		return
+func (h *Handler) patchKey(w http.ResponseWriter, r *http.Request, c Core) error {
+	id, err := pathID(r, "id")
+	if err != nil {
+		return err
 	}
 	var p statusPatch
-	if !decodeBody(w, r, &p) {
-		return
+	if err := decodeBody(w, r, &p); err != nil {
+		return err
 	}
 	if p.Status == nil {
-		writeError(w, http.StatusBadRequest, `invalid body: "status" is required`)
-		return
+		return apiError(http.StatusBadRequest, `invalid body: "status" is required`)
 	}
-	if err := checkStatus(*p.Status); err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
-		return
+	if err := gateway.CheckStatus(*p.Status); err != nil {
+		return badRequest(err)
 	}
-	if err := b.Store().UpdateKey(r.Context(), id, store.Patch{Status: p.Status}); err != nil {
-		h.storeError(w, r, "update key", err)
-		return
+	if err := c.PatchKey(r.Context(), id, gateway.Patch{Status: p.Status}); err != nil {
+		return h.coreError(r, "update key", err)
 	}
-	h.invalidate(r.Context(), b, store.ScopeKey, id)
 	writeJSON(w, http.StatusOK, map[string]any{"key_id": id, "status": *p.Status})
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"testing"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/store"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
@@ -14,7 +15,7 @@ func TestPatchUserAndGroup(t *testing.T) {
 	b, pool := newPGBackend(t)
 	u := storetest.SeedUser(t, pool, 20)
 	g := storetest.SeedGroup(t, pool, "g", 10)
-	h := NewHandler(b, nil)
+	h := b.handler()
 	ctx := context.Background()
 
 	read := func(table string, id int64) (limit int64, status string) {
@@ -34,7 +35,7 @@ func TestPatchUserAndGroup(t *testing.T) {
 		{"/admin/users/", "rpm_users", u, store.ScopeUser, "user_id"},
 		{"/admin/groups/", "rpm_groups", g, store.ScopeGroup, "group_id"},
 	} {
-		path := tc.path + itoa(tc.id)
+		path := tc.path + testutil.Itoa(tc.id)
 		res := call(t, h, http.MethodPatch, path, `{"rpm_limit":33}`)
 		expect(t, res, http.StatusOK, "patch limit "+path)
 		if num(t, res.JSON, tc.idField) != tc.id || num(t, res.JSON, "rpm_limit") != 33 {
@@ -86,8 +87,8 @@ func TestPatchKey(t *testing.T) {
 	b, pool := newPGBackend(t)
 	u := storetest.SeedUser(t, pool, 0)
 	k, _ := storetest.SeedKey(t, pool, u, nil)
-	h := NewHandler(b, nil)
-	path := "/admin/keys/" + itoa(k)
+	h := b.handler()
+	path := "/admin/keys/" + testutil.Itoa(k)
 	status := func() string {
 		t.Helper()
 		var s string

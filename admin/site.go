@@ -47,14 +47,14 @@ func (s *SiteHandler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return err
 	}
-	b, ok := app.(Backend)
+	a, ok := app.(App)
 	if !ok {
-		return errors.New("rpm app does not implement admin.Backend")
+		return errors.New("rpm app does not implement admin.App")
 	}
-	if b.AdminToken() == "" {
+	if a.AdminToken() == "" {
 		return errors.New("rpm_admin serves the admin API on a site: set admin_token or admin_token_file in the rpm global option")
 	}
-	s.handler = NewHandler(b, ctx.Logger())
+	s.handler = NewHandler(a.Gateway(), a.AdminToken(), ctx.Logger(s))
 	return nil
 }
 

@@ -2,8 +2,6 @@ package admin
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"net/http"
 	"reflect"
@@ -11,10 +9,18 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/redis/go-redis/v9"
 
+	"github.com/caddyrpm/caddy-rpm/gateway"
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter"
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
+)
+
+// rpmStatus and groupStatus are the answer types of rpm-status.
+type (
+	rpmStatus   = gateway.Status
+	groupStatus = gateway.GroupStatus
 )
 
 // scenario seeds the rpm-status acceptance case: a user (rpm_limit 20)
@@ -42,8 +48,8 @@ func scenario(t *testing.T, pool *pgxpool.Pool) (uid, g1, g2 int64) {
 func spend(t *testing.T, b *testBackend, uid, gid, groupLimit int64, n int) {
 	t.Helper()
 	counters := []limiter.Counter{
-		{Key: b.keys.User(uid), Limit: 20, Policy: "user", UserID: uid},
-		{Key: b.keys.UserGroup(uid, gid), Limit: groupLimit, Policy: "group", UserID: uid, GroupID: gid},
+		{Key: b.keys.User(uid), Limit: 20, UserID: uid},
+		{Key: b.keys.UserGroup(uid, gid), Limit: groupLimit, UserID: uid, GroupID: gid},
 	}
 	for i := 0; i < n; i++ {
 		res, err := b.lim.Check(context.Background(), counters)
@@ -56,7 +62,7 @@ func spend(t *testing.T, b *testBackend, uid, gid, groupLimit int64, n int) {
 // getStatus calls rpm-status and decodes the answer.
 func getStatus(t *testing.T, h http.Handler, uid int64) rpmStatus {
 	t.Helper()
-	res := call(t, h, http.MethodGet, "/admin/users/"+itoa(uid)+"/rpm-status", "")
+	res := call(t, h, http.MethodGet, "/admin/users/"+testutil.Itoa(uid)+"/rpm-status", "")
 	expect(t, res, http.StatusOK, "rpm-status")
 	var st rpmStatus
 	if err := json.Unmarshal([]byte(res.Raw), &st); err != nil {
@@ -100,7 +106,7 @@ func TestRPMStatusAcceptance(t *testing.T) {
 	}
 	spend(t, b, uid, g1, 10, 3)
 	spend(t, b, uid, g2, 7, 2)
-	h := NewHandler(b, nil)
+	h := b.handler()
 
 	st := getStatus(t, h, uid)
 	checkAcceptance(t, st, uid, g1, g2)
@@ -119,7 +125,7 @@ func TestRPMStatusAcceptance(t *testing.T) {
 func TestRPMStatusFreshLimits(t *testing.T) {
 	b, pool := newPGBackend(t)
 	uid, g1, g2 := scenario(t, pool)
-	h := NewHandler(b, nil)
+	h := b.handler()
 	// A change made directly in SQL shows on the next read.
 	if _, err := pool.Exec(context.Background(), `update rpm_groups set rpm_limit = 0 where id = $1`, g1); err != nil {
 		t.Fatal(err)
@@ -140,13 +146,13 @@ func TestRPMStatusFreshLimits(t *testing.T) {
 func TestRPMStatusZones(t *testing.T) {
 	b, pool := newPGBackend(t)
 	uid := storetest.SeedUser(t, pool, 0)
-	b.zones = []Zone{{Name: "expensive", Scope: "user", Limit: 5}, {Name: "per-key", Scope: "key", Limit: 2}}
+	b.zones = []gateway.RouteLimit{{Zone: "expensive", Scope: gateway.LimitRouteUser, Limit: 5}, {Zone: "per-key", Scope: gateway.LimitRouteKey, Limit: 2}}
 	for i := 0; i < 4; i++ {
 		if _, err := b.lim.Check(context.Background(), []limiter.Counter{{Key: b.keys.ZoneUser("expensive", uid), Limit: 5}}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	st := getStatus(t, NewHandler(b, nil), uid)
+	st := getStatus(t, b.handler(), uid)
 	if len(st.PerGroup) != 0 || st.UserRPMUsed != 0 {
 		t.Errorf("groups/used = %+v/%d, want none/0", st.PerGroup, st.UserRPMUsed)
 	}
@@ -163,7 +169,7 @@ func TestRPMStatusZones(t *testing.T) {
 
 func TestRPMStatusErrors(t *testing.T) {
 	b, _ := newPGBackend(t)
-	h := NewHandler(b, nil)
+	h := b.handler()
 	expect(t, call(t, h, http.MethodGet, "/admin/users/999999/rpm-status", ""), http.StatusNotFound, "unknown user")
 	for _, id := range []string{"abc", "0", "-1", "+1", "1.5", "99999999999999999999"} {
 		expect(t, call(t, h, http.MethodGet, "/admin/users/"+id+"/rpm-status", ""), http.StatusBadRequest, "id "+id)
@@ -173,22 +179,8 @@ func TestRPMStatusErrors(t *testing.T) {
 // TestRPMStatusRedis runs the acceptance scenario on the Redis limiter,
 // whose windows follow the Redis clock.
 func TestRPMStatusRedis(t *testing.T) {
-	client := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
-	t.Cleanup(func() { _ = client.Close() })
-	ctx := context.Background()
-	if err := client.Ping(ctx).Err(); err != nil {
-		t.Fatalf("redis: %v", err)
-	}
-	var rnd [6]byte
-	_, _ = rand.Read(rnd[:])
-	prefix := "rpmtest:admin:" + hex.EncodeToString(rnd[:]) + ":"
-	t.Cleanup(func() {
-		iter := client.Scan(ctx, 0, prefix+"*", 100).Iterator()
-		for iter.Next(ctx) {
-			client.Del(ctx, iter.Val())
-		}
-	})
-	waitForMinuteRoom(t, client)
+	client, prefix := redistest.Shared(t)
+	redistest.WaitForWindow(t, client, 15*time.Second)
 
 	b, pool := newPGBackend(t)
 	b.lim = limiter.NewRedis(client)
@@ -196,20 +188,5 @@ func TestRPMStatusRedis(t *testing.T) {
 	uid, g1, g2 := scenario(t, pool)
 	spend(t, b, uid, g1, 10, 3)
 	spend(t, b, uid, g2, 7, 2)
-	checkAcceptance(t, getStatus(t, NewHandler(b, nil), uid), uid, g1, g2)
-}
-
-// waitForMinuteRoom waits until at least 15 s remain in the Redis clock's
-// minute, so a test's counts stay in one window.
-func waitForMinuteRoom(t *testing.T, client *redis.Client) {
-	t.Helper()
-	now, err := client.Time(context.Background()).Result()
-	if err != nil {
-		t.Fatalf("redis time: %v", err)
-	}
-	left := time.Minute - now.Sub(now.Truncate(time.Minute))
-	if left < 15*time.Second {
-		t.Logf("waiting %v for the next minute", left)
-		time.Sleep(left + 100*time.Millisecond)
-	}
+	checkAcceptance(t, getStatus(t, b.handler(), uid), uid, g1, g2)
 }

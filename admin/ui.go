@@ -21,20 +21,16 @@ var uiFiles embed.FS
 const uiCSP = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; " +
 	"connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 
-// uiTypes are the content types of the files the page is made of.
-var uiTypes = map[string]string{
-	".html": "text/html; charset=utf-8",
-	".js":   "text/javascript; charset=utf-8",
-	".css":  "text/css; charset=utf-8",
-}
-
-// uiHandler serves the admin web page: index.html at .../ui and its assets at
-// .../ui/<file>. It works whether or not a prefix was stripped from the path,
-// and it does not check the admin token: the page asks for the token itself
-// and sends it with every JSON call.
+// uiHandler serves the admin web page: index.html at .../ui and its
+// assets at .../ui/<file>. It works whether or not a prefix was stripped
+// from the path, and it does not check the admin token: the page asks for
+// the token itself and sends it with every JSON call.
 func uiHandler() http.Handler {
 	return http.HandlerFunc(serveUI)
 }
+
+// uiRoot is the page's files at the root of a file system.
+var uiRoot, _ = fs.Sub(uiFiles, "ui")
 
 func serveUI(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodHead {
@@ -53,18 +49,11 @@ func serveUI(w http.ResponseWriter, r *http.Request) {
 	if name == "ui" || name == "/" || name == "." {
 		name = "index.html"
 	}
-	ctype, ok := uiTypes[path.Ext(name)]
-	if !ok {
-		http.NotFound(w, r)
-		return
-	}
-	body, err := fs.ReadFile(uiFiles, "ui/"+name)
-	if err != nil {
+	if st, err := fs.Stat(uiRoot, name); err != nil || st.IsDir() {
 		http.NotFound(w, r)
 		return
 	}
 	h := w.Header()
-	h.Set("Content-Type", ctype)
 	h.Set("Cache-Control", "no-store")
 	h.Set("Content-Security-Policy", uiCSP)
 	h.Set("X-Content-Type-Options", "nosniff")
@@ -74,8 +63,7 @@ func serveUI(w http.ResponseWriter, r *http.Request) {
 	// have no Origin, so the page's own asset loads and API reads pass only
 	// with a Referer; "same-origin" sends it to this endpoint and nowhere else.
 	h.Set("Referrer-Policy", "same-origin")
-	if r.Method == http.MethodHead {
-		return
-	}
-	_, _ = w.Write(body)
+	// Content type by extension (text/html, text/javascript, text/css, each
+	// with charset=utf-8), HEAD and ranges as net/http serves files.
+	http.ServeFileFS(w, r, uiRoot, name)
 }

@@ -1,6 +1,9 @@
 // Package caddyrpm provides the rpm Caddy app and the http.handlers.rpm
 // middleware: API-key authentication against cached auth snapshots and
 // per-user, per-group and per-(user, group) requests-per-minute limits.
+// It is the Caddy glue around the gateway, which decides: configuration
+// (Caddyfile, validation, defaults), connections shared across reloads,
+// placeholders, metrics and the HTTP answers to the gateway's decisions.
 package caddyrpm
 
 import (
@@ -16,7 +19,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
-	"github.com/caddyrpm/caddy-rpm/admin"
+	"github.com/caddyrpm/caddy-rpm/gateway"
 	"github.com/caddyrpm/caddy-rpm/keyfilter"
 	"github.com/caddyrpm/caddy-rpm/limiter"
 	"github.com/caddyrpm/caddy-rpm/snapshot"
@@ -27,9 +30,10 @@ func init() {
 	caddy.RegisterModule(App{})
 }
 
-// App is the rpm app. It owns the store, the Redis client, the snapshot
-// caches, the limiter and cache invalidation, and is shared by every rpm
-// handler of the configuration.
+// App is the rpm app. It connects the store and Redis (shared across
+// reloads), builds the limiter and the gateway of the configuration over
+// them, and is shared by every rpm handler of the configuration; the admin
+// modules reach the gateway through it.
 type App struct {
 	// Postgres is the DSN of the Postgres database that is the source of
 	// truth. Exactly one of Postgres and KeysFile must be set.
@@ -69,11 +73,11 @@ type App struct {
 	// or "closed" (answer 503). Default: open.
 	OnRedisError string `json:"on_redis_error,omitempty"`
 
-	// KeyPrefix prefixes every Redis key and channel this app uses; the
+	// RedisKeyPrefix prefixes every Redis key and channel this app uses; the
 	// store's identity follows it (see RedisPrefix), so deployments with
 	// different stores never share Redis state. At most 64 letters, digits
 	// and ":", ".", "_", "-", "/". Default: "rpm:".
-	KeyPrefix string `json:"key_prefix,omitempty"`
+	RedisKeyPrefix string `json:"key_prefix,omitempty"`
 
 	// Cache configures the snapshot caches. Default: see CacheOptions.
 	Cache *CacheOptions `json:"cache,omitempty"`
@@ -90,18 +94,21 @@ type App struct {
 	// loads. Exclusive with AdminAuthToken. Default: none.
 	AdminTokenFile string `json:"admin_token_file,omitempty"`
 
-	store   store.Store
-	redis   redis.UniversalClient
-	cache   *snapshot.Cache
-	limiter limiter.Limiter
-	// redisDown reports an open Redis circuit breaker; nil without Redis.
-	redisDown func() bool
-	keys      limiter.Keys
-	prefix    string // of every Redis key and channel (RedisPrefix); key_prefix alone without Redis
-	metrics   *metrics
-	zones     *zoneRegistry
-	logger    *zap.Logger
-	ctx       caddy.Context
+	// source is the store snapshots come from; writable the same store
+	// when admin changes are possible (Postgres), nil for the keys file.
+	source   store.Source
+	writable store.Writable
+	redis    redis.UniversalClient
+	limiter  limiter.Limiter
+	// breaker guards Redis; nil without Redis.
+	breaker *limiter.Guarded
+	// counterKeys names the rate-limit counters.
+	counterKeys limiter.Keys
+	prefix      string // of every Redis key and channel (RedisPrefix); key_prefix alone without Redis
+	gateway     *gateway.Gateway
+	metrics     *metrics
+	logger      *zap.Logger
+	ctx         caddy.Context
 	// adminToken is the resolved admin token, "" for none.
 	adminToken string
 	closers    []func()
@@ -144,13 +151,15 @@ func (App) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision sets defaults, validates, and connects (lazily) to the store
+// Provision sets defaults, validates (see Validate), and connects (lazily) to the store
 // and Redis, reusing connections of a previous configuration.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
-	a.zones = newZoneRegistry()
 	if err := a.setDefaults(); err != nil {
+		return err
+	}
+	if err := a.Validate(); err != nil {
 		return err
 	}
 	m, err := registerMetrics(ctx.GetMetricsRegistry())
@@ -170,9 +179,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if err := a.provisionNamespace(ctx); err != nil {
 		return err
 	}
-	a.provisionCache()
 	a.provisionLimiter()
-	return nil
+	return a.provisionGateway()
 }
 
 func (a *App) setDefaults() error {
@@ -186,31 +194,15 @@ func (a *App) setDefaults() error {
 	if err := a.resolveAdminToken(repl); err != nil {
 		return err
 	}
-	switch {
-	case a.Postgres != "" && a.KeysFile != "":
-		return errors.New("rpm: postgres and keys_file are exclusive; set one")
-	case a.Postgres == "" && a.KeysFile == "":
-		return errors.New("rpm: a store is required: set postgres or keys_file")
-	}
 	if a.RedisTimeout <= 0 {
 		a.RedisTimeout = caddy.Duration(100 * time.Millisecond)
 	}
 	setDuration(&a.StoreTimeout, 2*time.Second)
-	switch a.OnRedisError {
-	case "":
+	if a.OnRedisError == "" {
 		a.OnRedisError = "open"
-	case "open", "closed":
-	default:
-		return fmt.Errorf("rpm: on_redis_error must be open or closed, not %q", a.OnRedisError)
 	}
-	if a.RedisCluster && len(a.Redis) == 0 {
-		return errors.New("rpm: redis_cluster needs redis addresses")
-	}
-	if a.KeyPrefix == "" {
-		a.KeyPrefix = "rpm:"
-	}
-	if err := checkKeyPrefix(a.KeyPrefix); err != nil {
-		return fmt.Errorf("rpm: %w", err)
+	if a.RedisKeyPrefix == "" {
+		a.RedisKeyPrefix = "rpm:"
 	}
 	if a.Cache == nil {
 		a.Cache = new(CacheOptions)
@@ -226,9 +218,6 @@ func (a *App) setDefaults() error {
 	if c.JitterPercent == nil {
 		c.JitterPercent = new(float64)
 		*c.JitterPercent = 10
-	}
-	if j := *c.JitterPercent; j < 0 || j >= 100 {
-		return fmt.Errorf("rpm: cache jitter must be in [0, 100), not %v", j)
 	}
 	return nil
 }
@@ -296,52 +285,57 @@ func setDuration(d *caddy.Duration, def time.Duration) {
 	}
 }
 
-func (a *App) provisionCache() {
+// provisionGateway builds the core of this configuration over what the
+// other provision steps made.
+func (a *App) provisionGateway() error {
 	c := a.Cache
 	m := a.metrics
-	var l2 redis.UniversalClient
-	if a.redis != nil {
-		l2 = a.redis
-	}
-	a.cache = snapshot.NewCache(snapshot.CacheConfig{
-		L1Size:       c.L1Size,
-		L1TTL:        time.Duration(c.L1TTL),
-		L2TTL:        time.Duration(c.L2TTL),
-		NegativeTTL:  time.Duration(c.NegativeTTL),
-		Jitter:       *c.JitterPercent / 100,
-		StaleIfError: time.Duration(c.StaleIfError),
-		L2Prefix:     a.prefix + "snap:",
-		L2Timeout:    time.Duration(a.RedisTimeout),
-		L2Down:       func() bool { return a.redisDown != nil && a.redisDown() },
-		LoadTimeout:  time.Duration(a.StoreTimeout),
-	}, l2, a.loadSnapshot, snapshot.CacheHooks{
-		Hit:      func(layer string) { m.cacheHits.WithLabelValues(layer).Inc() },
-		Miss:     func(layer string) { m.cacheMisses.WithLabelValues(layer).Inc() },
-		Load:     func() { m.storeLoads.Inc() },
-		Stale:    func() { m.staleServed.Inc() },
-		L2Errors: func() { m.redisErrors.Inc() },
+	g, err := gateway.New(gateway.Config{
+		Source:      a.source,
+		Writable:    a.writable,
+		Limiter:     a.limiter,
+		Breaker:     a.breaker,
+		CounterKeys: a.counterKeys,
+		FailClosed:  a.OnRedisError == "closed",
+		Cache: snapshot.CacheConfig{
+			L1Size:       c.L1Size,
+			L1TTL:        time.Duration(c.L1TTL),
+			L2TTL:        time.Duration(c.L2TTL),
+			NegativeTTL:  time.Duration(c.NegativeTTL),
+			Jitter:       *c.JitterPercent / 100,
+			StaleIfError: time.Duration(c.StaleIfError),
+			L2Prefix:     a.prefix + "snap:",
+			L2Timeout:    time.Duration(a.RedisTimeout),
+			LoadTimeout:  time.Duration(a.StoreTimeout),
+		},
+		CacheHooks: snapshot.CacheHooks{
+			Hit:      func(layer string) { m.cacheHits.WithLabelValues(layer).Inc() },
+			Miss:     func(layer string) { m.cacheMisses.WithLabelValues(layer).Inc() },
+			Load:     func() { m.storeLoads.Inc() },
+			Stale:    func() { m.staleServed.Inc() },
+			L2Errors: func() { m.redisErrors.Inc() },
+		},
+		Redis:        a.redis,
+		Channel:      a.prefix + "invalidate",
+		KeyFilter:    a.keyFilter,
+		Logger:       a.logger,
+		OnStoreError: func() { m.storeErrors.Inc() },
+		OnInvalidate: func(scope gateway.Scope, _ int64, origin string) {
+			m.invalidations.WithLabelValues(string(scope), origin).Inc()
+		},
 	})
-}
-
-// loadSnapshot reads a snapshot from the store for the cache; an unknown
-// key becomes a negative entry.
-func (a *App) loadSnapshot(ctx context.Context, keyHash string) (*snapshot.Snapshot, error) {
-	s, err := a.store.LoadSnapshot(ctx, keyHash)
-	if errors.Is(err, store.ErrNotFound) {
-		return snapshot.Negative(), nil
-	}
 	if err != nil {
-		a.metrics.storeErrors.Inc()
-		return nil, err
+		return fmt.Errorf("rpm: %w", err)
 	}
-	return s, nil
+	a.gateway = g
+	return nil
 }
 
 // Start begins listening for invalidations.
 func (a *App) Start() error {
 	ctx, cancel := context.WithCancel(a.ctx)
 	a.cancel = cancel
-	a.startInvalidation(ctx)
+	a.gateway.Run(ctx)
 	return nil
 }
 
@@ -362,27 +356,17 @@ func (a *App) Cleanup() error {
 	return nil
 }
 
-// Store returns the configured store. With Limiter, CounterKeys,
-// Invalidate, AdminToken and Zones it exposes the app to the admin API
-// (admin.Backend).
-func (a *App) Store() store.Store { return a.store }
-
-// Limiter returns the limiter.
-func (a *App) Limiter() limiter.Limiter { return a.limiter }
-
-// CounterKeys returns the counter naming in use.
-func (a *App) CounterKeys() limiter.Keys { return a.keys }
+// Gateway returns the core of this configuration. With AdminToken it is
+// what the admin module needs from the app.
+func (a *App) Gateway() *gateway.Gateway { return a.gateway }
 
 // AdminToken returns the admin bearer token, "" if none.
 func (a *App) AdminToken() string { return a.adminToken }
-
-// Zones returns the route zones configured on this instance.
-func (a *App) Zones() []admin.Zone { return a.zones.list() }
 
 // Interface guards
 var (
 	_ caddy.App          = (*App)(nil)
 	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.Validator    = (*App)(nil)
 	_ caddy.CleanerUpper = (*App)(nil)
-	_ admin.Backend      = (*App)(nil)
 )

@@ -1,6 +1,8 @@
 package caddyrpm
 
 import (
+	"errors"
+	"fmt"
 	"strconv"
 	"strings"
 
@@ -9,6 +11,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+
+	"github.com/caddyrpm/caddy-rpm/gateway"
 )
 
 func init() {
@@ -72,12 +76,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "keys_file":
 			err = oneArg(d, &a.KeysFile)
 		case "key_prefix":
-			err = oneArg(d, &a.KeyPrefix)
-			if err == nil {
-				if perr := checkKeyPrefix(a.KeyPrefix); perr != nil {
-					err = d.Errf("rpm: %v", perr)
-				}
-			}
+			err = checked(d, oneArg(d, &a.RedisKeyPrefix), func() error { return checkKeyPrefix(a.RedisKeyPrefix) })
 		case "admin_token":
 			err = nonEmptyArg(d, &a.AdminAuthToken)
 			if err == nil && seen["admin_token_file"] {
@@ -89,10 +88,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				err = d.Errf("rpm: admin_token and admin_token_file are exclusive; set one")
 			}
 		case "on_redis_error":
-			err = oneArg(d, &a.OnRedisError)
-			if err == nil && a.OnRedisError != "open" && a.OnRedisError != "closed" {
-				err = d.Errf("rpm: on_redis_error must be open or closed, not '%s'", a.OnRedisError)
-			}
+			err = checked(d, oneArg(d, &a.OnRedisError), func() error { return checkOnRedisError(a.OnRedisError) })
 		case "redis_timeout":
 			err = durationArg(d, &a.RedisTimeout)
 		case "store_timeout":
@@ -152,10 +148,11 @@ func (c *CacheOptions) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			var s string
 			if err = oneArg(d, &s); err == nil {
 				var j float64
-				j, err = strconv.ParseFloat(strings.TrimSuffix(s, "%"), 64)
-				c.JitterPercent = &j
-				if err != nil || j < 0 || j >= 100 {
-					err = d.Errf("rpm cache: jitter must be a percentage in [0, 100), not '%s'", s)
+				if j, err = strconv.ParseFloat(strings.TrimSuffix(s, "%"), 64); err != nil {
+					err = d.Errf("rpm cache: jitter must be a percentage, not '%s'", s)
+				} else {
+					c.JitterPercent = &j
+					err = checked(d, nil, func() error { return checkJitter(j) })
 				}
 			}
 		default:
@@ -192,7 +189,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.ArgErr()
 	}
 	seen := map[string]bool{}
-	limitLine := 0
+	var zoneLine int
+	var limitLines []int // of h.Limits[i]
 	for d.NextBlock(0) {
 		opt := d.Val()
 		repeatable := opt == "key_header" || opt == "limit"
@@ -217,19 +215,14 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "keep_credentials":
 			err = flag(d, &h.KeepCredentials)
 		case "error_format":
-			err = oneOf(d, &h.ErrorFormat, "openai", "anthropic", "problem")
+			err = checked(d, oneArg(d, &h.ErrorFormat), func() error { return checkErrorFormat(h.ErrorFormat) })
 		case "ratelimit_headers":
-			err = oneOf(d, &h.RateLimitHeaders, "all", "ietf", "legacy", "off")
+			err = checked(d, oneArg(d, &h.RateLimitHeaders), func() error { return checkRateLimitHeaders(h.RateLimitHeaders) })
 		case "zone":
-			err = oneArg(d, &h.Zone)
-			if err == nil && !zoneName.MatchString(h.Zone) {
-				err = d.Errf("rpm: zone '%s' must be 1-64 letters, digits, '.', '_' or '-'", h.Zone)
-			}
-			if err == nil && reservedZone(h.Zone) {
-				err = d.Errf("rpm: zone '%s' is reserved for the data limits' policy names", h.Zone)
-			}
+			zoneLine = d.Line()
+			err = checked(d, oneArg(d, &h.Zone), func() error { return gateway.CheckZone(h.Zone) })
 		case "limit":
-			limitLine = d.Line()
+			limitLines = append(limitLines, d.Line())
 			err = h.unmarshalLimit(d)
 		default:
 			err = d.Errf("rpm: unknown option '%s'", opt)
@@ -239,7 +232,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	if len(h.Limits) > 0 && h.Zone == "" {
-		return d.Errf("rpm: 'limit' on line %d needs a 'zone' in the same block", limitLine)
+		return d.Errf("rpm: 'limit' on line %d needs a 'zone' in the same block", limitLines[len(limitLines)-1])
+	}
+	// The values, checked as Validate checks them; the error names the
+	// line of the limit (or zone) at fault.
+	var re *gateway.RouteError
+	if err := h.checkRoute(); errors.As(err, &re) {
+		line := zoneLine
+		if re.Limit >= 0 {
+			line = limitLines[re.Limit]
+		}
+		return fmt.Errorf("rpm: %w, at %s:%d", re.Err, d.File(), line)
+	} else if err != nil {
+		return d.Errf("rpm: %v", err)
 	}
 	return nil
 }
@@ -249,19 +254,23 @@ func (h *Handler) unmarshalLimit(d *caddyfile.Dispenser) error {
 	if !d.Args(&scope, &n) || d.NextArg() {
 		return d.Errf("rpm: limit takes a scope (user or key) and a number per minute")
 	}
-	if scope != "user" && scope != "key" {
-		return d.Errf("rpm: limit scope must be user or key, not '%s'", scope)
-	}
 	limit, err := strconv.ParseInt(n, 10, 64)
-	if err != nil || limit < 1 {
+	if err != nil {
 		return d.Errf("rpm: limit %s must be a whole number of at least 1, not '%s'", scope, n)
 	}
-	for _, l := range h.Limits {
-		if l.Scope == scope {
-			return d.Errf("rpm: duplicate limit for scope '%s'", scope)
-		}
-	}
 	h.Limits = append(h.Limits, RouteLimit{Scope: scope, Limit: limit})
+	return nil
+}
+
+// checked is err, or when there is none, the error of check (a value
+// rule, see Validate) at the current line.
+func checked(d *caddyfile.Dispenser, err error, check func() error) error {
+	if err != nil {
+		return err
+	}
+	if cerr := check(); cerr != nil {
+		return d.Errf("rpm: %v", cerr)
+	}
 	return nil
 }
 
@@ -283,19 +292,6 @@ func nonEmptyArg(d *caddyfile.Dispenser, dst *string) error {
 		return d.Errf("rpm: '%s' must not be empty", opt)
 	}
 	return nil
-}
-
-func oneOf(d *caddyfile.Dispenser, dst *string, allowed ...string) error {
-	opt := d.Val()
-	if err := oneArg(d, dst); err != nil {
-		return err
-	}
-	for _, a := range allowed {
-		if *dst == a {
-			return nil
-		}
-	}
-	return d.Errf("'%s' must be one of %s, not '%s'", opt, strings.Join(allowed, ", "), *dst)
 }
 
 func flag(d *caddyfile.Dispenser, dst *bool) error {

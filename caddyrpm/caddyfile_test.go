@@ -2,11 +2,13 @@ package caddyrpm
 
 import (
 	"encoding/json"
-	"reflect"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddytest"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 )
 
@@ -28,137 +30,29 @@ func cfAdapt(t *testing.T, src string) (map[string]any, error) {
 	return cfg, nil
 }
 
-// cfFindHandler returns the first handler object named name in v.
-func cfFindHandler(v any, name string) map[string]any {
-	switch x := v.(type) {
-	case map[string]any:
-		if x["handler"] == name {
-			return x
-		}
-		for _, c := range x {
-			if h := cfFindHandler(c, name); h != nil {
-				return h
+// TestCaddyfileAdapts compares what each testdata/adapt/<name>.caddyfile
+// adapts to with <name>.json: all-options uses every option of the global
+// option and the directive; bare shows that a bare directive and a minimal
+// global option adapt to (nearly) empty objects, the defaults being the
+// modules', not the adapter's.
+func TestCaddyfileAdapts(t *testing.T) {
+	inputs, err := filepath.Glob("testdata/adapt/*.caddyfile")
+	if err != nil || len(inputs) == 0 {
+		t.Fatalf("no adapt cases: %v", err)
+	}
+	for _, in := range inputs {
+		name := strings.TrimSuffix(filepath.Base(in), ".caddyfile")
+		t.Run(name, func(t *testing.T) {
+			src, err := os.ReadFile(in)
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
-	case []any:
-		for _, c := range x {
-			if h := cfFindHandler(c, name); h != nil {
-				return h
+			want, err := os.ReadFile(strings.TrimSuffix(in, ".caddyfile") + ".json")
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
-	}
-	return nil
-}
-
-func cfJSON(t *testing.T, s string) map[string]any {
-	t.Helper()
-	var m map[string]any
-	if err := json.Unmarshal([]byte(s), &m); err != nil {
-		t.Fatalf("bad expected JSON: %v", err)
-	}
-	return m
-}
-
-// TestCaddyfileEquivalentJSON adapts a Caddyfile using every option and
-// compares the rpm app and handler with their hand-written JSON equivalent.
-func TestCaddyfileEquivalentJSON(t *testing.T) {
-	cfg, err := cfAdapt(t, `{
-	rpm {
-		postgres "postgres://u@db:5432/rpm?sslmode=disable"
-		auto_migrate
-		store_timeout 750ms
-		redis redis://r1:6379 redis://r2:6379
-		redis_cluster
-		redis_timeout 250ms
-		on_redis_error closed
-		key_prefix gw:
-		cache {
-			l1_size 1000
-			l1_ttl 20s
-			l2_ttl 10m
-			negative_ttl 5s
-			jitter 5%
-			stale_if_error 1h
-		}
-		admin_token s3cret
-	}
-}
-:8080 {
-	rpm /v1/* {
-		key_header Authorization Bearer
-		key_header x-api-key
-		key_query key
-		keep_credentials
-		error_format anthropic
-		ratelimit_headers ietf
-		zone chat
-		limit user 100
-		limit key 10
-	}
-	respond ok
-}
-`)
-	if err != nil {
-		t.Fatal(err)
-	}
-	apps, _ := cfg["apps"].(map[string]any)
-	wantApp := cfJSON(t, `{
-		"postgres": "postgres://u@db:5432/rpm?sslmode=disable",
-		"auto_migrate": true,
-		"store_timeout": 750000000,
-		"redis": ["redis://r1:6379", "redis://r2:6379"],
-		"redis_cluster": true,
-		"redis_timeout": 250000000,
-		"on_redis_error": "closed",
-		"key_prefix": "gw:",
-		"cache": {
-			"l1_size": 1000,
-			"l1_ttl": 20000000000,
-			"l2_ttl": 600000000000,
-			"negative_ttl": 5000000000,
-			"jitter_percent": 5,
-			"stale_if_error": 3600000000000
-		},
-		"admin_token": "s3cret"
-	}`)
-	if !reflect.DeepEqual(apps["rpm"], any(wantApp)) {
-		got, _ := json.Marshal(apps["rpm"])
-		t.Errorf("rpm app:\n got %s\nwant the JSON equivalent", got)
-	}
-	wantHandler := cfJSON(t, `{
-		"handler": "rpm",
-		"key_sources": [{"header": "Authorization", "scheme": "Bearer"}, {"header": "x-api-key"}],
-		"key_query": "key",
-		"keep_credentials": true,
-		"error_format": "anthropic",
-		"ratelimit_headers": "ietf",
-		"zone": "chat",
-		"limits": [{"scope": "user", "limit": 100}, {"scope": "key", "limit": 10}]
-	}`)
-	if got := cfFindHandler(apps["http"], "rpm"); !reflect.DeepEqual(got, wantHandler) {
-		b, _ := json.Marshal(got)
-		t.Errorf("rpm handler:\n got %s\nwant the JSON equivalent", b)
-	}
-	// The JSON equivalent decodes into the same structs.
-	var a1, a2 App
-	b1, _ := json.Marshal(apps["rpm"])
-	b2, _ := json.Marshal(wantApp)
-	if json.Unmarshal(b1, &a1) != nil || json.Unmarshal(b2, &a2) != nil || !reflect.DeepEqual(a1, a2) {
-		t.Errorf("app structs differ: %+v vs %+v", a1, a2)
-	}
-
-	// A bare directive and a bare global option adapt to empty objects: the
-	// defaults are the module's, not the adapter's.
-	cfg, err = cfAdapt(t, "{\n\trpm {\n\t\tkeys_file k.json\n\t}\n}\n:8080 {\n\trpm\n\trespond ok\n}\n")
-	if err != nil {
-		t.Fatal(err)
-	}
-	apps, _ = cfg["apps"].(map[string]any)
-	if got := cfFindHandler(apps["http"], "rpm"); !reflect.DeepEqual(got, map[string]any{"handler": "rpm"}) {
-		t.Errorf("bare rpm directive adapts to %v", got)
-	}
-	if got := apps["rpm"]; !reflect.DeepEqual(got, map[string]any{"keys_file": "k.json"}) {
-		t.Errorf("minimal global option adapts to %v", got)
+			caddytest.AssertAdapt(t, string(src), "caddyfile", string(want))
+		})
 	}
 }
 

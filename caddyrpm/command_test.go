@@ -63,7 +63,7 @@ func TestCommandMigrateAndKeyCreate(t *testing.T) {
 		t.Fatalf("key create: %v", err)
 	}
 	raw := strings.TrimSpace(stdout.String())
-	if !strings.HasPrefix(raw, store.KeyPrefix) {
+	if !strings.HasPrefix(raw, store.APIKeyPrefix) {
 		t.Fatalf("printed key %q", raw)
 	}
 	s, err := store.NewPostgres(pool).LoadSnapshot(ctx, store.HashKey(raw))

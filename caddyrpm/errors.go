@@ -13,7 +13,8 @@ type apiError struct {
 	message string
 }
 
-// Error codes of spec §5 and §7.
+// Error codes of refusals by a rate limit (the authentication codes are
+// in the errors below).
 const (
 	codeUserRPM  = "USER_RPM_EXCEEDED"
 	codeGroupRPM = "GROUP_RPM_EXCEEDED"

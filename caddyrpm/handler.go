@@ -3,11 +3,9 @@ package caddyrpm
 import (
 	"context"
 	"crypto/sha256"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
-	"regexp"
 	"strconv"
 	"time"
 
@@ -15,9 +13,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
-	"github.com/caddyrpm/caddy-rpm/limiter"
+	"github.com/caddyrpm/caddy-rpm/gateway"
 	"github.com/caddyrpm/caddy-rpm/snapshot"
-	"github.com/caddyrpm/caddy-rpm/store"
 )
 
 func init() {
@@ -56,7 +53,10 @@ type Handler struct {
 	// limits. Default: none.
 	Limits []RouteLimit `json:"limits,omitempty"`
 
-	app    *App
+	app     *App
+	gateway *gateway.Gateway
+	// route is Zone and Limits as the gateway takes them.
+	route  []gateway.RouteLimit
 	logger *zap.Logger
 	format errorFormat
 }
@@ -78,12 +78,6 @@ type RouteLimit struct {
 	Limit int64 `json:"limit"`
 }
 
-var zoneName = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
-
-// reservedZone reports whether name is a policy name of the data limits,
-// which a zone's counters and rate-limit headers would be confused with.
-func reservedZone(name string) bool { return name == "user" || name == "group" }
-
 // CaddyModule returns the Caddy module information.
 func (Handler) CaddyModule() caddy.ModuleInfo {
 	return caddy.ModuleInfo{
@@ -92,70 +86,35 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-// Provision sets defaults, validates and finds the rpm app.
+// Provision sets defaults and finds the rpm app; Validate checks the
+// values.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
 	if len(h.KeySources) == 0 {
 		h.KeySources = []KeySource{{Header: "Authorization", Scheme: "Bearer"}, {Header: "X-Api-Key"}}
 	}
 	for i, s := range h.KeySources {
-		if s.Header == "" {
-			return fmt.Errorf("key_sources[%d]: header is required", i)
-		}
 		h.KeySources[i].Header = http.CanonicalHeaderKey(s.Header)
 	}
 	if h.ErrorFormat == "" {
 		h.ErrorFormat = "openai"
 	}
-	f, ok := errorFormats[h.ErrorFormat]
-	if !ok {
-		return fmt.Errorf("error_format must be openai, anthropic or problem, not %q", h.ErrorFormat)
-	}
-	h.format = f
-	switch h.RateLimitHeaders {
-	case "":
+	h.format = errorFormats[h.ErrorFormat]
+	if h.RateLimitHeaders == "" {
 		h.RateLimitHeaders = "all"
-	case "all", "ietf", "legacy", "off":
-	default:
-		return fmt.Errorf("ratelimit_headers must be all, ietf, legacy or off, not %q", h.RateLimitHeaders)
 	}
-	if err := h.validateLimits(); err != nil {
-		return err
+	h.route = make([]gateway.RouteLimit, 0, len(h.Limits))
+	for _, l := range h.Limits {
+		scope, _ := routeScope(l.Scope) // an unknown one fails Validate
+		h.route = append(h.route, gateway.RouteLimit{Zone: h.Zone, Scope: scope, Limit: l.Limit})
 	}
 	appIface, err := ctx.App("rpm")
 	if err != nil {
 		return fmt.Errorf("getting rpm app: %w", err)
 	}
 	h.app = appIface.(*App)
-	if h.Zone != "" {
-		h.app.zones.add(h.Zone, h.Limits)
-	}
-	return nil
-}
-
-func (h *Handler) validateLimits() error {
-	if len(h.Limits) > 0 && h.Zone == "" {
-		return errors.New("a route limit needs a zone")
-	}
-	if h.Zone != "" && !zoneName.MatchString(h.Zone) {
-		return fmt.Errorf("zone %q: use 1-64 letters, digits, '.', '_' or '-'", h.Zone)
-	}
-	if reservedZone(h.Zone) {
-		return fmt.Errorf("zone %q is reserved for the data limits' policy names", h.Zone)
-	}
-	seen := map[string]bool{}
-	for _, l := range h.Limits {
-		if l.Scope != "user" && l.Scope != "key" {
-			return fmt.Errorf("route limit scope must be user or key, not %q", l.Scope)
-		}
-		if seen[l.Scope] {
-			return fmt.Errorf("duplicate route limit for scope %s", l.Scope)
-		}
-		seen[l.Scope] = true
-		if l.Limit < 1 {
-			return fmt.Errorf("route limit %s must be at least 1, not %d", l.Scope, l.Limit)
-		}
-	}
+	h.gateway = h.app.gateway
+	h.gateway.DeclareRoute(h.route)
 	return nil
 }
 
@@ -166,13 +125,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.deny(w, problem)
 	}
 	sum := sha256.Sum256([]byte(raw))
-	if !h.app.keyFilter.MayContain(&sum) {
+	if !h.gateway.MayBeKey(&sum) {
 		// Not a key of the store: refused without a cache or store lookup,
 		// so random keys cost neither a query nor a Redis entry.
 		h.app.metrics.keyFilterRejections.Inc()
 		return h.deny(w, errInvalidKey)
 	}
-	snap, err := h.app.cache.Get(r.Context(), store.HexHash(&sum))
+	snap, err := h.gateway.Snapshot(r.Context(), &sum)
 	if err != nil {
 		if r.Context().Err() != nil {
 			return h.clientGone(w, r, "auth")
@@ -184,30 +143,27 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return h.deny(w, problem)
 	}
 
-	counters := h.counters(snap)
 	start := time.Now()
-	res, err := h.app.limiter.Check(r.Context(), counters)
-	if len(counters) > 0 {
+	d := h.gateway.Check(r.Context(), snap, h.route)
+	if len(d.Limits()) > 0 {
 		h.app.metrics.checkDuration.Observe(time.Since(start).Seconds())
 	}
-	switch {
-	case err != nil:
-		if r.Context().Err() != nil {
-			// The check ended because the client did, not Redis: there is
-			// nobody to admit, and nothing to fail open for.
-			return h.clientGone(w, r, "limit")
-		}
-		if h.app.OnRedisError == "closed" {
-			return h.deny(w, errLimiterUnavailable)
-		}
-		// Fail open: Redis trouble never blocks traffic. The limiter logs
+	switch d.Outcome {
+	case gateway.Abandoned:
+		// The check ended because the client did, not Redis: there is
+		// nobody to admit, and nothing to fail open for.
+		return h.clientGone(w, r, "limit")
+	case gateway.Unavailable:
+		return h.deny(w, errLimiterUnavailable)
+	case gateway.AdmittedFailOpen:
+		// Redis trouble never blocks traffic. The limiter logs
 		// (rate-limited) and the breaker keeps this path fast.
 		h.app.metrics.failOpens.Inc()
 		h.app.metrics.decisions.WithLabelValues("admitted", "fail_open").Inc()
-	case !res.Allowed:
-		return h.refuse(w, snap, counters, res)
+	case gateway.Refused:
+		return h.refuse(w, snap, &d)
 	default:
-		h.setRateLimitHeaders(w.Header(), counters, res)
+		h.setRateLimitHeaders(w.Header(), &d)
 		h.app.metrics.admittedOK.Inc()
 	}
 
@@ -238,25 +194,27 @@ func (h *Handler) clientGone(w http.ResponseWriter, r *http.Request, stage strin
 	return nil
 }
 
-// authorize applies the checks of the auth table in order.
+// authorize applies the authentication rules (gateway.Authorize); the
+// client address is only looked up for keys with IP lists.
 func (h *Handler) authorize(r *http.Request, s *snapshot.Snapshot) *apiError {
-	switch {
-	case s.NotFound:
-		return errInvalidKey
-	case s.Status != "active":
-		return errKeyDisabled
-	case s.Expired(time.Now()):
-		return errKeyExpired
-	case s.QuotaExhausted():
-		return errQuotaExhausted
-	case s.HasIPRules() && !s.IPAllowed(clientIP(r)):
-		return errIPNotAllowed
-	case s.User == nil || s.User.Status != "active":
-		return errUserDisabled
-	case s.Group != nil && s.Group.Status != "active":
-		return errGroupDisabled
+	var ip netip.Addr
+	if s.HasIPRules() {
+		ip = clientIP(r)
 	}
-	return nil
+	return refusals[gateway.Authorize(s, time.Now(), ip)]
+}
+
+// refusals are the answers to gateway.Authorize's refusals; nil lets the
+// request on.
+var refusals = [...]*apiError{
+	gateway.NotRefused:     nil,
+	gateway.UnknownKey:     errInvalidKey,
+	gateway.KeyDisabled:    errKeyDisabled,
+	gateway.KeyExpired:     errKeyExpired,
+	gateway.QuotaExhausted: errQuotaExhausted,
+	gateway.IPNotAllowed:   errIPNotAllowed,
+	gateway.UserDisabled:   errUserDisabled,
+	gateway.GroupDisabled:  errGroupDisabled,
 }
 
 // clientIP is Caddy's idea of the client address, which honours
@@ -315,42 +273,9 @@ func (h *Handler) stripCredentials(r *http.Request) {
 	}
 }
 
-// counters lists the limits that apply (spec §6): user, the (user, group)
-// layer (override or group limit) and the route limits.
-func (h *Handler) counters(s *snapshot.Snapshot) []limiter.Counter {
-	keys := h.app.keys
-	cs := make([]limiter.Counter, 0, 2+len(h.Limits))
-	var gid int64
-	if s.Group != nil {
-		gid = s.Group.ID
-	}
-	if s.User.RPMLimit > 0 {
-		cs = append(cs, limiter.Counter{Key: keys.User(s.UserID), Limit: s.User.RPMLimit,
-			Policy: "user", Code: codeUserRPM, UserID: s.UserID, GroupID: gid})
-	}
-	if s.Group != nil {
-		limit := s.Group.RPMLimit
-		if o := s.User.UserGroupRPMOverride; o != nil {
-			limit = *o // 0 exempts the user in this group
-		}
-		if limit > 0 {
-			cs = append(cs, limiter.Counter{Key: keys.UserGroup(s.UserID, gid), Limit: limit,
-				Policy: "group", Code: codeGroupRPM, UserID: s.UserID, GroupID: gid})
-		}
-	}
-	for _, l := range h.Limits {
-		key := keys.ZoneUser(h.Zone, s.UserID)
-		if l.Scope == "key" {
-			key = keys.ZoneKey(h.Zone, s.UserID, s.APIKeyID)
-		}
-		cs = append(cs, limiter.Counter{Key: key, Limit: l.Limit,
-			Policy: h.Zone, Code: codeRouteRPM, UserID: s.UserID, GroupID: gid})
-	}
-	return cs
-}
-
 // Interface guards
 var (
 	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
 )

@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/caddyrpm/caddy-rpm/gateway"
 	"github.com/caddyrpm/caddy-rpm/limiter"
 	"github.com/caddyrpm/caddy-rpm/snapshot"
 )
@@ -34,13 +35,11 @@ func BenchmarkServeHTTPAdmitted(b *testing.B) {
 	if err := snap.Prepare(); err != nil {
 		b.Fatal(err)
 	}
-	cache := snapshot.NewCache(snapshot.CacheConfig{L1Size: 100, L1TTL: time.Hour, NegativeTTL: time.Minute}, nil,
-		func(context.Context, string) (*snapshot.Snapshot, error) { return snap, nil }, snapshot.CacheHooks{})
 	h := handlerForTest(b)
 	h.RateLimitHeaders = "all"
-	h.app.cache = cache
-	h.app.keys = limiter.Keys{Prefix: "bench:c:"}
-	h.app.limiter = admitAll{}
+	useGateway(b, h, gateway.Config{Source: fixedSource{snap: snap}, Limiter: admitAll{},
+		CounterKeys: limiter.Keys{Prefix: "bench:c:"},
+		Cache:       snapshot.CacheConfig{L1Size: 100, L1TTL: time.Hour, NegativeTTL: time.Minute}})
 	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
 
 	request := func() (*httptest.ResponseRecorder, *http.Request) {

@@ -1,11 +1,17 @@
 package caddyrpm
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/caddyrpm/caddy-rpm/gateway"
+	"github.com/caddyrpm/caddy-rpm/limiter"
+	"github.com/caddyrpm/caddy-rpm/snapshot"
 	"github.com/caddyrpm/caddy-rpm/store"
 )
 
@@ -17,6 +23,57 @@ func handlerForTest(t testing.TB) *Handler {
 		format:     errorFormats["openai"],
 	}
 	return h
+}
+
+// useGateway gives h (and its app) a gateway built from cfg, with an
+// in-process limiter unless cfg has one and a small cache unless cfg
+// sizes one.
+func useGateway(t testing.TB, h *Handler, cfg gateway.Config) {
+	t.Helper()
+	if cfg.Limiter == nil {
+		cfg.Limiter = limiter.NewLocal(time.Now)
+	}
+	if cfg.Cache.L1Size == 0 {
+		cfg.Cache = snapshot.CacheConfig{L1Size: 100, L1TTL: time.Minute, NegativeTTL: time.Minute}
+	}
+	g, err := gateway.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.app.gateway, h.gateway = g, g
+}
+
+// countingSource is a store that knows no key and counts its loads.
+type countingSource struct {
+	store.Source
+	loads atomic.Int64
+}
+
+func (s *countingSource) LoadSnapshot(context.Context, string) (*snapshot.Snapshot, error) {
+	s.loads.Add(1)
+	return nil, store.ErrNotFound
+}
+
+// fixedSource is a store that answers every key with one snapshot.
+type fixedSource struct {
+	store.Source
+	snap *snapshot.Snapshot
+}
+
+func (s fixedSource) LoadSnapshot(context.Context, string) (*snapshot.Snapshot, error) {
+	return s.snap, nil
+}
+
+// answering is a limiter that answers every check with res.
+type answering struct {
+	limiter.Limiter
+	res limiter.Result
+}
+
+func (a answering) Check(context.Context, []limiter.Counter) (limiter.Result, error) {
+	res := a.res
+	res.Counts = append([]int64(nil), a.res.Counts...)
+	return res, nil
 }
 
 // TestExtractKey covers the key sources and malformed input.

@@ -2,7 +2,6 @@ package caddyrpm
 
 import (
 	"context"
-	"encoding/hex"
 	"fmt"
 
 	"github.com/caddyserver/caddy/v2"
@@ -15,22 +14,22 @@ import (
 // with an unknown key is refused at once: no L1 entry, no Redis call, no
 // query. For Postgres it is built by one streaming query after the
 // invalidation listener starts (and after every reconnect of it), kept
-// current by the key notifications the triggers send on insert, and rebuilt
+// current by the key notifications the triggers send on insert (fed by the
+// gateway, which listens), and rebuilt
 // every few minutes; it is shared across config reloads. Until its first
 // build succeeds it refuses nothing.
 
 // provisionKeyFilter creates the filter of this configuration's store.
 func (a *App) provisionKeyFilter(ctx caddy.Context) error {
-	ks, ok := a.store.(store.KeySet)
+	ks, ok := a.source.(store.KeySet)
 	if !ok {
 		return nil // no filter: every key takes the usual path
 	}
 	m := a.metrics
 	cfg := keyfilter.Config{
 		Source: ks.ScanKeyHashes,
-		// The filter may outlive this configuration: log to the default
-		// logger, not this config's.
-		Logger: caddy.Log().Named("rpm.keyfilter"),
+		// The filter may outlive this configuration (see sharedLogger).
+		Logger: sharedLogger("rpm.keyfilter"),
 		OnBuild: func(err error) {
 			result := "ok"
 			if err != nil {
@@ -39,7 +38,7 @@ func (a *App) provisionKeyFilter(ctx caddy.Context) error {
 			m.keyFilterBuilds.WithLabelValues(result).Inc()
 		},
 	}
-	if _, listens := a.store.(store.Listener); !listens {
+	if _, listens := a.source.(store.Listener); !listens {
 		// The keys file: read in memory and reread on every config load, so
 		// it is built here, once, and never goes stale.
 		f := keyfilter.New(cfg)
@@ -60,23 +59,4 @@ func (a *App) provisionKeyFilter(ctx caddy.Context) error {
 	}
 	a.keyFilter = f
 	return nil
-}
-
-// feedKeyFilter applies a database notification to the key filter: a key
-// event carries the key's hash (a new key, or a changed one), which is added;
-// "all" (a statement that changed too many rows to list, or a truncate) and
-// a key event without a hash may have created keys it does not name, so the
-// filter is rebuilt.
-func (a *App) feedKeyFilter(ev store.Event) {
-	if ev.Scope != store.ScopeKey && ev.Scope != store.ScopeAll {
-		return
-	}
-	var h [32]byte
-	if ev.Scope == store.ScopeKey && len(ev.KeyHash) == hex.EncodedLen(len(h)) {
-		if _, err := hex.Decode(h[:], []byte(ev.KeyHash)); err == nil {
-			a.keyFilter.Add(&h)
-			return
-		}
-	}
-	a.keyFilter.Rebuild()
 }

@@ -2,11 +2,9 @@ package caddyrpm
 
 import (
 	"context"
-	"crypto/sha256"
 	"net/http"
 	"net/http/httptest"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,8 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/caddyrpm/caddy-rpm/keyfilter"
-	"github.com/caddyrpm/caddy-rpm/snapshot"
+	"github.com/caddyrpm/caddy-rpm/gateway"
 	"github.com/caddyrpm/caddy-rpm/store"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
@@ -89,19 +86,17 @@ func TestHandlerRefusesKeysOutsideTheFilter(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := handlerForTest(t)
-	h.app.store = f
+	h.app.source = f
 	if err := h.app.provisionKeyFilter(testContext(t)); err != nil {
 		t.Fatal(err)
 	}
 	if !h.app.keyFilter.Ready() {
 		t.Fatal("the keys file's filter is not built at provision")
 	}
-	var loads atomic.Int64
-	h.app.cache = snapshot.NewCache(snapshot.CacheConfig{L1Size: 100, L1TTL: time.Minute, NegativeTTL: time.Minute}, nil,
-		func(context.Context, string) (*snapshot.Snapshot, error) {
-			loads.Add(1)
-			return snapshot.Negative(), nil // the usual path's answer is not the point here
-		}, snapshot.CacheHooks{})
+	// The usual path's answer is not the point here: count the loads.
+	src := &countingSource{}
+	useGateway(t, h, gateway.Config{Source: src, KeyFilter: h.app.keyFilter})
+	loads := &src.loads
 	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
 	serve := func(key string) *httptest.ResponseRecorder {
 		r := httptest.NewRequest(http.MethodGet, "/", nil)
@@ -134,67 +129,6 @@ func TestHandlerRefusesKeysOutsideTheFilter(t *testing.T) {
 	if loads.Load() != before+1 {
 		t.Fatal("a key of the file did not reach the cache")
 	}
-}
-
-// TestFeedKeyFilter: a key notification adds its hash; "all" and a key
-// notification without a hash ask for a rebuild.
-func TestFeedKeyFilter(t *testing.T) {
-	var scans atomic.Int64
-	known := sha256.Sum256([]byte("sk-known"))
-	f := store.KeySet(keySetFunc(func(ctx context.Context, sized func(int), fn func(*[32]byte)) error {
-		scans.Add(1)
-		sized(1)
-		fn(&known)
-		return nil
-	}))
-	a := &App{metrics: newMetrics()}
-	a.keyFilter = newTestFilter(t, f)
-
-	added := sha256.Sum256([]byte("sk-added"))
-	if a.keyFilter.MayContain(&added) {
-		t.Skip("a false positive; rerun")
-	}
-	a.feedKeyFilter(store.Event{Scope: store.ScopeKey, ID: 7, KeyHash: store.HashKey("sk-added")})
-	if !a.keyFilter.MayContain(&added) {
-		t.Fatal("a key notification's hash was not added")
-	}
-	for _, ev := range []store.Event{{Scope: store.ScopeAll}, {Scope: store.ScopeKey, ID: 8}} {
-		n := scans.Load()
-		a.feedKeyFilter(ev)
-		deadline := time.Now().Add(5 * time.Second)
-		for scans.Load() == n {
-			if time.Now().After(deadline) {
-				t.Fatalf("%+v did not rebuild the filter", ev)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
-	n := scans.Load()
-	a.feedKeyFilter(store.Event{Scope: store.ScopeUser, ID: 1})
-	a.feedKeyFilter(store.Event{Scope: store.ScopeGroup, ID: 1})
-	time.Sleep(50 * time.Millisecond)
-	if scans.Load() != n {
-		t.Fatal("a user or group notification rebuilt the filter")
-	}
-}
-
-type keySetFunc func(ctx context.Context, sized func(int), fn func(*[32]byte)) error
-
-func (f keySetFunc) ScanKeyHashes(ctx context.Context, sized func(int), fn func(*[32]byte)) error {
-	return f(ctx, sized, fn)
-}
-
-// newTestFilter returns a running filter of ks, built once.
-func newTestFilter(t *testing.T, ks store.KeySet) *keyfilter.Filter {
-	t.Helper()
-	f := keyfilter.New(keyfilter.Config{Source: ks.ScanKeyHashes, Refresh: time.Hour})
-	ctx, cancel := context.WithCancel(context.Background())
-	f.Start(ctx)
-	t.Cleanup(func() { cancel(); <-f.Done() })
-	if err := f.Build(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return f
 }
 
 func counterValue(t *testing.T, c prometheus.Counter) float64 {

@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/caddyrpm/caddy-rpm/gateway"
 	"github.com/caddyrpm/caddy-rpm/store"
 )
 
@@ -50,14 +51,7 @@ func (h *Handler) extractKey(r *http.Request) (string, *apiError) {
 // whether the value is ours at all: with a scheme, a value of another
 // scheme (e.g. Basic) belongs to someone else.
 func (src KeySource) credential(value string) (key string, ours bool) {
-	if src.Scheme == "" {
-		return strings.TrimSpace(value), true
-	}
-	scheme, rest, _ := strings.Cut(strings.TrimSpace(value), " ")
-	if !strings.EqualFold(scheme, src.Scheme) {
-		return "", false
-	}
-	return strings.TrimSpace(rest), true
+	return gateway.Credential(value, src.Scheme)
 }
 
 // The query parameter that carries the key is found and removed on the raw

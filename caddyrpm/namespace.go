@@ -41,16 +41,16 @@ const storeIDTimeout = 5 * time.Second
 // provisionNamespace sets the prefix of this app's Redis keys and channel.
 // It runs after the store and Redis are provisioned.
 func (a *App) provisionNamespace(ctx context.Context) error {
-	a.prefix = a.KeyPrefix
+	a.prefix = a.RedisKeyPrefix
 	if a.redis != nil {
 		id, err := a.storeID(ctx)
 		if err != nil {
 			return err
 		}
-		a.prefix = RedisPrefix(a.KeyPrefix, id)
+		a.prefix = RedisPrefix(a.RedisKeyPrefix, id)
 		a.logger.Info("redis keys and channel of this store", zap.String("prefix", a.prefix))
 	}
-	a.keys = limiter.Keys{Prefix: a.prefix + "c:"}
+	a.counterKeys = limiter.Keys{Prefix: a.prefix + "c:"}
 	return nil
 }
 
@@ -58,7 +58,7 @@ func (a *App) provisionNamespace(ctx context.Context) error {
 // result is shared like the pool, so a reload with the same DSN reuses it
 // rather than querying again.
 func (a *App) storeID(ctx context.Context) (string, error) {
-	switch s := a.store.(type) {
+	switch s := a.source.(type) {
 	case *store.Postgres:
 		id, err := share(a, "pg-id|"+a.Postgres, func() (string, func(), error) {
 			qctx, cancel := context.WithTimeout(ctx, storeIDTimeout)

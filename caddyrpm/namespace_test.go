@@ -15,14 +15,20 @@ func TestRedisPrefix(t *testing.T) {
 // config error naming the option, from JSON as from the Caddyfile.
 func TestKeyPrefixValidated(t *testing.T) {
 	for _, ok := range []string{"", "rpm:", "tenant-1/prod.gw_2:"} {
-		a := &App{KeysFile: "k.json", KeyPrefix: ok}
+		a := &App{KeysFile: "k.json", RedisKeyPrefix: ok}
 		if err := a.setDefaults(); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Validate(); err != nil {
 			t.Errorf("key_prefix %q: %v", ok, err)
 		}
 	}
 	for _, bad := range []string{"rpm*:", "a?", "[ab]:", `a\b`, "{tag}:", "a b", "é:", strings.Repeat("a", 65)} {
-		a := &App{KeysFile: "k.json", KeyPrefix: bad}
-		err := a.setDefaults()
+		a := &App{KeysFile: "k.json", RedisKeyPrefix: bad}
+		if err := a.setDefaults(); err != nil {
+			t.Fatal(err)
+		}
+		err := a.Validate()
 		if err == nil || !strings.Contains(err.Error(), "key_prefix") {
 			t.Errorf("key_prefix %q: error %v, want one naming key_prefix", bad, err)
 		}

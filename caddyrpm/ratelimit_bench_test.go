@@ -12,10 +12,9 @@ import (
 // with a user and a group limit, the common case on the hot path.
 func BenchmarkSetRateLimitHeaders(b *testing.B) {
 	h := &Handler{RateLimitHeaders: "all"}
-	res := limiter.Result{Allowed: true, Denied: -1, Counts: []int64{3, 9}, ResetIn: 36200 * time.Millisecond}
-	counters := rlCounters[:2]
+	d := decide(b, rlSnap, nil, limiter.Result{Allowed: true, Denied: -1, Counts: []int64{3, 9}, ResetIn: 36200 * time.Millisecond})
 	b.ReportAllocs()
 	for b.Loop() {
-		h.setRateLimitHeaders(make(http.Header, 8), counters, res)
+		h.setRateLimitHeaders(make(http.Header, 8), d)
 	}
 }

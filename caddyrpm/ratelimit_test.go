@@ -1,40 +1,39 @@
 package caddyrpm
 
 import (
+	"context"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/gateway"
 	"github.com/caddyrpm/caddy-rpm/limiter"
 	"github.com/caddyrpm/caddy-rpm/snapshot"
 )
 
-var rlCounters = []limiter.Counter{
-	{Key: "u", Limit: 20, Policy: "user", Code: codeUserRPM},
-	{Key: "g", Limit: 10, Policy: "group", Code: codeGroupRPM},
-	{Key: "z", Limit: 5, Policy: "img", Code: codeRouteRPM},
-}
+// rlSnap is a key of a user limited to 20 per minute in group "pro"
+// limited to 10, and rlRoute a zone "img" of 5 per user.
+var (
+	rlSnap = &snapshot.Snapshot{APIKeyID: 3, UserID: 7,
+		User:  &snapshot.User{ID: 7, Status: "active", RPMLimit: 20},
+		Group: &snapshot.Group{ID: 2, Name: "pro", Status: "active", RPMLimit: 10}}
+	rlRoute = []gateway.RouteLimit{{Zone: "img", Scope: gateway.LimitRouteUser, Limit: 5}}
+)
 
-func TestStrictest(t *testing.T) {
-	for _, tc := range []struct {
-		counts []int64
-		want   int
-	}{
-		{[]int64{0, 0, 0}, 2},   // most room left in none: 20, 10, 5 → img
-		{[]int64{19, 0, 0}, 0},  // user has 1 left
-		{[]int64{10, 10, 0}, 1}, // group full
-		{[]int64{15, 5, 0}, 2},  // all 5 left: the smallest limit wins the tie
-		{nil, 2},                // no counts known: limits stand in
-	} {
-		if got := strictest(rlCounters, tc.counts); got != tc.want {
-			t.Errorf("strictest(%v) = %d, want %d", tc.counts, got, tc.want)
-		}
-	}
+// decide is the gateway's decision on s through route when the limiter
+// answers res.
+func decide(t testing.TB, s *snapshot.Snapshot, route []gateway.RouteLimit, res limiter.Result) *gateway.Decision {
+	t.Helper()
+	h := handlerForTest(t)
+	useGateway(t, h, gateway.Config{Source: &countingSource{}, Limiter: answering{res: res}})
+	d := h.gateway.Check(context.Background(), s, route)
+	return &d
 }
 
 func TestSetRateLimitHeaders(t *testing.T) {
-	res := limiter.Result{Allowed: true, Denied: -1, Counts: []int64{3, 9, 2}, ResetIn: 36200 * time.Millisecond}
+	d := decide(t, rlSnap, rlRoute,
+		limiter.Result{Allowed: true, Denied: -1, Counts: []int64{3, 9, 2}, ResetIn: 36200 * time.Millisecond})
 	all := map[string]string{
 		"RateLimit-Policy":      `"user";q=20;w=60, "group";q=10;w=60, "img";q=5;w=60`,
 		"RateLimit":             `"user";r=17;t=37, "group";r=1;t=37, "img";r=3;t=37`,
@@ -54,7 +53,7 @@ func TestSetRateLimitHeaders(t *testing.T) {
 		t.Run(tc.mode, func(t *testing.T) {
 			h := &Handler{RateLimitHeaders: tc.mode}
 			hdr := http.Header{}
-			h.setRateLimitHeaders(hdr, rlCounters, res)
+			h.setRateLimitHeaders(hdr, d)
 			if len(hdr) != len(tc.want) {
 				t.Errorf("headers %v, want only %v", hdr, tc.want)
 			}
@@ -66,9 +65,10 @@ func TestSetRateLimitHeaders(t *testing.T) {
 		})
 	}
 
-	// No counters (no limit applies): no headers.
+	// No limit applies: no headers.
 	hdr := http.Header{}
-	(&Handler{RateLimitHeaders: "all"}).setRateLimitHeaders(hdr, nil, limiter.Result{Allowed: true})
+	unlimited := &snapshot.Snapshot{UserID: 7, User: &snapshot.User{ID: 7, Status: "active"}}
+	(&Handler{RateLimitHeaders: "all"}).setRateLimitHeaders(hdr, decide(t, unlimited, nil, limiter.Result{}))
 	if len(hdr) != 0 {
 		t.Errorf("headers without counters: %v", hdr)
 	}
@@ -76,24 +76,25 @@ func TestSetRateLimitHeaders(t *testing.T) {
 	// A refused request's counts are not incremented; remaining never
 	// goes below 0.
 	hdr = http.Header{}
-	(&Handler{RateLimitHeaders: "all"}).setRateLimitHeaders(hdr, rlCounters[:2],
-		limiter.Result{Denied: 1, Counts: []int64{4, 12}, ResetIn: 500 * time.Millisecond})
+	(&Handler{RateLimitHeaders: "all"}).setRateLimitHeaders(hdr, decide(t, rlSnap, nil,
+		limiter.Result{Denied: 1, Counts: []int64{4, 12}, ResetIn: 500 * time.Millisecond}))
 	if got := hdr.Get("RateLimit"); got != `"user";r=16;t=1, "group";r=0;t=1` {
 		t.Errorf("RateLimit = %q", got)
 	}
 }
 
 func TestLimitMessage(t *testing.T) {
-	s := &snapshot.Snapshot{Group: &snapshot.Group{ID: 2, Name: "pro"}}
 	for _, tc := range []struct {
-		c    limiter.Counter
+		l    gateway.Limit
 		want string
 	}{
-		{rlCounters[0], "the user's limit of 20 requests per minute"},
-		{rlCounters[1], `the group "pro" limit of 10 requests per minute`},
-		{rlCounters[2], `the route limit "img" of 5 requests per minute`},
+		{gateway.Limit{Scope: gateway.LimitUser, Limit: 20}, "the user's limit of 20 requests per minute"},
+		{gateway.Limit{Scope: gateway.LimitGroup, Limit: 10}, `the group "pro" limit of 10 requests per minute`},
+		{gateway.Limit{Scope: gateway.LimitOverride, Limit: 4}, `the group "pro" limit of 4 requests per minute for this user`},
+		{gateway.Limit{Scope: gateway.LimitRouteUser, Zone: "img", Limit: 5}, `the route limit "img" of 5 requests per minute per user`},
+		{gateway.Limit{Scope: gateway.LimitRouteKey, Zone: "img", Limit: 2}, `the route limit "img" of 2 requests per minute per API key`},
 	} {
-		msg := limitMessage(s, tc.c, "user", 37)
+		msg := limitMessage(rlSnap, tc.l, 37)
 		for _, w := range []string{tc.want, "API gateway", "not the upstream", "Retry after 37 seconds"} {
 			if !strings.Contains(msg, w) {
 				t.Errorf("message %q lacks %q", msg, w)

@@ -8,6 +8,8 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 )
 
 func TestCheckRedisVersion(t *testing.T) {
@@ -35,8 +37,7 @@ func TestCheckRedisVersion(t *testing.T) {
 // TestVerifyRedisRealServer: the test Redis (7.x) passes, and a good
 // answer is remembered so reloads do not ask again.
 func TestVerifyRedisRealServer(t *testing.T) {
-	c := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
-	defer c.Close()
+	c, _ := redistest.Shared(t)
 	conn := &redisConn{client: c}
 	core, logs := observer.New(zap.WarnLevel)
 	a := &App{logger: zap.New(core)}

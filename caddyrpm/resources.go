@@ -64,7 +64,7 @@ func (a *App) provisionStore(ctx caddy.Context) error {
 		if err != nil {
 			return fmt.Errorf("rpm: keys_file: %w", err)
 		}
-		a.store = f
+		a.source = f
 		return nil
 	}
 	connectTimeout := max(minConnectTimeout, time.Duration(a.StoreTimeout))
@@ -101,7 +101,7 @@ func (a *App) provisionStore(ctx caddy.Context) error {
 	pg := store.NewPostgres(pool)
 	pg.Logger = a.logger // listener failures and reconnects
 	pg.ListenTimeout = time.Duration(a.StoreTimeout)
-	a.store = pg
+	a.source, a.writable = pg, pg
 	return nil
 }
 
@@ -215,24 +215,25 @@ func (a *App) provisionLimiter() {
 		a.limiter = lim
 		return
 	}
-	key := fmt.Sprintf("limiter|%s|%s|%s", a.redisKey(), a.KeyPrefix, time.Duration(a.RedisTimeout))
-	lim, _ := share(a, key, func() (guardedStack, func(), error) {
+	key := fmt.Sprintf("limiter|%s|%s|%s", a.redisKey(), a.RedisKeyPrefix, time.Duration(a.RedisTimeout))
+	lim, _ := share(a, key, func() (redisLimiter, func(), error) {
 		client := a.redis
-		m := a.metrics
-		redisLimiter := limiter.NewRedis(client,
+		m := a.metrics // process-wide, the same for every configuration
+		counting := limiter.NewRedis(client,
 			limiter.WithOnCall(func(checks int) { m.checksPerCall.Observe(float64(checks)) }))
-		guarded := limiter.NewGuarded(redisLimiter, time.Duration(a.RedisTimeout), a.logger,
+		// The limiter outlives this configuration (see sharedLogger).
+		guarded := limiter.NewGuarded(counting, time.Duration(a.RedisTimeout), sharedLogger("rpm.redis"),
 			limiter.WithProbe(func(ctx context.Context) error { return client.Ping(ctx).Err() }),
 			limiter.WithOnError(func(error) { m.redisErrors.Inc() }))
-		return guardedStack{limiter.NewDenyCache(guarded, time.Now), guarded}, func() { _ = guarded.Close() }, nil
+		return redisLimiter{limiter.NewDenyCache(guarded, time.Now), guarded}, func() { _ = guarded.Close() }, nil
 	})
-	a.limiter = lim
-	a.redisDown = lim.guard.Open
+	a.limiter, a.breaker = lim.limiter, lim.breaker
 }
 
-// guardedStack is the Redis limiter as the handler uses it, with its
-// breaker at hand so the cache can skip L2 while Redis is known down.
-type guardedStack struct {
-	limiter.Limiter
-	guard *limiter.Guarded
+// redisLimiter is the Redis limiter shared across reloads: the deny cache
+// over the circuit breaker over Redis, and the breaker itself, which the
+// gateway owns as its view of Redis health.
+type redisLimiter struct {
+	limiter limiter.Limiter
+	breaker *limiter.Guarded
 }

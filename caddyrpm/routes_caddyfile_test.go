@@ -6,20 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 )
-
-// adaptCaddyfile runs the real Caddyfile adapter on src.
-func adaptCaddyfile(t *testing.T, src string) ([]byte, error) {
-	t.Helper()
-	adapter := caddyconfig.GetAdapter("caddyfile")
-	if adapter == nil {
-		t.Fatal("no caddyfile adapter")
-	}
-	out, _, err := adapter.Adapt([]byte(src), map[string]any{"filename": "Caddyfile"})
-	return out, err
-}
 
 // routeCaddyfile puts block into an rpm handler; the block starts on line 8.
 func routeCaddyfile(block string) string {
@@ -27,7 +15,11 @@ func routeCaddyfile(block string) string {
 }
 
 func TestRouteLimitsCaddyfile(t *testing.T) {
-	out, err := adaptCaddyfile(t, routeCaddyfile("\t\tzone img\n\t\tlimit user 3\n\t\tlimit key 2"))
+	adapted, err := cfAdapt(t, routeCaddyfile("\t\tzone img\n\t\tlimit user 3\n\t\tlimit key 2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := json.Marshal(adapted)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +63,7 @@ func TestRouteLimitsCaddyfile(t *testing.T) {
 	if found.Zone != "img" || !reflect.DeepEqual(found.Limits, want) {
 		t.Fatalf("zone %q limits %+v, want img %+v", found.Zone, found.Limits, want)
 	}
-	if err := found.validateLimits(); err != nil {
+	if err := found.checkRoute(); err != nil {
 		t.Fatalf("valid limits refused: %v", err)
 	}
 }
@@ -97,7 +89,7 @@ func TestRouteLimitsCaddyfileErrors(t *testing.T) {
 		"reserved_zone_group": {"\t\tlimit key 3\n\t\tzone group", []string{"zone 'group' is reserved", "Caddyfile:9"}},
 	} {
 		t.Run(name, func(t *testing.T) {
-			_, err := adaptCaddyfile(t, routeCaddyfile(tc.block))
+			_, err := cfAdapt(t, routeCaddyfile(tc.block))
 			if err == nil {
 				t.Fatal("adapted without error")
 			}
@@ -125,7 +117,7 @@ func TestRouteLimitsJSONValidation(t *testing.T) {
 		"bad_zone_chars": {Handler{Zone: "a b", Limits: []RouteLimit{{"key", 3}}}, "letters"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			err := tc.h.validateLimits()
+			err := tc.h.checkRoute()
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want one containing %q", err, tc.want)
 			}

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
@@ -22,31 +23,6 @@ import (
 // request, the admin token and the cache flush. Helpers here are prefixed
 // adm and shared with propagation_test.go, reconnect_test.go and
 // cli_test.go.
-
-// admCaddyfile runs the rpm app on Postgres and Redis with TTLs long enough
-// that no test result can be explained by an expiry, and a Redis timeout
-// long enough that a busy machine never makes a limit check fail open. Extra "rpm" adds lines
-// to the rpm global block.
-const admCaddyfile = `{
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		postgres "{{.DSN}}"
-		redis {{.Redis}}
-		key_prefix {{.Prefix}}
-		# Generous, so load on the test machine never fails a check open.
-		redis_timeout 2s
-		cache {
-			l1_ttl 5m
-			l2_ttl 5m
-			negative_ttl 5m
-		}
-		{{index .Extra "rpm"}}
-	}
-}
-:{{.HTTP}} {
-	rpm
-	reverse_proxy {{.Upstream}}
-}`
 
 // admEnv is one test's Postgres schema, Redis prefix and upstream, shared by
 // the Caddy instances it starts.
@@ -62,47 +38,20 @@ type admEnv struct {
 func admSetup(t *testing.T) *admEnv {
 	t.Helper()
 	pool, dsn := storetest.NewSchema(t)
-	prefix := "rpmtest:" + randomID() + ":"
+	rdb, prefix := redistest.Shared(t)
 	return &admEnv{pool: pool, dsn: dsn, prefix: prefix, ns: pgRedisNS(t, prefix, pool),
-		rdb: newRedis(t, prefix), up: newUpstream(t)}
+		rdb: rdb, up: newUpstream(t)}
 }
 
-// start runs one Caddy instance on the environment; rpmExtra is added to
-// the rpm global options.
-func (e *admEnv) start(t *testing.T, rpmExtra string) *caddyInstance {
+// start runs one Caddy instance on the environment, with TTLs long enough
+// that no test result can be explained by an expiry and a Redis timeout
+// long enough that a busy machine never makes a limit check fail open;
+// global adds lines to the rpm app block.
+func (e *admEnv) start(t *testing.T, global string) *caddyInstance {
 	t.Helper()
-	return startCaddy(t, admCaddyfile, params{DSN: e.dsn, Prefix: e.prefix, Upstream: e.up.URL,
-		Extra: map[string]string{"rpm": rpmExtra}})
-}
-
-func (e *admEnv) exec(t testing.TB, sql string, args ...any) {
-	t.Helper()
-	if _, err := e.pool.Exec(context.Background(), sql, args...); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
-}
-
-// overrides reads a group's overrides straight from the database.
-func (e *admEnv) overrides(t testing.TB, gid int64) map[int64]int64 {
-	t.Helper()
-	rows, err := e.pool.Query(context.Background(),
-		`select user_id, rpm_override from rpm_user_group_overrides where group_id = $1`, gid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	out := map[int64]int64{}
-	for rows.Next() {
-		var u, v int64
-		if err := rows.Scan(&u, &v); err != nil {
-			t.Fatal(err)
-		}
-		out[u] = v
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return startCaddy(t, params{DSN: e.dsn, Prefix: e.prefix, Upstream: e.up.URL,
+		Cache:  "l1_ttl 5m\nl2_ttl 5m\nnegative_ttl 5m",
+		Global: "redis_timeout 2s\n" + global})
 }
 
 // admWant fails unless r has the status.
@@ -127,24 +76,13 @@ func admDecode(t testing.TB, r response, v any) {
 	}
 }
 
-// admCode returns the error code of an openai-format error body.
-func admCode(r response) string {
-	var b struct {
-		Error struct {
-			Code string `json:"code"`
-		} `json:"error"`
-	}
-	_ = json.Unmarshal([]byte(r.Body), &b)
-	return b.Error.Code
-}
-
 // admExpect sends a request with key through c and checks status and, if
 // code is not "", the error code.
 func admExpect(t testing.TB, c *caddyInstance, key string, status int, code string) {
 	t.Helper()
 	r := c.get(t, "/v1/models", key)
-	if r.Status != status || (code != "" && admCode(r) != code) {
-		t.Fatalf("gateway: status %d code %q, want %d %q: %s", r.Status, admCode(r), status, code, r.Body)
+	if r.Status != status || (code != "" && r.code() != code) {
+		t.Fatalf("gateway: status %d code %q, want %d %q: %s", r.Status, r.code(), status, code, r.Body)
 	}
 }
 
@@ -192,7 +130,7 @@ func TestAdminAPIStatus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := c.admin(t, http.MethodGet, "/admin/users/"+itoa(uid)+"/rpm-status", "")
+	r := c.admin(t, http.MethodGet, "/admin/users/"+testutil.Itoa(uid)+"/rpm-status", "")
 	admWant(t, "rpm-status", r, 200)
 	if ct := r.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
 		t.Errorf("content type %q", ct)
@@ -216,7 +154,7 @@ func TestAdminAPIStatus(t *testing.T) {
 	if err != nil {
 		t.Fatalf("window_resets_at %q: %v", st.WindowResetsAt, err)
 	}
-	windowEnd := before.Truncate(time.Minute).Add(time.Minute)
+	windowEnd := before.Add(redistest.UntilWindowEnd(before))
 	if d := at.Sub(windowEnd); d < -time.Second || d > time.Second {
 		t.Errorf("window_resets_at %s, Redis window ends %s", at, windowEnd.UTC())
 	}
@@ -237,13 +175,13 @@ func TestAdminAPIReplaceOverrides(t *testing.T) {
 	storetest.SeedOverride(t, e.pool, a, g, 5)
 	storetest.SeedOverride(t, e.pool, b, g, 6)
 	c := e.start(t, "")
-	path := "/admin/groups/" + itoa(g) + "/rpm-overrides"
+	path := "/admin/groups/" + testutil.Itoa(g) + "/rpm-overrides"
 
 	r := c.admin(t, http.MethodPut, path, fmt.Sprintf(
 		`{"entries":[{"user_id":%d,"rpm_override":9},{"user_id":%d,"rpm_override":3},{"user_id":%d,"rpm_override":null}]}`, a, cu, b))
 	admWant(t, "replace", r, 200)
 	want := map[int64]int64{a: 9, cu: 3}
-	if got := e.overrides(t, g); fmt.Sprint(got) != fmt.Sprint(want) {
+	if got := storetest.Overrides(t, e.pool, g); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("db after replace: %v, want %v", got, want)
 	}
 	var body struct {
@@ -273,7 +211,7 @@ func TestAdminAPIReplaceOverrides(t *testing.T) {
 		if name == "negative" && r.Status != 400 {
 			t.Errorf("negative: status %d, want 400", r.Status)
 		}
-		if got := e.overrides(t, g); fmt.Sprint(got) != fmt.Sprint(want) {
+		if got := storetest.Overrides(t, e.pool, g); fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Fatalf("%s changed the database: %v, want %v", name, got, want)
 		}
 	}
@@ -281,7 +219,7 @@ func TestAdminAPIReplaceOverrides(t *testing.T) {
 
 	// An empty set removes everything.
 	admWant(t, "replace with []", c.admin(t, http.MethodPut, path, `{"entries":[]}`), 200)
-	if got := e.overrides(t, g); len(got) != 0 {
+	if got := storetest.Overrides(t, e.pool, g); len(got) != 0 {
 		t.Fatalf("db after replace with []: %v", got)
 	}
 }
@@ -291,7 +229,6 @@ func TestAdminAPIReplaceOverrides(t *testing.T) {
 // statement in Postgres (counted by a statement-level trigger).
 func TestAdminAPIClearAll(t *testing.T) {
 	e := admSetup(t)
-	ctx := context.Background()
 	g := storetest.SeedGroup(t, e.pool, "", 10)
 	other := storetest.SeedGroup(t, e.pool, "", 10)
 	for range 3 {
@@ -299,40 +236,13 @@ func TestAdminAPIClearAll(t *testing.T) {
 		storetest.SeedOverride(t, e.pool, u, g, 4)
 		storetest.SeedOverride(t, e.pool, u, other, 4)
 	}
-	e.exec(t, `create table rpm_test_delete_statements (at timestamptz not null default clock_timestamp())`)
-	e.exec(t, `create function rpm_test_count_delete() returns trigger
-language plpgsql set search_path from current as $$
-begin
-	insert into rpm_test_delete_statements default values;
-	return null;
-end
-$$`)
-	e.exec(t, `create trigger rpm_test_count_delete after delete on rpm_user_group_overrides
-	for each statement execute function rpm_test_count_delete()`)
-	deletes := func() int {
-		var n int
-		if err := e.pool.QueryRow(ctx, `select count(*) from rpm_test_delete_statements`).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
+	deletes := storetest.CountOverrideDeletes(t, e.pool)
 	c := e.start(t, "")
-	path := "/admin/groups/" + itoa(g) + "/rpm-overrides"
+	path := "/admin/groups/" + testutil.Itoa(g) + "/rpm-overrides"
 
 	// Hold a lock that blocks DELETE on the table so the first call stays in
 	// flight while the other nine arrive.
-	lockConn, err := e.pool.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lockConn.Release()
-	tx, err := lockConn.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, `lock table rpm_user_group_overrides in share row exclusive mode`); err != nil {
-		t.Fatal(err)
-	}
+	hold := storetest.HoldLock(t, e.pool, `lock table rpm_user_group_overrides in share row exclusive mode`)
 	var wg sync.WaitGroup
 	results := make([]response, 10)
 	for i := range results {
@@ -342,21 +252,9 @@ $$`)
 			results[i] = c.admin(t, http.MethodDelete, path, "")
 		}()
 	}
-	eventually(t, 10*time.Second, func() error {
-		var waiting int
-		if err := e.pool.QueryRow(ctx, `select count(*) from pg_locks
-where relation = 'rpm_user_group_overrides'::regclass and not granted`).Scan(&waiting); err != nil {
-			return err
-		}
-		if waiting == 0 {
-			return fmt.Errorf("no DELETE waits on the lock yet")
-		}
-		return nil
-	})
+	hold.WaitFor(1)         // a DELETE waits on the lock
 	time.Sleep(time.Second) // the other nine requests arrive meanwhile
-	if err := tx.Rollback(ctx); err != nil {
-		t.Fatal(err)
-	}
+	hold.Release()
 	wg.Wait()
 	for i, r := range results {
 		admWant(t, fmt.Sprintf("concurrent clear %d", i), r, 200)
@@ -369,16 +267,16 @@ where relation = 'rpm_user_group_overrides'::regclass and not granted`).Scan(&wa
 	if n := deletes(); n != 1 {
 		t.Fatalf("ten concurrent clears ran %d DELETE statements, want 1", n)
 	}
-	if got := e.overrides(t, g); len(got) != 0 {
+	if got := storetest.Overrides(t, e.pool, g); len(got) != 0 {
 		t.Fatalf("overrides left after clear: %v", got)
 	}
-	if got := e.overrides(t, other); len(got) != 3 {
+	if got := storetest.Overrides(t, e.pool, other); len(got) != 3 {
 		t.Fatalf("other group's overrides: %v, want 3 untouched", got)
 	}
 
 	r := c.admin(t, http.MethodDelete, path, "")
 	admWant(t, "second clear", r, 200)
-	if !strings.Contains(r.Body, `"cleared":0`) || !strings.Contains(r.Body, `"group_id":`+itoa(g)) {
+	if !strings.Contains(r.Body, `"cleared":0`) || !strings.Contains(r.Body, `"group_id":`+testutil.Itoa(g)) {
 		t.Fatalf("second clear: %s", r.Body)
 	}
 	if n := deletes(); n != 2 {
@@ -394,7 +292,6 @@ where relation = 'rpm_user_group_overrides'::regclass and not granted`).Scan(&wa
 // clear reports what it deleted.
 func TestAdminAPIClearAllAfterAPutRunsItsOwnDelete(t *testing.T) {
 	e := admSetup(t)
-	ctx := context.Background()
 	g := storetest.SeedGroup(t, e.pool, "", 10)
 	var entries []string
 	for range 3 {
@@ -406,60 +303,26 @@ func TestAdminAPIClearAllAfterAPutRunsItsOwnDelete(t *testing.T) {
 		entries = append(entries, fmt.Sprintf(`{"user_id":%d,"rpm_override":6}`, storetest.SeedUser(t, e.pool, 0)))
 	}
 	c := e.start(t, "")
-	path := "/admin/groups/" + itoa(g) + "/rpm-overrides"
+	path := "/admin/groups/" + testutil.Itoa(g) + "/rpm-overrides"
 
 	// A test transaction takes KEY SHARE locks on the group's three rows: a
 	// delete of them waits for it, while the PUT below (which keeps those
 	// rows at their values and adds two) does not, since its upsert locks
 	// them in a mode KEY SHARE allows.
-	lockConn, err := e.pool.Acquire(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer lockConn.Release()
-	tx, err := lockConn.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = tx.Rollback(ctx) }()
-	var lockPID int32
-	if err := tx.QueryRow(ctx, `select pg_backend_pid()`).Scan(&lockPID); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tx.Exec(ctx, `select 1 from rpm_user_group_overrides where group_id = $1 for key share`, g); err != nil {
-		t.Fatal(err)
-	}
-	// held counts the sessions waiting on the lock, directly or behind
-	// another waiter (a second delete queues behind the first one's row lock).
-	held := func() int {
-		var n int
-		if err := e.pool.QueryRow(ctx, `with recursive w(pid) as (
-	select pid from pg_stat_activity where $1 = any(pg_blocking_pids(pid))
-	union
-	select a.pid from pg_stat_activity a join w on w.pid = any(pg_blocking_pids(a.pid))
-) select count(*) from w`, lockPID).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
+	hold := storetest.HoldLock(t, e.pool, `select 1 from rpm_user_group_overrides where group_id = $1 for key share`, g)
 
 	first, second := make(chan response, 1), make(chan response, 1)
 	go func() { first <- c.admin(t, http.MethodDelete, path, "") }()
-	eventually(t, 10*time.Second, func() error {
-		if held() == 0 {
-			return fmt.Errorf("clear #1 does not wait on the lock yet")
-		}
-		return nil
-	})
+	hold.WaitFor(1) // clear #1 waits on the lock
 	put := c.admin(t, http.MethodPut, path, `{"entries":[`+strings.Join(entries, ",")+`]}`)
 	admWant(t, "PUT while clear #1 is held", put, 200)
-	if got := e.overrides(t, g); len(got) != 5 {
+	if got := storetest.Overrides(t, e.pool, g); len(got) != 5 {
 		t.Fatalf("after the PUT: %v, want 5 overrides", got)
 	}
 	go func() { second <- c.admin(t, http.MethodDelete, path, "") }()
 	// Its own delete waits on the lock too; a joined #2 sends none, so wait
 	// a bounded while rather than for ever.
-	for deadline := time.Now().Add(3 * time.Second); held() < 2 && time.Now().Before(deadline); {
+	for deadline := time.Now().Add(3 * time.Second); hold.Waiting() < 2 && time.Now().Before(deadline); {
 		time.Sleep(20 * time.Millisecond)
 	}
 	select {
@@ -467,16 +330,14 @@ func TestAdminAPIClearAllAfterAPutRunsItsOwnDelete(t *testing.T) {
 		t.Fatalf("clear #1 answered while held: %d %s", r.Status, r.Body)
 	default:
 	}
-	if err := tx.Rollback(ctx); err != nil {
-		t.Fatal(err)
-	}
+	hold.Release()
 	var res [2]struct{ GroupID, Cleared int64 }
 	for i, ch := range []chan response{first, second} {
 		r := <-ch
 		admWant(t, fmt.Sprintf("clear #%d", i+1), r, 200)
 		admDecode(t, r, &res[i])
 	}
-	if got := e.overrides(t, g); len(got) != 0 {
+	if got := storetest.Overrides(t, e.pool, g); len(got) != 0 {
 		t.Errorf("overrides left after both clears answered: %v", got)
 	}
 	if res[0].Cleared != 3 || res[1].Cleared != 2 {
@@ -517,31 +378,31 @@ func TestAdminAPIWritesApplyOnNextRequest(t *testing.T) {
 		admExpect(t, c, k1, 200, "")
 		admExpect(t, c, k1, 429, "GROUP_RPM_EXCEEDED")
 		admExpect(t, c, k1, 429, "GROUP_RPM_EXCEEDED")
-		patch("/admin/groups/"+itoa(g1), `{"rpm_limit":5}`)
+		patch("/admin/groups/"+testutil.Itoa(g1), `{"rpm_limit":5}`)
 		admExpect(t, c, k1, 200, "")
-		patch("/admin/groups/"+itoa(g1), `{"rpm_limit":1}`)
+		patch("/admin/groups/"+testutil.Itoa(g1), `{"rpm_limit":1}`)
 		admExpect(t, c, k1, 429, "GROUP_RPM_EXCEEDED")
-		patch("/admin/groups/"+itoa(g1), `{"status":"disabled","rpm_limit":0}`)
+		patch("/admin/groups/"+testutil.Itoa(g1), `{"status":"disabled","rpm_limit":0}`)
 		admExpect(t, c, k1, 403, "GROUP_DISABLED")
-		patch("/admin/groups/"+itoa(g1), `{"status":"active"}`)
+		patch("/admin/groups/"+testutil.Itoa(g1), `{"status":"active"}`)
 		admExpect(t, c, k1, 200, "")
 	})
 	t.Run("user limit", func(t *testing.T) {
 		admExpect(t, c, k2, 200, "")
 		admExpect(t, c, k2, 429, "USER_RPM_EXCEEDED")
-		patch("/admin/users/"+itoa(u2), `{"rpm_limit":10}`)
+		patch("/admin/users/"+testutil.Itoa(u2), `{"rpm_limit":10}`)
 		admExpect(t, c, k2, 200, "")
-		patch("/admin/users/"+itoa(u2), `{"rpm_limit":2}`)
+		patch("/admin/users/"+testutil.Itoa(u2), `{"rpm_limit":2}`)
 		admExpect(t, c, k2, 429, "USER_RPM_EXCEEDED")
-		patch("/admin/users/"+itoa(u2), `{"status":"disabled","rpm_limit":0}`)
+		patch("/admin/users/"+testutil.Itoa(u2), `{"status":"disabled","rpm_limit":0}`)
 		admExpect(t, c, k2, 403, "USER_DISABLED")
-		patch("/admin/users/"+itoa(u2), `{"status":"active"}`)
+		patch("/admin/users/"+testutil.Itoa(u2), `{"status":"active"}`)
 		admExpect(t, c, k2, 200, "")
 	})
 	t.Run("override set and cleared", func(t *testing.T) {
 		admExpect(t, c, k3, 200, "")
 		admExpect(t, c, k3, 200, "") // (u3, g3) count 2
-		one := "/admin/users/" + itoa(u3) + "/groups/" + itoa(g3) + "/rpm-override"
+		one := "/admin/users/" + testutil.Itoa(u3) + "/groups/" + testutil.Itoa(g3) + "/rpm-override"
 		put(one, `{"rpm_override":2}`)
 		admExpect(t, c, k3, 429, "GROUP_RPM_EXCEEDED")
 		put(one, `{"rpm_override":null}`)
@@ -554,7 +415,7 @@ func TestAdminAPIWritesApplyOnNextRequest(t *testing.T) {
 		admExpect(t, c, k3, 200, "") // count 4
 	})
 	t.Run("replace all and clear all", func(t *testing.T) {
-		all := "/admin/groups/" + itoa(g3) + "/rpm-overrides"
+		all := "/admin/groups/" + testutil.Itoa(g3) + "/rpm-overrides"
 		put(all, fmt.Sprintf(`{"entries":[{"user_id":%d,"rpm_override":1}]}`, u3))
 		admExpect(t, c, k3, 429, "GROUP_RPM_EXCEEDED")
 		put(all, `{"entries":[]}`)
@@ -566,9 +427,9 @@ func TestAdminAPIWritesApplyOnNextRequest(t *testing.T) {
 	})
 	t.Run("key status", func(t *testing.T) {
 		admExpect(t, c, k3, 200, "")
-		patch("/admin/keys/"+itoa(kid3), `{"status":"disabled"}`)
+		patch("/admin/keys/"+testutil.Itoa(kid3), `{"status":"disabled"}`)
 		admExpect(t, c, k3, 401, "API_KEY_DISABLED")
-		patch("/admin/keys/"+itoa(kid3), `{"status":"active"}`)
+		patch("/admin/keys/"+testutil.Itoa(kid3), `{"status":"active"}`)
 		admExpect(t, c, k3, 200, "")
 	})
 }
@@ -584,7 +445,7 @@ func TestAdminAPIToken(t *testing.T) {
 	storetest.SeedOverride(t, e.pool, uid, gid, 4)
 	token := "tok-" + randomID()
 	c := e.start(t, "admin_token "+token)
-	u, g, k := itoa(uid), itoa(gid), itoa(kid)
+	u, g, k := testutil.Itoa(uid), testutil.Itoa(gid), testutil.Itoa(kid)
 
 	routes := []struct{ method, path, body string }{
 		{"GET", "/admin/users/" + u + "/rpm-status", ""},
@@ -620,7 +481,7 @@ func TestAdminAPIToken(t *testing.T) {
 	for _, p := range []string{"/admin/nope", "/admin/users/abc/rpm-status"} {
 		admWant(t, "GET "+p+" without token", c.admin(t, http.MethodGet, p, ""), 401)
 	}
-	if got := e.overrides(t, gid); got[uid] != 4 || len(got) != 1 {
+	if got := storetest.Overrides(t, e.pool, gid); got[uid] != 4 || len(got) != 1 {
 		t.Fatalf("refused calls changed the overrides: %v", got)
 	}
 
@@ -629,7 +490,7 @@ func TestAdminAPIToken(t *testing.T) {
 		r := c.admin(t, rt.method, rt.path, rt.body, good)
 		admWant(t, rt.method+" "+rt.path+" with the token", r, 200)
 	}
-	if got := e.overrides(t, gid); len(got) != 0 {
+	if got := storetest.Overrides(t, e.pool, gid); len(got) != 0 {
 		t.Fatalf("clear all with the token left %v", got)
 	}
 	admExpect(t, c, key, 200, "")
@@ -688,7 +549,7 @@ func TestAdminAPIFlushAuthCache(t *testing.T) {
 	if left := snaps(); len(left) != 0 {
 		t.Fatalf("L2 snapshots left after the flush: %v", left)
 	}
-	eventually(t, time.Second, func() error {
+	testutil.WaitFor(t, time.Second, func() error {
 		if f := c2.metric(t, "caddy_rpm_invalidations_total", `scope="all"`, `origin="redis"`); f <= flushes2 {
 			return fmt.Errorf("instance 2 got no flush yet")
 		}

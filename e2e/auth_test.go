@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -9,25 +8,17 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
 // authFormats are the error formats, each served under /<format>/ by
-// authCaddyfile.
+// authSite.
 var authFormats = []string{"openai", "anthropic", "problem"}
 
-// authCaddyfile has one route per error_format. The Postgres DSN may point
-// at a tcpProxy.
-const authCaddyfile = `{
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		postgres "{{.DSN}}"
-		redis {{.Redis}}
-		key_prefix {{.Prefix}}
-	}
-}
-:{{.HTTP}} {
-	handle /openai/* {
+// authSite has one route per error_format.
+const authSite = `handle /openai/* {
 		rpm {
 			error_format openai
 		}
@@ -44,8 +35,7 @@ const authCaddyfile = `{
 			error_format problem
 		}
 		reverse_proxy {{.Upstream}}
-	}
-}`
+	}`
 
 // authKeyWith seeds a key for uid (in gid if non-nil) and applies set, an
 // SQL "set" clause for its row, e.g. "status = 'disabled'".
@@ -53,18 +43,9 @@ func authKeyWith(t testing.TB, pool *pgxpool.Pool, uid int64, gid *int64, set st
 	t.Helper()
 	id, raw := storetest.SeedKey(t, pool, uid, gid)
 	if set != "" {
-		if _, err := pool.Exec(context.Background(), "update rpm_api_keys set "+set+" where id = $1", id); err != nil {
-			t.Fatalf("update key: %v", err)
-		}
+		storetest.Exec(t, pool, "update rpm_api_keys set "+set+" where id = $1", id)
 	}
 	return raw
-}
-
-func authExec(t testing.TB, pool *pgxpool.Pool, sql string, args ...any) {
-	t.Helper()
-	if _, err := pool.Exec(context.Background(), sql, args...); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
 }
 
 // authCheckError asserts a refusal: status, code, the body shape of the
@@ -83,27 +64,22 @@ func authCheckError(t testing.TB, r response, format string, status int, code st
 	ct := r.Header.Get("Content-Type")
 	str := func(m map[string]any, k string) string { s, _ := m[k].(string); return s }
 	switch format {
-	case "openai":
+	case "openai", "anthropic":
 		e, ok := body["error"].(map[string]any)
-		if !ok || len(body) != 1 {
-			t.Fatalf("openai body %s", r.Body)
+		// openai's body is {"error": {...}} alone; anthropic's has
+		// "type": "error" besides.
+		shape := len(body) == 1
+		if format == "anthropic" {
+			shape = body["type"] == "error"
+		}
+		if !ok || !shape {
+			t.Fatalf("%s body %s", format, r.Body)
 		}
 		if str(e, "code") != code || str(e, "type") != wantType || str(e, "message") == "" {
-			t.Fatalf("openai error %s, want code %s type %s", r.Body, code, wantType)
+			t.Fatalf("%s error %s, want code %s type %s", format, r.Body, code, wantType)
 		}
 		if !strings.HasPrefix(ct, "application/json") {
-			t.Fatalf("openai content type %q", ct)
-		}
-	case "anthropic":
-		e, ok := body["error"].(map[string]any)
-		if !ok || body["type"] != "error" {
-			t.Fatalf("anthropic body %s", r.Body)
-		}
-		if str(e, "code") != code || str(e, "type") != wantType || str(e, "message") == "" {
-			t.Fatalf("anthropic error %s, want code %s type %s", r.Body, code, wantType)
-		}
-		if !strings.HasPrefix(ct, "application/json") {
-			t.Fatalf("anthropic content type %q", ct)
+			t.Fatalf("%s content type %q", format, ct)
 		}
 	case "problem":
 		if ct != "application/problem+json" {
@@ -131,8 +107,7 @@ func authCheckError(t testing.TB, r response, format string, status int, code st
 // every error format, end to end, including the store outage row.
 func TestAuthTable(t *testing.T) {
 	pool, dsn := storetest.NewSchema(t)
-	target, via := proxiedDSN(t, dsn)
-	pg := newTCPProxy(t, target)
+	pg, viaPG := proxiedPostgres(t, dsn)
 
 	uid := storetest.SeedUser(t, pool, 0)
 	gid := storetest.SeedGroup(t, pool, "auth", 0)
@@ -147,20 +122,19 @@ func TestAuthTable(t *testing.T) {
 	black := authKeyWith(t, pool, uid, &gid, "ip_blacklist = '{127.0.0.0/24}'")
 	blackOther := authKeyWith(t, pool, uid, &gid, "ip_blacklist = '{192.0.2.1}'")
 	offUser := storetest.SeedUser(t, pool, 0)
-	authExec(t, pool, "update rpm_users set status = 'disabled' where id = $1", offUser)
+	storetest.Exec(t, pool, "update rpm_users set status = 'disabled' where id = $1", offUser)
 	userOff := authKeyWith(t, pool, offUser, &gid, "")
 	offGroup := storetest.SeedGroup(t, pool, "off", 0)
-	authExec(t, pool, "update rpm_groups set status = 'disabled' where id = $1", offGroup)
+	storetest.Exec(t, pool, "update rpm_groups set status = 'disabled' where id = $1", offGroup)
 	groupOff := authKeyWith(t, pool, uid, &offGroup, "")
 	noGroup := authKeyWith(t, pool, uid, nil, "")
 	// The first failing check wins: a disabled key of a disabled user is
 	// API_KEY_DISABLED (a 401), not USER_DISABLED.
 	both := authKeyWith(t, pool, offUser, &offGroup, "status = 'disabled'")
 
-	prefix := "rpmtest:" + randomID() + ":"
-	newRedis(t, prefix)
+	_, prefix := redistest.Shared(t)
 	up := newUpstream(t)
-	c := startCaddy(t, authCaddyfile, params{DSN: via(pg.Addr), Prefix: prefix, Upstream: up.URL})
+	c := startCaddy(t, params{DSN: viaPG, Prefix: prefix, Upstream: up.URL, Site: authSite})
 
 	type row struct {
 		name    string
@@ -222,7 +196,7 @@ func TestAuthTable(t *testing.T) {
 		authCheckError(t, c.get(t, "/"+f+"/v1/models", "sk-nope-"+randomID()), f, 401, "INVALID_API_KEY")
 	}
 	pg.Unblock()
-	eventually(t, 10e9, func() error {
+	testutil.WaitFor(t, 10e9, func() error {
 		if r := c.get(t, "/openai/v1/models", fresh); r.Status != 200 {
 			return &authErr{r}
 		}
@@ -232,7 +206,7 @@ func TestAuthTable(t *testing.T) {
 
 type authErr struct{ r response }
 
-func (e *authErr) Error() string { return itoa(int64(e.r.Status)) + " " + e.r.Body }
+func (e *authErr) Error() string { return testutil.Itoa(int64(e.r.Status)) + " " + e.r.Body }
 
 // TestAuthClientIPTrustedProxies checks that IP lists judge Caddy's client
 // IP: the X-Forwarded-For address behind a trusted proxy, the peer address
@@ -242,25 +216,12 @@ func TestAuthClientIPTrustedProxies(t *testing.T) {
 	uid := storetest.SeedUser(t, pool, 0)
 	white := authKeyWith(t, pool, uid, nil, "ip_whitelist = '{203.0.113.0/24}'")
 	black := authKeyWith(t, pool, uid, nil, "ip_blacklist = '{198.51.100.9}'")
-	prefix := "rpmtest:" + randomID() + ":"
-	newRedis(t, prefix)
+	_, prefix := redistest.Shared(t)
 	up := newUpstream(t)
-	const cf = `{
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		postgres "{{.DSN}}"
-		redis {{.Redis}}
-		key_prefix {{.Prefix}}
-	}
-	{{index .Extra "servers"}}
-}
-:{{.HTTP}} {
-	rpm
-	reverse_proxy {{.Upstream}}
-}`
-	trusted := startCaddy(t, cf, params{DSN: dsn, Prefix: prefix, Upstream: up.URL, Extra: map[string]string{
-		"servers": "servers {\n\t\ttrusted_proxies static 127.0.0.1/32\n\t\tclient_ip_headers X-Forwarded-For\n\t}"}})
-	plain := startCaddy(t, cf, params{DSN: dsn, Prefix: prefix, Upstream: up.URL, Extra: map[string]string{"servers": ""}})
+	p := params{DSN: dsn, Prefix: prefix, Upstream: up.URL}
+	plain := startCaddy(t, p)
+	p.Options = "servers {\n\ttrusted_proxies static 127.0.0.1/32\n\tclient_ip_headers X-Forwarded-For\n}"
+	trusted := startCaddy(t, p)
 
 	check := func(c *caddyInstance, name, key, xff string, want int) {
 		t.Helper()
@@ -295,11 +256,10 @@ func TestAuthPlaceholders(t *testing.T) {
 	pool, dsn := storetest.NewSchema(t)
 	uid := storetest.SeedUser(t, pool, 0)
 	gid := storetest.SeedGroup(t, pool, "gpt-team", 0)
-	authExec(t, pool, "update rpm_groups set platform = 'openai' where id = $1", gid)
+	storetest.Exec(t, pool, "update rpm_groups set platform = 'openai' where id = $1", gid)
 	kid, key := storetest.SeedKey(t, pool, uid, &gid)
 	noGroupKey := authKeyWith(t, pool, uid, nil, "")
-	prefix := "rpmtest:" + randomID() + ":"
-	newRedis(t, prefix)
+	_, prefix := redistest.Shared(t)
 	up := newUpstream(t)
 	const headersUp = `
 			header_up X-Auth-User {http.auth.user.id}
@@ -308,28 +268,18 @@ func TestAuthPlaceholders(t *testing.T) {
 			header_up X-Group {http.rpm.group_name}
 			header_up X-Key-Id {http.rpm.api_key_id}
 			header_up X-Platform {http.rpm.platform}`
-	c := startCaddy(t, `{
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		postgres "{{.DSN}}"
-		redis {{.Redis}}
-		key_prefix {{.Prefix}}
-	}
-}
-:{{.HTTP}} {
-	handle /keep/* {
+	c := startCaddy(t, params{DSN: dsn, Prefix: prefix, Upstream: up.URL, Site: `handle /keep/* {
 		rpm {
 			keep_credentials
 		}
-		reverse_proxy {{.Upstream}} {`+headersUp+`
+		reverse_proxy {{.Upstream}} {` + headersUp + `
 		}
 	}
 	handle {
 		rpm
-		reverse_proxy {{.Upstream}} {`+headersUp+`
+		reverse_proxy {{.Upstream}} {` + headersUp + `
 		}
-	}
-}`, params{DSN: dsn, Prefix: prefix, Upstream: up.URL})
+	}`})
 
 	hdrs := []string{"Authorization: Bearer " + key, "X-Api-Key: " + key}
 	if r := c.do(t, http.MethodGet, "/v1/chat", hdrs...); r.Status != 200 {
@@ -345,8 +295,8 @@ func TestAuthPlaceholders(t *testing.T) {
 	if len(seen) != 3 {
 		t.Fatalf("upstream saw %d requests", len(seen))
 	}
-	want := map[string]string{"X-Auth-User": itoa(uid), "X-User": itoa(uid), "X-Group-Id": itoa(gid),
-		"X-Group": "gpt-team", "X-Key-Id": itoa(kid), "X-Platform": "openai"}
+	want := map[string]string{"X-Auth-User": testutil.Itoa(uid), "X-User": testutil.Itoa(uid), "X-Group-Id": testutil.Itoa(gid),
+		"X-Group": "gpt-team", "X-Key-Id": testutil.Itoa(kid), "X-Platform": "openai"}
 	for i, h := range seen[:2] {
 		for k, v := range want {
 			if got := h.Get(k); got != v {
@@ -360,7 +310,7 @@ func TestAuthPlaceholders(t *testing.T) {
 	if a, x := seen[1].Get("Authorization"), seen[1].Get("X-Api-Key"); a != "Bearer "+key || x != key {
 		t.Errorf("keep_credentials: Authorization %q X-Api-Key %q", a, x)
 	}
-	if g, u := seen[2].Get("X-Group-Id"), seen[2].Get("X-User"); g != "" || u != itoa(uid) {
+	if g, u := seen[2].Get("X-Group-Id"), seen[2].Get("X-User"); g != "" || u != testutil.Itoa(uid) {
 		t.Errorf("no group: X-Group-Id %q X-User %q", g, u)
 	}
 }

@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -13,31 +11,10 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
+	"github.com/caddyrpm/caddy-rpm/store"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
-
-// cacheCaddyfile is one rpm route with Postgres and Redis; Extra "cache"
-// fills the cache block.
-const cacheCaddyfile = `{
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		postgres "{{.DSN}}"
-		{{if ne .Redis "off"}}redis {{.Redis}}{{end}}
-		key_prefix {{.Prefix}}
-		cache {
-			{{index .Extra "cache"}}
-		}
-	}
-}
-:{{.HTTP}} {
-	rpm
-	reverse_proxy {{.Upstream}}
-}`
-
-func cacheHash(raw string) string {
-	s := sha256.Sum256([]byte(raw))
-	return hex.EncodeToString(s[:])
-}
 
 func cacheLoads(t testing.TB, c *caddyInstance) int {
 	t.Helper()
@@ -54,8 +31,7 @@ func TestCacheL2WrongVersionNeverServed(t *testing.T) {
 	kid6, k6 := storetest.SeedKey(t, pool, uid, &gid)
 	_, kBad := storetest.SeedKey(t, pool, uid, &gid)
 	_, kNeg := storetest.SeedKey(t, pool, uid, &gid)
-	prefix := "rpmtest:" + randomID() + ":"
-	rdb := newRedis(t, prefix)
+	rdb, prefix := redistest.Shared(t)
 	snap := pgRedisNS(t, prefix, pool) + "snap:"
 	ctx := context.Background()
 
@@ -69,13 +45,12 @@ func TestCacheL2WrongVersionNeverServed(t *testing.T) {
 		kNeg: `{"version":6,"not_found":true}`,
 	}
 	for k, v := range plant {
-		if err := rdb.Set(ctx, snap+cacheHash(k), v, time.Hour).Err(); err != nil {
+		if err := rdb.Set(ctx, snap+store.HashKey(k), v, time.Hour).Err(); err != nil {
 			t.Fatal(err)
 		}
 	}
 	up := newUpstream(t)
-	c := startCaddy(t, cacheCaddyfile, params{DSN: dsn, Prefix: prefix, Upstream: up.URL,
-		Extra: map[string]string{"cache": "l1_ttl 1m"}})
+	c := startCaddy(t, params{DSN: dsn, Prefix: prefix, Upstream: up.URL, Cache: "l1_ttl 1m"})
 
 	for k := range plant {
 		if r := c.get(t, "/v1/x", k); r.Status != 200 {
@@ -86,7 +61,7 @@ func TestCacheL2WrongVersionNeverServed(t *testing.T) {
 		t.Fatalf("store loads = %d, want %d", n, len(plant))
 	}
 	for k := range plant {
-		b, err := rdb.Get(ctx, snap+cacheHash(k)).Bytes()
+		b, err := rdb.Get(ctx, snap+store.HashKey(k)).Bytes()
 		if err != nil {
 			t.Fatalf("L2 entry after reload: %v", err)
 		}
@@ -98,7 +73,7 @@ func TestCacheL2WrongVersionNeverServed(t *testing.T) {
 		if err := json.Unmarshal(b, &s); err != nil || s.Version != 7 || s.Status != "active" || s.NotFound {
 			t.Fatalf("L2 entry not overwritten with version 7: %s (%v)", b, err)
 		}
-		ttl := rdb.PTTL(ctx, snap+cacheHash(k)).Val()
+		ttl := rdb.PTTL(ctx, snap+store.HashKey(k)).Val()
 		if ttl <= 0 || ttl > 6*time.Minute {
 			t.Fatalf("L2 ttl = %v, want about l2_ttl (5m)", ttl)
 		}
@@ -113,20 +88,16 @@ func TestCacheNegativeEntry(t *testing.T) {
 	pool, dsn := storetest.NewSchema(t)
 	uid := storetest.SeedUser(t, pool, 0)
 	kid, deleted := storetest.SeedKey(t, pool, uid, nil)
-	prefix := "rpmtest:" + randomID() + ":"
-	rdb := newRedis(t, prefix)
+	rdb, prefix := redistest.Shared(t)
 	snap := pgRedisNS(t, prefix, pool) + "snap:"
 	up := newUpstream(t)
-	c := startCaddy(t, cacheCaddyfile, params{DSN: dsn, Prefix: prefix, Upstream: up.URL,
-		Extra: map[string]string{"cache": "negative_ttl 2s"}})
+	c := startCaddy(t, params{DSN: dsn, Prefix: prefix, Upstream: up.URL, Cache: "negative_ttl 2s"})
 	kfWaitFilter(t, c)
 	// A Bloom filter cannot forget: the deleted key stays in it until the
 	// next rebuild. Wait until the delete's notification is applied, so it
 	// cannot drop the negative entry below.
 	events := kfKeyEvents(t, c)
-	if _, err := pool.Exec(context.Background(), `delete from rpm_api_keys where id = $1`, kid); err != nil {
-		t.Fatal(err)
-	}
+	storetest.Exec(t, pool, `delete from rpm_api_keys where id = $1`, kid)
 	kfWaitKeyEvents(t, c, events)
 	loads := cacheLoads(t, c)
 
@@ -135,8 +106,8 @@ func TestCacheNegativeEntry(t *testing.T) {
 		r := c.get(t, "/v1/x", deleted)
 		authCheckError(t, r, "openai", 401, "INVALID_API_KEY")
 	}
-	if n := rdb.Exists(context.Background(), snap+cacheHash(deleted)).Val(); n != 0 {
-		t.Fatalf("a negative entry went to Redis (ttl %v)", rdb.PTTL(context.Background(), snap+cacheHash(deleted)).Val())
+	if n := rdb.Exists(context.Background(), snap+store.HashKey(deleted)).Val(); n != 0 {
+		t.Fatalf("a negative entry went to Redis (ttl %v)", rdb.PTTL(context.Background(), snap+store.HashKey(deleted)).Val())
 	}
 	if time.Since(start) > 1500*time.Millisecond {
 		t.Skip("machine too slow to stay inside negative_ttl")
@@ -182,19 +153,16 @@ const cacheStatsFlush = 12 * time.Second
 // per-group override and for one without.
 func TestCacheSteadyStateNoStoreQueries(t *testing.T) {
 	pool, dsn := storetest.NewSchema(t)
-	target, via := proxiedDSN(t, dsn)
-	pg := newTCPProxy(t, target)
+	pg, viaPG := proxiedPostgres(t, dsn)
 	gid := storetest.SeedGroup(t, pool, "steady", 0)
 	withOverride := storetest.SeedUser(t, pool, 0)
 	storetest.SeedOverride(t, pool, withOverride, gid, 100000)
 	without := storetest.SeedUser(t, pool, 0)
 	_, kWith := storetest.SeedKey(t, pool, withOverride, &gid)
 	_, kWithout := storetest.SeedKey(t, pool, without, &gid)
-	prefix := "rpmtest:" + randomID() + ":"
-	newRedis(t, prefix)
+	_, prefix := redistest.Shared(t)
 	up := newUpstream(t)
-	c := startCaddy(t, cacheCaddyfile, params{DSN: via(pg.Addr), Prefix: prefix, Upstream: up.URL,
-		Extra: map[string]string{"cache": "l1_ttl 5m"}})
+	c := startCaddy(t, params{DSN: viaPG, Prefix: prefix, Upstream: up.URL, Cache: "l1_ttl 5m"})
 
 	// Postgres publishes a backend's statistics up to ~10s late, so each
 	// reading waits for the counters to settle.
@@ -268,11 +236,9 @@ func TestCacheColdKeySingleLoad(t *testing.T) {
 	pool, dsn := storetest.NewSchema(t)
 	uid := storetest.SeedUser(t, pool, 0)
 	_, key := storetest.SeedKey(t, pool, uid, nil)
-	prefix := "rpmtest:" + randomID() + ":"
-	newRedis(t, prefix)
+	_, prefix := redistest.Shared(t)
 	up := newUpstream(t)
-	c := startCaddy(t, cacheCaddyfile, params{DSN: dsn, Prefix: prefix, Upstream: up.URL,
-		Extra: map[string]string{"cache": "l1_ttl 5m"}})
+	c := startCaddy(t, params{DSN: dsn, Prefix: prefix, Upstream: up.URL, Cache: "l1_ttl 5m"})
 
 	const n = 500
 	tr := &http.Transport{MaxIdleConnsPerHost: n, MaxConnsPerHost: n}

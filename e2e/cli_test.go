@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
@@ -17,7 +18,7 @@ import (
 // extra arguments and environment, and returns stdout, stderr and the error.
 func cliStatus(t *testing.T, c *caddyInstance, uid int64, env []string, args ...string) (string, string, error) {
 	t.Helper()
-	cmd := exec.Command(caddyBin, append([]string{"rpm", "status", "--user", itoa(uid),
+	cmd := exec.Command(caddyBin, append([]string{"rpm", "status", "--user", testutil.Itoa(uid),
 		"--adminurl", strings.TrimPrefix(c.AdminURL, "http://")}, args...)...)
 	cmd.Env = append(os.Environ(), "HOME="+t.TempDir())
 	cmd.Env = append(cmd.Env, env...)

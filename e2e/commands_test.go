@@ -12,6 +12,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
@@ -193,7 +194,7 @@ func cmdWant(t testing.TB, what string, cmds []cmdCommand, want int, names ...st
 func cmdSettle(t testing.TB, c *caddyInstance) {
 	t.Helper()
 	last, since := -1.0, time.Now()
-	eventually(t, 15*time.Second, func() error {
+	testutil.WaitFor(t, 15*time.Second, func() error {
 		n := c.metric(t, "caddy_rpm_invalidations_total", `origin="postgres"`)
 		if n != last {
 			last, since = n, time.Now()

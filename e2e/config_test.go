@@ -1,16 +1,15 @@
 package e2e
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
@@ -18,32 +17,10 @@ import (
 // must not start Caddy with an unauthenticated admin API; the error names
 // admin_token.
 func TestAdminTokenUnsetVariableFailsStart(t *testing.T) {
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "Caddyfile")
 	unset := "RPM_E2E_UNSET_" + strings.ToUpper(randomID())
-	writeFile(t, cfg, `{
-	admin 127.0.0.1:`+itoa(int64(freePort(t)))+`
-	rpm {
-		keys_file `+demoKeysPath(t)+`
-		admin_token {env.`+unset+`}
-	}
-}
-:`+itoa(int64(freePort(t)))+` {
-	rpm
-	respond ok
-}
-`)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, caddyBin, "run", "--config", cfg)
-	cmd.Dir = dir
-	cmd.Env = append(cmd.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
-	out, err := cmd.CombinedOutput()
-	if ctx.Err() != nil {
-		t.Fatalf("caddy started (ran until killed) with admin_token {env.%s} unset:\n%s", unset, out)
-	}
-	if err == nil || !strings.Contains(string(out), "admin_token") || !strings.Contains(string(out), "resolves to an empty string") {
-		t.Fatalf("start with an unset admin_token variable: err=%v, want an error naming admin_token:\n%s", err, out)
+	out := runCaddyFailing(t, params{KeysFile: demoKeysPath(t), Redis: "off", Global: "admin_token {env." + unset + "}"})
+	if !strings.Contains(out, "admin_token") || !strings.Contains(out, "resolves to an empty string") {
+		t.Fatalf("start with an unset admin_token variable: want an error naming admin_token:\n%s", out)
 	}
 }
 
@@ -53,16 +30,8 @@ func TestAdminTokenFile(t *testing.T) {
 	token := "tok-" + randomID() + randomID()
 	path := filepath.Join(t.TempDir(), "admin-token")
 	writeFile(t, path, token+"\n")
-	c := startCaddy(t, `{
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		keys_file `+demoKeysPath(t)+`
-		admin_token_file `+path+`
-	}
-}
-:{{.HTTP}} {
-	respond ok
-}`, params{})
+	c := startCaddy(t, params{KeysFile: demoKeysPath(t), Redis: "off", Global: "admin_token_file " + path,
+		Site: "respond ok"})
 
 	cfg := c.admin(t, http.MethodGet, "/config/", "")
 	if cfg.Status != 200 || !strings.Contains(cfg.Body, `"admin_token_file"`) {
@@ -91,18 +60,7 @@ func TestKeyQueryKeepsRawQuery(t *testing.T) {
 		_, _ = w.Write([]byte("upstream"))
 	}))
 	t.Cleanup(up.Close)
-	c := startCaddy(t, `{
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		keys_file `+demoKeysPath(t)+`
-	}
-}
-:{{.HTTP}} {
-	rpm {
-		key_query key
-	}
-	reverse_proxy {{.Upstream}}
-}`, params{Upstream: up.URL})
+	c := startCaddy(t, params{KeysFile: demoKeysPath(t), Redis: "off", RPM: "key_query key", Upstream: up.URL})
 
 	const key = "sk-demo-caddy-rpm-key"
 	for _, tc := range []struct {
@@ -143,16 +101,7 @@ func TestIPListMappedRangeKeysFile(t *testing.T) {
     {"id": 3, "key": "sk-e2e-mapped-other", "user_id": 1, "ip_whitelist": ["::ffff:10.0.0.0/104"]}
   ]
 }`)
-	c := startCaddy(t, `{
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		keys_file `+keys+`
-	}
-}
-:{{.HTTP}} {
-	rpm
-	respond "ok"
-}`, params{})
+	c := startCaddy(t, params{KeysFile: keys, Redis: "off"})
 	authCheckError(t, c.get(t, "/v1/x", "sk-e2e-mapped-black"), "openai", 403, "IP_NOT_ALLOWED")
 	authCheckError(t, c.get(t, "/v1/x", "sk-e2e-mapped-other"), "openai", 403, "IP_NOT_ALLOWED")
 	if r := c.get(t, "/v1/x", "sk-e2e-mapped-white"); r.Status != 200 || r.Body != "ok" {
@@ -174,8 +123,7 @@ func TestKeysFileRejectsUnusableRecords(t *testing.T) {
 			dir := t.TempDir()
 			writeFile(t, filepath.Join(dir, "keys.json"), `{"users": [{"id": 1}], "api_keys": [
   {"id": 1, "key": "sk-e2e-fine", "user_id": 1}, `+tc.keys+`]}`)
-			cfg := filepath.Join(dir, "Caddyfile")
-			writeFile(t, cfg, "{\n\tadmin off\n\trpm {\n\t\tkeys_file "+filepath.Join(dir, "keys.json")+"\n\t}\n}\n:0 {\n\trpm\n}\n")
+			cfg := writeCaddyfile(t, dir, params{KeysFile: filepath.Join(dir, "keys.json"), Redis: "off", Site: "rpm"})
 			out, err := runCaddyCommand(t, "validate", "--config", cfg)
 			if err == nil || !strings.Contains(out, tc.want) {
 				t.Fatalf("validate: err=%v, want an error containing %q:\n%s", err, tc.want, out)
@@ -198,23 +146,14 @@ func TestIPListInvalidPostgresRowFailsClosed(t *testing.T) {
 	nullEntry := authKeyWith(t, pool, uid, nil, `ip_blacklist = '{NULL}'`)
 	mapped := authKeyWith(t, pool, uid, nil, `ip_blacklist = '{::ffff:127.0.0.0/104}'`)
 	fine := authKeyWith(t, pool, uid, nil, `ip_whitelist = '{::ffff:127.0.0.1}'`)
-	c := startCaddy(t, `{
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		postgres "{{.DSN}}"
-	}
-}
-:{{.HTTP}} {
-	rpm
-	respond "ok"
-}`, params{DSN: dsn})
+	c := startCaddy(t, params{DSN: dsn, Redis: "off"})
 	authCheckError(t, c.get(t, "/v1/x", bad), "openai", 403, "IP_NOT_ALLOWED")
 	authCheckError(t, c.get(t, "/v1/x", nullEntry), "openai", 403, "IP_NOT_ALLOWED")
 	authCheckError(t, c.get(t, "/v1/x", mapped), "openai", 403, "IP_NOT_ALLOWED")
 	if r := c.get(t, "/v1/x", fine); r.Status != 200 {
 		t.Fatalf("key whitelisted for 127.0.0.1: %d %s", r.Status, r.Body)
 	}
-	eventually(t, 5*time.Second, func() error {
+	testutil.WaitFor(t, 5*time.Second, func() error {
 		if n := strings.Count(c.Logs(), "api key refused: invalid IP list entry"); n != 2 {
 			return fmt.Errorf("%d warnings, want 2 (one per bad key):\n%s", n, c.Logs())
 		}

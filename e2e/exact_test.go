@@ -86,8 +86,8 @@ func TestExactCluster(t *testing.T) {
 	}
 	e := newLimEnvOn(t, cl)
 	redisArg := strings.Join(addrs, " ")
-	c1 := e.caddy(t, redisArg, "redis_cluster\n\t\t"+exactGlobal, "")
-	c2 := e.caddy(t, redisArg, "redis_cluster\n\t\t"+exactGlobal, "")
+	c1 := e.caddy(t, redisArg, "redis_cluster\n"+exactGlobal, "")
+	c2 := e.caddy(t, redisArg, "redis_cluster\n"+exactGlobal, "")
 	uid := storetest.SeedUser(t, e.pool, 1000)
 	gid := storetest.SeedGroup(t, e.pool, "", 1)
 	storetest.SeedOverride(t, e.pool, uid, gid, exactLimit)

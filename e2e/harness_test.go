@@ -3,11 +3,10 @@
 package e2e
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -24,10 +23,14 @@ import (
 	"text/template"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
 	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/redis/go-redis/v9"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/caddyrpm/caddy-rpm/caddyrpm"
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store"
 )
 
@@ -103,41 +106,139 @@ type caddyInstance struct {
 	HTTPPort  int
 	AdminPort int
 	logPath   string
+	cfgPath   string
 	cmd       *exec.Cmd
 	done      chan struct{}
 }
 
-// params fill a Caddyfile template: {{.HTTP}}, {{.Admin}}, {{.Upstream}},
-// {{.Prefix}}, {{.DSN}} and anything in Extra.
+// caddyfile is the one Caddyfile of the tests: an admin endpoint, the rpm
+// app and one site. params fill it; empty fields leave their lines out.
+var caddyfile = template.Must(template.New("Caddyfile").Option("missingkey=error").Funcs(template.FuncMap{
+	// indent puts n tabs before every line of a multi-line option after the
+	// first, so that the rendered file (in a failing test's log) reads well.
+	"indent": func(n int, s string) string {
+		return strings.ReplaceAll(strings.TrimSpace(s), "\n", "\n"+strings.Repeat("\t", n))
+	},
+}).Parse(`{
+	admin {{if .Admin}}127.0.0.1:{{.Admin}}{{else}}off{{end}}
+{{- with .Options}}
+	{{indent 1 .}}
+{{- end}}
+	rpm {
+{{- with .DSN}}
+		postgres "{{.}}"
+{{- end}}
+{{- with .KeysFile}}
+		keys_file {{.}}
+{{- end}}
+{{- if ne .Redis "off"}}
+		redis {{.Redis}}
+{{- end}}
+{{- with .Prefix}}
+		key_prefix {{.}}
+{{- end}}
+{{- with .Cache}}
+		cache {
+			{{indent 3 .}}
+		}
+{{- end}}
+{{- with .Global}}
+		{{indent 2 .}}
+{{- end}}
+	}
+}
+:{{.HTTP}} {
+{{- if .Site}}
+	{{.Site}}
+{{- else}}
+	rpm{{with .RPM}} {
+		{{indent 2 .}}
+	}{{end}}
+	{{if .Upstream}}reverse_proxy {{.Upstream}}{{else}}respond "ok"{{end}}
+{{- end}}
+}
+`))
+
+// params fill the test Caddyfile. Every field is optional.
 type params struct {
+	// HTTP and Admin are the ports; startCaddy picks free ones. Admin 0
+	// turns the admin endpoint off.
 	HTTP, Admin int
-	Upstream    string
-	Prefix      string
-	DSN         string
-	Redis       string // default redis://127.0.0.1:6379; "off" in templates that allow it: none
-	Extra       map[string]string
+	// Options are further lines of the global options block ("debug").
+	Options string
+	// DSN, KeysFile, Redis and Prefix are the rpm app's postgres,
+	// keys_file, redis and key_prefix. Redis "" is the shared test Redis;
+	// "off" leaves redis out.
+	DSN, KeysFile, Redis, Prefix string
+	// Cache is the body of the rpm app's cache block; "" leaves it out.
+	Cache string
+	// Global are further lines of the rpm app block.
+	Global string
+	// RPM is the body of the site's rpm handler directive.
+	RPM string
+	// Upstream is where the default site proxies to; "" answers "ok".
+	Upstream string
+	// Site replaces the default site body (the rpm handler and the proxy).
+	// It may use the template's fields, such as {{.Upstream}}.
+	Site string
 }
 
-// startCaddy renders the Caddyfile template and runs Caddy on it until the
-// test ends.
-func startCaddy(t testing.TB, caddyfile string, p params) *caddyInstance {
+// render returns the Caddyfile text of p.
+func (p params) render(t testing.TB) string {
 	t.Helper()
-	p.HTTP, p.Admin = freePort(t), freePort(t)
 	if p.Redis == "" {
-		p.Redis = "redis://127.0.0.1:6379"
+		p.Redis = "redis://" + redistest.SharedAddr
 	}
-	var buf bytes.Buffer
-	if err := template.Must(template.New("cf").Option("missingkey=error").Parse(caddyfile)).Execute(&buf, p); err != nil {
+	if p.Site != "" {
+		site, err := template.New("site").Option("missingkey=error").Parse(p.Site)
+		if err != nil {
+			t.Fatalf("parse site: %v", err)
+		}
+		var b strings.Builder
+		if err := site.Execute(&b, p); err != nil {
+			t.Fatalf("render site: %v", err)
+		}
+		p.Site = b.String()
+	}
+	var buf strings.Builder
+	if err := caddyfile.Execute(&buf, p); err != nil {
 		t.Fatalf("render caddyfile: %v", err)
 	}
-	dir := t.TempDir()
-	cfgPath := filepath.Join(dir, "Caddyfile")
-	if err := os.WriteFile(cfgPath, buf.Bytes(), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return runCaddy(t, dir, cfgPath, p.HTTP, p.Admin)
+	return buf.String()
 }
 
+// writeCaddyfile renders p into dir/Caddyfile and returns its path.
+func writeCaddyfile(t testing.TB, dir string, p params) string {
+	t.Helper()
+	path := filepath.Join(dir, "Caddyfile")
+	writeFile(t, path, p.render(t))
+	return path
+}
+
+// startCaddy runs Caddy on the Caddyfile of p, on free ports, until the
+// test ends.
+func startCaddy(t testing.TB, p params) *caddyInstance {
+	t.Helper()
+	p.HTTP, p.Admin = freePort(t), freePort(t)
+	dir := t.TempDir()
+	return runCaddy(t, dir, writeCaddyfile(t, dir, p), p.HTTP, p.Admin)
+}
+
+// reload renders p on the instance's ports over its Caddyfile and runs
+// `caddy reload --force` on it, so that even an unchanged config (whose
+// keys file changed, say) is loaded again.
+func (c *caddyInstance) reload(t testing.TB, p params) {
+	t.Helper()
+	p.HTTP, p.Admin = c.HTTPPort, c.AdminPort
+	writeFile(t, c.cfgPath, p.render(t))
+	out, err := runCaddyCommand(t, "reload", "--force", "--config", c.cfgPath, "--address", fmt.Sprintf("127.0.0.1:%d", c.AdminPort))
+	if err != nil {
+		t.Fatalf("reload: %v\n%s", err, out)
+	}
+}
+
+// runCaddy runs `caddy run` on cfgPath in dir and waits until it listens
+// on httpPort.
 func runCaddy(t testing.TB, dir, cfgPath string, httpPort, adminPort int) *caddyInstance {
 	t.Helper()
 	logPath := filepath.Join(dir, "caddy.log")
@@ -148,12 +249,12 @@ func runCaddy(t testing.TB, dir, cfgPath string, httpPort, adminPort int) *caddy
 	cmd := exec.Command(caddyBin, "run", "--config", cfgPath)
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+	cmd.Env = caddyEnv(dir)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	c := &caddyInstance{
-		t: t, cmd: cmd, logPath: logPath, done: make(chan struct{}),
+		t: t, cmd: cmd, logPath: logPath, cfgPath: cfgPath, done: make(chan struct{}),
 		URL:      "http://127.0.0.1:" + strconv.Itoa(httpPort),
 		AdminURL: "http://127.0.0.1:" + strconv.Itoa(adminPort),
 		HTTPPort: httpPort, AdminPort: adminPort,
@@ -176,6 +277,12 @@ func runCaddy(t testing.TB, dir, cfgPath string, httpPort, adminPort int) *caddy
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// caddyEnv is the environment of a Caddy process: Caddy's data and config
+// directories in dir, so that no test touches the user's.
+func caddyEnv(dir string) []string {
+	return append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
 }
 
 // Stop ends the process (idempotent).
@@ -206,6 +313,18 @@ type response struct {
 	Status int
 	Header http.Header
 	Body   string
+}
+
+// code returns the error code of a gateway error body in the openai
+// format ("" if none).
+func (r response) code() string {
+	var b struct {
+		Error struct {
+			Code string `json:"code"`
+		} `json:"error"`
+	}
+	_ = json.Unmarshal([]byte(r.Body), &b)
+	return b.Error.Code
 }
 
 // do sends a request to the gateway with optional headers ("Name: value").
@@ -263,57 +382,69 @@ func send(t testing.TB, req *http.Request) response {
 	return response{Status: resp.StatusCode, Header: resp.Header, Body: string(b)}
 }
 
-// metric reads the sum of a counter's series from /metrics whose labels
-// contain every given "name=\"value\"" fragment.
-func (c *caddyInstance) metric(t testing.TB, name string, labels ...string) float64 {
+// metrics reads the instance's /metrics.
+func (c *caddyInstance) metrics(t testing.TB) map[string]*dto.MetricFamily {
 	t.Helper()
 	resp := c.admin(t, http.MethodGet, "/metrics", "")
+	if resp.Status != http.StatusOK {
+		t.Fatalf("GET /metrics: %d %s", resp.Status, resp.Body)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(strings.NewReader(resp.Body))
+	if err != nil {
+		t.Fatalf("parse /metrics: %v", err)
+	}
+	return families
+}
+
+// metric returns the sum of the values of a counter's (or gauge's) series
+// that carry every given label, each written as in a Prometheus selector:
+// name="value".
+func (c *caddyInstance) metric(t testing.TB, name string, labels ...string) float64 {
+	t.Helper()
+	want := map[string]string{}
+	for _, l := range labels {
+		k, quoted, _ := strings.Cut(l, "=")
+		v, err := strconv.Unquote(quoted)
+		if err != nil {
+			t.Fatalf("label %s: want name=\"value\"", l)
+		}
+		want[k] = v
+	}
 	var sum float64
-	sc := bufio.NewScanner(strings.NewReader(resp.Body))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if !strings.HasPrefix(line, name) {
+	for _, m := range c.metrics(t)[name].GetMetric() {
+		if !hasLabels(m, want) {
 			continue
 		}
-		rest := line[len(name):]
-		if rest != "" && rest[0] != ' ' && rest[0] != '{' {
-			continue
-		}
-		ok := true
-		for _, l := range labels {
-			if !strings.Contains(rest, l) {
-				ok = false
-			}
-		}
-		if !ok {
-			continue
-		}
-		f := strings.Fields(line)
-		v, err := strconv.ParseFloat(f[len(f)-1], 64)
-		if err == nil {
-			sum += v
+		switch {
+		case m.Counter != nil:
+			sum += m.Counter.GetValue()
+		case m.Gauge != nil:
+			sum += m.Gauge.GetValue()
+		case m.Untyped != nil:
+			sum += m.Untyped.GetValue()
 		}
 	}
 	return sum
 }
 
-// newRedis returns a client for the test Redis and deletes prefix* at the end.
-func newRedis(t testing.TB, prefix string) *redis.Client {
-	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
-	if err := rdb.Ping(context.Background()).Err(); err != nil {
-		t.Fatalf("redis: %v", err)
+// labelsOf returns a series' labels.
+func labelsOf(m *dto.Metric) map[string]string {
+	out := make(map[string]string, len(m.GetLabel()))
+	for _, l := range m.GetLabel() {
+		out[l.GetName()] = l.GetValue()
 	}
-	t.Cleanup(func() {
-		ctx := context.Background()
-		iter := rdb.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-		for iter.Next(ctx) {
-			rdb.Del(ctx, iter.Val())
+	return out
+}
+
+func hasLabels(m *dto.Metric, want map[string]string) bool {
+	got := labelsOf(m)
+	for k, v := range want {
+		if got[k] != v {
+			return false
 		}
-		rdb.Close()
-	})
-	return rdb
+	}
+	return true
 }
 
 // redisNS returns the prefix under which a Caddy with this key_prefix on
@@ -336,30 +467,3 @@ func pgRedisNS(t testing.TB, keyPrefix string, pool *pgxpool.Pool) string {
 	t.Helper()
 	return redisNS(t, keyPrefix, store.NewPostgres(pool))
 }
-
-// waitForLocalWindow is waitForWindow for the in-process limiter's clock.
-func waitForLocalWindow(need time.Duration) {
-	now := time.Now()
-	left := now.Truncate(time.Minute).Add(time.Minute).Sub(now)
-	if left < need {
-		time.Sleep(left + 200*time.Millisecond)
-	}
-}
-
-// eventually retries f until it returns nil or the timeout passes.
-func eventually(t testing.TB, timeout time.Duration, f func() error) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met in %v: %v", timeout, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func itoa(v int64) string { return strconv.FormatInt(v, 10) }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
@@ -20,19 +21,9 @@ func TestInputsMalformed(t *testing.T) {
 	pool, dsn := storetest.NewSchema(t)
 	uid := storetest.SeedUser(t, pool, 0)
 	_, key := storetest.SeedKey(t, pool, uid, nil)
-	prefix := "rpmtest:" + randomID() + ":"
-	newRedis(t, prefix)
+	_, prefix := redistest.Shared(t)
 	up := newUpstream(t)
-	c := startCaddy(t, `{
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		postgres "{{.DSN}}"
-		redis {{.Redis}}
-		key_prefix {{.Prefix}}
-	}
-}
-:{{.HTTP}} {
-	handle /q/* {
+	c := startCaddy(t, params{DSN: dsn, Prefix: prefix, Upstream: up.URL, Site: `handle /q/* {
 		rpm {
 			key_query key
 		}
@@ -41,8 +32,7 @@ func TestInputsMalformed(t *testing.T) {
 	handle {
 		rpm
 		reverse_proxy {{.Upstream}}
-	}
-}`, params{DSN: dsn, Prefix: prefix, Upstream: up.URL})
+	}`})
 
 	long := "sk-" + strings.Repeat("a", 10<<10)
 	cases := []struct {

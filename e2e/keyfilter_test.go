@@ -15,6 +15,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
@@ -59,10 +61,10 @@ func kfWaitFilter(t testing.TB, c *caddyInstance) {
 // rpm handler with the openai error format.
 func kfWaitFilterAt(t testing.TB, c *caddyInstance, path string) {
 	t.Helper()
-	eventually(t, 10*time.Second, func() error {
+	testutil.WaitFor(t, 10*time.Second, func() error {
 		before := cacheLoads(t, c)
 		r := c.get(t, path, kfRandomKey(t))
-		if r.Status != http.StatusUnauthorized || admCode(r) != "INVALID_API_KEY" {
+		if r.Status != http.StatusUnauthorized || r.code() != "INVALID_API_KEY" {
 			return fmt.Errorf("unknown key: %d %s", r.Status, r.Body)
 		}
 		if cacheLoads(t, c) != before {
@@ -83,7 +85,7 @@ func kfKeyEvents(t testing.TB, c *caddyInstance) float64 {
 // notifications.
 func kfWaitKeyEvents(t testing.TB, c *caddyInstance, before float64) {
 	t.Helper()
-	eventually(t, 5*time.Second, func() error {
+	testutil.WaitFor(t, 5*time.Second, func() error {
 		if n := kfKeyEvents(t, c); n <= before {
 			return fmt.Errorf("instance %s: %v key notifications applied, want more than %v", c.URL, n, before)
 		}
@@ -96,7 +98,7 @@ func kfWaitKeyEvents(t testing.TB, c *caddyInstance, before float64) {
 // created reaches c by its notification.
 func kfWaitBuilt(t testing.TB, c *caddyInstance) {
 	t.Helper()
-	eventually(t, 10*time.Second, func() error {
+	testutil.WaitFor(t, 10*time.Second, func() error {
 		if n := c.metric(t, "caddy_rpm_key_filter_builds_total", `result="ok"`); n < 1 {
 			return fmt.Errorf("instance %s: key filter not built", c.URL)
 		}
@@ -129,15 +131,12 @@ func kfSeedKey(t testing.TB, pool *pgxpool.Pool, userID int64, groupID *int64, c
 // and no new Redis key in all; a real key keeps working.
 func TestKeyFilterRandomKeys(t *testing.T) {
 	pool, dsn := storetest.NewSchema(t)
-	target, via := proxiedDSN(t, dsn)
-	pg := newTCPProxy(t, target)
+	pg, viaPG := proxiedPostgres(t, dsn)
 	uid := storetest.SeedUser(t, pool, 0)
 	_, real := storetest.SeedKey(t, pool, uid, nil)
-	prefix := "rpmtest:" + randomID() + ":"
-	rdb := newRedis(t, prefix)
+	rdb, prefix := redistest.Shared(t)
 	up := newUpstream(t)
-	c := startCaddy(t, cacheCaddyfile, params{DSN: via(pg.Addr), Prefix: prefix, Upstream: up.URL,
-		Extra: map[string]string{"cache": "l1_ttl 5m"}})
+	c := startCaddy(t, params{DSN: viaPG, Prefix: prefix, Upstream: up.URL, Cache: "l1_ttl 5m"})
 	if r := c.get(t, "/v1/x", real); r.Status != 200 {
 		t.Fatalf("real key: %d %s", r.Status, r.Body)
 	}
@@ -224,7 +223,7 @@ func TestKeyFilterNewKeysEverywhere(t *testing.T) {
 	for i, c := range cs {
 		r := c.get(t, "/v1/models", raw)
 		authCheckError(t, r, "openai", 401, "INVALID_API_KEY")
-		if n := e.rdb.Exists(ctx, snap+cacheHash(raw)).Val(); n != 0 {
+		if n := e.rdb.Exists(ctx, snap+store.HashKey(raw)).Val(); n != 0 {
 			t.Fatalf("instance %d wrote an entry for an unknown key to Redis", i+1)
 		}
 	}
@@ -236,12 +235,12 @@ func TestKeyFilterNewKeysEverywhere(t *testing.T) {
 		for i, c := range cs {
 			for {
 				r := c.get(t, "/v1/models", key)
-				if r.Status == status && (code == "" || admCode(r) == code) {
+				if r.Status == status && (code == "" || r.code() == code) {
 					break
 				}
 				if time.Since(start) > propWithin {
 					t.Fatalf("%s: instance %d still answers %d %s after %v, want %d %s",
-						what, i+1, r.Status, admCode(r), time.Since(start), status, code)
+						what, i+1, r.Status, r.code(), time.Since(start), status, code)
 				}
 				time.Sleep(5 * time.Millisecond)
 			}
@@ -267,18 +266,18 @@ func TestKeyFilterNewKeysEverywhere(t *testing.T) {
 		hashes = append(hashes, h[:])
 	}
 	start = time.Now()
-	e.exec(t, `insert into rpm_api_keys (key_hash, user_id) select h, $2 from unnest($1::bytea[]) h`, hashes, uid)
+	storetest.Exec(t, e.pool, `insert into rpm_api_keys (key_hash, user_id) select h, $2 from unnest($1::bytea[]) h`, hashes, uid)
 	expect("SQL insert of 70 keys", bulk[len(bulk)-1], start, 200, "")
 	expect("SQL insert of 70 keys", bulk[0], start, 200, "")
 
 	start = time.Now()
-	e.exec(t, `update rpm_api_keys set status = 'disabled' where id = $1`, kid)
+	storetest.Exec(t, e.pool, `update rpm_api_keys set status = 'disabled' where id = $1`, kid)
 	expect("SQL disable", raw, start, 401, "API_KEY_DISABLED")
 
 	start = time.Now()
-	e.exec(t, `delete from rpm_api_keys where id = $1`, kid)
+	storetest.Exec(t, e.pool, `delete from rpm_api_keys where id = $1`, kid)
 	expect("SQL delete", raw, start, 401, "INVALID_API_KEY")
-	if n := e.rdb.Exists(ctx, snap+cacheHash(raw)).Val(); n != 0 {
+	if n := e.rdb.Exists(ctx, snap+store.HashKey(raw)).Val(); n != 0 {
 		t.Fatal("the deleted key's negative entry went to Redis")
 	}
 }
@@ -291,14 +290,12 @@ func TestKeyFilterNewKeysEverywhere(t *testing.T) {
 // store load.
 func TestKeyFilterNotBuiltRefusesNothing(t *testing.T) {
 	pool, dsn := storetest.NewSchema(t)
-	target, via := proxiedDSN(t, dsn)
-	pg := newTCPProxy(t, target)
+	pg, viaPG := proxiedPostgres(t, dsn)
 	uid := storetest.SeedUser(t, pool, 0)
 	_, real := storetest.SeedKey(t, pool, uid, nil)
 	up := newUpstream(t)
 	pg.Block()
-	c := startCaddy(t, cacheCaddyfile, params{DSN: via(pg.Addr), Prefix: "rpmtest:", Upstream: up.URL,
-		Redis: "off", Extra: map[string]string{"cache": ""}})
+	c := startCaddy(t, params{DSN: viaPG, Prefix: "rpmtest:", Upstream: up.URL, Redis: "off"})
 	for _, k := range []string{real, kfRandomKey(t)} {
 		authCheckError(t, c.get(t, "/v1/x", k), "openai", 503, "AUTH_UNAVAILABLE")
 	}
@@ -306,7 +303,7 @@ func TestKeyFilterNotBuiltRefusesNothing(t *testing.T) {
 		t.Fatalf("the filter refused %v keys before its first build", n)
 	}
 	pg.Unblock()
-	eventually(t, 15*time.Second, func() error {
+	testutil.WaitFor(t, 15*time.Second, func() error {
 		if r := c.get(t, "/v1/x", real); r.Status != 200 {
 			return &authErr{r}
 		}
@@ -320,21 +317,18 @@ func TestKeyFilterNotBuiltRefusesNothing(t *testing.T) {
 // back, the filter is rebuilt and the key is admitted.
 func TestKeyFilterRebuiltAfterListenerGap(t *testing.T) {
 	pool, dsn := storetest.NewSchema(t)
-	target, via := proxiedDSN(t, dsn)
-	pg := newTCPProxy(t, target)
+	pg, viaPG := proxiedPostgres(t, dsn)
 	uid := storetest.SeedUser(t, pool, 0)
-	prefix := "rpmtest:" + randomID() + ":"
-	newRedis(t, prefix)
+	_, prefix := redistest.Shared(t)
 	up := newUpstream(t)
-	c := startCaddy(t, cacheCaddyfile, params{DSN: via(pg.Addr), Prefix: prefix, Upstream: up.URL,
-		Extra: map[string]string{"cache": ""}})
+	c := startCaddy(t, params{DSN: viaPG, Prefix: prefix, Upstream: up.URL})
 	kfWaitFilter(t, c)
 	builds := c.metric(t, "caddy_rpm_key_filter_builds_total", `result="ok"`)
 
 	pg.Block()
 	_, key := storetest.SeedKey(t, pool, uid, nil) // straight to Postgres: the instance hears nothing
 	pg.Unblock()
-	eventually(t, 15*time.Second, func() error {
+	testutil.WaitFor(t, 15*time.Second, func() error {
 		if r := c.get(t, "/v1/x", key); r.Status != 200 {
 			return &authErr{r}
 		}

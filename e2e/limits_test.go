@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"regexp"
 	"strings"
@@ -13,34 +12,11 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
-
-// limCaddyfile is the Caddyfile of the limit tests: Postgres, Redis with a
-// private key prefix, a long L1 TTL (so steady-state requests never touch
-// Redis for their snapshot), "global" lines in the rpm app and the "site"
-// body.
-const limCaddyfile = `{
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		postgres "{{.DSN}}"
-		redis {{.Redis}}
-		key_prefix {{.Prefix}}
-		cache {
-			l1_ttl 10m
-		}
-		{{index .Extra "global"}}
-	}
-}
-:{{.HTTP}} {
-	{{index .Extra "site"}}
-}`
-
-// limSite is the default site body: the rpm handler in front of the upstream.
-const limSite = `rpm
-	reverse_proxy {{.Upstream}}`
 
 // limEnv is one Postgres schema and one Redis key prefix.
 type limEnv struct {
@@ -58,34 +34,34 @@ type limEnv struct {
 // newLimEnv creates a schema and a random key prefix on the shared Redis.
 func newLimEnv(t testing.TB) *limEnv {
 	t.Helper()
-	pool, dsn := storetest.NewSchema(t)
-	prefix := "rpmtest:" + randomID() + ":"
-	ns := pgRedisNS(t, prefix, pool)
-	return &limEnv{pool: pool, dsn: dsn, prefix: prefix, ns: ns, rdb: newRedis(t, prefix),
-		keys: limiter.Keys{Prefix: ns + "c:"}, up: newUpstream(t)}
+	rdb, prefix := redistest.Shared(t)
+	return newLimEnvAt(t, rdb, prefix)
 }
 
 // newLimEnvOn is newLimEnv with counters on another Redis (a private server
 // or a cluster) reached by rdb.
 func newLimEnvOn(t testing.TB, rdb redis.UniversalClient) *limEnv {
 	t.Helper()
+	return newLimEnvAt(t, rdb, redistest.Prefix(t))
+}
+
+func newLimEnvAt(t testing.TB, rdb redis.UniversalClient, prefix string) *limEnv {
+	t.Helper()
 	pool, dsn := storetest.NewSchema(t)
-	prefix := "rpmtest:" + randomID() + ":"
 	ns := pgRedisNS(t, prefix, pool)
 	return &limEnv{pool: pool, dsn: dsn, prefix: prefix, ns: ns, rdb: rdb,
 		keys: limiter.Keys{Prefix: ns + "c:"}, up: newUpstream(t)}
 }
 
-// caddy starts a Caddy on this env; redisAddrs "" means the shared Redis.
+// caddy starts a Caddy on this env: Postgres, Redis with the env's key
+// prefix, a long L1 TTL (so steady-state requests never touch Redis for
+// their snapshot), global lines in the rpm app block and the site body
+// (default: the rpm handler in front of the upstream). redisAddrs ""
+// means the shared Redis.
 func (e *limEnv) caddy(t testing.TB, redisAddrs, global, site string) *caddyInstance {
 	t.Helper()
-	if site == "" {
-		site = limSite
-	}
-	// The site body may itself use {{.Upstream}}: render it first.
-	site = strings.ReplaceAll(site, "{{.Upstream}}", e.up.URL)
-	c := startCaddy(t, limCaddyfile, params{DSN: e.dsn, Prefix: e.prefix, Upstream: e.up.URL,
-		Redis: redisAddrs, Extra: map[string]string{"global": global, "site": site}})
+	c := startCaddy(t, params{DSN: e.dsn, Prefix: e.prefix, Upstream: e.up.URL, Redis: redisAddrs,
+		Cache: "l1_ttl 10m", Global: global, Site: site})
 	kfWaitBuilt(t, c)
 	e.instances = append(e.instances, c)
 	return c
@@ -148,17 +124,6 @@ func (e *limEnv) userKeys(t testing.TB, uid int64) []string {
 	return out
 }
 
-// limCode returns the error code of a gateway error body ("" if none).
-func limCode(body string) string {
-	var b struct {
-		Error struct {
-			Code string `json:"code"`
-		} `json:"error"`
-	}
-	_ = json.Unmarshal([]byte(body), &b)
-	return b.Error.Code
-}
-
 // limExpect sends requests with key to path and checks each status; a 429
 // must carry wantCode.
 func limExpect(t testing.TB, c *caddyInstance, path, key string, statuses []int, wantCode string) []response {
@@ -170,7 +135,7 @@ func limExpect(t testing.TB, c *caddyInstance, path, key string, statuses []int,
 			t.Fatalf("request %d to %s: status %d, want %d: %s", i+1, path, r.Status, want, r.Body)
 		}
 		if want == http.StatusTooManyRequests {
-			if code := limCode(r.Body); code != wantCode {
+			if code := r.code(); code != wantCode {
 				t.Fatalf("request %d: code %q, want %q: %s", i+1, code, wantCode, r.Body)
 			}
 			if r.Header.Get("Retry-After") == "" {
@@ -227,40 +192,56 @@ func limHit(url, key string) (int, error) {
 	return resp.StatusCode, nil
 }
 
+// limTally counts the statuses of concurrent requests, and the errors of
+// those that got none.
+type limTally struct {
+	mu       sync.Mutex
+	statuses map[int]int
+	errs     []error
+}
+
+func (c *limTally) add(status int, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		c.errs = append(c.errs, err)
+		return
+	}
+	if c.statuses == nil {
+		c.statuses = map[int]int{}
+	}
+	c.statuses[status]++
+}
+
+// check fails the test if a request got no answer.
+func (c *limTally) check(t testing.TB) {
+	t.Helper()
+	if len(c.errs) > 0 {
+		t.Fatalf("%d request errors, first: %v", len(c.errs), c.errs[0])
+	}
+}
+
 // limBurst runs workers goroutines of perWorker requests each, spreading
 // them round-robin over urls, and returns how many got each status.
 func limBurst(t testing.TB, urls []string, key string, workers, perWorker int) map[int]int {
 	t.Helper()
 	var (
-		mu       sync.Mutex
-		statuses = map[int]int{}
-		errs     []error
-		wg       sync.WaitGroup
-		start    = make(chan struct{})
+		tally limTally
+		wg    sync.WaitGroup
+		start = make(chan struct{})
 	)
 	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		wg.Go(func() {
 			<-start
 			for i := range perWorker {
-				st, err := limHit(urls[(w*perWorker+i)%len(urls)], key)
-				mu.Lock()
-				if err != nil {
-					errs = append(errs, err)
-				} else {
-					statuses[st]++
-				}
-				mu.Unlock()
+				tally.add(limHit(urls[(w*perWorker+i)%len(urls)], key))
 			}
-		}()
+		})
 	}
 	close(start)
 	wg.Wait()
-	if len(errs) > 0 {
-		t.Fatalf("%d request errors, first: %v", len(errs), errs[0])
-	}
-	return statuses
+	tally.check(t)
+	return tally.statuses
 }
 
 // TestLimitsTable walks the table of spec §6 through Caddy, reading the
@@ -418,36 +399,34 @@ func TestLimitsMetrics(t *testing.T) {
 		t.Errorf("refused USER_RPM_EXCEEDED_local = %v, want 1", v)
 	}
 
-	forbidden := []string{itoa(uid), itoa(gid), itoa(kid), key, "metrics-group"}
-	allowedLabels := map[string]bool{"result": true, "reason": true, "layer": true, "scope": true, "origin": true, "le": true}
-	body := c.admin(t, http.MethodGet, "/metrics", "").Body
+	forbidden := []string{testutil.Itoa(uid), testutil.Itoa(gid), testutil.Itoa(kid), key, "metrics-group"}
+	allowedLabels := map[string]bool{"result": true, "reason": true, "layer": true, "scope": true, "origin": true}
 	series := 0
-	for _, line := range strings.Split(body, "\n") {
-		if !strings.HasPrefix(line, "caddy_rpm_") {
+	for name, family := range c.metrics(t) {
+		if !strings.HasPrefix(name, "caddy_rpm_") {
 			continue
 		}
-		series++
-		labels := limLabels(t, line)
-		if strings.HasPrefix(line, "caddy_rpm_decisions_total{") {
-			// result is a fixed set; reason is a code or fixed word, never
-			// anything numeric.
-			if r := labels["result"]; r != "admitted" && r != "refused" {
-				t.Errorf("result label %q: %s", r, line)
+		for _, m := range family.GetMetric() {
+			series++
+			labels := labelsOf(m)
+			if name == "caddy_rpm_decisions_total" {
+				// result is a fixed set; reason is a code or fixed word,
+				// never anything numeric.
+				if r := labels["result"]; r != "admitted" && r != "refused" {
+					t.Errorf("result label %q: %s %v", r, name, labels)
+				}
+				if !limReason.MatchString(labels["reason"]) {
+					t.Errorf("reason label %q: %s %v", labels["reason"], name, labels)
+				}
 			}
-			if !limReason.MatchString(labels["reason"]) {
-				t.Errorf("reason label %q: %s", labels["reason"], line)
-			}
-		}
-		for name, value := range labels {
-			if !allowedLabels[name] {
-				t.Errorf("unexpected label %s in %s", name, line)
-			}
-			if name == "le" {
-				continue // histogram bucket bounds are numbers by design
-			}
-			for _, f := range forbidden {
-				if value == f || strings.Contains(value, key) {
-					t.Errorf("label %s=%q carries an identifier (%q): %s", name, value, f, line)
+			for label, value := range labels {
+				if !allowedLabels[label] {
+					t.Errorf("unexpected label %s in %s %v", label, name, labels)
+				}
+				for _, f := range forbidden {
+					if value == f || strings.Contains(value, key) {
+						t.Errorf("label %s=%q carries an identifier (%q): %s", label, value, f, name)
+					}
 				}
 			}
 		}
@@ -458,28 +437,3 @@ func TestLimitsMetrics(t *testing.T) {
 }
 
 var limReason = regexp.MustCompile(`^[A-Za-z_]+$`)
-
-// limLabels parses the label set of a Prometheus text-format sample line.
-func limLabels(t testing.TB, line string) map[string]string {
-	t.Helper()
-	out := map[string]string{}
-	open := strings.IndexByte(line, '{')
-	if open < 0 {
-		return out
-	}
-	closeIdx := strings.LastIndexByte(line, '}')
-	rest := line[open+1 : closeIdx]
-	for rest != "" {
-		name, after, ok := strings.Cut(rest, `="`)
-		if !ok {
-			t.Fatalf("bad labels in %q", line)
-		}
-		end := strings.Index(after, `"`)
-		for end > 0 && after[end-1] == '\\' {
-			end += 1 + strings.Index(after[end+1:], `"`)
-		}
-		out[strings.TrimPrefix(name, ",")] = after[:end]
-		rest = strings.TrimPrefix(after[end+1:], ",")
-	}
-	return out
-}

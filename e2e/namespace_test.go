@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"net/http"
 	"os"
@@ -12,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
@@ -36,12 +35,11 @@ func TestNamespaceStoresApart(t *testing.T) {
 	_, onlyALookedUpOnB := storetest.SeedKey(t, poolA, uidA, nil)
 	_, keyB := storetest.SeedKey(t, poolB, uidB, nil)
 
-	prefix := "rpmtest:" + randomID() + ":"
-	rdb := newRedis(t, prefix)
+	rdb, prefix := redistest.Shared(t)
 	up := newUpstream(t)
 	start := func(dsn string) *caddyInstance {
-		return startCaddy(t, limCaddyfile, params{DSN: dsn, Prefix: prefix, Upstream: up.URL,
-			Extra: map[string]string{"global": "redis_timeout 2s", "site": strings.ReplaceAll(limSite, "{{.Upstream}}", up.URL)}})
+		return startCaddy(t, params{DSN: dsn, Prefix: prefix, Upstream: up.URL,
+			Cache: "l1_ttl 10m", Global: "redis_timeout 2s"})
 	}
 	a, b := start(dsnA), start(dsnB)
 
@@ -79,7 +77,7 @@ func TestNamespaceStoresApart(t *testing.T) {
 	if r := a.get(t, "/v1/y", onlyA); r.Status != 429 { // known on A; user 1 is at its limit
 		t.Fatalf("A with its own key: %d %s", r.Status, r.Body)
 	}
-	if rdb.Exists(context.Background(), nsA+"snap:"+cacheHash(onlyA)).Val() != 1 {
+	if rdb.Exists(context.Background(), nsA+"snap:"+store.HashKey(onlyA)).Val() != 1 {
 		t.Fatal("A wrote no L2 snapshot; the next check would prove nothing")
 	}
 	authCheckError(t, b.get(t, "/v1/y", onlyA), "openai", 401, "INVALID_API_KEY")
@@ -93,10 +91,10 @@ func TestNamespaceStoresApart(t *testing.T) {
 	// A flush on B deletes B's snapshots only and is not heard by A.
 	before := a.metric(t, "caddy_rpm_invalidations_total", `origin="redis"`)
 	admWant(t, "flush on B", b.admin(t, http.MethodDelete, "/admin/auth-cache", ""), 200)
-	if rdb.Exists(context.Background(), nsA+"snap:"+cacheHash(onlyA)).Val() != 1 {
+	if rdb.Exists(context.Background(), nsA+"snap:"+store.HashKey(onlyA)).Val() != 1 {
 		t.Fatal("a flush on B deleted A's L2 snapshot")
 	}
-	if rdb.Exists(context.Background(), nsB+"snap:"+cacheHash(keyB)).Val() != 0 {
+	if rdb.Exists(context.Background(), nsB+"snap:"+store.HashKey(keyB)).Val() != 0 {
 		t.Fatal("a flush on B left B's L2 snapshot")
 	}
 	time.Sleep(200 * time.Millisecond) // a published invalidation arrives within ms
@@ -110,8 +108,7 @@ func TestNamespaceStoresApart(t *testing.T) {
 // file disabled a key refuses that key at once — no instance serves the
 // snapshot of the old content from L1 or from the shared L2.
 func TestKeysFileReloadDropsChangedSnapshots(t *testing.T) {
-	prefix := "rpmtest:" + randomID() + ":"
-	rdb := newRedis(t, prefix)
+	rdb, prefix := redistest.Shared(t)
 	up := newUpstream(t)
 	dir := t.TempDir()
 	keysPath := filepath.Join(dir, "keys.json")
@@ -121,33 +118,8 @@ func TestKeysFileReloadDropsChangedSnapshots(t *testing.T) {
 			`"api_keys":[{"id":1,"user_id":1,"key":"` + raw + `","status":"` + status + `"}]}`
 	}
 	writeFile(t, keysPath, doc("active"))
-	cfg := filepath.Join(dir, "Caddyfile")
-	httpPort, adminPort := freePort(t), freePort(t)
-	writeFile(t, cfg, fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	rpm {
-		keys_file %s
-		redis redis://127.0.0.1:6379
-		key_prefix %s
-		cache {
-			l1_ttl 10m
-			l2_ttl 10m
-		}
-	}
-}
-:%d {
-	rpm
-	reverse_proxy %s
-}
-`, adminPort, keysPath, prefix, httpPort, up.URL))
-	c := runCaddy(t, dir, cfg, httpPort, adminPort)
-	reload := func() {
-		t.Helper()
-		out, err := runCaddyCommand(t, "reload", "--force", "--config", cfg, "--address", fmt.Sprintf("127.0.0.1:%d", adminPort))
-		if err != nil {
-			t.Fatalf("reload: %v\n%s", err, out)
-		}
-	}
+	p := params{KeysFile: keysPath, Prefix: prefix, Upstream: up.URL, Cache: "l1_ttl 10m\nl2_ttl 10m"}
+	c := startCaddy(t, p)
 
 	redistest.WaitForWindow(t, rdb, 20*time.Second)
 	for i := range 2 {
@@ -164,13 +136,12 @@ func TestKeysFileReloadDropsChangedSnapshots(t *testing.T) {
 		t.Fatal(err)
 	}
 	ns := redisNS(t, prefix, f)
-	sum := sha256.Sum256([]byte(raw))
-	if rdb.Exists(context.Background(), ns+"snap:"+hex.EncodeToString(sum[:])).Val() != 1 {
+	if rdb.Exists(context.Background(), ns+"snap:"+store.HashKey(raw)).Val() != 1 {
 		t.Fatal("no L2 snapshot of the key; the test would prove nothing")
 	}
 
 	// The same content: the counter goes on (3rd admitted, 4th refused).
-	reload()
+	c.reload(t, p)
 	if r := c.get(t, "/", raw); r.Status != 200 {
 		t.Fatalf("3rd request after a reload: %d %s", r.Status, r.Body)
 	}
@@ -178,8 +149,8 @@ func TestKeysFileReloadDropsChangedSnapshots(t *testing.T) {
 
 	// The key disabled in the file: refused within 1 s of the reload.
 	writeFile(t, keysPath, doc("disabled"))
-	reload()
-	eventually(t, time.Second, func() error {
+	c.reload(t, p)
+	testutil.WaitFor(t, time.Second, func() error {
 		r := c.get(t, "/", raw)
 		if r.Status != 401 || !strings.Contains(r.Body, "API_KEY_DISABLED") {
 			return fmt.Errorf("after disabling: %d %s", r.Status, r.Body)

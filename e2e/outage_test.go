@@ -1,11 +1,11 @@
 package e2e
 
 import (
-	"net/http"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
@@ -16,27 +16,14 @@ import (
 // still 401. There is no Redis, so L2 cannot answer.
 func TestOutagePostgres(t *testing.T) {
 	pool, dsn := storetest.NewSchema(t)
-	target, via := proxiedDSN(t, dsn)
-	pg := newTCPProxy(t, target)
+	pg, viaPG := proxiedPostgres(t, dsn)
 	uid := storetest.SeedUser(t, pool, 0)
 	gid := storetest.SeedGroup(t, pool, "outage", 0)
 	_, cached := storetest.SeedKey(t, pool, uid, &gid)
 	_, uncached := storetest.SeedKey(t, pool, uid, &gid)
 	up := newUpstream(t)
-	c := startCaddy(t, `{
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		postgres "{{.DSN}}"
-		cache {
-			l1_ttl 1s
-			stale_if_error 1m
-		}
-	}
-}
-:{{.HTTP}} {
-	rpm
-	reverse_proxy {{.Upstream}}
-}`, params{DSN: via(pg.Addr), Upstream: up.URL})
+	c := startCaddy(t, params{DSN: viaPG, Redis: "off", Upstream: up.URL,
+		Cache: "l1_ttl 1s\nstale_if_error 1m"})
 
 	if r := c.get(t, "/v1/x", cached); r.Status != 200 {
 		t.Fatalf("warm-up: %d %s", r.Status, r.Body)
@@ -71,7 +58,7 @@ func TestOutagePostgres(t *testing.T) {
 		t.Fatalf("store_errors_total = %v, want >= 1", n)
 	}
 	pg.Unblock()
-	eventually(t, 15*time.Second, func() error {
+	testutil.WaitFor(t, 15*time.Second, func() error {
 		if r := c.get(t, "/v1/x", uncached); r.Status != 200 {
 			return &authErr{r}
 		}
@@ -94,19 +81,8 @@ func TestOutageRedis(t *testing.T) {
 	_, cold2 := storetest.SeedKey(t, pool, uid, &gid)
 	srv := redistest.StartServer(t)
 	up := newUpstream(t)
-	c := startCaddy(t, `{
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		postgres "{{.DSN}}"
-		redis {{.Redis}}
-		redis_timeout 100ms
-		key_prefix {{.Prefix}}
-	}
-}
-:{{.HTTP}} {
-	rpm
-	reverse_proxy {{.Upstream}}
-}`, params{DSN: dsn, Redis: "redis://" + srv.Addr, Prefix: "rpmtest:" + randomID() + ":", Upstream: up.URL})
+	c := startCaddy(t, params{DSN: dsn, Redis: "redis://" + srv.Addr, Prefix: redistest.Prefix(t), Upstream: up.URL,
+		Global: "redis_timeout 100ms"})
 
 	if r := c.get(t, "/v1/x", warm); r.Status != 200 {
 		t.Fatalf("warm-up: %d %s", r.Status, r.Body)
@@ -147,7 +123,7 @@ func TestOutageRedis(t *testing.T) {
 	if n := c.metric(t, "caddy_rpm_fail_open_total"); n < 1 {
 		t.Fatalf("fail_open_total = %v, want >= 1", n)
 	}
-	if r := c.admin(t, http.MethodGet, "/metrics", ""); !strings.Contains(r.Body, "caddy_rpm_redis_errors_total") {
+	if c.metrics(t)["caddy_rpm_redis_errors_total"] == nil {
 		t.Fatal("no redis_errors metric")
 	}
 	if n := c.metric(t, "caddy_rpm_redis_errors_total"); n < 1 {

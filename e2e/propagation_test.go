@@ -1,12 +1,12 @@
 package e2e
 
 import (
-	"context"
 	"net/http"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
@@ -43,12 +43,12 @@ func propFlip(t testing.TB, c *caddyInstance, key string, start time.Time, statu
 	t.Helper()
 	for {
 		r := c.get(t, "/v1/models", key)
-		if r.Status == status && (code == "" || admCode(r) == code) {
+		if r.Status == status && (code == "" || r.code() == code) {
 			return time.Since(start)
 		}
 		if time.Since(start) > 5*time.Second {
 			t.Fatalf("instance %s still answers %d %s after %v, want %d %s; log tail:\n%s",
-				c.URL, r.Status, admCode(r), time.Since(start), status, code, admTail(c, 30))
+				c.URL, r.Status, r.code(), time.Since(start), status, code, admTail(c, 30))
 		}
 	}
 }
@@ -82,43 +82,43 @@ func TestAdminAPIPropagation(t *testing.T) {
 	}
 
 	check("admin PATCH key disabled on instance 1", func() {
-		admWant(t, "patch key", c1.admin(t, http.MethodPatch, "/admin/keys/"+itoa(kid), `{"status":"disabled"}`), 200)
+		admWant(t, "patch key", c1.admin(t, http.MethodPatch, "/admin/keys/"+testutil.Itoa(kid), `{"status":"disabled"}`), 200)
 	}, key, 200, 401, "API_KEY_DISABLED")
 	check("admin PATCH key active on instance 1", func() {
-		admWant(t, "patch key", c1.admin(t, http.MethodPatch, "/admin/keys/"+itoa(kid), `{"status":"active"}`), 200)
+		admWant(t, "patch key", c1.admin(t, http.MethodPatch, "/admin/keys/"+testutil.Itoa(kid), `{"status":"active"}`), 200)
 	}, key, 401, 200, "")
 	check("admin PUT override on instance 1", func() {
 		admWant(t, "put override", c1.admin(t, http.MethodPut,
-			"/admin/users/"+itoa(uid)+"/groups/"+itoa(gLim)+"/rpm-override", `{"rpm_override":1}`), 200)
+			"/admin/users/"+testutil.Itoa(uid)+"/groups/"+testutil.Itoa(gLim)+"/rpm-override", `{"rpm_override":1}`), 200)
 	}, keyLim, 200, 429, "GROUP_RPM_EXCEEDED")
 	check("admin DELETE override set on instance 1", func() {
-		admWant(t, "clear all", c1.admin(t, http.MethodDelete, "/admin/groups/"+itoa(gLim)+"/rpm-overrides", ""), 200)
+		admWant(t, "clear all", c1.admin(t, http.MethodDelete, "/admin/groups/"+testutil.Itoa(gLim)+"/rpm-overrides", ""), 200)
 	}, keyLim, 429, 200, "")
 
 	check("SQL update rpm_api_keys status", func() {
-		e.exec(t, `update rpm_api_keys set status = 'disabled' where id = $1`, kid)
+		storetest.Exec(t, e.pool, `update rpm_api_keys set status = 'disabled' where id = $1`, kid)
 	}, key, 200, 401, "API_KEY_DISABLED")
 	check("SQL update rpm_api_keys status back", func() {
-		e.exec(t, `update rpm_api_keys set status = 'active' where id = $1`, kid)
+		storetest.Exec(t, e.pool, `update rpm_api_keys set status = 'active' where id = $1`, kid)
 	}, key, 401, 200, "")
 
 	// The override lifts the group's limit of 1; the counter already
 	// holds more than 1 when the row goes.
 	check("SQL delete override row", func() {
-		e.exec(t, `delete from rpm_user_group_overrides where user_id = $1 and group_id = $2`, uid, gOv)
+		storetest.Exec(t, e.pool, `delete from rpm_user_group_overrides where user_id = $1 and group_id = $2`, uid, gOv)
 	}, keyOv, 200, 429, "GROUP_RPM_EXCEEDED")
 	check("SQL insert override row", func() {
-		e.exec(t, `insert into rpm_user_group_overrides (user_id, group_id, rpm_override) values ($1, $2, 1000000)`, uid, gOv)
+		storetest.Exec(t, e.pool, `insert into rpm_user_group_overrides (user_id, group_id, rpm_override) values ($1, $2, 1000000)`, uid, gOv)
 	}, keyOv, 429, 200, "")
 
 	check("SQL update group limit", func() {
-		e.exec(t, `update rpm_groups set rpm_limit = 1 where id = $1`, gLim)
+		storetest.Exec(t, e.pool, `update rpm_groups set rpm_limit = 1 where id = $1`, gLim)
 	}, keyLim, 200, 429, "GROUP_RPM_EXCEEDED")
 	check("SQL update group limit back", func() {
-		e.exec(t, `update rpm_groups set rpm_limit = 1000000 where id = $1`, gLim)
+		storetest.Exec(t, e.pool, `update rpm_groups set rpm_limit = 1000000 where id = $1`, gLim)
 	}, keyLim, 429, 200, "")
 	check("SQL update user status", func() {
-		e.exec(t, `update rpm_users set status = 'disabled' where id = $1`, uid)
+		storetest.Exec(t, e.pool, `update rpm_users set status = 'disabled' where id = $1`, uid)
 	}, key, 200, 403, "USER_DISABLED")
 }
 
@@ -144,9 +144,7 @@ func TestAdminAPIPropagationLatency(t *testing.T) {
 		// Timed from just before the autocommit UPDATE is sent, so the
 		// figure includes the commit itself.
 		start := time.Now()
-		if _, err := e.pool.Exec(context.Background(), sql, kid); err != nil {
-			t.Fatal(err)
-		}
+		storetest.Exec(t, e.pool, sql, kid)
 		lat = append(lat, propFlip(t, c2, key, start, next, code))
 		status = next
 	}

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"encoding/json"
 	"io"
 	"net"
@@ -10,10 +9,11 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 )
 
 // quickstartCommand is the README's first command: build with xcaddy, run
@@ -46,7 +46,7 @@ func TestQuickstart(t *testing.T) {
 	}
 
 	dir := quickstartCopy(t, root)
-	out := new(quickstartLog)
+	out := new(testutil.SyncBuffer)
 	cmd := exec.Command("bash", "-c", quickstartCommand)
 	cmd.Dir = dir
 	cmd.Stdout, cmd.Stderr = out, out
@@ -177,22 +177,4 @@ func quickstartCopy(t *testing.T, root string) string {
 	_ = os.Remove(filepath.Join(dir, "caddy"))
 	t.Logf("copied %d files to %s", n, dir)
 	return dir
-}
-
-// quickstartLog collects the command's stdout and stderr.
-type quickstartLog struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *quickstartLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *quickstartLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.String()
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
@@ -125,7 +126,7 @@ func reconListeners(t testing.TB, e *admEnv, c *caddyInstance, oldPG int32, oldR
 	t.Helper()
 	var pg int32
 	var rd int64
-	eventually(t, 10*time.Second, func() error {
+	testutil.WaitFor(t, 10*time.Second, func() error {
 		pg, rd = reconPGListener(t, e, c), reconRedisSubscriber(t, e, c)
 		if pg == 0 || pg == oldPG {
 			return fmt.Errorf("instance %s: no new Postgres listener (had %d)", c.URL, oldPG)
@@ -166,7 +167,7 @@ func TestAdminAPIReconnect(t *testing.T) {
 	}
 	// Revoke the key while both instances are deaf: its notification is
 	// lost on both, and the L2 entry nobody deleted still says active.
-	e.exec(t, `update rpm_api_keys set status = 'disabled' where id = $1`, kid)
+	storetest.Exec(t, e.pool, `update rpm_api_keys set status = 'disabled' where id = $1`, kid)
 
 	reconListeners(t, e, c1, pg1, rd1)
 	reconListeners(t, e, c2, pg2, rd2)
@@ -181,7 +182,7 @@ func TestAdminAPIReconnect(t *testing.T) {
 	propWarm(t, c1, key, 401)
 	propWarm(t, c2, key, 401)
 	start := time.Now()
-	e.exec(t, `update rpm_api_keys set status = 'active' where id = $1`, kid)
+	storetest.Exec(t, e.pool, `update rpm_api_keys set status = 'active' where id = $1`, kid)
 	if d := propFlip(t, c2, key, start, 200, ""); d > propWithin {
 		t.Errorf("SQL change after the reconnect reached instance 2 after %v", d)
 	} else {
@@ -194,8 +195,8 @@ func TestAdminAPIReconnect(t *testing.T) {
 	propWarm(t, c2, key, 200)
 	misses := c2.metric(t, "caddy_rpm_cache_misses_total", `layer="l1"`)
 	got := c2.metric(t, "caddy_rpm_invalidations_total", `scope="user"`, `origin="redis"`)
-	admWant(t, "invalidate user", c1.admin(t, http.MethodDelete, "/admin/auth-cache/users/"+itoa(uid), ""), 200)
-	eventually(t, propWithin, func() error {
+	admWant(t, "invalidate user", c1.admin(t, http.MethodDelete, "/admin/auth-cache/users/"+testutil.Itoa(uid), ""), 200)
+	testutil.WaitFor(t, propWithin, func() error {
 		if n := c2.metric(t, "caddy_rpm_invalidations_total", `scope="user"`, `origin="redis"`); n <= got {
 			return fmt.Errorf("instance 2 received no user invalidation over Redis")
 		}

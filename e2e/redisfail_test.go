@@ -24,7 +24,7 @@ func failSetup(t *testing.T, mode string) (*redistest.Server, *limEnv, *caddyIns
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1})
 	t.Cleanup(func() { rdb.Close() })
 	e := newLimEnvOn(t, rdb)
-	c := e.caddy(t, srv.Addr, fmt.Sprintf("redis_timeout %s\n\t\ton_redis_error %s", failTimeout, mode), "")
+	c := e.caddy(t, srv.Addr, fmt.Sprintf("redis_timeout %s\non_redis_error %s", failTimeout, mode), "")
 	uid := storetest.SeedUser(t, e.pool, 3)
 	_, key := e.seedKey(t, uid, nil)
 	redistest.WaitForWindow(t, rdb, 20*time.Second)
@@ -52,7 +52,7 @@ func failDuringOutage(t *testing.T, c *caddyInstance, key string, n, status int,
 	for i := range n {
 		r, d := failTimed(t, c, key)
 		lat = append(lat, d.Round(100*time.Microsecond))
-		if r.Status != status || (code != "" && limCode(r.Body) != code) {
+		if r.Status != status || (code != "" && r.code() != code) {
 			t.Fatalf("request %d during the outage: %d %s, want %d %s", i+1, r.Status, r.Body, status, code)
 		}
 		limit := failTimeout
@@ -74,7 +74,7 @@ func failRecovers(t *testing.T, e *limEnv, c *caddyInstance, uid int64, key stri
 	for time.Since(back) < 5*time.Second {
 		r := c.get(t, "/v1/x", key)
 		if r.Status == http.StatusTooManyRequests {
-			if limCode(r.Body) != "USER_RPM_EXCEEDED" {
+			if r.code() != "USER_RPM_EXCEEDED" {
 				t.Fatalf("429 after recovery: %s", r.Body)
 			}
 			refused = true

@@ -3,33 +3,21 @@ package e2e
 import (
 	"fmt"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
-// reloadCaddyfile renders a config whose only change between versions is a
-// response header, so a reload really swaps the config.
-func reloadCaddyfile(globalStore, version string, httpPort, adminPort int, upstream string) string {
-	return fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	rpm {
-		%s
-	}
-}
-:%d {
-	header X-Config %s
-	rpm
-	reverse_proxy %s
-}
-`, adminPort, globalStore, httpPort, version, upstream)
+// reloadSite is a site whose only change between versions is a response
+// header, so a reload really swaps the config.
+func reloadSite(version string) string {
+	return "header X-Config " + version + "\n\trpm\n\treverse_proxy {{.Upstream}}"
 }
 
 // TestReloadUnderLoad: `caddy reload` while requests flow fails no request
@@ -38,33 +26,26 @@ func reloadCaddyfile(globalStore, version string, httpPort, adminPort int, upstr
 func TestReloadUnderLoad(t *testing.T) {
 	t.Run("in-process", func(t *testing.T) {
 		// demo key: user 1, group override 10 per minute.
-		testReloadUnderLoad(t, "keys_file "+demoKeysPath(t), "sk-demo-caddy-rpm-key", 10, nil)
+		testReloadUnderLoad(t, params{KeysFile: demoKeysPath(t), Redis: "off"}, "sk-demo-caddy-rpm-key", 10, nil)
 	})
 	t.Run("postgres+redis", func(t *testing.T) {
 		pool, dsn := storetest.NewSchema(t)
 		uid := storetest.SeedUser(t, pool, 10)
 		_, key := storetest.SeedKey(t, pool, uid, nil)
-		prefix := "rpmtest:" + randomID() + ":"
-		rdb := newRedis(t, prefix)
-		testReloadUnderLoad(t, fmt.Sprintf("postgres %q\n\t\tredis redis://127.0.0.1:6379\n\t\tkey_prefix %s", dsn, prefix), key, 10,
+		rdb, prefix := redistest.Shared(t)
+		testReloadUnderLoad(t, params{DSN: dsn, Prefix: prefix}, key, 10,
 			func() { redistest.WaitForWindow(t, rdb, 25*time.Second) })
 	})
 }
 
-func testReloadUnderLoad(t *testing.T, globalStore, key string, limit int, align func()) {
+func testReloadUnderLoad(t *testing.T, p params, key string, limit int, align func()) {
 	up := newUpstream(t)
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "Caddyfile")
-	httpPort, adminPort := freePort(t), freePort(t)
-	write := func(version string) {
-		writeFile(t, cfg, reloadCaddyfile(globalStore, version, httpPort, adminPort, up.URL))
-	}
-	write("v1")
-	c := runCaddy(t, dir, cfg, httpPort, adminPort)
+	p.Upstream, p.Site = up.URL, reloadSite("v1")
+	c := startCaddy(t, p)
 	if align != nil {
 		align()
 	} else {
-		waitForLocalWindow(25 * time.Second)
+		redistest.WaitForLocalWindow(t, 25*time.Second)
 	}
 
 	// Use half the limit before the reloads.
@@ -122,12 +103,9 @@ func testReloadUnderLoad(t *testing.T, globalStore, key string, limit int, align
 		}()
 	}
 	for _, v := range []string{"v2", "v3", "v4"} {
-		write(v)
-		out, err := runCaddyCommand(t, "reload", "--config", cfg, "--address", fmt.Sprintf("127.0.0.1:%d", adminPort))
-		if err != nil {
-			t.Fatalf("reload to %s: %v\n%s", v, err, out)
-		}
-		eventually(t, 5*time.Second, func() error {
+		p.Site = reloadSite(v)
+		c.reload(t, p)
+		testutil.WaitFor(t, 5*time.Second, func() error {
 			if got := c.get(t, "/none", "").Header.Get("X-Config"); got != v {
 				return fmt.Errorf("X-Config %q, want %q", got, v)
 			}
@@ -162,5 +140,4 @@ func testReloadUnderLoad(t *testing.T, globalStore, key string, limit int, align
 	if strings.Contains(c.Logs(), "panic") {
 		t.Fatalf("panic in logs:\n%s", c.Logs())
 	}
-	_ = os.Remove(cfg)
 }

@@ -3,23 +3,22 @@ package e2e
 import (
 	"encoding/json"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
-// routeSite caps /img/* (zone img) and /txt/* (zone txt) tighter than the
-// rest of the API. limit lines come from Extra-like substitution below.
-const routeSite = `handle /img/* {
+// routeSite caps /img/* (zone img, with the imgLimits lines) and /txt/*
+// (zone txt) tighter than the rest of the API.
+func routeSite(imgLimits string) string {
+	return `handle /img/* {
 		rpm {
 			zone img
-			IMG_LIMITS
+			` + imgLimits + `
 		}
 		reverse_proxy {{.Upstream}}
 	}
@@ -34,11 +33,12 @@ const routeSite = `handle /img/* {
 		rpm
 		reverse_proxy {{.Upstream}}
 	}`
+}
 
 func routeCaddy(t testing.TB, e *limEnv, imgLimits string) *caddyInstance {
 	t.Helper()
 	// A generous redis_timeout: see exactGlobal.
-	return e.caddy(t, "", exactGlobal, strings.Replace(routeSite, "IMG_LIMITS", imgLimits, 1))
+	return e.caddy(t, "", exactGlobal, routeSite(imgLimits))
 }
 
 // TestRouteLimitUser: `limit user 3` in zone img with a user limit of 100.
@@ -85,7 +85,7 @@ func TestRouteLimitUser(t *testing.T) {
 	limExpect(t, c, "/img/x", key, []int{429}, "ROUTE_RPM_EXCEEDED")
 
 	// rpm-status lists the zones this instance configured.
-	st := c.admin(t, http.MethodGet, "/admin/users/"+itoa(uid)+"/rpm-status", "")
+	st := c.admin(t, http.MethodGet, "/admin/users/"+testutil.Itoa(uid)+"/rpm-status", "")
 	if st.Status != 200 {
 		t.Fatalf("rpm-status: %d %s", st.Status, st.Body)
 	}
@@ -172,23 +172,18 @@ func TestRouteZoneShared(t *testing.T) {
 func TestRouteConfigErrors(t *testing.T) {
 	for name, tc := range map[string]struct{ block, want string }{
 		"no_zone":         {"limit user 3", "needs a 'zone'"},
-		"zero":            {"zone img\n\t\tlimit user 0", "at least 1"},
-		"negative":        {"zone img\n\t\tlimit key -2", "at least 1"},
-		"unknown_scope":   {"zone img\n\t\tlimit group 3", "must be user or key"},
-		"duplicate_scope": {"zone img\n\t\tlimit user 3\n\t\tlimit user 4", "duplicate limit"},
+		"zero":            {"zone img\nlimit user 0", "at least 1"},
+		"negative":        {"zone img\nlimit key -2", "at least 1"},
+		"unknown_scope":   {"zone img\nlimit group 3", "must be user or key"},
+		"duplicate_scope": {"zone img\nlimit user 3\nlimit user 4", "duplicate limit"},
 	} {
 		t.Run(name, func(t *testing.T) {
-			dir := t.TempDir()
-			cfg := filepath.Join(dir, "Caddyfile")
-			src := "{\n\trpm {\n\t\tkeys_file keys.json\n\t}\n}\n:8080 {\n\trpm {\n\t\t" + tc.block + "\n\t}\n\trespond ok\n}\n"
-			if err := os.WriteFile(cfg, []byte(src), 0o600); err != nil {
-				t.Fatal(err)
-			}
-			out, err := exec.Command(caddyBin, "adapt", "--config", cfg).CombinedOutput()
+			cfg := writeCaddyfile(t, t.TempDir(), params{KeysFile: "keys.json", Redis: "off", RPM: tc.block})
+			out, err := runCaddyCommand(t, "adapt", "--config", cfg)
 			if err == nil {
-				t.Fatalf("caddy adapt accepted:\n%s\n%s", src, out)
+				t.Fatalf("caddy adapt accepted the route limits %q:\n%s", tc.block, out)
 			}
-			if !strings.Contains(string(out), tc.want) || !strings.Contains(string(out), "Caddyfile:") {
+			if !strings.Contains(out, tc.want) || !strings.Contains(out, "Caddyfile:") {
 				t.Fatalf("caddy adapt error does not name the problem and line:\n%s", out)
 			}
 		})

@@ -28,20 +28,9 @@ func TestSecretsNeverLeak(t *testing.T) {
 	_, other := storetest.SeedKey(t, pool, uid, &gid)
 	disabled := authKeyWith(t, pool, uid, &gid, "status = 'disabled'")
 	unknown := "sk-unknown-" + randomID() + randomID()
-	prefix := "rpmtest:" + randomID() + ":"
-	rdb := newRedis(t, prefix)
+	rdb, prefix := redistest.Shared(t)
 	up := newUpstream(t)
-	c := startCaddy(t, `{
-	debug
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		postgres "{{.DSN}}"
-		redis {{.Redis}}
-		key_prefix {{.Prefix}}
-	}
-}
-:{{.HTTP}} {
-	log {
+	c := startCaddy(t, params{Options: "debug", DSN: dsn, Prefix: prefix, Upstream: up.URL, Site: `log {
 		format filter {
 			wrap json
 			request>headers>X-Api-Key delete
@@ -53,8 +42,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 		key_header X-Api-Key
 		key_header Api-Key
 	}
-	reverse_proxy {{.Upstream}}
-}`, params{DSN: dsn, Prefix: prefix, Upstream: up.URL})
+	reverse_proxy {{.Upstream}}`})
 	redistest.WaitForWindow(t, rdb, 10*time.Second)
 
 	for _, k := range []string{good, other, disabled, unknown} {

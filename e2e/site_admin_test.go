@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
@@ -17,17 +18,8 @@ import (
 func TestSiteAdminServesPageToBrowsers(t *testing.T) {
 	pool, dsn := storetest.NewSchema(t)
 	uid := storetest.SeedUser(t, pool, 9)
-	c := startCaddy(t, `{
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		postgres "{{.DSN}}"
-		admin_token s3cret
-	}
-}
-:{{.HTTP}} {
-	rpm_admin
-	respond "site"
-}`, params{DSN: dsn})
+	c := startCaddy(t, params{DSN: dsn, Redis: "off", Global: "admin_token s3cret", Site: `rpm_admin
+	respond "site"`})
 
 	navigate := []string{"Sec-Fetch-Mode: navigate", "Sec-Fetch-Dest: document"}
 	if r := c.admin(t, http.MethodGet, "/admin/ui", "", navigate...); r.Status != http.StatusForbidden {
@@ -37,7 +29,7 @@ func TestSiteAdminServesPageToBrowsers(t *testing.T) {
 	if page.Status != 200 || !strings.Contains(page.Body, "<html") {
 		t.Fatalf("site /admin/ui: %d %.200s", page.Status, page.Body)
 	}
-	path := "/admin/users/" + itoa(uid) + "/rpm-status"
+	path := "/admin/users/" + testutil.Itoa(uid) + "/rpm-status"
 	if r := c.do(t, http.MethodGet, path); r.Status != http.StatusUnauthorized {
 		t.Fatalf("API on the site without token: %d, want 401", r.Status)
 	}
@@ -53,9 +45,7 @@ func TestSiteAdminServesPageToBrowsers(t *testing.T) {
 // TestSiteAdminNeedsToken: a site is reachable from outside, so rpm_admin
 // refuses to start without admin_token.
 func TestSiteAdminNeedsToken(t *testing.T) {
-	dir := t.TempDir()
-	cfg := dir + "/Caddyfile"
-	writeFile(t, cfg, "{\n\tadmin off\n\trpm {\n\t\tkeys_file "+demoKeysPath(t)+"\n\t}\n}\n:0 {\n\trpm_admin\n}\n")
+	cfg := writeCaddyfile(t, t.TempDir(), params{KeysFile: demoKeysPath(t), Redis: "off", Site: "rpm_admin"})
 	out, err := runCaddyCommand(t, "validate", "--config", cfg)
 	if err == nil || !strings.Contains(out, "admin_token") {
 		t.Fatalf("validate without admin_token: err=%v\n%s", err, out)
@@ -99,27 +89,18 @@ func TestSiteAdminAfterSiteAuth(t *testing.T) {
 	if err != nil {
 		t.Fatalf("hash-password: %v\n%s", err, hash)
 	}
-	c := startCaddy(t, `{
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		postgres "{{.DSN}}"
-		admin_token s3cret
-	}
-}
-:{{.HTTP}} {
-	@api not path /admin /admin/*
+	c := startCaddy(t, params{DSN: dsn, Redis: "off", Global: "admin_token s3cret", Site: `@api not path /admin /admin/*
 	rpm @api {
 		key_header x-api-key
 	}
 	basic_auth {
-		op {{index .Extra "hash"}}
+		op ` + strings.TrimSpace(hash) + `
 	}
 	rpm_admin
-	respond "site"
-}`, params{DSN: dsn, Extra: map[string]string{"hash": strings.TrimSpace(hash)}})
+	respond "site"`})
 
 	basic := "Authorization: Basic b3A6cHc=" // op:pw
-	status := "/admin/users/" + itoa(uid) + "/rpm-status"
+	status := "/admin/users/" + testutil.Itoa(uid) + "/rpm-status"
 	fromBasicAuth := func(what string, r response) {
 		t.Helper()
 		if r.Status != http.StatusUnauthorized || !strings.HasPrefix(r.Header.Get("WWW-Authenticate"), "Basic") {

@@ -5,6 +5,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
@@ -16,21 +17,9 @@ func TestSmoke(t *testing.T) {
 	uid := storetest.SeedUser(t, pool, 2)
 	gid := storetest.SeedGroup(t, pool, "smoke", 0)
 	_, key := storetest.SeedKey(t, pool, uid, &gid)
-	prefix := "rpmtest:" + randomID() + ":"
-	rdb := newRedis(t, prefix)
+	rdb, prefix := redistest.Shared(t)
 	up := newUpstream(t)
-	c := startCaddy(t, `{
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		postgres "{{.DSN}}"
-		redis {{.Redis}}
-		key_prefix {{.Prefix}}
-	}
-}
-:{{.HTTP}} {
-	rpm
-	reverse_proxy {{.Upstream}}
-}`, params{DSN: dsn, Prefix: prefix, Upstream: up.URL})
+	c := startCaddy(t, params{DSN: dsn, Prefix: prefix, Upstream: up.URL})
 	redistest.WaitForWindow(t, rdb, 10e9)
 
 	for i, want := range []int{200, 200, 429} {
@@ -42,7 +31,7 @@ func TestSmoke(t *testing.T) {
 			t.Fatalf("429 body: %s", r.Body)
 		}
 	}
-	st := c.admin(t, http.MethodGet, "/admin/users/"+itoa(uid)+"/rpm-status", "")
+	st := c.admin(t, http.MethodGet, "/admin/users/"+testutil.Itoa(uid)+"/rpm-status", "")
 	if st.Status != 200 || !strings.Contains(st.Body, `"user_rpm_used":2`) {
 		t.Fatalf("rpm-status: %d %s", st.Status, st.Body)
 	}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 )
 
 // TestStreamedResponsesCarryRateLimitHeaders: the headers are set before
@@ -24,19 +26,11 @@ func TestStreamedResponsesCarryRateLimitHeaders(t *testing.T) {
 		}
 	}))
 	t.Cleanup(sse.Close)
-	c := startCaddy(t, `{
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		keys_file {{index .Extra "keys"}}
-	}
-}
-:{{.HTTP}} {
-	rpm
+	c := startCaddy(t, params{KeysFile: demoKeysPath(t), Redis: "off", Upstream: sse.URL, Site: `rpm
 	reverse_proxy {{.Upstream}} {
 		flush_interval -1
-	}
-}`, params{Upstream: sse.URL, Extra: map[string]string{"keys": demoKeysPath(t)}})
-	waitForLocalWindow(10 * time.Second)
+	}`})
+	redistest.WaitForLocalWindow(t, 10*time.Second)
 
 	req, _ := http.NewRequest(http.MethodGet, c.URL+"/v1/chat/completions", nil)
 	req.Header.Set("Authorization", "Bearer sk-demo-caddy-rpm-key")

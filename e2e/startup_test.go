@@ -4,31 +4,30 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
-// runCaddyFailing runs `caddy run` on the Caddyfile text and returns its
+// runCaddyFailing runs `caddy run` on the Caddyfile of p and returns its
 // output, failing the test unless Caddy exits with an error within 30 s.
-func runCaddyFailing(t *testing.T, caddyfile string) string {
+func runCaddyFailing(t *testing.T, p params) string {
 	t.Helper()
+	p.HTTP, p.Admin = freePort(t), freePort(t)
 	dir := t.TempDir()
-	cfg := filepath.Join(dir, "Caddyfile")
-	writeFile(t, cfg, caddyfile)
+	cfg := writeCaddyfile(t, dir, p)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, caddyBin, "run", "--config", cfg)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+dir, "XDG_CONFIG_HOME="+dir)
+	cmd.Env = caddyEnv(dir)
 	out, err := cmd.CombinedOutput()
 	if ctx.Err() != nil {
 		t.Fatalf("caddy did not exit within 30s:\n%s", out)
@@ -44,17 +43,7 @@ func runCaddyFailing(t *testing.T, caddyfile string) string {
 // start error that names the cause, within the identity query's bound.
 func TestStartPostgresDown(t *testing.T) {
 	start := time.Now()
-	out := runCaddyFailing(t, fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	rpm {
-		postgres "postgres://root@127.0.0.1:%d/test?connect_timeout=10"
-		redis redis://127.0.0.1:6379
-	}
-}
-:%d {
-	rpm
-	respond ok
-}`, freePort(t), freePort(t), freePort(t)))
+	out := runCaddyFailing(t, params{DSN: fmt.Sprintf("postgres://root@127.0.0.1:%d/test?connect_timeout=10", freePort(t))})
 	if !strings.Contains(out, "postgres must be reachable at start when redis is configured") {
 		t.Fatalf("start error does not name the cause:\n%s", out)
 	}
@@ -74,17 +63,7 @@ func TestRedisPasswordNeverShown(t *testing.T) {
 			"redis://:" + secret + "@127.0.0.1:notaport/0",
 			"redis://:" + secret + "@127.0.0.1:6379/0?pool_size=many",
 		} {
-			out := runCaddyFailing(t, fmt.Sprintf(`{
-	admin 127.0.0.1:%d
-	rpm {
-		keys_file %s
-		redis %s
-	}
-}
-:%d {
-	rpm
-	respond ok
-}`, freePort(t), demoKeysPath(t), url, freePort(t)))
+			out := runCaddyFailing(t, params{KeysFile: demoKeysPath(t), Redis: url})
 			if strings.Contains(out, secret) {
 				t.Fatalf("the password is shown:\n%s", out)
 			}
@@ -109,19 +88,7 @@ func TestRedisPasswordNeverShown(t *testing.T) {
 			uid := storetest.SeedUser(t, pool, 5)
 			_, key := storetest.SeedKey(t, pool, uid, nil)
 			up := newUpstream(t)
-			c := startCaddy(t, `{
-	debug
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		postgres "{{.DSN}}"
-		redis {{.Redis}}
-		key_prefix {{.Prefix}}
-	}
-}
-:{{.HTTP}} {
-	rpm
-	reverse_proxy {{.Upstream}}
-}`, params{DSN: dsn, Prefix: "rpmtest:" + randomID() + ":", Upstream: up.URL,
+			c := startCaddy(t, params{Options: "debug", DSN: dsn, Prefix: redistest.Prefix(t), Upstream: up.URL,
 				Redis: "redis://:" + secret + "@" + addr + "/0?dial_timeout=200ms"})
 			for range 3 {
 				if r := c.get(t, "/v1/x", key); r.Status != http.StatusOK {
@@ -130,7 +97,7 @@ func TestRedisPasswordNeverShown(t *testing.T) {
 			}
 			// The Redis errors are logged (with go-redis's message), so the
 			// check below looks at lines that could carry the password.
-			eventually(t, 5*time.Second, func() error {
+			testutil.WaitFor(t, 5*time.Second, func() error {
 				logs := c.Logs()
 				if !strings.Contains(logs, "redis did not answer at start") || !strings.Contains(logs, "rate limiter backend failed") {
 					return fmt.Errorf("redis failures not logged yet")

@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
+	"github.com/caddyrpm/caddy-rpm/store"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
@@ -49,8 +52,8 @@ func stallWant(r response, d time.Duration, err error, status int, code string) 
 	switch {
 	case err != nil:
 		return fmt.Errorf("no answer after %v: %v", d, err)
-	case r.Status != status || (code != "" && admCode(r) != code):
-		return fmt.Errorf("status %d %s after %v, want %d %s: %s", r.Status, admCode(r), d, status, code, r.Body)
+	case r.Status != status || (code != "" && r.code() != code):
+		return fmt.Errorf("status %d %s after %v, want %d %s: %s", r.Status, r.code(), d, status, code, r.Body)
 	case d > stallBound:
 		return fmt.Errorf("answered %d after %v, want within %v", r.Status, d, stallBound)
 	}
@@ -65,8 +68,7 @@ func stallWant(r response, d time.Duration, err error, status int, code string) 
 // new keys are admitted and the listener delivers changes again.
 func TestStoreTimeoutStalledPostgres(t *testing.T) {
 	pool, dsn := storetest.NewSchema(t)
-	target, via := proxiedDSN(t, dsn)
-	pg := newTCPProxy(t, target)
+	pg, viaPG := proxiedPostgres(t, dsn)
 	uid := storetest.SeedUser(t, pool, 0)
 	gid := storetest.SeedGroup(t, pool, "stall", 0)
 	freshID, fresh := storetest.SeedKey(t, pool, uid, &gid)
@@ -75,27 +77,11 @@ func TestStoreTimeoutStalledPostgres(t *testing.T) {
 	_, shared := storetest.SeedKey(t, pool, uid, &gid)
 	_, gone := storetest.SeedKey(t, pool, uid, &gid)
 	_, after := storetest.SeedKey(t, pool, uid, &gid)
-	prefix := "rpmtest:" + randomID() + ":"
-	rdb := newRedis(t, prefix)
+	rdb, prefix := redistest.Shared(t)
 	up := newUpstream(t)
-	c := startCaddy(t, `{
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		postgres "{{.DSN}}"
-		redis {{.Redis}}
-		key_prefix {{.Prefix}}
-		store_timeout `+stallStoreTimeout.String()+`
-		cache {
-			l1_ttl 1s
-			jitter 0%
-			stale_if_error 1m
-		}
-	}
-}
-:{{.HTTP}} {
-	rpm
-	reverse_proxy {{.Upstream}}
-}`, params{DSN: via(pg.Addr), Prefix: prefix, Upstream: up.URL})
+	c := startCaddy(t, params{DSN: viaPG, Prefix: prefix, Upstream: up.URL,
+		Global: "store_timeout " + stallStoreTimeout.String(),
+		Cache:  "l1_ttl 1s\njitter 0%\nstale_if_error 1m"})
 	ctx := context.Background()
 	snap := pgRedisNS(t, prefix, pool) + "snap:"
 	kfWaitFilter(t, c)
@@ -105,9 +91,7 @@ func TestStoreTimeoutStalledPostgres(t *testing.T) {
 	admExpect(t, c, fresh, 200, "")
 	setStatus := func(t *testing.T, status string) {
 		t.Helper()
-		if _, err := pool.Exec(ctx, `update rpm_api_keys set status = $1 where id = $2`, status, freshID); err != nil {
-			t.Fatal(err)
-		}
+		storetest.Exec(t, pool, `update rpm_api_keys set status = $1 where id = $2`, status, freshID)
 	}
 	flip := func(t *testing.T, what string, within time.Duration, status int, code string) time.Duration {
 		t.Helper()
@@ -115,14 +99,14 @@ func TestStoreTimeoutStalledPostgres(t *testing.T) {
 		var last response
 		for time.Since(start) < within {
 			r, _, err := stallGet(c, fresh, 5*time.Second)
-			if err == nil && r.Status == status && (code == "" || admCode(r) == code) {
+			if err == nil && r.Status == status && (code == "" || r.code() == code) {
 				return time.Since(start)
 			}
 			last = r
 			time.Sleep(20 * time.Millisecond)
 		}
 		t.Fatalf("%s: still %d %s after %v, want %d %s; log tail:\n%s",
-			what, last.Status, admCode(last), within, status, code, admTail(c, 30))
+			what, last.Status, last.code(), within, status, code, admTail(c, 30))
 		return 0
 	}
 	notified := func() float64 {
@@ -135,20 +119,20 @@ func TestStoreTimeoutStalledPostgres(t *testing.T) {
 	flip(t, "before the stall: enable", 5*time.Second, 200, "")
 	// The key is cached in L1 and L2 once both notifications are applied
 	// (one applied late would drop the copies a request just made).
-	eventually(t, 5*time.Second, func() error {
+	testutil.WaitFor(t, 5*time.Second, func() error {
 		if n := notified(); n < before+2 {
 			return fmt.Errorf("%v of 2 notifications applied", n-before)
 		}
 		return nil
 	})
 	admExpect(t, c, fresh, 200, "")
-	if n, err := rdb.Exists(ctx, snap+cacheHash(fresh)).Result(); err != nil || n != 1 {
+	if n, err := rdb.Exists(ctx, snap+store.HashKey(fresh)).Result(); err != nil || n != 1 {
 		t.Fatalf("the cached key has no L2 copy before the stall: %v, %v", n, err)
 	}
 
 	admExpect(t, c, stale, 200, "")
 	warmed := time.Now()
-	if err := rdb.Del(ctx, snap+cacheHash(stale)).Err(); err != nil {
+	if err := rdb.Del(ctx, snap+store.HashKey(stale)).Err(); err != nil {
 		t.Fatal(err)
 	}
 
@@ -209,8 +193,8 @@ func TestStoreTimeoutStalledPostgres(t *testing.T) {
 		}()
 		return done
 	}
-	adminRead := adminCall(http.MethodGet, "/admin/users/"+itoa(uid)+"/rpm-status")
-	adminClear := adminCall(http.MethodDelete, "/admin/groups/"+itoa(gid)+"/rpm-overrides")
+	adminRead := adminCall(http.MethodGet, "/admin/users/"+testutil.Itoa(uid)+"/rpm-status")
+	adminClear := adminCall(http.MethodDelete, "/admin/groups/"+testutil.Itoa(gid)+"/rpm-overrides")
 
 	t.Run("uncached key", func(t *testing.T) {
 		r, d, err := stallGet(c, single, 5*time.Second)
@@ -270,7 +254,7 @@ func TestStoreTimeoutStalledPostgres(t *testing.T) {
 			t.FailNow()
 		}
 		left := time.Now()
-		eventually(t, stallBound, func() error {
+		testutil.WaitFor(t, stallBound, func() error {
 			if n := refused(); n < before+5 {
 				return fmt.Errorf("%v of 5 waiters whose clients left have ended", n-before)
 			}
@@ -335,7 +319,7 @@ func TestStoreTimeoutStalledPostgres(t *testing.T) {
 	t.Run("recovery", func(t *testing.T) {
 		// Connects begun during the stall have given up by now (their
 		// timeout is 5s), so the pool has room for new connections.
-		eventually(t, 5*time.Second, func() error {
+		testutil.WaitFor(t, 5*time.Second, func() error {
 			r, _, err := stallGet(c, after, 5*time.Second)
 			if err != nil {
 				return err

@@ -1,15 +1,12 @@
 package e2e
 
 import (
-	"errors"
 	"io"
 	"net"
 	"net/url"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 )
 
 // tcpProxy forwards loopback connections to a target. Block makes the
@@ -189,139 +186,16 @@ func abort(c net.Conn) {
 	_ = c.Close()
 }
 
-// proxiedDSN returns dsn with its host:port replaced by the proxy's, and
-// the original host:port.
-func proxiedDSN(t testing.TB, dsn string) (target string, via func(addr string) string) {
+// proxiedPostgres puts a tcpProxy in front of the Postgres server of dsn
+// and returns the proxy and dsn with the proxy's address in place of the
+// server's.
+func proxiedPostgres(t testing.TB, dsn string) (*tcpProxy, string) {
 	t.Helper()
 	u, err := url.Parse(dsn)
 	if err != nil {
 		t.Fatalf("parse dsn: %v", err)
 	}
-	target = u.Host
-	return target, func(addr string) string {
-		v := *u
-		v.Host = addr
-		return v.String()
-	}
-}
-
-// TestTCPProxyBlock checks the proxy itself: forwarding, Block killing open
-// connections and refusing new ones, Unblock.
-func TestTCPProxyBlock(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { _, _ = io.Copy(c, c); c.Close() }()
-		}
-	}()
-	p := newTCPProxy(t, ln.Addr().String())
-	echo := func(c net.Conn) error {
-		if _, err := c.Write([]byte("ping")); err != nil {
-			return err
-		}
-		b := make([]byte, 4)
-		_, err := io.ReadFull(c, b)
-		return err
-	}
-	c, err := net.Dial("tcp", p.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	if err := echo(c); err != nil {
-		t.Fatalf("echo through proxy: %v", err)
-	}
-	p.Block()
-	if err := echo(c); err == nil {
-		t.Fatal("open connection survived Block")
-	}
-	c2, err := net.Dial("tcp", p.Addr)
-	if err == nil {
-		if err := echo(c2); err == nil {
-			t.Fatal("new connection forwarded while blocked")
-		}
-		c2.Close()
-	}
-	p.Unblock()
-	c3, err := net.Dial("tcp", p.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c3.Close()
-	if err := echo(c3); err != nil {
-		t.Fatalf("echo after Unblock: %v", err)
-	}
-	if p.Sent() < 8 {
-		t.Fatalf("sent = %d, want >= 8", p.Sent())
-	}
-}
-
-// TestTCPProxyStall checks the stall mode: an open connection stays open
-// but silent, a new one is accepted but never answered, and after Unstall
-// new connections are relayed while the stalled ones stay silent.
-func TestTCPProxyStall(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { _, _ = io.Copy(c, c); c.Close() }()
-		}
-	}()
-	p := newTCPProxy(t, ln.Addr().String())
-	dial := func() net.Conn {
-		t.Helper()
-		c, err := net.Dial("tcp", p.Addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		return c
-	}
-	// silent checks that c neither answers nor closes within 300ms.
-	silent := func(what string, c net.Conn) {
-		t.Helper()
-		if _, err := c.Write([]byte("ping")); err != nil {
-			t.Fatalf("%s: write: %v", what, err)
-		}
-		_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-		_, err := c.Read(make([]byte, 4))
-		if !errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatalf("%s: read = %v, want a timeout (no answer, no close)", what, err)
-		}
-	}
-	echo := func(what string, c net.Conn) {
-		t.Helper()
-		if _, err := c.Write([]byte("ping")); err != nil {
-			t.Fatalf("%s: write: %v", what, err)
-		}
-		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-		if _, err := io.ReadFull(c, make([]byte, 4)); err != nil {
-			t.Fatalf("%s: echo: %v", what, err)
-		}
-	}
-	old := dial()
-	echo("before Stall", old)
-	p.Stall()
-	silent("open connection after Stall", old)
-	during := dial()
-	silent("new connection while stalled", during)
-	p.Unstall()
-	echo("new connection after Unstall", dial())
-	silent("connection opened before Stall, after Unstall", old)
-	silent("connection opened while stalled, after Unstall", during)
+	pg := newTCPProxy(t, u.Host)
+	u.Host = pg.Addr
+	return pg, u.String()
 }

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -13,28 +12,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/caddyrpm/caddy-rpm/internal/browsertest"
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
-
-// uibCaddyfile is a gateway on Postgres and Redis; Extra "token" adds an
-// admin_token.
-const uibCaddyfile = `{
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		postgres "{{.DSN}}"
-		redis {{.Redis}}
-		key_prefix {{.Prefix}}
-		{{index .Extra "token"}}
-	}
-}
-:{{.HTTP}} {
-	rpm
-	reverse_proxy {{.Upstream}}
-}`
 
 // uibStatus is the JSON of GET /admin/users/{id}/rpm-status.
 type uibStatus struct {
@@ -54,7 +36,7 @@ type uibStatus struct {
 
 func uibGetStatus(t *testing.T, c *caddyInstance, uid int64, headers ...string) uibStatus {
 	t.Helper()
-	r := c.admin(t, http.MethodGet, "/admin/users/"+itoa(uid)+"/rpm-status", "", headers...)
+	r := c.admin(t, http.MethodGet, "/admin/users/"+testutil.Itoa(uid)+"/rpm-status", "", headers...)
 	if r.Status != http.StatusOK {
 		t.Fatalf("rpm-status of user %d: %d %s", uid, r.Status, r.Body)
 	}
@@ -70,60 +52,7 @@ func uibLimitText(n int64) string {
 	if n == 0 {
 		return "unlimited"
 	}
-	return itoa(n)
-}
-
-// uibOverrides reads the group's overrides from the database.
-func uibOverrides(t *testing.T, pool *pgxpool.Pool, gid int64) map[int64]int64 {
-	t.Helper()
-	rows, err := pool.Query(context.Background(),
-		`select user_id, rpm_override from rpm_user_group_overrides where group_id = $1`, gid)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rows.Close()
-	out := map[int64]int64{}
-	for rows.Next() {
-		var u, v int64
-		if err := rows.Scan(&u, &v); err != nil {
-			t.Fatal(err)
-		}
-		out[u] = v
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
-
-// uibCountDeletes installs a statement-level trigger that counts DELETE
-// statements on the overrides table, and returns a function reading the
-// count. A "clear all" runs exactly one such statement.
-func uibCountDeletes(t *testing.T, pool *pgxpool.Pool) func() int64 {
-	t.Helper()
-	ctx := context.Background()
-	for _, q := range []string{
-		`create table uib_delete_statements (at timestamptz not null default clock_timestamp())`,
-		`create function uib_count_delete() returns trigger language plpgsql set search_path from current as $$
-begin
-	insert into uib_delete_statements default values;
-	return null;
-end $$`,
-		`create trigger uib_count_delete after delete on rpm_user_group_overrides
-	for each statement execute function uib_count_delete()`,
-	} {
-		if _, err := pool.Exec(ctx, q); err != nil {
-			t.Fatalf("install delete counter: %v", err)
-		}
-	}
-	return func() int64 {
-		t.Helper()
-		var n int64
-		if err := pool.QueryRow(ctx, `select count(*) from uib_delete_statements`).Scan(&n); err != nil {
-			t.Fatal(err)
-		}
-		return n
-	}
+	return testutil.Itoa(n)
 }
 
 // TestUIBrowserAdminPage drives the admin web page in headless Chromium
@@ -135,7 +64,7 @@ func TestUIBrowserAdminPage(t *testing.T) {
 	browsertest.RequireChromium(t)
 
 	pool, dsn := storetest.NewSchema(t)
-	countDeletes := uibCountDeletes(t, pool)
+	countDeletes := storetest.CountOverrideDeletes(t, pool)
 	userA := storetest.SeedUser(t, pool, 100)
 	userB := storetest.SeedUser(t, pool, 100)
 	g1 := storetest.SeedGroup(t, pool, "uib-alpha-"+randomID(), 50)
@@ -147,11 +76,9 @@ func TestUIBrowserAdminPage(t *testing.T) {
 	storetest.SeedOverride(t, pool, userB, g1, 20)
 	storetest.SeedOverride(t, pool, userA, g2, 30)
 
-	prefix := "rpmtest:" + randomID() + ":"
-	rdb := newRedis(t, prefix)
+	rdb, prefix := redistest.Shared(t)
 	up := newUpstream(t)
-	c := startCaddy(t, uibCaddyfile, params{DSN: dsn, Prefix: prefix, Upstream: up.URL,
-		Extra: map[string]string{"token": ""}})
+	c := startCaddy(t, params{DSN: dsn, Prefix: prefix, Upstream: up.URL})
 
 	b := brwNew(t)
 	brwOpen(b, c)
@@ -175,24 +102,24 @@ func TestUIBrowserAdminPage(t *testing.T) {
 			t.Fatalf("rpm-status after traffic: %+v, want 5 used, 3 in group %d and 2 in group %d", st, g1, g2)
 		}
 
-		b.TypeInto("#user-id", itoa(userA))
+		b.TypeInto("#user-id", testutil.Itoa(userA))
 		b.Click("#lookup")
 		b.WaitJS(`!document.getElementById('user-status').hidden &&
 			document.querySelectorAll('#per-group tr[data-group-id]').length === 2`)
 		b.Shot("lookup")
 
 		// Every number on the page against the JSON the test fetched.
-		b.ExpectText("#user-used", itoa(st.UserRPMUsed))
+		b.ExpectText("#user-used", testutil.Itoa(st.UserRPMUsed))
 		b.ExpectText("#user-limit", uibLimitText(st.UserRPMLimit))
 		var rows []string
 		b.Eval(`[...document.querySelectorAll('#per-group tr[data-group-id]')].map(r => r.dataset.groupId)`, &rows)
 		var want []string
 		for _, g := range st.PerGroup {
-			want = append(want, itoa(g.GroupID))
+			want = append(want, testutil.Itoa(g.GroupID))
 			row := fmt.Sprintf(`#per-group tr[data-group-id="%d"]`, g.GroupID)
-			b.ExpectText(row+" td:nth-child(1)", itoa(g.GroupID))
+			b.ExpectText(row+" td:nth-child(1)", testutil.Itoa(g.GroupID))
 			b.ExpectText(row+" td:nth-child(2)", g.GroupName)
-			b.ExpectText(row+" td.used", itoa(g.Used))
+			b.ExpectText(row+" td.used", testutil.Itoa(g.Used))
 			b.ExpectText(row+" td.limit", uibLimitText(g.Limit))
 			b.ExpectText(row+" td.source", g.Source)
 		}
@@ -221,9 +148,9 @@ func TestUIBrowserAdminPage(t *testing.T) {
 
 	t.Run("edit two overrides and save", func(t *testing.T) {
 		b.SetT(t)
-		b.TypeInto("#group-id", itoa(g1))
+		b.TypeInto("#group-id", testutil.Itoa(g1))
 		b.Click("#open-group")
-		b.WaitJS(`document.getElementById('group-label').textContent === '` + itoa(g1) + `' &&
+		b.WaitJS(`document.getElementById('group-label').textContent === '` + testutil.Itoa(g1) + `' &&
 			document.querySelectorAll('#overrides tr').length === 2`)
 		b.Shot("group-opened")
 
@@ -236,7 +163,7 @@ func TestUIBrowserAdminPage(t *testing.T) {
 		b.WaitJS(`document.getElementById('message').textContent.includes('Saved 2 overrides')`)
 		b.Shot("overrides-saved")
 
-		if got, want := uibOverrides(t, pool, g1), map[int64]int64{userA: 10, userB: 2}; !reflect.DeepEqual(got, want) {
+		if got, want := storetest.Overrides(t, pool, g1), map[int64]int64{userA: 10, userB: 2}; !reflect.DeepEqual(got, want) {
 			t.Fatalf("overrides of group %d in the database: %v, want %v", g1, got, want)
 		}
 
@@ -265,21 +192,13 @@ func TestUIBrowserAdminPage(t *testing.T) {
 
 	t.Run("clear all double click", func(t *testing.T) {
 		b.SetT(t)
-		uri := "/admin/groups/" + itoa(g1) + "/rpm-overrides"
+		uri := "/admin/groups/" + testutil.Itoa(g1) + "/rpm-overrides"
 		deletesBefore := countDeletes()
 		httpBefore := uibMethods(brwAdminRequests(t, c, uri), http.MethodDelete)
 
 		// A test transaction locks the overrides table, so the DELETE stays
 		// in flight (its statement waits) until the test lets it go.
-		ctx := context.Background()
-		lockTx, err := pool.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer func() { _ = lockTx.Rollback(ctx) }()
-		if _, err := lockTx.Exec(ctx, `lock table rpm_user_group_overrides in share row exclusive mode`); err != nil {
-			t.Fatal(err)
-		}
+		hold := storetest.HoldLock(t, pool, `lock table rpm_user_group_overrides in share row exclusive mode`)
 
 		b.DoubleClick("#clear-all")
 		// Read the state while the DELETE is in flight.
@@ -310,12 +229,10 @@ func TestUIBrowserAdminPage(t *testing.T) {
 		if !st.Disabled {
 			t.Errorf("button enabled again before the DELETE answered")
 		}
-		if got := uibOverrides(t, pool, g1); len(got) != 2 {
+		if got := storetest.Overrides(t, pool, g1); len(got) != 2 {
 			t.Errorf("overrides %v already gone while the DELETE should still be held by the lock", got)
 		}
-		if err := lockTx.Rollback(ctx); err != nil {
-			t.Fatal(err)
-		}
+		hold.Release()
 
 		b.WaitJS(`document.getElementById('message').textContent.includes('Cleared 2 overrides')`)
 		b.WaitJS(`!document.getElementById('clear-all').disabled`)
@@ -328,7 +245,7 @@ func TestUIBrowserAdminPage(t *testing.T) {
 		b.ExpectVisible("#overrides-empty")
 		b.Shot("cleared")
 
-		if got := uibOverrides(t, pool, g1); len(got) != 0 {
+		if got := storetest.Overrides(t, pool, g1); len(got) != 0 {
 			t.Errorf("overrides of group %d in the database after clear: %v, want none", g1, got)
 		}
 		if n := uibMethods(brwAdminRequests(t, c, uri), http.MethodDelete) - httpBefore; n != 1 {
@@ -344,7 +261,7 @@ func TestUIBrowserAdminPage(t *testing.T) {
 			document.querySelector('` + row + ` td.source').textContent === 'group'`)
 		b.Shot("status-refreshed")
 		// g2 is untouched.
-		if got := uibOverrides(t, pool, g2); !reflect.DeepEqual(got, map[int64]int64{userA: 30}) {
+		if got := storetest.Overrides(t, pool, g2); !reflect.DeepEqual(got, map[int64]int64{userA: 30}) {
 			t.Errorf("overrides of group %d: %v, want only A's 30", g2, got)
 		}
 	})
@@ -386,13 +303,12 @@ func TestUIBrowserAdminPage(t *testing.T) {
 	t.Run("admin token asked once", func(t *testing.T) {
 		b.SetT(t)
 		token := "uib-" + randomID() + randomID()
-		tc := startCaddy(t, uibCaddyfile, params{DSN: dsn, Prefix: prefix, Upstream: up.URL,
-			Extra: map[string]string{"token": "admin_token " + token}})
-		if r := tc.admin(t, http.MethodGet, "/admin/users/"+itoa(userA)+"/rpm-status", ""); r.Status != http.StatusUnauthorized {
+		tc := startCaddy(t, params{DSN: dsn, Prefix: prefix, Upstream: up.URL, Global: "admin_token " + token})
+		if r := tc.admin(t, http.MethodGet, "/admin/users/"+testutil.Itoa(userA)+"/rpm-status", ""); r.Status != http.StatusUnauthorized {
 			t.Fatalf("rpm-status without token: %d, want 401", r.Status)
 		}
 		brwOpen(b, tc)
-		b.TypeInto("#user-id", itoa(userA))
+		b.TypeInto("#user-id", testutil.Itoa(userA))
 		b.Click("#lookup")
 		b.WaitJS(`!document.getElementById('token-box').hidden`)
 		b.ExpectText("#message", "Admin token required or wrong. Enter the admin token above.")
@@ -403,13 +319,13 @@ func TestUIBrowserAdminPage(t *testing.T) {
 		b.WaitJS(`document.getElementById('token-box').hidden &&
 			document.querySelectorAll('#per-group tr[data-group-id]').length === 2`)
 		st := uibGetStatus(t, tc, userA, "Authorization: Bearer "+token)
-		b.ExpectText("#user-used", itoa(st.UserRPMUsed))
+		b.ExpectText("#user-used", testutil.Itoa(st.UserRPMUsed))
 		b.Shot("token-lookup")
 
 		// A write works too, with no second prompt.
-		b.TypeInto("#group-id", itoa(g2))
+		b.TypeInto("#group-id", testutil.Itoa(g2))
 		b.Click("#open-group")
-		b.WaitJS(`document.getElementById('group-label').textContent === '` + itoa(g2) + `' &&
+		b.WaitJS(`document.getElementById('group-label').textContent === '` + testutil.Itoa(g2) + `' &&
 			document.querySelectorAll('#overrides tr').length === 1`)
 		b.TypeInto(fmt.Sprintf(`#overrides tr[data-user-id="%d"] input.override-value`, userA), "35")
 		b.Click("#save")
@@ -420,7 +336,7 @@ func TestUIBrowserAdminPage(t *testing.T) {
 		if !prompt {
 			t.Errorf("token box shown again after the token was given")
 		}
-		if got := uibOverrides(t, pool, g2); !reflect.DeepEqual(got, map[int64]int64{userA: 35}) {
+		if got := storetest.Overrides(t, pool, g2); !reflect.DeepEqual(got, map[int64]int64{userA: 35}) {
 			t.Errorf("overrides of group %d after the save with a token: %v, want A: 35", g2, got)
 		}
 
@@ -478,16 +394,5 @@ func uibKeysFileCaddy(t *testing.T, prefix, upstream string) *caddyInstance {
 	if err := os.WriteFile(path, []byte(doc), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return startCaddy(t, `{
-	admin 127.0.0.1:{{.Admin}}
-	rpm {
-		keys_file {{index .Extra "file"}}
-		redis {{.Redis}}
-		key_prefix {{.Prefix}}
-	}
-}
-:{{.HTTP}} {
-	rpm
-	reverse_proxy {{.Upstream}}
-}`, params{Prefix: prefix, Upstream: upstream, Extra: map[string]string{"file": path}})
+	return startCaddy(t, params{KeysFile: path, Prefix: prefix, Upstream: upstream})
 }

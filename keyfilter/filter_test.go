@@ -3,10 +3,13 @@ package keyfilter
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 )
 
 // keySet is a store stand-in for the source: a set of digests, a switch to
@@ -83,17 +86,6 @@ func rejected(f *Filter, n int) int {
 		}
 	}
 	return r
-}
-
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func TestFilterAdmitsEverythingUntilBuilt(t *testing.T) {
@@ -249,7 +241,12 @@ func TestFilterStartRebuilds(t *testing.T) {
 		t.Fatal("Start built before Rebuild was called")
 	}
 	f.Rebuild()
-	waitFor(t, "the build after Rebuild", f.Ready)
+	testutil.WaitFor(t, 5*time.Second, func() error {
+		if f.Ready() {
+			return nil
+		}
+		return errors.New("still waiting for the build after Rebuild")
+	})
 
 	// Past capacity: the filter asks for a larger one.
 	scans := s.scans.Load()
@@ -258,9 +255,11 @@ func TestFilterStartRebuilds(t *testing.T) {
 		s.set(k, true)
 		f.Add(&k)
 	}
-	waitFor(t, "a rebuild past capacity", func() bool {
-		b := f.cur.Load()
-		return s.scans.Load() > scans && b.Capacity() > MinCapacity
+	testutil.WaitFor(t, 5*time.Second, func() error {
+		if b := f.cur.Load(); s.scans.Load() <= scans || b.Capacity() <= MinCapacity {
+			return fmt.Errorf("no rebuild past capacity yet (capacity %d)", b.Capacity())
+		}
+		return nil
 	})
 
 	// A failing build is retried on its own.
@@ -269,12 +268,22 @@ func TestFilterStartRebuilds(t *testing.T) {
 	s.mu.Unlock()
 	scans = s.scans.Load()
 	f.Rebuild()
-	waitFor(t, "the failing build", func() bool { return s.scans.Load() > scans })
+	testutil.WaitFor(t, 5*time.Second, func() error {
+		if s.scans.Load() > scans {
+			return nil
+		}
+		return errors.New("still waiting for the failing build")
+	})
 	s.mu.Lock()
 	s.err = nil
 	s.mu.Unlock()
 	scans = s.scans.Load()
-	waitFor(t, "the retry", func() bool { return s.scans.Load() > scans })
+	testutil.WaitFor(t, 5*time.Second, func() error {
+		if s.scans.Load() > scans {
+			return nil
+		}
+		return errors.New("still waiting for the retry")
+	})
 
 	cancel()
 	select {
@@ -291,13 +300,23 @@ func TestFilterRefreshDropsDeletedKeys(t *testing.T) {
 	f.Start(ctx)
 	defer func() { cancel(); <-f.Done() }()
 	f.Rebuild()
-	waitFor(t, "the first build", f.Ready)
+	testutil.WaitFor(t, 5*time.Second, func() error {
+		if f.Ready() {
+			return nil
+		}
+		return errors.New("still waiting for the first build")
+	})
 	gone := s.all()[0]
 	s.set(gone, false)
 	if !f.MayContain(&gone) {
 		t.Fatal("the filter lost a key before a rebuild")
 	}
-	waitFor(t, "a periodic rebuild without the deleted key", func() bool { return !f.MayContain(&gone) })
+	testutil.WaitFor(t, 5*time.Second, func() error {
+		if !f.MayContain(&gone) {
+			return nil
+		}
+		return errors.New("still waiting for a periodic rebuild without the deleted key")
+	})
 }
 
 // TestFilterStopsDuringABuild ends the context while a build waits on the

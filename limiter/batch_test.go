@@ -3,11 +3,14 @@ package limiter
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 )
 
 // gatedRun is a batcher run func that records each call and blocks until
@@ -37,17 +40,6 @@ func (g *gatedRun) callCount() int {
 	return len(g.calls)
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 func (b *batcher) queued() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -72,11 +64,21 @@ func TestBatcherCoalescesWhileCallsAreOut(t *testing.T) {
 	for i := range maxInFlight {
 		check(i)
 	}
-	waitFor(t, "the first calls", func() bool { return g.callCount() == maxInFlight })
+	testutil.WaitFor(t, 5*time.Second, func() error {
+		if g.callCount() == maxInFlight {
+			return nil
+		}
+		return errors.New("still waiting for the first calls")
+	})
 	for i := maxInFlight; i < len(results); i++ {
 		check(i)
 	}
-	waitFor(t, "queued checks", func() bool { return b.queued() == queuedChecks })
+	testutil.WaitFor(t, 5*time.Second, func() error {
+		if b.queued() == queuedChecks {
+			return nil
+		}
+		return errors.New("still waiting for queued checks")
+	})
 	if n := g.callCount(); n != maxInFlight {
 		t.Fatalf("%d calls while %d are out, want no more", n, maxInFlight)
 	}
@@ -106,10 +108,13 @@ func TestBatcherCoalescesWhileCallsAreOut(t *testing.T) {
 		t.Errorf("%d calls, want %d", len(g.calls), want)
 	}
 	// The last drain frees its place just after its callers return.
-	waitFor(t, "every call's place freed", func() bool {
+	testutil.WaitFor(t, 5*time.Second, func() error {
 		b.mu.Lock()
 		defer b.mu.Unlock()
-		return b.inFlight == 0 && len(b.queue) == 0
+		if b.inFlight != 0 || len(b.queue) != 0 {
+			return fmt.Errorf("%d calls in flight, %d checks queued", b.inFlight, len(b.queue))
+		}
+		return nil
 	})
 }
 
@@ -124,7 +129,12 @@ func TestBatcherQueuedCheckLeavesAtItsDeadline(t *testing.T) {
 			}
 		})
 	}
-	waitFor(t, "the first calls", func() bool { return g.callCount() == maxInFlight })
+	testutil.WaitFor(t, 5*time.Second, func() error {
+		if g.callCount() == maxInFlight {
+			return nil
+		}
+		return errors.New("still waiting for the first calls")
+	})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
@@ -174,10 +184,13 @@ func TestBatcherDeadlineKeptByTheCalls(t *testing.T) {
 		_, err := b.check(ctx, first, []Counter{{Key: "k", Limit: 1}})
 		firstDone <- err
 	}()
-	waitFor(t, "the first call", func() bool {
+	testutil.WaitFor(t, 5*time.Second, func() error {
 		mu.Lock()
 		defer mu.Unlock()
-		return len(callDeadlines) == 1
+		if len(callDeadlines) != 1 {
+			return fmt.Errorf("%d calls, want the first", len(callDeadlines))
+		}
+		return nil
 	})
 	_, err := b.check(ctx, second, []Counter{{Key: "k", Limit: 2}})
 	ended := time.Now()

@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 )
 
@@ -43,7 +44,7 @@ func TestGuardedBreakerRedisDown(t *testing.T) {
 		WithOnError(func(error) { errCount.Add(1) }),
 		WithOnStateChange(func(open bool) { states <- open }),
 	)
-	keys := Keys{Prefix: randomPrefix(t)}
+	keys := Keys{Prefix: redistest.Prefix(t)}
 	cs := []Counter{userCounter(keys, 1, 1000)}
 	ctx := context.Background()
 	if res, err := g.Check(ctx, cs); err != nil || !res.Allowed {
@@ -120,7 +121,7 @@ func TestGuardedTimeoutOnHungRedis(t *testing.T) {
 	srv := redistest.StartServer(t)
 	const timeout = 100 * time.Millisecond
 	g, _ := guardedOn(t, srv, timeout)
-	keys := Keys{Prefix: randomPrefix(t)}
+	keys := Keys{Prefix: redistest.Prefix(t)}
 	cs := []Counter{userCounter(keys, 1, 1000)}
 	ctx := context.Background()
 	if _, err := g.Check(ctx, cs); err != nil {
@@ -140,13 +141,12 @@ func TestGuardedTimeoutOnHungRedis(t *testing.T) {
 		t.Fatalf("after the timeout: err %v in %v, want ErrOpen at once", err, time.Since(start))
 	}
 	srv.Resume()
-	deadline := time.Now().Add(5 * time.Second)
-	for g.Open() {
-		if time.Now().After(deadline) {
-			t.Fatal("breaker still open 5s after Redis resumed")
+	testutil.WaitFor(t, 5*time.Second, func() error {
+		if g.Open() {
+			return errors.New("breaker still open after Redis resumed")
 		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 	if res, err := g.Check(ctx, cs); err != nil || !res.Allowed {
 		t.Fatalf("after resume: %+v, %v", res, err)
 	}
@@ -158,7 +158,7 @@ func TestGuardedConcurrentChecksOnHungRedis(t *testing.T) {
 	srv := redistest.StartServer(t)
 	const timeout = 100 * time.Millisecond
 	g, _ := guardedOn(t, srv, timeout, WithProbeInterval(time.Hour))
-	keys := Keys{Prefix: randomPrefix(t)}
+	keys := Keys{Prefix: redistest.Prefix(t)}
 	ctx := context.Background()
 	if _, err := g.Check(ctx, []Counter{userCounter(keys, 1, 1000)}); err != nil {
 		t.Fatal(err)
@@ -213,7 +213,7 @@ func TestGuardedCallersLeavingMidCallOpenNoBreaker(t *testing.T) {
 	var hooked atomic.Int64
 	g, logs := guardedOn(t, srv, timeout, WithProbeInterval(time.Hour),
 		WithOnError(func(error) { hooked.Add(1) }))
-	keys := Keys{Prefix: randomPrefix(t)}
+	keys := Keys{Prefix: redistest.Prefix(t)}
 	cs := []Counter{userCounter(keys, 1, 1000)}
 	if _, err := g.Check(context.Background(), cs); err != nil {
 		t.Fatal(err)
@@ -238,7 +238,12 @@ func TestGuardedCallersLeavingMidCallOpenNoBreaker(t *testing.T) {
 			ended[i] = time.Now()
 		})
 	}
-	waitFor(t, "one call out and the rest queued", func() bool { return b.queued() == callers-1 })
+	testutil.WaitFor(t, 5*time.Second, func() error {
+		if b.queued() == callers-1 {
+			return nil
+		}
+		return errors.New("still waiting for one call out and the rest queued")
+	})
 	canceled := time.Now()
 	cancel()
 	wg.Wait()
@@ -274,7 +279,7 @@ func TestGuardedThresholdAndRateLimitedLogs(t *testing.T) {
 	srv := redistest.StartServer(t)
 	g, logs := guardedOn(t, srv, 100*time.Millisecond, WithThreshold(5), WithLogInterval(time.Hour))
 	srv.Stop()
-	keys := Keys{Prefix: randomPrefix(t)}
+	keys := Keys{Prefix: redistest.Prefix(t)}
 	cs := []Counter{userCounter(keys, 1, 10)}
 	for i := range 4 {
 		if _, err := g.Check(context.Background(), cs); !errors.Is(err, ErrUnavailable) || errors.Is(err, ErrOpen) {
@@ -325,7 +330,7 @@ func TestGuardedCloseEndsProbe(t *testing.T) {
 		return errors.New("still down")
 	}))
 	srv.Stop()
-	keys := Keys{Prefix: randomPrefix(t)}
+	keys := Keys{Prefix: redistest.Prefix(t)}
 	if _, err := g.Check(context.Background(), []Counter{userCounter(keys, 1, 10)}); err == nil {
 		t.Fatal("want an error")
 	}

@@ -2,8 +2,6 @@ package limiter
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -15,49 +13,16 @@ import (
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 )
 
-// sharedRedis is the Redis every worker shares; tests use a random key
-// prefix and delete their keys.
-const sharedRedis = "127.0.0.1:6379"
-
 // minRemaining is how much of the Redis-clock minute must remain before a
 // test that needs several requests in one window starts.
 const minRemaining = 15 * time.Second
 
-// randomPrefix returns a fresh key prefix for one test.
-func randomPrefix(t testing.TB) string {
+// singleClient connects to the shared Redis; its keys live under the
+// returned Keys' prefix and are deleted on cleanup.
+func singleClient(t testing.TB) (*redis.Client, Keys) {
 	t.Helper()
-	b := make([]byte, 6)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return "rpmtest:" + hex.EncodeToString(b) + ":"
-}
-
-// singleClient connects to the shared Redis and deletes every key under the
-// returned Keys' prefix on cleanup.
-func singleClient(t testing.TB) (redis.UniversalClient, Keys) {
-	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: sharedRedis, ContextTimeoutEnabled: true})
-	if err := c.Ping(context.Background()).Err(); err != nil {
-		c.Close()
-		t.Skipf("shared Redis at %s not reachable: %v", sharedRedis, err)
-	}
-	keys := Keys{Prefix: randomPrefix(t)}
-	t.Cleanup(func() {
-		ctx := context.Background()
-		iter := c.Scan(ctx, 0, keys.Prefix+"*", 1000).Iterator()
-		var del []string
-		for iter.Next(ctx) {
-			del = append(del, iter.Val())
-		}
-		if len(del) > 0 {
-			if err := c.Del(ctx, del...).Err(); err != nil {
-				t.Errorf("cleanup: %v", err)
-			}
-		}
-		c.Close()
-	})
-	return c, keys
+	c, prefix := redistest.Shared(t)
+	return c, Keys{Prefix: prefix}
 }
 
 // countedClient is singleClient with a hook counting the commands it sends.
@@ -92,7 +57,7 @@ func clusterClient(t testing.TB) (redis.UniversalClient, Keys) {
 	if err := c.Ping(context.Background()).Err(); err != nil {
 		t.Fatalf("cluster ping: %v", err)
 	}
-	return c, Keys{Prefix: randomPrefix(t)}
+	return c, Keys{Prefix: redistest.Prefix(t)}
 }
 
 // redisNow returns the Redis server clock.
@@ -103,12 +68,6 @@ func redisNow(t testing.TB, c redis.UniversalClient) time.Time {
 		t.Fatalf("redis TIME: %v", err)
 	}
 	return now
-}
-
-// untilWindowEnd returns the time left in the minute of now.
-func untilWindowEnd(now time.Time) time.Duration {
-	ms := now.UnixMilli()
-	return time.Duration(Window.Milliseconds()-ms%Window.Milliseconds()) * time.Millisecond
 }
 
 // cmdCounter is a go-redis hook counting the commands sent, by name.
@@ -174,7 +133,7 @@ func privateClient(t testing.TB) (*redis.Client, Keys) {
 	srv := redistest.StartServer(t)
 	c := redis.NewClient(&redis.Options{Addr: srv.Addr, ContextTimeoutEnabled: true})
 	t.Cleanup(func() { c.Close() })
-	return c, Keys{Prefix: randomPrefix(t)}
+	return c, Keys{Prefix: redistest.Prefix(t)}
 }
 
 func TestMain(m *testing.M) {

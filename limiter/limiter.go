@@ -25,11 +25,6 @@ type Counter struct {
 	Key string
 	// Limit is the number of requests admitted per window; it is > 0.
 	Limit int64
-	// Policy is the name used in the RateLimit headers: "user", "group" or
-	// a route zone name.
-	Policy string
-	// Code is the error code a refusal by this counter answers with.
-	Code string
 	// UserID and GroupID (0 = none) let an invalidation drop local deny
 	// entries of this counter.
 	UserID, GroupID int64

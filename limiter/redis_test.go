@@ -155,7 +155,7 @@ func TestRedisResetInMatchesRedisClock(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := untilWindowEnd(redisNow(t, c))
+		want := redistest.UntilWindowEnd(redisNow(t, c))
 		if res.ResetIn < time.Millisecond || res.ResetIn > Window {
 			t.Fatalf("ResetIn %v outside 1ms..60s", res.ResetIn)
 		}
@@ -209,7 +209,7 @@ func testPeek(t *testing.T, c redis.UniversalClient, keys Keys) {
 	if err != nil || len(counts) != 0 {
 		t.Fatalf("peek no keys: %v, %v", counts, err)
 	}
-	want := untilWindowEnd(redisNow(t, c))
+	want := redistest.UntilWindowEnd(redisNow(t, c))
 	if d := reset - want; d < -time.Second || d > time.Second {
 		t.Fatalf("peek ResetIn %v, Redis clock says %v", reset, want)
 	}
@@ -333,19 +333,13 @@ func TestRedisStaleWindowReadsZero(t *testing.T) {
 }
 
 func BenchmarkRedisCheck(b *testing.B) {
-	c := redis.NewClient(&redis.Options{Addr: sharedRedis, ContextTimeoutEnabled: true})
-	defer c.Close()
+	c, keys := singleClient(b)
 	ctx := context.Background()
-	if err := c.Ping(ctx).Err(); err != nil {
-		b.Skipf("shared Redis at %s not reachable: %v", sharedRedis, err)
-	}
-	keys := Keys{Prefix: randomPrefix(b)}
 	r := NewRedis(c)
 	if err := r.Load(ctx); err != nil {
 		b.Fatal(err)
 	}
 	cs := []Counter{groupCounter(keys, 1, 1, 1<<40), userCounter(keys, 1, 1<<40)}
-	defer c.Del(ctx, cs[0].Key, cs[1].Key) // before c.Close
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {

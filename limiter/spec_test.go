@@ -18,19 +18,19 @@ type backend struct {
 }
 
 func userCounter(k Keys, uid, limit int64) Counter {
-	return Counter{Key: k.User(uid), Limit: limit, Policy: "user", Code: "USER_RPM_EXCEEDED", UserID: uid}
+	return Counter{Key: k.User(uid), Limit: limit, UserID: uid}
 }
 
 func groupCounter(k Keys, uid, gid, limit int64) Counter {
-	return Counter{Key: k.UserGroup(uid, gid), Limit: limit, Policy: "group", Code: "GROUP_RPM_EXCEEDED", UserID: uid, GroupID: gid}
+	return Counter{Key: k.UserGroup(uid, gid), Limit: limit, UserID: uid, GroupID: gid}
 }
 
 func zoneUserCounter(k Keys, zone string, uid, limit int64) Counter {
-	return Counter{Key: k.ZoneUser(zone, uid), Limit: limit, Policy: zone, Code: "ROUTE_RPM_EXCEEDED", UserID: uid}
+	return Counter{Key: k.ZoneUser(zone, uid), Limit: limit, UserID: uid}
 }
 
 func zoneKeyCounter(k Keys, zone string, uid, keyID, limit int64) Counter {
-	return Counter{Key: k.ZoneKey(zone, uid, keyID), Limit: limit, Policy: zone, Code: "ROUTE_RPM_EXCEEDED", UserID: uid}
+	return Counter{Key: k.ZoneKey(zone, uid, keyID), Limit: limit, UserID: uid}
 }
 
 // readCounts reads back the counts of counters.
@@ -100,8 +100,9 @@ func checkResetIn(t *testing.T, d time.Duration) {
 	}
 }
 
-// testSpecTable runs every row of SPEC §6 as the counter sets the handler
-// builds for it.
+// testSpecTable runs every row of the limit rules (user limit, group limit
+// or the user's override in the group, 0 exempts) as the counter sets the
+// gateway builds for it.
 func testSpecTable(t *testing.T, b backend) {
 	k := b.keys
 	b.wait(t)

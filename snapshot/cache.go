@@ -47,14 +47,21 @@ type CacheConfig struct {
 	L2Prefix string
 	// L2Timeout bounds each L2 call so a slow Redis never stalls auth.
 	L2Timeout time.Duration
-	// L2Down, if set, reports that Redis is known to be down (the
-	// limiter's breaker is open); L2 is then skipped instead of waited on.
-	L2Down func() bool
+	// Health, if set, is asked whether Redis is known to be down (the
+	// gateway, whose breaker guards Redis); L2 is then skipped instead of
+	// waited on.
+	Health Health
 	// LoadTimeout bounds the wait for a snapshot that is not fresh in L1:
 	// the shared load (L2 read and store query) runs under this deadline,
 	// and each caller stops waiting this long after it joined even if the
 	// loader ignores its deadline. Zero means no bound.
 	LoadTimeout time.Duration
+}
+
+// Health is the view of Redis health the cache asks before using L2.
+type Health interface {
+	// RedisDown reports that Redis is known to be unreachable.
+	RedisDown() bool
 }
 
 // CacheHooks observe the cache for metrics. Nil hooks are skipped.
@@ -236,7 +243,7 @@ func (c *Cache) fill(ctx context.Context, keyHash string) (*Snapshot, error) {
 }
 
 func (c *Cache) l2Usable() bool {
-	return c.l2 != nil && (c.cfg.L2Down == nil || !c.cfg.L2Down())
+	return c.l2 != nil && (c.cfg.Health == nil || !c.cfg.Health.RedisDown())
 }
 
 func (c *Cache) getL2(ctx context.Context, keyHash string) *Snapshot {

@@ -2,38 +2,15 @@ package snapshot
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/redis/go-redis/v9"
 )
-
-// testRedis connects to the shared test Redis and removes the test's keys
-// afterwards.
-func testRedis(t *testing.T) (*redis.Client, string) {
-	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
-	if err := rdb.Ping(context.Background()).Err(); err != nil {
-		t.Fatalf("redis at 127.0.0.1:6379: %v", err)
-	}
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	prefix := "rpmtest:snap:" + hex.EncodeToString(b[:]) + ":"
-	t.Cleanup(func() {
-		ctx := context.Background()
-		keys, _ := rdb.Keys(ctx, prefix+"*").Result()
-		if len(keys) > 0 {
-			rdb.Del(ctx, keys...)
-		}
-		rdb.Close()
-	})
-	return rdb, prefix
-}
 
 // countingLoader returns snap (or err) and counts calls.
 type countingLoader struct {
@@ -75,7 +52,7 @@ func activeSnapshot(userID int64) *Snapshot {
 }
 
 func TestCacheOverwritesOtherVersionsAndCorruptEntries(t *testing.T) {
-	rdb, prefix := testRedis(t)
+	rdb, prefix := redistest.Shared(t)
 	ctx := context.Background()
 	for name, stored := range map[string]string{
 		"version 6": `{"version":6,"api_key_id":1,"user_id":99,"status":"disabled"}`,
@@ -109,7 +86,7 @@ func TestCacheOverwritesOtherVersionsAndCorruptEntries(t *testing.T) {
 // in L1 for NegativeTTL and never written to L2: a made-up key must not
 // cost Redis memory.
 func TestCacheNegativeEntriesExpire(t *testing.T) {
-	rdb, prefix := testRedis(t)
+	rdb, prefix := redistest.Shared(t)
 	cfg := testConfig(prefix)
 	cfg.NegativeTTL = 300 * time.Millisecond
 	l := &countingLoader{snap: Negative()}
@@ -149,7 +126,7 @@ func TestCacheNegativeEntriesExpire(t *testing.T) {
 }
 
 func TestCacheCollapsesConcurrentMisses(t *testing.T) {
-	rdb, prefix := testRedis(t)
+	rdb, prefix := redistest.Shared(t)
 	l := &countingLoader{snap: activeSnapshot(1), delay: 50 * time.Millisecond}
 	c := NewCache(testConfig(prefix), rdb, l.load, CacheHooks{})
 	var wg sync.WaitGroup
@@ -213,7 +190,7 @@ func TestCacheDoesNotServeStaleNegatives(t *testing.T) {
 }
 
 func TestCacheForget(t *testing.T) {
-	rdb, prefix := testRedis(t)
+	rdb, prefix := redistest.Shared(t)
 	l := &countingLoader{snap: activeSnapshot(5)}
 	c := NewCache(testConfig(prefix), rdb, l.load, CacheHooks{})
 	ctx := context.Background()
@@ -252,14 +229,19 @@ func TestCacheForget(t *testing.T) {
 	}
 }
 
+// redisDown is a Health that reports Redis down.
+type redisDown struct{}
+
+func (redisDown) RedisDown() bool { return true }
+
 func TestCacheSkipsL2WhenDown(t *testing.T) {
 	// A client pointed at a closed port: any L2 call would fail after the
-	// dial; with L2Down reporting true none is made.
+	// dial; with Redis reported down none is made.
 	dead := redis.NewClient(&redis.Options{Addr: "127.0.0.1:1", DialTimeout: time.Second})
 	defer dead.Close()
 	var l2Errors atomic.Int64
 	cfg := testConfig("x:")
-	cfg.L2Down = func() bool { return true }
+	cfg.Health = redisDown{}
 	l := &countingLoader{snap: activeSnapshot(1)}
 	c := NewCache(cfg, dead, l.load, CacheHooks{L2Errors: func() { l2Errors.Add(1) }})
 	if _, err := c.Get(context.Background(), "k"); err != nil {
@@ -321,7 +303,7 @@ func TestCacheLoadDoesNotOutliveAnInvalidation(t *testing.T) {
 	}
 
 	t.Run("during the load", func(t *testing.T) {
-		rdb, prefix := testRedis(t)
+		rdb, prefix := redistest.Shared(t)
 		l := &countingLoader{snap: old}
 		entered, release := make(chan struct{}), make(chan struct{})
 		c := NewCache(testConfig(prefix), rdb, func(ctx context.Context, h string) (*Snapshot, error) {
@@ -348,7 +330,7 @@ func TestCacheLoadDoesNotOutliveAnInvalidation(t *testing.T) {
 	})
 
 	t.Run("during the write", func(t *testing.T) {
-		rdb, prefix := testRedis(t)
+		rdb, prefix := redistest.Shared(t)
 		l := &countingLoader{snap: old}
 		var c *Cache
 		hook := &beforeSet{key: prefix + "k"}
@@ -372,7 +354,7 @@ func TestCacheLoadDoesNotOutliveAnInvalidation(t *testing.T) {
 // themselves, so a flush deletes this prefix's entries and never another
 // prefix's keys that the unescaped pattern would match.
 func TestFlushL2PrefixIsLiteral(t *testing.T) {
-	rdb, base := testRedis(t)
+	rdb, base := redistest.Shared(t)
 	ctx := context.Background()
 	prefix := base + `t[1]*\?:`
 	c := NewCache(testConfig(prefix), rdb, (&countingLoader{snap: activeSnapshot(1)}).load, CacheHooks{})

@@ -19,26 +19,26 @@ import (
 )
 
 // File is the read-only store loaded from a keys_file JSON document. It
-// keeps only the SHA-256 of each key, never the raw key. Every write
-// returns ErrReadOnly.
+// keeps only the SHA-256 of each key, never the raw key. It is a Source
+// only: having no Writable is what makes it read-only.
 type File struct {
-	users     map[int64]*userRow
-	groups    map[int64]*groupRow
+	users     map[int64]*snapshot.User
+	groups    map[int64]*snapshot.Group
 	keys      map[[32]byte]*fileEntry
 	keyByID   map[int64][32]byte
 	overrides map[[2]int64]int64 // (user id, group id) → override
 	id        string             // StoreID: a hash of the content
 }
 
-// fileEntry is one key and its prebuilt snapshot.
+// fileEntry is one key's prebuilt snapshot.
 type fileEntry struct {
-	key  keyRow
 	snap *snapshot.Snapshot
 }
 
-var _ Store = (*File)(nil)
+var _ Source = (*File)(nil)
 
-// fileDoc is the keys_file format (SPEC §3).
+// fileDoc is the keys_file format: users, groups, API keys (raw or as
+// SHA-256) and (user, group) RPM overrides.
 type fileDoc struct {
 	Users        []fileUser     `json:"users"`
 	Groups       []fileGroup    `json:"groups"`
@@ -114,8 +114,8 @@ func ParseFile(data []byte) (*File, error) {
 	}
 
 	f := &File{
-		users:     make(map[int64]*userRow, len(doc.Users)),
-		groups:    make(map[int64]*groupRow, len(doc.Groups)),
+		users:     make(map[int64]*snapshot.User, len(doc.Users)),
+		groups:    make(map[int64]*snapshot.Group, len(doc.Groups)),
 		keys:      make(map[[32]byte]*fileEntry, len(doc.APIKeys)),
 		keyByID:   make(map[int64][32]byte, len(doc.APIKeys)),
 		overrides: make(map[[2]int64]int64, len(doc.RPMOverrides)),
@@ -136,7 +136,7 @@ func ParseFile(data []byte) (*File, error) {
 		if !validLimit(u.RPMLimit) {
 			return nil, fmt.Errorf("%s: rpm_limit must be between 0 and %d", where, math.MaxInt32)
 		}
-		f.users[u.ID] = &userRow{ID: u.ID, Status: status, Role: u.Role, RPMLimit: u.RPMLimit,
+		f.users[u.ID] = &snapshot.User{ID: u.ID, Status: status, Role: u.Role, RPMLimit: u.RPMLimit,
 			Concurrency: u.Concurrency, Balance: u.Balance}
 	}
 	names := make(map[string]int64, len(doc.Groups))
@@ -162,7 +162,7 @@ func ParseFile(data []byte) (*File, error) {
 		if !validLimit(g.RPMLimit) {
 			return nil, fmt.Errorf("%s: rpm_limit must be between 0 and %d", where, math.MaxInt32)
 		}
-		f.groups[g.ID] = &groupRow{ID: g.ID, Name: g.Name, Platform: g.Platform, Status: status, RPMLimit: g.RPMLimit}
+		f.groups[g.ID] = &snapshot.Group{ID: g.ID, Name: g.Name, Platform: g.Platform, Status: status, RPMLimit: g.RPMLimit}
 	}
 	for i, o := range doc.RPMOverrides {
 		where := fmt.Sprintf("rpm_overrides[%d]", i)
@@ -221,7 +221,7 @@ func (f *File) addKey(k fileKey) error {
 	if !ok {
 		return fmt.Errorf("unknown user_id %d", k.UserID)
 	}
-	var g *groupRow
+	var g *snapshot.Group
 	var override *int64
 	if k.GroupID != nil {
 		if g, ok = f.groups[*k.GroupID]; !ok {
@@ -238,16 +238,21 @@ func (f *File) addKey(k fileKey) error {
 	if k.Quota < 0 {
 		return errors.New("quota must not be negative")
 	}
-	row := keyRow{
-		ID: k.ID, UserID: k.UserID, GroupID: k.GroupID, Status: status,
+	user := *u
+	s := &snapshot.Snapshot{
+		APIKeyID: k.ID, UserID: k.UserID, GroupID: k.GroupID, Status: status,
 		IPWhitelist: k.IPWhitelist, IPBlacklist: k.IPBlacklist,
 		Quota: k.Quota, QuotaUsed: k.QuotaUsed, ExpiresAt: k.ExpiresAt,
+		User: &user,
 	}
-	s, err := buildSnapshot(&row, u, g, override)
-	if err != nil {
+	if g != nil {
+		group := *g // the snapshot's own, like its user
+		g = &group
+	}
+	if err := completeSnapshot(s, g, override); err != nil {
 		return err
 	}
-	f.keys[hash] = &fileEntry{key: row, snap: s}
+	f.keys[hash] = &fileEntry{snap: s}
 	f.keyByID[k.ID] = hash
 	return nil
 }
@@ -262,7 +267,7 @@ func fileStatus(s string) (string, error) {
 	return s, nil
 }
 
-// LoadSnapshot implements Store. Each call returns a fresh copy.
+// LoadSnapshot implements Source. Each call returns a fresh copy.
 func (f *File) LoadSnapshot(_ context.Context, keyHash string) (*snapshot.Snapshot, error) {
 	var hash [32]byte
 	if !decodeKeyHash(&hash, keyHash) {
@@ -282,24 +287,24 @@ func (f *File) LoadSnapshot(_ context.Context, keyHash string) (*snapshot.Snapsh
 	return &s, nil
 }
 
-// KeyHashes implements Store.
+// KeyHashes implements Source.
 func (f *File) KeyHashes(_ context.Context, scope Scope, id int64) ([]string, error) {
-	var match func(*keyRow) bool
+	var match func(*snapshot.Snapshot) bool
 	switch scope {
 	case ScopeKey:
-		match = func(k *keyRow) bool { return k.ID == id }
+		match = snapshot.ForKey(id)
 	case ScopeUser:
-		match = func(k *keyRow) bool { return k.UserID == id }
+		match = snapshot.ForUser(id)
 	case ScopeGroup:
-		match = func(k *keyRow) bool { return k.GroupID != nil && *k.GroupID == id }
+		match = snapshot.ForGroup(id)
 	case ScopeAll:
-		match = func(*keyRow) bool { return true }
+		match = func(*snapshot.Snapshot) bool { return true }
 	default:
 		return nil, fmt.Errorf("key hashes: %w: unknown scope %q", ErrInvalid, scope)
 	}
 	var out []string
 	for hash, e := range f.keys {
-		if match(&e.key) {
+		if match(e.snap) {
 			out = append(out, hex.EncodeToString(hash[:]))
 		}
 	}
@@ -307,7 +312,7 @@ func (f *File) KeyHashes(_ context.Context, scope Scope, id int64) ([]string, er
 	return out, nil
 }
 
-// UserRPM implements Store.
+// UserRPM implements Source.
 func (f *File) UserRPM(_ context.Context, userID int64) (*UserRPM, error) {
 	u, ok := f.users[userID]
 	if !ok {
@@ -315,8 +320,8 @@ func (f *File) UserRPM(_ context.Context, userID int64) (*UserRPM, error) {
 	}
 	var ids []int64
 	for _, e := range f.keys {
-		if e.key.UserID == userID && e.key.GroupID != nil {
-			ids = append(ids, *e.key.GroupID)
+		if e.snap.UserID == userID && e.snap.Group != nil {
+			ids = append(ids, e.snap.Group.ID)
 		}
 	}
 	for k := range f.overrides {
@@ -338,7 +343,7 @@ func (f *File) UserRPM(_ context.Context, userID int64) (*UserRPM, error) {
 	return out, nil
 }
 
-// GroupOverrides implements Store.
+// GroupOverrides implements Source.
 func (f *File) GroupOverrides(_ context.Context, groupID int64) ([]Override, error) {
 	if _, ok := f.groups[groupID]; !ok {
 		return nil, fmt.Errorf("group %d: %w", groupID, ErrNotFound)
@@ -352,24 +357,3 @@ func (f *File) GroupOverrides(_ context.Context, groupID int64) ([]Override, err
 	sort.Slice(out, func(i, j int) bool { return out[i].UserID < out[j].UserID })
 	return out, nil
 }
-
-// ReplaceGroupOverrides implements Store; the file store is read-only.
-func (f *File) ReplaceGroupOverrides(context.Context, int64, []Override) error { return ErrReadOnly }
-
-// ClearGroupOverrides implements Store; the file store is read-only.
-func (f *File) ClearGroupOverrides(context.Context, int64) (int64, error) { return 0, ErrReadOnly }
-
-// SetOverride implements Store; the file store is read-only.
-func (f *File) SetOverride(context.Context, int64, int64, *int64) error { return ErrReadOnly }
-
-// UpdateUser implements Store; the file store is read-only.
-func (f *File) UpdateUser(context.Context, int64, Patch) error { return ErrReadOnly }
-
-// UpdateGroup implements Store; the file store is read-only.
-func (f *File) UpdateGroup(context.Context, int64, Patch) error { return ErrReadOnly }
-
-// UpdateKey implements Store; the file store is read-only.
-func (f *File) UpdateKey(context.Context, int64, Patch) error { return ErrReadOnly }
-
-// Close implements Store.
-func (f *File) Close() {}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/snapshot"
 	"github.com/caddyrpm/caddy-rpm/store"
 )
@@ -53,7 +54,6 @@ func TestFileStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
 
 	s, err := f.LoadSnapshot(ctx, store.HashKey("sk-demo-1"))
 	if err != nil {
@@ -61,11 +61,11 @@ func TestFileStore(t *testing.T) {
 	}
 	exp := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 	assertSnapshot(t, s, &snapshot.Snapshot{
-		Version: snapshot.Version, APIKeyID: 1, UserID: 1, GroupID: ptr(int64(1)), Status: "active",
+		Version: snapshot.Version, APIKeyID: 1, UserID: 1, GroupID: testutil.Ptr(int64(1)), Status: "active",
 		IPWhitelist: []string{"10.0.0.0/8"}, IPBlacklist: []string{"10.0.0.1"},
 		Quota: 10, QuotaUsed: 2, ExpiresAt: &exp,
 		User: &snapshot.User{ID: 1, Status: "active", Role: "admin", RPMLimit: 60, Concurrency: 2, Balance: 1.5,
-			UserGroupRPMOverride: ptr(int64(10))},
+			UserGroupRPMOverride: testutil.Ptr(int64(10))},
 		Group: &snapshot.Group{ID: 1, Name: "default", Platform: "openai", Status: "active", RPMLimit: 30},
 	})
 	// Snapshots are copies: changing one does not change the store.
@@ -79,7 +79,7 @@ func TestFileStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	assertSnapshot(t, s, &snapshot.Snapshot{
-		Version: snapshot.Version, APIKeyID: 2, UserID: 2, GroupID: ptr(int64(1)), Status: "active",
+		Version: snapshot.Version, APIKeyID: 2, UserID: 2, GroupID: testutil.Ptr(int64(1)), Status: "active",
 		User:  &snapshot.User{ID: 2, Status: "active", RPMLimit: 5},
 		Group: &snapshot.Group{ID: 1, Name: "default", Platform: "openai", Status: "active", RPMLimit: 30},
 	})
@@ -101,8 +101,8 @@ func TestFileStore(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := &store.UserRPM{UserID: 1, RPMLimit: 60, Groups: []store.UserGroup{
-		{GroupID: 1, Name: "default", RPMLimit: 30, Override: ptr(int64(10))},
-		{GroupID: 2, Name: "other", RPMLimit: 0, Override: ptr(int64(0))},
+		{GroupID: 1, Name: "default", RPMLimit: 30, Override: testutil.Ptr(int64(10))},
+		{GroupID: 2, Name: "other", RPMLimit: 0, Override: testutil.Ptr(int64(0))},
 	}}
 	if !reflect.DeepEqual(rpm, want) {
 		t.Fatalf("UserRPM = %+v", rpm)
@@ -111,7 +111,7 @@ func TestFileStore(t *testing.T) {
 		t.Fatalf("UserRPM(unknown) = %v", err)
 	}
 	ov, err := f.GroupOverrides(ctx, 1)
-	if err != nil || !reflect.DeepEqual(ov, []store.Override{{UserID: 1, RPMOverride: ptr(int64(10))}}) {
+	if err != nil || !reflect.DeepEqual(ov, []store.Override{{UserID: 1, RPMOverride: testutil.Ptr(int64(10))}}) {
 		t.Fatalf("GroupOverrides = %v, %v", fmtOverrides(ov), err)
 	}
 	if _, err := f.GroupOverrides(ctx, 9); !errors.Is(err, store.ErrNotFound) {
@@ -134,19 +134,9 @@ func TestFileStore(t *testing.T) {
 		t.Fatalf("KeyHashes(all) = %v", hashes)
 	}
 
-	v := int64(1)
-	_, clearErr := f.ClearGroupOverrides(ctx, 1)
-	for name, err := range map[string]error{
-		"ReplaceGroupOverrides": f.ReplaceGroupOverrides(ctx, 1, nil),
-		"ClearGroupOverrides":   clearErr,
-		"SetOverride":           f.SetOverride(ctx, 1, 1, &v),
-		"UpdateUser":            f.UpdateUser(ctx, 1, store.Patch{RPMLimit: &v}),
-		"UpdateGroup":           f.UpdateGroup(ctx, 1, store.Patch{RPMLimit: &v}),
-		"UpdateKey":             f.UpdateKey(ctx, 1, store.Patch{Status: ptr("disabled")}),
-	} {
-		if !errors.Is(err, store.ErrReadOnly) {
-			t.Errorf("%s = %v, want ErrReadOnly", name, err)
-		}
+	// Read-only by type: nothing of the file store can be written.
+	if _, ok := any(f).(store.Writable); ok {
+		t.Fatal("the file store implements store.Writable")
 	}
 }
 

@@ -1,43 +1,28 @@
 package store_test
 
 import (
-	"context"
 	"math/rand/v2"
-	"strconv"
 	"testing"
 
+	"github.com/caddyrpm/caddy-rpm/store/storetest"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
-
-func itoa(v int64) string { return strconv.FormatInt(v, 10) }
-
-func ptr[T any](v T) *T { return &v }
 
 // randomID returns a large random id. NOTIFY channels are database-wide and
 // other tests share the database, so tests that watch notifications use ids
 // that no other schema is likely to have.
 func randomID() int64 { return 1_000_000_000 + rand.Int64N(1_000_000_000_000) }
 
-// exec runs a statement or fails the test.
-func exec(t *testing.T, pool *pgxpool.Pool, sql string, args ...any) int64 {
-	t.Helper()
-	tag, err := pool.Exec(context.Background(), sql, args...)
-	if err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
-	return tag.RowsAffected()
-}
-
 // userWithID inserts a user with an explicit id.
 func userWithID(t *testing.T, pool *pgxpool.Pool, id, rpmLimit int64) int64 {
 	t.Helper()
-	exec(t, pool, `insert into rpm_users (id, rpm_limit) values ($1, $2)`, id, rpmLimit)
+	storetest.Exec(t, pool, `insert into rpm_users (id, rpm_limit) values ($1, $2)`, id, rpmLimit)
 	return id
 }
 
 // groupWithID inserts a group with an explicit id.
 func groupWithID(t *testing.T, pool *pgxpool.Pool, id, rpmLimit int64) int64 {
 	t.Helper()
-	exec(t, pool, `insert into rpm_groups (id, rpm_limit) values ($1, $2)`, id, rpmLimit)
+	storetest.Exec(t, pool, `insert into rpm_groups (id, rpm_limit) values ($1, $2)`, id, rpmLimit)
 	return id
 }

@@ -9,12 +9,13 @@ import (
 	"math/big"
 )
 
-// KeyPrefix starts every key that NewKey generates.
-const KeyPrefix = "sk-rpm-"
+// APIKeyPrefix starts every API key that NewKey generates (the display
+// prefix of a key is longer: see displayPrefix).
+const APIKeyPrefix = "sk-rpm-"
 
 const (
-	keyRandomLen  = 40 // base62 characters after KeyPrefix (~238 bits)
-	displayPrefix = len(KeyPrefix) + 6
+	keyRandomLen  = 40 // base62 characters after APIKeyPrefix (~238 bits)
+	displayPrefix = len(APIKeyPrefix) + 6
 	base62        = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 )
 
@@ -29,13 +30,13 @@ type GeneratedKey struct {
 // HashHex returns the key's SHA-256 as lowercase hex (the cache key).
 func (k GeneratedKey) HashHex() string { return hex.EncodeToString(k.Hash[:]) }
 
-// NewKey generates a random API key from crypto/rand: KeyPrefix followed by
+// NewKey generates a random API key from crypto/rand: APIKeyPrefix followed by
 // 40 base62 characters.
 func NewKey() (GeneratedKey, error) {
-	buf := make([]byte, len(KeyPrefix)+keyRandomLen)
-	copy(buf, KeyPrefix)
+	buf := make([]byte, len(APIKeyPrefix)+keyRandomLen)
+	copy(buf, APIKeyPrefix)
 	max := big.NewInt(int64(len(base62)))
-	for i := len(KeyPrefix); i < len(buf); i++ {
+	for i := len(APIKeyPrefix); i < len(buf); i++ {
 		n, err := rand.Int(rand.Reader, max)
 		if err != nil {
 			return GeneratedKey{}, fmt.Errorf("generate key: %w", err)

@@ -19,10 +19,10 @@ func TestNewKey(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !strings.HasPrefix(k.Raw, store.KeyPrefix) || len(k.Raw) != len(store.KeyPrefix)+40 {
+		if !strings.HasPrefix(k.Raw, store.APIKeyPrefix) || len(k.Raw) != len(store.APIKeyPrefix)+40 {
 			t.Fatalf("key %q has the wrong form", k.Raw)
 		}
-		for _, c := range k.Raw[len(store.KeyPrefix):] {
+		for _, c := range k.Raw[len(store.APIKeyPrefix):] {
 			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z') {
 				t.Fatalf("key %q has a non-base62 character", k.Raw)
 			}

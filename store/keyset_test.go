@@ -57,7 +57,7 @@ func TestPostgresScanKeyHashes(t *testing.T) {
 				want = append(want, store.HashKey(raw))
 			}
 			// Disabled keys are keys too: they must reach their own refusal.
-			exec(t, pool, `update rpm_api_keys set status = 'disabled' where id = (select min(id) from rpm_api_keys)`)
+			storetest.Exec(t, pool, `update rpm_api_keys set status = 'disabled' where id = (select min(id) from rpm_api_keys)`)
 			slices.Sort(want)
 			n, got := scanAll(t, st)
 			if n != len(want) || !slices.Equal(got, want) {

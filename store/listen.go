@@ -157,6 +157,19 @@ func (p *Postgres) ping(ctx context.Context, conn *pgx.Conn, timeout time.Durati
 	return nil
 }
 
+// Payload is the notification payload of e, what ParseEvent parses: the
+// format of Postgres notifications and of the Redis invalidation channel.
+func (e Event) Payload() string {
+	if e.Scope == ScopeAll {
+		return string(ScopeAll)
+	}
+	p := string(e.Scope) + ":" + strconv.FormatInt(e.ID, 10)
+	if e.Scope == ScopeKey && e.KeyHash != "" {
+		p += ":" + e.KeyHash
+	}
+	return p
+}
+
 // ParseEvent parses a notification payload: "all", "user:<id>",
 // "group:<id>" or "key:<id>[:<hex sha-256>]".
 func ParseEvent(payload string) (Event, bool) {

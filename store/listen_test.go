@@ -2,9 +2,12 @@ package store_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/store"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
@@ -66,19 +69,18 @@ func TestListenReconnects(t *testing.T) {
 
 	waitPID := func(not uint32) uint32 {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for time.Now().Before(deadline) {
-			if pid := st.ListenPID(); pid != 0 && pid != not {
-				return pid
+		var pid uint32
+		testutil.WaitFor(t, 10*time.Second, func() error {
+			if pid = st.ListenPID(); pid == 0 || pid == not {
+				return errors.New("listener did not connect")
 			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		t.Fatal("listener did not connect")
-		return 0
+			return nil
+		})
+		return pid
 	}
 	expectEvent := func(limit int64) {
 		t.Helper()
-		exec(t, pool, `update rpm_users set rpm_limit = $2 where id = $1`, u, limit)
+		storetest.Exec(t, pool, `update rpm_users set rpm_limit = $2 where id = $1`, u, limit)
 		select {
 		case e := <-events:
 			if e != (store.Event{Scope: store.ScopeUser, ID: u}) {
@@ -153,33 +155,28 @@ func TestListenPingsWhenQuiet(t *testing.T) {
 		<-done
 	}()
 
-	deadline := time.Now().Add(10 * time.Second)
 	var pid uint32
-	for pid == 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-		pid = st.ListenPID()
-	}
-	if pid == 0 {
-		t.Fatal("listener did not connect")
-	}
+	testutil.WaitFor(t, 10*time.Second, func() error {
+		if pid = st.ListenPID(); pid == 0 {
+			return errors.New("listener did not connect")
+		}
+		return nil
+	})
 	// The listener's backend shows the ping as its last statement once a
 	// quiet period has passed.
-	var last string
-	for time.Now().Before(deadline) {
+	testutil.WaitFor(t, 10*time.Second, func() error {
+		var last string
 		if err := pool.QueryRow(context.Background(),
 			`select query from pg_stat_activity where pid = $1`, int32(pid)).Scan(&last); err != nil {
 			t.Fatal(err)
 		}
-		if last == "-- ping" {
-			break
+		if last != "-- ping" {
+			return fmt.Errorf("the quiet listener's last statement is %q, want a ping", last)
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if last != "-- ping" {
-		t.Fatalf("the quiet listener's last statement is %q, want a ping", last)
-	}
+		return nil
+	})
 	time.Sleep(2500 * time.Millisecond) // another quiet period and ping
-	exec(t, pool, `update rpm_users set rpm_limit = 2 where id = $1`, u)
+	storetest.Exec(t, pool, `update rpm_users set rpm_limit = 2 where id = $1`, u)
 	select {
 	case <-events:
 	case <-time.After(5 * time.Second):
@@ -192,5 +189,23 @@ func TestListenPingsWhenQuiet(t *testing.T) {
 	case <-gaps:
 		t.Fatal("onGap called without a reconnect")
 	default:
+	}
+}
+
+// TestEventPayloadRoundTrip: what Payload writes, ParseEvent reads back,
+// so publishers and the listener cannot disagree on the format.
+func TestEventPayloadRoundTrip(t *testing.T) {
+	h := store.HashKey("k")
+	for _, ev := range []store.Event{
+		{Scope: store.ScopeAll},
+		{Scope: store.ScopeUser, ID: 12},
+		{Scope: store.ScopeGroup, ID: 3},
+		{Scope: store.ScopeKey, ID: 7},
+		{Scope: store.ScopeKey, ID: 7, KeyHash: h},
+	} {
+		got, ok := store.ParseEvent(ev.Payload())
+		if !ok || got != ev {
+			t.Errorf("ParseEvent(%q) = %+v, %v; want %+v", ev.Payload(), got, ok, ev)
+		}
 	}
 }

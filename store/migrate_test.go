@@ -5,6 +5,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/store"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
@@ -57,7 +58,7 @@ func TestSchemaDefaultsAndChecks(t *testing.T) {
 	if err := pool.QueryRow(ctx, `insert into rpm_groups default values returning id, name`).Scan(&gid, &name); err != nil {
 		t.Fatalf("insert group with defaults: %v", err)
 	}
-	if want := "group-" + itoa(gid); name != want {
+	if want := "group-" + testutil.Itoa(gid); name != want {
 		t.Fatalf("default group name %q, want %q", name, want)
 	}
 	if _, err := pool.Exec(ctx, `insert into rpm_groups default values`); err != nil {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/store"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 	"github.com/jackc/pgx/v5"
@@ -71,14 +72,14 @@ func TestTriggers(t *testing.T) {
 	u2 := userWithID(t, pool, randomID(), 10)
 	g := groupWithID(t, pool, randomID(), 20)
 	k, raw := storetest.SeedKey(t, pool, u, &g)
-	keyPayload := "key:" + itoa(k) + ":" + store.HashKey(raw)
-	userPayload, user2Payload, groupPayload := "user:"+itoa(u), "user:"+itoa(u2), "group:"+itoa(g)
+	keyPayload := "key:" + testutil.Itoa(k) + ":" + store.HashKey(raw)
+	userPayload, user2Payload, groupPayload := "user:"+testutil.Itoa(u), "user:"+testutil.Itoa(u2), "group:"+testutil.Itoa(g)
 	mine := oneOf(keyPayload, userPayload, user2Payload, groupPayload)
 	w := newWatcher(t, pool)
 
 	check := func(name string, want []string, sql string, args ...any) {
 		t.Helper()
-		exec(t, pool, sql, args...)
+		storetest.Exec(t, pool, sql, args...)
 		got := w.collect(t, 300*time.Millisecond, mine)
 		if !slices.Equal(got, want) {
 			t.Errorf("%s: payloads %q, want %q", name, got, want)
@@ -96,13 +97,13 @@ func TestTriggers(t *testing.T) {
 	check("delete override", []string{userPayload}, `delete from rpm_user_group_overrides where user_id = $1 and group_id = $2`, u, g)
 
 	// Store writes notify as well.
-	if err := st.SetOverride(ctx, u2, g, ptr(int64(3))); err != nil {
+	if err := st.SetOverride(ctx, u2, g, testutil.Ptr(int64(3))); err != nil {
 		t.Fatal(err)
 	}
 	if got := w.collect(t, 300*time.Millisecond, mine); !slices.Equal(got, []string{user2Payload}) {
 		t.Errorf("SetOverride: payloads %q", got)
 	}
-	if err := st.UpdateKey(ctx, k, store.Patch{Status: ptr("active")}); err != nil {
+	if err := st.UpdateKey(ctx, k, store.Patch{Status: testutil.Ptr("active")}); err != nil {
 		t.Fatal(err)
 	}
 	if got := w.collect(t, 300*time.Millisecond, mine); !slices.Equal(got, []string{keyPayload}) {
@@ -119,25 +120,25 @@ func TestTriggerBulkOverrideDelete(t *testing.T) {
 	pool, _ := storetest.NewSchema(t)
 	g := groupWithID(t, pool, randomID(), 20)
 	base := randomID()
-	exec(t, pool, `insert into rpm_users (id) select $1::bigint + i from generate_series(1, 1000) i`, base)
+	storetest.Exec(t, pool, `insert into rpm_users (id) select $1::bigint + i from generate_series(1, 1000) i`, base)
 	w := newWatcher(t, pool)
-	exec(t, pool, `insert into rpm_user_group_overrides (user_id, group_id, rpm_override)
+	storetest.Exec(t, pool, `insert into rpm_user_group_overrides (user_id, group_id, rpm_override)
 		select $1::bigint + i, $2, i from generate_series(1, 1000) i`, base, g)
 	keep := func(p string) bool {
-		if p == "group:"+itoa(g) {
+		if p == "group:"+testutil.Itoa(g) {
 			return true
 		}
 		id, ok := strings.CutPrefix(p, "user:")
 		n, err := strconv.ParseInt(id, 10, 64)
 		return ok && err == nil && n > base && n <= base+1000
 	}
-	if got := w.collect(t, 500*time.Millisecond, keep); !slices.Equal(got, []string{"group:" + itoa(g)}) {
+	if got := w.collect(t, 500*time.Millisecond, keep); !slices.Equal(got, []string{"group:" + testutil.Itoa(g)}) {
 		t.Fatalf("bulk insert: %d payloads %q, want one group payload", len(got), trim(got))
 	}
-	if n := exec(t, pool, `delete from rpm_user_group_overrides where group_id = $1`, g); n != 1000 {
+	if n := storetest.Exec(t, pool, `delete from rpm_user_group_overrides where group_id = $1`, g); n != 1000 {
 		t.Fatalf("deleted %d rows", n)
 	}
-	if got := w.collect(t, 500*time.Millisecond, keep); !slices.Equal(got, []string{"group:" + itoa(g)}) {
+	if got := w.collect(t, 500*time.Millisecond, keep); !slices.Equal(got, []string{"group:" + testutil.Itoa(g)}) {
 		t.Fatalf("bulk delete: %d payloads %q, want one group payload", len(got), trim(got))
 	}
 }

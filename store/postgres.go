@@ -36,17 +36,14 @@ type Postgres struct {
 }
 
 var (
-	_ Store    = (*Postgres)(nil)
+	_ Source   = (*Postgres)(nil)
+	_ Writable = (*Postgres)(nil)
 	_ Listener = (*Postgres)(nil)
 )
 
 // NewPostgres returns a store on pool. The caller owns the pool and closes
 // it after the store.
 func NewPostgres(pool *pgxpool.Pool) *Postgres { return &Postgres{pool: pool} }
-
-// Close implements Store. The pool belongs to the caller, so there is
-// nothing to release.
-func (p *Postgres) Close() {}
 
 // loadSnapshotSQL reads everything a snapshot needs in one round trip.
 const loadSnapshotSQL = `select
@@ -61,15 +58,14 @@ left join rpm_groups g on g.id = k.group_id
 left join rpm_user_group_overrides o on o.user_id = k.user_id and o.group_id = k.group_id
 where k.key_hash = $1`
 
-// LoadSnapshot implements Store with a single query.
+// LoadSnapshot implements Source with a single query.
 func (p *Postgres) LoadSnapshot(ctx context.Context, keyHash string) (*snapshot.Snapshot, error) {
 	var hash [32]byte
 	if !decodeKeyHash(&hash, keyHash) {
 		return nil, fmt.Errorf("load snapshot: %w", ErrNotFound)
 	}
+	s := &snapshot.Snapshot{User: &snapshot.User{}}
 	var (
-		k         keyRow
-		u         userRow
 		groupID   pgtype.Int8
 		expiresAt pgtype.Timestamptz
 		gID       pgtype.Int8
@@ -84,9 +80,9 @@ func (p *Postgres) LoadSnapshot(ctx context.Context, keyHash string) (*snapshot.
 		whitelist, blacklist []pgtype.Text
 	)
 	err := p.pool.QueryRow(ctx, loadSnapshotSQL, hash[:]).Scan(
-		&k.ID, &k.UserID, &groupID, &k.Status, &whitelist, &blacklist,
-		&k.Quota, &k.QuotaUsed, &expiresAt,
-		&u.Status, &u.Role, &u.RPMLimit, &u.Concurrency, &u.Balance,
+		&s.APIKeyID, &s.UserID, &groupID, &s.Status, &whitelist, &blacklist,
+		&s.Quota, &s.QuotaUsed, &expiresAt,
+		&s.User.Status, &s.User.Role, &s.User.RPMLimit, &s.User.Concurrency, &s.User.Balance,
 		&gID, &gName, &gPlatform, &gStatus, &gLimit,
 		&override,
 	)
@@ -96,30 +92,28 @@ func (p *Postgres) LoadSnapshot(ctx context.Context, keyHash string) (*snapshot.
 	if err != nil {
 		return nil, fmt.Errorf("load snapshot: %w", err)
 	}
-	u.ID = k.UserID
-	k.IPWhitelist, k.IPBlacklist = ipList(whitelist), ipList(blacklist)
+	s.IPWhitelist, s.IPBlacklist = ipList(whitelist), ipList(blacklist)
 	if groupID.Valid {
-		k.GroupID = &groupID.Int64
+		s.GroupID = &groupID.Int64
 	}
 	if expiresAt.Valid {
-		k.ExpiresAt = &expiresAt.Time
+		s.ExpiresAt = &expiresAt.Time
 	}
-	var g *groupRow
+	var g *snapshot.Group
 	if gID.Valid {
-		g = &groupRow{ID: gID.Int64, Name: gName.String, Platform: gPlatform.String, Status: gStatus.String, RPMLimit: gLimit.Int64}
+		g = &snapshot.Group{ID: gID.Int64, Name: gName.String, Platform: gPlatform.String, Status: gStatus.String, RPMLimit: gLimit.Int64}
 	}
 	var ov *int64
 	if override.Valid {
 		ov = &override.Int64
 	}
-	s, err := buildSnapshot(&k, &u, g, ov)
-	if err != nil && p.Logger != nil {
+	if err := completeSnapshot(s, g, ov); err != nil && p.Logger != nil {
 		// A row's IP list is not checked on write (plain SQL may set it), so
 		// a bad entry shows up here. The snapshot fails closed: the key is
 		// refused 403 IP_NOT_ALLOWED until the row is fixed. Serving it
 		// keeps it cached, rather than reloading on every request or
 		// falling back to a stale snapshot with the old lists.
-		p.Logger.Warn("api key refused: invalid IP list entry", zap.Int64("api_key_id", k.ID), zap.Error(err))
+		p.Logger.Warn("api key refused: invalid IP list entry", zap.Int64("api_key_id", s.APIKeyID), zap.Error(err))
 	}
 	return s, nil
 }
@@ -137,7 +131,7 @@ func ipList(in []pgtype.Text) []string {
 	return out
 }
 
-// KeyHashes implements Store.
+// KeyHashes implements Source.
 func (p *Postgres) KeyHashes(ctx context.Context, scope Scope, id int64) ([]string, error) {
 	var (
 		sql  string
@@ -166,7 +160,7 @@ func (p *Postgres) KeyHashes(ctx context.Context, scope Scope, id int64) ([]stri
 	return hashes, nil
 }
 
-// UserRPM implements Store: the groups of the user's keys and of their
+// UserRPM implements Source: the groups of the user's keys and of their
 // overrides, by group id.
 func (p *Postgres) UserRPM(ctx context.Context, userID int64) (*UserRPM, error) {
 	rows, err := p.pool.Query(ctx, `select u.rpm_limit, g.id, g.name, g.rpm_limit, o.rpm_override
@@ -215,7 +209,7 @@ order by g.id`, userID)
 	return out, nil
 }
 
-// GroupOverrides implements Store.
+// GroupOverrides implements Source.
 func (p *Postgres) GroupOverrides(ctx context.Context, groupID int64) ([]Override, error) {
 	rows, err := p.pool.Query(ctx, `select o.user_id, o.rpm_override
 from rpm_groups g
@@ -249,7 +243,7 @@ order by o.user_id`, groupID)
 	return out, nil
 }
 
-// ReplaceGroupOverrides implements Store in one transaction: afterwards the
+// ReplaceGroupOverrides implements Writable in one transaction: afterwards the
 // group has exactly the entries with a non-nil RPMOverride. Rows that keep
 // their value are not touched, so they send no notification.
 func (p *Postgres) ReplaceGroupOverrides(ctx context.Context, groupID int64, entries []Override) error {
@@ -312,7 +306,7 @@ where rpm_user_group_overrides.rpm_override <> excluded.rpm_override`, groupID, 
 	return nil
 }
 
-// ClearGroupOverrides implements Store.
+// ClearGroupOverrides implements Writable.
 func (p *Postgres) ClearGroupOverrides(ctx context.Context, groupID int64) (int64, error) {
 	var found bool
 	var n int64
@@ -328,7 +322,7 @@ select exists (select 1 from g), (select count(*) from d)`, groupID).Scan(&found
 	return n, nil
 }
 
-// SetOverride implements Store.
+// SetOverride implements Writable.
 func (p *Postgres) SetOverride(ctx context.Context, userID, groupID int64, value *int64) error {
 	if value != nil && !validLimit(*value) {
 		return fmt.Errorf("set override of user %d in group %d: %w: rpm_override must be between 0 and %d, got %d",
@@ -366,21 +360,21 @@ select exists (select 1 from u), exists (select 1 from g)`
 	return nil
 }
 
-// UpdateUser implements Store.
+// UpdateUser implements Writable.
 func (p *Postgres) UpdateUser(ctx context.Context, id int64, patch Patch) error {
 	return p.update(ctx, "user", `update rpm_users set
 	rpm_limit = coalesce($2, rpm_limit), status = coalesce($3, status)
 where id = $1`, id, patch, true)
 }
 
-// UpdateGroup implements Store.
+// UpdateGroup implements Writable.
 func (p *Postgres) UpdateGroup(ctx context.Context, id int64, patch Patch) error {
 	return p.update(ctx, "group", `update rpm_groups set
 	rpm_limit = coalesce($2, rpm_limit), status = coalesce($3, status)
 where id = $1`, id, patch, true)
 }
 
-// UpdateKey implements Store. Keys have a status but no rpm_limit.
+// UpdateKey implements Writable. Keys have a status but no rpm_limit.
 func (p *Postgres) UpdateKey(ctx context.Context, id int64, patch Patch) error {
 	return p.update(ctx, "api key", `update rpm_api_keys set
 	status = coalesce($3, status)

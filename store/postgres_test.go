@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/snapshot"
 	"github.com/caddyrpm/caddy-rpm/store"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
@@ -34,7 +35,6 @@ func TestLoadSnapshot(t *testing.T) {
 	pool, _ := storetest.NewSchemaConfig(t, func(c *pgxpool.Config) { c.ConnConfig.Tracer = counter })
 	ctx := context.Background()
 	st := store.NewPostgres(pool)
-	defer st.Close()
 
 	uid := storetest.SeedUser(t, pool, 60)
 	gid := storetest.SeedGroup(t, pool, "default", 30)
@@ -45,7 +45,7 @@ func TestLoadSnapshot(t *testing.T) {
 	noGroup, rawNoGroup := storetest.SeedKey(t, pool, uid, nil)
 	uid2 := storetest.SeedUser(t, pool, 5)
 	noOverride, rawNoOverride := storetest.SeedKey(t, pool, uid2, &gid)
-	exec(t, pool, `update rpm_api_keys set ip_whitelist = '{10.0.0.0/8}', ip_blacklist = '{10.1.2.3}',
+	storetest.Exec(t, pool, `update rpm_api_keys set ip_whitelist = '{10.0.0.0/8}', ip_blacklist = '{10.1.2.3}',
 		quota = 2.5, quota_used = 1, expires_at = '2030-01-02T03:04:05Z' where id = $1`, withOverride)
 
 	t.Run("with override", func(t *testing.T) {
@@ -62,7 +62,7 @@ func TestLoadSnapshot(t *testing.T) {
 			Version: snapshot.Version, APIKeyID: withOverride, UserID: uid, GroupID: &gid, Status: "active",
 			IPWhitelist: []string{"10.0.0.0/8"}, IPBlacklist: []string{"10.1.2.3"},
 			Quota: 2.5, QuotaUsed: 1, ExpiresAt: &exp,
-			User:  &snapshot.User{ID: uid, Status: "active", RPMLimit: 60, UserGroupRPMOverride: ptr(int64(10))},
+			User:  &snapshot.User{ID: uid, Status: "active", RPMLimit: 60, UserGroupRPMOverride: testutil.Ptr(int64(10))},
 			Group: &snapshot.Group{ID: gid, Name: "default", Status: "active", RPMLimit: 30},
 		}
 		assertSnapshot(t, s, want)
@@ -196,8 +196,8 @@ func TestUserRPM(t *testing.T) {
 	}
 	want := &store.UserRPM{UserID: u, RPMLimit: 60, Groups: []store.UserGroup{
 		{GroupID: g1, Name: "a", RPMLimit: 10},
-		{GroupID: g2, Name: "b", RPMLimit: 20, Override: ptr(int64(0))},
-		{GroupID: g3, Name: "c", RPMLimit: 30, Override: ptr(int64(7))},
+		{GroupID: g2, Name: "b", RPMLimit: 20, Override: testutil.Ptr(int64(0))},
+		{GroupID: g3, Name: "c", RPMLimit: 30, Override: testutil.Ptr(int64(7))},
 	}}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("UserRPM = %+v, want %+v", got, want)
@@ -248,25 +248,25 @@ func TestOverrides(t *testing.T) {
 	}
 
 	// SetOverride.
-	if err := st.SetOverride(ctx, u1, g, ptr(int64(5))); err != nil {
+	if err := st.SetOverride(ctx, u1, g, testutil.Ptr(int64(5))); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.SetOverride(ctx, u2, g, ptr(int64(0))); err != nil {
+	if err := st.SetOverride(ctx, u2, g, testutil.Ptr(int64(0))); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.SetOverride(ctx, u2, g, ptr(int64(8))); err != nil {
+	if err := st.SetOverride(ctx, u2, g, testutil.Ptr(int64(8))); err != nil {
 		t.Fatal(err)
 	}
-	expect(g, []store.Override{{UserID: u1, RPMOverride: ptr(int64(5))}, {UserID: u2, RPMOverride: ptr(int64(8))}})
+	expect(g, []store.Override{{UserID: u1, RPMOverride: testutil.Ptr(int64(5))}, {UserID: u2, RPMOverride: testutil.Ptr(int64(8))}})
 	for _, tc := range []struct {
 		uid, gid int64
 		v        *int64
 		want     error
 	}{
-		{u1, g, ptr(int64(-1)), store.ErrInvalid},
-		{u1, g, ptr(int64(1 << 40)), store.ErrInvalid},
-		{999999, g, ptr(int64(1)), store.ErrNotFound},
-		{u1, 999999, ptr(int64(1)), store.ErrNotFound},
+		{u1, g, testutil.Ptr(int64(-1)), store.ErrInvalid},
+		{u1, g, testutil.Ptr(int64(1 << 40)), store.ErrInvalid},
+		{999999, g, testutil.Ptr(int64(1)), store.ErrNotFound},
+		{u1, 999999, testutil.Ptr(int64(1)), store.ErrNotFound},
 		{999999, g, nil, store.ErrNotFound},
 		{u1, 999999, nil, store.ErrNotFound},
 	} {
@@ -274,24 +274,24 @@ func TestOverrides(t *testing.T) {
 			t.Errorf("SetOverride(%d, %d, %v) = %v, want %v", tc.uid, tc.gid, tc.v, err, tc.want)
 		}
 	}
-	expect(g, []store.Override{{UserID: u1, RPMOverride: ptr(int64(5))}, {UserID: u2, RPMOverride: ptr(int64(8))}})
+	expect(g, []store.Override{{UserID: u1, RPMOverride: testutil.Ptr(int64(5))}, {UserID: u2, RPMOverride: testutil.Ptr(int64(8))}})
 	if err := st.SetOverride(ctx, u1, g, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := st.SetOverride(ctx, u1, g, nil); err != nil { // clearing twice is fine
 		t.Fatal(err)
 	}
-	expect(g, []store.Override{{UserID: u2, RPMOverride: ptr(int64(8))}})
+	expect(g, []store.Override{{UserID: u2, RPMOverride: testutil.Ptr(int64(8))}})
 
 	// ReplaceGroupOverrides.
 	if err := st.ReplaceGroupOverrides(ctx, g, []store.Override{
-		{UserID: u3, RPMOverride: ptr(int64(3))},
-		{UserID: u1, RPMOverride: ptr(int64(1))},
+		{UserID: u3, RPMOverride: testutil.Ptr(int64(3))},
+		{UserID: u1, RPMOverride: testutil.Ptr(int64(1))},
 		{UserID: u2, RPMOverride: nil},
 	}); err != nil {
 		t.Fatal(err)
 	}
-	before := []store.Override{{UserID: u1, RPMOverride: ptr(int64(1))}, {UserID: u3, RPMOverride: ptr(int64(3))}}
+	before := []store.Override{{UserID: u1, RPMOverride: testutil.Ptr(int64(1))}, {UserID: u3, RPMOverride: testutil.Ptr(int64(3))}}
 	expect(g, before)
 	for _, tc := range []struct {
 		name    string
@@ -299,11 +299,11 @@ func TestOverrides(t *testing.T) {
 		entries []store.Override
 		want    error
 	}{
-		{"negative", g, []store.Override{{UserID: u2, RPMOverride: ptr(int64(4))}, {UserID: u1, RPMOverride: ptr(int64(-1))}}, store.ErrInvalid},
-		{"duplicate user", g, []store.Override{{UserID: u1, RPMOverride: ptr(int64(4))}, {UserID: u1, RPMOverride: ptr(int64(4))}}, store.ErrInvalid},
-		{"unknown user", g, []store.Override{{UserID: u2, RPMOverride: ptr(int64(4))}, {UserID: 999999, RPMOverride: ptr(int64(4))}}, store.ErrNotFound},
+		{"negative", g, []store.Override{{UserID: u2, RPMOverride: testutil.Ptr(int64(4))}, {UserID: u1, RPMOverride: testutil.Ptr(int64(-1))}}, store.ErrInvalid},
+		{"duplicate user", g, []store.Override{{UserID: u1, RPMOverride: testutil.Ptr(int64(4))}, {UserID: u1, RPMOverride: testutil.Ptr(int64(4))}}, store.ErrInvalid},
+		{"unknown user", g, []store.Override{{UserID: u2, RPMOverride: testutil.Ptr(int64(4))}, {UserID: 999999, RPMOverride: testutil.Ptr(int64(4))}}, store.ErrNotFound},
 		{"unknown user with nil", g, []store.Override{{UserID: 999999}}, store.ErrNotFound},
-		{"unknown group", 999999, []store.Override{{UserID: u2, RPMOverride: ptr(int64(4))}}, store.ErrNotFound},
+		{"unknown group", 999999, []store.Override{{UserID: u2, RPMOverride: testutil.Ptr(int64(4))}}, store.ErrNotFound},
 	} {
 		if err := st.ReplaceGroupOverrides(ctx, tc.gid, tc.entries); !errors.Is(err, tc.want) {
 			t.Errorf("%s: ReplaceGroupOverrides = %v, want %v", tc.name, err, tc.want)
@@ -328,7 +328,7 @@ func TestOverrides(t *testing.T) {
 		t.Fatalf("ClearGroupOverrides again = %d, %v; want 0, nil", n, err)
 	}
 	expect(g, []store.Override{})
-	expect(empty, []store.Override{{UserID: u3, RPMOverride: ptr(int64(3))}})
+	expect(empty, []store.Override{{UserID: u3, RPMOverride: testutil.Ptr(int64(3))}})
 	if _, err := st.ClearGroupOverrides(ctx, 999999); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("ClearGroupOverrides(unknown) = %v", err)
 	}
@@ -339,9 +339,9 @@ func fmtOverrides(os []store.Override) string {
 	for _, o := range os {
 		v := "nil"
 		if o.RPMOverride != nil {
-			v = itoa(*o.RPMOverride)
+			v = testutil.Itoa(*o.RPMOverride)
 		}
-		s += " " + itoa(o.UserID) + ":" + v
+		s += " " + testutil.Itoa(o.UserID) + ":" + v
 	}
 	return s + " ]"
 }
@@ -364,16 +364,16 @@ func TestUpdates(t *testing.T) {
 		return s
 	}
 
-	if err := st.UpdateUser(ctx, u, store.Patch{RPMLimit: ptr(int64(11))}); err != nil {
+	if err := st.UpdateUser(ctx, u, store.Patch{RPMLimit: testutil.Ptr(int64(11))}); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.UpdateUser(ctx, u, store.Patch{Status: ptr("disabled")}); err != nil {
+	if err := st.UpdateUser(ctx, u, store.Patch{Status: testutil.Ptr("disabled")}); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.UpdateGroup(ctx, g, store.Patch{RPMLimit: ptr(int64(0)), Status: ptr("disabled")}); err != nil {
+	if err := st.UpdateGroup(ctx, g, store.Patch{RPMLimit: testutil.Ptr(int64(0)), Status: testutil.Ptr("disabled")}); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.UpdateKey(ctx, k, store.Patch{Status: ptr("disabled")}); err != nil {
+	if err := st.UpdateKey(ctx, k, store.Patch{Status: testutil.Ptr("disabled")}); err != nil {
 		t.Fatal(err)
 	}
 	s := snap()
@@ -390,17 +390,17 @@ func TestUpdates(t *testing.T) {
 		err  error
 		want error
 	}{
-		{"user negative", st.UpdateUser(ctx, u, store.Patch{RPMLimit: ptr(int64(-1)), Status: ptr("active")}), store.ErrInvalid},
-		{"user bad status", st.UpdateUser(ctx, u, store.Patch{RPMLimit: ptr(int64(1)), Status: ptr("banned")}), store.ErrInvalid},
-		{"user unknown", st.UpdateUser(ctx, 999999, store.Patch{RPMLimit: ptr(int64(1))}), store.ErrNotFound},
+		{"user negative", st.UpdateUser(ctx, u, store.Patch{RPMLimit: testutil.Ptr(int64(-1)), Status: testutil.Ptr("active")}), store.ErrInvalid},
+		{"user bad status", st.UpdateUser(ctx, u, store.Patch{RPMLimit: testutil.Ptr(int64(1)), Status: testutil.Ptr("banned")}), store.ErrInvalid},
+		{"user unknown", st.UpdateUser(ctx, 999999, store.Patch{RPMLimit: testutil.Ptr(int64(1))}), store.ErrNotFound},
 		{"user unknown empty patch", st.UpdateUser(ctx, 999999, store.Patch{}), store.ErrNotFound},
-		{"group negative", st.UpdateGroup(ctx, g, store.Patch{RPMLimit: ptr(int64(-5))}), store.ErrInvalid},
-		{"group too big", st.UpdateGroup(ctx, g, store.Patch{RPMLimit: ptr(int64(1) << 33)}), store.ErrInvalid},
-		{"group bad status", st.UpdateGroup(ctx, g, store.Patch{Status: ptr("")}), store.ErrInvalid},
-		{"group unknown", st.UpdateGroup(ctx, 999999, store.Patch{Status: ptr("active")}), store.ErrNotFound},
-		{"key limit", st.UpdateKey(ctx, k, store.Patch{RPMLimit: ptr(int64(1)), Status: ptr("active")}), store.ErrInvalid},
-		{"key bad status", st.UpdateKey(ctx, k, store.Patch{Status: ptr("revoked")}), store.ErrInvalid},
-		{"key unknown", st.UpdateKey(ctx, 999999, store.Patch{Status: ptr("active")}), store.ErrNotFound},
+		{"group negative", st.UpdateGroup(ctx, g, store.Patch{RPMLimit: testutil.Ptr(int64(-5))}), store.ErrInvalid},
+		{"group too big", st.UpdateGroup(ctx, g, store.Patch{RPMLimit: testutil.Ptr(int64(1) << 33)}), store.ErrInvalid},
+		{"group bad status", st.UpdateGroup(ctx, g, store.Patch{Status: testutil.Ptr("")}), store.ErrInvalid},
+		{"group unknown", st.UpdateGroup(ctx, 999999, store.Patch{Status: testutil.Ptr("active")}), store.ErrNotFound},
+		{"key limit", st.UpdateKey(ctx, k, store.Patch{RPMLimit: testutil.Ptr(int64(1)), Status: testutil.Ptr("active")}), store.ErrInvalid},
+		{"key bad status", st.UpdateKey(ctx, k, store.Patch{Status: testutil.Ptr("revoked")}), store.ErrInvalid},
+		{"key unknown", st.UpdateKey(ctx, 999999, store.Patch{Status: testutil.Ptr("active")}), store.ErrNotFound},
 	} {
 		if !errors.Is(tc.err, tc.want) {
 			t.Errorf("%s: %v, want %v", tc.name, tc.err, tc.want)
@@ -439,7 +439,7 @@ func TestCreateKey(t *testing.T) {
 	if _, _, err := st.CreateKey(ctx, store.NewAPIKey{UserID: 999999}); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("CreateKey(unknown user) = %v", err)
 	}
-	if _, _, err := st.CreateKey(ctx, store.NewAPIKey{UserID: u, GroupID: ptr(int64(999999))}); !errors.Is(err, store.ErrNotFound) {
+	if _, _, err := st.CreateKey(ctx, store.NewAPIKey{UserID: u, GroupID: testutil.Ptr(int64(999999))}); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("CreateKey(unknown group) = %v", err)
 	}
 }
@@ -461,7 +461,7 @@ func TestLoadSnapshotInvalidIPListFailsClosed(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			kid, raw := storetest.SeedKey(t, pool, uid, nil)
-			exec(t, pool, `update rpm_api_keys set `+tc.set+` where id = $1`, kid)
+			storetest.Exec(t, pool, `update rpm_api_keys set `+tc.set+` where id = $1`, kid)
 			before := logs.Len()
 			s, err := st.LoadSnapshot(ctx, store.HashKey(raw))
 			if err != nil {

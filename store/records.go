@@ -4,7 +4,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math"
-	"time"
 
 	"github.com/caddyrpm/caddy-rpm/snapshot"
 )
@@ -15,78 +14,25 @@ const (
 	StatusDisabled = "disabled"
 )
 
-// keyRow, userRow and groupRow hold the columns of one record that an auth
-// snapshot needs. Both stores fill them (from SQL or from the keys file) and
-// build snapshots with buildSnapshot, so the two agree field by field.
-type keyRow struct {
-	ID          int64
-	UserID      int64
-	GroupID     *int64
-	Status      string
-	IPWhitelist []string
-	IPBlacklist []string
-	Quota       float64
-	QuotaUsed   float64
-	ExpiresAt   *time.Time
-}
-
-type userRow struct {
-	ID          int64
-	Status      string
-	Role        string
-	RPMLimit    int64
-	Concurrency int64
-	Balance     float64
-}
-
-type groupRow struct {
-	ID       int64
-	Name     string
-	Platform string
-	Status   string
-	RPMLimit int64
-}
-
-// buildSnapshot assembles and prepares the snapshot of key k. g is nil when
-// the key has no group; override is the user's override in that group, nil
-// when there is none. It always returns the snapshot; the error reports an
-// IP list entry that is not an address or range, in which case the
-// snapshot admits no client (snapshot.Snapshot.Prepare).
-func buildSnapshot(k *keyRow, u *userRow, g *groupRow, override *int64) (*snapshot.Snapshot, error) {
-	s := &snapshot.Snapshot{
-		Version:     snapshot.Version,
-		APIKeyID:    k.ID,
-		UserID:      k.UserID,
-		GroupID:     k.GroupID,
-		Status:      k.Status,
-		IPWhitelist: k.IPWhitelist,
-		IPBlacklist: k.IPBlacklist,
-		Quota:       k.Quota,
-		QuotaUsed:   k.QuotaUsed,
-		ExpiresAt:   k.ExpiresAt,
-		User: &snapshot.User{
-			ID:          u.ID,
-			Status:      u.Status,
-			Role:        u.Role,
-			RPMLimit:    u.RPMLimit,
-			Concurrency: u.Concurrency,
-			Balance:     u.Balance,
-		},
-	}
+// completeSnapshot finishes the snapshot of a key whose own fields and
+// user are filled (from SQL or from the keys file): g is the key's group,
+// nil for none, which becomes the snapshot's own, and override the user's override in that group, nil for
+// none. Both stores end with it, so they agree on every field. It always
+// leaves s usable; the error reports an IP list entry that is not an
+// address or range, in which case s admits no client
+// (snapshot.Snapshot.Prepare).
+func completeSnapshot(s *snapshot.Snapshot, g *snapshot.Group, override *int64) error {
+	s.Version = snapshot.Version
+	s.User.ID = s.UserID
+	s.User.UserGroupRPMOverride = nil
+	s.Group = g
 	if g != nil {
-		s.Group = &snapshot.Group{
-			ID:       g.ID,
-			Name:     g.Name,
-			Platform: g.Platform,
-			Status:   g.Status,
-			RPMLimit: g.RPMLimit,
-		}
 		s.User.UserGroupRPMOverride = override
 	}
 	if err := s.Prepare(); err != nil {
-		return s, fmt.Errorf("api key %d: %w", k.ID, err)
+		return fmt.Errorf("api key %d: %w", s.APIKeyID, err)
 	}
-	return s, nil
+	return nil
 }
 
 // decodeKeyHash parses a lowercase (or uppercase) hex SHA-256 into dst.

@@ -12,8 +12,6 @@ import (
 var (
 	// ErrNotFound reports an unknown key, user or group.
 	ErrNotFound = errors.New("not found")
-	// ErrReadOnly reports a write to a read-only store (the keys file).
-	ErrReadOnly = errors.New("the keys_file store is read-only; configure postgres to change data")
 	// ErrInvalid reports a write with invalid values (e.g. a negative limit).
 	ErrInvalid = errors.New("invalid value")
 )
@@ -29,10 +27,10 @@ const (
 	ScopeGroup Scope = "group"
 )
 
-// Store is a source of auth snapshots and the admin reads and writes.
-// Every write of a Postgres store also notifies listeners (by trigger), so
-// callers need not invalidate caches themselves.
-type Store interface {
+// Source is what the request path and the admin reads need from a store:
+// snapshots, the keys an invalidation reaches, and the limits rpm-status
+// shows. Both stores implement it.
+type Source interface {
 	// LoadSnapshot returns the snapshot of the key whose SHA-256 is keyHash
 	// (lowercase hex), including the user's override in the key's group, in
 	// one read. An unknown key yields ErrNotFound.
@@ -47,6 +45,12 @@ type Store interface {
 	UserRPM(ctx context.Context, userID int64) (*UserRPM, error)
 	// GroupOverrides lists a group's overrides ordered by user id.
 	GroupOverrides(ctx context.Context, groupID int64) ([]Override, error)
+}
+
+// Writable is a store the admin API can change: Postgres, not the keys
+// file. Every write also notifies listeners (by trigger), so other
+// instances learn of it whoever wrote.
+type Writable interface {
 	// ReplaceGroupOverrides replaces the group's whole override set.
 	ReplaceGroupOverrides(ctx context.Context, groupID int64, entries []Override) error
 	// ClearGroupOverrides deletes every override of the group and returns
@@ -58,9 +62,6 @@ type Store interface {
 	UpdateUser(ctx context.Context, id int64, p Patch) error
 	UpdateGroup(ctx context.Context, id int64, p Patch) error
 	UpdateKey(ctx context.Context, id int64, p Patch) error
-
-	// Close releases the store's resources.
-	Close()
 }
 
 // Patch is a partial update; nil fields are left unchanged.

@@ -4,7 +4,6 @@
 package redistest
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"math/rand/v2"
@@ -18,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -38,7 +38,7 @@ type Server struct {
 	mu     sync.Mutex
 	cmd    *exec.Cmd
 	exited chan struct{}
-	out    *syncBuffer
+	out    *testutil.SyncBuffer
 }
 
 // StartServer starts a redis-server without persistence on a free port.
@@ -122,7 +122,7 @@ func (s *Server) start() error {
 	if s.cmd != nil {
 		return fmt.Errorf("%s already running", s.Addr)
 	}
-	out := new(syncBuffer)
+	out := new(testutil.SyncBuffer)
 	cmd := exec.Command("redis-server", s.args...)
 	cmd.Stdout, cmd.Stderr = out, out
 	setPdeathsig(cmd)
@@ -245,22 +245,4 @@ func canBind(port int) bool {
 	}
 	_ = l.Close()
 	return true
-}
-
-// syncBuffer is a bytes.Buffer safe for the process's writes and our reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }

@@ -143,5 +143,37 @@ values ($1, $2, $3) on conflict (user_id, group_id) do update set rpm_override =
 	}
 }
 
-// Ptr returns a pointer to v.
-func Ptr[T any](v T) *T { return &v }
+// Overrides reads the group's RPM overrides, user id to value, straight
+// from the database.
+func Overrides(t testing.TB, pool *pgxpool.Pool, groupID int64) map[int64]int64 {
+	t.Helper()
+	rows, err := pool.Query(context.Background(),
+		`select user_id, rpm_override from rpm_user_group_overrides where group_id = $1`, groupID)
+	if err != nil {
+		t.Fatalf("read overrides: %v", err)
+	}
+	defer rows.Close()
+	out := map[int64]int64{}
+	for rows.Next() {
+		var u, v int64
+		if err := rows.Scan(&u, &v); err != nil {
+			t.Fatalf("read overrides: %v", err)
+		}
+		out[u] = v
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatalf("read overrides: %v", err)
+	}
+	return out
+}
+
+// Exec runs a statement and returns the number of rows it affected; an
+// error fails the test.
+func Exec(t testing.TB, pool *pgxpool.Pool, sql string, args ...any) int64 {
+	t.Helper()
+	tag, err := pool.Exec(context.Background(), sql, args...)
+	if err != nil {
+		t.Fatalf("%s: %v", sql, err)
+	}
+	return tag.RowsAffected()
+}

@@ -1,16 +1,24 @@
-package caddyrpm
+package rpm
 
 import (
+	"encoding/json"
 	"slices"
 	"testing"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
 )
+
+// The root package registers the modules of both packages: the
+// directive order of rpm (caddyrpm) and rpm_admin (admin) is checked here,
+// with both registered as users' builds register them.
 
 // TestDirectiveOrder adapts a site whose directives are written in the
 // opposite order of execution: the adapter puts rpm before basic_auth, and
 // rpm_admin after basic_auth and forward_auth, so the site's own
 // authentication applies to the admin page and API.
 func TestDirectiveOrder(t *testing.T) {
-	cfg, err := cfAdapt(t, `{
+	out, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(`{
 	rpm {
 		keys_file k.json
 		admin_token t
@@ -26,9 +34,13 @@ func TestDirectiveOrder(t *testing.T) {
 	}
 	rpm
 	respond ok
-}`)
+}`), map[string]any{"filename": "Caddyfile"})
 	if err != nil {
 		t.Fatal(err)
+	}
+	var cfg map[string]any
+	if err := json.Unmarshal(out, &cfg); err != nil {
+		t.Fatalf("adapted JSON: %v", err)
 	}
 	servers := cfg["apps"].(map[string]any)["http"].(map[string]any)["servers"].(map[string]any)
 	var order []string

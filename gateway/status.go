@@ -1,0 +1,106 @@
+package gateway
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/caddyrpm/caddy-rpm/store"
+)
+
+// Status is a user's limits and current-window counts (the answer of
+// rpm-status). A limit of 0 means unlimited.
+type Status struct {
+	UserID         int64         `json:"user_id"`
+	UserRPMUsed    int64         `json:"user_rpm_used"`
+	UserRPMLimit   int64         `json:"user_rpm_limit"`
+	PerGroup       []GroupStatus `json:"per_group"`
+	PerZone        []ZoneStatus  `json:"per_zone"`
+	WindowResetsIn int64         `json:"window_resets_in"`
+	WindowResetsAt time.Time     `json:"window_resets_at"`
+}
+
+// GroupStatus is one group of a user in Status.
+type GroupStatus struct {
+	GroupID   int64  `json:"group_id"`
+	GroupName string `json:"group_name"`
+	Used      int64  `json:"used"`
+	Limit     int64  `json:"limit"`
+	// Source is "override" when the user's override sets Limit, else
+	// "group".
+	Source string `json:"source"`
+}
+
+// ZoneStatus is one route zone in Status. Used is the user's count in the
+// zone for zones limited per user; zones limited per key count each key
+// separately, so they report no Used (the limit still shows).
+type ZoneStatus struct {
+	Name  string `json:"name"`
+	Scope string `json:"scope"`
+	Used  *int64 `json:"used,omitempty"`
+	Limit int64  `json:"limit"`
+}
+
+// Status reads a user's limits from the store (not the snapshot cache) and
+// their counts from the limiter without counting anything. Route zones are
+// those declared on this instance (DeclareRoute).
+func (g *Gateway) Status(ctx context.Context, uid int64) (*Status, error) {
+	u, err := g.source.UserRPM(ctx, uid)
+	if err != nil {
+		return nil, err
+	}
+	slices.SortStableFunc(u.Groups, func(a, b store.UserGroup) int { return cmp.Compare(a.GroupID, b.GroupID) })
+	zones := g.routeLimits()
+
+	// The counters, named as the request path names them: the user's,
+	// one per group, one per per-user zone.
+	p := &g.policy
+	keys := make([]string, 0, 1+len(u.Groups)+len(zones))
+	keys = append(keys, p.counterKey(LimitUser, uid, 0, "", 0))
+	for _, gr := range u.Groups {
+		_, scope := groupLimit(gr.RPMLimit, gr.Override)
+		keys = append(keys, p.counterKey(scope, uid, gr.GroupID, "", 0))
+	}
+	zoneCount := make([]int, len(zones))
+	for i, z := range zones {
+		zoneCount[i] = -1
+		if z.Scope == LimitRouteUser {
+			zoneCount[i] = len(keys)
+			keys = append(keys, p.counterKey(z.Scope, uid, 0, z.Zone, 0))
+		}
+	}
+	counts, resetIn, err := g.limiter.Peek(ctx, keys)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCountersUnavailable, err)
+	}
+
+	st := &Status{
+		UserID:       uid,
+		UserRPMUsed:  counts[0],
+		UserRPMLimit: u.RPMLimit,
+		PerGroup:     make([]GroupStatus, 0, len(u.Groups)),
+		PerZone:      make([]ZoneStatus, 0, len(zones)),
+	}
+	for i, gr := range u.Groups {
+		limit, scope := groupLimit(gr.RPMLimit, gr.Override)
+		source := "group"
+		if scope == LimitOverride {
+			source = "override"
+		}
+		st.PerGroup = append(st.PerGroup, GroupStatus{GroupID: gr.GroupID, GroupName: gr.Name,
+			Used: counts[1+i], Limit: limit, Source: source})
+	}
+	for i, z := range zones {
+		zs := ZoneStatus{Name: z.Zone, Scope: z.Per(), Limit: z.Limit}
+		if j := zoneCount[i]; j >= 0 {
+			used := counts[j]
+			zs.Used = &used
+		}
+		st.PerZone = append(st.PerZone, zs)
+	}
+	st.WindowResetsIn = ResetSeconds(resetIn)
+	st.WindowResetsAt = time.Now().Add(resetIn).UTC().Truncate(time.Second)
+	return st, nil
+}

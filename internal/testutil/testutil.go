@@ -1,0 +1,57 @@
+// Package testutil holds the small helpers that tests of several packages
+// share, so that each exists once.
+package testutil
+
+import (
+	"bytes"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Ptr returns a pointer to a copy of v, for optional fields in literals.
+func Ptr[T any](v T) *T { return &v }
+
+// Itoa formats an id or a count in base 10.
+func Itoa(v int64) string { return strconv.FormatInt(v, 10) }
+
+// WaitFor calls cond until it returns nil and fails the test with cond's
+// last error if that has not happened within timeout. It polls often
+// enough for short timeouts and sparingly for long ones, because
+// conditions in end-to-end tests cost an HTTP request each.
+func WaitFor(t testing.TB, timeout time.Duration, cond func() error) {
+	t.Helper()
+	interval := min(max(timeout/500, time.Millisecond), 20*time.Millisecond)
+	deadline := time.Now().Add(timeout)
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v: %v", timeout, err)
+		}
+		time.Sleep(interval)
+	}
+}
+
+// SyncBuffer is a bytes.Buffer that a child process may write while the
+// test reads it.
+type SyncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *SyncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+// String returns what was written so far.
+func (b *SyncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}

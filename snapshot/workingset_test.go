@@ -2,11 +2,9 @@ package snapshot
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	mrand "math/rand/v2"
+	"math/rand/v2"
 	"net/netip"
 	"runtime"
 	"sync"
@@ -14,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/redis/go-redis/v9"
 )
 
@@ -23,28 +23,6 @@ const (
 	defaultL1TTL  = 5 * time.Minute
 	defaultL2TTL  = 5 * time.Minute
 )
-
-// l1Redis connects to the shared test Redis with a prefix of the test's
-// own, deleted afterwards.
-func l1Redis(t *testing.T) (*redis.Client, string) {
-	t.Helper()
-	rdb := redis.NewClient(&redis.Options{Addr: "127.0.0.1:6379"})
-	if err := rdb.Ping(context.Background()).Err(); err != nil {
-		t.Fatalf("redis at 127.0.0.1:6379: %v", err)
-	}
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	prefix := "rpmtest:l1:" + hex.EncodeToString(b[:]) + ":"
-	t.Cleanup(func() {
-		ctx := context.Background()
-		iter := rdb.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-		for iter.Next(ctx) {
-			rdb.Unlink(ctx, iter.Val())
-		}
-		rdb.Close()
-	})
-	return rdb, prefix
-}
 
 // fakeClock is a settable time for a cache's freshness and refreshes.
 type fakeClock struct{ ns atomic.Int64 }
@@ -110,7 +88,7 @@ func TestL1HoldsTheWorkingSetUnderUniformAccess(t *testing.T) {
 		keys = 50_000
 		rate = 1000 // requests per simulated second
 	)
-	rdb, prefix := l1Redis(t)
+	rdb, prefix := redistest.Shared(t)
 	hashes := make([]string, keys)
 	index := make(map[string]int, keys)
 	for i := range hashes {
@@ -139,7 +117,7 @@ func TestL1HoldsTheWorkingSetUnderUniformAccess(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	rng := mrand.New(mrand.NewPCG(1, 2))
+	rng := rand.New(rand.NewPCG(1, 2))
 	step := time.Second / rate
 	perTTL := int(defaultL1TTL / step)
 	for round := range 2 {
@@ -178,11 +156,25 @@ func TestL1HoldsTheWorkingSetUnderUniformAccess(t *testing.T) {
 	}
 }
 
+// waitLoads waits until the loader has been called n times.
+func waitLoads(t *testing.T, loads *atomic.Int64, n int64) {
+	t.Helper()
+	testutil.WaitFor(t, 10*time.Second, func() error {
+		if got := loads.Load(); got != n {
+			return fmt.Errorf("%d loads, want %d", got, n)
+		}
+		return nil
+	})
+}
+
 // awaitRefreshes waits until the queued background reloads are done.
 func awaitRefreshes(t *testing.T, c *Cache) {
 	t.Helper()
-	waitFor(t, "the background reloads", func() bool {
-		return len(c.refresher.due) == 0 && !c.refresher.running.Load()
+	testutil.WaitFor(t, 10*time.Second, func() error {
+		if len(c.refresher.due) > 0 || c.refresher.running.Load() {
+			return errors.New("background reloads still queued or running")
+		}
+		return nil
 	})
 }
 
@@ -233,9 +225,11 @@ func TestCacheRefreshesAheadOfExpiry(t *testing.T) {
 	if n := h.refreshes.Load(); n != 1 {
 		t.Fatalf("%d refreshes at 31s, want 1", n)
 	}
-	waitFor(t, "the reload to land in L1", func() bool {
-		e, ok := c.l1.GetIfPresent("k")
-		return ok && e.snap.User.RPMLimit == 2
+	testutil.WaitFor(t, 10*time.Second, func() error {
+		if e, ok := c.l1.GetIfPresent("k"); !ok || e.snap.User.RPMLimit != 2 {
+			return errors.New("the reload has not landed in L1")
+		}
+		return nil
 	})
 	// From 61s the entry of 31s is due for a reload; now the store fails.
 	mu.Lock()
@@ -246,8 +240,9 @@ func TestCacheRefreshesAheadOfExpiry(t *testing.T) {
 	if hits, misses := h.hits.Load(), h.misses.Load(); hits != 3 || misses != 1 {
 		t.Fatalf("%d hits, %d misses; want 3 and 1 (the first read)", hits, misses)
 	}
-	waitFor(t, "the failed reload", func() bool { return loads.Load() == 3 })
-	for range 4 { // 72s … 75s: no attempt until 5s after the failed one
+	waitLoads(t, &loads, 3) // the failed reload
+	// 72s … 75s: no attempt until 5s after the failed one.
+	for range 4 {
 		clk.advance(time.Second)
 		get(2)
 	}
@@ -259,23 +254,11 @@ func TestCacheRefreshesAheadOfExpiry(t *testing.T) {
 	if n := h.refreshes.Load(); n != 3 {
 		t.Fatalf("%d refreshes at 76s, want 3: the retry", n)
 	}
-	waitFor(t, "the retry to reach the store", func() bool { return loads.Load() == 4 })
+	waitLoads(t, &loads, 4) // the retry
 	clk.advance(20 * time.Second) // 96s: the entry of 31s has expired; the store still fails
 	get(2)                        // served stale (StaleIfError)
 	if n := h.misses.Load(); n != 2 {
 		t.Fatalf("%d misses, want 2", n)
-	}
-}
-
-// waitFor polls cond for up to 10s: for work the cache does in the
-// background.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
 	}
 }
 
@@ -389,7 +372,7 @@ func (h *afterPipeline) ProcessPipelineHook(next redis.ProcessPipelineHook) redi
 // A background reload that read L2 before an invalidation ran does not
 // write what it read: the key's next read loads the new snapshot.
 func TestCacheReloadDoesNotOutliveAnInvalidation(t *testing.T) {
-	rdb, prefix := l1Redis(t)
+	rdb, prefix := redistest.Shared(t)
 	hook := &afterPipeline{key: prefix + "k"}
 	rdb.AddHook(hook)
 	var (

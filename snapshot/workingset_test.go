@@ -255,8 +255,10 @@ func TestCacheRefreshesAheadOfExpiry(t *testing.T) {
 		t.Fatalf("%d refreshes at 76s, want 3: the retry", n)
 	}
 	waitLoads(t, &loads, 4) // the retry
-	clk.advance(20 * time.Second) // 96s: the entry of 31s has expired; the store still fails
-	get(2)                        // served stale (StaleIfError)
+
+	// 96s: the entry of 31s has expired; the store still fails.
+	clk.advance(20 * time.Second)
+	get(2) // served stale (StaleIfError)
 	if n := h.misses.Load(); n != 2 {
 		t.Fatalf("%d misses, want 2", n)
 	}

@@ -13,13 +13,21 @@
 #   unknown   the admitted site with a new random well-formed key on every
 #             request (the loadgen's @random key): 401 INVALID_API_KEY from
 #             the key filter, no store load, no Redis command
+#   users     the admitted site with USERS keys of USERS users (limits 10^9,
+#             in the admitted group), each request one key drawn uniformly at
+#             random (the loadgen's @range key); the warm-up first sends each
+#             key once, so the segments measure the steady state: how often
+#             L1 answers, and Caddy's and Redis's CPU per request
 #
 # and writes the markdown report to bench/results.md (RESULTS_APPEND=1 adds
 # the run to the file instead of replacing it).
 #
 # Environment (defaults):
 #   DURATION=20s       measured time per scenario, split over ROUNDS
-#   WARMUP=10s         warm-up, split over the scenarios
+#   WARMUP=10s         warm-up, split over the scenarios (after the users
+#                      scenario's pass over its keys)
+#   USERS=50000        keys (and users) of the users scenario; 0: no users
+#                      scenario
 #   ROUNDS=2           interleaved rounds (rotated order)
 #   CONNECTIONS=32     concurrent keep-alive connections of the load generator
 #   CADDY_GOMAXPROCS=$(nproc)  LOADGEN_GOMAXPROCS=1  UPSTREAM_GOMAXPROCS=1
@@ -38,6 +46,7 @@ root=$PWD
 
 DURATION=${DURATION:-20s}
 WARMUP=${WARMUP:-10s}
+USERS=${USERS:-50000}
 ROUNDS=${ROUNDS:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 LATENCY_CONNECTIONS=${LATENCY_CONNECTIONS:-2}
@@ -50,7 +59,7 @@ UPSTREAM_GOMAXPROCS=${UPSTREAM_GOMAXPROCS:-1}
 DATABASE_URL=${DATABASE_URL:-postgres://root@127.0.0.1:5432/test?sslmode=disable}
 PROFILE=${PROFILE:-}
 RESULTS=${RESULTS:-$root/bench/results.md}
-command_line="DURATION=$DURATION WARMUP=$WARMUP ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS LATENCY_CONNECTIONS=$LATENCY_CONNECTIONS BENCH_DB=$BENCH_DB CADDY_GOMAXPROCS=$CADDY_GOMAXPROCS LOADGEN_GOMAXPROCS=$LOADGEN_GOMAXPROCS UPSTREAM_GOMAXPROCS=$UPSTREAM_GOMAXPROCS bench/run.sh"
+command_line="DURATION=$DURATION WARMUP=$WARMUP USERS=$USERS ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS LATENCY_CONNECTIONS=$LATENCY_CONNECTIONS BENCH_DB=$BENCH_DB CADDY_GOMAXPROCS=$CADDY_GOMAXPROCS LOADGEN_GOMAXPROCS=$LOADGEN_GOMAXPROCS UPSTREAM_GOMAXPROCS=$UPSTREAM_GOMAXPROCS bench/run.sh"
 
 for bin in redis-server psql go; do
 	command -v "$bin" >/dev/null || { echo "bench: $bin is required" >&2; exit 1; }
@@ -143,6 +152,23 @@ refused_user=$(seed "insert into rpm_users (username, rpm_limit) values ('bench-
 admitted_key=$("$work/caddy" rpm key create --database-url "$dsn" --user "$admitted_user" --group "$group_id" --name bench 2>/dev/null)
 refused_key=$("$work/caddy" rpm key create --database-url "$dsn" --user "$refused_user" --group "$group_id" --name bench 2>/dev/null)
 [[ -n $admitted_key && -n $refused_key ]] || { echo "bench: key creation failed" >&2; exit 1; }
+# The users scenario's keys: user i (1 … USERS) has the key
+# sk-rpm-bench<i zero-padded to 35 digits> (47 characters, like a created
+# key), the loadgen's @range:sk-rpm-bench:$USERS; the hash is computed here,
+# as the store computes it (SHA-256 of the key's bytes). One statement, so
+# the triggers send one notification "all" (Caddy is not started yet).
+users_target=()
+if ((USERS > 0)); then
+	echo "== $USERS users with one key each"
+	PGOPTIONS="-c search_path=$schema" psql "$DATABASE_URL" -qAtc "
+		with u as (
+			insert into rpm_users (username, rpm_limit)
+			select 'bench-user-' || i, 1000000000 from generate_series(1, $USERS) i
+			returning id, substr(username, 12)::bigint as i)
+		insert into rpm_api_keys (key_hash, key_prefix, name, user_id, group_id)
+		select sha256(convert_to(k, 'UTF8')), left(k, 13), 'bench-users', u.id, $group_id
+		from u, lateral (select 'sk-rpm-bench' || lpad(u.i::text, 35, '0') as k) key" >/dev/null
+fi
 
 echo "== Caddy"
 admin_port=$(free_port)
@@ -182,6 +208,10 @@ GOMAXPROCS=$CADDY_GOMAXPROCS "$work/caddy" run --config "$work/Caddyfile" --adap
 pids+=($!)
 for p in "$admin_port" "$plain_port" "$admitted_port" "$refused_port"; do wait_tcp 127.0.0.1 "$p" caddy; done
 
+if ((USERS > 0)); then
+	users_target=(-target "users|127.0.0.1:$admitted_port|/v1/models|@range:sk-rpm-bench:$USERS|200")
+fi
+
 profile_args=()
 if [[ -n $PROFILE ]]; then
 	mkdir -p "$root/bench/out"
@@ -195,13 +225,14 @@ GOMAXPROCS=$LOADGEN_GOMAXPROCS "$work/loadgen" \
 	-target "admitted|127.0.0.1:$admitted_port|/v1/models|$admitted_key|200" \
 	-target "refused|127.0.0.1:$refused_port|/v1/models|$refused_key|429" \
 	-target "unknown|127.0.0.1:$admitted_port|/v1/models|@random|401" \
+	"${users_target[@]}" \
 	-connections "$CONNECTIONS" -latency-connections "$LATENCY_CONNECTIONS" -latency-duration "$LATENCY_DURATION" -warmup "$WARMUP" -duration "$DURATION" -rounds "$ROUNDS" \
 	-redis "127.0.0.1:$redis_port" -metrics "http://127.0.0.1:$admin_port/metrics" \
 	-pg "$DATABASE_URL" -schema "$schema" -md "$md" "${profile_args[@]}" \
 	-pid "caddy=${pids[2]}" -pid "redis=${pids[0]}" -pid "upstream=${pids[1]}" -pid "loadgen=self" \
 	-note "machine: $NPROC cores (nproc), $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1); $(go version | cut -d' ' -f3); $(redis-server --version | cut -d' ' -f3); $(psql "$DATABASE_URL" -qAtc 'show server_version' | cut -d' ' -f1 | sed 's/^/postgres /')" \
 	-note "GOMAXPROCS: caddy $CADDY_GOMAXPROCS, load generator $LOADGEN_GOMAXPROCS, upstream $UPSTREAM_GOMAXPROCS (redis-server is single-threaded); all share the same $NPROC cores" \
-	-note "one Caddy ($(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet -- . ':!bench/results.md' ':!bench/results.json' 2>/dev/null || echo '+dirty')), three sites on 127.0.0.1: plain reverse_proxy, rpm admitted (user 10^9, group 10^9), rpm refused (user limit 1); the unknown scenario sends random well-formed keys to the admitted site; same upstream (bench/upstream); private redis-server; Postgres schema $schema ($([[ $BENCH_DB == private ]] && echo "in a throwaway database of the same name" || echo "in the shared database"))" \
+	-note "one Caddy ($(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet -- . ':!bench/results.md' ':!bench/results.json' 2>/dev/null || echo '+dirty')), three sites on 127.0.0.1: plain reverse_proxy, rpm admitted (user 10^9, group 10^9), rpm refused (user limit 1); the unknown scenario sends random well-formed keys to the admitted site; the users scenario $USERS keys of $USERS users (limits 10^9) to the admitted site, uniformly at random; same upstream (bench/upstream); private redis-server; Postgres schema $schema ($([[ $BENCH_DB == private ]] && echo "in a throwaway database of the same name" || echo "in the shared database"))" \
 	>"$work/run.json"
 
 {

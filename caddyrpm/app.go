@@ -132,10 +132,12 @@ type App struct {
 // CacheOptions configures the L1 (in-process) and L2 (Redis) snapshot
 // caches.
 type CacheOptions struct {
-	// L1Size is the maximum number of snapshots kept in process.
-	// Default: 65536.
+	// L1Size is the maximum number of snapshots kept in process, about
+	// 440 bytes each. Default: 1048576 (about 450 MiB when full).
 	L1Size int `json:"l1_size,omitempty"`
-	// L1TTL is how long an in-process snapshot is fresh. Default: 15s.
+	// L1TTL is how long an in-process snapshot is fresh: a safety net, as
+	// invalidations are pushed; a snapshot read in the second half of it
+	// is reloaded in the background. Default: 5m.
 	L1TTL caddy.Duration `json:"l1_ttl,omitempty"`
 	// L2TTL is how long a snapshot lives in Redis. Default: 5m.
 	L2TTL caddy.Duration `json:"l2_ttl,omitempty"`
@@ -219,9 +221,9 @@ func (a *App) setDefaults() error {
 	}
 	c := a.Cache
 	if c.L1Size <= 0 {
-		c.L1Size = 65536
+		c.L1Size = 1 << 20
 	}
-	setDuration(&c.L1TTL, 15*time.Second)
+	setDuration(&c.L1TTL, 5*time.Minute)
 	setDuration(&c.L2TTL, 5*time.Minute)
 	setDuration(&c.NegativeTTL, 30*time.Second)
 	setDuration(&c.StaleIfError, 10*time.Minute)

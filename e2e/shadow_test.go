@@ -38,16 +38,25 @@ const shadowSite = `handle /shadow/* {
 		reverse_proxy {{.Upstream}}
 	}`
 
+// shadowCaddy starts a Caddy with shadowSite and a user with the given
+// limit and one key (its id and the raw key), at least 15 s before the
+// window ends.
+func shadowCaddy(t *testing.T, userLimit int64) (e *limEnv, c *caddyInstance, uid, kid int64, key string) {
+	t.Helper()
+	e = newLimEnv(t)
+	c = e.caddy(t, "", exactGlobal, shadowSite)
+	uid = storetest.SeedUser(t, e.pool, userLimit)
+	kid, key = e.seedKey(t, uid, nil)
+	redistest.WaitForWindow(t, e.rdb, 15*time.Second)
+	return e, c, uid, kid, key
+}
+
 // TestShadowAdmitsPastTheLimit: a user limit of 2 in shadow mode admits 5
 // requests and counts 3 shadow refusals; the upstream sees their code; the
 // counters hold the 2 that enforcement would have admitted, so the
 // enforcing route refuses at once; one log line per user and window.
 func TestShadowAdmitsPastTheLimit(t *testing.T) {
-	e := newLimEnv(t)
-	c := e.caddy(t, "", exactGlobal, shadowSite)
-	uid := storetest.SeedUser(t, e.pool, 2)
-	_, key := e.seedKey(t, uid, nil)
-	redistest.WaitForWindow(t, e.rdb, 15*time.Second)
+	e, c, uid, _, key := shadowCaddy(t, 2)
 
 	for i, r := range limExpect(t, c, "/shadow/x", key, limRepeat(http.StatusOK, 5), "") {
 		if r.Header.Get("Retry-After") != "" {
@@ -80,11 +89,7 @@ func TestShadowAdmitsPastTheLimit(t *testing.T) {
 // TestShadowRouteLimitAndAuth: a route limit in shadow mode admits past it
 // with its own code, and authentication is never shadowed.
 func TestShadowRouteLimitAndAuth(t *testing.T) {
-	e := newLimEnv(t)
-	c := e.caddy(t, "", exactGlobal, shadowSite)
-	uid := storetest.SeedUser(t, e.pool, 100)
-	kid, key := e.seedKey(t, uid, nil)
-	redistest.WaitForWindow(t, e.rdb, 15*time.Second)
+	e, c, uid, kid, key := shadowCaddy(t, 100)
 
 	limExpect(t, c, "/trial/x", key, limRepeat(http.StatusOK, 3), "")
 	if n := c.metric(t, "caddy_rpm_shadow_refusals_total", `reason="ROUTE_RPM_EXCEEDED"`); n != 2 {

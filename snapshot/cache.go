@@ -24,11 +24,24 @@ var ErrUnavailable = errors.New("auth store unavailable")
 
 // CacheConfig sizes the two cache layers.
 type CacheConfig struct {
-	L1Size       int
-	L1TTL        time.Duration
-	L2TTL        time.Duration
-	NegativeTTL  time.Duration
-	Jitter       float64 // fraction of a TTL, e.g. 0.1
+	// L1Size is the most snapshots L1 holds. Past it, otter's W-TinyLFU
+	// policy chooses which to keep; up to it, nothing is evicted.
+	L1Size int
+	// L1TTL is how long a snapshot in L1 is fresh. Invalidations remove
+	// entries as soon as they arrive, so the TTL is only a safety net for
+	// a change no notification reported. An entry read in the second half
+	// of its TTL is reloaded in the background (see refresh), so keys in
+	// use do not expire.
+	L1TTL time.Duration
+	// L2TTL is how long a snapshot lives in Redis.
+	L2TTL time.Duration
+	// NegativeTTL caps L1TTL for negative entries (unknown keys).
+	NegativeTTL time.Duration
+	// Jitter spreads every TTL by up to this fraction either way (0.1:
+	// ±10 %), so entries loaded together do not expire together.
+	Jitter float64
+	// StaleIfError is how long past its TTL an L1 entry may still be
+	// served while the store fails.
 	StaleIfError time.Duration
 	// L2Prefix prefixes the Redis keys of L2 entries.
 	L2Prefix string
@@ -58,6 +71,10 @@ type CacheHooks struct {
 	Load     func()
 	Stale    func()
 	L2Errors func()
+	// Refresh is called when a fresh L1 entry in the second half of its
+	// TTL starts its background reload (whose L2 read and store load the
+	// other hooks count as usual).
+	Refresh func()
 }
 
 // Cache serves snapshots from L1 (in-process), then L2 (Redis), then the
@@ -69,6 +86,12 @@ type Cache struct {
 	load  Loader
 	hooks CacheHooks
 	now   func() time.Time
+	// born is the origin of the entries' times, which are durations since
+	// it: 8 bytes each instead of a time.Time's 24.
+	born      time.Time
+	shared    interner
+	refresher refresher
+	gens      generations
 
 	flight singleflight.Group
 	// epoch changes on every invalidation; a load that began before one
@@ -76,33 +99,51 @@ type Cache struct {
 	epoch atomic.Uint64
 }
 
+// entry is an L1 entry. Its times are durations since the cache's birth
+// (Cache.clock).
 type entry struct {
 	snap       *Snapshot
-	freshUntil time.Time
+	freshUntil time.Duration
+	// refreshAt is when a read starts a background reload of the entry;
+	// the read that starts it moves refreshAt on by refreshRetry, so a
+	// reload that fails is retried at that pace, not on every read.
+	refreshAt atomic.Int64
+	// stamp is the generations' stamp of snap when it was stored: the
+	// entry is valid while it is unchanged (see generations).
+	stamp uint32
 }
 
 // NewCache builds a cache. l2 may be nil (L1 only).
 func NewCache(cfg CacheConfig, l2 redis.UniversalClient, load Loader, hooks CacheHooks) *Cache {
-	c := &Cache{cfg: cfg, l2: l2, load: load, hooks: hooks, now: time.Now}
+	c := &Cache{cfg: cfg, l2: l2, load: load, hooks: hooks, now: time.Now, born: time.Now(),
+		refresher: refresher{due: make(chan string, refreshQueue)}, gens: generations{l1Size: cfg.L1Size}}
 	keep := cfg.StaleIfError
 	c.l1 = otter.Must(&otter.Options[string, *entry]{
 		MaximumSize: cfg.L1Size,
 		// Entries outlive their freshness by stale_if_error so they can be
 		// served while the store is down.
 		ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[string, *entry]) time.Duration {
-			return time.Until(e.Value.freshUntil) + keep
+			return e.Value.freshUntil - c.clock() + keep
 		}),
 	})
 	return c
 }
 
+// clock is the time now as a duration since the cache's birth (monotonic
+// when now is).
+func (c *Cache) clock() time.Duration { return c.now().Sub(c.born) }
+
 // Get returns the snapshot of keyHash. A negative snapshot means the key is
 // unknown. ErrUnavailable means the store failed and nothing usable is cached.
 func (c *Cache) Get(ctx context.Context, keyHash string) (*Snapshot, error) {
 	e, ok := c.l1.GetIfPresent(keyHash)
-	if ok && c.now().Before(e.freshUntil) {
-		c.hook(c.hooks.Hit, "l1")
-		return e.snap, nil
+	ok = ok && e.stamp == c.gens.stamp(e.snap)
+	if ok {
+		if now := c.clock(); now < e.freshUntil {
+			c.hook(c.hooks.Hit, "l1")
+			c.refresh(keyHash, e, now)
+			return e.snap, nil
+		}
 	}
 	c.hook(c.hooks.Miss, "l1")
 	s, err := c.await(ctx, keyHash)
@@ -112,7 +153,7 @@ func (c *Cache) Get(ctx context.Context, keyHash string) (*Snapshot, error) {
 	// Serve a stale positive snapshot rather than fail: an outage is not a
 	// reason to lock out known keys. A stale negative is not served, since
 	// the key may have been created meanwhile.
-	if ok && !e.snap.NotFound && c.now().Before(e.freshUntil.Add(c.cfg.StaleIfError)) {
+	if ok && !e.snap.NotFound && c.clock() < e.freshUntil+c.cfg.StaleIfError {
 		if c.hooks.Stale != nil {
 			c.hooks.Stale()
 		}
@@ -227,12 +268,19 @@ func (c *Cache) getL2(ctx context.Context, keyHash string) *Snapshot {
 	return s
 }
 
+// setL1 stores s in L1, as a compact copy (see interner) that is fresh
+// for the (jittered) TTL and refreshed when read in its second half.
 func (c *Cache) setL1(keyHash string, s *Snapshot) {
 	ttl := c.cfg.L1TTL
 	if s.NotFound {
 		ttl = min(ttl, c.cfg.NegativeTTL)
 	}
-	c.l1.Set(keyHash, &entry{snap: s, freshUntil: c.now().Add(c.jitter(ttl))})
+	ttl = c.jitter(ttl)
+	now := c.clock()
+	s = c.shared.compact(s)
+	e := &entry{snap: s, freshUntil: now + ttl, stamp: c.gens.stamp(s)}
+	e.refreshAt.Store(int64(now + ttl/2))
+	c.l1.Set(keyHash, e)
 }
 
 // setL2 writes s to L2 and reports whether the write may have landed (an

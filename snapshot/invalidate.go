@@ -9,6 +9,8 @@ import (
 )
 
 // ForgetL1 drops from L1 the entries that match; a nil match drops all.
+// It looks at every entry; ForgetKey, ForgetUser and ForgetGroup drop the
+// snapshots of one key id, user or group in constant time.
 func (c *Cache) ForgetL1(match func(*Snapshot) bool) {
 	c.epoch.Add(1)
 	if match == nil {

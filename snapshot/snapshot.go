@@ -35,11 +35,19 @@ type Snapshot struct {
 	User        *User      `json:"user,omitempty"`
 	Group       *Group     `json:"group,omitempty"`
 
+	// ip holds the parsed IP lists; nil when the key has none. One pointer
+	// rather than the lists themselves keeps the snapshots of keys without
+	// IP rules (most of them) small in L1.
+	ip *ipRules
+}
+
+// ipRules are a snapshot's parsed IP lists.
+type ipRules struct {
 	whitelist []netip.Prefix
 	blacklist []netip.Prefix
-	// ipInvalid is set when an IP list has an entry that is not an address
+	// invalid is set when an IP list has an entry that is not an address
 	// or range: the key then admits no client (fail closed).
-	ipInvalid bool
+	invalid bool
 }
 
 // User is the user sub-snapshot. UserGroupRPMOverride is the user's override
@@ -95,15 +103,19 @@ func Decode(b []byte) (*Snapshot, error) {
 // closed: IPAllowed refuses every client, so a list that cannot be read
 // never widens access.
 func (s *Snapshot) Prepare() error {
-	var err error
-	s.ipInvalid = false
-	if s.whitelist, err = parsePrefixes(s.IPWhitelist); err != nil {
-		s.whitelist, s.blacklist, s.ipInvalid = nil, nil, true
+	s.ip = nil
+	white, err := parsePrefixes(s.IPWhitelist)
+	if err != nil {
+		s.ip = &ipRules{invalid: true}
 		return fmt.Errorf("ip_whitelist: %w", err)
 	}
-	if s.blacklist, err = parsePrefixes(s.IPBlacklist); err != nil {
-		s.whitelist, s.blacklist, s.ipInvalid = nil, nil, true
+	black, err := parsePrefixes(s.IPBlacklist)
+	if err != nil {
+		s.ip = &ipRules{invalid: true}
 		return fmt.Errorf("ip_blacklist: %w", err)
+	}
+	if len(white) > 0 || len(black) > 0 {
+		s.ip = &ipRules{whitelist: white, blacklist: black}
 	}
 	return nil
 }
@@ -111,22 +123,24 @@ func (s *Snapshot) Prepare() error {
 // HasIPRules reports whether the key has a white- or blacklist (or an
 // unreadable one), so callers can skip finding the client IP when it has
 // neither.
-func (s *Snapshot) HasIPRules() bool {
-	return len(s.whitelist) > 0 || len(s.blacklist) > 0 || s.ipInvalid
-}
+func (s *Snapshot) HasIPRules() bool { return s.ip != nil }
 
 // IPAllowed reports whether ip passes the key's white- and blacklist. IPv4
 // clients match IPv4 entries whether they connect over IPv4 or as
 // IPv4-mapped IPv6; entries are unmapped the same way (see parsePrefixes).
 func (s *Snapshot) IPAllowed(ip netip.Addr) bool {
-	if s.ipInvalid {
+	r := s.ip
+	if r == nil {
+		return true
+	}
+	if r.invalid {
 		return false
 	}
 	ip = ip.Unmap()
-	if len(s.whitelist) > 0 && !containsIP(s.whitelist, ip) {
+	if len(r.whitelist) > 0 && !containsIP(r.whitelist, ip) {
 		return false
 	}
-	return !containsIP(s.blacklist, ip)
+	return !containsIP(r.blacklist, ip)
 }
 
 // Expired reports whether the key has expired at now.

@@ -12,16 +12,20 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // target is one scenario's endpoint.
 type target struct {
-	Name   string // scenario name
-	Addr   string // 127.0.0.1:port
-	Path   string
-	Key    string // sent as Authorization: Bearer <key>; empty: none; RandomKey: a new random key per request
-	Expect int    // the status every request should get
+	Name string // scenario name
+	Addr string // 127.0.0.1:port
+	Path string
+	// Key is sent as Authorization: Bearer <key>; empty: none; RandomKey: a
+	// new random key per request; a key range (see parseKeyRange): one of
+	// its keys, drawn uniformly at random, per request.
+	Key    string
+	Expect int // the status every request should get
 }
 
 // sample is the outcome of one load segment against one target.
@@ -36,16 +40,59 @@ type sample struct {
 // run drives target with n keep-alive connections, each sending its next
 // request as soon as the previous response is read, for d.
 func run(t target, n int, d time.Duration) sample {
-	req, keyAt := buildRequest(t)
+	req, keyAt, keyLen := buildRequest(t)
+	kr, _ := parseKeyRange(t.Key)
+	return drive(t.Addr, n, time.Now().Add(d), func() nextRequest {
+		switch {
+		case t.Key == RandomKey:
+			return randomKeys(req, keyAt)
+		case kr != nil:
+			return kr.uniform(req, keyAt, keyLen)
+		}
+		return fixedKey(req)
+	})
+}
+
+// runEach sends one request with each key of t's key range, in order, on n
+// connections: it loads every key into the gateway's caches.
+func runEach(t target, n int) sample {
+	req, keyAt, keyLen := buildRequest(t)
+	kr, _ := parseKeyRange(t.Key)
+	var next atomic.Int64
+	return drive(t.Addr, n, time.Now().Add(time.Hour), func() nextRequest {
+		return kr.each(req, keyAt, keyLen, &next)
+	})
+}
+
+// A nextRequest returns a connection's next request, or nil when there is
+// none; the request is read before nextRequest is called again. Each
+// connection calls its own.
+type nextRequest func() []byte
+
+func fixedKey(req []byte) nextRequest { return func() []byte { return req } }
+
+func randomKeys(req []byte, keyAt int) nextRequest {
+	req = bytes.Clone(req)
+	var seed [32]byte
+	_, _ = crand.Read(seed[:])
+	rng := rand.NewChaCha8(seed)
+	return func() []byte {
+		fillRandomKey(req[keyAt:keyAt+randomKeyLen], rng)
+		return req
+	}
+}
+
+// drive runs n connections, each with the requests of its own newNext,
+// until deadline or until its requests run out.
+func drive(addr string, n int, deadline time.Time, newNext func() nextRequest) sample {
 	var wg sync.WaitGroup
 	results := make([]sample, n)
 	start := time.Now()
-	deadline := start.Add(d)
 	for i := range n {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results[i] = worker(t.Addr, req, keyAt, deadline)
+			results[i] = worker(addr, newNext(), deadline)
 		}()
 	}
 	wg.Wait()
@@ -76,23 +123,29 @@ const (
 	base62          = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 )
 
-// buildRequest returns the request bytes and, for RandomKey, the offset of
-// the random part of the key (else -1).
-func buildRequest(t target) ([]byte, int) {
+// buildRequest returns the request bytes and, for RandomKey and key
+// ranges, the offset and length of the part of the key that changes per
+// request (else -1, 0).
+func buildRequest(t target) (req []byte, keyAt, keyLen int) {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: rpm-bench\r\nAccept: */*\r\n", t.Path, t.Addr)
-	keyAt := -1
-	switch t.Key {
-	case "":
-	case RandomKey:
+	keyAt = -1
+	kr, _ := parseKeyRange(t.Key)
+	switch {
+	case t.Key == "":
+	case t.Key == RandomKey:
 		b.WriteString("Authorization: Bearer " + randomKeyPrefix)
-		keyAt = b.Len()
+		keyAt, keyLen = b.Len(), randomKeyLen
 		b.WriteString(strings.Repeat("0", randomKeyLen) + "\r\n")
+	case kr != nil:
+		b.WriteString("Authorization: Bearer " + kr.prefix)
+		keyAt, keyLen = b.Len(), kr.width()
+		b.WriteString(strings.Repeat("0", keyLen) + "\r\n")
 	default:
 		fmt.Fprintf(&b, "Authorization: Bearer %s\r\n", t.Key)
 	}
 	b.WriteString("\r\n")
-	return b.Bytes(), keyAt
+	return b.Bytes(), keyAt, keyLen
 }
 
 // fillRandomKey writes randomKeyLen base62 characters at dst.
@@ -111,15 +164,8 @@ func fillRandomKey(dst []byte, rng *rand.ChaCha8) {
 }
 
 // worker is one connection's request loop.
-func worker(addr string, req []byte, keyAt int, deadline time.Time) sample {
+func worker(addr string, next nextRequest, deadline time.Time) sample {
 	s := sample{Statuses: map[int]int64{}, Latencies: make([]int64, 0, 1<<14)}
-	var rng *rand.ChaCha8
-	if keyAt >= 0 {
-		req = bytes.Clone(req)
-		var seed [32]byte
-		_, _ = crand.Read(seed[:])
-		rng = rand.NewChaCha8(seed)
-	}
 	var c net.Conn
 	var br *bufio.Reader
 	defer func() {
@@ -128,8 +174,9 @@ func worker(addr string, req []byte, keyAt int, deadline time.Time) sample {
 		}
 	}()
 	for {
-		if rng != nil { // outside the timed part
-			fillRandomKey(req[keyAt:keyAt+randomKeyLen], rng)
+		req := next() // outside the timed part
+		if req == nil {
+			return s
 		}
 		t0 := time.Now()
 		if !t0.Before(deadline) {

@@ -47,6 +47,9 @@ func (f *targetsFlag) Set(s string) error {
 	if err != nil {
 		return fmt.Errorf("target %q: status: %w", p[0], err)
 	}
+	if _, err := parseKeyRange(p[3]); err != nil {
+		return fmt.Errorf("target %q: %w", p[0], err)
+	}
 	*f = append(*f, target{Name: p[0], Addr: p[1], Path: p[2], Key: p[3], Expect: status})
 	return nil
 }
@@ -80,7 +83,7 @@ type config struct {
 
 func main() {
 	var cfg config
-	flag.Var(&cfg.targets, "target", "scenario as name|127.0.0.1:port|path|key|expected-status (repeatable; the order is the run order); key "+RandomKey+": a new random well-formed key per request")
+	flag.Var(&cfg.targets, "target", "scenario as name|127.0.0.1:port|path|key|expected-status (repeatable; the order is the run order); key "+RandomKey+": a new random well-formed key per request; key "+keyRangeTag+"<prefix>:<n>: one of n keys (<prefix> and 1 … n zero-padded to the length of a generated key) drawn uniformly at random per request, each sent once in order at the start of the warm-up")
 	flag.StringVar(&cfg.baseline, "baseline", "plain", "the scenario the others are compared with")
 	flag.IntVar(&cfg.connections, "connections", 32, "concurrent keep-alive connections")
 	flag.DurationVar(&cfg.warmup, "warmup", 10*time.Second, "warm-up, split over the scenarios")
@@ -190,9 +193,17 @@ func bench(ctx context.Context, cfg config) (*report, error) {
 		}
 	}
 
-	// Warm-up: connections, caches, the runtime's heap and pools.
+	// Warm-up: connections, caches, the runtime's heap and pools. A key
+	// range is first sent once key by key, so that the timed warm-up and
+	// the segments start with every key loaded.
 	per := max(cfg.warmup/time.Duration(len(cfg.targets)), time.Second)
 	for _, t := range cfg.targets {
+		if kr, _ := parseKeyRange(t.Key); kr != nil {
+			log.Printf("warm-up %s: each of %d keys once", t.Name, kr.n)
+			s := runEach(t, cfg.connections)
+			log.Printf("  %d requests in %v (%.0f req/s), statuses %v, errors %d", s.Requests, s.Elapsed.Round(time.Millisecond),
+				float64(s.Requests)/s.Elapsed.Seconds(), s.Statuses, s.Errors)
+		}
 		log.Printf("warm-up %s for %v", t.Name, per)
 		s := run(t, cfg.connections, per)
 		log.Printf("  %.0f req/s, statuses %v, errors %d", float64(s.Requests)/s.Elapsed.Seconds(), s.Statuses, s.Errors)

@@ -74,10 +74,16 @@ func markdown(cfg config, rep *report) string {
 			}
 		}
 	}
-	var loads float64
+	// Store loads, and those of random keys that passed the key filter
+	// (false positives), which are loads no cache can spare.
+	var loads, fpLoads float64
 	for _, ph := range rep.Phases {
 		for _, r := range ph.Scenarios {
-			loads += sumMetric(r.Metrics, "caddy_rpm_store_loads_total")
+			n := sumMetric(r.Metrics, "caddy_rpm_store_loads_total")
+			loads += n
+			if keyOf(cfg, r.Name) == RandomKey {
+				fpLoads += n
+			}
 		}
 	}
 	if rep.PG != nil {
@@ -97,6 +103,10 @@ func markdown(cfg config, rep *report) string {
 		}
 		ev := r.Redis["evalsha"] + r.Redis["eval"]
 		cl := clientCommands(r.Redis)
+		if kr := keyRangeOf(cfg, r.Name); kr != nil {
+			p("- %s\n", usersLine(cfg, kr, base, r))
+			continue
+		}
 		switch {
 		case strings.Contains(r.Name, "admit"):
 			p("- %s throughput %.3f × plain (target ≥ 0.90): %s\n", r.Name, r.RPS/base.RPS, verdict(r.RPS/base.RPS >= 0.90))
@@ -117,17 +127,22 @@ func markdown(cfg config, rep *report) string {
 				r.Name, r.Requests, checks, calls, checks/max(calls, 1), ev, cl, verdict(checks == float64(r.Requests) && calls == ev))
 		case strings.Contains(r.Name, "unknown"):
 			loads := sumMetric(r.Metrics, "caddy_rpm_store_loads_total")
-			p("- %s: %d random well-formed keys at %.0f req/s (%.3f × plain), %d answered 401; %.0f refused by the key filter, %.0f store loads, %.0f client-issued Redis commands (target: 0 store loads and 0 Redis commands): %s\n",
+			// A random key the filter lets through (a false positive) is
+			// loaded once: an L2 GET and a store load. The filter's rate
+			// depends on the keys in the store, many with a users scenario.
+			passed := float64(r.Requests) - sumMetric(r.Metrics, "caddy_rpm_key_filter_rejections_total")
+			p("- %s: %d random well-formed keys at %.0f req/s (%.3f × plain), %d answered 401; %.0f refused by the key filter, %.0f passed it (%.3f %%, its false positives: ≈ 0.02 %% right after a build), %.0f store loads, %.0f client-issued Redis commands (target: 0 store loads and 0 Redis commands beyond one load and one L2 GET per false positive, and at most 0.1 %% false positives): %s\n",
 				r.Name, r.Requests, r.RPS, r.RPS/base.RPS, r.Statuses[401],
-				sumMetric(r.Metrics, "caddy_rpm_key_filter_rejections_total"), loads, cl, verdict(loads == 0 && cl == 0))
+				float64(r.Requests)-passed, passed, 100*passed/float64(max(r.Requests, 1)), loads, cl,
+				verdict(loads <= passed && cl <= passed && passed <= 0.001*float64(r.Requests)))
 		case strings.Contains(r.Name, "refus"):
 			p("- %s Redis round trips: %.0f client-issued commands (%.0f EVALSHA) for %d requests, %s per request (target 0 once this instance has seen the counter full): %s\n",
 				r.Name, cl, ev, r.Requests, perReq(cl, r.Requests), verdict(cl/float64(max(r.Requests, 1)) < 0.001))
 		}
 	}
 	if rep.PG != nil {
-		p("- Postgres queries per request in steady state: %.0f store loads on the request path; %.0f table scans in the schema (target 0): %s\n",
-			loads, rep.PG["scans"], verdict(loads == 0 && rep.PG["scans"] == 0))
+		p("- Postgres queries per request in steady state: %.0f store loads on the request path (%.0f of them random keys that passed the key filter); %.0f table scans in the schema (target 0 beyond those loads): %s\n",
+			loads, fpLoads, rep.PG["scans"], verdict(loads == fpLoads && rep.PG["scans"] <= fpLoads))
 	}
 	return b.String()
 }
@@ -249,4 +264,52 @@ func verdict(ok bool) string {
 		return "**met**"
 	}
 	return "**missed**"
+}
+
+// keyOf returns the key of the named scenario's target.
+func keyOf(cfg config, name string) string {
+	for _, t := range cfg.targets {
+		if t.Name == name {
+			return t.Key
+		}
+	}
+	return ""
+}
+
+// keyRangeOf returns the key range of the named scenario, or nil.
+func keyRangeOf(cfg config, name string) *keyRange {
+	kr, _ := parseKeyRange(keyOf(cfg, name))
+	return kr
+}
+
+// usersLine reports a scenario of many keys: throughput, how often the
+// in-process snapshot cache (L1) answered, and the CPU per request of
+// Caddy and Redis.
+func usersLine(cfg config, kr *keyRange, base, r *scenarioResult) string {
+	m := r.Metrics
+	l1Hits := sumMetric(m, "caddy_rpm_cache_hits_total", `layer="l1"`)
+	l1Misses := sumMetric(m, "caddy_rpm_cache_misses_total", `layer="l1"`)
+	l2Hits := sumMetric(m, "caddy_rpm_cache_hits_total", `layer="l2"`)
+	ratio := l1Hits / max(l1Hits+l1Misses, 1)
+	n := float64(max(r.Requests, 1))
+	perUS := func(res *scenarioResult, key string) string {
+		if _, ok := res.CPU[key]; !ok {
+			return "-"
+		}
+		return fmt.Sprintf("%.1f", res.CPU[key]/float64(max(res.Requests, 1))*1e6)
+	}
+	var redisUsec float64
+	for k, v := range r.RedisUsec {
+		if !slices.Contains(scriptInternal, k) && !slices.Contains(own, k) {
+			redisUsec += v
+		}
+	}
+	return fmt.Sprintf("%s (%d keys of as many users, each request one drawn uniformly at random): %.0f req/s, %.3f × plain; "+
+		"L1 hit ratio %.4f (%.0f hits, %.0f misses; target ≥ 0.97): %s; %.0f L2 hits, %.0f store loads; "+
+		"Caddy CPU per request %s µs (plain %s); Redis CPU per request %s µs (process, from /proc), of which %.1f µs executing commands (INFO commandstats); "+
+		"per request %s EVALSHA, %s GET, %s client commands",
+		r.Name, kr.n, r.RPS, r.RPS/base.RPS,
+		ratio, l1Hits, l1Misses, verdict(ratio >= 0.97), l2Hits, sumMetric(m, "caddy_rpm_store_loads_total"),
+		perUS(r, "cpu:caddy"), perUS(base, "cpu:caddy"), perUS(r, "cpu:redis"), redisUsec/n,
+		perReq(r.Redis["evalsha"], r.Requests), perReq(r.Redis["get"], r.Requests), perReq(clientCommands(r.Redis), r.Requests))
 }

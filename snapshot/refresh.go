@@ -1,0 +1,155 @@
+package snapshot
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Keys in use are reloaded before they expire. Under uniform access to
+// many keys, expiry alone would make every key miss once per TTL: with
+// 50,000 users each reading once every 50 s and a 5 m TTL, one request in
+// seven. So a read of a fresh entry in the second half of its TTL queues
+// the key, and one goroutine reloads the queued keys in the background,
+// up to refreshBatch of them per pipelined L2 round trip. The read itself
+// is a hit and waits for nothing. A reload only replaces the entry, which
+// stays fresh until its own end, so nothing served is older than without
+// it.
+
+const (
+	// refreshRetry spaces the reloads of one entry: the read that queues
+	// a key moves its next reload this far on, so a reload that failed
+	// (L2 and the store down) is retried at that pace, not on every read.
+	refreshRetry = 5 * time.Second
+	// refreshQueue bounds the keys waiting for a reload; past it a due key
+	// is skipped and queued by a read after refreshRetry (or, if it is not
+	// read by then, it expires and its next read loads it).
+	refreshQueue = 4096
+	// refreshBatch is the most keys one L2 round trip reads.
+	refreshBatch = 256
+)
+
+// refresher holds the keys due for a background reload.
+type refresher struct {
+	due chan string
+	// running is set while a goroutine drains due. It ends when due is
+	// empty, so an idle cache (and one dropped at a config reload) keeps
+	// no goroutine.
+	running atomic.Bool
+}
+
+// refresh queues keyHash for a background reload if its fresh entry e is
+// past refreshAt.
+func (c *Cache) refresh(keyHash string, e *entry, now time.Duration) {
+	at := e.refreshAt.Load()
+	if now < time.Duration(at) || !e.refreshAt.CompareAndSwap(at, int64(now+refreshRetry)) {
+		return
+	}
+	select {
+	case c.refresher.due <- keyHash:
+		c.hook0(c.hooks.Refresh)
+	default:
+		return
+	}
+	if c.refresher.running.CompareAndSwap(false, true) {
+		go c.refreshLoop()
+	}
+}
+
+// refreshLoop reloads the queued keys, a batch at a time, until none is
+// left.
+func (c *Cache) refreshLoop() {
+	batch := make([]string, 0, refreshBatch)
+	for {
+		batch = batch[:0]
+	drain:
+		for len(batch) < refreshBatch {
+			select {
+			case k := <-c.refresher.due:
+				batch = append(batch, k)
+			default:
+				break drain
+			}
+		}
+		if len(batch) > 0 {
+			c.reload(batch)
+			continue
+		}
+		c.refresher.running.Store(false)
+		// A key queued between the drain and the Store found the loop
+		// running and started none: carry on if one is waiting.
+		if len(c.refresher.due) == 0 || !c.refresher.running.CompareAndSwap(false, true) {
+			return
+		}
+	}
+}
+
+// reload reads keys from L2 in one round trip and puts what it found into
+// L1 under the rule of fill: nothing is written once an invalidation has
+// run since the read began, and what was written is dropped again if one
+// ran during the writes. A key L2 lacks (or every key, when L2 is down) is
+// loaded as a miss would load it, in the background.
+func (c *Cache) reload(keys []string) {
+	epoch := c.epoch.Load()
+	found := c.getL2Many(keys)
+	var wrote []string
+	for i, k := range keys {
+		s := found[i]
+		if s == nil {
+			c.flight.DoChan(k, func() (any, error) {
+				lctx, cancel := c.loadContext(context.Background())
+				defer cancel()
+				return c.fill(lctx, k)
+			})
+			continue
+		}
+		c.hook(c.hooks.Hit, "l2")
+		if c.epoch.Load() == epoch {
+			c.setL1(k, s)
+			wrote = append(wrote, k)
+		}
+	}
+	if c.epoch.Load() != epoch {
+		for _, k := range wrote {
+			c.l1.Invalidate(k)
+		}
+	}
+}
+
+// getL2Many reads keys from L2 in one pipeline (a cluster client splits it
+// by node) and returns their snapshots in order, nil for each that is
+// missing, unreadable or of another version.
+func (c *Cache) getL2Many(keys []string) []*Snapshot {
+	out := make([]*Snapshot, len(keys))
+	if !c.l2Usable() {
+		return out
+	}
+	ctx, cancel := c.l2Context(context.Background())
+	defer cancel()
+	cmds := make([]*redis.StringCmd, len(keys))
+	// The error is also each failed command's; they are read below.
+	_, _ = c.l2.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, k := range keys {
+			cmds[i] = p.Get(ctx, c.l2Key(k))
+		}
+		return nil
+	})
+	failed := false
+	for i, cmd := range cmds {
+		b, err := cmd.Bytes()
+		if err != nil {
+			failed = failed || !errors.Is(err, redis.Nil)
+			continue
+		}
+		if s, err := Decode(b); err == nil {
+			out[i] = s
+		}
+	}
+	if failed {
+		c.hook0(c.hooks.L2Errors)
+	}
+	return out
+}

@@ -1,0 +1,443 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
+	"github.com/caddyrpm/caddy-rpm/limiter"
+	"github.com/caddyrpm/caddy-rpm/store/storetest"
+)
+
+// gate is an upstream that holds every request until the test lets it go
+// (or its client went away), so that requests stay in flight as long as a
+// test needs them to; requests to /pass/ pass at once, and those to
+// /fail/ fail (the connection is cut before any answer).
+type gate struct {
+	*httptest.Server
+	// arrived receives the X-Shadow-Refused header of every request that
+	// reached the upstream.
+	arrived chan string
+	open    chan struct{} // closed by releaseAll
+	once    sync.Once
+}
+
+func newGate(t testing.TB) *gate {
+	g := &gate{arrived: make(chan string, 64), open: make(chan struct{})}
+	g.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/fail/") {
+			panic(http.ErrAbortHandler)
+		}
+		if strings.HasPrefix(r.URL.Path, "/pass/") {
+			io.WriteString(w, `{"upstream":true}`)
+			return
+		}
+		g.arrived <- r.Header.Get("X-Shadow-Refused")
+		select {
+		case <-g.open:
+		case <-r.Context().Done():
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"upstream":true}`)
+	}))
+	t.Cleanup(g.Close)
+	t.Cleanup(g.releaseAll) // runs before Close
+	return g
+}
+
+// releaseAll lets every held request go, and every later one pass.
+func (g *gate) releaseAll() { g.once.Do(func() { close(g.open) }) }
+
+// waitArrived waits until n more requests reached the upstream and
+// returns their X-Shadow-Refused headers.
+func (g *gate) waitArrived(t testing.TB, n int) []string {
+	t.Helper()
+	var out []string
+	for range n {
+		select {
+		case h := <-g.arrived:
+			out = append(out, h)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d of %d requests reached the upstream", len(out), n)
+		}
+	}
+	return out
+}
+
+// hit is the outcome of a request sent in the background.
+type hit struct {
+	status int
+	err    error
+}
+
+// goHit sends a GET with key to url in the background.
+func goHit(ctx context.Context, url, key string) <-chan hit {
+	ch := make(chan hit, 1)
+	go func() {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			ch <- hit{err: err}
+			return
+		}
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := limClient.Do(req)
+		if err != nil {
+			ch <- hit{err: err}
+			return
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		ch <- hit{status: resp.StatusCode}
+	}()
+	return ch
+}
+
+// wantHit waits for a background request and checks its status.
+func wantHit(t testing.TB, ch <-chan hit, status int) {
+	t.Helper()
+	select {
+	case h := <-ch:
+		if h.err != nil || h.status != status {
+			t.Fatalf("background request: %d, %v; want %d", h.status, h.err, status)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("background request did not end")
+	}
+}
+
+// wantConcurrencyRefusal checks a 429 CONCURRENCY_EXCEEDED answer that
+// names the cap.
+func wantConcurrencyRefusal(t testing.TB, r response, cap string) {
+	t.Helper()
+	if r.Status != http.StatusTooManyRequests || r.code() != "CONCURRENCY_EXCEEDED" {
+		t.Fatalf("status %d code %q, want 429 CONCURRENCY_EXCEEDED: %s", r.Status, r.code(), r.Body)
+	}
+	if got := r.Header.Get("Retry-After"); got != "1" {
+		t.Errorf("Retry-After %q, want 1", got)
+	}
+	if !strings.Contains(r.Body, cap) {
+		t.Errorf("message does not name %q: %s", cap, r.Body)
+	}
+}
+
+// setConcurrency sets a user's concurrency through the admin API.
+func setConcurrency(t testing.TB, c *caddyInstance, uid, n int64) {
+	t.Helper()
+	if r := c.admin(t, http.MethodPatch, "/admin/users/"+testutil.Itoa(uid), fmt.Sprintf(`{"concurrency":%d}`, n)); r.Status != http.StatusOK {
+		t.Fatalf("PATCH concurrency: %d %s", r.Status, r.Body)
+	}
+}
+
+// slotsHeld is how many requests a slot set holds in Redis (unexpired).
+func (e *limEnv) slotsHeld(t testing.TB, key string) int64 {
+	t.Helper()
+	held, err := limiter.NewRedis(e.rdb).PeekSlots(context.Background(), []string{key})
+	if err != nil {
+		t.Fatalf("peek %s: %v", key, err)
+	}
+	return held[0]
+}
+
+// gatedSite is the rpm handler (with the given block, "" for none) in
+// front of the gate.
+func gatedSite(g *gate, block string) string {
+	rpm := "rpm"
+	if block != "" {
+		rpm += " {\n\t\t" + strings.ReplaceAll(strings.TrimSpace(block), "\n", "\n\t\t") + "\n\t}"
+	}
+	return rpm + "\n\treverse_proxy " + g.URL + " {\n\t\theader_up X-Shadow-Refused {http.rpm.shadow_refused}\n\t}"
+}
+
+// TestConcurrencyUserCap: a user with concurrency 2 (set through the
+// admin API) sends 3 requests at once: two reach the upstream, the third
+// is refused 429 CONCURRENCY_EXCEEDED with Retry-After 1 while rpm-status
+// and the in-flight gauge show 2; when the responses end, the places come
+// back and a 4th request is admitted.
+func TestConcurrencyUserCap(t *testing.T) {
+	e := newLimEnv(t)
+	g := newGate(t)
+	defer g.releaseAll()
+	c := e.caddy(t, "", exactGlobal, gatedSite(g, ""))
+	uid := storetest.SeedUser(t, e.pool, 100)
+	_, key := e.seedKey(t, uid, nil)
+	setConcurrency(t, c, uid, 2)
+
+	a, b := goHit(t.Context(), c.URL+"/v1/x", key), goHit(t.Context(), c.URL+"/v1/x", key)
+	g.waitArrived(t, 2)
+	wantConcurrencyRefusal(t, c.get(t, "/v1/x", key), "the user's limit of 2 concurrent requests")
+
+	r := c.admin(t, http.MethodGet, "/admin/users/"+testutil.Itoa(uid)+"/rpm-status", "")
+	if !strings.Contains(r.Body, `"concurrency":2`) || !strings.Contains(r.Body, `"in_flight":2`) {
+		t.Errorf("rpm-status while 2 are in flight: %s", r.Body)
+	}
+	if n := c.metric(t, "caddy_rpm_in_flight"); n != 2 {
+		t.Errorf("caddy_rpm_in_flight = %v, want 2", n)
+	}
+	if n := c.metric(t, "caddy_rpm_decisions_total", `result="refused"`, `reason="CONCURRENCY_EXCEEDED"`); n != 1 {
+		t.Errorf("decisions{refused,CONCURRENCY_EXCEEDED} = %v, want 1", n)
+	}
+	if held := e.slotsHeld(t, e.keys.UserSlots(uid)); held != 2 {
+		t.Errorf("the user's slot set holds %d, want 2 (the refused request took nothing)", held)
+	}
+	// The refused request was counted in no per-minute limit either.
+	e.wantCount(t, "user", e.keys.User(uid), 2)
+
+	g.releaseAll()
+	wantHit(t, a, http.StatusOK)
+	wantHit(t, b, http.StatusOK)
+	testutil.WaitFor(t, time.Second, func() error {
+		if held := e.slotsHeld(t, e.keys.UserSlots(uid)); held != 0 {
+			return fmt.Errorf("the user's slot set holds %d after the responses ended, want 0", held)
+		}
+		return nil
+	})
+	if n := c.metric(t, "caddy_rpm_in_flight"); n != 0 {
+		t.Errorf("caddy_rpm_in_flight = %v after the responses ended, want 0", n)
+	}
+	if r := c.get(t, "/v1/x", key); r.Status != http.StatusOK {
+		t.Fatalf("4th request: %d %s, want 200", r.Status, r.Body)
+	}
+}
+
+// TestConcurrencyClientHangsUp: a client that goes away while its request
+// is held upstream gives its place back within a second.
+func TestConcurrencyClientHangsUp(t *testing.T) {
+	e := newLimEnv(t)
+	g := newGate(t)
+	defer g.releaseAll()
+	c := e.caddy(t, "", exactGlobal, gatedSite(g, ""))
+	uid := storetest.SeedUser(t, e.pool, 100)
+	_, key := e.seedKey(t, uid, nil)
+	setConcurrency(t, c, uid, 1)
+
+	ctx, hangUp := context.WithCancel(t.Context())
+	gone := goHit(ctx, c.URL+"/v1/x", key)
+	g.waitArrived(t, 1)
+	wantConcurrencyRefusal(t, c.get(t, "/v1/x", key), "the user's limit of 1 concurrent requests")
+	hangUp()
+	if h := <-gone; h.err == nil {
+		t.Fatalf("the hung-up request got an answer: %d", h.status)
+	}
+	start := time.Now()
+	testutil.WaitFor(t, time.Second, func() error {
+		if held := e.slotsHeld(t, e.keys.UserSlots(uid)); held != 0 {
+			return fmt.Errorf("the user's slot set holds %d after the client hung up, want 0", held)
+		}
+		return nil
+	})
+	t.Logf("place back %v after the hang-up", time.Since(start))
+	next := goHit(t.Context(), c.URL+"/v1/x", key)
+	g.waitArrived(t, 1)
+	g.releaseAll()
+	wantHit(t, next, http.StatusOK)
+}
+
+// TestConcurrencyUpstreamFails: a request whose upstream fails (502)
+// gives its place back.
+func TestConcurrencyUpstreamFails(t *testing.T) {
+	e := newLimEnv(t)
+	g := newGate(t)
+	defer g.releaseAll()
+	c := e.caddy(t, "", exactGlobal, gatedSite(g, ""))
+	uid := storetest.SeedUser(t, e.pool, 100)
+	_, key := e.seedKey(t, uid, nil)
+	setConcurrency(t, c, uid, 1)
+
+	for i := range 3 {
+		if r := c.get(t, "/fail/x", key); r.Status != http.StatusBadGateway {
+			t.Fatalf("request %d to a failing upstream: %d %s, want 502", i+1, r.Status, r.Body)
+		}
+		testutil.WaitFor(t, time.Second, func() error {
+			if held := e.slotsHeld(t, e.keys.UserSlots(uid)); held != 0 {
+				return fmt.Errorf("the user's slot set holds %d after the upstream failed, want 0", held)
+			}
+			return nil
+		})
+	}
+	if r := c.get(t, "/pass/x", key); r.Status != http.StatusOK {
+		t.Fatalf("after the failures: %d %s, want 200", r.Status, r.Body)
+	}
+}
+
+// TestConcurrencyAcrossInstancesAndKill: two instances share a user's cap
+// of 2; when one of them is killed (SIGKILL) with a request in flight, its
+// place stays taken until its lease expires (concurrency_lease 3s here),
+// then returns by itself.
+func TestConcurrencyAcrossInstancesAndKill(t *testing.T) {
+	const lease = 3 * time.Second
+	e := newLimEnv(t)
+	g := newGate(t)
+	defer g.releaseAll()
+	global := exactGlobal + "\nconcurrency_lease 3s"
+	c1 := e.caddy(t, "", global, gatedSite(g, ""))
+	c2 := e.caddy(t, "", global, gatedSite(g, ""))
+	uid := storetest.SeedUser(t, e.pool, 1000)
+	_, key := e.seedKey(t, uid, nil)
+	setConcurrency(t, c1, uid, 2)
+
+	onC1 := goHit(t.Context(), c1.URL+"/v1/x", key)
+	onC2 := goHit(t.Context(), c2.URL+"/v1/x", key)
+	g.waitArrived(t, 2)
+	for _, c := range []*caddyInstance{c1, c2} {
+		wantConcurrencyRefusal(t, c.get(t, "/v1/x", key), "the user's limit of 2 concurrent requests")
+	}
+
+	// Past several renewals, the places are still held.
+	time.Sleep(lease + time.Second)
+	if held := e.slotsHeld(t, e.keys.UserSlots(uid)); held != 2 {
+		t.Fatalf("after %v the slot set holds %d, want 2: live instances renew their leases", lease+time.Second, held)
+	}
+
+	if err := c1.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-c1.done
+	killed := time.Now()
+	if h := <-onC1; h.err == nil {
+		t.Fatalf("the killed instance answered: %d", h.status)
+	}
+	wantConcurrencyRefusal(t, c2.get(t, "/v1/x", key), "the user's limit of 2 concurrent requests")
+
+	// The dead instance's place returns within the lease; c2's own request
+	// still holds the other.
+	testutil.WaitFor(t, lease+time.Second, func() error {
+		r := c2.get(t, "/pass/x", key)
+		if r.Status == http.StatusOK {
+			return nil
+		}
+		if r.Status != http.StatusTooManyRequests {
+			return fmt.Errorf("status %d: %s", r.Status, r.Body)
+		}
+		return fmt.Errorf("still refused %v after the kill", time.Since(killed))
+	})
+	t.Logf("the killed instance's place returned %v after the kill (lease %v)", time.Since(killed), lease)
+	testutil.WaitFor(t, time.Second, func() error { // the admitted request's release is asynchronous
+		if held := e.slotsHeld(t, e.keys.UserSlots(uid)); held != 1 {
+			return fmt.Errorf("the slot set holds %d after the dead instance's place expired, want 1 (c2's request)", held)
+		}
+		return nil
+	})
+	g.releaseAll()
+	wantHit(t, onC2, http.StatusOK)
+}
+
+// TestConcurrencyRouteKeyCap: a route with `concurrency key 1` holds one
+// request per API key: a second request of the key is refused with a
+// message naming the route's cap, another key of the same user is not.
+func TestConcurrencyRouteKeyCap(t *testing.T) {
+	e := newLimEnv(t)
+	g := newGate(t)
+	defer g.releaseAll()
+	c := e.caddy(t, "", exactGlobal, gatedSite(g, "zone chat\nconcurrency key 1"))
+	uid := storetest.SeedUser(t, e.pool, 100)
+	kid, key := e.seedKey(t, uid, nil)
+	_, other := e.seedKey(t, uid, nil)
+
+	first := goHit(t.Context(), c.URL+"/v1/x", key)
+	g.waitArrived(t, 1)
+	wantConcurrencyRefusal(t, c.get(t, "/v1/x", key), `the route limit \"chat\" of 1 concurrent requests per API key`)
+	if held := e.slotsHeld(t, e.keys.ZoneKeySlots("chat", uid, kid)); held != 1 {
+		t.Errorf("the key's slot set in zone chat holds %d, want 1", held)
+	}
+	second := goHit(t.Context(), c.URL+"/v1/x", other)
+	g.waitArrived(t, 1)
+	g.releaseAll()
+	wantHit(t, first, http.StatusOK)
+	wantHit(t, second, http.StatusOK)
+}
+
+// TestConcurrencySSEHoldsItsPlace: a streamed (SSE) response holds its
+// place until its last event: a request during the stream is refused, one
+// after it ends is admitted.
+func TestConcurrencySSEHoldsItsPlace(t *testing.T) {
+	last := make(chan struct{})
+	var once sync.Once
+	sse := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprint(w, "data: first\n\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-last:
+		case <-r.Context().Done():
+			return
+		}
+		fmt.Fprint(w, "data: last\n\n")
+	}))
+	t.Cleanup(sse.Close)
+	t.Cleanup(func() { once.Do(func() { close(last) }) })
+	e := newLimEnv(t)
+	c := e.caddy(t, "", exactGlobal, "rpm\n\treverse_proxy "+sse.URL+" {\n\t\tflush_interval -1\n\t}")
+	uid := storetest.SeedUser(t, e.pool, 100)
+	_, key := e.seedKey(t, uid, nil)
+	setConcurrency(t, c, uid, 1)
+
+	req, _ := http.NewRequest(http.MethodGet, c.URL+"/v1/chat/completions", nil)
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	if !sc.Scan() || sc.Text() != "data: first" {
+		t.Fatalf("first event: %q %v", sc.Text(), sc.Err())
+	}
+	wantConcurrencyRefusal(t, c.get(t, "/v1/x", key), "the user's limit of 1 concurrent requests")
+
+	once.Do(func() { close(last) })
+	var events []string
+	for sc.Scan() {
+		if sc.Text() != "" {
+			events = append(events, sc.Text())
+		}
+	}
+	if len(events) != 1 || events[0] != "data: last" {
+		t.Fatalf("events after the first: %q", events)
+	}
+	testutil.WaitFor(t, time.Second, func() error {
+		if r := c.get(t, "/v1/x", key); r.Status != http.StatusOK {
+			return fmt.Errorf("after the stream ended: %d %s", r.Status, r.Body)
+		}
+		return nil
+	})
+}
+
+// TestShadowConcurrency: in shadow mode a request past a full cap is
+// admitted with {http.rpm.shadow_refused} = CONCURRENCY_EXCEEDED and
+// counted in shadow_refusals_total, and it takes no place.
+func TestShadowConcurrency(t *testing.T) {
+	e := newLimEnv(t)
+	g := newGate(t)
+	defer g.releaseAll()
+	c := e.caddy(t, "", exactGlobal, gatedSite(g, "shadow"))
+	uid := storetest.SeedUser(t, e.pool, 100)
+	_, key := e.seedKey(t, uid, nil)
+	setConcurrency(t, c, uid, 1)
+
+	first := goHit(t.Context(), c.URL+"/v1/x", key)
+	if h := g.waitArrived(t, 1); h[0] != "" {
+		t.Errorf("the first request was marked %q", h[0])
+	}
+	second := goHit(t.Context(), c.URL+"/v1/x", key)
+	if h := g.waitArrived(t, 1); h[0] != "CONCURRENCY_EXCEEDED" {
+		t.Errorf("the upstream saw X-Shadow-Refused %q, want CONCURRENCY_EXCEEDED", h[0])
+	}
+	if held := e.slotsHeld(t, e.keys.UserSlots(uid)); held != 1 {
+		t.Errorf("the user's slot set holds %d, want 1: a shadow admission takes no place", held)
+	}
+	if n := c.metric(t, "caddy_rpm_shadow_refusals_total", `reason="CONCURRENCY_EXCEEDED"`); n != 1 {
+		t.Errorf("shadow_refusals_total{reason=CONCURRENCY_EXCEEDED} = %v, want 1", n)
+	}
+	g.releaseAll()
+	wantHit(t, first, http.StatusOK)
+	wantHit(t, second, http.StatusOK)
+}

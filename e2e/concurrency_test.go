@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -440,4 +441,34 @@ func TestShadowConcurrency(t *testing.T) {
 	g.releaseAll()
 	wantHit(t, first, http.StatusOK)
 	wantHit(t, second, http.StatusOK)
+}
+
+// TestConcurrencyKeysFile: with the keys file and no Redis, a user's
+// concurrency is enforced in process, with the same answer, and a place
+// returns when its response ends.
+func TestConcurrencyKeysFile(t *testing.T) {
+	keys := filepath.Join(t.TempDir(), "keys.json")
+	writeFile(t, keys, `{
+  "users": [{"id": 1, "rpm_limit": 100, "concurrency": 1}],
+  "api_keys": [{"id": 1, "key": "sk-e2e-conc-file", "user_id": 1}]
+}`)
+	g := newGate(t)
+	defer g.releaseAll()
+	c := startCaddy(t, params{KeysFile: keys, Redis: "off", Site: gatedSite(g, "")})
+	held := goHit(t.Context(), c.URL+"/v1/x", "sk-e2e-conc-file")
+	g.waitArrived(t, 1)
+	wantConcurrencyRefusal(t, c.get(t, "/v1/x", "sk-e2e-conc-file"), "the user's limit of 1 concurrent requests")
+	if n := c.metric(t, "caddy_rpm_in_flight"); n != 1 {
+		t.Errorf("caddy_rpm_in_flight = %v, want 1", n)
+	}
+	g.releaseAll()
+	wantHit(t, held, http.StatusOK)
+	// The client may read the whole answer a moment before the handler
+	// returns and gives the place back.
+	testutil.WaitFor(t, time.Second, func() error {
+		if r := c.get(t, "/pass/x", "sk-e2e-conc-file"); r.Status != http.StatusOK {
+			return fmt.Errorf("after the response ended: %d %s, want 200", r.Status, r.Body)
+		}
+		return nil
+	})
 }

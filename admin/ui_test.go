@@ -126,6 +126,12 @@ func TestUIBrowser(t *testing.T) {
 		b.ExpectText(`#per-group tr[data-group-id="2"] td:nth-child(2)`, "premium")
 		b.ExpectText(`#per-zone tr[data-zone="expensive"] td.used`, "2")
 		b.ExpectText(`#per-zone tr[data-zone="bulk"] td.used`, "per key")
+		b.ExpectText("#user-inflight", "1")
+		b.ExpectText("#user-concurrency", "2")
+		b.ExpectValue("#concurrency", "2")
+		b.ExpectText(`#per-zone tr[data-zone="expensive"] td.inflight`, "1")
+		b.ExpectText(`#per-zone tr[data-zone="expensive"] td.concurrency`, "3")
+		b.ExpectText(`#per-zone tr[data-zone="bulk"] td.concurrency`, "unlimited")
 
 		// The countdown ticks down each second from window_resets_in.
 		first := uiCountdown(b)
@@ -144,6 +150,25 @@ func TestUIBrowser(t *testing.T) {
 		if n := api.count("GET status"); n < 2 {
 			t.Errorf("status fetched %d times, want refreshes", n)
 		}
+	})
+
+	t.Run("concurrency", func(t *testing.T) {
+		b.SetT(t)
+		b.TypeInto("#concurrency", "5")
+		b.Click("#save-concurrency")
+		b.WaitJS(`document.getElementById('message').textContent.includes('may have 5 requests in flight')`)
+		b.WaitJS(`document.getElementById('user-concurrency').textContent === '5'`)
+		if got := api.patched(42); got == nil || *got != 5 {
+			t.Errorf("PATCH sent concurrency %v, want 5", got)
+		}
+		b.TypeInto("#concurrency", "-1")
+		b.Click("#save-concurrency")
+		b.WaitJS(`document.getElementById('message').textContent.startsWith('Invalid input: ')`)
+		if msg := b.Text("#message"); !strings.Contains(msg, "concurrency must be >= 0") {
+			t.Errorf("message %q, want the server's reason", msg)
+		}
+		b.ExpectValue("#concurrency", "-1") // a refresh keeps what the operator typed
+		b.Shot("01b-concurrency")
 	})
 
 	t.Run("save", func(t *testing.T) {
@@ -340,15 +365,19 @@ func uiJSON(v any) string {
 
 // uiFakeAPI answers the few admin routes the page uses, with canned data.
 type uiFakeAPI struct {
-	mu        sync.Mutex
-	token     string
-	userUsed  int64
-	overrides map[int64][]uiEntry
-	puts      map[int64][]uiEntry
-	counts    map[string]int
-	deleting  int
-	auth      []string  // Authorization headers seen since the token was set
-	resetAt   time.Time // end of the fake rate-limit window
+	mu       sync.Mutex
+	token    string
+	userUsed int64
+	// concurrency is the user's concurrency, set by PATCH; patches holds
+	// the concurrency each PATCH sent, by user.
+	concurrency int64
+	patches     map[int64]*int64
+	overrides   map[int64][]uiEntry
+	puts        map[int64][]uiEntry
+	counts      map[string]int
+	deleting    int
+	auth        []string  // Authorization headers seen since the token was set
+	resetAt     time.Time // end of the fake rate-limit window
 }
 
 func newUIFakeAPI() *uiFakeAPI {
@@ -359,9 +388,17 @@ func newUIFakeAPI() *uiFakeAPI {
 			7: {{5, uiPtr(10)}, {6, uiPtr(20)}},
 			9: {{1, uiPtr(10)}},
 		},
-		puts:   map[int64][]uiEntry{},
-		counts: map[string]int{},
+		puts:        map[int64][]uiEntry{},
+		counts:      map[string]int{},
+		concurrency: 2,
+		patches:     map[int64]*int64{},
 	}
+}
+
+func (f *uiFakeAPI) patched(uid int64) *int64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.patches[uid]
 }
 
 func (f *uiFakeAPI) setUserUsed(n int64) { f.mu.Lock(); f.userUsed = n; f.mu.Unlock() }
@@ -406,6 +443,10 @@ func (f *uiFakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	f.mu.Unlock()
 
 	parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/") // admin, users|groups, id, what
+	if len(parts) == 3 && parts[1] == "users" && r.Method == http.MethodPatch {
+		f.patchUser(w, r, parts[2])
+		return
+	}
 	if len(parts) != 4 {
 		uiWriteErr(w, http.StatusNotFound, "no such route")
 		return
@@ -425,6 +466,31 @@ func (f *uiFakeAPI) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// patchUser answers PATCH /admin/users/{id} with a concurrency.
+func (f *uiFakeAPI) patchUser(w http.ResponseWriter, r *http.Request, id string) {
+	uid, err := strconv.ParseInt(id, 10, 64)
+	if err != nil {
+		uiWriteErr(w, http.StatusBadRequest, "bad id")
+		return
+	}
+	var body struct {
+		Concurrency *int64 `json:"concurrency"`
+	}
+	if err := json.NewDecoder(r.Body).Decode(&body); err != nil || body.Concurrency == nil {
+		uiWriteErr(w, http.StatusBadRequest, "invalid body")
+		return
+	}
+	if *body.Concurrency < 0 {
+		uiWriteErr(w, http.StatusBadRequest, "concurrency must be >= 0, got "+strconv.FormatInt(*body.Concurrency, 10))
+		return
+	}
+	f.mu.Lock()
+	f.patches[uid] = body.Concurrency
+	f.concurrency = *body.Concurrency
+	f.mu.Unlock()
+	uiWriteJSON(w, http.StatusOK, map[string]any{"user_id": uid, "concurrency": *body.Concurrency})
+}
+
 func (f *uiFakeAPI) status(w http.ResponseWriter, id int64) {
 	switch id {
 	case 404:
@@ -440,19 +506,21 @@ func (f *uiFakeAPI) status(w http.ResponseWriter, id int64) {
 	}
 	f.mu.Lock()
 	f.counts["GET status"]++
-	used, resetAt := f.userUsed, f.resetAt
+	used, resetAt, conc := f.userUsed, f.resetAt, f.concurrency
 	f.mu.Unlock()
 	left := time.Until(resetAt)
 	uiWriteJSON(w, http.StatusOK, map[string]any{
 		"user_id":        id,
 		"user_rpm_used":  used,
 		"user_rpm_limit": 60,
+		"concurrency":    conc,
+		"in_flight":      1,
 		"per_group": []map[string]any{
 			{"group_id": 1, "group_name": "default", "used": 3, "limit": 30, "source": "group"},
 			{"group_id": 2, "group_name": "premium", "used": 4, "limit": 0, "source": "override"},
 		},
 		"per_zone": []map[string]any{
-			{"name": "expensive", "scope": "user", "used": 2, "limit": 5},
+			{"name": "expensive", "scope": "user", "used": 2, "limit": 5, "concurrency": 3, "in_flight": 1},
 			{"name": "bulk", "scope": "key", "limit": 100},
 		},
 		"window_resets_in": int64((left + time.Second - 1) / time.Second),

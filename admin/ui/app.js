@@ -14,6 +14,8 @@
     tokenBox: $('token-box'), tokenForm: $('token-form'), token: $('token'),
     userForm: $('user-form'), userId: $('user-id'), lookup: $('lookup'),
     userStatus: $('user-status'), used: $('user-used'), limit: $('user-limit'),
+    inFlight: $('user-inflight'), concurrencyShown: $('user-concurrency'),
+    concurrencyForm: $('concurrency-form'), concurrency: $('concurrency'), saveConcurrency: $('save-concurrency'),
     countdown: $('countdown'), refreshNote: $('refresh-note'),
     perGroup: $('per-group'), perZone: $('per-zone'),
     groupForm: $('group-form'), groupId: $('group-id'), groupEditor: $('group-editor'),
@@ -172,6 +174,14 @@
   function renderStatus(st) {
     el.used.textContent = String(st.user_rpm_used);
     el.limit.textContent = fmtLimit(st.user_rpm_limit);
+    el.inFlight.textContent = String(st.in_flight || 0);
+    el.concurrencyShown.textContent = fmtLimit(st.concurrency);
+    // The input follows the data when another user is shown or after a
+    // save, not on every refresh: it may hold what the operator is typing.
+    if (el.concurrency.dataset.user !== String(st.user_id)) {
+      el.concurrency.dataset.user = String(st.user_id);
+      el.concurrency.value = String(st.concurrency || 0);
+    }
 
     const gbody = el.perGroup.tBodies[0];
     gbody.replaceChildren();
@@ -204,6 +214,10 @@
         // Zones limited per key count each key apart: no single number for the user.
         cell(tr, z.used === undefined || z.used === null ? 'per key' : String(z.used), 'num used');
         cell(tr, fmtLimit(z.limit), 'num limit');
+        let inFlight = '';
+        if (z.concurrency) inFlight = z.in_flight === undefined || z.in_flight === null ? 'per key' : String(z.in_flight);
+        cell(tr, inFlight, 'num inflight');
+        cell(tr, fmtLimit(z.concurrency), 'num concurrency');
         zbody.appendChild(tr);
       }
       el.perZone.hidden = false;
@@ -271,6 +285,34 @@
     }
     clearMessage();
     lookup(id);
+  });
+
+  // saveConcurrency sets the shown user's concurrency (0 lifts the cap).
+  async function saveConcurrency(id, value) {
+    setBusy(el.saveConcurrency, true, 'Saving…');
+    try {
+      await api('PATCH', 'users/' + id, { concurrency: value });
+      show('Saved: user ' + id + ' may have ' + (value === 0 ? 'any number of' : value) + ' requests in flight.', 'success');
+      el.concurrency.dataset.user = '';
+      if (shownUser === id) await loadUser(id, false);
+    } catch (err) {
+      fail(err, () => saveConcurrency(id, value));
+    } finally {
+      setBusy(el.saveConcurrency, false);
+    }
+  }
+
+  el.concurrencyForm.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    if (shownUser === null) return;
+    const s = String(el.concurrency.value).trim();
+    // The server checks the range; the page only makes sure a number goes.
+    if (!/^-?[0-9]+$/.test(s)) {
+      show('Invalid input: the concurrency must be a whole number (0 = no cap).', 'error');
+      return;
+    }
+    clearMessage();
+    saveConcurrency(shownUser, Number(s));
   });
 
   // ---- group overrides ------------------------------------------------------

@@ -8,6 +8,10 @@
 #   admitted  rpm + reverse_proxy; the user and group limits (10^9) apply but
 #             are never hit: each request waits for one EVALSHA, which concurrent
 #             requests share (see limiter/batch.go)
+#   capped    the admitted site with a user whose concurrency cap (10^6)
+#             is never reached: each request takes a place in the same
+#             EVALSHA and gives it back with a batched asynchronous ZREM
+#             (see limiter/lease.go); compare with admitted
 #   refused   rpm + reverse_proxy; a user limit of 1 is hit, so after the
 #             first 429 of the window the local deny cache answers
 #   unknown   the admitted site with a new random well-formed key on every
@@ -149,9 +153,11 @@ seed() { PGOPTIONS="-c search_path=$schema" psql "$DATABASE_URL" -qAtc "$1" | he
 group_id=$(seed "insert into rpm_groups (name, rpm_limit) values ('bench', 1000000000) returning id")
 admitted_user=$(seed "insert into rpm_users (username, rpm_limit) values ('bench-admitted', 1000000000) returning id")
 refused_user=$(seed "insert into rpm_users (username, rpm_limit) values ('bench-refused', 1) returning id")
+capped_user=$(seed "insert into rpm_users (username, rpm_limit, concurrency) values ('bench-capped', 1000000000, 1000000) returning id")
 admitted_key=$("$work/caddy" rpm key create --database-url "$dsn" --user "$admitted_user" --group "$group_id" --name bench 2>/dev/null)
 refused_key=$("$work/caddy" rpm key create --database-url "$dsn" --user "$refused_user" --group "$group_id" --name bench 2>/dev/null)
-[[ -n $admitted_key && -n $refused_key ]] || { echo "bench: key creation failed" >&2; exit 1; }
+capped_key=$("$work/caddy" rpm key create --database-url "$dsn" --user "$capped_user" --group "$group_id" --name bench 2>/dev/null)
+[[ -n $admitted_key && -n $refused_key && -n $capped_key ]] || { echo "bench: key creation failed" >&2; exit 1; }
 # The users scenario's keys: user i (1 … USERS) has the key
 # sk-rpm-bench<i zero-padded to 35 digits> (47 characters, like a created
 # key), the loadgen's @range:sk-rpm-bench:$USERS; the hash is computed here,
@@ -223,6 +229,7 @@ md="$work/run.md"
 GOMAXPROCS=$LOADGEN_GOMAXPROCS "$work/loadgen" \
 	-target "plain|127.0.0.1:$plain_port|/v1/models|$admitted_key|200" \
 	-target "admitted|127.0.0.1:$admitted_port|/v1/models|$admitted_key|200" \
+	-target "capped|127.0.0.1:$admitted_port|/v1/models|$capped_key|200" \
 	-target "refused|127.0.0.1:$refused_port|/v1/models|$refused_key|429" \
 	-target "unknown|127.0.0.1:$admitted_port|/v1/models|@random|401" \
 	"${users_target[@]}" \
@@ -232,7 +239,7 @@ GOMAXPROCS=$LOADGEN_GOMAXPROCS "$work/loadgen" \
 	-pid "caddy=${pids[2]}" -pid "redis=${pids[0]}" -pid "upstream=${pids[1]}" -pid "loadgen=self" \
 	-note "machine: $NPROC cores (nproc), $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1); $(go version | cut -d' ' -f3); $(redis-server --version | cut -d' ' -f3); $(psql "$DATABASE_URL" -qAtc 'show server_version' | cut -d' ' -f1 | sed 's/^/postgres /')" \
 	-note "GOMAXPROCS: caddy $CADDY_GOMAXPROCS, load generator $LOADGEN_GOMAXPROCS, upstream $UPSTREAM_GOMAXPROCS (redis-server is single-threaded); all share the same $NPROC cores" \
-	-note "one Caddy ($(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet -- . ':!bench/results.md' ':!bench/results.json' 2>/dev/null || echo '+dirty')), three sites on 127.0.0.1: plain reverse_proxy, rpm admitted (user 10^9, group 10^9), rpm refused (user limit 1); the unknown scenario sends random well-formed keys to the admitted site; the users scenario $USERS keys of $USERS users (limits 10^9) to the admitted site, uniformly at random; same upstream (bench/upstream); private redis-server; Postgres schema $schema ($([[ $BENCH_DB == private ]] && echo "in a throwaway database of the same name" || echo "in the shared database"))" \
+	-note "one Caddy ($(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet -- . ':!bench/results.md' ':!bench/results.json' 2>/dev/null || echo '+dirty')), three sites on 127.0.0.1: plain reverse_proxy, rpm admitted (user 10^9, group 10^9), rpm refused (user limit 1); the capped scenario sends a key of a user with concurrency 10^6 (limits 10^9) to the admitted site; the unknown scenario sends random well-formed keys to the admitted site; the users scenario $USERS keys of $USERS users (limits 10^9) to the admitted site, uniformly at random; same upstream (bench/upstream); private redis-server; Postgres schema $schema ($([[ $BENCH_DB == private ]] && echo "in a throwaway database of the same name" || echo "in the shared database"))" \
 	>"$work/run.json"
 
 {

@@ -9,7 +9,6 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/zap"
 
-	"github.com/caddyrpm/caddy-rpm/snapshot"
 	"github.com/caddyrpm/caddy-rpm/store"
 )
 
@@ -64,13 +63,13 @@ func (g *Gateway) invalidateHere(ctx context.Context, ev store.Event, origin str
 			err = ferr
 		}
 	}
-	g.cache.ForgetL1(matcher(ev))
+	g.forgetL1(ev)
 	return err
 }
 
 // forgetLocal drops what ev reaches from this instance's L1 and deny cache.
 func (g *Gateway) forgetLocal(ev store.Event) {
-	g.cache.ForgetL1(matcher(ev))
+	g.forgetL1(ev)
 	switch ev.Scope {
 	case ScopeAll:
 		g.limiter.Forget(0, 0)
@@ -81,16 +80,20 @@ func (g *Gateway) forgetLocal(ev store.Event) {
 	}
 }
 
-func matcher(ev store.Event) func(*snapshot.Snapshot) bool {
+// forgetL1 drops what ev reaches from this instance's L1, in constant time
+// for a key, a user or a group (L1 holds up to a million entries; a scan of
+// them would take a second per invalidation).
+func (g *Gateway) forgetL1(ev store.Event) {
 	switch ev.Scope {
 	case ScopeKey:
-		return snapshot.ForKey(ev.ID)
+		g.cache.ForgetKey(ev.ID)
 	case ScopeUser:
-		return snapshot.ForUser(ev.ID)
+		g.cache.ForgetUser(ev.ID)
 	case ScopeGroup:
-		return snapshot.ForGroup(ev.ID)
+		g.cache.ForgetGroup(ev.ID)
+	default:
+		g.cache.ForgetL1(nil)
 	}
-	return nil
 }
 
 // Run applies the store's notifications and the other instances'

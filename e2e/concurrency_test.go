@@ -13,8 +13,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter"
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
@@ -471,4 +474,64 @@ func TestConcurrencyKeysFile(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestConcurrencyRedisPaused: while Redis does not answer, a request of a
+// capped user fails open (admitted, holding no place); a place taken
+// before the outage is given back once Redis answers again, long before
+// its lease would have expired.
+func TestConcurrencyRedisPaused(t *testing.T) {
+	srv := redistest.StartServer(t)
+	t.Cleanup(srv.Resume) // before the server's own cleanup stops it
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr, MaxRetries: -1})
+	t.Cleanup(func() { rdb.Close() })
+	e := newLimEnvOn(t, rdb)
+	g := newGate(t)
+	defer g.releaseAll()
+	c := e.caddy(t, srv.Addr, fmt.Sprintf("redis_timeout %s\non_redis_error open", failTimeout), gatedSite(g, ""))
+	uid := storetest.SeedUser(t, e.pool, 100)
+	_, key := e.seedKey(t, uid, nil)
+	setConcurrency(t, c, uid, 1)
+	// The snapshot in L1, so that only the limiter needs Redis.
+	if r := c.get(t, "/pass/x", key); r.Status != http.StatusOK {
+		t.Fatalf("warm-up: %d %s", r.Status, r.Body)
+	}
+	testutil.WaitFor(t, time.Second, func() error {
+		if held := e.slotsHeld(t, e.keys.UserSlots(uid)); held != 0 {
+			return fmt.Errorf("slot set holds %d after the warm-up", held)
+		}
+		return nil
+	})
+
+	acquired := time.Now()
+	held := goHit(t.Context(), c.URL+"/v1/x", key)
+	g.waitArrived(t, 1)
+	if n := e.slotsHeld(t, e.keys.UserSlots(uid)); n != 1 {
+		t.Fatalf("slot set holds %d, want 1", n)
+	}
+
+	srv.Pause()
+	open := goHit(t.Context(), c.URL+"/v1/x", key)
+	g.waitArrived(t, 1) // admitted past the cap: fail open
+	g.releaseAll()
+	wantHit(t, held, http.StatusOK)
+	wantHit(t, open, http.StatusOK)
+	if n := c.metric(t, "caddy_rpm_fail_open_total"); n < 1 {
+		t.Errorf("fail_open_total = %v, want the request admitted during the outage", n)
+	}
+	time.Sleep(time.Second) // the release meets the outage
+
+	srv.Resume()
+	resumed := time.Now()
+	testutil.WaitFor(t, 5*time.Second, func() error {
+		if n := e.slotsHeld(t, e.keys.UserSlots(uid)); n != 0 {
+			return fmt.Errorf("slot set holds %d after Redis came back, want 0", n)
+		}
+		return nil
+	})
+	t.Logf("place released %v after Redis came back, %v after it was taken (lease %v)",
+		time.Since(resumed), time.Since(acquired), limiter.DefaultLease)
+	if since := time.Since(acquired); since >= limiter.DefaultLease {
+		t.Fatalf("the place went away %v after it was taken: by expiry, not by its release", since)
+	}
 }

@@ -91,9 +91,12 @@ func (g *Gateway) Status(ctx context.Context, uid int64) (*Status, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrCountersUnavailable, err)
 	}
-	held, err := g.limiter.PeekSlots(ctx, sets)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrCountersUnavailable, err)
+	// Without any cap no request is tracked: nothing to ask Redis.
+	held := make([]int64, len(sets))
+	if u.Concurrency > 0 || len(sets) > 1 {
+		if held, err = g.limiter.PeekSlots(ctx, sets); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrCountersUnavailable, err)
+		}
 	}
 
 	st := &Status{

@@ -535,3 +535,51 @@ func TestConcurrencyRedisPaused(t *testing.T) {
 		t.Fatalf("the place went away %v after it was taken: by expiry, not by its release", since)
 	}
 }
+
+// TestCommandsPerCappedRequest: under a concurrency cap that is never
+// reached, a request still sends exactly one EVALSHA — its places are
+// taken in the same script call as its counters — and its release follows
+// asynchronously, at most one ZREM per request (fewer when releases share
+// a batch); a renewal tick may add one EVALSHA to the measured window.
+func TestCommandsPerCappedRequest(t *testing.T) {
+	srv := redistest.StartServer(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	e := newLimEnvOn(t, rdb)
+	c := e.caddy(t, srv.Addr, "", "")
+	mon := newCmdMonitor(t, srv.Addr)
+	uid := storetest.SeedUser(t, e.pool, 1000)
+	_, key := e.seedKey(t, uid, nil)
+	setConcurrency(t, c, uid, 1000)
+	cmdSettle(t, c)
+	redistest.WaitForWindow(t, rdb, 15*time.Second)
+	limExpect(t, c, "/v1/x", key, []int{200}, "") // fills the caches
+
+	const n = 20
+	start := time.Now()
+	cmds := mon.count(func() {
+		limExpect(t, c, "/v1/x", key, limRepeat(200, n), "")
+		time.Sleep(100 * time.Millisecond) // the last release is sent 2 ms after its response
+	})
+	if d := time.Since(start); d > 4*time.Second {
+		t.Fatalf("the measure took %v: more than one renewal tick may fall in it", d)
+	}
+	by := map[string]int{}
+	for _, cmd := range cmds {
+		by[cmd.name]++
+	}
+	t.Logf("%d requests under a cap: %v", n, by)
+	if by["evalsha"] < n || by["evalsha"] > n+1 || by["zrem"] < 1 || by["zrem"] > n || len(by) > 2 {
+		var b strings.Builder
+		for _, cmd := range cmds {
+			b.WriteString("\n  " + cmd.line)
+		}
+		t.Fatalf("%d requests under a cap sent %v; want %d EVALSHA (+1 renewal at most) and 1..%d ZREM only:%s", n, by, n, n, b.String())
+	}
+	testutil.WaitFor(t, time.Second, func() error {
+		if held := e.slotsHeld(t, e.keys.UserSlots(uid)); held != 0 {
+			return fmt.Errorf("slot set holds %d after every response, want 0", held)
+		}
+		return nil
+	})
+}

@@ -90,9 +90,18 @@ func (d *DenyCache) Check(ctx context.Context, counters []Counter) (Result, erro
 	start := d.now()
 	res, err := d.inner.Check(ctx, counters)
 	if err == nil && !res.Allowed && !res.Local && res.ResetIn > 0 && len(res.Counts) == len(counters) {
-		d.remember(start.Add(res.ResetIn), counters, res.Counts)
+		d.remember(start.Add(rememberFor(res)), counters, res.Counts)
 	}
 	return res, err
+}
+
+// rememberFor is how long a refusal holds: to the end of the window, or
+// less when reserved units may come back (Result.RecheckIn).
+func rememberFor(res Result) time.Duration {
+	if res.RecheckIn > 0 && res.RecheckIn < res.ResetIn {
+		return res.RecheckIn
+	}
+	return res.ResetIn
 }
 
 // local answers a refusal from the cache if a counter of the request is

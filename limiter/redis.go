@@ -187,7 +187,8 @@ type Redis struct {
 	slack    int64                     // ms
 	batchers []atomic.Pointer[batcher] // per cluster slot, or one
 	onCall   func(checks int)
-	leases   *leaseKeeper // concurrency slots (slots_redis.go)
+	leases   *leaseKeeper  // concurrency slots (slots_redis.go)
+	reserve  *reservations // nil: reservations off (reserve.go)
 }
 
 // RedisOption configures a Redis limiter.
@@ -225,7 +226,7 @@ func NewRedis(client redis.UniversalClient, opts ...RedisOption) *Redis {
 // Load puts the scripts into the Redis script cache (on every master of a
 // cluster), so the first Check needs no EVAL fallback. Optional.
 func (r *Redis) Load(ctx context.Context) error {
-	for _, s := range []*redis.Script{checkScript, peekScript} {
+	for _, s := range []*redis.Script{checkScript, peekScript, reserveScript, handBackScript} {
 		if err := s.Load(ctx, r.client).Err(); err != nil {
 			return unavailable("load script", err)
 		}
@@ -244,6 +245,9 @@ func (r *Redis) Check(ctx context.Context, counters []Counter) (Result, error) {
 func (r *Redis) checkBy(ctx context.Context, deadline time.Time, counters []Counter) (Result, error) {
 	if len(counters) == 0 {
 		return Result{Allowed: true, Denied: -1}, nil
+	}
+	if r.reserve != nil {
+		return r.reserve.check(ctx, deadline, counters)
 	}
 	return r.batcherFor(counters[0].Key).check(ctx, deadline, counters)
 }
@@ -410,5 +414,12 @@ func (r *Redis) Count(ctx context.Context, key string) (int64, error) {
 	return counts[0], nil
 }
 
-// Forget implements Limiter; Redis keeps no local deny entries.
-func (r *Redis) Forget(userID, groupID int64) {}
+// Forget implements Limiter. Redis keeps no local deny entries; with
+// reservations on it drops those of the user or group (both 0: all) and
+// hands their unused units back, so a changed limit is checked in Redis
+// on the next request.
+func (r *Redis) Forget(userID, groupID int64) {
+	if r.reserve != nil {
+		r.reserve.forget(userID, groupID)
+	}
+}

@@ -50,6 +50,9 @@ func (r *Redis) acquireBy(ctx context.Context, deadline time.Time, counters []Co
 	}
 	res := AcquireResult{Result: p.res, DeniedSlot: p.deniedSlot, InFlight: p.inFlight}
 	if !res.Allowed {
+		if r.reserve != nil && res.Denied >= 0 {
+			res.RecheckIn = r.reserve.recheck()
+		}
 		return res, nil, nil
 	}
 	return res, k.hold(p.member, keys, start), nil
@@ -125,5 +128,8 @@ func (r *Redis) InFlight() int64 { return r.leases.held.Load() }
 // CheckAcquire with slots fails after Close; Check is unaffected.
 func (r *Redis) Close() error {
 	r.leases.close()
+	if r.reserve != nil {
+		r.reserve.close()
+	}
 	return nil
 }

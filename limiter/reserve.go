@@ -29,7 +29,8 @@ import (
 // near a limit every request is checked in Redis as without reservations.
 //
 // Units not used are handed back (handBackScript, one call per batch) when
-// the set has had no request for the reservation TTL, and at once when
+// the set has had no request for the reservation TTL (checked every TTL/4,
+// so after 3/4 of the TTL to the TTL), and at once when
 // Forget drops the set's user or group; at the end of the window they
 // lapse with the counters. A reservation is used only while the window it
 // was granted in surely lasts: until the send time of its check plus the
@@ -38,11 +39,11 @@ import (
 //
 // The cost of that: while another instance holds units it does not use,
 // Redis counts them, so a request may be refused although fewer requests
-// than the limit were admitted — for at most the TTL plus one sweep
-// (TTL/4) plus a round trip after that instance's last request for the
-// set. Refusals tell the deny cache to re-check after a sweep interval
-// (Result.RecheckIn) instead of remembering the counter until the end of
-// the window.
+// than the limit were admitted — for at most the TTL plus a round trip
+// after that instance's last request for the set, plus TTL/4 where the
+// deny cache remembered the refusal: refusals tell it to re-check after
+// TTL/4 (Result.RecheckIn) instead of remembering the counter until the
+// end of the window.
 
 // DefaultReservationTTL is the idle time after which a reservation's
 // unused units are handed back.
@@ -81,7 +82,9 @@ type ReservationStats struct {
 	// Local is the number of requests admitted from a reservation, without
 	// a Redis call.
 	Local uint64
-	// HandedBack is the number of unused units Redis took back.
+	// HandedBack is the number of unused units Redis took back, summed
+	// over the counters (a grant of a request with two counters that
+	// leaves 5 units unused gives back 10).
 	HandedBack uint64
 	// Unanswered is the number of reserving checks whose answer was lost
 	// (timeout, connection lost): the units such a check may have taken
@@ -428,10 +431,12 @@ func (rs *reservations) forget(userID, groupID int64) {
 	})...)
 }
 
-// sweep drops the sets idle for the TTL and hands their units back.
+// sweep drops the sets idle for the TTL, give or take the sweep interval
+// (between TTL*3/4 and TTL), and hands their units back.
 func (rs *reservations) sweep(now time.Time) {
+	idle := rs.ttl - rs.sweepEvery()
 	rs.enqueue(rs.dropWhere(func(e *reservation) bool {
-		return e.refill == nil && now.Sub(e.last) >= rs.ttl
+		return e.refill == nil && now.Sub(e.last) >= idle
 	})...)
 }
 

@@ -418,7 +418,13 @@ func keysOf(counters []Counter) []string {
 // forget drops the sets with a counter of userID or groupID (both 0: all)
 // and hands their units back.
 func (rs *reservations) forget(userID, groupID int64) {
-	rs.enqueue(rs.dropWhere(func(e *reservation) bool {
+	rs.enqueue(rs.dropWhere(ofUserOrGroup(userID, groupID))...)
+}
+
+// ofUserOrGroup matches the sets with a counter of userID or groupID (0 =
+// none); both 0 match all.
+func ofUserOrGroup(userID, groupID int64) func(e *reservation) bool {
+	return func(e *reservation) bool {
 		if userID == 0 && groupID == 0 {
 			return true
 		}
@@ -428,7 +434,7 @@ func (rs *reservations) forget(userID, groupID int64) {
 			}
 		}
 		return false
-	})...)
+	}
 }
 
 // sweep drops the sets idle for the TTL, give or take the sweep interval

@@ -215,17 +215,23 @@ func (a *App) provisionLimiter() {
 		a.limiter = lim
 		return
 	}
-	key := fmt.Sprintf("limiter|%s|%s|%s", a.redisKey(), a.RedisKeyPrefix, time.Duration(a.RedisTimeout))
+	reserveTTL := time.Duration(*a.ReservationTTL)
+	key := fmt.Sprintf("limiter|%s|%s|%s|%s", a.redisKey(), a.RedisKeyPrefix, time.Duration(a.RedisTimeout), reserveTTL)
 	lim, _ := share(a, key, func() (redisLimiter, func(), error) {
 		client := a.redis
 		m := a.metrics // process-wide, the same for every configuration
+		// Reservations live in the limiter, so they survive a reload as
+		// the counters do.
 		counting := limiter.NewRedis(client,
-			limiter.WithOnCall(func(checks int) { m.checksPerCall.Observe(float64(checks)) }))
+			limiter.WithOnCall(func(checks int) { m.checksPerCall.Observe(float64(checks)) }),
+			limiter.WithReservations(reserveTTL))
 		// The limiter outlives this configuration (see sharedLogger).
 		guarded := limiter.NewGuarded(counting, time.Duration(a.RedisTimeout), sharedLogger("rpm.redis"),
 			limiter.WithProbe(func(ctx context.Context) error { return client.Ping(ctx).Err() }),
 			limiter.WithOnError(func(error) { m.redisErrors.Inc() }))
-		return redisLimiter{limiter.NewDenyCache(guarded, time.Now), guarded}, func() { _ = guarded.Close() }, nil
+		// Closing the Redis limiter hands back its reservations' unused
+		// units.
+		return redisLimiter{limiter.NewDenyCache(guarded, time.Now), guarded}, func() { _ = guarded.Close(); _ = counting.Close() }, nil
 	})
 	a.limiter, a.breaker = lim.limiter, lim.breaker
 }

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/caddyrpm/caddy-rpm/gateway"
 )
@@ -27,6 +28,9 @@ func (a *App) Validate() error {
 	}
 	if err := checkOnRedisError(a.OnRedisError); err != nil {
 		return fmt.Errorf("rpm: %w", err)
+	}
+	if a.ReservationTTL != nil && *a.ReservationTTL < 0 {
+		return fmt.Errorf("rpm: reservation_ttl must not be negative, not %s", time.Duration(*a.ReservationTTL))
 	}
 	if a.RedisCluster && len(a.Redis) == 0 {
 		return errors.New("rpm: redis_cluster needs redis addresses")

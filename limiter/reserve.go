@@ -256,7 +256,7 @@ func (rs *reservations) check(ctx context.Context, deadline time.Time, counters 
 				back = &handBack{keys: keysOf(counters), window: window, units: g - 1, until: now.Add(res.ResetIn)}
 			} else {
 				e.units, e.used, e.window, e.end = g-1, 0, window, now.Add(res.ResetIn-windowMargin)
-				e.base = res.Counts
+				e.base = append(e.base[:0], res.Counts...)
 			}
 		}
 	}
@@ -278,13 +278,16 @@ func (rs *reservations) plain(ctx context.Context, deadline time.Time, counters 
 }
 
 // reserve runs reserveScript for one request that started at start and
-// returns its result, the grant (0 when refused) and its window.
+// returns its result, the grant (0 when refused) and its window. Others
+// may wait for the call, so the caller leaving does not end it: it ends
+// by the caller's deadline (deadline, or ctx's if earlier), as a shared
+// batch call does (batch.go).
 func (rs *reservations) reserve(ctx context.Context, deadline time.Time, counters []Counter, want int64, start time.Time) (Result, int64, int64, error) {
-	if !deadline.IsZero() {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, deadline)
-		defer cancel()
+	if d, ok := ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
+		deadline = d
 	}
+	ctx, cancel := withDeadline(context.WithoutCancel(ctx), deadline)
+	defer cancel()
 	m := len(counters)
 	keys := make([]string, m)
 	args := make([]any, 0, 2+m)

@@ -402,3 +402,42 @@ func TestReservationGrantBounds(t *testing.T) {
 		}
 	}
 }
+
+// recheckLimiter is Local whose refusals carry a RecheckIn, as the Redis
+// limiter's do with reservations on.
+type recheckLimiter struct {
+	*Local
+	recheck time.Duration
+}
+
+func (r recheckLimiter) Check(ctx context.Context, cs []Counter) (Result, error) {
+	res, err := r.Local.Check(ctx, cs)
+	if err == nil && !res.Allowed {
+		res.RecheckIn = r.recheck
+	}
+	return res, err
+}
+
+// A refusal with RecheckIn is remembered that long only, and the local
+// refusals meanwhile still report the time left in the window.
+func TestDenyCacheRecheckIn(t *testing.T) {
+	clock := newFakeClock(minuteStart.Add(20 * time.Second))
+	inner := &countingLimiter{Limiter: recheckLimiter{NewLocal(clock.Now), 60 * time.Millisecond}}
+	d := NewDenyCache(inner, clock.Now)
+	cs := []Counter{userCounter(Keys{Prefix: "deny:"}, 1, 2)}
+	fill(t, d, cs, 2)
+	before := inner.checks.Load()
+	clock.Add(30 * time.Millisecond)
+	res, err := d.Check(context.Background(), cs)
+	if err != nil || res.Allowed || !res.Local || inner.checks.Load() != before {
+		t.Fatalf("within RecheckIn: %+v %v (backend checks %d -> %d)", res, err, before, inner.checks.Load())
+	}
+	if want := 40*time.Second - 30*time.Millisecond; res.ResetIn != want {
+		t.Fatalf("local refusal ResetIn %v, want %v (the window's end)", res.ResetIn, want)
+	}
+	clock.Add(40 * time.Millisecond)
+	res, err = d.Check(context.Background(), cs)
+	if err != nil || res.Allowed || res.Local || inner.checks.Load() != before+1 {
+		t.Fatalf("after RecheckIn: %+v %v, want a backend refusal", res, err)
+	}
+}

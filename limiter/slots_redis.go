@@ -123,7 +123,7 @@ func (r *Redis) PeekSlots(ctx context.Context, keys []string) ([]int64, error) {
 func (r *Redis) InFlight() int64 { return r.leases.held.Load() }
 
 // Close stops renewing and releasing leases, after sending the releases
-// still queued. Leases held at that point expire within the lease length;
+// still queued, and hands back the reservations' unused units. Leases held at that point expire within the lease length;
 // releasing them later still sends the release, once, without retries.
 // CheckAcquire with slots fails after Close; Check is unaffected.
 func (r *Redis) Close() error {

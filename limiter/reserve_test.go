@@ -441,3 +441,68 @@ func TestDenyCacheRecheckIn(t *testing.T) {
 		t.Fatalf("after RecheckIn: %+v %v, want a backend refusal", res, err)
 	}
 }
+
+// Requests waiting for another's refill get its answer even when that
+// request's caller leaves before the call could go out (here: waiting for
+// the client's only connection): the refill is not cancelled with it.
+func TestReservationRefillOutlivesItsCaller(t *testing.T) {
+	c0, keys := singleClient(t)
+	c := redis.NewClient(&redis.Options{Addr: redistest.SharedAddr, ContextTimeoutEnabled: true, PoolSize: 1})
+	t.Cleanup(func() { c.Close() })
+	r := NewRedis(c, WithReservations(time.Hour))
+	t.Cleanup(func() { r.Close() })
+	ctx := context.Background()
+	if err := r.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitForWindow(t, c0, minRemaining)
+	counters := []Counter{{Key: keys.User(1), Limit: 10000}}
+	// The only connection is busy for 300 ms.
+	busy := make(chan struct{})
+	go func() {
+		defer close(busy)
+		c.BLPop(ctx, 300*time.Millisecond, keys.Prefix+"nothing")
+	}()
+	time.Sleep(50 * time.Millisecond)
+	e := r.reserve.lookup(setKey(counters), counters)
+	e.mu.Lock()
+	e.bucket, e.prev, e.lastGrant = time.Now(), 10, 10 // hot: others wait for a refill
+	e.mu.Unlock()
+	leaving, leave := context.WithCancel(ctx)
+	first := make(chan error, 1)
+	go func() {
+		_, err := r.Check(leaving, counters)
+		first <- err
+	}()
+	waitFor(t, time.Second, func() bool {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return e.refill != nil
+	}, "refill in flight")
+	type outcome struct {
+		res Result
+		err error
+	}
+	second := make(chan outcome, 1)
+	go func() {
+		res, err := r.Check(ctx, counters)
+		second <- outcome{res, err}
+	}()
+	waitFor(t, time.Second, func() bool {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return e.refill != nil && e.refill.waiters == 1
+	}, "a waiter")
+	leave()
+	<-busy
+	got := <-second
+	if got.err != nil || !got.res.Allowed {
+		t.Fatalf("the waiter got %+v, %v", got.res, got.err)
+	}
+	if err := <-first; err != nil {
+		t.Fatalf("the refill failed: %v", err)
+	}
+	if st := r.ReservationStats(); st.Local != 1 || st.Granted != 1 {
+		t.Fatalf("stats %+v, want one grant and one local admission", st)
+	}
+}

@@ -506,3 +506,49 @@ func TestReservationRefillOutlivesItsCaller(t *testing.T) {
 		t.Fatalf("stats %+v, want one grant and one local admission", st)
 	}
 }
+
+// On a Redis Cluster, two instances with reservations admit exactly the
+// limit of a user's counters, and hand idle units back.
+func TestReservationsCluster(t *testing.T) {
+	c, keys := clusterClient(t)
+	ttl := 100 * time.Millisecond
+	var pair [2]*Redis
+	for i := range pair {
+		pair[i] = NewRedis(c, WithReservations(ttl))
+		t.Cleanup(func() { pair[i].Close() })
+	}
+	redistest.WaitForWindow(t, c, minRemaining)
+	// Two users, so two hash slots (and likely two nodes).
+	var total [2]atomic.Int64
+	sets := [2][]Counter{
+		{{Key: keys.User(1), Limit: 600}, {Key: keys.UserGroup(1, 1), Limit: 900}},
+		{{Key: keys.User(2), Limit: 700}},
+	}
+	var wg sync.WaitGroup
+	for u, cs := range sets {
+		for _, r := range pair {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				total[u].Add(drive(t, r, 8, cs))
+			}()
+		}
+	}
+	wg.Wait()
+	for u, cs := range sets {
+		waitFor(t, 2*time.Second, func() bool {
+			n, err := pair[0].Count(context.Background(), cs[0].Key)
+			if err == nil && n != total[u].Load() {
+				// Units came back: take them.
+				total[u].Add(drive(t, pair[1], 1, cs))
+			}
+			return err == nil && n == total[u].Load()
+		}, "the counts at the admitted totals")
+		if got := total[u].Load(); got != cs[0].Limit {
+			t.Fatalf("user %d: admitted %d, want %d", u+1, got, cs[0].Limit)
+		}
+	}
+	if st := pair[0].ReservationStats(); st.Local == 0 {
+		t.Fatalf("no local admission: %+v", st)
+	}
+}

@@ -290,8 +290,8 @@ func (rs *reservations) reserve(ctx context.Context, deadline time.Time, counter
 	defer cancel()
 	m := len(counters)
 	keys := make([]string, m)
-	args := make([]any, 0, 2+m)
-	args = append(args, rs.r.slack, want)
+	args := make([]any, 0, 3+m)
+	args = append(args, rs.r.slack, want, reserveShare)
 	for i, c := range counters {
 		keys[i] = c.Key
 		args = append(args, c.Limit)

@@ -12,7 +12,7 @@ import "github.com/redis/go-redis/v9"
 // checked exactly as by checkScript (g = 1).
 //
 // KEYS: the counter keys. ARGV[1]: the expiry slack in ms; ARGV[2]: want;
-// then the counter limits. Returns one string of space-separated integers:
+// ARGV[3]: reserveShare; then the counter limits. Returns one string of space-separated integers:
 // resetMs, the window number, g (0 when refused), the 1-based index of the
 // first full counter (0 if none), then the counts before the request.
 var reserveScript = redis.NewScript(`
@@ -21,6 +21,7 @@ local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local w = math.floor(ms / 60000)
 local wend = (w + 1) * 60000
 local grant = tonumber(ARGV[2])
+local share = tonumber(ARGV[3])
 local before, fresh = {}, {}
 local denied = 0
 for i = 1, #KEYS do
@@ -28,9 +29,9 @@ for i = 1, #KEYS do
   local c = 0
   if v[1] and tonumber(v[1]) == w then c = tonumber(v[2]) or 0 else fresh[i] = true end
   before[i] = c
-  local room = tonumber(ARGV[2 + i]) - c
+  local room = tonumber(ARGV[3 + i]) - c
   if room <= 0 and denied == 0 then denied = i end
-  grant = math.min(grant, math.floor(room / 16))
+  grant = math.min(grant, math.floor(room / share))
 end
 if denied > 0 then
   grant = 0

@@ -153,7 +153,8 @@ type reservation struct {
 	// requests in it and in the one before.
 	bucket    time.Time
 	cur, prev int64
-	// lastGrant is the size of the last grant (1: none was possible).
+	// lastGrant is the size of the last grant (1: none was possible, 0:
+	// refused).
 	lastGrant int64
 	// refill is the reserving check in flight, nil if none.
 	refill *refill
@@ -243,12 +244,13 @@ func (rs *reservations) check(ctx context.Context, deadline time.Time, counters 
 	e.refill = f
 	e.mu.Unlock()
 
-	res, g, window, err := rs.reserve(ctx, deadline, counters, want, now)
+	res, g, window, err := rs.reserve(ctx, deadline, counters, want)
 	e.mu.Lock()
 	e.refill = nil
 	f.err = err
 	var back *handBack
-	if err == nil && res.Allowed {
+	if err == nil {
+		// After a refusal or a grant of 1 nobody waits for the next refill.
 		e.lastGrant = g
 		if g > 1 {
 			rs.granted.Add(1)
@@ -277,12 +279,12 @@ func (rs *reservations) plain(ctx context.Context, deadline time.Time, counters 
 	return res, err
 }
 
-// reserve runs reserveScript for one request that started at start and
-// returns its result, the grant (0 when refused) and its window. Others
+// reserve runs reserveScript for one request and returns its result, the
+// grant (0 when refused) and its window. Others
 // may wait for the call, so the caller leaving does not end it: it ends
 // by the caller's deadline (deadline, or ctx's if earlier), as a shared
 // batch call does (batch.go).
-func (rs *reservations) reserve(ctx context.Context, deadline time.Time, counters []Counter, want int64, start time.Time) (Result, int64, int64, error) {
+func (rs *reservations) reserve(ctx context.Context, deadline time.Time, counters []Counter, want int64) (Result, int64, int64, error) {
 	if d, ok := ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
 		deadline = d
 	}

@@ -386,7 +386,7 @@ func TestReservationGrantBounds(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		res, g, _, err := r.reserve.reserve(ctx, time.Time{}, counters, tc.want, time.Now())
+		res, g, _, err := r.reserve.reserve(ctx, time.Time{}, counters, tc.want)
 		if err != nil {
 			t.Fatal(err)
 		}

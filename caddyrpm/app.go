@@ -69,6 +69,15 @@ type App struct {
 	// Default: 100ms.
 	RedisTimeout caddy.Duration `json:"redis_timeout,omitempty"`
 
+	// ReservationTTL turns on reservations of the Redis limiter: a check
+	// that finds every counter of a request far from its limit may count
+	// up to 64 requests at once, and this instance admits the next
+	// requests of the same counters from them without a Redis call (see
+	// the README, "Reservations"). It is how long a reservation may go
+	// unused before its units are handed back. 0 turns reservations off.
+	// Without Redis it has no effect. Default: 250ms.
+	ReservationTTL *caddy.Duration `json:"reservation_ttl,omitempty"`
+
 	// OnRedisError is "open" (admit requests when Redis cannot be asked)
 	// or "closed" (answer 503). Default: open.
 	OnRedisError string `json:"on_redis_error,omitempty"`
@@ -207,6 +216,10 @@ func (a *App) setDefaults() error {
 	}
 	if a.RedisTimeout <= 0 {
 		a.RedisTimeout = caddy.Duration(100 * time.Millisecond)
+	}
+	if a.ReservationTTL == nil {
+		ttl := caddy.Duration(limiter.DefaultReservationTTL)
+		a.ReservationTTL = &ttl
 	}
 	setDuration(&a.StoreTimeout, 2*time.Second)
 	setDuration(&a.ConcurrencyLease, limiter.DefaultLease)

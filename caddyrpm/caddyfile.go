@@ -32,6 +32,7 @@ func init() {
 //		redis          <url> [<url>...]
 //		redis_cluster
 //		redis_timeout  <duration>
+//		reservation_ttl <duration>|off
 //		on_redis_error open|closed
 //		concurrency_lease <duration>
 //		key_prefix     <prefix>
@@ -93,6 +94,9 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = checked(d, oneArg(d, &a.OnRedisError), func() error { return checkOnRedisError(a.OnRedisError) })
 		case "redis_timeout":
 			err = durationArg(d, &a.RedisTimeout)
+		case "reservation_ttl":
+			a.ReservationTTL = new(caddy.Duration)
+			err = offOrDurationArg(d, a.ReservationTTL)
 		case "store_timeout":
 			err = durationArg(d, &a.StoreTimeout)
 		case "concurrency_lease":
@@ -334,6 +338,25 @@ func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
 	v, err := caddy.ParseDuration(s)
 	if err != nil || v <= 0 {
 		return d.Errf("'%s' must be a positive duration, not '%s'", opt, s)
+	}
+	*dst = caddy.Duration(v)
+	return nil
+}
+
+// offOrDurationArg reads one argument, a duration >= 0 or "off" (0).
+func offOrDurationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {
+	opt := d.Val()
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	if s == "off" {
+		*dst = 0
+		return nil
+	}
+	v, err := caddy.ParseDuration(s)
+	if err != nil || v < 0 {
+		return d.Errf("'%s' must be a duration or off, not '%s'", opt, s)
 	}
 	*dst = caddy.Duration(v)
 	return nil

@@ -105,3 +105,27 @@ func TestCaddyfileErrorsNameTheLine(t *testing.T) {
 		})
 	}
 }
+
+// TestCaddyfileReservationTTL: reservation_ttl takes a duration, 0 or off
+// (both 0: reservations off), and refuses anything else.
+func TestCaddyfileReservationTTL(t *testing.T) {
+	src := func(v string) string {
+		return "{\n\trpm {\n\t\tkeys_file k.json\n\t\treservation_ttl " + v + "\n\t}\n}\n:8080 {\n\trespond ok\n}\n"
+	}
+	for v, want := range map[string]float64{"100ms": 100e6, "0": 0, "off": 0} {
+		cfg, err := cfAdapt(t, src(v))
+		if err != nil {
+			t.Fatalf("%s: %v", v, err)
+		}
+		rpm := cfg["apps"].(map[string]any)["rpm"].(map[string]any)
+		got, ok := rpm["reservation_ttl"].(float64)
+		if !ok || got != want {
+			t.Errorf("reservation_ttl %s adapts to %v, want %v", v, rpm["reservation_ttl"], want)
+		}
+	}
+	for _, v := range []string{"soon", "-1s"} {
+		if _, err := cfAdapt(t, src(v)); err == nil || !strings.Contains(err.Error(), "reservation_ttl") {
+			t.Errorf("reservation_ttl %s: error %v", v, err)
+		}
+	}
+}

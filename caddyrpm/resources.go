@@ -216,14 +216,18 @@ func (a *App) provisionLimiter() {
 		a.limiter = lim
 		return
 	}
-	key := fmt.Sprintf("limiter|%s|%s|%s|%s", a.redisKey(), a.RedisKeyPrefix, time.Duration(a.RedisTimeout),
-		time.Duration(a.ConcurrencyLease))
+	reserveTTL := time.Duration(*a.ReservationTTL)
+	key := fmt.Sprintf("limiter|%s|%s|%s|%s|%s", a.redisKey(), a.RedisKeyPrefix, time.Duration(a.RedisTimeout),
+		time.Duration(a.ConcurrencyLease), reserveTTL)
 	lim, _ := share(a, key, func() (redisLimiter, func(), error) {
 		client := a.redis
 		m := a.metrics // process-wide, the same for every configuration
+		// Reservations live in the limiter, so they survive a reload as
+		// the counters do.
 		counting := limiter.NewRedis(client,
 			limiter.WithOnCall(func(checks int) { m.checksPerCall.Observe(float64(checks)) }),
-			limiter.WithLeases(leaseConfig(time.Duration(a.ConcurrencyLease))))
+			limiter.WithLeases(leaseConfig(time.Duration(a.ConcurrencyLease))),
+			limiter.WithReservations(reserveTTL))
 		// The limiter outlives this configuration (see sharedLogger).
 		guarded := limiter.NewGuarded(counting, time.Duration(a.RedisTimeout), sharedLogger("rpm.redis"),
 			limiter.WithProbe(func(ctx context.Context) error { return client.Ping(ctx).Err() }),
@@ -233,8 +237,9 @@ func (a *App) provisionLimiter() {
 		return redisLimiter{deny, guarded}, func() {
 			untrack()
 			_ = guarded.Close()
-			// Sends the releases still queued; leases still held expire
-			// within the lease length.
+			// Sends the releases still queued and hands back the
+			// reservations' unused units; leases still held expire within
+			// the lease length.
 			_ = counting.Close()
 		}, nil
 	})

@@ -3,8 +3,12 @@ package caddyrpm
 import (
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/caddyrpm/caddy-rpm/limiter"
 )
 
 func TestRedisConnector(t *testing.T) {
@@ -96,5 +100,30 @@ func TestRedactURL(t *testing.T) {
 		if got := redactURL(in); got != want {
 			t.Errorf("redactURL(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// TestReservationTTLDefault: reservations are on (250ms) unless
+// reservation_ttl is set; 0 stays 0 (off); a negative one is refused.
+func TestReservationTTLDefault(t *testing.T) {
+	a := &App{KeysFile: "k.json"}
+	if err := a.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	if a.ReservationTTL == nil || time.Duration(*a.ReservationTTL) != limiter.DefaultReservationTTL {
+		t.Fatalf("default reservation_ttl %v", a.ReservationTTL)
+	}
+	off := caddy.Duration(0)
+	a = &App{KeysFile: "k.json", ReservationTTL: &off}
+	if err := a.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	if *a.ReservationTTL != 0 {
+		t.Fatalf("reservation_ttl 0 became %v", time.Duration(*a.ReservationTTL))
+	}
+	neg := caddy.Duration(-time.Second)
+	a = &App{KeysFile: "k.json", ReservationTTL: &neg}
+	if err := a.Validate(); err == nil || !strings.Contains(err.Error(), "reservation_ttl") {
+		t.Fatalf("negative reservation_ttl: %v", err)
 	}
 }

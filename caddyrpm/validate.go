@@ -29,6 +29,9 @@ func (a *App) Validate() error {
 	if err := checkOnRedisError(a.OnRedisError); err != nil {
 		return fmt.Errorf("rpm: %w", err)
 	}
+	if a.ReservationTTL != nil && *a.ReservationTTL < 0 {
+		return fmt.Errorf("rpm: reservation_ttl must not be negative, not %s", time.Duration(*a.ReservationTTL))
+	}
 	if a.RedisCluster && len(a.Redis) == 0 {
 		return errors.New("rpm: redis_cluster needs redis addresses")
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/caddyrpm/caddy-rpm/internal/testutil"
+	"github.com/caddyrpm/caddy-rpm/limiter"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
@@ -206,16 +207,17 @@ func cmdSettle(t testing.TB, c *caddyInstance) {
 	})
 }
 
-// TestCommandsPerRequest proves spec §11's round trips: exactly one Redis
-// command (EVALSHA) per request when a limit applies, route limits
-// included; none when no limit applies; none for a request the local deny
-// cache refuses.
+// TestCommandsPerRequest proves spec §11's round trips with reservations
+// off: exactly one Redis command (EVALSHA) per request when a limit
+// applies, route limits included; none when no limit applies; none for a
+// request the local deny cache refuses. TestCommandsReserving shows the
+// default, with reservations, which needs fewer.
 func TestCommandsPerRequest(t *testing.T) {
 	srv := redistest.StartServer(t)
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	t.Cleanup(func() { rdb.Close() })
 	e := newLimEnvOn(t, rdb)
-	c := e.caddy(t, srv.Addr, "", `handle /img/* {
+	c := e.caddy(t, srv.Addr, "reservation_ttl 0", `handle /img/* {
 		rpm {
 			zone img
 			limit user 1000
@@ -285,4 +287,42 @@ func TestCommandsPerRequest(t *testing.T) {
 	if len(cmds) < 2 {
 		t.Fatalf("a cold key caused %d commands; the monitor misses commands", len(cmds))
 	}
+}
+
+// TestCommandsReserving: with reservations (the default), back-to-back
+// requests of one key far from its limits need fewer EVALSHA than
+// requests, and once the idle reservation is handed back Redis counts
+// exactly the requests admitted.
+func TestCommandsReserving(t *testing.T) {
+	srv := redistest.StartServer(t)
+	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
+	t.Cleanup(func() { rdb.Close() })
+	e := newLimEnvOn(t, rdb)
+	c := e.caddy(t, srv.Addr, "", `rpm
+	reverse_proxy {{.Upstream}}`)
+	mon := newCmdMonitor(t, srv.Addr)
+	uid := storetest.SeedUser(t, e.pool, 100000)
+	gid := storetest.SeedGroup(t, e.pool, "", 100000)
+	_, key := e.seedKey(t, uid, &gid)
+	cmdSettle(t, c)
+	redistest.WaitForWindow(t, rdb, 15*time.Second)
+	limExpect(t, c, "/v1/x", key, []int{200}, "") // warm-up: fills the caches
+
+	const n = 200
+	cmds := mon.count(func() {
+		limExpect(t, c, "/v1/x", key, limRepeat(200, n), "")
+		time.Sleep(limiter.DefaultReservationTTL + 100*time.Millisecond) // the hand-back
+	})
+	evalsha := 0
+	for _, cmd := range cmds {
+		if cmd.name == "evalsha" {
+			evalsha++
+		}
+	}
+	if evalsha >= n {
+		t.Fatalf("%d EVALSHA for %d requests with reservations on", evalsha, n)
+	}
+	t.Logf("%d EVALSHA (checks and hand-backs) for %d requests", evalsha, n)
+	e.wantCount(t, "user", e.keys.User(uid), n+1)
+	e.wantCount(t, "(user, group)", e.keys.UserGroup(uid, gid), n+1)
 }

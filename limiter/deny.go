@@ -30,8 +30,9 @@ type DenyCache struct {
 }
 
 type denyEntry struct {
-	until           time.Time
-	count           int64 // the counter's count when refused (>= its limit)
+	until           time.Time // the entry holds until then
+	reset           time.Time // the window's end
+	count           int64     // the counter's count when refused (>= its limit)
 	userID, groupID int64
 	snap            *denySnapshot
 }
@@ -90,9 +91,18 @@ func (d *DenyCache) Check(ctx context.Context, counters []Counter) (Result, erro
 	start := d.now()
 	res, err := d.inner.Check(ctx, counters)
 	if err == nil && !res.Allowed && !res.Local && res.ResetIn > 0 && len(res.Counts) == len(counters) {
-		d.remember(start.Add(res.ResetIn), counters, res.Counts)
+		d.remember(start.Add(rememberFor(res)), start.Add(res.ResetIn), counters, res.Counts)
 	}
 	return res, err
+}
+
+// rememberFor is how long a refusal holds: to the end of the window, or
+// less when reserved units may come back (Result.RecheckIn).
+func rememberFor(res Result) time.Duration {
+	if res.RecheckIn > 0 && res.RecheckIn < res.ResetIn {
+		return res.RecheckIn
+	}
+	return res.ResetIn
 }
 
 // local answers a refusal from the cache if a counter of the request is
@@ -117,14 +127,14 @@ func (d *DenyCache) local(counters []Counter) (Result, bool) {
 			counts[j] = e.snap.count(cj.Key)
 		}
 		counts[i] = e.count
-		return Result{Counts: counts, Denied: i, ResetIn: e.until.Sub(now), Local: true}, true
+		return Result{Counts: counts, Denied: i, ResetIn: e.reset.Sub(now), Local: true}, true
 	}
 	return Result{}, false
 }
 
-// remember stores every full counter of a refused request until the end of
-// its window.
-func (d *DenyCache) remember(until time.Time, counters []Counter, counts []int64) {
+// remember stores every full counter of a refused request until until:
+// the end of its window, reset, or earlier (see rememberFor).
+func (d *DenyCache) remember(until, reset time.Time, counters []Counter, counts []int64) {
 	snap := &denySnapshot{keys: make([]string, len(counters)), counts: counts}
 	for i, c := range counters {
 		snap.keys[i] = c.Key
@@ -142,7 +152,7 @@ func (d *DenyCache) remember(until time.Time, counters []Counter, counts []int64
 		if d.size.Load() >= d.max {
 			d.evict()
 		}
-		e := &denyEntry{until: until, count: counts[i], userID: c.UserID, groupID: c.GroupID, snap: snap}
+		e := &denyEntry{until: until, reset: reset, count: counts[i], userID: c.UserID, groupID: c.GroupID, snap: snap}
 		if _, loaded := d.m.Swap(c.Key, e); !loaded {
 			d.size.Add(1)
 		}

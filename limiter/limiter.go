@@ -45,6 +45,10 @@ type Result struct {
 	// Local reports a refusal decided by the local deny cache, without a
 	// backend call.
 	Local bool
+	// RecheckIn, when > 0, bounds how long a refusal may hold although the
+	// window goes on: units that reservations took (reserve.go) may be
+	// handed back. The deny cache remembers the refusal no longer.
+	RecheckIn time.Duration
 }
 
 // Limiter checks and increments counters.

@@ -174,7 +174,8 @@ const DefaultExpirySlack = 5 * time.Second
 
 // Redis is a Limiter whose counters live in Redis (single node or Cluster)
 // and whose windows follow the Redis server clock. Each Check waits for one
-// EVALSHA round trip, which concurrent checks of the same slot may share;
+// EVALSHA round trip, which concurrent checks of the same slot may share,
+// unless a reservation admits it locally (WithReservations, reserve.go);
 // all keys of one Check must share a hash slot (Keys does that).
 //
 // Errors wrap ErrUnavailable. Redis itself does not bound call time: give
@@ -187,7 +188,8 @@ type Redis struct {
 	slack    int64                     // ms
 	batchers []atomic.Pointer[batcher] // per cluster slot, or one
 	onCall   func(checks int)
-	leases   *leaseKeeper // concurrency slots (slots_redis.go)
+	leases   *leaseKeeper  // concurrency slots (slots_redis.go)
+	reserve  *reservations // nil: reservations off (reserve.go)
 }
 
 // RedisOption configures a Redis limiter.
@@ -225,7 +227,7 @@ func NewRedis(client redis.UniversalClient, opts ...RedisOption) *Redis {
 // Load puts the scripts into the Redis script cache (on every master of a
 // cluster), so the first Check needs no EVAL fallback. Optional.
 func (r *Redis) Load(ctx context.Context) error {
-	for _, s := range []*redis.Script{checkScript, peekScript} {
+	for _, s := range []*redis.Script{checkScript, peekScript, reserveScript, handBackScript} {
 		if err := s.Load(ctx, r.client).Err(); err != nil {
 			return unavailable("load script", err)
 		}
@@ -244,6 +246,9 @@ func (r *Redis) Check(ctx context.Context, counters []Counter) (Result, error) {
 func (r *Redis) checkBy(ctx context.Context, deadline time.Time, counters []Counter) (Result, error) {
 	if len(counters) == 0 {
 		return Result{Allowed: true, Denied: -1}, nil
+	}
+	if r.reserve != nil {
+		return r.reserve.check(ctx, deadline, counters)
 	}
 	return r.batcherFor(counters[0].Key).check(ctx, deadline, counters)
 }
@@ -410,5 +415,12 @@ func (r *Redis) Count(ctx context.Context, key string) (int64, error) {
 	return counts[0], nil
 }
 
-// Forget implements Limiter; Redis keeps no local deny entries.
-func (r *Redis) Forget(userID, groupID int64) {}
+// Forget implements Limiter. Redis keeps no local deny entries; with
+// reservations on it drops those of the user or group (both 0: all) and
+// hands their unused units back, so a changed limit is checked in Redis
+// on the next request.
+func (r *Redis) Forget(userID, groupID int64) {
+	if r.reserve != nil {
+		r.reserve.forget(userID, groupID)
+	}
+}

@@ -50,6 +50,9 @@ func (r *Redis) acquireBy(ctx context.Context, deadline time.Time, counters []Co
 	}
 	res := AcquireResult{Result: p.res, DeniedSlot: p.deniedSlot, InFlight: p.inFlight}
 	if !res.Allowed {
+		if r.reserve != nil && res.Denied >= 0 {
+			res.RecheckIn = r.reserve.recheck()
+		}
 		return res, nil, nil
 	}
 	return res, k.hold(p.member, keys, start), nil
@@ -120,10 +123,13 @@ func (r *Redis) PeekSlots(ctx context.Context, keys []string) ([]int64, error) {
 func (r *Redis) InFlight() int64 { return r.leases.held.Load() }
 
 // Close stops renewing and releasing leases, after sending the releases
-// still queued. Leases held at that point expire within the lease length;
+// still queued, and hands back the reservations' unused units. Leases held at that point expire within the lease length;
 // releasing them later still sends the release, once, without retries.
 // CheckAcquire with slots fails after Close; Check is unaffected.
 func (r *Redis) Close() error {
 	r.leases.close()
+	if r.reserve != nil {
+		r.reserve.close()
+	}
 	return nil
 }

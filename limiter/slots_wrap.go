@@ -84,7 +84,7 @@ func (d *DenyCache) CheckAcquire(ctx context.Context, counters []Counter, slots 
 	start := d.now()
 	res, lease, err := inner.CheckAcquire(ctx, counters, slots)
 	if err == nil && res.Denied >= 0 && !res.Local && res.ResetIn > 0 && len(res.Counts) == len(counters) {
-		d.remember(start.Add(res.ResetIn), counters, res.Counts)
+		d.remember(start.Add(rememberFor(res.Result)), start.Add(res.ResetIn), counters, res.Counts)
 	}
 	return res, lease, err
 }

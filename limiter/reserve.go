@@ -1,0 +1,590 @@
+package limiter
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Reservations
+//
+// A hot user pays one Redis round trip per request even when every one of
+// its counters is far from its limit. With reservations, a check that
+// reaches Redis for such a counter set may take a grant of g units
+// (reserveScript): every counter is incremented by g at once, the request
+// uses one unit, and this instance admits up to g-1 further requests of
+// exactly the same counter set (same keys, same limits) locally. Units are
+// counted in Redis before they are used, so the admitted total never
+// exceeds a limit, across any number of instances.
+//
+// g follows the rate: about the requests this instance saw for the set in
+// the last rateBucket, at most maxGrant, and never more than a counter's
+// room / reserveShare (decided in the script, from the counts of that
+// instant). A set seen less than twice per rateBucket never reserves, and
+// near a limit every request is checked in Redis as without reservations.
+//
+// Units not used are handed back (handBackScript, one call per batch) when
+// the set has had no request for the reservation TTL (checked every TTL/4,
+// so after 3/4 of the TTL to the TTL), and at once when
+// Forget drops the set's user or group; at the end of the window they
+// lapse with the counters. A reservation is used only while the window it
+// was granted in surely lasts: until the send time of its check plus the
+// time left that Redis reported, which is never later than Redis's own
+// window end.
+//
+// The cost of that: while another instance holds units it does not use,
+// Redis counts them, so a request may be refused although fewer requests
+// than the limit were admitted — for at most the TTL plus a round trip
+// after that instance's last request for the set, plus TTL/4 where the
+// deny cache remembered the refusal: refusals tell it to re-check after
+// TTL/4 (Result.RecheckIn) instead of remembering the counter until the
+// end of the window.
+
+// DefaultReservationTTL is the idle time after which a reservation's
+// unused units are handed back.
+const DefaultReservationTTL = 250 * time.Millisecond
+
+const (
+	// maxGrant bounds the units of one grant.
+	maxGrant = 64
+	// rateBucket is the period whose request count sizes a grant.
+	rateBucket = 50 * time.Millisecond
+	// maxReservationSets bounds the counter sets tracked; a set beyond it
+	// is checked in Redis per request.
+	maxReservationSets = 1 << 16
+	// windowMargin is taken off the window end a grant may be used until:
+	// Redis reports the time left rounded to the millisecond, and the two
+	// clocks may run at slightly different rates.
+	windowMargin = 2 * time.Millisecond
+)
+
+// WithReservations turns reservations on with the given idle TTL (see
+// DefaultReservationTTL); 0 or less leaves them off, the default of
+// NewRedis. Checks with concurrency slots never use reservations.
+func WithReservations(ttl time.Duration) RedisOption {
+	return func(r *Redis) {
+		if ttl > 0 {
+			r.reserve = newReservations(r, ttl)
+		}
+	}
+}
+
+// ReservationStats counts what reservations did since the limiter was
+// made.
+type ReservationStats struct {
+	// Granted is the number of grants of more than one unit.
+	Granted uint64
+	// Local is the number of requests admitted from a reservation, without
+	// a Redis call.
+	Local uint64
+	// HandedBack is the number of unused units Redis took back, summed
+	// over the counters (a grant of a request with two counters that
+	// leaves 5 units unused gives back 10).
+	HandedBack uint64
+	// Unanswered is the number of reserving checks whose answer was lost
+	// (timeout, connection lost): the units such a check may have taken
+	// stay counted until the end of their window (never admitting more).
+	Unanswered uint64
+	// HandBackErrors is the number of hand-back calls that failed: their
+	// units stay counted until the end of their window.
+	HandBackErrors uint64
+}
+
+// ReservationStats returns the counts of the limiter's reservations; all 0
+// when they are off.
+func (r *Redis) ReservationStats() ReservationStats {
+	rs := r.reserve
+	if rs == nil {
+		return ReservationStats{}
+	}
+	return ReservationStats{
+		Granted:        rs.granted.Load(),
+		Local:          rs.local.Load(),
+		HandedBack:     rs.handedBack.Load(),
+		Unanswered:     rs.unanswered.Load(),
+		HandBackErrors: rs.handBackErrors.Load(),
+	}
+}
+
+// reservations holds the reservations of one Redis limiter, per counter
+// set, and the goroutine that hands idle ones back.
+type reservations struct {
+	r   *Redis
+	ttl time.Duration
+
+	mu      sync.RWMutex
+	sets    map[string]*reservation
+	pending []handBack // to send
+	started bool
+	closed  bool
+
+	kick   chan struct{}
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	granted, local, handedBack, unanswered, handBackErrors atomic.Uint64
+}
+
+// reservation is the state of one counter set: its current grant, if any,
+// and the request rate that sizes the next one.
+type reservation struct {
+	counters []Counter
+
+	mu sync.Mutex
+	// units is what is left of the grant to admit locally.
+	units int64
+	// base holds the counts after the granting request; used counts the
+	// local admissions since.
+	base []int64
+	used int64
+	// window is the Redis window number of the grant; end the local time
+	// before which that window surely lasts.
+	window int64
+	end    time.Time
+	// last is the time of the set's last request.
+	last time.Time
+	// bucket starts the current rateBucket; cur and prev count the
+	// requests in it and in the one before.
+	bucket    time.Time
+	cur, prev int64
+	// lastGrant is the size of the last grant (1: none was possible, 0:
+	// refused).
+	lastGrant int64
+	// refill is the reserving check in flight, nil if none.
+	refill *refill
+	// dropped is set once the set left the map (idle or forgotten): a
+	// grant that arrives later is handed back at once.
+	dropped bool
+}
+
+// refill is a reserving check in flight, which other requests of the set
+// may wait for instead of asking Redis themselves.
+type refill struct {
+	done    chan struct{}
+	want    int64
+	waiters int64 // guarded by the reservation's mu
+	err     error // set before done is closed
+}
+
+// handBack is units of one grant to give back.
+type handBack struct {
+	keys   []string
+	window int64
+	units  int64
+	until  time.Time // the window's end: dropped after it
+}
+
+func newReservations(r *Redis, ttl time.Duration) *reservations {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &reservations{
+		r: r, ttl: ttl,
+		sets: make(map[string]*reservation),
+		kick: make(chan struct{}, 1),
+		ctx:  ctx, cancel: cancel,
+	}
+}
+
+// recheck is how long a refusal may be remembered while units reserved by
+// any instance may still come back (see Result.RecheckIn).
+func (rs *reservations) recheck() time.Duration { return rs.sweepEvery() }
+
+// sweepEvery is how often idle reservations are looked for.
+func (rs *reservations) sweepEvery() time.Duration { return rs.ttl / 4 }
+
+// check decides a request without slots: from the set's reservation if it
+// has units left, otherwise in Redis, reserving when the rate is high.
+func (rs *reservations) check(ctx context.Context, deadline time.Time, counters []Counter) (Result, error) {
+	now := time.Now()
+	e := rs.lookup(setKey(counters), counters)
+	if e == nil {
+		return rs.plain(ctx, deadline, counters)
+	}
+	e.mu.Lock()
+	e.arrive(now)
+	if res, ok := e.take(now); ok {
+		e.mu.Unlock()
+		rs.local.Add(1)
+		return res, nil
+	}
+	if f := e.refill; f != nil && e.lastGrant > 1 && f.waiters < f.want-1 {
+		// A grant like the last one is on its way: wait for it as for a
+		// check of our own. The reserving check started earlier, so its
+		// deadline (the same Guarded timeout) comes first.
+		f.waiters++
+		e.mu.Unlock()
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return Result{Denied: -1}, unavailable("redis check", ctx.Err())
+		}
+		if f.err != nil {
+			return Result{Denied: -1}, f.err
+		}
+		e.mu.Lock()
+		res, ok := e.take(time.Now())
+		e.mu.Unlock()
+		if ok {
+			rs.local.Add(1)
+			return res, nil
+		}
+		return rs.plain(ctx, deadline, counters)
+	}
+	want := e.want()
+	if want < 2 || e.refill != nil {
+		e.mu.Unlock()
+		return rs.plain(ctx, deadline, counters)
+	}
+	f := &refill{done: make(chan struct{}), want: want}
+	e.refill = f
+	e.mu.Unlock()
+
+	res, g, window, err := rs.reserve(ctx, deadline, counters, want)
+	e.mu.Lock()
+	e.refill = nil
+	f.err = err
+	var back *handBack
+	if err == nil {
+		// After a refusal or a grant of 1 nobody waits for the next refill.
+		e.lastGrant = g
+		if g > 1 {
+			rs.granted.Add(1)
+			if e.dropped {
+				back = &handBack{keys: keysOf(counters), window: window, units: g - 1, until: now.Add(res.ResetIn)}
+			} else {
+				e.units, e.used, e.window, e.end = g-1, 0, window, now.Add(res.ResetIn-windowMargin)
+				e.base = append(e.base[:0], res.Counts...)
+			}
+		}
+	}
+	e.mu.Unlock()
+	close(f.done)
+	if back != nil {
+		rs.enqueue(*back)
+	}
+	return res, err
+}
+
+// plain is the check without reservation (batch.go).
+func (rs *reservations) plain(ctx context.Context, deadline time.Time, counters []Counter) (Result, error) {
+	res, err := rs.r.batcherFor(counters[0].Key).check(ctx, deadline, counters)
+	if err == nil && !res.Allowed {
+		res.RecheckIn = rs.recheck()
+	}
+	return res, err
+}
+
+// reserve runs reserveScript for one request and returns its result, the
+// grant (0 when refused) and its window. Others
+// may wait for the call, so the caller leaving does not end it: it ends
+// by the caller's deadline (deadline, or ctx's if earlier), as a shared
+// batch call does (batch.go).
+func (rs *reservations) reserve(ctx context.Context, deadline time.Time, counters []Counter, want int64) (Result, int64, int64, error) {
+	if d, ok := ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
+		deadline = d
+	}
+	ctx, cancel := withDeadline(context.WithoutCancel(ctx), deadline)
+	defer cancel()
+	m := len(counters)
+	keys := make([]string, m)
+	args := make([]any, 0, 3+m)
+	args = append(args, rs.r.slack, want, reserveShare)
+	for i, c := range counters {
+		keys[i] = c.Key
+		args = append(args, c.Limit)
+	}
+	reply, err := reserveScript.Run(ctx, rs.r.client, keys, args...).Text()
+	if rs.r.onCall != nil {
+		rs.r.onCall(1)
+	}
+	var vals []int64
+	if err == nil {
+		vals, err = parseInts(reply, 4+m)
+	}
+	if err != nil {
+		rs.unanswered.Add(1)
+		return Result{Denied: -1}, 0, 0, unavailable("redis reserve", err)
+	}
+	res := Result{Denied: -1, ResetIn: time.Duration(vals[0]) * time.Millisecond, Counts: vals[4:]}
+	g := vals[2]
+	if g == 0 {
+		res.Denied = int(vals[3]) - 1
+		res.RecheckIn = rs.recheck()
+		return res, 0, vals[1], nil
+	}
+	res.Allowed = true
+	for i := range res.Counts {
+		res.Counts[i]++
+	}
+	return res, g, vals[1], nil
+}
+
+// arrive counts a request of the set at now.
+func (e *reservation) arrive(now time.Time) {
+	e.last = now
+	switch d := now.Sub(e.bucket); {
+	case d < rateBucket:
+	case d < 2*rateBucket:
+		e.bucket, e.prev, e.cur = e.bucket.Add(rateBucket), e.cur, 0
+	default:
+		e.bucket, e.prev, e.cur = now, 0, 0
+	}
+	e.cur++
+}
+
+// want is the grant to ask for: the requests of the last full rateBucket,
+// or of the current one if more, at most maxGrant.
+func (e *reservation) want() int64 {
+	return min(max(e.prev, e.cur), maxGrant)
+}
+
+// take admits one request from the grant, if it has units left and its
+// window surely lasts.
+func (e *reservation) take(now time.Time) (Result, bool) {
+	if e.units <= 0 || !now.Before(e.end) {
+		return Result{}, false
+	}
+	e.units--
+	e.used++
+	counts := make([]int64, len(e.base))
+	for i, c := range e.base {
+		counts[i] = c + e.used
+	}
+	return Result{Allowed: true, Denied: -1, Counts: counts, ResetIn: e.end.Sub(now)}, true
+}
+
+// drop empties the set's grant and returns its unused units to hand back,
+// if any. Called with e.mu held, once the set has left the map.
+func (e *reservation) drop(now time.Time) (handBack, bool) {
+	e.dropped = true
+	units := e.units
+	e.units = 0
+	if units <= 0 || !now.Before(e.end) {
+		return handBack{}, false
+	}
+	return handBack{keys: keysOf(e.counters), window: e.window, units: units, until: e.end}, true
+}
+
+// lookup returns the reservation of a set, made if there is room for it;
+// nil if not.
+func (rs *reservations) lookup(key string, counters []Counter) *reservation {
+	rs.mu.RLock()
+	e := rs.sets[key]
+	rs.mu.RUnlock()
+	if e != nil {
+		return e
+	}
+	rs.mu.Lock()
+	defer rs.mu.Unlock()
+	if e = rs.sets[key]; e != nil {
+		return e
+	}
+	if rs.closed || len(rs.sets) >= maxReservationSets {
+		return nil
+	}
+	if !rs.started {
+		rs.started = true
+		rs.wg.Add(1)
+		go rs.loop()
+	}
+	e = &reservation{counters: append([]Counter(nil), counters...)}
+	rs.sets[key] = e
+	return e
+}
+
+// setKey names a counter set: its keys and limits.
+func setKey(counters []Counter) string {
+	if len(counters) == 1 {
+		return counters[0].Key + "\x00" + strconv.FormatInt(counters[0].Limit, 10)
+	}
+	var b strings.Builder
+	for _, c := range counters {
+		b.WriteString(c.Key)
+		b.WriteByte(0)
+		b.WriteString(strconv.FormatInt(c.Limit, 10))
+		b.WriteByte(0)
+	}
+	return b.String()
+}
+
+func keysOf(counters []Counter) []string {
+	keys := make([]string, len(counters))
+	for i, c := range counters {
+		keys[i] = c.Key
+	}
+	return keys
+}
+
+// forget drops the sets with a counter of userID or groupID (both 0: all)
+// and hands their units back.
+func (rs *reservations) forget(userID, groupID int64) {
+	rs.enqueue(rs.dropWhere(ofUserOrGroup(userID, groupID))...)
+}
+
+// ofUserOrGroup matches the sets with a counter of userID or groupID (0 =
+// none); both 0 match all.
+func ofUserOrGroup(userID, groupID int64) func(e *reservation) bool {
+	return func(e *reservation) bool {
+		if userID == 0 && groupID == 0 {
+			return true
+		}
+		for _, c := range e.counters {
+			if (userID != 0 && c.UserID == userID) || (groupID != 0 && c.GroupID == groupID) {
+				return true
+			}
+		}
+		return false
+	}
+}
+
+// sweep drops the sets idle for the TTL, give or take the sweep interval
+// (between TTL*3/4 and TTL), and hands their units back.
+func (rs *reservations) sweep(now time.Time) {
+	idle := rs.ttl - rs.sweepEvery()
+	rs.enqueue(rs.dropWhere(func(e *reservation) bool {
+		return e.refill == nil && now.Sub(e.last) >= idle
+	})...)
+}
+
+// dropWhere drops the sets for which match (called with the set's mu
+// held) is true and returns their unused units to hand back.
+func (rs *reservations) dropWhere(match func(e *reservation) bool) []handBack {
+	now := time.Now()
+	var backs []handBack
+	rs.mu.Lock()
+	for key, e := range rs.sets {
+		e.mu.Lock()
+		if match(e) {
+			delete(rs.sets, key)
+			if b, ok := e.drop(now); ok {
+				backs = append(backs, b)
+			}
+		}
+		e.mu.Unlock()
+	}
+	rs.mu.Unlock()
+	return backs
+}
+
+// enqueue queues hand-backs for the goroutine, or sends them at once after
+// close.
+func (rs *reservations) enqueue(backs ...handBack) {
+	if len(backs) == 0 {
+		return
+	}
+	rs.mu.Lock()
+	if rs.closed {
+		rs.mu.Unlock()
+		go rs.send(backs)
+		return
+	}
+	rs.pending = append(rs.pending, backs...)
+	rs.mu.Unlock()
+	signal(rs.kick)
+}
+
+// loop sweeps idle sets every sweepEvery and sends hand-backs as soon as
+// they are queued.
+func (rs *reservations) loop() {
+	defer rs.wg.Done()
+	t := time.NewTicker(rs.sweepEvery())
+	defer t.Stop()
+	for {
+		select {
+		case <-rs.ctx.Done():
+			return
+		case now := <-t.C:
+			rs.sweep(now)
+		case <-rs.kick:
+		}
+		rs.flush()
+	}
+}
+
+// flush sends the queued hand-backs.
+func (rs *reservations) flush() {
+	rs.mu.Lock()
+	backs := rs.pending
+	rs.pending = nil
+	rs.mu.Unlock()
+	rs.send(backs)
+}
+
+// send hands back in one script call per window and Redis Cluster hash
+// slot (one in all on a single node, but at a window change). A failed
+// call is not retried: its answer may have been lost after Redis applied
+// it, and a second decrement would give back units that were used. Its
+// units stay counted until the window ends, which can refuse early but
+// never admit more; HandBackErrors counts such calls.
+func (rs *reservations) send(backs []handBack) {
+	now := time.Now()
+	type callKey struct {
+		slot   uint16
+		window int64
+	}
+	type call struct {
+		keys  []string
+		args  []any
+		index map[string]int
+	}
+	calls := make(map[callKey]*call)
+	_, cluster := rs.r.client.(*redis.ClusterClient)
+	for _, b := range backs {
+		if !now.Before(b.until) {
+			continue // lapsed with its window
+		}
+		ck := callKey{window: b.window}
+		if cluster {
+			ck.slot = clusterSlot(b.keys[0])
+		}
+		c := calls[ck]
+		if c == nil {
+			c = &call{index: make(map[string]int)}
+			calls[ck] = c
+		}
+		for _, k := range b.keys {
+			if i, ok := c.index[k]; ok {
+				c.args[2*i+1] = c.args[2*i+1].(int64) + b.units
+				continue
+			}
+			c.index[k] = len(c.keys)
+			c.keys = append(c.keys, k)
+			c.args = append(c.args, b.window, b.units)
+		}
+	}
+	for _, c := range calls {
+		ctx, cancel := context.WithTimeout(context.Background(), rs.r.leases.cfg.Timeout)
+		n, err := handBackScript.Run(ctx, rs.r.client, c.keys, c.args...).Int64()
+		cancel()
+		if err != nil {
+			rs.handBackErrors.Add(1)
+			continue
+		}
+		rs.handedBack.Add(uint64(n))
+	}
+}
+
+// close stops the goroutine and sends what is queued and every unused
+// unit, once.
+func (rs *reservations) close() {
+	rs.mu.Lock()
+	if rs.closed {
+		rs.mu.Unlock()
+		return
+	}
+	rs.closed = true
+	rs.mu.Unlock()
+	rs.cancel()
+	rs.wg.Wait()
+	backs := rs.dropWhere(func(*reservation) bool { return true })
+	rs.mu.Lock()
+	backs = append(backs, rs.pending...)
+	rs.pending = nil
+	rs.mu.Unlock()
+	rs.send(backs)
+}

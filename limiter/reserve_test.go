@@ -1,0 +1,554 @@
+package limiter
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
+)
+
+// reservingPair is two Redis limiters with reservations (two instances)
+// on two clients of the shared Redis, under one key prefix, their scripts
+// loaded, at a point of the window with at least minRemaining left. hook
+// counts the commands of both.
+func reservingPair(t *testing.T, ttl time.Duration) ([2]*Redis, Keys, *cmdCounter) {
+	t.Helper()
+	c1, keys, hook := countedClient(t)
+	c2 := redis.NewClient(&redis.Options{Addr: redistest.SharedAddr, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { c2.Close() })
+	c2.AddHook(hook)
+	var pair [2]*Redis
+	for i, c := range []redis.UniversalClient{c1, c2} {
+		pair[i] = NewRedis(c, WithReservations(ttl))
+		t.Cleanup(func() { pair[i].Close() })
+		if err := pair[i].Load(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	redistest.WaitForWindow(t, c1, minRemaining)
+	hook.reset()
+	return pair, keys, hook
+}
+
+// unusedUnits returns the units r's reservations hold unused.
+func unusedUnits(r *Redis) int64 {
+	var n int64
+	r.reserve.mu.RLock()
+	defer r.reserve.mu.RUnlock()
+	for _, e := range r.reserve.sets {
+		e.mu.Lock()
+		if time.Now().Before(e.end) {
+			n += e.units
+		}
+		e.mu.Unlock()
+	}
+	return n
+}
+
+// drive checks counters from n goroutines until each has been refused
+// once, and returns the number admitted.
+func drive(t *testing.T, l Limiter, n int, counters []Counter) int64 {
+	t.Helper()
+	var admitted atomic.Int64
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				res, err := l.Check(context.Background(), counters)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if !res.Allowed {
+					return
+				}
+				admitted.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	return admitted.Load()
+}
+
+// Two instances driven at full speed past a limit of 2000: exactly 2000
+// admitted in all, with far fewer script calls than requests.
+func TestReservationsExactAcrossInstances(t *testing.T) {
+	const limit = 2000
+	ttl := 100 * time.Millisecond
+	pair, keys, hook := reservingPair(t, ttl)
+	counters := []Counter{{Key: keys.User(1), Limit: limit, UserID: 1}}
+
+	var total atomic.Int64
+	var wg sync.WaitGroup
+	for _, r := range pair {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			total.Add(drive(t, r, 16, counters))
+		}()
+	}
+	wg.Wait()
+	calls := hook.evalsha.Load() + hook.eval.Load()
+	// Units one instance reserved and stopped using come back after the
+	// TTL: drive again until Redis counts exactly what was admitted.
+	for round := 0; ; round++ {
+		count, err := pair[0].Count(context.Background(), counters[0].Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := total.Load(); got > limit || count > limit {
+			t.Fatalf("admitted %d, Redis count %d: over the limit %d", got, count, limit)
+		}
+		if count == total.Load() {
+			break
+		}
+		if round == 20 {
+			t.Fatalf("Redis count %d never came down to the %d admitted", count, total.Load())
+		}
+		time.Sleep(ttl + ttl/2)
+		for _, r := range pair {
+			total.Add(drive(t, r, 1, counters))
+		}
+	}
+	if got := total.Load(); got != limit {
+		t.Fatalf("admitted %d in all, want exactly %d", got, limit)
+	}
+	st0, st1 := pair[0].ReservationStats(), pair[1].ReservationStats()
+	if st0.Local+st1.Local == 0 || st0.Granted == 0 || st1.Granted == 0 {
+		t.Fatalf("reservations not used by both instances: %+v, %+v", st0, st1)
+	}
+	if calls > limit/4 {
+		t.Fatalf("%d script calls to admit %d requests at full speed, want < %d", calls, limit, limit/4)
+	}
+	t.Logf("%d script calls while driving, stats %+v %+v", calls, st0, st1)
+}
+
+// One instance stops while holding unused units: the other, refused at the
+// apparent limit, is admitted again within the TTL plus 100 ms — through
+// the deny cache, which must not remember such a refusal to the end of the
+// window.
+func TestReservationIdleHandedBack(t *testing.T) {
+	const limit = 1000
+	ttl := DefaultReservationTTL
+	pair, keys, _ := reservingPair(t, ttl)
+	counters := []Counter{{Key: keys.User(1), Limit: limit, UserID: 1}}
+	a := pair[0]
+	b := NewDenyCache(NewGuarded(pair[1], time.Second, nil), nil)
+	ctx := context.Background()
+
+	// Others admitted 700 (so that B reaches the limit quickly).
+	if res, err := b.Check(ctx, counters); err != nil || !res.Allowed {
+		t.Fatalf("first check: %+v %v", res, err)
+	}
+	if err := a.client.HSet(ctx, counters[0].Key, "n", 700).Err(); err != nil {
+		t.Fatal(err)
+	}
+	fromOthers := int64(700)
+
+	// A takes a grant under load and keeps units of it.
+	var fromA atomic.Int64
+	for attempt := 0; unusedUnits(a) == 0; attempt++ {
+		if attempt == 50 {
+			t.Fatal("instance A never held a reservation")
+		}
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range 5 {
+					res, err := a.Check(context.Background(), counters)
+					if err != nil || !res.Allowed {
+						t.Errorf("A: %+v %v", res, err)
+						return
+					}
+					fromA.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+	}
+	held := unusedUnits(a)
+	stopped := time.Now()
+
+	// B, alone, goes to the apparent limit.
+	var fromB int64
+	var refused time.Time
+	for {
+		res, err := b.Check(context.Background(), counters)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !res.Allowed {
+			refused = time.Now()
+			break
+		}
+		fromB++
+	}
+	if got := fromOthers + fromA.Load() + fromB; got >= limit {
+		t.Fatalf("refused only after %d admitted: A's %d unused units were not counted", got, held)
+	}
+	if refused.Sub(stopped) >= ttl {
+		t.Skipf("B reached the limit %v after A stopped; A may have handed back already", refused.Sub(stopped))
+	}
+	// B is admitted again once A's units are back.
+	for {
+		res, err := b.Check(context.Background(), counters)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Allowed {
+			fromB++
+			break
+		}
+		if time.Since(refused) > ttl+100*time.Millisecond {
+			t.Fatalf("still refused %v after the apparent limit (A held %d unused units)", time.Since(refused), held)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	t.Logf("admitted again %v after the apparent limit; A held %d units", time.Since(refused), held)
+	// And the limit holds exactly: B takes what is left and no more.
+	fromB += drive(t, b, 1, counters)
+	if got := fromOthers + fromA.Load() + fromB; got != limit {
+		t.Fatalf("admitted %d in all, want %d", got, limit)
+	}
+}
+
+// A lowered limit applies on the next request although the instance holds
+// unused units for the set, and Forget hands those units back.
+func TestReservationForgetLoweredLimit(t *testing.T) {
+	pair, keys, hook := reservingPair(t, time.Hour) // no idle hand-back
+	r := pair[0]
+	counters := []Counter{
+		{Key: keys.User(7), Limit: 1000, UserID: 7},
+		{Key: keys.UserGroup(7, 3), Limit: 1000, UserID: 7, GroupID: 3},
+	}
+	var admitted atomic.Int64
+	for attempt := 0; unusedUnits(r) == 0; attempt++ {
+		if attempt == 50 {
+			t.Fatal("never held a reservation")
+		}
+		admitted.Add(driveN(t, r, 8, 5, counters))
+	}
+	held := unusedUnits(r)
+
+	// The group limit drops to what was admitted: the group is forgotten
+	// (invalidation) and the next request, with the new limit, is refused.
+	lowered := []Counter{counters[0], counters[1]}
+	lowered[1].Limit = admitted.Load()
+	r.Forget(0, 3)
+	if n := unusedUnits(r); n != 0 {
+		t.Fatalf("%d units still held after Forget", n)
+	}
+	hook.reset()
+	res, err := r.Check(context.Background(), lowered)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Allowed {
+		t.Fatalf("admitted at the lowered limit %d: %+v", lowered[1].Limit, res)
+	}
+	if hook.evalsha.Load() == 0 {
+		t.Fatal("the refusal was not decided in Redis")
+	}
+	// The units come back: Redis counts what was admitted, and a limit of
+	// one more admits exactly one more.
+	waitFor(t, time.Second, func() bool {
+		n, err := r.Count(context.Background(), counters[1].Key)
+		return err == nil && n == admitted.Load() && r.ReservationStats().HandedBack > 0
+	}, "Redis count back to the admitted total")
+	if st := r.ReservationStats(); st.HandedBack != 2*uint64(held) {
+		t.Fatalf("handed back %d counter units, held %d units of two counters", st.HandedBack, held)
+	}
+	lowered[1].Limit = admitted.Load() + 1
+	if got := drive(t, r, 4, lowered); got != 1 {
+		t.Fatalf("admitted %d at one below the limit, want 1", got)
+	}
+}
+
+// driveN checks counters n times from each of g goroutines, all admitted.
+func driveN(t *testing.T, l Limiter, g, n int, counters []Counter) int64 {
+	t.Helper()
+	var admitted atomic.Int64
+	var wg sync.WaitGroup
+	for range g {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range n {
+				res, err := l.Check(context.Background(), counters)
+				if err != nil || !res.Allowed {
+					t.Errorf("check: %+v %v", res, err)
+					return
+				}
+				admitted.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	return admitted.Load()
+}
+
+// waitFor polls cond until it holds or d has passed.
+func waitFor(t *testing.T, d time.Duration, cond func() bool, what string) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s within %v", what, d)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Counts of a request admitted from a reservation continue those of the
+// granting request, one per local admission.
+func TestReservationCounts(t *testing.T) {
+	pair, keys, hook := reservingPair(t, time.Hour)
+	r := pair[0]
+	counters := []Counter{{Key: keys.User(1), Limit: 1000}}
+	e := r.reserve.lookup(setKey(counters), counters)
+	e.mu.Lock()
+	e.bucket, e.prev = time.Now(), 10
+	e.mu.Unlock()
+	for i := int64(1); i <= 10; i++ {
+		res, err := r.Check(context.Background(), counters)
+		if err != nil || !res.Allowed {
+			t.Fatalf("check %d: %+v %v", i, res, err)
+		}
+		if res.Counts[0] != i {
+			t.Fatalf("check %d: count %d", i, res.Counts[0])
+		}
+		if res.ResetIn <= 0 || res.ResetIn > Window {
+			t.Fatalf("check %d: reset in %v", i, res.ResetIn)
+		}
+	}
+	if calls := hook.evalsha.Load(); calls != 1 {
+		t.Fatalf("%d script calls for 10 requests with a grant of 10, want 1", calls)
+	}
+	if n, _ := r.Count(context.Background(), counters[0].Key); n != 10 {
+		t.Fatalf("Redis count %d, want 10", n)
+	}
+}
+
+// A set seen once per rate bucket never reserves.
+func TestReservationSlowSetNeverReserves(t *testing.T) {
+	pair, keys, hook := reservingPair(t, 20*time.Millisecond)
+	r := pair[0]
+	counters := []Counter{{Key: keys.User(1), Limit: 1000}}
+	for range 10 {
+		if res, err := r.Check(context.Background(), counters); err != nil || !res.Allowed {
+			t.Fatalf("check: %+v %v", res, err)
+		}
+		time.Sleep(rateBucket + 10*time.Millisecond)
+	}
+	if n, _ := r.Count(context.Background(), counters[0].Key); n != 10 {
+		t.Fatalf("Redis count %d after 10 slow requests, want 10", n)
+	}
+	if st := r.ReservationStats(); st.Granted != 0 || st.Local != 0 {
+		t.Fatalf("a slow set reserved: %+v", st)
+	}
+	if calls := hook.evalsha.Load(); calls < 10 {
+		t.Fatalf("%d script calls for 10 slow requests", calls)
+	}
+}
+
+// Near the limit grants shrink to room/16 and stop: the last 31 units of
+// a counter are checked one request at a time.
+func TestReservationGrantBounds(t *testing.T) {
+	pair, keys, _ := reservingPair(t, time.Hour)
+	r := pair[0]
+	ctx := context.Background()
+	counters := []Counter{{Key: keys.User(1), Limit: 200}, {Key: keys.UserGroup(1, 2), Limit: 1000}}
+	for _, tc := range []struct{ set, want, grant int64 }{
+		{-1, 64, 12}, // 200/16
+		{-1, 5, 5},   // the rate asks for less
+		{-1, 64, 11}, // (200-17)/16
+		{168, 64, 2}, // 32/16
+		{-1, 64, 1},  // 30/16 < 2: a plain check
+		{199, 64, 1}, // the last unit
+		{-1, 64, 0},  // refused
+		{-1, 1, 0},   // refused
+	} {
+		if tc.set >= 0 {
+			if err := r.client.HSet(ctx, counters[0].Key, "n", tc.set).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		before, err := r.Count(ctx, counters[0].Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, g, _, err := r.reserve.reserve(ctx, time.Time{}, counters, tc.want)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if g != tc.grant || res.Allowed != (tc.grant > 0) {
+			t.Fatalf("at %d/200 asking %d: granted %d (%+v), want %d", before, tc.want, g, res, tc.grant)
+		}
+		after, _ := r.Count(ctx, counters[0].Key)
+		if after != before+g || after > 200 {
+			t.Fatalf("count %d -> %d with a grant of %d", before, after, g)
+		}
+		if g == 0 && (res.Denied != 0 || res.Counts[0] != 200 || res.RecheckIn <= 0) {
+			t.Fatalf("refusal: %+v", res)
+		}
+	}
+}
+
+// recheckLimiter is Local whose refusals carry a RecheckIn, as the Redis
+// limiter's do with reservations on.
+type recheckLimiter struct {
+	*Local
+	recheck time.Duration
+}
+
+func (r recheckLimiter) Check(ctx context.Context, cs []Counter) (Result, error) {
+	res, err := r.Local.Check(ctx, cs)
+	if err == nil && !res.Allowed {
+		res.RecheckIn = r.recheck
+	}
+	return res, err
+}
+
+// A refusal with RecheckIn is remembered that long only, and the local
+// refusals meanwhile still report the time left in the window.
+func TestDenyCacheRecheckIn(t *testing.T) {
+	clock := newFakeClock(minuteStart.Add(20 * time.Second))
+	inner := &countingLimiter{Limiter: recheckLimiter{NewLocal(clock.Now), 60 * time.Millisecond}}
+	d := NewDenyCache(inner, clock.Now)
+	cs := []Counter{userCounter(Keys{Prefix: "deny:"}, 1, 2)}
+	fill(t, d, cs, 2)
+	before := inner.checks.Load()
+	clock.Add(30 * time.Millisecond)
+	res, err := d.Check(context.Background(), cs)
+	if err != nil || res.Allowed || !res.Local || inner.checks.Load() != before {
+		t.Fatalf("within RecheckIn: %+v %v (backend checks %d -> %d)", res, err, before, inner.checks.Load())
+	}
+	if want := 40*time.Second - 30*time.Millisecond; res.ResetIn != want {
+		t.Fatalf("local refusal ResetIn %v, want %v (the window's end)", res.ResetIn, want)
+	}
+	clock.Add(40 * time.Millisecond)
+	res, err = d.Check(context.Background(), cs)
+	if err != nil || res.Allowed || res.Local || inner.checks.Load() != before+1 {
+		t.Fatalf("after RecheckIn: %+v %v, want a backend refusal", res, err)
+	}
+}
+
+// Requests waiting for another's refill get its answer even when that
+// request's caller leaves before the call could go out (here: waiting for
+// the client's only connection): the refill is not cancelled with it.
+func TestReservationRefillOutlivesItsCaller(t *testing.T) {
+	c0, keys := singleClient(t)
+	c := redis.NewClient(&redis.Options{Addr: redistest.SharedAddr, ContextTimeoutEnabled: true, PoolSize: 1})
+	t.Cleanup(func() { c.Close() })
+	r := NewRedis(c, WithReservations(time.Hour))
+	t.Cleanup(func() { r.Close() })
+	ctx := context.Background()
+	if err := r.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitForWindow(t, c0, minRemaining)
+	counters := []Counter{{Key: keys.User(1), Limit: 10000}}
+	// The only connection is busy for 300 ms.
+	busy := make(chan struct{})
+	go func() {
+		defer close(busy)
+		c.BLPop(ctx, 300*time.Millisecond, keys.Prefix+"nothing")
+	}()
+	time.Sleep(50 * time.Millisecond)
+	e := r.reserve.lookup(setKey(counters), counters)
+	e.mu.Lock()
+	e.bucket, e.prev, e.lastGrant = time.Now(), 10, 10 // hot: others wait for a refill
+	e.mu.Unlock()
+	leaving, leave := context.WithCancel(ctx)
+	first := make(chan error, 1)
+	go func() {
+		_, err := r.Check(leaving, counters)
+		first <- err
+	}()
+	waitFor(t, time.Second, func() bool {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return e.refill != nil
+	}, "refill in flight")
+	type outcome struct {
+		res Result
+		err error
+	}
+	second := make(chan outcome, 1)
+	go func() {
+		res, err := r.Check(ctx, counters)
+		second <- outcome{res, err}
+	}()
+	waitFor(t, time.Second, func() bool {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return e.refill != nil && e.refill.waiters == 1
+	}, "a waiter")
+	leave()
+	<-busy
+	got := <-second
+	if got.err != nil || !got.res.Allowed {
+		t.Fatalf("the waiter got %+v, %v", got.res, got.err)
+	}
+	if err := <-first; err != nil {
+		t.Fatalf("the refill failed: %v", err)
+	}
+	if st := r.ReservationStats(); st.Local != 1 || st.Granted != 1 {
+		t.Fatalf("stats %+v, want one grant and one local admission", st)
+	}
+}
+
+// On a Redis Cluster, two instances with reservations admit exactly the
+// limit of a user's counters, and hand idle units back.
+func TestReservationsCluster(t *testing.T) {
+	c, keys := clusterClient(t)
+	ttl := 100 * time.Millisecond
+	var pair [2]*Redis
+	for i := range pair {
+		pair[i] = NewRedis(c, WithReservations(ttl))
+		t.Cleanup(func() { pair[i].Close() })
+	}
+	redistest.WaitForWindow(t, c, minRemaining)
+	// Two users, so two hash slots (and likely two nodes).
+	var total [2]atomic.Int64
+	sets := [2][]Counter{
+		{{Key: keys.User(1), Limit: 600}, {Key: keys.UserGroup(1, 1), Limit: 900}},
+		{{Key: keys.User(2), Limit: 700}},
+	}
+	var wg sync.WaitGroup
+	for u, cs := range sets {
+		for _, r := range pair {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				total[u].Add(drive(t, r, 8, cs))
+			}()
+		}
+	}
+	wg.Wait()
+	for u, cs := range sets {
+		waitFor(t, 2*time.Second, func() bool {
+			n, err := pair[0].Count(context.Background(), cs[0].Key)
+			if err == nil && n != total[u].Load() {
+				// Units came back: take them.
+				total[u].Add(drive(t, pair[1], 1, cs))
+			}
+			return err == nil && n == total[u].Load()
+		}, "the counts at the admitted totals")
+		if got := total[u].Load(); got != cs[0].Limit {
+			t.Fatalf("user %d: admitted %d, want %d", u+1, got, cs[0].Limit)
+		}
+	}
+	if st := pair[0].ReservationStats(); st.Local == 0 {
+		t.Fatalf("no local admission: %+v", st)
+	}
+}

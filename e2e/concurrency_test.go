@@ -151,6 +151,18 @@ func (e *limEnv) slotsHeld(t testing.TB, key string) int64 {
 	return held[0]
 }
 
+// waitSlotsHeld waits up to within for the slot set key to hold want
+// requests; when says at what point of the test, for the failure.
+func (e *limEnv) waitSlotsHeld(t testing.TB, within time.Duration, key string, want int64, when string) {
+	t.Helper()
+	testutil.WaitFor(t, within, func() error {
+		if held := e.slotsHeld(t, key); held != want {
+			return fmt.Errorf("slot set %s holds %d %s, want %d", key, held, when, want)
+		}
+		return nil
+	})
+}
+
 // gatedSite is the rpm handler (with the given block, "" for none) in
 // front of the gate.
 func gatedSite(g *gate, block string) string {
@@ -198,12 +210,7 @@ func TestConcurrencyUserCap(t *testing.T) {
 	g.releaseAll()
 	wantHit(t, a, http.StatusOK)
 	wantHit(t, b, http.StatusOK)
-	testutil.WaitFor(t, time.Second, func() error {
-		if held := e.slotsHeld(t, e.keys.UserSlots(uid)); held != 0 {
-			return fmt.Errorf("the user's slot set holds %d after the responses ended, want 0", held)
-		}
-		return nil
-	})
+	e.waitSlotsHeld(t, time.Second, e.keys.UserSlots(uid), 0, "after the responses ended")
 	if n := c.metric(t, "caddy_rpm_in_flight"); n != 0 {
 		t.Errorf("caddy_rpm_in_flight = %v after the responses ended, want 0", n)
 	}
@@ -232,12 +239,7 @@ func TestConcurrencyClientHangsUp(t *testing.T) {
 		t.Fatalf("the hung-up request got an answer: %d", h.status)
 	}
 	start := time.Now()
-	testutil.WaitFor(t, time.Second, func() error {
-		if held := e.slotsHeld(t, e.keys.UserSlots(uid)); held != 0 {
-			return fmt.Errorf("the user's slot set holds %d after the client hung up, want 0", held)
-		}
-		return nil
-	})
+	e.waitSlotsHeld(t, time.Second, e.keys.UserSlots(uid), 0, "after the client hung up")
 	t.Logf("place back %v after the hang-up", time.Since(start))
 	next := goHit(t.Context(), c.URL+"/v1/x", key)
 	g.waitArrived(t, 1)
@@ -260,12 +262,7 @@ func TestConcurrencyUpstreamFails(t *testing.T) {
 		if r := c.get(t, "/fail/x", key); r.Status != http.StatusBadGateway {
 			t.Fatalf("request %d to a failing upstream: %d %s, want 502", i+1, r.Status, r.Body)
 		}
-		testutil.WaitFor(t, time.Second, func() error {
-			if held := e.slotsHeld(t, e.keys.UserSlots(uid)); held != 0 {
-				return fmt.Errorf("the user's slot set holds %d after the upstream failed, want 0", held)
-			}
-			return nil
-		})
+		e.waitSlotsHeld(t, time.Second, e.keys.UserSlots(uid), 0, "after the upstream failed")
 	}
 	if r := c.get(t, "/pass/x", key); r.Status != http.StatusOK {
 		t.Fatalf("after the failures: %d %s, want 200", r.Status, r.Body)
@@ -324,12 +321,8 @@ func TestConcurrencyAcrossInstancesAndKill(t *testing.T) {
 		return fmt.Errorf("still refused %v after the kill", time.Since(killed))
 	})
 	t.Logf("the killed instance's place returned %v after the kill (lease %v)", time.Since(killed), lease)
-	testutil.WaitFor(t, time.Second, func() error { // the admitted request's release is asynchronous
-		if held := e.slotsHeld(t, e.keys.UserSlots(uid)); held != 1 {
-			return fmt.Errorf("the slot set holds %d after the dead instance's place expired, want 1 (c2's request)", held)
-		}
-		return nil
-	})
+	// The admitted request's release is asynchronous.
+	e.waitSlotsHeld(t, time.Second, e.keys.UserSlots(uid), 1, "after the dead instance's place expired (c2's request)")
 	g.releaseAll()
 	wantHit(t, onC2, http.StatusOK)
 }
@@ -496,12 +489,7 @@ func TestConcurrencyRedisPaused(t *testing.T) {
 	if r := c.get(t, "/pass/x", key); r.Status != http.StatusOK {
 		t.Fatalf("warm-up: %d %s", r.Status, r.Body)
 	}
-	testutil.WaitFor(t, time.Second, func() error {
-		if held := e.slotsHeld(t, e.keys.UserSlots(uid)); held != 0 {
-			return fmt.Errorf("slot set holds %d after the warm-up", held)
-		}
-		return nil
-	})
+	e.waitSlotsHeld(t, time.Second, e.keys.UserSlots(uid), 0, "after the warm-up")
 
 	acquired := time.Now()
 	held := goHit(t.Context(), c.URL+"/v1/x", key)
@@ -523,12 +511,7 @@ func TestConcurrencyRedisPaused(t *testing.T) {
 
 	srv.Resume()
 	resumed := time.Now()
-	testutil.WaitFor(t, 5*time.Second, func() error {
-		if n := e.slotsHeld(t, e.keys.UserSlots(uid)); n != 0 {
-			return fmt.Errorf("slot set holds %d after Redis came back, want 0", n)
-		}
-		return nil
-	})
+	e.waitSlotsHeld(t, 5*time.Second, e.keys.UserSlots(uid), 0, "after Redis came back")
 	t.Logf("place released %v after Redis came back, %v after it was taken (lease %v)",
 		time.Since(resumed), time.Since(acquired), limiter.DefaultLease)
 	if since := time.Since(acquired); since >= limiter.DefaultLease {
@@ -576,10 +559,5 @@ func TestCommandsPerCappedRequest(t *testing.T) {
 		}
 		t.Fatalf("%d requests under a cap sent %v; want %d EVALSHA (+1 renewal at most) and 1..%d ZREM only:%s", n, by, n, n, b.String())
 	}
-	testutil.WaitFor(t, time.Second, func() error {
-		if held := e.slotsHeld(t, e.keys.UserSlots(uid)); held != 0 {
-			return fmt.Errorf("slot set holds %d after every response, want 0", held)
-		}
-		return nil
-	})
+	e.waitSlotsHeld(t, time.Second, e.keys.UserSlots(uid), 0, "after every response")
 }

@@ -132,6 +132,8 @@ type leaseKeeper struct {
 	queue   []pendingRelease
 	started bool
 	closed  bool
+	// running is started && !closed, read without mu by every acquisition.
+	running atomic.Bool
 	kick    chan struct{} // a release was queued
 	full    chan struct{} // maxReleaseBatch releases are queued
 	ctx     context.Context
@@ -182,6 +184,9 @@ func (k *leaseKeeper) newMember() string {
 
 // start starts the renewal and release goroutines on first use.
 func (k *leaseKeeper) start() error {
+	if k.running.Load() {
+		return nil
+	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.closed {
@@ -189,6 +194,7 @@ func (k *leaseKeeper) start() error {
 	}
 	if !k.started {
 		k.started = true
+		k.running.Store(true)
 		k.wg.Add(2)
 		go k.renewLoop()
 		go k.releaseLoop()
@@ -271,6 +277,11 @@ func (k *leaseKeeper) releaseLoop() {
 	defer k.wg.Done()
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
+	gather := time.NewTimer(time.Hour)
+	gather.Stop()
+	// spare is the queue's other buffer: the queue and spare swap at every
+	// batch, so the queue does not grow again from nothing each time.
+	var spare []pendingRelease
 	for {
 		select {
 		case <-k.ctx.Done():
@@ -278,7 +289,7 @@ func (k *leaseKeeper) releaseLoop() {
 		case <-k.kick:
 		case <-retry.C:
 		}
-		gather := time.NewTimer(k.cfg.ReleaseDelay)
+		gather.Reset(k.cfg.ReleaseDelay)
 		select {
 		case <-k.ctx.Done():
 			gather.Stop()
@@ -289,9 +300,15 @@ func (k *leaseKeeper) releaseLoop() {
 		}
 		k.mu.Lock()
 		batch := k.queue
-		k.queue = nil
+		k.queue = spare[:0]
 		k.mu.Unlock()
-		if failed := k.send(batch); len(failed) > 0 {
+		failed := k.send(batch)
+		clear(batch) // no member kept alive by the buffer
+		spare = nil
+		if cap(batch) <= 4*maxReleaseBatch { // not one an outage grew
+			spare = batch[:0]
+		}
+		if len(failed) > 0 {
 			k.mu.Lock()
 			k.queue = append(k.queue, failed...)
 			k.mu.Unlock()
@@ -481,6 +498,7 @@ func (k *leaseKeeper) close() {
 		return
 	}
 	k.closed = true
+	k.running.Store(false)
 	k.mu.Unlock()
 	k.cancel()
 	k.wg.Wait()

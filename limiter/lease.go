@@ -236,12 +236,13 @@ func (k *leaseKeeper) release(l *Lease) {
 
 // abandon gives back the places an acquisition may have taken although
 // its caller got no answer (timeout, connection lost), one set at a time
-// (see pendingRelease.confirm).
-func (k *leaseKeeper) abandon(member *string, keys []string) {
+// (see pendingRelease.confirm). It copies what it keeps: the acquisition,
+// which a call may still be writing, is not kept alive by its retries.
+func (k *leaseKeeper) abandon(member string, keys []string) {
 	until := time.Now().Add(k.cfg.Lease)
-	for i := range keys {
+	for _, key := range keys {
 		k.mu.Lock()
-		k.enqueueLocked(pendingRelease{keys: keys[i : i+1 : i+1], member: member, until: until, confirm: true})
+		k.enqueueLocked(pendingRelease{keys: []string{key}, member: &member, until: until, confirm: true})
 	}
 }
 

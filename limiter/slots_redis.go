@@ -59,10 +59,12 @@ func (r *Redis) acquireBy(ctx context.Context, deadline time.Time, counters []Co
 	start := time.Now()
 	if err := r.batcherFor(l.keys[0]).do(ctx, deadline, p); err != nil {
 		if p.sent.Load() {
-			k.abandon(&l.member, l.keys)
+			k.abandon(l.member, l.keys)
 		}
 		return refusedAcquire(), nil, err
 	}
+	// The lease outlives the check; the request's context must not.
+	p.ctx, p.counters, p.slots = nil, nil, nil
 	res := AcquireResult{Result: p.res, DeniedSlot: p.deniedSlot, InFlight: p.inFlight}
 	if !res.Allowed {
 		if r.reserve != nil && res.Denied >= 0 {

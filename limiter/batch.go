@@ -41,7 +41,7 @@ type pendingCheck struct {
 	deadline time.Time // zero: none but ctx's
 	counters []Counter
 	slots    []Slot
-	member   string // the lease member its slots are taken as
+	member   *string // the lease member its slots are taken as
 	// sent is set once a script call has taken the check: from then on
 	// Redis may carry it out even if its caller gets no answer.
 	sent atomic.Bool

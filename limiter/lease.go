@@ -22,7 +22,8 @@ import (
 // passed before it counts a set, so a place whose instance died returns by
 // itself; live instances push the deadlines of their requests still in
 // flight forward every Renew, in one call per tick. A set's key expires
-// no earlier than its last deadline, so idle sets vanish.
+// no earlier than its last deadline and at most two lease lengths after
+// it (see checkScript), so idle sets vanish.
 //
 // Releases go out asynchronously: Lease.Release queues the member and a
 // goroutine sends what queued, after ReleaseDelay or once maxReleaseBatch
@@ -109,7 +110,7 @@ for i = 1, #KEYS do
   for j = 1, n do
     kept = kept + redis.call('ZADD', KEYS[i], 'XX', 'CH', deadline, ARGV[a + j])
   end
-  if redis.call('PTTL', KEYS[i]) < lease then redis.call('PEXPIRE', KEYS[i], lease) end
+  if redis.call('PTTL', KEYS[i]) < lease then redis.call('PEXPIRE', KEYS[i], 2 * lease) end
   a = a + n + 1
 end
 return kept
@@ -127,10 +128,12 @@ type leaseKeeper struct {
 	held    atomic.Int64
 
 	mu      sync.Mutex
-	leases  map[*Lease]struct{} // held: renewed until released
+	leases  *Lease // the first of the leases held (linked by Lease.next): renewed until released
 	queue   []pendingRelease
 	started bool
 	closed  bool
+	// running is started && !closed, read without mu by every acquisition.
+	running atomic.Bool
 	kick    chan struct{} // a release was queued
 	full    chan struct{} // maxReleaseBatch releases are queued
 	ctx     context.Context
@@ -138,16 +141,18 @@ type leaseKeeper struct {
 	wg      sync.WaitGroup
 }
 
-// pendingRelease is one member to remove from one set.
+// pendingRelease is one member to remove from its sets: one per released
+// lease, so a release queues without allocating.
 type pendingRelease struct {
-	key, member string
+	keys   []string
+	member *string // a pointer, as a script or ZREM argument (see acquireBy)
 	// until is when the member surely expired (local clock): the release
 	// is dropped after it.
 	until time.Time
 	// confirm is set when it is unknown whether the member was ever added
 	// (the acquisition's answer was lost): the release is repeated until
 	// Redis reports the member removed, as the acquisition may still be
-	// on its way.
+	// on its way. Such a release has one key.
 	confirm bool
 }
 
@@ -161,7 +166,6 @@ func newLeaseKeeper(client redis.UniversalClient) *leaseKeeper {
 		cluster: cluster,
 		cfg:     LeaseConfig{}.withDefaults(),
 		id:      hex.EncodeToString(b[:]),
-		leases:  make(map[*Lease]struct{}),
 		kick:    make(chan struct{}, 1),
 		full:    make(chan struct{}, 1),
 		ctx:     ctx,
@@ -169,13 +173,20 @@ func newLeaseKeeper(client redis.UniversalClient) *leaseKeeper {
 	}
 }
 
-// newMember returns a member name no other acquisition uses.
+// newMember returns a member name no other acquisition uses (built in one
+// allocation).
 func (k *leaseKeeper) newMember() string {
-	return k.id + ":" + strconv.FormatUint(k.seq.Add(1), 36)
+	var b [48]byte
+	m := append(b[:0], k.id...)
+	m = append(m, ':')
+	return string(strconv.AppendUint(m, k.seq.Add(1), 36))
 }
 
 // start starts the renewal and release goroutines on first use.
 func (k *leaseKeeper) start() error {
+	if k.running.Load() {
+		return nil
+	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.closed {
@@ -183,6 +194,7 @@ func (k *leaseKeeper) start() error {
 	}
 	if !k.started {
 		k.started = true
+		k.running.Store(true)
 		k.wg.Add(2)
 		go k.renewLoop()
 		go k.releaseLoop()
@@ -190,52 +202,59 @@ func (k *leaseKeeper) start() error {
 	return nil
 }
 
-// hold returns the lease of an admitted acquisition that began at start.
-func (k *leaseKeeper) hold(member string, keys []string, start time.Time) *Lease {
-	l := &Lease{owner: k, member: member, keys: keys}
+// hold makes l, admitted by an acquisition that began at start, one of
+// the leases held.
+func (k *leaseKeeper) hold(l *Lease, start time.Time) {
 	l.until.Store(start.Add(k.cfg.Lease).UnixNano())
 	k.mu.Lock()
-	k.leases[l] = struct{}{}
+	l.next = k.leases
+	if l.next != nil {
+		l.next.prev = l
+	}
+	k.leases = l
 	k.mu.Unlock()
 	k.held.Add(1)
-	return l
 }
 
-// release implements leaseOwner.
+// release implements leaseOwner: it takes l off the leases held and
+// queues its release, under one lock.
 func (k *leaseKeeper) release(l *Lease) {
+	r := pendingRelease{keys: l.keys, member: &l.member, until: time.Unix(0, l.until.Load())}
 	k.mu.Lock()
-	delete(k.leases, l)
-	k.mu.Unlock()
-	k.held.Add(-1)
-	until := time.Unix(0, l.until.Load())
-	rs := make([]pendingRelease, len(l.keys))
-	for i, key := range l.keys {
-		rs[i] = pendingRelease{key: key, member: l.member, until: until}
+	if l.prev != nil {
+		l.prev.next = l.next
+	} else {
+		k.leases = l.next
 	}
-	k.enqueue(rs)
+	if l.next != nil {
+		l.next.prev = l.prev
+	}
+	l.prev, l.next = nil, nil
+	k.enqueueLocked(r)
+	k.held.Add(-1)
 }
 
 // abandon gives back the places an acquisition may have taken although
-// its caller got no answer (timeout, connection lost).
+// its caller got no answer (timeout, connection lost), one set at a time
+// (see pendingRelease.confirm). It copies what it keeps: the acquisition,
+// which a call may still be writing, is not kept alive by its retries.
 func (k *leaseKeeper) abandon(member string, keys []string) {
 	until := time.Now().Add(k.cfg.Lease)
-	rs := make([]pendingRelease, len(keys))
-	for i, key := range keys {
-		rs[i] = pendingRelease{key: key, member: member, until: until, confirm: true}
+	for _, key := range keys {
+		k.mu.Lock()
+		k.enqueueLocked(pendingRelease{keys: []string{key}, member: &member, until: until, confirm: true})
 	}
-	k.enqueue(rs)
 }
 
-// enqueue queues releases for the release goroutine; after close they are
-// sent once, right away.
-func (k *leaseKeeper) enqueue(rs []pendingRelease) {
-	k.mu.Lock()
+// enqueueLocked queues a release for the release goroutine, and unlocks
+// mu; after close the release is sent once, right away.
+func (k *leaseKeeper) enqueueLocked(r pendingRelease) {
 	if k.closed {
 		k.mu.Unlock()
-		go k.send(rs)
+		go k.send([]pendingRelease{r})
 		return
 	}
-	k.queue = append(k.queue, rs...)
+	k.queue = append(k.queue, r)
 	n := len(k.queue)
 	k.mu.Unlock()
 	signal(k.kick)
@@ -259,6 +278,11 @@ func (k *leaseKeeper) releaseLoop() {
 	defer k.wg.Done()
 	retry := time.NewTimer(time.Hour)
 	retry.Stop()
+	gather := time.NewTimer(time.Hour)
+	gather.Stop()
+	// spare is the queue's other buffer: the queue and spare swap at every
+	// batch, so the queue does not grow again from nothing each time.
+	var spare []pendingRelease
 	for {
 		select {
 		case <-k.ctx.Done():
@@ -266,7 +290,7 @@ func (k *leaseKeeper) releaseLoop() {
 		case <-k.kick:
 		case <-retry.C:
 		}
-		gather := time.NewTimer(k.cfg.ReleaseDelay)
+		gather.Reset(k.cfg.ReleaseDelay)
 		select {
 		case <-k.ctx.Done():
 			gather.Stop()
@@ -277,9 +301,15 @@ func (k *leaseKeeper) releaseLoop() {
 		}
 		k.mu.Lock()
 		batch := k.queue
-		k.queue = nil
+		k.queue = spare[:0]
 		k.mu.Unlock()
-		if failed := k.send(batch); len(failed) > 0 {
+		failed := k.send(batch)
+		clear(batch) // no member kept alive by the buffer
+		spare = nil
+		if cap(batch) <= 4*maxReleaseBatch { // not one an outage grew
+			spare = batch[:0]
+		}
+		if len(failed) > 0 {
 			k.mu.Lock()
 			k.queue = append(k.queue, failed...)
 			k.mu.Unlock()
@@ -302,10 +332,12 @@ func (k *leaseKeeper) send(rs []pendingRelease) (retry []pendingRelease) {
 		case r.confirm:
 			confirm = append(confirm, r)
 		default:
-			if _, ok := byKey[r.key]; !ok {
-				order = append(order, r.key)
+			for _, key := range r.keys {
+				if _, ok := byKey[key]; !ok {
+					order = append(order, key)
+				}
+				byKey[key] = append(byKey[key], r.member)
 			}
-			byKey[r.key] = append(byKey[r.key], r.member)
 		}
 	}
 	if len(order) == 0 && len(confirm) == 0 {
@@ -320,14 +352,29 @@ func (k *leaseKeeper) send(rs []pendingRelease) (retry []pendingRelease) {
 	}
 	single := make([]*redis.IntCmd, len(confirm))
 	for i, r := range confirm {
-		single[i] = pipe.ZRem(ctx, r.key, r.member)
+		single[i] = pipe.ZRem(ctx, r.keys[0], r.member)
 	}
 	_, _ = pipe.Exec(ctx) // errors are per command, below
+	var failed map[string]bool
 	for i, cmd := range grouped {
 		if cmd.Err() != nil {
-			for _, r := range rs {
-				if r.key == order[i] && !r.confirm && now.Before(r.until) {
+			if failed == nil {
+				failed = make(map[string]bool)
+			}
+			failed[order[i]] = true
+		}
+	}
+	if failed != nil {
+		// A release is sent again whole when one of its sets failed;
+		// removing a member already removed does nothing.
+		for _, r := range rs {
+			if r.confirm || !now.Before(r.until) {
+				continue
+			}
+			for _, key := range r.keys {
+				if failed[key] {
 					retry = append(retry, r)
+					break
 				}
 			}
 		}
@@ -368,7 +415,7 @@ type renewCall struct {
 func (k *leaseKeeper) renew() {
 	k.mu.Lock()
 	calls := make(map[uint16]*renewCall)
-	for l := range k.leases {
+	for l := k.leases; l != nil; l = l.next {
 		var hs uint16
 		if k.cluster {
 			hs = clusterSlot(l.keys[0])
@@ -452,6 +499,7 @@ func (k *leaseKeeper) close() {
 		return
 	}
 	k.closed = true
+	k.running.Store(false)
 	k.mu.Unlock()
 	k.cancel()
 	k.wg.Wait()

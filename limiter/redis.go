@@ -48,8 +48,11 @@ import (
 // the group.
 //
 // Each counter is read at most once and written at most once per call,
-// however many checks of the call share it; each slot set is pruned,
-// counted and given its expiry at most once per call.
+// however many checks of the call share it; each slot set is pruned and
+// counted at most once per call. A set that gets members is given two
+// lease lengths to live whenever less than one is left — so it outlives
+// every deadline in it, and PEXPIRE runs about once per lease length and
+// set rather than once per call.
 var checkScript = redis.NewScript(`
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -117,7 +120,7 @@ while a <= #ARGV do
         redis.call('ZADD', key, unpack(add))
         card[key] = held[i] + admitted
         if not extended[key] then
-          if redis.call('PTTL', key) < lease then redis.call('PEXPIRE', key, lease) end
+          if redis.call('PTTL', key) < lease then redis.call('PEXPIRE', key, 2 * lease) end
           extended[key] = true
         end
       end

@@ -26,6 +26,15 @@ func (r *Redis) CheckAcquire(ctx context.Context, counters []Counter, slots []Sl
 	return r.acquireBy(ctx, time.Time{}, counters, slots)
 }
 
+// acquisition is one CheckAcquire with slots: its check, and the lease it
+// becomes when admitted, in one allocation. The set keys of up to
+// len(keysBuf) slots (a user's cap and a route's two) need none of their own.
+type acquisition struct {
+	check   pendingCheck
+	lease   Lease
+	keysBuf [3]string
+}
+
 // acquireBy is CheckAcquire ending by deadline (zero: none), like checkBy.
 func (r *Redis) acquireBy(ctx context.Context, deadline time.Time, counters []Counter, slots []Slot) (AcquireResult, *Lease, error) {
 	if len(slots) == 0 {
@@ -36,18 +45,26 @@ func (r *Redis) acquireBy(ctx context.Context, deadline time.Time, counters []Co
 	if err := k.start(); err != nil {
 		return refusedAcquire(), nil, unavailable("redis acquire", err)
 	}
-	keys := make([]string, len(slots))
-	for i, s := range slots {
-		keys[i] = s.Key
+	a := &acquisition{}
+	l := &a.lease
+	l.owner, l.member, l.keys = k, k.newMember(), a.keysBuf[:0]
+	for _, s := range slots {
+		l.keys = append(l.keys, s.Key)
 	}
-	p := &pendingCheck{counters: counters, slots: slots, member: k.newMember()}
+	// The script's argument is a pointer to the member: go-redis writes a
+	// *string as the string, and a pointer needs no allocation to become
+	// an interface value, unlike the string itself.
+	p := &a.check
+	p.counters, p.slots, p.member = counters, slots, &l.member
 	start := time.Now()
-	if err := r.batcherFor(keys[0]).do(ctx, deadline, p); err != nil {
+	if err := r.batcherFor(l.keys[0]).do(ctx, deadline, p); err != nil {
 		if p.sent.Load() {
-			k.abandon(p.member, keys)
+			k.abandon(l.member, l.keys)
 		}
 		return refusedAcquire(), nil, err
 	}
+	// The lease outlives the check; the request's context must not.
+	p.ctx, p.counters, p.slots = nil, nil, nil
 	res := AcquireResult{Result: p.res, DeniedSlot: p.deniedSlot, InFlight: p.inFlight}
 	if !res.Allowed {
 		if r.reserve != nil && res.Denied >= 0 {
@@ -55,7 +72,8 @@ func (r *Redis) acquireBy(ctx context.Context, deadline time.Time, counters []Co
 		}
 		return res, nil, nil
 	}
-	return res, k.hold(p.member, keys, start), nil
+	k.hold(l, start)
+	return res, l, nil
 }
 
 // slotOutcome reads a group's "deniedSlot held1 ... helds" from the

@@ -127,7 +127,8 @@ func TestRedisIdenticalAcquisitionsDecidedTogether(t *testing.T) {
 	counterFullSlots := []Slot{{Key: keys.UserSlots(2), Limit: 5}}
 	var checks []*pendingCheck
 	add := func(cs []Counter, ss []Slot) {
-		checks = append(checks, &pendingCheck{counters: cs, slots: ss, member: "m" + strconv.Itoa(len(checks))})
+		member := "m" + strconv.Itoa(len(checks))
+		checks = append(checks, &pendingCheck{counters: cs, slots: ss, member: &member})
 	}
 	add(setFull, setFullSlots)         // 0
 	add(counterFull, counterFullSlots) // 1
@@ -231,8 +232,11 @@ func TestRedisSlotsDeadInstance(t *testing.T) {
 	if left := time.Duration(int64(score)-redisNow(t, c).UnixMilli()) * time.Millisecond; left < short.Lease-2*short.Renew {
 		t.Fatalf("the renewed lease ends in %v, want about %v", left, short.Lease)
 	}
-	if ttl := c.PTTL(context.Background(), ss[0].Key).Val(); ttl <= 0 || ttl > short.Lease {
-		t.Fatalf("set PTTL %v, want an expiry within the lease %v", ttl, short.Lease)
+	ttl := c.PTTL(context.Background(), ss[0].Key).Val()
+	// The clock read after PTTL: the deadline is at most this far ahead.
+	untilDeadline := time.Duration(int64(score)-redisNow(t, c).UnixMilli()) * time.Millisecond
+	if ttl < untilDeadline || ttl > 2*short.Lease {
+		t.Fatalf("set PTTL %v, want an expiry after the lease's deadline and within 2 lease lengths (lease %v)", ttl, short.Lease)
 	}
 	held.Release()
 }
@@ -579,4 +583,53 @@ func TestRedisUnsentAcquisitionNotReleased(t *testing.T) {
 	if _, cmds := counter.get(); cmds["evalsha"] != 1 || cmds["zrem"] != 1 {
 		t.Fatalf("commands %v; want 1 EVALSHA (the second acquisition never sent) and 1 ZREM (the first one's release)", cmds)
 	}
+}
+
+// The leases held are a linked list: releasing the first, a middle and
+// the last one in any order leaves the others renewed and counted.
+func TestRedisRenewAfterReleasesInAnyOrder(t *testing.T) {
+	c, keys := singleClient(t)
+	short := LeaseConfig{Lease: time.Second, Renew: 200 * time.Millisecond, ReleaseDelay: time.Millisecond}
+	r := newRedisAcquirer(t, c, short)
+	ss := []Slot{{Key: keys.UserSlots(1), Limit: 10}}
+	leases := make([]*Lease, 6)
+	for i := range leases {
+		res, l := acquire(t, r, nil, ss)
+		if !res.Allowed {
+			t.Fatalf("acquisition %d: %+v", i, res)
+		}
+		leases[i] = l
+	}
+	// Held newest first: 5 is the list's head, 0 its tail.
+	for _, i := range []int{5, 2, 0} {
+		leases[i].Release()
+	}
+	if n := r.InFlight(); n != 3 {
+		t.Fatalf("InFlight %d after 3 of 6 released, want 3", n)
+	}
+	time.Sleep(3 * short.Lease) // the kept ones live only if renewed
+	members, err := c.ZRangeArgs(context.Background(), redis.ZRangeArgs{
+		Key: ss[0].Key, ByScore: true, Start: "(" + strconv.FormatInt(redisNow(t, c).UnixMilli(), 10), Stop: "+inf",
+	}).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{leases[1].member, leases[3].member, leases[4].member}
+	slices.Sort(members)
+	slices.Sort(want)
+	if !slices.Equal(members, want) {
+		t.Fatalf("live members %v after 3 lease lengths, want the kept leases %v", members, want)
+	}
+	for _, i := range []int{3, 1, 4} {
+		leases[i].Release()
+	}
+	if n := r.InFlight(); n != 0 {
+		t.Fatalf("InFlight %d after all released", n)
+	}
+	testutil.WaitFor(t, 2*time.Second, func() error {
+		if n := rawHeld(t, c, ss[0].Key); n != 0 {
+			return fmt.Errorf("set holds %d after all released", n)
+		}
+		return nil
+	})
 }

@@ -71,6 +71,8 @@ type exactResult struct {
 	// one rate-limit window.
 	OneWindow bool `json:"one_window"`
 	Exact     bool `json:"exact"`
+	// Why says what made the run not exact ("" when it is).
+	Why string `json:"why,omitempty"`
 }
 
 func (r *exactResult) admitted() int64 { return r.Statuses[200] }
@@ -142,11 +144,30 @@ func runExact(ctx context.Context, cfg config, rdb *redis.Client, e exactTarget)
 	if !all.LastOK.IsZero() {
 		res.ToLastAdmitted = all.LastOK.Sub(start).Seconds()
 	}
-	res.Exact = res.OneWindow && res.Errors == 0 && res.Unexpected == 0 &&
-		res.admitted() == e.Limit && counter == e.Limit
-	log.Printf("exact %s: admitted %d %v of limit %d, refused %d, Redis counter %d, one window %v, errors %d: exact: %s",
-		e.Name, res.admitted(), res.AdmittedBy, e.Limit, res.Statuses[429], counter, res.OneWindow, res.Errors, yesNo(res.Exact))
+	res.Why = res.notExact()
+	res.Exact = res.Why == ""
+	log.Printf("exact %s: admitted %d %v of limit %d, refused %d, Redis counter %d, one window %v, errors %d: exact: %s %s",
+		e.Name, res.admitted(), res.AdmittedBy, e.Limit, res.Statuses[429], counter, res.OneWindow, res.Errors, yesNo(res.Exact), res.Why)
 	return res, nil
+}
+
+// notExact says why r is not exact, or "" if it is.
+func (r *exactResult) notExact() string {
+	switch n := r.admitted(); {
+	case !r.OneWindow:
+		return "the run crossed a window boundary"
+	case r.Errors > 0 || r.Unexpected > 0:
+		return "transport errors or statuses other than 200 and 429"
+	case n > r.Limit:
+		return fmt.Sprintf("%d admitted over the limit", n-r.Limit)
+	case n < r.Limit && r.Statuses[429] == 0:
+		return "the limit was not reached: lower the limit or drive longer"
+	case n < r.Limit:
+		return fmt.Sprintf("%d refused below the limit", r.Limit-n)
+	case r.Counter != r.Limit:
+		return fmt.Sprintf("the counter in Redis is %d", r.Counter)
+	}
+	return ""
 }
 
 // readCounter returns the count of user's own counter in Redis, or -1 if

@@ -162,6 +162,10 @@ func exactMarkdown(p func(string, ...any), cfg config, rep *report) {
 	}
 	p("\n")
 	for _, r := range rep.Exact {
-		p("- %s: exact: %s\n", r.Name, yesNo(r.Exact))
+		if r.Exact {
+			p("- %s: exact: yes\n", r.Name)
+		} else {
+			p("- %s: exact: no (%s)\n", r.Name, r.Why)
+		}
 	}
 }

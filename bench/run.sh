@@ -325,7 +325,7 @@ GOMAXPROCS=$LOADGEN_GOMAXPROCS "$work/loadgen" \
 		echo "Produced by \`make bench\` / \`bench/run.sh\`; see the comment at the top of bench/run.sh."
 		echo
 	fi
-	echo "Command: \`$command_line\`"
+	echo "Command: \`$command_line\` (wall time up to the report: ${SECONDS} s, builds included)"
 	echo
 	cat "$md"
 } >>"$RESULTS.tmp.$$"

@@ -71,6 +71,10 @@ type exactResult struct {
 	// one rate-limit window.
 	OneWindow bool `json:"one_window"`
 	Exact     bool `json:"exact"`
+	// FailOpen counts requests admitted without a check because Redis did
+	// not answer within redis_timeout (on_redis_error open, the default):
+	// on an overloaded machine they are what goes over the limit.
+	FailOpen int64 `json:"fail_open"`
 	// Why says what made the run not exact ("" when it is).
 	Why string `json:"why,omitempty"`
 }
@@ -144,10 +148,11 @@ func runExact(ctx context.Context, cfg config, rdb *redis.Client, e exactTarget)
 	if !all.LastOK.IsZero() {
 		res.ToLastAdmitted = all.LastOK.Sub(start).Seconds()
 	}
+	res.FailOpen = int64(sumMetric(res.Metrics, "caddy_rpm_fail_open_total"))
 	res.Why = res.notExact()
 	res.Exact = res.Why == ""
-	log.Printf("exact %s: admitted %d %v of limit %d, refused %d, Redis counter %d, one window %v, errors %d: exact: %s %s",
-		e.Name, res.admitted(), res.AdmittedBy, e.Limit, res.Statuses[429], counter, res.OneWindow, res.Errors, yesNo(res.Exact), res.Why)
+	log.Printf("exact %s: admitted %d %v of limit %d (fail-open %d), refused %d, Redis counter %d, one window %v, errors %d: exact: %s %s",
+		e.Name, res.admitted(), res.AdmittedBy, e.Limit, res.FailOpen, res.Statuses[429], counter, res.OneWindow, res.Errors, yesNo(res.Exact), res.Why)
 	return res, nil
 }
 
@@ -158,6 +163,8 @@ func (r *exactResult) notExact() string {
 		return "the run crossed a window boundary"
 	case r.Errors > 0 || r.Unexpected > 0:
 		return "transport errors or statuses other than 200 and 429"
+	case n > r.Limit && r.FailOpen > 0:
+		return fmt.Sprintf("%d admitted over the limit, with %d fail-open admissions (Redis did not answer within redis_timeout)", n-r.Limit, r.FailOpen)
 	case n > r.Limit:
 		return fmt.Sprintf("%d admitted over the limit", n-r.Limit)
 	case n < r.Limit && r.Statuses[429] == 0:

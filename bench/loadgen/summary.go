@@ -130,10 +130,10 @@ func exactMarkdown(p func(string, ...any), cfg config, rep *report) {
 	p("Each run: a user of its own with a limit of L requests per minute, %d connections split between the processes, "+
 		"%v in one rate-limit window (started with room left in it), then %v for unused reserved units to come back before its "+
 		"counter is read from Redis. Exact: the 200s summed over the processes = L = the counter, in one window, "+
-		"with no other status and no transport error. Admitted req/s = L / time to the last 200; × plain against the saturated phase's plain; "+
+		"with no other status and no transport error; fail-open: 200s admitted without a check because Redis did not answer within redis_timeout. Admitted req/s = L / time to the last 200; × plain against the saturated phase's plain; "+
 		"p99 over all responses (200 and 429).\n\n", cfg.connections, cfg.exactDuration, handBackSettle)
-	p("| run | L | admitted (per process) | 429 | other, errors | Redis counter | one window | exact | s to last 200 | admitted req/s (× plain) | all req/s (× plain) | p99 ms (added) | Caddy CPU µs / request | Redis cmds / admitted (EVALSHA) | Redis CPU µs / admitted |\n")
-	p("|---|---:|---|---:|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
+	p("| run | L | admitted (per process) | fail-open | 429 | other, errors | Redis counter | one window | exact | s to last 200 | admitted req/s (× plain) | all req/s (× plain) | p99 ms (added) | Caddy CPU µs / request | Redis cmds / admitted (EVALSHA) | Redis CPU µs / admitted |\n")
+	p("|---|---:|---|---:|---:|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
 	for _, r := range rep.Exact {
 		by := make([]string, len(r.AdmittedBy))
 		for i, n := range r.AdmittedBy {
@@ -153,8 +153,8 @@ func exactMarkdown(p func(string, ...any), cfg config, rep *report) {
 			added = fmt.Sprintf("%+.3f", r.P99ms-base.P99ms)
 		}
 		adm := float64(r.admitted())
-		p("| %s | %d | %d (%s) | %d | %d, %d | %d | %s | **%s** | %.2f | %.0f (%s) | %.0f (%s) | %.3f (%s) | %s | %s (%s) | %s |\n",
-			r.Name, r.Limit, r.admitted(), strings.Join(by, " + "), r.Statuses[429], r.Unexpected, r.Errors, r.Counter,
+		p("| %s | %d | %d (%s) | %d | %d | %d, %d | %d | %s | **%s** | %.2f | %.0f (%s) | %.0f (%s) | %.3f (%s) | %s | %s (%s) | %s |\n",
+			r.Name, r.Limit, r.admitted(), strings.Join(by, " + "), r.FailOpen, r.Statuses[429], r.Unexpected, r.Errors, r.Counter,
 			yesNo(r.OneWindow), yesNo(r.Exact), r.ToLastAdmitted, admRPS, ratio(admRPS), r.RPS, ratio(r.RPS), r.P99ms, added,
 			perUnit(r.CPU["cpu:caddy"]*1e6, float64(r.Requests), 1),
 			perUnit(clientCommands(r.Redis), adm, 4), perUnit(r.Redis["evalsha"]+r.Redis["eval"], adm, 4),

@@ -266,7 +266,9 @@ if [[ $NORESERVE == 1 ]] || ((EXACT_LIMIT > 0)); then
 	noreserve_port=$(free_port)
 	start_caddy caddy-noreserve $'\t\treservation_ttl off\n' "$noreserve_port" $'\trpm\n'
 	listen+=("$last_admin_port" "$noreserve_port")
-	[[ $NORESERVE == 1 ]] && noreserve_target=(-target "admitted-noreserve|127.0.0.1:$noreserve_port|/v1/models|$admitted_key|200")
+	if [[ $NORESERVE == 1 ]]; then
+		noreserve_target=(-target "admitted-noreserve|127.0.0.1:$noreserve_port|/v1/models|$admitted_key|200")
+	fi
 fi
 if ((EXACT_LIMIT > 0)); then
 	echo "== third and fourth Caddy: the exact runs' second processes"
@@ -313,7 +315,7 @@ GOMAXPROCS=$LOADGEN_GOMAXPROCS "$work/loadgen" \
 	-pid "redis=$redis_pid" -pid "upstream=$upstream_pid" -pid "loadgen=self" \
 	-note "machine: $NPROC cores (nproc), $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1); $(go version | cut -d' ' -f3); $(redis-server --version | cut -d' ' -f3); $(psql "$DATABASE_URL" -qAtc 'show server_version' | cut -d' ' -f1 | sed 's/^/postgres /')" \
 	-note "GOMAXPROCS: caddy $CADDY_GOMAXPROCS, load generator $LOADGEN_GOMAXPROCS, upstream $UPSTREAM_GOMAXPROCS (redis-server is single-threaded); all share the same $NPROC cores" \
-	-note "one Caddy ($(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet -- . ':!bench/results.md' ':!bench/results.json' 2>/dev/null || echo '+dirty')), three sites on 127.0.0.1: plain reverse_proxy, rpm admitted (user 10^9, group 10^9), rpm refused (user limit 1); the capped scenario sends a key of a user with concurrency 10^6 (limits 10^9) to the admitted site; the unknown scenario sends random well-formed keys to the admitted site; the users scenario $USERS keys of $USERS users and users-large $USERS_LARGE keys of as many other users (limits 10^9) to the admitted site, uniformly at random (0: no such scenario); admitted-noreserve (NORESERVE=$NORESERVE) the admitted key to a second Caddy with reservation_ttl off; exact runs (EXACT_LIMIT=$EXACT_LIMIT, 0: none): the first Caddy with a third, the second with a fourth; CPU and metrics of caddy are those of all Caddy processes; same upstream (bench/upstream); private redis-server; Postgres schema $schema ($([[ $BENCH_DB == private ]] && echo "in a throwaway database of the same name" || echo "in the shared database"))" \
+	-note "Caddy ($(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet -- . ':!bench/results.md' ':!bench/results.json' 2>/dev/null || echo '+dirty')) with three sites on 127.0.0.1: plain reverse_proxy, rpm admitted (user 10^9, group 10^9), rpm refused (user limit 1); the capped scenario sends a key of a user with concurrency 10^6 (limits 10^9) to the admitted site; the unknown scenario sends random well-formed keys to the admitted site; the users scenario $USERS keys of $USERS users and users-large $USERS_LARGE keys of as many other users (limits 10^9) to the admitted site, uniformly at random (0: no such scenario); admitted-noreserve (NORESERVE=$NORESERVE) the admitted key to a second Caddy with reservation_ttl off; exact runs (EXACT_LIMIT=$EXACT_LIMIT, 0: none): the first Caddy with a third, the second with a fourth; CPU and metrics of caddy are those of all Caddy processes; same upstream (bench/upstream); private redis-server; Postgres schema $schema ($([[ $BENCH_DB == private ]] && echo "in a throwaway database of the same name" || echo "in the shared database"))" \
 	>"$work/run.json" &
 # In the background and waited for, so that a TERM to this script runs the
 # cleanup at once (bash defers traps until a foreground command ends).

@@ -119,13 +119,16 @@ func markdown(cfg config, rep *report) string {
 			if len(cfg.pids) > 0 {
 				p("- %s\n", cpuBudget(cfg, base, r))
 			}
-			// Concurrent checks share script calls: a request waits for
-			// exactly one round trip when its check went out in exactly one
-			// call and every call was one EVALSHA.
+			// Concurrent checks share script calls: a request waits for at
+			// most one round trip when no request sent more than one check
+			// and every call was an EVALSHA Redis saw. Requests admitted
+			// from a reservation send none; other Caddy processes' calls
+			// (hand-backs of their reservations, lease renewals) can add
+			// EVALSHAs to a segment.
 			calls := sumMetric(r.Metrics, "caddy_rpm_redis_checks_per_call_count")
 			checks := sumMetric(r.Metrics, "caddy_rpm_redis_checks_per_call_sum")
-			p("- %s Redis round trips: %d requests sent %.0f checks in %.0f script calls (%.2f checks per call); Redis saw %.0f EVAL/EVALSHA and %.0f client-issued commands in all (target: each request waits for exactly 1 round trip): %s\n",
-				r.Name, r.Requests, checks, calls, checks/max(calls, 1), ev, cl, verdict(checks == float64(r.Requests) && calls == ev))
+			p("- %s Redis round trips: %d requests sent %.0f checks in %.0f script calls (%.2f checks per call), %.0f requests sent none; Redis saw %.0f EVAL/EVALSHA and %.0f client-issued commands in all (target: each request waits for at most 1 round trip): %s\n",
+				r.Name, r.Requests, checks, calls, checks/max(calls, 1), float64(r.Requests)-checks, ev, cl, verdict(checks <= float64(r.Requests) && calls <= ev))
 		case strings.Contains(r.Name, "unknown"):
 			loads := sumMetric(r.Metrics, "caddy_rpm_store_loads_total")
 			// A random key the filter lets through (a false positive) is

@@ -22,6 +22,19 @@
 #             random (the loadgen's @range key); the warm-up first sends each
 #             key once, so the segments measure the steady state: how often
 #             L1 answers, and Caddy's and Redis's CPU per request
+#   users-large  the same with USERS_LARGE keys of as many other users, after
+#             the same pass over them (which fills L2 too): L1 and L2 hits
+#   admitted-noreserve  the admitted scenario against a second Caddy process
+#             (same Redis and Postgres) whose global rpm option has
+#             reservation_ttl off: every request goes to Redis
+#
+# After the interleaved phases, one user with a limit of EXACT_LIMIT per
+# minute is driven to it from two Caddy processes at once, within one
+# rate-limit window, with the connections split between them; the report
+# says "exact: yes" if the 200s summed over both equal the limit and the
+# user's counter in Redis too. Twice: "exact" through the first Caddy and a
+# third one (reservations on, the default), "exact-noreserve" through the
+# second and a fourth (reservation_ttl off), each with a user of its own.
 #
 # and writes the markdown report to bench/results.md (RESULTS_APPEND=1 adds
 # the run to the file instead of replacing it).
@@ -32,6 +45,12 @@
 #                      scenario's pass over its keys)
 #   USERS=50000        keys (and users) of the users scenario; 0: no users
 #                      scenario
+#   USERS_LARGE=200000 keys (and users) of the users-large scenario; 0: none
+#   NORESERVE=1        the admitted-noreserve scenario; 0: none
+#   EXACT_LIMIT=20000  the limit of the exact runs' users; 0: no exact runs
+#                      (and no third and fourth Caddy)
+#   EXACT_DURATION=10s how long each exact run drives its user (at most 50s;
+#                      the limit must be reached well within it)
 #   ROUNDS=2           interleaved rounds (rotated order)
 #   CONNECTIONS=32     concurrent keep-alive connections of the load generator
 #   CADDY_GOMAXPROCS=$(nproc)  LOADGEN_GOMAXPROCS=1  UPSTREAM_GOMAXPROCS=1
@@ -51,6 +70,10 @@ root=$PWD
 DURATION=${DURATION:-20s}
 WARMUP=${WARMUP:-10s}
 USERS=${USERS:-50000}
+USERS_LARGE=${USERS_LARGE:-200000}
+NORESERVE=${NORESERVE:-1}
+EXACT_LIMIT=${EXACT_LIMIT:-20000}
+EXACT_DURATION=${EXACT_DURATION:-10s}
 ROUNDS=${ROUNDS:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 LATENCY_CONNECTIONS=${LATENCY_CONNECTIONS:-2}
@@ -63,7 +86,7 @@ UPSTREAM_GOMAXPROCS=${UPSTREAM_GOMAXPROCS:-1}
 DATABASE_URL=${DATABASE_URL:-postgres://root@127.0.0.1:5432/test?sslmode=disable}
 PROFILE=${PROFILE:-}
 RESULTS=${RESULTS:-$root/bench/results.md}
-command_line="DURATION=$DURATION WARMUP=$WARMUP USERS=$USERS ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS LATENCY_CONNECTIONS=$LATENCY_CONNECTIONS BENCH_DB=$BENCH_DB CADDY_GOMAXPROCS=$CADDY_GOMAXPROCS LOADGEN_GOMAXPROCS=$LOADGEN_GOMAXPROCS UPSTREAM_GOMAXPROCS=$UPSTREAM_GOMAXPROCS bench/run.sh"
+command_line="DURATION=$DURATION WARMUP=$WARMUP USERS=$USERS USERS_LARGE=$USERS_LARGE NORESERVE=$NORESERVE EXACT_LIMIT=$EXACT_LIMIT EXACT_DURATION=$EXACT_DURATION ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS LATENCY_CONNECTIONS=$LATENCY_CONNECTIONS BENCH_DB=$BENCH_DB CADDY_GOMAXPROCS=$CADDY_GOMAXPROCS LOADGEN_GOMAXPROCS=$LOADGEN_GOMAXPROCS UPSTREAM_GOMAXPROCS=$UPSTREAM_GOMAXPROCS bench/run.sh"
 
 for bin in redis-server psql go; do
 	command -v "$bin" >/dev/null || { echo "bench: $bin is required" >&2; exit 1; }
@@ -120,12 +143,14 @@ echo "== private redis-server"
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
 	--dir "$work" >"$work/redis.log" 2>&1 &
+redis_pid=$!
 pids+=($!)
 wait_tcp 127.0.0.1 "$redis_port" redis-server
 
 echo "== upstream"
 upstream_port=$(free_port)
 GOMAXPROCS=$UPSTREAM_GOMAXPROCS "$work/upstream" -addr "127.0.0.1:$upstream_port" >"$work/upstream.log" 2>&1 &
+upstream_pid=$!
 pids+=($!)
 wait_tcp 127.0.0.1 "$upstream_port" upstream
 
@@ -158,29 +183,37 @@ admitted_key=$("$work/caddy" rpm key create --database-url "$dsn" --user "$admit
 refused_key=$("$work/caddy" rpm key create --database-url "$dsn" --user "$refused_user" --group "$group_id" --name bench 2>/dev/null)
 capped_key=$("$work/caddy" rpm key create --database-url "$dsn" --user "$capped_user" --group "$group_id" --name bench 2>/dev/null)
 [[ -n $admitted_key && -n $refused_key && -n $capped_key ]] || { echo "bench: key creation failed" >&2; exit 1; }
-# The users scenario's keys: user i (1 … USERS) has the key
-# sk-rpm-bench<i zero-padded to 35 digits> (47 characters, like a created
-# key), the loadgen's @range:sk-rpm-bench:$USERS; the hash is computed here,
-# as the store computes it (SHA-256 of the key's bytes). One statement, so
-# the triggers send one notification "all" (Caddy is not started yet).
-users_target=()
-if ((USERS > 0)); then
-	echo "== $USERS users with one key each"
+# The exact runs' users: a limit of EXACT_LIMIT, in the bench group.
+exact_user=() exact_key=()
+if ((EXACT_LIMIT > 0)); then
+	for mode in reserve noreserve; do
+		exact_user+=("$(seed "insert into rpm_users (username, rpm_limit) values ('bench-exact-$mode', $EXACT_LIMIT) returning id")")
+		exact_key+=("$("$work/caddy" rpm key create --database-url "$dsn" --user "${exact_user[-1]}" --group "$group_id" --name bench 2>/dev/null)")
+		[[ -n ${exact_key[-1]} ]] || { echo "bench: key creation failed" >&2; exit 1; }
+	done
+fi
+# The users scenarios' keys: user i (1 … n) has the key <prefix><i
+# zero-padded to 47 characters in all> (as long as a created key), the
+# loadgen's @range:<prefix>:<n>; the hash is computed here, as the store
+# computes it (SHA-256 of the key's bytes). One statement each, so the
+# triggers send one notification "all" (Caddy is not started yet).
+seed_users() { # key prefix, username prefix, n
+	echo "== $3 users with one key each ($1…)"
 	PGOPTIONS="-c search_path=$schema" psql "$DATABASE_URL" -qAtc "
 		with u as (
 			insert into rpm_users (username, rpm_limit)
-			select 'bench-user-' || i, 1000000000 from generate_series(1, $USERS) i
-			returning id, substr(username, 12)::bigint as i)
+			select '$2' || i, 1000000000 from generate_series(1, $3) i
+			returning id, substr(username, $((${#2} + 1)))::bigint as i)
 		insert into rpm_api_keys (key_hash, key_prefix, name, user_id, group_id)
 		select sha256(convert_to(k, 'UTF8')), left(k, 13), 'bench-users', u.id, $group_id
-		from u, lateral (select 'sk-rpm-bench' || lpad(u.i::text, 35, '0') as k) key" >/dev/null
-fi
+		from u, lateral (select '$1' || lpad(u.i::text, $((47 - ${#1})), '0') as k) key" >/dev/null
+}
+if ((USERS > 0)); then seed_users sk-rpm-bench bench-user- "$USERS"; fi
+if ((USERS_LARGE > 0)); then seed_users sk-rpm-benchL bench-large- "$USERS_LARGE"; fi
 
-echo "== Caddy"
-admin_port=$(free_port)
-plain_port=$(free_port)
-admitted_port=$(free_port)
-refused_port=$(free_port)
+# Caddy processes: all with the same store and Redis. Each is measured as
+# "caddy" (the loadgen sums their CPU times and metrics).
+caddy_args=()
 site() { # port, handler lines
 	cat <<SITE
 http://127.0.0.1:$1 {
@@ -193,8 +226,12 @@ $2	reverse_proxy 127.0.0.1:$upstream_port {
 }
 SITE
 }
-{
-	cat <<GLOBAL
+start_caddy() { # name, extra rpm option lines, site ports and handler lines as in site
+	local name=$1 options=$2 admin_port
+	shift 2
+	admin_port=$(free_port)
+	{
+		cat <<GLOBAL
 {
 	admin 127.0.0.1:$admin_port
 	auto_https off
@@ -203,19 +240,57 @@ SITE
 		postgres "$dsn"
 		redis redis://127.0.0.1:$redis_port
 		key_prefix bench:
-	}
+$options	}
 }
 GLOBAL
-	site "$plain_port" ""
-	site "$admitted_port" $'\trpm\n'
-	site "$refused_port" $'\trpm\n'
-} >"$work/Caddyfile"
-GOMAXPROCS=$CADDY_GOMAXPROCS "$work/caddy" run --config "$work/Caddyfile" --adapter caddyfile >"$work/caddy.log" 2>&1 &
-pids+=($!)
-for p in "$admin_port" "$plain_port" "$admitted_port" "$refused_port"; do wait_tcp 127.0.0.1 "$p" caddy; done
-
+		while (($# > 0)); do
+			site "$1" "$2"
+			shift 2
+		done
+	} >"$work/$name.Caddyfile"
+	GOMAXPROCS=$CADDY_GOMAXPROCS "$work/caddy" run --config "$work/$name.Caddyfile" --adapter caddyfile >"$work/$name.log" 2>&1 &
+	pids+=($!)
+	caddy_args+=(-pid "caddy=$!" -metrics "http://127.0.0.1:$admin_port/metrics")
+	last_admin_port=$admin_port
+}
+echo "== Caddy"
+plain_port=$(free_port)
+admitted_port=$(free_port)
+refused_port=$(free_port)
+start_caddy caddy "" "$plain_port" "" "$admitted_port" $'\trpm\n' "$refused_port" $'\trpm\n'
+admin_port=$last_admin_port
+listen=("$admin_port" "$plain_port" "$admitted_port" "$refused_port")
+noreserve_target=() exact_targets=()
+if [[ $NORESERVE == 1 ]] || ((EXACT_LIMIT > 0)); then
+	echo "== second Caddy: reservation_ttl off"
+	noreserve_port=$(free_port)
+	start_caddy caddy-noreserve $'\t\treservation_ttl off\n' "$noreserve_port" $'\trpm\n'
+	listen+=("$last_admin_port" "$noreserve_port")
+	if [[ $NORESERVE == 1 ]]; then
+		noreserve_target=(-target "admitted-noreserve|127.0.0.1:$noreserve_port|/v1/models|$admitted_key|200")
+	fi
+fi
+if ((EXACT_LIMIT > 0)); then
+	echo "== third and fourth Caddy: the exact runs' second processes"
+	admitted2_port=$(free_port)
+	start_caddy caddy-2 "" "$admitted2_port" $'\trpm\n'
+	listen+=("$last_admin_port" "$admitted2_port")
+	noreserve2_port=$(free_port)
+	start_caddy caddy-noreserve-2 $'\t\treservation_ttl off\n' "$noreserve2_port" $'\trpm\n'
+	listen+=("$last_admin_port" "$noreserve2_port")
+	exact_targets=(
+		-exact "exact|127.0.0.1:$admitted_port,127.0.0.1:$admitted2_port|/v1/models|${exact_key[0]}|$EXACT_LIMIT|${exact_user[0]}"
+		-exact "exact-noreserve|127.0.0.1:$noreserve_port,127.0.0.1:$noreserve2_port|/v1/models|${exact_key[1]}|$EXACT_LIMIT|${exact_user[1]}"
+		-exact-duration "$EXACT_DURATION"
+	)
+fi
+for p in "${listen[@]}"; do wait_tcp 127.0.0.1 "$p" caddy; done
+users_target=()
 if ((USERS > 0)); then
-	users_target=(-target "users|127.0.0.1:$admitted_port|/v1/models|@range:sk-rpm-bench:$USERS|200")
+	users_target+=(-target "users|127.0.0.1:$admitted_port|/v1/models|@range:sk-rpm-bench:$USERS|200")
+fi
+if ((USERS_LARGE > 0)); then
+	users_target+=(-target "users-large|127.0.0.1:$admitted_port|/v1/models|@range:sk-rpm-benchL:$USERS_LARGE|200")
 fi
 
 profile_args=()
@@ -229,18 +304,23 @@ md="$work/run.md"
 GOMAXPROCS=$LOADGEN_GOMAXPROCS "$work/loadgen" \
 	-target "plain|127.0.0.1:$plain_port|/v1/models|$admitted_key|200" \
 	-target "admitted|127.0.0.1:$admitted_port|/v1/models|$admitted_key|200" \
+	"${noreserve_target[@]}" \
 	-target "capped|127.0.0.1:$admitted_port|/v1/models|$capped_key|200" \
 	-target "refused|127.0.0.1:$refused_port|/v1/models|$refused_key|429" \
 	-target "unknown|127.0.0.1:$admitted_port|/v1/models|@random|401" \
-	"${users_target[@]}" \
+	"${users_target[@]}" "${exact_targets[@]}" \
 	-connections "$CONNECTIONS" -latency-connections "$LATENCY_CONNECTIONS" -latency-duration "$LATENCY_DURATION" -warmup "$WARMUP" -duration "$DURATION" -rounds "$ROUNDS" \
-	-redis "127.0.0.1:$redis_port" -metrics "http://127.0.0.1:$admin_port/metrics" \
+	-redis "127.0.0.1:$redis_port" "${caddy_args[@]}" \
 	-pg "$DATABASE_URL" -schema "$schema" -md "$md" "${profile_args[@]}" \
-	-pid "caddy=${pids[2]}" -pid "redis=${pids[0]}" -pid "upstream=${pids[1]}" -pid "loadgen=self" \
+	-pid "redis=$redis_pid" -pid "upstream=$upstream_pid" -pid "loadgen=self" \
 	-note "machine: $NPROC cores (nproc), $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1); $(go version | cut -d' ' -f3); $(redis-server --version | cut -d' ' -f3); $(psql "$DATABASE_URL" -qAtc 'show server_version' | cut -d' ' -f1 | sed 's/^/postgres /')" \
 	-note "GOMAXPROCS: caddy $CADDY_GOMAXPROCS, load generator $LOADGEN_GOMAXPROCS, upstream $UPSTREAM_GOMAXPROCS (redis-server is single-threaded); all share the same $NPROC cores" \
-	-note "one Caddy ($(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet -- . ':!bench/results.md' ':!bench/results.json' 2>/dev/null || echo '+dirty')), three sites on 127.0.0.1: plain reverse_proxy, rpm admitted (user 10^9, group 10^9), rpm refused (user limit 1); the capped scenario sends a key of a user with concurrency 10^6 (limits 10^9) to the admitted site; the unknown scenario sends random well-formed keys to the admitted site; the users scenario $USERS keys of $USERS users (limits 10^9) to the admitted site, uniformly at random; same upstream (bench/upstream); private redis-server; Postgres schema $schema ($([[ $BENCH_DB == private ]] && echo "in a throwaway database of the same name" || echo "in the shared database"))" \
-	>"$work/run.json"
+	-note "Caddy ($(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet -- . ':!bench/results.md' ':!bench/results.json' 2>/dev/null || echo '+dirty')) with three sites on 127.0.0.1: plain reverse_proxy, rpm admitted (user 10^9, group 10^9), rpm refused (user limit 1); the capped scenario sends a key of a user with concurrency 10^6 (limits 10^9) to the admitted site; the unknown scenario sends random well-formed keys to the admitted site; the users scenario $USERS keys of $USERS users and users-large $USERS_LARGE keys of as many other users (limits 10^9) to the admitted site, uniformly at random (0: no such scenario); admitted-noreserve (NORESERVE=$NORESERVE) the admitted key to a second Caddy with reservation_ttl off; exact runs (EXACT_LIMIT=$EXACT_LIMIT, 0: none): the first Caddy with a third, the second with a fourth; CPU and metrics of caddy are those of all Caddy processes; same upstream (bench/upstream); private redis-server; Postgres schema $schema ($([[ $BENCH_DB == private ]] && echo "in a throwaway database of the same name" || echo "in the shared database"))" \
+	>"$work/run.json" &
+# In the background and waited for, so that a TERM to this script runs the
+# cleanup at once (bash defers traps until a foreground command ends).
+pids+=($!)
+wait $!
 
 {
 	if [[ -n ${RESULTS_APPEND:-} && -s $RESULTS ]]; then
@@ -251,7 +331,7 @@ GOMAXPROCS=$LOADGEN_GOMAXPROCS "$work/loadgen" \
 		echo "Produced by \`make bench\` / \`bench/run.sh\`; see the comment at the top of bench/run.sh."
 		echo
 	fi
-	echo "Command: \`$command_line\`"
+	echo "Command: \`$command_line\` (wall time up to the report: ${SECONDS} s, builds included)"
 	echo
 	cat "$md"
 } >>"$RESULTS.tmp.$$"

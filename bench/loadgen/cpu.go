@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -10,9 +11,22 @@ import (
 // userHZ is the unit of /proc CPU times (USER_HZ, 100 on Linux).
 const userHZ = 100
 
+// pidsFlag lists the processes to measure; several may share a name (all
+// Caddy processes are "caddy"), and their times are then summed.
 type pidsFlag [][2]string
 
 func (f *pidsFlag) String() string { return fmt.Sprint(*f) }
+
+// names returns the distinct process names, in flag order.
+func (f pidsFlag) names() []string {
+	var out []string
+	for _, p := range f {
+		if !slices.Contains(out, p[0]) {
+			out = append(out, p[0])
+		}
+	}
+	return out
+}
 
 // Set parses name=pid; pid "self" is this process.
 func (f *pidsFlag) Set(s string) error {
@@ -30,8 +44,8 @@ func (f *pidsFlag) Set(s string) error {
 	return nil
 }
 
-// cpuTimes reads the CPU seconds (user + system, all threads) of each named
-// process as "cpu:<name>", and of the whole machine as "cpu:machine-busy"
+// cpuTimes reads the CPU seconds (user + system, all threads) of the
+// processes of each name as "cpu:<name>", and of the whole machine as "cpu:machine-busy"
 // and "cpu:machine-total".
 func cpuTimes(pids pidsFlag) (counters, error) {
 	out := counters{}
@@ -48,7 +62,7 @@ func cpuTimes(pids pidsFlag) (counters, error) {
 		}
 		utime, _ := strconv.ParseFloat(f[11], 64)
 		stime, _ := strconv.ParseFloat(f[12], 64)
-		out["cpu:"+p[0]] = (utime + stime) / userHZ
+		out["cpu:"+p[0]] += (utime + stime) / userHZ
 	}
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {

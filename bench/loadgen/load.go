@@ -34,7 +34,8 @@ type sample struct {
 	Requests  int64 // complete responses
 	Errors    int64 // transport or protocol errors (the connection is redialled)
 	Statuses  map[int]int64
-	Latencies []int64 // ns, one per complete response
+	Latencies []int64   // ns, one per complete response
+	LastOK    time.Time // when the last 200 response was read (zero: none)
 }
 
 // run drives target with n keep-alive connections, each sending its next
@@ -96,19 +97,31 @@ func drive(addr string, n int, deadline time.Time, newNext func() nextRequest) s
 		}()
 	}
 	wg.Wait()
-	out := sample{Elapsed: time.Since(start), Statuses: map[int]int64{}}
+	out := merge(results)
+	out.Elapsed = time.Since(start)
+	return out
+}
+
+// merge adds up samples taken at the same time; its Elapsed is the
+// longest of theirs.
+func merge(parts []sample) sample {
+	out := sample{Statuses: map[int]int64{}}
 	total := 0
-	for _, r := range results {
+	for _, r := range parts {
 		total += len(r.Latencies)
 	}
 	out.Latencies = make([]int64, 0, total)
-	for _, r := range results {
+	for _, r := range parts {
+		out.Elapsed = max(out.Elapsed, r.Elapsed)
 		out.Requests += r.Requests
 		out.Errors += r.Errors
 		for s, c := range r.Statuses {
 			out.Statuses[s] += c
 		}
 		out.Latencies = append(out.Latencies, r.Latencies...)
+		if r.LastOK.After(out.LastOK) {
+			out.LastOK = r.LastOK
+		}
 	}
 	return out
 }
@@ -202,7 +215,11 @@ func worker(addr string, next nextRequest, deadline time.Time) sample {
 			c = nil
 			continue
 		}
-		s.Latencies = append(s.Latencies, int64(time.Since(t0)))
+		now := time.Now()
+		s.Latencies = append(s.Latencies, int64(now.Sub(t0)))
+		if status == 200 {
+			s.LastOK = now
+		}
 		s.Requests++
 		s.Statuses[status]++
 		if closeConn {

@@ -36,12 +36,8 @@ func (f *targetsFlag) Set(s string) error {
 	if len(p) != 5 {
 		return errors.New("want name|127.0.0.1:port|path|key|status")
 	}
-	host, _, err := net.SplitHostPort(p[1])
-	if err != nil || host != "127.0.0.1" {
-		return fmt.Errorf("target %q: only 127.0.0.1:<port> may be targeted", p[1])
-	}
-	if !strings.HasPrefix(p[2], "/") {
-		return fmt.Errorf("target %q: path must start with /", p[2])
+	if err := checkAddrPath(p[1], p[2]); err != nil {
+		return fmt.Errorf("target %q: %w", p[0], err)
 	}
 	status, err := strconv.Atoi(p[4])
 	if err != nil {
@@ -54,10 +50,24 @@ func (f *targetsFlag) Set(s string) error {
 	return nil
 }
 
-type notesFlag []string
+// checkAddrPath accepts 127.0.0.1:<port> and an absolute path: the load
+// generator never targets another host.
+func checkAddrPath(addr, path string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil || host != "127.0.0.1" {
+		return fmt.Errorf("%q: only 127.0.0.1:<port> may be targeted", addr)
+	}
+	if !strings.HasPrefix(path, "/") {
+		return fmt.Errorf("path %q must start with /", path)
+	}
+	return nil
+}
 
-func (f *notesFlag) String() string     { return strings.Join(*f, "; ") }
-func (f *notesFlag) Set(s string) error { *f = append(*f, s); return nil }
+// stringsFlag collects the values of a repeatable flag.
+type stringsFlag []string
+
+func (f *stringsFlag) String() string     { return strings.Join(*f, "; ") }
+func (f *stringsFlag) Set(s string) error { *f = append(*f, s); return nil }
 
 type config struct {
 	targets     targetsFlag
@@ -67,18 +77,21 @@ type config struct {
 	duration    time.Duration
 	rounds      int
 	redisAddr   string
-	metricsURL  string
+	metricsURLs stringsFlag
 	pgDSN       string
 	pgSchema    string
 	pgSettle    time.Duration
 	mdPath      string
-	notes       notesFlag
+	notes       stringsFlag
 	pprofURL    string
 	pprofDir    string
 	pids        pidsFlag
 
 	latConnections int
 	latDuration    time.Duration
+
+	exacts        exactsFlag
+	exactDuration time.Duration
 }
 
 func main() {
@@ -92,7 +105,7 @@ func main() {
 	flag.DurationVar(&cfg.latDuration, "latency-duration", 0, "measured time per scenario in the second phase (default: -duration / 2)")
 	flag.IntVar(&cfg.rounds, "rounds", 2, "interleaved rounds; each runs every scenario once, in rotated order")
 	flag.StringVar(&cfg.redisAddr, "redis", "", "host:port of the (private) Redis server to read INFO commandstats from")
-	flag.StringVar(&cfg.metricsURL, "metrics", "", "Caddy's admin /metrics URL")
+	flag.Var(&cfg.metricsURLs, "metrics", "a Caddy admin /metrics URL (repeatable: the caddy_rpm_* series of all are summed)")
 	flag.StringVar(&cfg.pgDSN, "pg", "", "Postgres DSN to read statistics with")
 	flag.StringVar(&cfg.pgSchema, "schema", "", "the benchmark's Postgres schema")
 	flag.DurationVar(&cfg.pgSettle, "pg-settle", 11*time.Second, "wait before reading Postgres statistics (idle backends publish them within 10 s)")
@@ -100,10 +113,15 @@ func main() {
 	flag.StringVar(&cfg.pprofURL, "pprof", "", "Caddy admin base URL: capture a CPU profile of Caddy during each scenario's first segment (skews that segment)")
 	flag.StringVar(&cfg.pprofDir, "pprof-dir", ".", "directory for the cpu-<scenario>.pprof files")
 	flag.Var(&cfg.pids, "pid", "name=pid of a process whose CPU time per request to report (repeatable; pid self = the load generator)")
+	flag.Var(&cfg.exacts, "exact", "after the phases, drive one user to its limit through several Caddy processes at once: name|127.0.0.1:port,127.0.0.1:port|path|key|limit|user-id (repeatable)")
+	flag.DurationVar(&cfg.exactDuration, "exact-duration", 10*time.Second, "how long each -exact run drives its user (all within one rate-limit window)")
 	flag.Var(&cfg.notes, "note", "a line for the report's header (repeatable)")
 	flag.Parse()
 	if len(cfg.targets) == 0 || cfg.connections < 1 || cfg.rounds < 1 || cfg.duration <= 0 {
 		log.Fatal("loadgen: need at least one -target, -connections >= 1, -rounds >= 1, -duration > 0")
+	}
+	if len(cfg.exacts) > 0 && (cfg.redisAddr == "" || cfg.exactDuration <= 0 || cfg.exactDuration > 50*time.Second) {
+		log.Fatal("loadgen: -exact needs -redis and 0 < -exact-duration <= 50s (a run must fit in one window)")
 	}
 	if cfg.latDuration <= 0 {
 		cfg.latDuration = cfg.duration / 2
@@ -174,12 +192,13 @@ func (ph *phase) scenario(name string) *scenarioResult {
 }
 
 type report struct {
-	Started    time.Time `json:"started"`
-	GoMaxProcs int       `json:"loadgen_gomaxprocs"`
-	NumCPU     int       `json:"num_cpu"`
-	Phases     []*phase  `json:"phases"`
-	PG         counters  `json:"postgres"`
-	PGNote     string    `json:"postgres_note"`
+	Started    time.Time      `json:"started"`
+	GoMaxProcs int            `json:"loadgen_gomaxprocs"`
+	NumCPU     int            `json:"num_cpu"`
+	Phases     []*phase       `json:"phases"`
+	PG         counters       `json:"postgres"`
+	PGNote     string         `json:"postgres_note"`
+	Exact      []*exactResult `json:"exact,omitempty"`
 }
 
 func bench(ctx context.Context, cfg config) (*report, error) {
@@ -234,6 +253,13 @@ func bench(ctx context.Context, cfg config) (*report, error) {
 		}
 		rep.Phases = append(rep.Phases, ph)
 	}
+	for _, e := range cfg.exacts {
+		res, err := runExact(ctx, cfg, rdb, e)
+		if err != nil {
+			return nil, err
+		}
+		rep.Exact = append(rep.Exact, res)
+	}
 
 	if cfg.pgDSN != "" {
 		log.Printf("waiting %v for Postgres statistics to settle", cfg.pgSettle)
@@ -257,8 +283,7 @@ func runPhase(ctx context.Context, cfg config, rdb *redis.Client, ph *phase) err
 		return err
 	}
 	for _, t := range cfg.targets {
-		ph.Scenarios = append(ph.Scenarios, &scenarioResult{Name: t.Name, Statuses: map[int]int64{},
-			Redis: counters{}, RedisUsec: counters{}, Metrics: counters{}, CPU: counters{}})
+		ph.Scenarios = append(ph.Scenarios, newScenarioResult(t.Name))
 	}
 	ph.LoadBefore = loadavg()
 	for round := range ph.Rounds {
@@ -266,14 +291,6 @@ func runPhase(ctx context.Context, cfg config, rdb *redis.Client, ph *phase) err
 		for i := range n {
 			t := cfg.targets[(i+round)%n]
 			r := ph.scenario(t.Name)
-			redisBefore, usecBefore, metricsBefore, err := readCounters(ctx, rdb, cfg.metricsURL)
-			if err != nil {
-				return err
-			}
-			cpuBefore, err := cpuTimes(cfg.pids)
-			if err != nil {
-				return err
-			}
 			var prof chan error
 			if cfg.pprofURL != "" && round == 0 {
 				prof = make(chan error, 1)
@@ -281,34 +298,17 @@ func runPhase(ctx context.Context, cfg config, rdb *redis.Client, ph *phase) err
 					prof <- captureProfile(ctx, cfg.pprofURL, cfg.pprofDir, ph.Name+"-"+t.Name, segLen)
 				}()
 			}
-			s := run(t, ph.Connections, segLen)
+			var s sample
+			d, err := measured(ctx, cfg, rdb, func() { s = run(t, ph.Connections, segLen) })
 			if prof != nil {
 				if err := <-prof; err != nil {
 					log.Printf("profile %s: %v", t.Name, err)
 				}
 			}
-			cpuAfter, err := cpuTimes(cfg.pids)
 			if err != nil {
 				return err
 			}
-			redisAfter, usecAfter, metricsAfter, err := readCounters(ctx, rdb, cfg.metricsURL)
-			if err != nil {
-				return err
-			}
-			r.CPU.add(delta(cpuBefore, cpuAfter))
-			r.Redis.add(delta(redisBefore, redisAfter))
-			r.RedisUsec.add(delta(usecBefore, usecAfter))
-			r.Metrics.add(delta(metricsBefore, metricsAfter))
-			r.Requests += s.Requests
-			r.Errors += s.Errors
-			r.Seconds += s.Elapsed.Seconds()
-			for st, c := range s.Statuses {
-				r.Statuses[st] += c
-				if st != t.Expect {
-					r.Unexpected += c
-				}
-			}
-			r.latencies = append(r.latencies, s.Latencies...)
+			r.add(d, s, t.Expect)
 			slices.Sort(s.Latencies)
 			seg := segment{Scenario: t.Name, Round: round + 1,
 				RPS: float64(s.Requests) / s.Elapsed.Seconds(), P99ms: pct(s.Latencies, 0.99)}
@@ -319,25 +319,89 @@ func runPhase(ctx context.Context, cfg config, rdb *redis.Client, ph *phase) err
 	}
 	ph.LoadAfter = loadavg()
 	for _, r := range ph.Scenarios {
-		slices.Sort(r.latencies)
-		r.RPS = float64(r.Requests) / r.Seconds
-		r.P50ms, r.P90ms, r.P99ms = pct(r.latencies, 0.50), pct(r.latencies, 0.90), pct(r.latencies, 0.99)
-		r.latencies = nil
+		r.finish()
 	}
 	return nil
 }
 
-func readCounters(ctx context.Context, rdb *redis.Client, metricsURL string) (calls, usec, metrics counters, err error) {
+// deltas are the changes of the counters read around a measured run.
+type deltas struct {
+	redis, redisUsec, metrics, cpu counters
+}
+
+// measured runs f and returns what Redis's commandstats, the Caddy
+// processes' caddy_rpm_* metrics and the processes' CPU times changed by
+// while it ran.
+func measured(ctx context.Context, cfg config, rdb *redis.Client, f func()) (deltas, error) {
+	redisBefore, usecBefore, metricsBefore, err := readCounters(ctx, rdb, cfg.metricsURLs)
+	if err != nil {
+		return deltas{}, err
+	}
+	cpuBefore, err := cpuTimes(cfg.pids)
+	if err != nil {
+		return deltas{}, err
+	}
+	f()
+	cpuAfter, err := cpuTimes(cfg.pids)
+	if err != nil {
+		return deltas{}, err
+	}
+	redisAfter, usecAfter, metricsAfter, err := readCounters(ctx, rdb, cfg.metricsURLs)
+	if err != nil {
+		return deltas{}, err
+	}
+	return deltas{redis: delta(redisBefore, redisAfter), redisUsec: delta(usecBefore, usecAfter),
+		metrics: delta(metricsBefore, metricsAfter), cpu: delta(cpuBefore, cpuAfter)}, nil
+}
+
+// newScenarioResult returns an empty result named name.
+func newScenarioResult(name string) *scenarioResult {
+	return &scenarioResult{Name: name, Statuses: map[int]int64{},
+		Redis: counters{}, RedisUsec: counters{}, Metrics: counters{}, CPU: counters{}}
+}
+
+// add counts a measured sample; a status not in expect is unexpected.
+func (r *scenarioResult) add(d deltas, s sample, expect ...int) {
+	r.CPU.add(d.cpu)
+	r.Redis.add(d.redis)
+	r.RedisUsec.add(d.redisUsec)
+	r.Metrics.add(d.metrics)
+	r.Requests += s.Requests
+	r.Errors += s.Errors
+	r.Seconds += s.Elapsed.Seconds()
+	for st, c := range s.Statuses {
+		r.Statuses[st] += c
+		if !slices.Contains(expect, st) {
+			r.Unexpected += c
+		}
+	}
+	r.latencies = append(r.latencies, s.Latencies...)
+}
+
+// finish computes the rates and percentiles once every sample is added.
+func (r *scenarioResult) finish() {
+	slices.Sort(r.latencies)
+	r.RPS = float64(r.Requests) / r.Seconds
+	r.P50ms, r.P90ms, r.P99ms = pct(r.latencies, 0.50), pct(r.latencies, 0.90), pct(r.latencies, 0.99)
+	r.latencies = nil
+}
+
+// readCounters reads Redis's commandstats and the caddy_rpm_* metrics,
+// summed over all Caddy processes: in a segment one of them does the work
+// and the others idle, and an exact run drives several at once.
+func readCounters(ctx context.Context, rdb *redis.Client, metricsURLs []string) (calls, usec, metrics counters, err error) {
 	calls, usec, metrics = counters{}, counters{}, counters{}
 	if rdb != nil {
 		if calls, usec, err = redisCommandStats(ctx, rdb); err != nil {
 			return nil, nil, nil, err
 		}
 	}
-	if metricsURL != "" {
-		if metrics, err = caddyMetrics(ctx, metricsURL); err != nil {
+	for _, u := range metricsURLs {
+		m, err := caddyMetrics(ctx, u)
+		if err != nil {
 			return nil, nil, nil, err
 		}
+		metrics.add(m)
 	}
 	return calls, usec, metrics, nil
 }

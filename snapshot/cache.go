@@ -91,6 +91,7 @@ type Cache struct {
 	born      time.Time
 	shared    interner
 	refresher refresher
+	l2reads   l2Reads
 	gens      generations
 
 	flight singleflight.Group
@@ -244,28 +245,6 @@ func (c *Cache) fill(ctx context.Context, keyHash string) (*Snapshot, error) {
 
 func (c *Cache) l2Usable() bool {
 	return c.l2 != nil && (c.cfg.Health == nil || !c.cfg.Health.RedisDown())
-}
-
-func (c *Cache) getL2(ctx context.Context, keyHash string) *Snapshot {
-	if !c.l2Usable() {
-		return nil
-	}
-	ctx, cancel := c.l2Context(ctx)
-	defer cancel()
-	b, err := c.l2.Get(ctx, c.l2Key(keyHash)).Bytes()
-	if err != nil {
-		if !errors.Is(err, redis.Nil) {
-			c.hook0(c.hooks.L2Errors)
-		}
-		return nil
-	}
-	// An entry of another version or a corrupt one is a miss; the load that
-	// follows overwrites it.
-	s, err := Decode(b)
-	if err != nil {
-		return nil
-	}
-	return s
 }
 
 // setL1 stores s in L1, as a compact copy (see interner) that is fresh

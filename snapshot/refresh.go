@@ -2,11 +2,8 @@ package snapshot
 
 import (
 	"context"
-	"errors"
 	"sync/atomic"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // Keys in use are reloaded before they expire. Under uniform access to
@@ -94,7 +91,7 @@ func (c *Cache) refreshLoop() {
 // loaded as a miss would load it, in the background.
 func (c *Cache) reload(keys []string) {
 	epoch := c.epoch.Load()
-	found := c.getL2Many(keys)
+	found := c.getL2Many(context.Background(), keys)
 	var wrote []string
 	for i, k := range keys {
 		s := found[i]
@@ -117,39 +114,4 @@ func (c *Cache) reload(keys []string) {
 			c.l1.Invalidate(k)
 		}
 	}
-}
-
-// getL2Many reads keys from L2 in one pipeline (a cluster client splits it
-// by node) and returns their snapshots in order, nil for each that is
-// missing, unreadable or of another version.
-func (c *Cache) getL2Many(keys []string) []*Snapshot {
-	out := make([]*Snapshot, len(keys))
-	if !c.l2Usable() {
-		return out
-	}
-	ctx, cancel := c.l2Context(context.Background())
-	defer cancel()
-	cmds := make([]*redis.StringCmd, len(keys))
-	// The error is also each failed command's; they are read below.
-	_, _ = c.l2.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i, k := range keys {
-			cmds[i] = p.Get(ctx, c.l2Key(k))
-		}
-		return nil
-	})
-	failed := false
-	for i, cmd := range cmds {
-		b, err := cmd.Bytes()
-		if err != nil {
-			failed = failed || !errors.Is(err, redis.Nil)
-			continue
-		}
-		if s, err := Decode(b); err == nil {
-			out[i] = s
-		}
-	}
-	if failed {
-		c.hook0(c.hooks.L2Errors)
-	}
-	return out
 }

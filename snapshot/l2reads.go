@@ -1,0 +1,160 @@
+package snapshot
+
+import (
+	"context"
+	"errors"
+	"sync"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Sharing L2 reads
+//
+// An L1 miss reads L2 before it asks the store, and misses come in bursts:
+// a cold start, a cache flush, more active keys than l1_size. A GET per
+// miss would cost each one a round trip and the syscalls and wake-ups on
+// both sides. So one L2 read is out at a time: a miss that arrives while
+// one is out waits for the next, which carries every miss queued
+// meanwhile (up to refreshBatch) in one pipeline. At low load nothing
+// queues and a miss sends its own read at once, as before. A queued miss
+// waits at most for the read in flight and then for its own, each bounded
+// by L2Timeout, and leaves earlier when its load's context ends.
+
+// l2Reads queues the L2 reads that wait for the one in flight.
+type l2Reads struct {
+	mu    sync.Mutex
+	busy  bool // a read is out
+	queue []*l2Read
+}
+
+// l2Read is one queued L2 read.
+type l2Read struct {
+	ctx  context.Context
+	key  string
+	snap *Snapshot     // what L2 held, nil for nothing usable
+	done chan struct{} // closed once snap is set
+}
+
+// getL2 returns keyHash's snapshot from L2, or nil for nothing usable: not
+// there, of another version, corrupt, or L2 down or slow.
+func (c *Cache) getL2(ctx context.Context, keyHash string) *Snapshot {
+	if !c.l2Usable() {
+		return nil
+	}
+	r := &c.l2reads
+	r.mu.Lock()
+	if !r.busy {
+		r.busy = true
+		r.mu.Unlock()
+		s := c.getL2Many(ctx, []string{keyHash})[0]
+		c.nextL2Reads()
+		return s
+	}
+	q := &l2Read{ctx: ctx, key: keyHash, done: make(chan struct{})}
+	r.queue = append(r.queue, q)
+	r.mu.Unlock()
+	select {
+	case <-q.done:
+		return q.snap
+	case <-ctx.Done():
+		// The read, if already taken, completes for nobody.
+		return nil
+	}
+}
+
+// nextL2Reads sends what queued during a read, from a new goroutine (the
+// caller that made the read should get on with its request), or marks
+// that no read is out.
+func (c *Cache) nextL2Reads() {
+	r := &c.l2reads
+	r.mu.Lock()
+	batch := r.take()
+	if batch == nil {
+		r.busy = false
+	}
+	r.mu.Unlock()
+	if batch != nil {
+		go c.drainL2Reads(batch)
+	}
+}
+
+// drainL2Reads reads batch and then whatever queued meanwhile, until
+// nothing is left.
+func (c *Cache) drainL2Reads(batch []*l2Read) {
+	keys := make([]string, 0, refreshBatch)
+	for batch != nil {
+		keys = keys[:0]
+		for _, q := range batch {
+			keys = append(keys, q.key)
+		}
+		found := c.getL2Many(context.Background(), keys)
+		for i, q := range batch {
+			q.snap = found[i]
+			close(q.done)
+		}
+		r := &c.l2reads
+		r.mu.Lock()
+		batch = r.take()
+		if batch == nil {
+			r.busy = false
+		}
+		r.mu.Unlock()
+	}
+}
+
+// take removes up to refreshBatch reads from the queue, skipping those
+// whose caller has left. Called with mu held.
+func (r *l2Reads) take() []*l2Read {
+	var batch []*l2Read
+	n := 0
+	for n < len(r.queue) && len(batch) < refreshBatch {
+		q := r.queue[n]
+		n++
+		if q.ctx.Err() != nil {
+			close(q.done)
+			continue
+		}
+		batch = append(batch, q)
+	}
+	rest := copy(r.queue, r.queue[n:])
+	clear(r.queue[rest:])
+	r.queue = r.queue[:rest]
+	return batch
+}
+
+// getL2Many reads keys from L2 in one pipeline (a cluster client splits it
+// by node), bounded by L2Timeout, and returns their snapshots in order,
+// nil for each that is missing, unreadable or of another version.
+func (c *Cache) getL2Many(ctx context.Context, keys []string) []*Snapshot {
+	out := make([]*Snapshot, len(keys))
+	if !c.l2Usable() {
+		return out
+	}
+	ctx, cancel := c.l2Context(ctx)
+	defer cancel()
+	cmds := make([]*redis.StringCmd, len(keys))
+	// The error is also each failed command's; they are read below.
+	_, _ = c.l2.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, k := range keys {
+			cmds[i] = p.Get(ctx, c.l2Key(k))
+		}
+		return nil
+	})
+	failed := false
+	for i, cmd := range cmds {
+		b, err := cmd.Bytes()
+		if err != nil {
+			failed = failed || !errors.Is(err, redis.Nil)
+			continue
+		}
+		// An entry of another version or a corrupt one is a miss; the
+		// load that follows overwrites it.
+		if s, err := Decode(b); err == nil {
+			out[i] = s
+		}
+	}
+	if failed {
+		c.hook0(c.hooks.L2Errors)
+	}
+	return out
+}

@@ -1,0 +1,94 @@
+package snapshot
+
+import (
+	"context"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
+	"github.com/redis/go-redis/v9"
+)
+
+// slowRoundTrips is a go-redis hook on the test's client that counts round
+// trips (single commands and pipelines) and makes each take delay longer,
+// so that misses arriving together find a read in flight.
+type slowRoundTrips struct {
+	delay time.Duration
+	n     atomic.Int64
+}
+
+func (h *slowRoundTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *slowRoundTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.n.Add(1)
+		time.Sleep(h.delay)
+		return next(ctx, cmd)
+	}
+}
+
+func (h *slowRoundTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.n.Add(1)
+		time.Sleep(h.delay)
+		return next(ctx, cmds)
+	}
+}
+
+// TestCacheMissesShareL2Reads: 64 concurrent L1 misses of keys that L2
+// holds are all answered from L2 — none reaches the store — in a few
+// round trips rather than 64: the misses that arrive while a read is out
+// go together in the next one.
+func TestCacheMissesShareL2Reads(t *testing.T) {
+	rdb, prefix := redistest.Shared(t)
+	ctx := context.Background()
+	const misses = 64
+	for i := range misses {
+		b, err := Encode(activeSnapshot(int64(i + 1)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rdb.Set(ctx, prefix+"k"+strconv.Itoa(i), b, time.Minute).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	trips := &slowRoundTrips{delay: 20 * time.Millisecond}
+	rdb.AddHook(trips)
+	l := &countingLoader{snap: activeSnapshot(0)}
+	var l2Hits atomic.Int64
+	c := NewCache(testConfig(prefix), rdb, l.load, CacheHooks{Hit: func(layer string) {
+		if layer == "l2" {
+			l2Hits.Add(1)
+		}
+	}})
+
+	var wg sync.WaitGroup
+	for i := range misses {
+		wg.Go(func() {
+			s, err := c.Get(ctx, "k"+strconv.Itoa(i))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if s.UserID != int64(i+1) {
+				t.Errorf("key %d: served user %d, want %d", i, s.UserID, i+1)
+			}
+		})
+	}
+	wg.Wait()
+	if n := l.calls.Load(); n != 0 {
+		t.Fatalf("%d store loads; L2 held every key", n)
+	}
+	if n := l2Hits.Load(); n != misses {
+		t.Fatalf("%d L2 hits, want %d", n, misses)
+	}
+	// The first miss goes out alone; the others queue behind it and go
+	// in the next read (a slow scheduler may split them over a few).
+	if n := trips.n.Load(); n > 8 {
+		t.Fatalf("%d L2 round trips for %d concurrent misses, want at most 8", n, misses)
+	}
+	t.Logf("%d concurrent misses, %d L2 round trips", misses, trips.n.Load())
+}

@@ -314,10 +314,7 @@ func TestReservationCounts(t *testing.T) {
 	pair, keys, hook := reservingPair(t, time.Hour)
 	r := pair[0]
 	counters := []Counter{{Key: keys.User(1), Limit: 1000}}
-	e := r.reserve.lookup(setKey(counters), counters)
-	e.mu.Lock()
-	e.bucket, e.prev = time.Now(), 10
-	e.mu.Unlock()
+	primeRate(r, counters, 10)
 	for i := int64(1); i <= 10; i++ {
 		res, err := r.Check(context.Background(), counters)
 		if err != nil || !res.Allowed {

@@ -216,7 +216,10 @@ func (a *App) provisionLimiter() {
 		a.limiter = lim
 		return
 	}
-	reserveTTL := time.Duration(*a.ReservationTTL)
+	var reserveTTL time.Duration // 0: reservations off
+	if *a.Reservations {
+		reserveTTL = time.Duration(*a.ReservationTTL)
+	}
 	key := fmt.Sprintf("limiter|%s|%s|%s|%s|%s", a.redisKey(), a.RedisKeyPrefix, time.Duration(a.RedisTimeout),
 		time.Duration(a.ConcurrencyLease), reserveTTL)
 	lim, _ := share(a, key, func() (redisLimiter, func(), error) {

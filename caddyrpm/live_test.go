@@ -2,10 +2,11 @@ package caddyrpm
 
 import (
 	"context"
-	"sync"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 )
@@ -58,20 +59,15 @@ func TestReservationStatsOutliveTheirLimiter(t *testing.T) {
 		if round == 50 {
 			t.Fatal("never held reserved units")
 		}
-		var wg sync.WaitGroup
-		for range 8 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for range 5 {
-					if res, err := r.Check(context.Background(), counters); err != nil || !res.Allowed {
-						t.Errorf("check: %+v %v", res, err)
-						return
-					}
-				}
-			}()
+		err := testutil.Concurrently(8, 5, func() error {
+			if res, err := r.Check(context.Background(), counters); err != nil || !res.Allowed {
+				return fmt.Errorf("check: %+v %v", res, err)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
-		wg.Wait()
 	}
 	own := r.ReservationStats()
 	// Other limiters of the process may hand units back meanwhile, but

@@ -2,11 +2,12 @@ package gateway
 
 import (
 	"context"
-	"sync"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/snapshot"
@@ -70,21 +71,16 @@ func TestStatusReserved(t *testing.T) {
 				if round == 50 {
 					t.Fatal("the hot user never held reserved units")
 				}
-				var wg sync.WaitGroup
-				for range 8 {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						for range 5 {
-							if d := g.Check(context.Background(), s, route); d.Outcome != Admitted {
-								t.Errorf("decision %+v", d)
-								return
-							}
-							admitted.Add(1)
-						}
-					}()
+				err := testutil.Concurrently(8, 5, func() error {
+					if d := g.Check(context.Background(), s, route); d.Outcome != Admitted {
+						return fmt.Errorf("decision %+v", d)
+					}
+					admitted.Add(1)
+					return nil
+				})
+				if err != nil {
+					t.Fatal(err)
 				}
-				wg.Wait()
 			}
 
 			st, err := g.Status(context.Background(), 7)

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"net/http"
 	"testing"
 	"time"
@@ -71,13 +72,12 @@ func TestReservationsStatusAndMetrics(t *testing.T) {
 			if granted == 0 || admissions == 0 || admissions >= float64(n) {
 				t.Fatalf("%v grants and %v admissions from them for %d requests", granted, admissions, n)
 			}
-			deadline := time.Now().Add(5 * time.Second)
-			for c.metric(t, "caddy_rpm_reservation_units_returned_total") < float64(reserved) {
-				if time.Now().After(deadline) {
-					t.Fatalf("%d reserved units not handed back 5s after the last request", reserved)
+			testutil.WaitFor(t, 5*time.Second, func() error {
+				if back := c.metric(t, "caddy_rpm_reservation_units_returned_total"); back < float64(reserved) {
+					return fmt.Errorf("%v of the %d reserved units handed back", back, reserved)
 				}
-				time.Sleep(100 * time.Millisecond)
-			}
+				return nil
+			})
 			if used, reserved := status(); used != n || reserved != 0 {
 				t.Fatalf("after the hand-back: used %d, reserved %d; want %d and 0", used, reserved, n)
 			}

@@ -120,6 +120,7 @@ func TestUIBrowser(t *testing.T) {
 		b.Click("#lookup")
 		b.WaitJS(`document.getElementById('user-used').textContent === '7'`)
 		b.ExpectText("#user-limit", "60")
+		b.ExpectText("#user-reserved", "5")
 		b.ExpectText(`#per-group tr[data-group-id="1"] td.limit`, "30")
 		b.ExpectText(`#per-group tr[data-group-id="2"] td.limit`, "unlimited")
 		b.ExpectText(`#per-group tr[data-group-id="2"] td.source`, "override")
@@ -523,8 +524,9 @@ func (f *uiFakeAPI) status(w http.ResponseWriter, id int64) {
 			{"name": "expensive", "scope": "user", "used": 2, "limit": 5, "concurrency": 3, "in_flight": 1},
 			{"name": "bulk", "scope": "key", "limit": 100},
 		},
-		"window_resets_in": int64((left + time.Second - 1) / time.Second),
-		"window_resets_at": resetAt.UTC().Format(time.RFC3339),
+		"window_resets_in":  int64((left + time.Second - 1) / time.Second),
+		"window_resets_at":  resetAt.UTC().Format(time.RFC3339),
+		"user_rpm_reserved": 5,
 	})
 }
 

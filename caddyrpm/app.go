@@ -69,13 +69,17 @@ type App struct {
 	// Default: 100ms.
 	RedisTimeout caddy.Duration `json:"redis_timeout,omitempty"`
 
-	// ReservationTTL turns on reservations of the Redis limiter: a check
-	// that finds every counter of a request far from its limit may count
-	// up to 64 requests at once, and this instance admits the next
+	// Reservations turns reservations of the Redis limiter on or off: a
+	// check that finds every counter of a request far from its limit may
+	// count up to 64 requests at once, and this instance admits the next
 	// requests of the same counters from them without a Redis call (see
-	// the README, "Reservations"). It is how long a reservation may go
-	// unused before its units are handed back. 0 turns reservations off.
-	// Without Redis it has no effect. Default: 250ms.
+	// the README, "Reservations"). Without Redis it has no effect.
+	// Default: on, unless ReservationTTL is 0.
+	Reservations *bool `json:"reservations,omitempty"`
+
+	// ReservationTTL is how long a reservation may go unused before its
+	// units are handed back. 0 turns reservations off, as Reservations
+	// false does (and then Reservations true is an error). Default: 250ms.
 	ReservationTTL *caddy.Duration `json:"reservation_ttl,omitempty"`
 
 	// OnRedisError is "open" (admit requests when Redis cannot be asked)
@@ -220,6 +224,11 @@ func (a *App) setDefaults() error {
 	if a.ReservationTTL == nil {
 		ttl := caddy.Duration(limiter.DefaultReservationTTL)
 		a.ReservationTTL = &ttl
+	}
+	if a.Reservations == nil {
+		// reservation_ttl 0 is the older way to turn them off.
+		on := *a.ReservationTTL != 0
+		a.Reservations = &on
 	}
 	setDuration(&a.StoreTimeout, 2*time.Second)
 	setDuration(&a.ConcurrencyLease, limiter.DefaultLease)

@@ -32,6 +32,7 @@ func init() {
 //		redis          <url> [<url>...]
 //		redis_cluster
 //		redis_timeout  <duration>
+//		reservations   on|off
 //		reservation_ttl <duration>|off
 //		on_redis_error open|closed
 //		concurrency_lease <duration>
@@ -94,9 +95,12 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = checked(d, oneArg(d, &a.OnRedisError), func() error { return checkOnRedisError(a.OnRedisError) })
 		case "redis_timeout":
 			err = durationArg(d, &a.RedisTimeout)
+		case "reservations":
+			a.Reservations = new(bool)
+			err = checked(d, onOffArg(d, a.Reservations), func() error { return checkReservations(a.Reservations, a.ReservationTTL) })
 		case "reservation_ttl":
 			a.ReservationTTL = new(caddy.Duration)
-			err = offOrDurationArg(d, a.ReservationTTL)
+			err = checked(d, offOrDurationArg(d, a.ReservationTTL), func() error { return checkReservations(a.Reservations, a.ReservationTTL) })
 		case "store_timeout":
 			err = durationArg(d, &a.StoreTimeout)
 		case "concurrency_lease":
@@ -327,6 +331,21 @@ func flag(d *caddyfile.Dispenser, dst *bool) error {
 	}
 	*dst = true
 	return nil
+}
+
+// onOffArg parses one argument, on or off.
+func onOffArg(d *caddyfile.Dispenser, dst *bool) error {
+	opt := d.Val()
+	var s string
+	if err := oneArg(d, &s); err != nil {
+		return err
+	}
+	switch s {
+	case "on", "off":
+		*dst = s == "on"
+		return nil
+	}
+	return d.Errf("'%s' must be on or off, not '%s'", opt, s)
 }
 
 func durationArg(d *caddyfile.Dispenser, dst *caddy.Duration) error {

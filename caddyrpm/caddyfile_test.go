@@ -34,7 +34,8 @@ func cfAdapt(t *testing.T, src string) (map[string]any, error) {
 // adapts to with <name>.json: all-options uses every option of the global
 // option and the directive; bare shows that a bare directive and a minimal
 // global option adapt to (nearly) empty objects, the defaults being the
-// modules', not the adapter's.
+// modules', not the adapter's; reservations-off that `reservations off`
+// is kept in the JSON as false.
 func TestCaddyfileAdapts(t *testing.T) {
 	inputs, err := filepath.Glob("testdata/adapt/*.caddyfile")
 	if err != nil || len(inputs) == 0 {
@@ -127,5 +128,39 @@ func TestCaddyfileReservationTTL(t *testing.T) {
 		if _, err := cfAdapt(t, src(v)); err == nil || !strings.Contains(err.Error(), "reservation_ttl") {
 			t.Errorf("reservation_ttl %s: error %v", v, err)
 		}
+	}
+}
+
+// TestCaddyfileReservations: reservations takes on or off; anything else,
+// and reservations on with reservation_ttl 0 (in either order), are
+// errors that name their line.
+func TestCaddyfileReservations(t *testing.T) {
+	src := func(lines string) string {
+		return "{\n\trpm {\n\t\tkeys_file k.json\n" + lines + "\n\t}\n}\n:8080 {\n\trespond ok\n}\n"
+	}
+	for v, want := range map[string]bool{"on": true, "off": false} {
+		cfg, err := cfAdapt(t, src("\t\treservations "+v))
+		if err != nil {
+			t.Fatalf("%s: %v", v, err)
+		}
+		rpm := cfg["apps"].(map[string]any)["rpm"].(map[string]any)
+		if got, ok := rpm["reservations"].(bool); !ok || got != want {
+			t.Errorf("reservations %s adapts to %v, want %v", v, rpm["reservations"], want)
+		}
+	}
+	for lines, wantErr := range map[string]string{
+		"\t\treservations maybe":                         "Caddyfile:4",
+		"\t\treservations":                               "Caddyfile:4",
+		"\t\treservations on\n\t\treservation_ttl 0":     "Caddyfile:5",
+		"\t\treservation_ttl off\n\t\treservations on":   "Caddyfile:5",
+		"\t\treservations off\n\t\treservation_ttl soon": "Caddyfile:5",
+	} {
+		_, err := cfAdapt(t, src(lines))
+		if err == nil || !strings.Contains(err.Error(), wantErr) || !strings.Contains(err.Error(), "reservation") {
+			t.Errorf("%q: error %v, want one naming %s", lines, err, wantErr)
+		}
+	}
+	if _, err := cfAdapt(t, src("\t\treservations off\n\t\treservation_ttl 0")); err != nil {
+		t.Errorf("reservations off with reservation_ttl 0: %v", err)
 	}
 }

@@ -125,7 +125,7 @@ func TestConcurrencyRouteMessage(t *testing.T) {
 // the in-flight gauge follows.
 func TestLeaseReleasedWhenNextReturns(t *testing.T) {
 	h, lim := capHandler(t, "openai", []gateway.RouteLimit{{Zone: "chat", Scope: gateway.LimitRouteConcurrencyKey, Limit: 1}})
-	untrack := trackInFlight(lim)
+	untrack := trackLimiter(lim, nil)
 	defer untrack()
 	upstreamDown := errors.New("upstream failed")
 	for name, next := range map[string]caddyhttp.HandlerFunc{

@@ -5,6 +5,8 @@ import (
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/caddyrpm/caddy-rpm/limiter"
 )
 
 // metrics are created once per process and registered with each config's
@@ -32,6 +34,9 @@ type metrics struct {
 	// inFlight is the number of this process's requests holding a
 	// concurrency slot (see liveLimiters).
 	inFlight prometheus.GaugeFunc
+	// reservations count what the limiters' reservations did (see
+	// reservationStats).
+	reservations []prometheus.Collector
 }
 
 var (
@@ -72,8 +77,32 @@ func newMetrics() *metrics {
 		Namespace: namespace, Name: "in_flight",
 		Help: "Requests of this instance admitted under a concurrency cap and not over yet (holding a slot).",
 	}, inFlight)
+	m.reservations = []prometheus.Collector{
+		reservationCounter("reservations_granted_total",
+			"Grants of reserved units this instance took: checks that counted several requests in Redis at once.",
+			func(st limiter.ReservationStats) uint64 { return st.Granted }),
+		reservationCounter("reservation_admissions_total",
+			"Requests admitted from a reservation, without a Redis call.",
+			func(st limiter.ReservationStats) uint64 { return st.Local }),
+		reservationCounter("reservation_units_returned_total",
+			"Reserved units handed back to Redis unused, summed over their counters.",
+			func(st limiter.ReservationStats) uint64 { return st.HandedBack }),
+		reservationCounter("reservations_unanswered_total",
+			"Reserving checks whose answer was lost (timeout, connection lost); the units they may have taken stay counted until the end of their window.",
+			func(st limiter.ReservationStats) uint64 { return st.Unanswered }),
+		reservationCounter("reservation_return_errors_total",
+			"Hand-back calls that failed; their units stay counted until the end of their window.",
+			func(st limiter.ReservationStats) uint64 { return st.HandBackErrors }),
+	}
 	m.admittedOK = m.decisions.WithLabelValues("admitted", "ok")
 	return m
+}
+
+// reservationCounter is a counter read from the reservation stats of every
+// limiter of the process at each scrape.
+func reservationCounter(name, help string, field func(limiter.ReservationStats) uint64) prometheus.CounterFunc {
+	return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help},
+		func() float64 { return float64(field(reservationStats())) })
 }
 
 func counter(name, help string) prometheus.Counter {
@@ -92,11 +121,11 @@ func registerMetrics(reg *prometheus.Registry) (*metrics, error) {
 		return allMetrics, nil
 	}
 	m := allMetrics
-	for _, c := range []prometheus.Collector{
+	for _, c := range append([]prometheus.Collector{
 		m.decisions, m.cacheHits, m.cacheMisses, m.storeLoads, m.storeErrors,
 		m.staleServed, m.redisErrors, m.failOpens, m.checkDuration, m.checksPerCall, m.invalidations,
 		m.keyFilterRejections, m.keyFilterBuilds, m.shadowRefusals, m.inFlight,
-	} {
+	}, m.reservations...) {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

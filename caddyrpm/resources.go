@@ -211,12 +211,15 @@ func (a *App) provisionLimiter() {
 	if a.redis == nil {
 		lim, _ := share(a, "limiter|local", func() (limiter.Acquirer, func(), error) {
 			l := limiter.NewDenyCache(limiter.NewLocal(time.Now), time.Now)
-			return l, trackInFlight(l), nil
+			return l, trackLimiter(l, nil), nil
 		})
 		a.limiter = lim
 		return
 	}
-	reserveTTL := time.Duration(*a.ReservationTTL)
+	var reserveTTL time.Duration // 0: reservations off
+	if *a.Reservations {
+		reserveTTL = time.Duration(*a.ReservationTTL)
+	}
 	key := fmt.Sprintf("limiter|%s|%s|%s|%s|%s", a.redisKey(), a.RedisKeyPrefix, time.Duration(a.RedisTimeout),
 		time.Duration(a.ConcurrencyLease), reserveTTL)
 	lim, _ := share(a, key, func() (redisLimiter, func(), error) {
@@ -233,14 +236,14 @@ func (a *App) provisionLimiter() {
 			limiter.WithProbe(func(ctx context.Context) error { return client.Ping(ctx).Err() }),
 			limiter.WithOnError(func(error) { m.redisErrors.Inc() }))
 		deny := limiter.NewDenyCache(guarded, time.Now)
-		untrack := trackInFlight(deny)
+		untrack := trackLimiter(deny, counting)
 		return redisLimiter{deny, guarded}, func() {
-			untrack()
 			_ = guarded.Close()
 			// Sends the releases still queued and hands back the
 			// reservations' unused units; leases still held expire within
 			// the lease length.
 			_ = counting.Close()
+			untrack() // after Close: its hand-backs count
 		}, nil
 	})
 	a.limiter, a.breaker = lim.limiter, lim.breaker

@@ -127,3 +127,40 @@ func TestReservationTTLDefault(t *testing.T) {
 		t.Fatalf("negative reservation_ttl: %v", err)
 	}
 }
+
+// TestReservationsDefault: reservations are on by default and off with
+// "reservations": false or the older reservation_ttl 0, and the limiter
+// then gets no TTL; on with a TTL of 0 is refused.
+func TestReservationsDefault(t *testing.T) {
+	yes, no := true, false
+	zero := caddy.Duration(0)
+	for _, tc := range []struct {
+		name string
+		app  App
+		want bool
+	}{
+		{"default", App{}, true},
+		{"off", App{Reservations: &no}, false},
+		{"on", App{Reservations: &yes}, true},
+		{"ttl 0", App{ReservationTTL: &zero}, false},
+	} {
+		a := tc.app
+		a.KeysFile = "k.json"
+		if err := a.setDefaults(); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Validate(); err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		if a.Reservations == nil || *a.Reservations != tc.want {
+			t.Errorf("%s: reservations %v, want %t", tc.name, a.Reservations, tc.want)
+		}
+	}
+	a := &App{KeysFile: "k.json", Reservations: &yes, ReservationTTL: &zero}
+	if err := a.setDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Validate(); err == nil || !strings.Contains(err.Error(), "reservations on") {
+		t.Fatalf("reservations on with reservation_ttl 0: %v", err)
+	}
+}

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
+
 	"github.com/caddyrpm/caddy-rpm/gateway"
 )
 
@@ -29,8 +31,8 @@ func (a *App) Validate() error {
 	if err := checkOnRedisError(a.OnRedisError); err != nil {
 		return fmt.Errorf("rpm: %w", err)
 	}
-	if a.ReservationTTL != nil && *a.ReservationTTL < 0 {
-		return fmt.Errorf("rpm: reservation_ttl must not be negative, not %s", time.Duration(*a.ReservationTTL))
+	if err := checkReservations(a.Reservations, a.ReservationTTL); err != nil {
+		return fmt.Errorf("rpm: %w", err)
 	}
 	if a.RedisCluster && len(a.Redis) == 0 {
 		return errors.New("rpm: redis_cluster needs redis addresses")
@@ -53,6 +55,18 @@ func (a *App) Validate() error {
 func checkOnRedisError(v string) error {
 	if v != "" && v != "open" && v != "closed" {
 		return fmt.Errorf("on_redis_error must be open or closed, not '%s'", v)
+	}
+	return nil
+}
+
+// checkReservations refuses a negative reservation_ttl, and reservations
+// turned on with a reservation_ttl of 0 (nil: not set).
+func checkReservations(on *bool, ttl *caddy.Duration) error {
+	switch {
+	case ttl != nil && *ttl < 0:
+		return fmt.Errorf("reservation_ttl must not be negative, not %s", time.Duration(*ttl))
+	case on != nil && *on && ttl != nil && *ttl == 0:
+		return errors.New("reservations on needs a reservation_ttl above 0")
 	}
 	return nil
 }

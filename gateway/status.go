@@ -11,11 +11,16 @@ import (
 )
 
 // Status is a user's limits and current-window counts (the answer of
-// rpm-status). A limit of 0 means unlimited.
+// rpm-status). A limit of 0 means unlimited. Used counts are Redis's:
+// with reservations they include units that any instance reserved and
+// has not used yet; Reserved counts are this instance's share of those.
 type Status struct {
-	UserID       int64 `json:"user_id"`
-	UserRPMUsed  int64 `json:"user_rpm_used"`
-	UserRPMLimit int64 `json:"user_rpm_limit"`
+	UserID      int64 `json:"user_id"`
+	UserRPMUsed int64 `json:"user_rpm_used"`
+	// UserRPMReserved is the part of UserRPMUsed that this instance
+	// holds reserved and has not used yet.
+	UserRPMReserved int64 `json:"user_rpm_reserved"`
+	UserRPMLimit    int64 `json:"user_rpm_limit"`
 	// Concurrency is the user's cap on requests in flight, 0 for none.
 	Concurrency int64 `json:"concurrency"`
 	// InFlight is the number of the user's requests holding a place under
@@ -33,21 +38,25 @@ type GroupStatus struct {
 	GroupID   int64  `json:"group_id"`
 	GroupName string `json:"group_name"`
 	Used      int64  `json:"used"`
-	Limit     int64  `json:"limit"`
+	// Reserved is the part of Used this instance holds reserved, unused.
+	Reserved int64 `json:"reserved"`
+	Limit    int64 `json:"limit"`
 	// Source is "override" when the user's override sets Limit, else
 	// "group".
 	Source string `json:"source"`
 }
 
 // ZoneStatus is one route zone and unit ("user" or "key") in Status:
-// its limit per minute and its concurrency cap (0 for none). Used and
-// InFlight are the user's count and requests in flight in the zone, for
-// the per-user unit; per-key ones count each key separately, so they
-// report neither (the limits still show).
+// its limit per minute and its concurrency cap (0 for none). Used,
+// Reserved and InFlight are the user's count, the part of it this
+// instance holds reserved and unused, and the requests in flight in the
+// zone, for the per-user unit; per-key ones count each key separately, so
+// they report none of them (the limits still show).
 type ZoneStatus struct {
 	Name        string `json:"name"`
 	Scope       string `json:"scope"`
 	Used        *int64 `json:"used,omitempty"`
+	Reserved    *int64 `json:"reserved,omitempty"`
 	Limit       int64  `json:"limit"`
 	Concurrency int64  `json:"concurrency,omitempty"`
 	InFlight    *int64 `json:"in_flight,omitempty"`
@@ -91,6 +100,7 @@ func (g *Gateway) Status(ctx context.Context, uid int64) (*Status, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrCountersUnavailable, err)
 	}
+	reserved := g.limiter.Reserved(keys)
 	// Without any cap no request is tracked: nothing to ask Redis.
 	held := make([]int64, len(sets))
 	if u.Concurrency > 0 || len(sets) > 1 {
@@ -100,13 +110,14 @@ func (g *Gateway) Status(ctx context.Context, uid int64) (*Status, error) {
 	}
 
 	st := &Status{
-		UserID:       uid,
-		UserRPMUsed:  counts[0],
-		UserRPMLimit: u.RPMLimit,
-		Concurrency:  u.Concurrency,
-		InFlight:     held[0],
-		PerGroup:     make([]GroupStatus, 0, len(u.Groups)),
-		PerZone:      make([]ZoneStatus, 0, len(zones)),
+		UserID:          uid,
+		UserRPMUsed:     counts[0],
+		UserRPMReserved: reserved[0],
+		UserRPMLimit:    u.RPMLimit,
+		Concurrency:     u.Concurrency,
+		InFlight:        held[0],
+		PerGroup:        make([]GroupStatus, 0, len(u.Groups)),
+		PerZone:         make([]ZoneStatus, 0, len(zones)),
 	}
 	for i, gr := range u.Groups {
 		limit, scope := groupLimit(gr.RPMLimit, gr.Override)
@@ -115,7 +126,7 @@ func (g *Gateway) Status(ctx context.Context, uid int64) (*Status, error) {
 			source = "override"
 		}
 		st.PerGroup = append(st.PerGroup, GroupStatus{GroupID: gr.GroupID, GroupName: gr.Name,
-			Used: counts[1+i], Limit: limit, Source: source})
+			Used: counts[1+i], Reserved: reserved[1+i], Limit: limit, Source: source})
 	}
 	// One entry per zone and unit, with its limit and its cap; zones are
 	// sorted by name, then unit.
@@ -136,7 +147,7 @@ func (g *Gateway) Status(ctx context.Context, uid int64) (*Status, error) {
 		}
 		zs.Limit = z.Limit
 		if j >= 0 {
-			zs.Used = &counts[j]
+			zs.Used, zs.Reserved = &counts[j], &reserved[j]
 		}
 	}
 	st.WindowResetsIn = ResetSeconds(resetIn)

@@ -191,6 +191,10 @@ func (g *Guarded) Peek(ctx context.Context, keys []string) ([]int64, time.Durati
 	return counts, reset, nil
 }
 
+// Reserved implements Limiter. It asks no backend, so it answers while
+// the breaker is open too.
+func (g *Guarded) Reserved(keys []string) []int64 { return g.inner.Reserved(keys) }
+
 // Forget implements Limiter.
 func (g *Guarded) Forget(userID, groupID int64) { g.inner.Forget(userID, groupID) }
 

@@ -192,6 +192,9 @@ func (d *DenyCache) Peek(ctx context.Context, keys []string) ([]int64, time.Dura
 	return d.inner.Peek(ctx, keys)
 }
 
+// Reserved implements Limiter.
+func (d *DenyCache) Reserved(keys []string) []int64 { return d.inner.Reserved(keys) }
+
 // Forget implements Limiter: it drops the entries of counters of userID
 // or of groupID (0 = none); both 0 drops all. It also forgets in inner.
 func (d *DenyCache) Forget(userID, groupID int64) {

@@ -60,6 +60,11 @@ type Limiter interface {
 	// Peek reads the current-window counts of keys without incrementing,
 	// and the time left in the window.
 	Peek(ctx context.Context, keys []string) ([]int64, time.Duration, error)
+	// Reserved returns, per key, the units this instance holds reserved
+	// for the counter and has not used yet (see WithReservations), without
+	// a backend call. The backend counts them already, so Peek's counts
+	// include them. All 0 without reservations.
+	Reserved(keys []string) []int64
 	// Forget drops local deny entries of a user and/or a group (0 = none);
 	// both 0 drops them all. Called on invalidation so a raised limit
 	// applies at once.

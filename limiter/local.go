@@ -72,6 +72,9 @@ func (l *Local) Peek(_ context.Context, keys []string) ([]int64, time.Duration, 
 	return counts, reset, nil
 }
 
+// Reserved implements Limiter; Local reserves nothing: all 0.
+func (l *Local) Reserved(keys []string) []int64 { return make([]int64, len(keys)) }
+
 // Forget implements Limiter; Local keeps no deny entries.
 func (l *Local) Forget(userID, groupID int64) {}
 

@@ -74,43 +74,6 @@ func WithReservations(ttl time.Duration) RedisOption {
 	}
 }
 
-// ReservationStats counts what reservations did since the limiter was
-// made.
-type ReservationStats struct {
-	// Granted is the number of grants of more than one unit.
-	Granted uint64
-	// Local is the number of requests admitted from a reservation, without
-	// a Redis call.
-	Local uint64
-	// HandedBack is the number of unused units Redis took back, summed
-	// over the counters (a grant of a request with two counters that
-	// leaves 5 units unused gives back 10).
-	HandedBack uint64
-	// Unanswered is the number of reserving checks whose answer was lost
-	// (timeout, connection lost): the units such a check may have taken
-	// stay counted until the end of their window (never admitting more).
-	Unanswered uint64
-	// HandBackErrors is the number of hand-back calls that failed: their
-	// units stay counted until the end of their window.
-	HandBackErrors uint64
-}
-
-// ReservationStats returns the counts of the limiter's reservations; all 0
-// when they are off.
-func (r *Redis) ReservationStats() ReservationStats {
-	rs := r.reserve
-	if rs == nil {
-		return ReservationStats{}
-	}
-	return ReservationStats{
-		Granted:        rs.granted.Load(),
-		Local:          rs.local.Load(),
-		HandedBack:     rs.handedBack.Load(),
-		Unanswered:     rs.unanswered.Load(),
-		HandBackErrors: rs.handBackErrors.Load(),
-	}
-}
-
 // reservations holds the reservations of one Redis limiter, per counter
 // set, and the goroutine that hands idle ones back.
 type reservations struct {

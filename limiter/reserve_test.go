@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 )
 
@@ -153,27 +155,12 @@ func TestReservationIdleHandedBack(t *testing.T) {
 	fromOthers := int64(700)
 
 	// A takes a grant under load and keeps units of it.
-	var fromA atomic.Int64
+	var fromA int64
 	for attempt := 0; unusedUnits(a) == 0; attempt++ {
 		if attempt == 50 {
 			t.Fatal("instance A never held a reservation")
 		}
-		var wg sync.WaitGroup
-		for range 8 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for range 5 {
-					res, err := a.Check(context.Background(), counters)
-					if err != nil || !res.Allowed {
-						t.Errorf("A: %+v %v", res, err)
-						return
-					}
-					fromA.Add(1)
-				}
-			}()
-		}
-		wg.Wait()
+		fromA += driveN(t, a, 8, 5, counters)
 	}
 	held := unusedUnits(a)
 	stopped := time.Now()
@@ -192,7 +179,7 @@ func TestReservationIdleHandedBack(t *testing.T) {
 		}
 		fromB++
 	}
-	if got := fromOthers + fromA.Load() + fromB; got >= limit {
+	if got := fromOthers + fromA + fromB; got >= limit {
 		t.Fatalf("refused only after %d admitted: A's %d unused units were not counted", got, held)
 	}
 	if refused.Sub(stopped) >= ttl {
@@ -216,7 +203,7 @@ func TestReservationIdleHandedBack(t *testing.T) {
 	t.Logf("admitted again %v after the apparent limit; A held %d units", time.Since(refused), held)
 	// And the limit holds exactly: B takes what is left and no more.
 	fromB += drive(t, b, 1, counters)
-	if got := fromOthers + fromA.Load() + fromB; got != limit {
+	if got := fromOthers + fromA + fromB; got != limit {
 		t.Fatalf("admitted %d in all, want %d", got, limit)
 	}
 }
@@ -277,22 +264,17 @@ func TestReservationForgetLoweredLimit(t *testing.T) {
 func driveN(t *testing.T, l Limiter, g, n int, counters []Counter) int64 {
 	t.Helper()
 	var admitted atomic.Int64
-	var wg sync.WaitGroup
-	for range g {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range n {
-				res, err := l.Check(context.Background(), counters)
-				if err != nil || !res.Allowed {
-					t.Errorf("check: %+v %v", res, err)
-					return
-				}
-				admitted.Add(1)
-			}
-		}()
+	err := testutil.Concurrently(g, n, func() error {
+		res, err := l.Check(context.Background(), counters)
+		if err != nil || !res.Allowed {
+			return fmt.Errorf("check: %+v %v", res, err)
+		}
+		admitted.Add(1)
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
 	}
-	wg.Wait()
 	return admitted.Load()
 }
 
@@ -314,10 +296,7 @@ func TestReservationCounts(t *testing.T) {
 	pair, keys, hook := reservingPair(t, time.Hour)
 	r := pair[0]
 	counters := []Counter{{Key: keys.User(1), Limit: 1000}}
-	e := r.reserve.lookup(setKey(counters), counters)
-	e.mu.Lock()
-	e.bucket, e.prev = time.Now(), 10
-	e.mu.Unlock()
+	primeRate(r, counters, 10)
 	for i := int64(1); i <= 10; i++ {
 		res, err := r.Check(context.Background(), counters)
 		if err != nil || !res.Allowed {

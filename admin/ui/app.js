@@ -13,7 +13,7 @@
     message: $('message'),
     tokenBox: $('token-box'), tokenForm: $('token-form'), token: $('token'),
     userForm: $('user-form'), userId: $('user-id'), lookup: $('lookup'),
-    userStatus: $('user-status'), used: $('user-used'), limit: $('user-limit'),
+    userStatus: $('user-status'), used: $('user-used'), reserved: $('user-reserved'), limit: $('user-limit'),
     inFlight: $('user-inflight'), concurrencyShown: $('user-concurrency'),
     concurrencyForm: $('concurrency-form'), concurrency: $('concurrency'), saveConcurrency: $('save-concurrency'),
     countdown: $('countdown'), refreshNote: $('refresh-note'),
@@ -173,6 +173,7 @@
 
   function renderStatus(st) {
     el.used.textContent = String(st.user_rpm_used);
+    el.reserved.textContent = String(st.user_rpm_reserved || 0);
     el.limit.textContent = fmtLimit(st.user_rpm_limit);
     el.inFlight.textContent = String(st.in_flight || 0);
     el.concurrencyShown.textContent = fmtLimit(st.concurrency);

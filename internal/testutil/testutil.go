@@ -55,3 +55,28 @@ func (b *SyncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.b.String()
 }
+
+// Concurrently calls call n times in each of g goroutines and waits for
+// them all. A goroutine stops at its first error; the first error of all
+// is returned.
+func Concurrently(g, n int, call func() error) error {
+	var (
+		wg    sync.WaitGroup
+		once  sync.Once
+		first error
+	)
+	for range g {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range n {
+				if err := call(); err != nil {
+					once.Do(func() { first = err })
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return first
+}

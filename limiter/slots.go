@@ -26,6 +26,9 @@ type Slot struct {
 	Key string
 	// Limit is the number of requests the set may hold at once; it is > 0.
 	Limit int64
+	// UserID (0 = none) lets an invalidation of the user drop the spare
+	// places this instance holds in the set (see places.go).
+	UserID int64
 }
 
 // AcquireResult is the outcome of one CheckAcquire.
@@ -95,6 +98,9 @@ type Lease struct {
 	// prev and next link the leases a Redis limiter holds (guarded by
 	// leaseKeeper.mu): a list costs no hashing and no allocation per lease.
 	prev, next *Lease
+	// place is, for a lease given from a pool of spare places, the place
+	// it uses: a lease of the pool's own, renewed while the pool keeps it.
+	place *Lease
 }
 
 // leaseOwner gives back the places of a lease (called once per lease).

@@ -43,6 +43,15 @@ func TestReservationProperty(t *testing.T) {
 			return c
 		}
 		sets := [][]int{{0}, {0, 1}, {0, 2}, {0, 3, 1}, {3}}
+		// randomSet is one of sets and its counters.
+		randomSet := func() ([]int, []Counter) {
+			idx := sets[rng.IntN(len(sets))]
+			counters := make([]Counter, len(idx))
+			for i, j := range idx {
+				counters[i] = counter(j)
+			}
+			return idx, counters
+		}
 		admitted := make([]int64, len(names))
 		var log []string
 
@@ -50,11 +59,7 @@ func TestReservationProperty(t *testing.T) {
 			r := insts[rng.IntN(len(insts))]
 			switch p := rng.IntN(100); {
 			case p < 70:
-				idx := sets[rng.IntN(len(sets))]
-				counters := make([]Counter, len(idx))
-				for i, j := range idx {
-					counters[i] = counter(j)
-				}
+				idx, counters := randomSet()
 				want := int64(1)
 				if p < 55 {
 					want = 1 + rng.Int64N(maxGrant)
@@ -95,11 +100,7 @@ func TestReservationProperty(t *testing.T) {
 			default:
 				// More local admissions in a row.
 				log = append(log, "burst")
-				idx := sets[rng.IntN(len(sets))]
-				counters := make([]Counter, len(idx))
-				for i, j := range idx {
-					counters[i] = counter(j)
-				}
+				idx, counters := randomSet()
 				for range 10 {
 					res, err := r.reserve.check(ctx, time.Time{}, counters)
 					if err != nil {

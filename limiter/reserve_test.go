@@ -153,27 +153,12 @@ func TestReservationIdleHandedBack(t *testing.T) {
 	fromOthers := int64(700)
 
 	// A takes a grant under load and keeps units of it.
-	var fromA atomic.Int64
+	var fromA int64
 	for attempt := 0; unusedUnits(a) == 0; attempt++ {
 		if attempt == 50 {
 			t.Fatal("instance A never held a reservation")
 		}
-		var wg sync.WaitGroup
-		for range 8 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for range 5 {
-					res, err := a.Check(context.Background(), counters)
-					if err != nil || !res.Allowed {
-						t.Errorf("A: %+v %v", res, err)
-						return
-					}
-					fromA.Add(1)
-				}
-			}()
-		}
-		wg.Wait()
+		fromA += driveN(t, a, 8, 5, counters)
 	}
 	held := unusedUnits(a)
 	stopped := time.Now()
@@ -192,7 +177,7 @@ func TestReservationIdleHandedBack(t *testing.T) {
 		}
 		fromB++
 	}
-	if got := fromOthers + fromA.Load() + fromB; got >= limit {
+	if got := fromOthers + fromA + fromB; got >= limit {
 		t.Fatalf("refused only after %d admitted: A's %d unused units were not counted", got, held)
 	}
 	if refused.Sub(stopped) >= ttl {
@@ -216,7 +201,7 @@ func TestReservationIdleHandedBack(t *testing.T) {
 	t.Logf("admitted again %v after the apparent limit; A held %d units", time.Since(refused), held)
 	// And the limit holds exactly: B takes what is left and no more.
 	fromB += drive(t, b, 1, counters)
-	if got := fromOthers + fromA.Load() + fromB; got != limit {
+	if got := fromOthers + fromA + fromB; got != limit {
 		t.Fatalf("admitted %d in all, want %d", got, limit)
 	}
 }

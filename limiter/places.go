@@ -70,24 +70,13 @@ func newPlacePools(k *leaseKeeper) *placePools {
 // lookup returns the pool of a slot tuple, made (made true) if there is
 // room for it; nil if not.
 func (ps *placePools) lookup(slots []Slot) (p *placePool, made bool) {
-	key := setKey(slots)
-	ps.mu.RLock()
-	p = ps.pools[key]
-	ps.mu.RUnlock()
-	if p != nil {
-		return p, false
-	}
-	ps.mu.Lock()
-	defer ps.mu.Unlock()
-	if p = ps.pools[key]; p != nil {
-		return p, false
-	}
-	if ps.closed || len(ps.pools) >= maxReservationSets {
-		return nil, false
-	}
-	p = &placePool{keeper: ps.keeper, slots: append([]Slot(nil), slots...)}
-	ps.pools[key] = p
-	return p, true
+	var buf [128]byte
+	return lookupIn(&ps.mu, ps.pools, appendSetKey(buf[:0], slots), func() *placePool {
+		if ps.closed || len(ps.pools) >= maxReservationSets {
+			return nil
+		}
+		return &placePool{keeper: ps.keeper, slots: append([]Slot(nil), slots...)}
+	})
 }
 
 // take counts a request of the tuple at now and returns an idle place for

@@ -2,8 +2,6 @@ package limiter
 
 import (
 	"context"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -202,7 +200,7 @@ func (rs *reservations) sweepEvery() time.Duration { return rs.ttl / 4 }
 // has units left, otherwise in Redis, reserving when the rate is high.
 func (rs *reservations) check(ctx context.Context, deadline time.Time, counters []Counter) (Result, error) {
 	now := time.Now()
-	e := rs.lookup(setKey(counters), counters)
+	e := rs.lookup(counters)
 	if e == nil {
 		return rs.plain(ctx, deadline, counters)
 	}
@@ -354,34 +352,17 @@ func (e *reservation) drop(now time.Time) (handBack, bool) {
 
 // lookup returns the reservation of a set, made if there is room for it;
 // nil if not.
-func (rs *reservations) lookup(key string, counters []Counter) *reservation {
-	rs.mu.RLock()
-	e := rs.sets[key]
-	rs.mu.RUnlock()
-	if e != nil {
-		return e
-	}
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	if e = rs.sets[key]; e != nil {
-		return e
-	}
-	if rs.closed || len(rs.sets) >= maxReservationSets {
-		return nil
-	}
-	rs.startLocked()
-	e = &reservation{counters: append([]Counter(nil), counters...)}
-	rs.sets[key] = e
+func (rs *reservations) lookup(counters []Counter) *reservation {
+	var buf [128]byte
+	e, _ := lookupIn(&rs.mu, rs.sets, appendSetKey(buf[:0], counters), func() *reservation {
+		if rs.closed || len(rs.sets) >= maxReservationSets {
+			return nil
+		}
+		rs.startLocked()
+		return &reservation{counters: append([]Counter(nil), counters...)}
+	})
 	return e
 }
-
-// capped is a Counter or a Slot: a key with its limit.
-type capped interface {
-	keyLimit() (string, int64)
-}
-
-func (c Counter) keyLimit() (string, int64) { return c.Key, c.Limit }
-func (s Slot) keyLimit() (string, int64)    { return s.Key, s.Limit }
 
 // startLocked starts the goroutine on first use. Called with mu held,
 // before close.
@@ -405,23 +386,6 @@ func (rs *reservations) pool(slots []Slot) *placePool {
 		rs.mu.Unlock()
 	}
 	return p
-}
-
-// setKey names a set of counters or of slots: its keys and limits.
-func setKey[T capped](set []T) string {
-	if len(set) == 1 {
-		k, n := set[0].keyLimit()
-		return k + "\x00" + strconv.FormatInt(n, 10)
-	}
-	var b strings.Builder
-	for _, c := range set {
-		k, n := c.keyLimit()
-		b.WriteString(k)
-		b.WriteByte(0)
-		b.WriteString(strconv.FormatInt(n, 10))
-		b.WriteByte(0)
-	}
-	return b.String()
 }
 
 func keysOf(counters []Counter) []string {

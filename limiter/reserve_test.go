@@ -299,7 +299,7 @@ func TestReservationCounts(t *testing.T) {
 	pair, keys, hook := reservingPair(t, time.Hour)
 	r := pair[0]
 	counters := []Counter{{Key: keys.User(1), Limit: 1000}}
-	e := r.reserve.lookup(setKey(counters), counters)
+	e := r.reserve.lookup(counters)
 	e.mu.Lock()
 	e.bucket, e.prev = time.Now(), 10
 	e.mu.Unlock()
@@ -449,7 +449,7 @@ func TestReservationRefillOutlivesItsCaller(t *testing.T) {
 		c.BLPop(ctx, 300*time.Millisecond, keys.Prefix+"nothing")
 	}()
 	time.Sleep(50 * time.Millisecond)
-	e := r.reserve.lookup(setKey(counters), counters)
+	e := r.reserve.lookup(counters)
 	e.mu.Lock()
 	e.bucket, e.prev, e.lastGrant = time.Now(), 10, 10 // hot: others wait for a refill
 	e.mu.Unlock()

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -47,27 +46,14 @@ func sparePlaces(r *Redis) int {
 // admitted.
 func hotAcquire(t *testing.T, a Acquirer, g, n int, ss []Slot) int64 {
 	t.Helper()
-	var admitted atomic.Int64
-	var wg sync.WaitGroup
-	for range g {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range n {
-				res, lease, err := a.CheckAcquire(context.Background(), nil, ss)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				if res.Allowed {
-					admitted.Add(1)
-				}
-				lease.Release()
-			}
-		}()
-	}
-	wg.Wait()
-	return admitted.Load()
+	return parallel(g, n, func(int) bool {
+		res, lease, err := a.CheckAcquire(context.Background(), nil, ss)
+		if err != nil {
+			t.Error(err)
+		}
+		lease.Release()
+		return res.Allowed
+	})
 }
 
 // takeSpares drives ss hot on r until r holds spare places, and returns
@@ -83,8 +69,8 @@ func takeSpares(t *testing.T, r *Redis, ss []Slot) int {
 	return sparePlaces(r)
 }
 
-// heldIs waits until key holds n places.
-func heldIs(t *testing.T, c redis.UniversalClient, key string, n int64, within time.Duration) {
+// waitHeld waits until key holds n places, as Redis counts them.
+func waitHeld(t *testing.T, c redis.UniversalClient, key string, n int64, within time.Duration) {
 	t.Helper()
 	testutil.WaitFor(t, within, func() error {
 		if got := rawHeld(t, c, key); got != n {
@@ -172,7 +158,7 @@ func TestSparePlacesSteadyStateNoCalls(t *testing.T) {
 		t.Fatalf("InFlight %d after every release, want 0", r.InFlight())
 	}
 	// What Redis holds is what the pool holds: every place is accounted.
-	heldIs(t, c, ss[0].Key, int64(sparePlaces(r)), time.Second)
+	waitHeld(t, c, ss[0].Key, int64(sparePlaces(r)), time.Second)
 }
 
 // Two instances taking places at full speed under a cap of 40 (where
@@ -183,43 +169,36 @@ func TestSparePlacesNeverOverCap(t *testing.T) {
 	const limit, g, n = 40, 128, 50
 	pair, keys, hook := reservingPair(t, time.Hour)
 	ss := []Slot{{Key: keys.UserSlots(1), Limit: limit, UserID: 1}}
-	var inFlight, most, admitted atomic.Int64
-	var wg sync.WaitGroup
-	for i := range g {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r := pair[i%2]
-			rng := rand.New(rand.NewPCG(uint64(i), 15))
-			for range n {
-				res, lease, err := r.CheckAcquire(context.Background(), nil, ss)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				if res.Allowed {
-					admitted.Add(1)
-					now := inFlight.Add(1)
-					for m := most.Load(); now > m && !most.CompareAndSwap(m, now); m = most.Load() {
-					}
-					time.Sleep(time.Duration(rng.IntN(2000)) * time.Microsecond)
-					inFlight.Add(-1)
-				}
-				lease.Release()
-			}
-		}()
+	var inFlight, most atomic.Int64
+	rngs := make([]*rand.Rand, g)
+	for i := range rngs {
+		rngs[i] = rand.New(rand.NewPCG(uint64(i), 15))
 	}
-	wg.Wait()
+	admitted := parallel(g, n, func(i int) bool {
+		res, lease, err := pair[i%2].CheckAcquire(context.Background(), nil, ss)
+		if err != nil {
+			t.Error(err)
+		}
+		if res.Allowed {
+			now := inFlight.Add(1)
+			for m := most.Load(); now > m && !most.CompareAndSwap(m, now); m = most.Load() {
+			}
+			time.Sleep(time.Duration(rngs[i].IntN(2000)) * time.Microsecond)
+			inFlight.Add(-1)
+		}
+		lease.Release()
+		return res.Allowed
+	})
 	if m := most.Load(); m > limit {
 		t.Fatalf("%d requests in flight at once, cap %d", m, limit)
 	}
-	if admitted.Load() == g*n {
+	if admitted == g*n {
 		t.Fatal("every acquisition admitted: the cap was never reached")
 	}
-	if calls := hook.evalsha.Load(); calls >= admitted.Load() {
-		t.Fatalf("%d acquisitions in %d script calls: no spare place was used", admitted.Load(), calls)
+	if calls := hook.evalsha.Load(); calls >= admitted {
+		t.Fatalf("%d acquisitions in %d script calls: no spare place was used", admitted, calls)
 	}
-	t.Logf("%d admitted, at most %d at once, %d script calls", admitted.Load(), most.Load(), hook.evalsha.Load())
+	t.Logf("%d admitted, at most %d at once, %d script calls", admitted, most.Load(), hook.evalsha.Load())
 }
 
 // Spare places of a tuple idle for the reservation TTL are handed back.
@@ -233,7 +212,7 @@ func TestSparePlacesIdleHandedBack(t *testing.T) {
 	if n := rawHeld(t, c, ss[0].Key); n < int64(spares) {
 		t.Fatalf("set holds %d with %d spare places", n, spares)
 	}
-	heldIs(t, c, ss[0].Key, 0, ttl+500*time.Millisecond)
+	waitHeld(t, c, ss[0].Key, 0, ttl+500*time.Millisecond)
 	if d := time.Since(idle); d < ttl*3/4-50*time.Millisecond {
 		t.Fatalf("%d spare places handed back %v after the last request, TTL %v", spares, d, ttl)
 	}
@@ -263,7 +242,7 @@ func TestSparePlacesForget(t *testing.T) {
 		leases = append(leases, l)
 	}
 	r.Forget(7, 0)
-	heldIs(t, c, ss[0].Key, 3, 200*time.Millisecond)
+	waitHeld(t, c, ss[0].Key, 3, 200*time.Millisecond)
 	lowered := []Slot{{Key: ss[0].Key, Limit: 3, UserID: 7}}
 	if res, _ := acquire(t, r, nil, lowered); res.Allowed || res.DeniedSlot != 0 {
 		t.Fatalf("at the lowered cap of 3 with 3 in flight: %+v", res)
@@ -271,7 +250,7 @@ func TestSparePlacesForget(t *testing.T) {
 	for _, l := range leases {
 		l.Release()
 	}
-	heldIs(t, c, ss[0].Key, 0, time.Second)
+	waitHeld(t, c, ss[0].Key, 0, time.Second)
 }
 
 // The spare places of an instance that died (cut off from Redis, so it
@@ -284,10 +263,10 @@ func TestSparePlacesDeadInstance(t *testing.T) {
 	dead := reservingAcquirer(t, own, time.Hour, short)
 	ss := []Slot{{Key: keys.UserSlots(1), Limit: 1 << 20, UserID: 1}}
 	spares := takeSpares(t, dead, ss)
-	heldIs(t, c, ss[0].Key, int64(spares), time.Second)
+	waitHeld(t, c, ss[0].Key, int64(spares), time.Second)
 	own.Close() // the instance is gone
 	killed := time.Now()
-	heldIs(t, c, ss[0].Key, 0, 3*short.Lease)
+	waitHeld(t, c, ss[0].Key, 0, 3*short.Lease)
 	if d := time.Since(killed); d > short.Lease+short.Renew+500*time.Millisecond {
 		t.Errorf("spare places expired %v after the instance died, lease %v", d, short.Lease)
 	}
@@ -295,7 +274,7 @@ func TestSparePlacesDeadInstance(t *testing.T) {
 	alive := reservingAcquirer(t, c, time.Hour, short)
 	ss = []Slot{{Key: keys.UserSlots(2), Limit: 1 << 20, UserID: 2}}
 	spares = takeSpares(t, alive, ss)
-	heldIs(t, c, ss[0].Key, int64(spares), time.Second)
+	waitHeld(t, c, ss[0].Key, int64(spares), time.Second)
 	time.Sleep(3 * short.Lease)
 	if n := rawHeld(t, c, ss[0].Key); n != int64(spares) {
 		t.Fatalf("after 3 lease lengths the set holds %d, want the %d renewed spare places", n, spares)
@@ -309,5 +288,5 @@ func TestSparePlacesClose(t *testing.T) {
 	ss := []Slot{{Key: keys.UserSlots(1), Limit: 1 << 20, UserID: 1}}
 	takeSpares(t, r, ss)
 	r.Close()
-	heldIs(t, c, ss[0].Key, 0, time.Second)
+	waitHeld(t, c, ss[0].Key, 0, time.Second)
 }

@@ -261,24 +261,14 @@ func TestReservationForgetLoweredLimit(t *testing.T) {
 // driveN checks counters n times from each of g goroutines, all admitted.
 func driveN(t *testing.T, l Limiter, g, n int, counters []Counter) int64 {
 	t.Helper()
-	var admitted atomic.Int64
-	var wg sync.WaitGroup
-	for range g {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for range n {
-				res, err := l.Check(context.Background(), counters)
-				if err != nil || !res.Allowed {
-					t.Errorf("check: %+v %v", res, err)
-					return
-				}
-				admitted.Add(1)
-			}
-		}()
-	}
-	wg.Wait()
-	return admitted.Load()
+	return parallel(g, n, func(int) bool {
+		res, err := l.Check(context.Background(), counters)
+		if err != nil || !res.Allowed {
+			t.Errorf("check: %+v %v", res, err)
+			return false
+		}
+		return true
+	})
 }
 
 // waitFor polls cond until it holds or d has passed.

@@ -23,7 +23,9 @@ import (
 // itself; live instances push the deadlines of their requests still in
 // flight forward every Renew, in one call per tick. A set's key expires
 // no earlier than its last deadline and at most two lease lengths after
-// it (see checkScript), so idle sets vanish.
+// it (see checkScript), so idle sets vanish. Spare places (places.go) are
+// members like these, named after the acquisition that took them, and
+// renewed with them.
 //
 // Releases go out asynchronously: Lease.Release queues the member and a
 // goroutine sends what queued, after ReleaseDelay or once maxReleaseBatch

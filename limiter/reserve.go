@@ -42,6 +42,9 @@ import (
 // deny cache remembered the refusal: refusals tell it to re-check after
 // TTL/4 (Result.RecheckIn) instead of remembering the counter until the
 // end of the window.
+//
+// The same goroutine sweeps the idle pools of spare concurrency places
+// (places.go), which follow the same rules for places in slot sets.
 
 // DefaultReservationTTL is the idle time after which a reservation's
 // unused units are handed back.

@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -289,4 +290,26 @@ func TestSparePlacesClose(t *testing.T) {
 	takeSpares(t, r, ss)
 	r.Close()
 	waitHeld(t, c, ss[0].Key, 0, time.Second)
+}
+
+// An acquisition that asked for spare places and never got its answer
+// gives back whatever Redis took for it, spares included, without waiting
+// for the lease to end.
+func TestSparePlacesLostAnswerHandedBack(t *testing.T) {
+	c, keys := singleClient(t)
+	r := reservingAcquirer(t, c, time.Hour, fastLeases)
+	ss := []Slot{{Key: keys.UserSlots(1), Limit: 1 << 20, UserID: 1}}
+	p := r.reserve.pool(ss)
+	p.mu.Lock()
+	p.bucket, p.prev, p.cur = time.Now(), maxGrant, 0
+	p.mu.Unlock()
+	hook := &loseAnswer{}
+	c.AddHook(hook)
+	if _, lease, err := r.CheckAcquire(context.Background(), nil, ss); !errors.Is(err, ErrUnavailable) || lease != nil || !hook.lost.Load() {
+		t.Fatalf("CheckAcquire with its answer lost: %v, %v; want ErrUnavailable", lease, err)
+	}
+	waitHeld(t, c, ss[0].Key, 0, time.Second)
+	if n := sparePlaces(r); n != 0 {
+		t.Fatalf("%d spare places from a lost answer", n)
+	}
 }

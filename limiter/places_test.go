@@ -313,3 +313,42 @@ func TestSparePlacesLostAnswerHandedBack(t *testing.T) {
 		t.Fatalf("%d spare places from a lost answer", n)
 	}
 }
+
+// A spare place whose lease may have lapsed (its renewals failed) is not
+// given out: the request acquires in Redis, and the place leaves the pool
+// and the leases renewed.
+func TestSparePlacesLapsedNotGiven(t *testing.T) {
+	c, keys, hook := countedClient(t)
+	r := reservingAcquirer(t, c, time.Hour, fastLeases)
+	ss := []Slot{{Key: keys.UserSlots(1), Limit: 1 << 20, UserID: 1}}
+	takeSpares(t, r, ss)
+	p := r.reserve.pool(ss)
+	lapsed := map[*Lease]bool{}
+	p.mu.Lock()
+	for _, l := range p.idle {
+		l.until.Store(time.Now().Add(-time.Millisecond).UnixNano())
+		lapsed[l] = true
+	}
+	p.mu.Unlock()
+	hook.reset()
+	res, lease := acquire(t, r, nil, ss)
+	if !res.Allowed || hook.evalsha.Load() != 1 || lease.place != nil {
+		t.Fatalf("%+v after %d script calls, from a spare place %v; want admitted in Redis", res, hook.evalsha.Load(), lease.place != nil)
+	}
+	lease.Release()
+	k := r.leases
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for l := k.leases; l != nil; l = l.next {
+		if lapsed[l] {
+			t.Fatal("a lapsed spare place is still renewed")
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, l := range p.idle {
+		if lapsed[l] {
+			t.Fatal("a lapsed spare place is still in the pool")
+		}
+	}
+}

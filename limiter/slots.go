@@ -53,8 +53,11 @@ type Acquirer interface {
 	// in the same atomic step: the request is admitted only if every
 	// counter is below its limit and every set holds fewer than its limit,
 	// and then all counters are incremented and all places taken; a
-	// refused request changes nothing. The sets of one request must be
-	// distinct (a request counts once in a set). An admitted request with
+	// refused request changes nothing. A Redis limiter with reservations
+	// may instead give the request a place it took earlier, spare, in
+	// every set (places.go): counted in the sets all along, so the sets
+	// never hold more than their limits either way. The sets of one
+	// request must be distinct (a request counts once in a set). An admitted request with
 	// slots gets a Lease, which the caller must Release exactly once when
 	// the request is over; otherwise the Lease is nil (Release on nil does
 	// nothing).

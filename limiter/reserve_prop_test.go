@@ -43,6 +43,7 @@ func TestReservationProperty(t *testing.T) {
 			return c
 		}
 		sets := [][]int{{0}, {0, 1}, {0, 2}, {0, 3, 1}, {3}}
+		admitted := make([]int64, len(names))
 		// randomSet is one of sets and its counters.
 		randomSet := func() ([]int, []Counter) {
 			idx := sets[rng.IntN(len(sets))]
@@ -52,7 +53,18 @@ func TestReservationProperty(t *testing.T) {
 			}
 			return idx, counters
 		}
-		admitted := make([]int64, len(names))
+		// check checks the counters of idx on r and counts what it admits.
+		check := func(r *Redis, idx []int, counters []Counter) {
+			res, err := r.reserve.check(ctx, time.Time{}, counters)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Allowed {
+				for _, j := range idx {
+					admitted[j]++
+				}
+			}
+		}
 		var log []string
 
 		for op := range 200 {
@@ -68,15 +80,7 @@ func TestReservationProperty(t *testing.T) {
 				e.mu.Lock()
 				e.bucket, e.prev, e.cur = time.Now(), want, 0
 				e.mu.Unlock()
-				res, err := r.reserve.check(ctx, time.Time{}, counters)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if res.Allowed {
-					for _, j := range idx {
-						admitted[j]++
-					}
-				}
+				check(r, idx, counters)
 				log = append(log, "check")
 			case p < 80:
 				user, group := int64(0), int64(0)
@@ -102,15 +106,7 @@ func TestReservationProperty(t *testing.T) {
 				log = append(log, "burst")
 				idx, counters := randomSet()
 				for range 10 {
-					res, err := r.reserve.check(ctx, time.Time{}, counters)
-					if err != nil {
-						t.Fatal(err)
-					}
-					if res.Allowed {
-						for _, j := range idx {
-							admitted[j]++
-						}
-					}
+					check(r, idx, counters)
 				}
 			}
 			counts, _, err := insts[0].Peek(ctx, names)

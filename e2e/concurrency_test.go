@@ -519,45 +519,84 @@ func TestConcurrencyRedisPaused(t *testing.T) {
 	}
 }
 
-// TestCommandsPerCappedRequest: under a concurrency cap that is never
-// reached, a request still sends exactly one EVALSHA — its places are
-// taken in the same script call as its counters — and its release follows
-// asynchronously, at most one ZREM per request (fewer when releases share
-// a batch); a renewal tick may add one EVALSHA to the measured window.
+// TestCommandsPerCappedRequest: without reservations, under a
+// concurrency cap that is never reached, a request still sends exactly
+// one EVALSHA — its places are taken in the same script call as its
+// counters — and its release follows asynchronously, at most one ZREM per
+// request (fewer when releases share a batch); a renewal tick may add one
+// EVALSHA to the measured window.
 func TestCommandsPerCappedRequest(t *testing.T) {
+	const n = 20
+	e, uid, cmds := cappedCommands(t, "reservation_ttl 0", n, 100*time.Millisecond) // the last release is sent 2 ms after its response
+	by := commandsByName(cmds)
+	if by["evalsha"] < n || by["evalsha"] > n+1 || by["zrem"] < 1 || by["zrem"] > n || len(by) > 2 {
+		t.Fatalf("%d requests under a cap sent %v; want %d EVALSHA (+1 renewal at most) and 1..%d ZREM only:%s", n, by, n, n, commandLines(cmds))
+	}
+	e.waitSlotsHeld(t, time.Second, e.keys.UserSlots(uid), 0, "after every response")
+}
+
+// TestCommandsPerCappedRequestReserving: with reservations (the
+// default), back-to-back requests under a cap that is never reached take
+// spare places: far fewer EVALSHA than requests, as for requests without
+// a cap (TestCommandsReserving), and next to no ZREM; once the idle spare
+// places are handed back the set holds nothing and the counters count
+// exactly the requests admitted.
+func TestCommandsPerCappedRequestReserving(t *testing.T) {
+	const n = 200
+	e, uid, cmds := cappedCommands(t, "", n, limiter.DefaultReservationTTL+100*time.Millisecond) // the hand-back
+	by := commandsByName(cmds)
+	if by["evalsha"] >= n/4 || by["zrem"] > n/50 {
+		t.Fatalf("%d requests under a cap sent %v; want fewer than %d EVALSHA and at most %d ZREM:%s", n, by, n/4, n/50, commandLines(cmds))
+	}
+	e.waitSlotsHeld(t, time.Second, e.keys.UserSlots(uid), 0, "after the spare places were handed back")
+	e.wantCount(t, "user", e.keys.User(uid), n+1)
+}
+
+// cappedCommands sends n back-to-back requests of a user under a cap of
+// 1000 that is never reached, through a Caddy on a private Redis with the
+// given global lines, and returns the commands Redis received from the
+// first of them until settle after the last.
+func cappedCommands(t *testing.T, global string, n int, settle time.Duration) (*limEnv, int64, []cmdCommand) {
+	t.Helper()
 	srv := redistest.StartServer(t)
 	rdb := redis.NewClient(&redis.Options{Addr: srv.Addr})
 	t.Cleanup(func() { rdb.Close() })
 	e := newLimEnvOn(t, rdb)
-	c := e.caddy(t, srv.Addr, "", "")
+	c := e.caddy(t, srv.Addr, global, "")
 	mon := newCmdMonitor(t, srv.Addr)
-	uid := storetest.SeedUser(t, e.pool, 1000)
+	uid := storetest.SeedUser(t, e.pool, 100000)
 	_, key := e.seedKey(t, uid, nil)
 	setConcurrency(t, c, uid, 1000)
 	cmdSettle(t, c)
 	redistest.WaitForWindow(t, rdb, 15*time.Second)
 	limExpect(t, c, "/v1/x", key, []int{200}, "") // fills the caches
 
-	const n = 20
 	start := time.Now()
 	cmds := mon.count(func() {
 		limExpect(t, c, "/v1/x", key, limRepeat(200, n), "")
-		time.Sleep(100 * time.Millisecond) // the last release is sent 2 ms after its response
+		time.Sleep(settle)
 	})
 	if d := time.Since(start); d > 4*time.Second {
 		t.Fatalf("the measure took %v: more than one renewal tick may fall in it", d)
 	}
+	t.Logf("%d requests under a cap: %v", n, commandsByName(cmds))
+	return e, uid, cmds
+}
+
+// commandsByName counts commands by name.
+func commandsByName(cmds []cmdCommand) map[string]int {
 	by := map[string]int{}
 	for _, cmd := range cmds {
 		by[cmd.name]++
 	}
-	t.Logf("%d requests under a cap: %v", n, by)
-	if by["evalsha"] < n || by["evalsha"] > n+1 || by["zrem"] < 1 || by["zrem"] > n || len(by) > 2 {
-		var b strings.Builder
-		for _, cmd := range cmds {
-			b.WriteString("\n  " + cmd.line)
-		}
-		t.Fatalf("%d requests under a cap sent %v; want %d EVALSHA (+1 renewal at most) and 1..%d ZREM only:%s", n, by, n, n, b.String())
+	return by
+}
+
+// commandLines lists commands as MONITOR showed them, one per line.
+func commandLines(cmds []cmdCommand) string {
+	var b strings.Builder
+	for _, cmd := range cmds {
+		b.WriteString("\n  " + cmd.line)
 	}
-	e.waitSlotsHeld(t, time.Second, e.keys.UserSlots(uid), 0, "after every response")
+	return b.String()
 }

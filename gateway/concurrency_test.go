@@ -61,8 +61,8 @@ func TestCapsThatApply(t *testing.T) {
 	if lim.acqs != 1 || lim.checks != 0 {
 		t.Fatalf("%d CheckAcquire and %d Check calls, want 1 and 0", lim.acqs, lim.checks)
 	}
-	wantSlots := []limiter.Slot{{Key: "p:{u7}:slots:user", Limit: 4},
-		{Key: "p:{u7}:slots:zone:img:user", Limit: 3}, {Key: "p:{u7}:slots:zone:img:key:3", Limit: 1}}
+	wantSlots := []limiter.Slot{{Key: "p:{u7}:slots:user", Limit: 4, UserID: 7},
+		{Key: "p:{u7}:slots:zone:img:user", Limit: 3, UserID: 7}, {Key: "p:{u7}:slots:zone:img:key:3", Limit: 1, UserID: 7}}
 	if !reflect.DeepEqual(lim.slots, wantSlots) {
 		t.Errorf("slots %+v, want %+v", lim.slots, wantSlots)
 	}

@@ -249,7 +249,7 @@ func (p *policy) slots(s *snapshot.Snapshot, route []RouteLimit, d *Decision) []
 	}
 	ss := make([]limiter.Slot, d.nc)
 	for i, c := range d.caps[:d.nc] {
-		ss[i] = limiter.Slot{Key: p.slotKey(c.Scope, s.UserID, c.Zone, s.APIKeyID), Limit: c.Limit}
+		ss[i] = limiter.Slot{Key: p.slotKey(c.Scope, s.UserID, c.Zone, s.APIKeyID), Limit: c.Limit, UserID: s.UserID}
 	}
 	return ss
 }

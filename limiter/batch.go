@@ -42,6 +42,9 @@ type pendingCheck struct {
 	counters []Counter
 	slots    []Slot
 	member   *string // the lease member its slots are taken as
+	// spareWant is how many spare places the check asks for with its
+	// slots (places.go); spares is how many it got.
+	spareWant, spares int64
 	// sent is set once a script call has taken the check: from then on
 	// Redis may carry it out even if its caller gets no answer.
 	sent atomic.Bool

@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -111,6 +112,27 @@ func (h *cmdCounter) reset() {
 }
 
 func (h *cmdCounter) total() int64 { return h.evalsha.Load() + h.eval.Load() + h.other.Load() }
+
+// parallel calls op n times from each of g goroutines (op gets the
+// goroutine's index) and returns how many calls returned true. op reports
+// its own errors.
+func parallel(g, n int, op func(i int) bool) int64 {
+	var count atomic.Int64
+	var wg sync.WaitGroup
+	for i := range g {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range n {
+				if op(i) {
+					count.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return count.Load()
+}
 
 // fakeClock is an injectable clock.
 type fakeClock struct {

@@ -23,7 +23,9 @@ import (
 // itself; live instances push the deadlines of their requests still in
 // flight forward every Renew, in one call per tick. A set's key expires
 // no earlier than its last deadline and at most two lease lengths after
-// it (see checkScript), so idle sets vanish.
+// it (see checkScript), so idle sets vanish. Spare places (places.go) are
+// members like these, named after the acquisition that took them, and
+// renewed with them.
 //
 // Releases go out asynchronously: Lease.Release queues the member and a
 // goroutine sends what queued, after ReleaseDelay or once maxReleaseBatch
@@ -203,8 +205,16 @@ func (k *leaseKeeper) start() error {
 }
 
 // hold makes l, admitted by an acquisition that began at start, one of
-// the leases held.
+// the leases held: renewed until released, and counted by InFlight.
 func (k *leaseKeeper) hold(l *Lease, start time.Time) {
+	k.track(l, start)
+	k.held.Add(1)
+}
+
+// track makes l, taken by an acquisition that began at start, one of the
+// leases renewed until handed back; it is not counted by InFlight, as a
+// spare place is no request (places.go).
+func (k *leaseKeeper) track(l *Lease, start time.Time) {
 	l.until.Store(start.Add(k.cfg.Lease).UnixNano())
 	k.mu.Lock()
 	l.next = k.leases
@@ -213,12 +223,17 @@ func (k *leaseKeeper) hold(l *Lease, start time.Time) {
 	}
 	k.leases = l
 	k.mu.Unlock()
-	k.held.Add(1)
 }
 
-// release implements leaseOwner: it takes l off the leases held and
-// queues its release, under one lock.
+// release implements leaseOwner: it gives back the places of a request.
 func (k *leaseKeeper) release(l *Lease) {
+	k.held.Add(-1)
+	k.handBack(l)
+}
+
+// handBack takes l off the leases renewed and queues its release, under
+// one lock.
+func (k *leaseKeeper) handBack(l *Lease) {
 	r := pendingRelease{keys: l.keys, member: &l.member, until: time.Unix(0, l.until.Load())}
 	k.mu.Lock()
 	if l.prev != nil {
@@ -231,18 +246,26 @@ func (k *leaseKeeper) release(l *Lease) {
 	}
 	l.prev, l.next = nil, nil
 	k.enqueueLocked(r)
-	k.held.Add(-1)
 }
 
 // abandon gives back the places an acquisition may have taken although
 // its caller got no answer (timeout, connection lost), one set at a time
 // (see pendingRelease.confirm). It copies what it keeps: the acquisition,
 // which a call may still be writing, is not kept alive by its retries.
-func (k *leaseKeeper) abandon(member string, keys []string) {
+// The up to spares spare places it asked for (places.go) are removed
+// once, unconfirmed: how many it got is unknown, and one that arrives
+// later still expires within the lease.
+func (k *leaseKeeper) abandon(member string, keys []string, spares int64) {
 	until := time.Now().Add(k.cfg.Lease)
+	keys = append([]string(nil), keys...)
 	for _, key := range keys {
 		k.mu.Lock()
 		k.enqueueLocked(pendingRelease{keys: []string{key}, member: &member, until: until, confirm: true})
+	}
+	for j := range spares {
+		spare := member + "/" + strconv.FormatInt(j+1, 10)
+		k.mu.Lock()
+		k.enqueueLocked(pendingRelease{keys: keys, member: &spare, until: until})
 	}
 }
 

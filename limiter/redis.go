@@ -31,21 +31,26 @@ import (
 // of them that fit are admitted and the rest refused, exactly as k checks
 // in a row would be, at the cost of one. A check may also take concurrency
 // slots (see slots_redis.go): each check of a group brings its own lease
-// member, and each admitted one is added to every set of the group.
+// member, and each admitted one is added to every set of the group. A
+// group whose first check was admitted may also take up to want spare
+// places (places.go): members named after that check's member with "/1",
+// "/2", ..., as many as every set's room after the group divided by
+// reserveShare allows.
 //
 // KEYS: per group its counter keys, then its slot set keys. ARGV[1]: the
-// expiry slack in ms; ARGV[2]: the lease length in ms; then per group its
-// size k, the number of its counters m, the number of its slot sets s, the
-// m counter limits and, if s > 0, the s set limits and the k members, in
-// the order of the group. Returns one string of space-separated integers
-// (one bulk reply is cheaper to build and to parse than an array):
-// resetMs, then per group "admitted denied count1 ... countm", where
-// admitted is how many of the k were admitted, denied the 1-based index of
-// the first counter the others found full (0 if none), and the counts
-// those before the group; a group with slot sets goes on with "deniedSlot
-// held1 ... helds": the 1-based index of the first set the others found
-// full when no counter was (0 if none), and the sizes of the sets before
-// the group.
+// expiry slack in ms; ARGV[2]: the lease length in ms; ARGV[3]:
+// reserveShare; then per group its size k, the number of its counters m,
+// the number of its slot sets s, the m counter limits and, if s > 0, the s
+// set limits, want and the k members, in the order of the group. Returns
+// one string of space-separated integers (one bulk reply is cheaper to
+// build and to parse than an array): resetMs, then per group "admitted
+// denied count1 ... countm", where admitted is how many of the k were
+// admitted, denied the 1-based index of the first counter the others found
+// full (0 if none), and the counts those before the group; a group with
+// slot sets goes on with "deniedSlot held1 ... helds spares": the 1-based
+// index of the first set the others found full when no counter was (0 if
+// none), the sizes of the sets before the group, and the spare places
+// taken.
 //
 // Each counter is read at most once and written at most once per call,
 // however many checks of the call share it; each slot set is pruned and
@@ -59,9 +64,10 @@ local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local w = math.floor(ms / 60000)
 local wend = (w + 1) * 60000
 local lease = tonumber(ARGV[2])
+local share = tonumber(ARGV[3])
 local count, fresh, dirty, card, extended = {}, {}, {}, {}, {}
 local out = {wend - ms}
-local k, a = 0, 3
+local k, a = 0, 4
 while a <= #ARGV do
   local size, m, s = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   a = a + 3
@@ -86,9 +92,9 @@ while a <= #ARGV do
     end
   end
   a = a + m
-  local deniedSlot, held = 0, {}
+  local deniedSlot, held, spares = 0, {}, 0
   if s > 0 then
-    local room = admitted
+    local room, cap = admitted, {}
     for i = 1, s do
       local key = KEYS[k + m + i]
       local n = card[key]
@@ -97,35 +103,43 @@ while a <= #ARGV do
         n = redis.call('ZCARD', key)
         card[key] = n
       end
-      held[i] = n
-      room = math.min(room, math.max(0, tonumber(ARGV[a + i - 1]) - n))
+      held[i], cap[i] = n, tonumber(ARGV[a + i - 1])
+      room = math.min(room, math.max(0, cap[i] - n))
     end
     if room < admitted then
       -- A set is full before any counter: it refuses the rest.
       denied = 0
       for i = 1, s do
-        if held[i] + room >= tonumber(ARGV[a + i - 1]) then deniedSlot = i break end
+        if held[i] + room >= cap[i] then deniedSlot = i break end
       end
       admitted = room
     end
     a = a + s
     if admitted > 0 then
+      -- Spares: never more than a set's room after the group / share.
+      spares = tonumber(ARGV[a])
+      for i = 1, s do
+        spares = math.min(spares, math.floor((cap[i] - held[i] - admitted) / share))
+      end
       local deadline = string.format('%d', ms + lease)
       local add = {}
       for j = 1, admitted do
-        add[2 * j - 1], add[2 * j] = deadline, ARGV[a + j - 1]
+        add[2 * j - 1], add[2 * j] = deadline, ARGV[a + j]
+      end
+      for j = 1, spares do
+        add[2 * (admitted + j) - 1], add[2 * (admitted + j)] = deadline, ARGV[a + 1] .. '/' .. j
       end
       for i = 1, s do
         local key = KEYS[k + m + i]
         redis.call('ZADD', key, unpack(add))
-        card[key] = held[i] + admitted
+        card[key] = held[i] + admitted + spares
         if not extended[key] then
           if redis.call('PTTL', key) < lease then redis.call('PEXPIRE', key, 2 * lease) end
           extended[key] = true
         end
       end
     end
-    a = a + size
+    a = a + 1 + size
   end
   if admitted > 0 then
     for i = 1, m do
@@ -140,6 +154,7 @@ while a <= #ARGV do
   if s > 0 then
     out[#out + 1] = deniedSlot
     for i = 1, s do out[#out + 1] = held[i] end
+    out[#out + 1] = spares
   end
   k = k + m + s
 end
@@ -279,12 +294,12 @@ func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 		nkeys += m + s
 		nvals += 2 + m
 		if s > 0 {
-			nvals += 1 + s
+			nvals += 2 + s
 		}
 	}
 	keys := make([]string, 0, nkeys)
-	args := make([]any, 0, 2+nkeys+3*len(groups)+len(checks))
-	args = append(args, r.slack, r.leases.cfg.Lease.Milliseconds())
+	args := make([]any, 0, 3+nkeys+4*len(groups)+len(checks))
+	args = append(args, r.slack, r.leases.cfg.Lease.Milliseconds(), reserveShare)
 	for _, g := range groups {
 		p := g[0]
 		args = append(args, len(g), len(p.counters), len(p.slots))
@@ -297,6 +312,10 @@ func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 				keys = append(keys, sl.Key)
 				args = append(args, sl.Limit)
 			}
+			// The spares are the first check's: it is admitted if any
+			// is, and its caller gives back what it asked for if its
+			// answer is lost.
+			args = append(args, p.spareWant)
 			for _, q := range g {
 				args = append(args, q.member)
 			}

@@ -2,8 +2,6 @@ package limiter
 
 import (
 	"context"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,6 +42,9 @@ import (
 // deny cache remembered the refusal: refusals tell it to re-check after
 // TTL/4 (Result.RecheckIn) instead of remembering the counter until the
 // end of the window.
+//
+// The same goroutine sweeps the idle pools of spare concurrency places
+// (places.go), which follow the same rules for places in slot sets.
 
 // DefaultReservationTTL is the idle time after which a reservation's
 // unused units are handed back.
@@ -65,7 +66,8 @@ const (
 
 // WithReservations turns reservations on with the given idle TTL (see
 // DefaultReservationTTL); 0 or less leaves them off, the default of
-// NewRedis. Checks with concurrency slots never use reservations.
+// NewRedis. Checks with concurrency slots use them too: their counters
+// like other checks, their slots through spare places (places.go).
 func WithReservations(ttl time.Duration) RedisOption {
 	return func(r *Redis) {
 		if ttl > 0 {
@@ -92,6 +94,10 @@ type reservations struct {
 	wg     sync.WaitGroup
 
 	granted, local, handedBack, unanswered, handBackErrors atomic.Uint64
+
+	// places holds the spare concurrency places, kept and handed back
+	// alongside the units (places.go).
+	places *placePools
 }
 
 // reservation is the state of one counter set: its current grant, if any,
@@ -110,12 +116,7 @@ type reservation struct {
 	// before which that window surely lasts.
 	window int64
 	end    time.Time
-	// last is the time of the set's last request.
-	last time.Time
-	// bucket starts the current rateBucket; cur and prev count the
-	// requests in it and in the one before.
-	bucket    time.Time
-	cur, prev int64
+	arrivals
 	// lastGrant is the size of the last grant (1: none was possible, 0:
 	// refused).
 	lastGrant int64
@@ -150,6 +151,7 @@ func newReservations(r *Redis, ttl time.Duration) *reservations {
 		sets: make(map[string]*reservation),
 		kick: make(chan struct{}, 1),
 		ctx:  ctx, cancel: cancel,
+		places: newPlacePools(r.leases),
 	}
 }
 
@@ -164,7 +166,7 @@ func (rs *reservations) sweepEvery() time.Duration { return rs.ttl / 4 }
 // has units left, otherwise in Redis, reserving when the rate is high.
 func (rs *reservations) check(ctx context.Context, deadline time.Time, counters []Counter) (Result, error) {
 	now := time.Now()
-	e := rs.lookup(setKey(counters), counters)
+	e := rs.lookup(counters)
 	if e == nil {
 		return rs.plain(ctx, deadline, counters)
 	}
@@ -287,25 +289,6 @@ func (rs *reservations) reserve(ctx context.Context, deadline time.Time, counter
 	return res, g, vals[1], nil
 }
 
-// arrive counts a request of the set at now.
-func (e *reservation) arrive(now time.Time) {
-	e.last = now
-	switch d := now.Sub(e.bucket); {
-	case d < rateBucket:
-	case d < 2*rateBucket:
-		e.bucket, e.prev, e.cur = e.bucket.Add(rateBucket), e.cur, 0
-	default:
-		e.bucket, e.prev, e.cur = now, 0, 0
-	}
-	e.cur++
-}
-
-// want is the grant to ask for: the requests of the last full rateBucket,
-// or of the current one if more, at most maxGrant.
-func (e *reservation) want() int64 {
-	return min(max(e.prev, e.cur), maxGrant)
-}
-
 // take admits one request from the grant, if it has units left and its
 // window surely lasts.
 func (e *reservation) take(now time.Time) (Result, bool) {
@@ -335,44 +318,40 @@ func (e *reservation) drop(now time.Time) (handBack, bool) {
 
 // lookup returns the reservation of a set, made if there is room for it;
 // nil if not.
-func (rs *reservations) lookup(key string, counters []Counter) *reservation {
-	rs.mu.RLock()
-	e := rs.sets[key]
-	rs.mu.RUnlock()
-	if e != nil {
-		return e
-	}
-	rs.mu.Lock()
-	defer rs.mu.Unlock()
-	if e = rs.sets[key]; e != nil {
-		return e
-	}
-	if rs.closed || len(rs.sets) >= maxReservationSets {
-		return nil
-	}
+func (rs *reservations) lookup(counters []Counter) *reservation {
+	var buf [128]byte
+	e, _ := lookupIn(&rs.mu, rs.sets, appendSetKey(buf[:0], counters), func() *reservation {
+		if rs.closed || len(rs.sets) >= maxReservationSets {
+			return nil
+		}
+		rs.startLocked()
+		return &reservation{counters: append([]Counter(nil), counters...)}
+	})
+	return e
+}
+
+// startLocked starts the goroutine on first use. Called with mu held,
+// before close.
+func (rs *reservations) startLocked() {
 	if !rs.started {
 		rs.started = true
 		rs.wg.Add(1)
 		go rs.loop()
 	}
-	e = &reservation{counters: append([]Counter(nil), counters...)}
-	rs.sets[key] = e
-	return e
 }
 
-// setKey names a counter set: its keys and limits.
-func setKey(counters []Counter) string {
-	if len(counters) == 1 {
-		return counters[0].Key + "\x00" + strconv.FormatInt(counters[0].Limit, 10)
+// pool returns the pool of spare places of a slot tuple (nil if none can
+// be made), starting the goroutine that sweeps idle pools.
+func (rs *reservations) pool(slots []Slot) *placePool {
+	p, made := rs.places.lookup(slots)
+	if made {
+		rs.mu.Lock()
+		if !rs.closed {
+			rs.startLocked()
+		}
+		rs.mu.Unlock()
 	}
-	var b strings.Builder
-	for _, c := range counters {
-		b.WriteString(c.Key)
-		b.WriteByte(0)
-		b.WriteString(strconv.FormatInt(c.Limit, 10))
-		b.WriteByte(0)
-	}
-	return b.String()
+	return p
 }
 
 func keysOf(counters []Counter) []string {
@@ -387,6 +366,7 @@ func keysOf(counters []Counter) []string {
 // and hands their units back.
 func (rs *reservations) forget(userID, groupID int64) {
 	rs.enqueue(rs.dropWhere(ofUserOrGroup(userID, groupID))...)
+	rs.places.forget(userID, groupID)
 }
 
 // ofUserOrGroup matches the sets with a counter of userID or groupID (0 =
@@ -412,6 +392,7 @@ func (rs *reservations) sweep(now time.Time) {
 	rs.enqueue(rs.dropWhere(func(e *reservation) bool {
 		return e.refill == nil && now.Sub(e.last) >= idle
 	})...)
+	rs.places.sweep(now, idle)
 }
 
 // dropWhere drops the sets for which match (called with the set's mu
@@ -544,6 +525,7 @@ func (rs *reservations) close() {
 	rs.mu.Unlock()
 	rs.cancel()
 	rs.wg.Wait()
+	rs.places.close()
 	backs := rs.dropWhere(func(*reservation) bool { return true })
 	rs.mu.Lock()
 	backs = append(backs, rs.pending...)

@@ -44,34 +44,43 @@ func TestReservationProperty(t *testing.T) {
 		}
 		sets := [][]int{{0}, {0, 1}, {0, 2}, {0, 3, 1}, {3}}
 		admitted := make([]int64, len(names))
+		// randomSet is one of sets and its counters.
+		randomSet := func() ([]int, []Counter) {
+			idx := sets[rng.IntN(len(sets))]
+			counters := make([]Counter, len(idx))
+			for i, j := range idx {
+				counters[i] = counter(j)
+			}
+			return idx, counters
+		}
+		// check checks the counters of idx on r and counts what it admits.
+		check := func(r *Redis, idx []int, counters []Counter) {
+			res, err := r.reserve.check(ctx, time.Time{}, counters)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.Allowed {
+				for _, j := range idx {
+					admitted[j]++
+				}
+			}
+		}
 		var log []string
 
 		for op := range 200 {
 			r := insts[rng.IntN(len(insts))]
 			switch p := rng.IntN(100); {
 			case p < 70:
-				idx := sets[rng.IntN(len(sets))]
-				counters := make([]Counter, len(idx))
-				for i, j := range idx {
-					counters[i] = counter(j)
-				}
+				idx, counters := randomSet()
 				want := int64(1)
 				if p < 55 {
 					want = 1 + rng.Int64N(maxGrant)
 				}
-				e := r.reserve.lookup(setKey(counters), counters)
+				e := r.reserve.lookup(counters)
 				e.mu.Lock()
 				e.bucket, e.prev, e.cur = time.Now(), want, 0
 				e.mu.Unlock()
-				res, err := r.reserve.check(ctx, time.Time{}, counters)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if res.Allowed {
-					for _, j := range idx {
-						admitted[j]++
-					}
-				}
+				check(r, idx, counters)
 				log = append(log, "check")
 			case p < 80:
 				user, group := int64(0), int64(0)
@@ -95,21 +104,9 @@ func TestReservationProperty(t *testing.T) {
 			default:
 				// More local admissions in a row.
 				log = append(log, "burst")
-				idx := sets[rng.IntN(len(sets))]
-				counters := make([]Counter, len(idx))
-				for i, j := range idx {
-					counters[i] = counter(j)
-				}
+				idx, counters := randomSet()
 				for range 10 {
-					res, err := r.reserve.check(ctx, time.Time{}, counters)
-					if err != nil {
-						t.Fatal(err)
-					}
-					if res.Allowed {
-						for _, j := range idx {
-							admitted[j]++
-						}
-					}
+					check(r, idx, counters)
 				}
 			}
 			counts, _, err := insts[0].Peek(ctx, names)

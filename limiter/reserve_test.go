@@ -2,7 +2,6 @@ package limiter
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -10,7 +9,6 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
-	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 )
 
@@ -263,19 +261,14 @@ func TestReservationForgetLoweredLimit(t *testing.T) {
 // driveN checks counters n times from each of g goroutines, all admitted.
 func driveN(t *testing.T, l Limiter, g, n int, counters []Counter) int64 {
 	t.Helper()
-	var admitted atomic.Int64
-	err := testutil.Concurrently(g, n, func() error {
+	return parallel(g, n, func(int) bool {
 		res, err := l.Check(context.Background(), counters)
 		if err != nil || !res.Allowed {
-			return fmt.Errorf("check: %+v %v", res, err)
+			t.Errorf("check: %+v %v", res, err)
+			return false
 		}
-		admitted.Add(1)
-		return nil
+		return true
 	})
-	if err != nil {
-		t.Error(err)
-	}
-	return admitted.Load()
 }
 
 // waitFor polls cond until it holds or d has passed.
@@ -443,7 +436,7 @@ func TestReservationRefillOutlivesItsCaller(t *testing.T) {
 		c.BLPop(ctx, 300*time.Millisecond, keys.Prefix+"nothing")
 	}()
 	time.Sleep(50 * time.Millisecond)
-	e := r.reserve.lookup(setKey(counters), counters)
+	e := r.reserve.lookup(counters)
 	e.mu.Lock()
 	e.bucket, e.prev, e.lastGrant = time.Now(), 10, 10 // hot: others wait for a refill
 	e.mu.Unlock()

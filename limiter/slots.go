@@ -26,6 +26,9 @@ type Slot struct {
 	Key string
 	// Limit is the number of requests the set may hold at once; it is > 0.
 	Limit int64
+	// UserID (0 = none) lets an invalidation of the user drop the spare
+	// places this instance holds in the set (see places.go).
+	UserID int64
 }
 
 // AcquireResult is the outcome of one CheckAcquire.
@@ -50,8 +53,11 @@ type Acquirer interface {
 	// in the same atomic step: the request is admitted only if every
 	// counter is below its limit and every set holds fewer than its limit,
 	// and then all counters are incremented and all places taken; a
-	// refused request changes nothing. The sets of one request must be
-	// distinct (a request counts once in a set). An admitted request with
+	// refused request changes nothing. A Redis limiter with reservations
+	// may instead give the request a place it took earlier, spare, in
+	// every set (places.go): counted in the sets all along, so the sets
+	// never hold more than their limits either way. The sets of one
+	// request must be distinct (a request counts once in a set). An admitted request with
 	// slots gets a Lease, which the caller must Release exactly once when
 	// the request is over; otherwise the Lease is nil (Release on nil does
 	// nothing).
@@ -95,6 +101,9 @@ type Lease struct {
 	// prev and next link the leases a Redis limiter holds (guarded by
 	// leaseKeeper.mu): a list costs no hashing and no allocation per lease.
 	prev, next *Lease
+	// place is, for a lease given from a pool of spare places, the place
+	// it uses: a lease of the pool's own, renewed while the pool keeps it.
+	place *Lease
 }
 
 // leaseOwner gives back the places of a lease (called once per lease).

@@ -22,6 +22,9 @@ func WithLeases(c LeaseConfig) RedisOption {
 // When the answer is lost (timeout, connection lost) after the check was
 // sent, the places may have been taken all the same: they are released in
 // the background, and expire after the lease length at the latest.
+//
+// With reservations on, a request may take a spare place this instance
+// holds instead of acquiring in Redis (places.go).
 func (r *Redis) CheckAcquire(ctx context.Context, counters []Counter, slots []Slot) (AcquireResult, *Lease, error) {
 	return r.acquireBy(ctx, time.Time{}, counters, slots)
 }
@@ -45,6 +48,16 @@ func (r *Redis) acquireBy(ctx context.Context, deadline time.Time, counters []Co
 	if err := k.start(); err != nil {
 		return refusedAcquire(), nil, unavailable("redis acquire", err)
 	}
+	var pool *placePool
+	var spares int64
+	if r.reserve != nil {
+		if pool = r.reserve.pool(slots); pool != nil {
+			var place *Lease
+			if place, spares = pool.take(time.Now()); place != nil {
+				return r.acquireSpare(ctx, deadline, pool, place, counters)
+			}
+		}
+	}
 	a := &acquisition{}
 	l := &a.lease
 	l.owner, l.member, l.keys = k, k.newMember(), a.keysBuf[:0]
@@ -55,11 +68,11 @@ func (r *Redis) acquireBy(ctx context.Context, deadline time.Time, counters []Co
 	// *string as the string, and a pointer needs no allocation to become
 	// an interface value, unlike the string itself.
 	p := &a.check
-	p.counters, p.slots, p.member = counters, slots, &l.member
+	p.counters, p.slots, p.member, p.spareWant = counters, slots, &l.member, spares
 	start := time.Now()
 	if err := r.batcherFor(l.keys[0]).do(ctx, deadline, p); err != nil {
 		if p.sent.Load() {
-			k.abandon(l.member, l.keys)
+			k.abandon(l.member, l.keys, spares)
 		}
 		return refusedAcquire(), nil, err
 	}
@@ -73,12 +86,33 @@ func (r *Redis) acquireBy(ctx context.Context, deadline time.Time, counters []Co
 		return res, nil, nil
 	}
 	k.hold(l, start)
+	if p.spares > 0 {
+		pool.fill(l, p.spares, start, res.InFlight)
+	}
 	return res, l, nil
 }
 
-// slotOutcome reads a group's "deniedSlot held1 ... helds" from the
-// script's reply into its checks, of which the first admitted were
-// admitted, and returns the rest of the reply.
+// acquireSpare admits a request on a spare place of the pool if its
+// counters admit it (checkBy, so usually from a reservation of units);
+// otherwise the place goes back to the pool.
+func (r *Redis) acquireSpare(ctx context.Context, deadline time.Time, pool *placePool, place *Lease, counters []Counter) (AcquireResult, *Lease, error) {
+	res, err := r.checkBy(ctx, deadline, counters)
+	if err != nil {
+		pool.put(place)
+		return refusedAcquire(), nil, err
+	}
+	if !res.Allowed {
+		pool.put(place)
+		return AcquireResult{Result: res, DeniedSlot: -1, InFlight: pool.inFlight()}, nil, nil
+	}
+	l := pool.lease(place)
+	return AcquireResult{Result: res, DeniedSlot: -1, InFlight: pool.inFlight()}, l, nil
+}
+
+// slotOutcome reads a group's "deniedSlot held1 ... helds spares" from
+// the script's reply into its checks, of which the first admitted were
+// admitted, and returns the rest of the reply. The spares are the first
+// check's.
 func slotOutcome(g []*pendingCheck, admitted int, vals []int64, s int) []int64 {
 	deniedSlot, held := int(vals[0])-1, vals[1:1+s]
 	inFlight := make([]int64, len(g)*s)
@@ -92,7 +126,8 @@ func slotOutcome(g []*pendingCheck, admitted int, vals []int64, s int) []int64 {
 			p.deniedSlot = deniedSlot
 		}
 	}
-	return vals[1+s:]
+	g[0].spares = vals[1+s]
+	return vals[2+s:]
 }
 
 // sameSlots reports whether two checks take places in the same sets with
@@ -140,14 +175,15 @@ func (r *Redis) PeekSlots(ctx context.Context, keys []string) ([]int64, error) {
 // InFlight implements Acquirer.
 func (r *Redis) InFlight() int64 { return r.leases.held.Load() }
 
-// Close stops renewing and releasing leases, after sending the releases
-// still queued, and hands back the reservations' unused units. Leases held at that point expire within the lease length;
+// Close hands back the reservations' unused units and spare places, then
+// stops renewing and releasing leases, after sending the releases still
+// queued. Leases held at that point expire within the lease length;
 // releasing them later still sends the release, once, without retries.
 // CheckAcquire with slots fails after Close; Check is unaffected.
 func (r *Redis) Close() error {
-	r.leases.close()
 	if r.reserve != nil {
 		r.reserve.close()
 	}
+	r.leases.close()
 	return nil
 }

@@ -118,9 +118,8 @@ func assertSnapshot(t *testing.T, got, want *snapshot.Snapshot) {
 }
 
 func TestKeyHashes(t *testing.T) {
-	pool, _ := storetest.NewSchema(t)
+	pool, st := newPostgres(t)
 	ctx := context.Background()
-	st := store.NewPostgres(pool)
 
 	u1 := storetest.SeedUser(t, pool, 0)
 	u2 := storetest.SeedUser(t, pool, 0)
@@ -174,9 +173,8 @@ func sameSet(a, b []string) bool {
 }
 
 func TestUserRPM(t *testing.T) {
-	pool, _ := storetest.NewSchema(t)
+	pool, st := newPostgres(t)
 	ctx := context.Background()
-	st := store.NewPostgres(pool)
 
 	u := storetest.SeedUser(t, pool, 60)
 	g1 := storetest.SeedGroup(t, pool, "a", 10)
@@ -220,9 +218,8 @@ func TestUserRPM(t *testing.T) {
 }
 
 func TestOverrides(t *testing.T) {
-	pool, _ := storetest.NewSchema(t)
+	pool, st := newPostgres(t)
 	ctx := context.Background()
-	st := store.NewPostgres(pool)
 
 	u1 := storetest.SeedUser(t, pool, 0)
 	u2 := storetest.SeedUser(t, pool, 0)
@@ -350,9 +347,8 @@ func fmtOverrides(os []store.Override) string {
 }
 
 func TestUpdates(t *testing.T) {
-	pool, _ := storetest.NewSchema(t)
+	pool, st := newPostgres(t)
 	ctx := context.Background()
-	st := store.NewPostgres(pool)
 
 	u := storetest.SeedUser(t, pool, 10)
 	g := storetest.SeedGroup(t, pool, "g", 20)
@@ -421,9 +417,8 @@ func TestUpdates(t *testing.T) {
 }
 
 func TestCreateKey(t *testing.T) {
-	pool, _ := storetest.NewSchema(t)
+	pool, st := newPostgres(t)
 	ctx := context.Background()
-	st := store.NewPostgres(pool)
 	u := storetest.SeedUser(t, pool, 0)
 
 	id, k, err := st.CreateKey(ctx, store.NewAPIKey{UserID: u, Name: "cli"})
@@ -457,10 +452,9 @@ func TestCreateKey(t *testing.T) {
 // entry that is not an address or range (plain SQL can write one) loads
 // without error, logs a warning naming the key, and admits no client.
 func TestLoadSnapshotInvalidIPListFailsClosed(t *testing.T) {
-	pool, _ := storetest.NewSchema(t)
+	pool, st := newPostgres(t)
 	ctx := context.Background()
 	core, logs := observer.New(zap.WarnLevel)
-	st := store.NewPostgres(pool)
 	st.Logger = zap.New(core)
 	uid := storetest.SeedUser(t, pool, 0)
 	for _, tc := range []struct{ name, set string }{

@@ -48,15 +48,21 @@ func TestLoadSnapshot(t *testing.T) {
 	storetest.Exec(t, pool, `update rpm_api_keys set ip_whitelist = '{10.0.0.0/8}', ip_blacklist = '{10.1.2.3}',
 		quota = 2.5, quota_used = 1, expires_at = '2030-01-02T03:04:05Z' where id = $1`, withOverride)
 
-	t.Run("with override", func(t *testing.T) {
+	// loadInOneQuery loads raw's snapshot and checks that it took one query.
+	loadInOneQuery := func(t *testing.T, raw string) *snapshot.Snapshot {
+		t.Helper()
 		counter.n.Store(0)
-		s, err := st.LoadSnapshot(ctx, store.HashKey(rawWith))
+		s, err := st.LoadSnapshot(ctx, store.HashKey(raw))
 		if err != nil {
 			t.Fatal(err)
 		}
 		if n := counter.n.Load(); n != 1 {
 			t.Errorf("LoadSnapshot issued %d queries, want 1", n)
 		}
+		return s
+	}
+	t.Run("with override", func(t *testing.T) {
+		s := loadInOneQuery(t, rawWith)
 		exp := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 		want := &snapshot.Snapshot{
 			Version: snapshot.Version, APIKeyID: withOverride, UserID: uid, GroupID: &gid, Status: "active",
@@ -68,14 +74,7 @@ func TestLoadSnapshot(t *testing.T) {
 		assertSnapshot(t, s, want)
 	})
 	t.Run("without override", func(t *testing.T) {
-		counter.n.Store(0)
-		s, err := st.LoadSnapshot(ctx, store.HashKey(rawNoOverride))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n := counter.n.Load(); n != 1 {
-			t.Errorf("LoadSnapshot issued %d queries, want 1", n)
-		}
+		s := loadInOneQuery(t, rawNoOverride)
 		want := &snapshot.Snapshot{
 			Version: snapshot.Version, APIKeyID: noOverride, UserID: uid2, GroupID: &gid, Status: "active",
 			User:  &snapshot.User{ID: uid2, Status: "active", RPMLimit: 5},

@@ -106,8 +106,7 @@ func authCheckError(t testing.TB, r response, format string, status int, code st
 // TestAuthTable walks every row of the authentication table (spec §5) in
 // every error format, end to end, including the store outage row.
 func TestAuthTable(t *testing.T) {
-	pool, dsn := storetest.NewSchema(t)
-	pg, viaPG := proxiedPostgres(t, dsn)
+	pool, pg, viaPG := proxiedSchema(t)
 
 	uid := storetest.SeedUser(t, pool, 0)
 	gid := storetest.SeedGroup(t, pool, "auth", 0)

@@ -130,8 +130,7 @@ func kfSeedKey(t testing.TB, pool *pgxpool.Pool, userID int64, groupID *int64, c
 // with at most 25 store loads (Caddy's count and Postgres's own scan count)
 // and no new Redis key in all; a real key keeps working.
 func TestKeyFilterRandomKeys(t *testing.T) {
-	pool, dsn := storetest.NewSchema(t)
-	pg, viaPG := proxiedPostgres(t, dsn)
+	pool, pg, viaPG := proxiedSchema(t)
 	uid := storetest.SeedUser(t, pool, 0)
 	_, real := storetest.SeedKey(t, pool, uid, nil)
 	rdb, prefix := redistest.Shared(t)
@@ -289,8 +288,7 @@ func TestKeyFilterNewKeysEverywhere(t *testing.T) {
 // filter is built, real keys pass and unknown ones are refused without a
 // store load.
 func TestKeyFilterNotBuiltRefusesNothing(t *testing.T) {
-	pool, dsn := storetest.NewSchema(t)
-	pg, viaPG := proxiedPostgres(t, dsn)
+	pool, pg, viaPG := proxiedSchema(t)
 	uid := storetest.SeedUser(t, pool, 0)
 	_, real := storetest.SeedKey(t, pool, uid, nil)
 	up := newUpstream(t)
@@ -316,8 +314,7 @@ func TestKeyFilterNotBuiltRefusesNothing(t *testing.T) {
 // cannot reach Postgres, so its notification is lost: once the listener is
 // back, the filter is rebuilt and the key is admitted.
 func TestKeyFilterRebuiltAfterListenerGap(t *testing.T) {
-	pool, dsn := storetest.NewSchema(t)
-	pg, viaPG := proxiedPostgres(t, dsn)
+	pool, pg, viaPG := proxiedSchema(t)
 	uid := storetest.SeedUser(t, pool, 0)
 	_, prefix := redistest.Shared(t)
 	up := newUpstream(t)

@@ -15,8 +15,7 @@ import (
 // 503 AUTH_UNAVAILABLE, never 401, while a key outside the key filter is
 // still 401. There is no Redis, so L2 cannot answer.
 func TestOutagePostgres(t *testing.T) {
-	pool, dsn := storetest.NewSchema(t)
-	pg, viaPG := proxiedPostgres(t, dsn)
+	pool, pg, viaPG := proxiedSchema(t)
 	uid := storetest.SeedUser(t, pool, 0)
 	gid := storetest.SeedGroup(t, pool, "outage", 0)
 	_, cached := storetest.SeedKey(t, pool, uid, &gid)

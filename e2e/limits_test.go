@@ -74,6 +74,23 @@ func (e *limEnv) seedKey(t testing.TB, userID int64, groupID *int64) (int64, str
 	return kfSeedKey(t, e.pool, userID, groupID, e.instances...)
 }
 
+// noOverride tells seedGroupedKey to seed no (user, group) override.
+const noOverride = -1
+
+// seedGroupedKey seeds a user with rpm limit user, a new group with rpm
+// limit group, the user's override in it unless override is noOverride,
+// and a key of the user in the group (see seedKey).
+func (e *limEnv) seedGroupedKey(t testing.TB, user, group, override int64) (uid, gid int64, key string) {
+	t.Helper()
+	uid = storetest.SeedUser(t, e.pool, user)
+	gid = storetest.SeedGroup(t, e.pool, "", group)
+	if override != noOverride {
+		storetest.SeedOverride(t, e.pool, uid, gid, override)
+	}
+	_, key = e.seedKey(t, uid, &gid)
+	return uid, gid, key
+}
+
 // count reads a counter's current-window count the way the limiter does
 // (hash {w, n}, w compared with the Redis clock), and whether the key exists.
 func (e *limEnv) count(t testing.TB, key string) (int64, bool) {
@@ -262,18 +279,10 @@ func TestLimitsTable(t *testing.T) {
 	e := newLimEnv(t)
 	c := e.caddy(t, "", "", "")
 	ok, tooMany := http.StatusOK, http.StatusTooManyRequests
-	// seed seeds a user with rpm limit user and a new group with rpm limit
-	// group, the (user, group) override unless it is noOverride, and a key
-	// of the user in the group, then waits for a fresh window.
-	const noOverride = -1
+	// seed is seedGroupedKey in a fresh window.
 	seed := func(t *testing.T, user, group, override int64) (uid, gid int64, key string) {
 		t.Helper()
-		uid = storetest.SeedUser(t, e.pool, user)
-		gid = storetest.SeedGroup(t, e.pool, "", group)
-		if override != noOverride {
-			storetest.SeedOverride(t, e.pool, uid, gid, override)
-		}
-		_, key = e.seedKey(t, uid, &gid)
+		uid, gid, key = e.seedGroupedKey(t, user, group, override)
 		redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 		return uid, gid, key
 	}
@@ -311,10 +320,7 @@ func TestLimitsTable(t *testing.T) {
 	t.Run("override_zero_user_zero", func(t *testing.T) {
 		// override 0 / user 0 (group 1): unlimited; no counter at all.
 		// TestCommandsPerRequest proves the zero Redis commands.
-		uid := storetest.SeedUser(t, e.pool, 0)
-		gid := storetest.SeedGroup(t, e.pool, "", 1)
-		storetest.SeedOverride(t, e.pool, uid, gid, 0)
-		_, key := e.seedKey(t, uid, &gid)
+		uid, _, key := e.seedGroupedKey(t, 0, 1, 0)
 		limExpect(t, c, "/v1/x", key, limRepeat(ok, 50), "")
 		if ks := e.userKeys(t, uid); len(ks) != 0 {
 			t.Fatalf("counters %v exist for an unlimited user", ks)

@@ -39,15 +39,11 @@ func kfRandomKey(t testing.TB) string {
 // kfRedisKeys counts the Redis keys under prefix.
 func kfRedisKeys(t testing.TB, rdb *redis.Client, prefix string) int {
 	t.Helper()
-	n := 0
-	iter := rdb.Scan(context.Background(), 0, prefix+"*", 1000).Iterator()
-	for iter.Next(context.Background()) {
-		n++
-	}
-	if err := iter.Err(); err != nil {
+	keys, err := redistest.ScanKeys(context.Background(), rdb, prefix+"*")
+	if err != nil {
 		t.Fatal(err)
 	}
-	return n
+	return len(keys)
 }
 
 // kfWaitFilter waits until c refuses an unknown key without a store load,

@@ -142,12 +142,8 @@ func (e *limEnv) userKeys(t testing.TB, uid int64) []string {
 	ctx := context.Background()
 	// '{' and '}' are not glob characters.
 	pattern := strings.TrimSuffix(e.keys.User(uid), ":user") + ":*"
-	var out []string
-	iter := e.rdb.Scan(ctx, 0, pattern, 1000).Iterator()
-	for iter.Next(ctx) {
-		out = append(out, iter.Val())
-	}
-	if err := iter.Err(); err != nil {
+	out, err := redistest.ScanKeys(ctx, e.rdb, pattern)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return out

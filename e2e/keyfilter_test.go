@@ -297,12 +297,7 @@ func TestKeyFilterNotBuiltRefusesNothing(t *testing.T) {
 		t.Fatalf("the filter refused %v keys before its first build", n)
 	}
 	pg.Unblock()
-	testutil.WaitFor(t, 15*time.Second, func() error {
-		if r := c.get(t, "/v1/x", real); r.Status != 200 {
-			return &authErr{r}
-		}
-		return nil
-	})
+	c.waitAdmits(t, 15*time.Second, "/v1/x", real)
 	kfWaitFilter(t, c)
 }
 
@@ -321,12 +316,7 @@ func TestKeyFilterRebuiltAfterListenerGap(t *testing.T) {
 	pg.Block()
 	_, key := storetest.SeedKey(t, pool, uid, nil) // straight to Postgres: the instance hears nothing
 	pg.Unblock()
-	testutil.WaitFor(t, 15*time.Second, func() error {
-		if r := c.get(t, "/v1/x", key); r.Status != 200 {
-			return &authErr{r}
-		}
-		return nil
-	})
+	c.waitAdmits(t, 15*time.Second, "/v1/x", key)
 	if n := c.metric(t, "caddy_rpm_key_filter_builds_total", `result="ok"`); n <= builds {
 		t.Fatalf("no rebuild after the listener gap (%v builds, had %v)", n, builds)
 	}

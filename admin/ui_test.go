@@ -174,9 +174,7 @@ func TestUIBrowser(t *testing.T) {
 
 	t.Run("save", func(t *testing.T) {
 		b.SetT(t)
-		b.TypeInto("#group-id", "7")
-		b.Click("#open-group")
-		b.WaitJS(`document.querySelectorAll('#overrides tr').length === 2`)
+		b.OpenGroup("7", `document.querySelectorAll('#overrides tr').length === 2`)
 		b.ExpectValue(`#overrides tr[data-user-id="5"] input.override-value`, "10")
 
 		b.TypeInto(`#overrides tr[data-user-id="5"] input.override-value`, "15")
@@ -204,46 +202,16 @@ func TestUIBrowser(t *testing.T) {
 		b.DoubleClick("#clear-all")
 
 		// Read the state while the DELETE is still in flight (the fake sleeps 1.5 s).
-		type btnState struct {
-			Disabled bool   `json:"disabled"`
-			Text     string `json:"text"`
-			Busy     string `json:"busy"`
-			Loading  bool   `json:"loading"`
-		}
-		var st btnState
-		b.Eval(`(() => { const b = document.getElementById('clear-all');
-			return {disabled: b.disabled, text: b.textContent, busy: b.getAttribute('aria-busy') || '',
-				loading: b.classList.contains('loading')}; })()`, &st)
-		if !st.Disabled || st.Text != "Clearing…" || st.Busy != "true" || !st.Loading {
-			t.Errorf("during the call: button %+v, want disabled, \"Clearing…\", aria-busy, .loading", st)
-		}
+		b.ExpectClearing()
 		for deadline := time.Now().Add(time.Second); api.inFlight() == 0 && time.Now().Before(deadline); {
 			time.Sleep(10 * time.Millisecond)
 		}
 		if n := api.inFlight(); n != 1 {
 			t.Errorf("%d DELETEs in flight, want 1", n)
 		}
-		var others []bool
-		b.Eval(`['save', 'add-row'].map(id => document.getElementById(id).disabled)`, &others)
-		if !reflect.DeepEqual(others, []bool{true, true}) {
-			t.Errorf("save, add-row disabled = %v during the clear, want both true", others)
-		}
 		b.Shot("04-clearing")
-		time.Sleep(500 * time.Millisecond)
-		b.Click("#clear-all") // a third click, still in flight: ignored
-		b.Eval(`document.getElementById('clear-all').disabled`, &st.Disabled)
-		if !st.Disabled {
-			t.Errorf("button enabled again before the DELETE answered")
-		}
-
-		b.WaitJS(`document.getElementById('message').textContent.includes('Cleared 3 overrides')`)
-		b.WaitJS(`!document.getElementById('clear-all').disabled`)
-		b.ExpectText("#clear-all", "Clear all")
-		var rows int
-		b.Eval(`document.querySelectorAll('#overrides tr').length`, &rows)
-		if rows != 0 {
-			t.Errorf("%d override rows after clear, want 0", rows)
-		}
+		b.ExpectClearAllIgnored() // a third click, still in flight
+		b.ExpectCleared(3)
 		if n := api.count("DELETE") - before; n != 1 {
 			t.Errorf("%d DELETE requests for a double click, want exactly 1", n)
 		}
@@ -253,9 +221,7 @@ func TestUIBrowser(t *testing.T) {
 	t.Run("errors", func(t *testing.T) {
 		b.SetT(t)
 		// 409 from the read-only keys_file store.
-		b.TypeInto("#group-id", "9")
-		b.Click("#open-group")
-		b.WaitJS(`document.querySelectorAll('#overrides tr').length === 1`)
+		b.OpenGroup("9", `document.querySelectorAll('#overrides tr').length === 1`)
 		b.Click("#save")
 		b.WaitJS(`document.getElementById('message').textContent.includes('read-only')`)
 		msg := b.Text("#message")
@@ -266,9 +232,7 @@ func TestUIBrowser(t *testing.T) {
 		b.Shot("06-conflict")
 
 		// 400 with the server's reason.
-		b.TypeInto("#group-id", "7")
-		b.Click("#open-group")
-		b.WaitJS(`document.getElementById('group-label').textContent === '7'`)
+		b.OpenGroup("7", `document.getElementById('group-label').textContent === '7'`)
 		b.Click("#add-row")
 		b.TypeInto(`#overrides tr:last-child input.user-id-value`, "3")
 		b.TypeInto(`#overrides tr:last-child input.override-value`, "-1")
@@ -309,9 +273,7 @@ func TestUIBrowser(t *testing.T) {
 		b.Click("#token-save")
 		// Saving the token repeats the lookup, now with the bearer.
 		b.WaitJS(`document.getElementById('token-box').hidden && document.getElementById('user-used').textContent === '9'`)
-		b.TypeInto("#group-id", "7")
-		b.Click("#open-group")
-		b.WaitJS(`document.getElementById('group-label').textContent === '7' && document.getElementById('message').hidden`)
+		b.OpenGroup("7", `document.getElementById('group-label').textContent === '7' && document.getElementById('message').hidden`)
 		if n := api.count("401"); n != 1 {
 			t.Errorf("%d answers 401, want 1 (the token is asked once)", n)
 		}

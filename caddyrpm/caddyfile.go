@@ -3,6 +3,7 @@ package caddyrpm
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -66,14 +67,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	seen := map[string]bool{}
-	for d.NextBlock(0) {
-		opt := d.Val()
-		if seen[opt] {
-			return d.Errf("rpm: duplicate option '%s'", opt)
-		}
-		seen[opt] = true
-		var err error
+	return eachOption(d, 0, "rpm", nil, func(opt string) (err error) {
 		switch opt {
 		case "postgres":
 			err = oneArg(d, &a.Postgres)
@@ -83,12 +77,12 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = checked(d, oneArg(d, &a.RedisKeyPrefix), func() error { return checkKeyPrefix(a.RedisKeyPrefix) })
 		case "admin_token":
 			err = nonEmptyArg(d, &a.AdminAuthToken)
-			if err == nil && seen["admin_token_file"] {
+			if err == nil && a.AdminTokenFile != "" {
 				err = d.Errf("rpm: admin_token and admin_token_file are exclusive; set one")
 			}
 		case "admin_token_file":
 			err = nonEmptyArg(d, &a.AdminTokenFile)
-			if err == nil && seen["admin_token"] {
+			if err == nil && a.AdminAuthToken != "" {
 				err = d.Errf("rpm: admin_token and admin_token_file are exclusive; set one")
 			}
 		case "on_redis_error":
@@ -122,25 +116,15 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		default:
 			err = d.Errf("rpm: unknown option '%s'", opt)
 		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+		return err
+	})
 }
 
 func (c *CacheOptions) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	seen := map[string]bool{}
-	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		opt := d.Val()
-		if seen[opt] {
-			return d.Errf("rpm cache: duplicate option '%s'", opt)
-		}
-		seen[opt] = true
-		var err error
+	return eachOption(d, d.Nesting(), "rpm cache", nil, func(opt string) (err error) {
 		switch opt {
 		case "l1_size":
 			var s string
@@ -172,11 +156,8 @@ func (c *CacheOptions) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		default:
 			err = d.Errf("rpm cache: unknown option '%s'", opt)
 		}
-		if err != nil {
-			return err
-		}
-	}
-	return nil
+		return err
+	})
 }
 
 // parseHandlerDirective parses the rpm directive:
@@ -204,17 +185,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
-	seen := map[string]bool{}
 	var zoneLine int
 	var limitLines, concLines []int // of h.Limits[i], h.Concurrency[i]
-	for d.NextBlock(0) {
-		opt := d.Val()
-		repeatable := opt == "key_header" || opt == "limit" || opt == "concurrency"
-		if seen[opt] && !repeatable {
-			return d.Errf("rpm: duplicate option '%s'", opt)
-		}
-		seen[opt] = true
-		var err error
+	repeatable := []string{"key_header", "limit", "concurrency"}
+	err := eachOption(d, 0, "rpm", repeatable, func(opt string) (err error) {
 		switch opt {
 		case "key_header":
 			args := d.RemainingArgs()
@@ -248,9 +222,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		default:
 			err = d.Errf("rpm: unknown option '%s'", opt)
 		}
-		if err != nil {
-			return err
-		}
+		return err
+	})
+	if err != nil {
+		return err
 	}
 	if h.Zone == "" {
 		switch {
@@ -290,6 +265,25 @@ func unmarshalRouteLimit(d *caddyfile.Dispenser, dst *[]RouteLimit, unit string)
 		return d.Errf("rpm: %s %s must be a whole number of at least 1, not '%s'", opt, scope, n)
 	}
 	*dst = append(*dst, RouteLimit{Scope: scope, Limit: limit})
+	return nil
+}
+
+// eachOption calls parse with the name of every option of the block at
+// nesting, in order, after refusing the second use of an option that is
+// not repeatable; what names the block in that error ("rpm", "rpm
+// cache"). It stops at the first error.
+func eachOption(d *caddyfile.Dispenser, nesting int, what string, repeatable []string, parse func(opt string) error) error {
+	seen := map[string]bool{}
+	for d.NextBlock(nesting) {
+		opt := d.Val()
+		if seen[opt] && !slices.Contains(repeatable, opt) {
+			return d.Errf("%s: duplicate option '%s'", what, opt)
+		}
+		seen[opt] = true
+		if err := parse(opt); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 

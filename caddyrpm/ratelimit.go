@@ -59,20 +59,14 @@ func (h *Handler) setRateLimitHeaders(hdr http.Header, d *gateway.Decision) {
 	}
 	if h.RateLimitHeaders != "legacy" {
 		for i := range limits {
-			if i > 0 {
-				buf = append(buf, ", "...)
-			}
-			buf = strconv.AppendQuote(buf, policyName(&limits[i]))
+			buf = appendListItem(buf, i, &limits[i])
 			buf = append(buf, ";q="...)
 			buf = strconv.AppendInt(buf, limits[i].Limit, 10)
 			buf = append(buf, ";w=60"...)
 		}
 		add(hdrRateLimitPolicy)
 		for i := range limits {
-			if i > 0 {
-				buf = append(buf, ", "...)
-			}
-			buf = strconv.AppendQuote(buf, policyName(&limits[i]))
+			buf = appendListItem(buf, i, &limits[i])
 			buf = append(buf, ";r="...)
 			buf = strconv.AppendInt(buf, limits[i].Remaining, 10)
 			buf = append(buf, ";t="...)
@@ -97,6 +91,16 @@ func (h *Handler) setRateLimitHeaders(hdr http.Header, d *gateway.Decision) {
 		start = ends[i]
 		hdr[names[i]] = values[i : i+1 : i+1]
 	}
+}
+
+// appendListItem starts item i of a RateLimit-Policy or RateLimit list:
+// the separator after the previous item, then the limit's quoted name; the
+// caller appends the item's parameters.
+func appendListItem(buf []byte, i int, l *gateway.Limit) []byte {
+	if i > 0 {
+		buf = append(buf, ", "...)
+	}
+	return strconv.AppendQuote(buf, policyName(l))
 }
 
 // The rate-limit header names in canonical form (what Header.Set uses).

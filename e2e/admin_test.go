@@ -372,32 +372,33 @@ func TestAdminAPIWritesApplyOnNextRequest(t *testing.T) {
 		t.Helper()
 		admWant(t, "PUT "+path+" "+body, c.admin(t, http.MethodPut, path, body), 200)
 	}
+	// limitWrites PATCHes the rpm limit and status at path (a group or a
+	// user) and checks each on key's next request: raised to raise it
+	// admits, lowered to lower it refuses with exceeded, disabled it
+	// refuses 403 with disabled, active again it admits.
+	limitWrites := func(t *testing.T, path, key string, raise, lower int, exceeded, disabled string) {
+		t.Helper()
+		patch(path, fmt.Sprintf(`{"rpm_limit":%d}`, raise))
+		admExpect(t, c, key, 200, "")
+		patch(path, fmt.Sprintf(`{"rpm_limit":%d}`, lower))
+		admExpect(t, c, key, 429, exceeded)
+		patch(path, `{"status":"disabled","rpm_limit":0}`)
+		admExpect(t, c, key, 403, disabled)
+		patch(path, `{"status":"active"}`)
+		admExpect(t, c, key, 200, "")
+	}
 
 	t.Run("group limit", func(t *testing.T) {
 		admExpect(t, c, k1, 200, "")
 		admExpect(t, c, k1, 200, "")
 		admExpect(t, c, k1, 429, "GROUP_RPM_EXCEEDED")
 		admExpect(t, c, k1, 429, "GROUP_RPM_EXCEEDED")
-		patch("/admin/groups/"+testutil.Itoa(g1), `{"rpm_limit":5}`)
-		admExpect(t, c, k1, 200, "")
-		patch("/admin/groups/"+testutil.Itoa(g1), `{"rpm_limit":1}`)
-		admExpect(t, c, k1, 429, "GROUP_RPM_EXCEEDED")
-		patch("/admin/groups/"+testutil.Itoa(g1), `{"status":"disabled","rpm_limit":0}`)
-		admExpect(t, c, k1, 403, "GROUP_DISABLED")
-		patch("/admin/groups/"+testutil.Itoa(g1), `{"status":"active"}`)
-		admExpect(t, c, k1, 200, "")
+		limitWrites(t, "/admin/groups/"+testutil.Itoa(g1), k1, 5, 1, "GROUP_RPM_EXCEEDED", "GROUP_DISABLED")
 	})
 	t.Run("user limit", func(t *testing.T) {
 		admExpect(t, c, k2, 200, "")
 		admExpect(t, c, k2, 429, "USER_RPM_EXCEEDED")
-		patch("/admin/users/"+testutil.Itoa(u2), `{"rpm_limit":10}`)
-		admExpect(t, c, k2, 200, "")
-		patch("/admin/users/"+testutil.Itoa(u2), `{"rpm_limit":2}`)
-		admExpect(t, c, k2, 429, "USER_RPM_EXCEEDED")
-		patch("/admin/users/"+testutil.Itoa(u2), `{"status":"disabled","rpm_limit":0}`)
-		admExpect(t, c, k2, 403, "USER_DISABLED")
-		patch("/admin/users/"+testutil.Itoa(u2), `{"status":"active"}`)
-		admExpect(t, c, k2, 200, "")
+		limitWrites(t, "/admin/users/"+testutil.Itoa(u2), k2, 10, 2, "USER_RPM_EXCEEDED", "USER_DISABLED")
 	})
 	t.Run("override set and cleared", func(t *testing.T) {
 		admExpect(t, c, k3, 200, "")

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -106,8 +107,7 @@ func authCheckError(t testing.TB, r response, format string, status int, code st
 // TestAuthTable walks every row of the authentication table (spec §5) in
 // every error format, end to end, including the store outage row.
 func TestAuthTable(t *testing.T) {
-	pool, dsn := storetest.NewSchema(t)
-	pg, viaPG := proxiedPostgres(t, dsn)
+	pool, pg, viaPG := proxiedSchema(t)
 
 	uid := storetest.SeedUser(t, pool, 0)
 	gid := storetest.SeedGroup(t, pool, "auth", 0)
@@ -196,17 +196,24 @@ func TestAuthTable(t *testing.T) {
 		authCheckError(t, c.get(t, "/"+f+"/v1/models", "sk-nope-"+randomID()), f, 401, "INVALID_API_KEY")
 	}
 	pg.Unblock()
-	testutil.WaitFor(t, 10e9, func() error {
-		if r := c.get(t, "/openai/v1/models", fresh); r.Status != 200 {
-			return &authErr{r}
-		}
-		return nil
-	})
+	c.waitAdmits(t, 10*time.Second, "/openai/v1/models", fresh)
 }
 
 type authErr struct{ r response }
 
 func (e *authErr) Error() string { return testutil.Itoa(int64(e.r.Status)) + " " + e.r.Body }
+
+// waitAdmits waits up to within until a request with key to path is
+// answered 200 (the store answering again, say).
+func (c *caddyInstance) waitAdmits(t testing.TB, within time.Duration, path, key string) {
+	t.Helper()
+	testutil.WaitFor(t, within, func() error {
+		if r := c.get(t, path, key); r.Status != 200 {
+			return &authErr{r}
+		}
+		return nil
+	})
+}
 
 // TestAuthClientIPTrustedProxies checks that IP lists judge Caddy's client
 // IP: the X-Forwarded-For address behind a trusted proxy, the peer address

@@ -152,8 +152,7 @@ const cacheStatsFlush = 12 * time.Second
 // snapshot is cached, requests never reach Postgres, for a user with a
 // per-group override and for one without.
 func TestCacheSteadyStateNoStoreQueries(t *testing.T) {
-	pool, dsn := storetest.NewSchema(t)
-	pg, viaPG := proxiedPostgres(t, dsn)
+	pool, pg, viaPG := proxiedSchema(t)
 	gid := storetest.SeedGroup(t, pool, "steady", 0)
 	withOverride := storetest.SeedUser(t, pool, 0)
 	storetest.SeedOverride(t, pool, withOverride, gid, 100000)
@@ -233,12 +232,7 @@ func TestCacheSteadyStateNoStoreQueries(t *testing.T) {
 // TestCacheColdKeySingleLoad fires 500 concurrent first requests with one
 // cold key: exactly one store load.
 func TestCacheColdKeySingleLoad(t *testing.T) {
-	pool, dsn := storetest.NewSchema(t)
-	uid := storetest.SeedUser(t, pool, 0)
-	_, key := storetest.SeedKey(t, pool, uid, nil)
-	_, prefix := redistest.Shared(t)
-	up := newUpstream(t)
-	c := startCaddy(t, params{DSN: dsn, Prefix: prefix, Upstream: up.URL, Cache: "l1_ttl 5m"})
+	key, c := startWithKey(t, params{Cache: "l1_ttl 5m"})
 
 	const n = 500
 	tr := &http.Transport{MaxIdleConnsPerHost: n, MaxConnsPerHost: n}

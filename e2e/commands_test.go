@@ -301,9 +301,7 @@ func TestCommandsReserving(t *testing.T) {
 	c := e.caddy(t, srv.Addr, "", `rpm
 	reverse_proxy {{.Upstream}}`)
 	mon := newCmdMonitor(t, srv.Addr)
-	uid := storetest.SeedUser(t, e.pool, 100000)
-	gid := storetest.SeedGroup(t, e.pool, "", 100000)
-	_, key := e.seedKey(t, uid, &gid)
+	uid, gid, key := e.seedGroupedKey(t, 100000, 100000, noOverride)
 	cmdSettle(t, c)
 	redistest.WaitForWindow(t, rdb, 15*time.Second)
 	limExpect(t, c, "/v1/x", key, []int{200}, "") // warm-up: fills the caches

@@ -133,12 +133,16 @@ func wantConcurrencyRefusal(t testing.TB, r response, cap string) {
 	}
 }
 
-// setConcurrency sets a user's concurrency through the admin API.
-func setConcurrency(t testing.TB, c *caddyInstance, uid, n int64) {
+// seedCappedUser seeds a user with the given rpm limit and one API key of
+// theirs, and sets their concurrency through c's admin API.
+func (e *limEnv) seedCappedUser(t testing.TB, c *caddyInstance, rpm, concurrency int64) (uid int64, key string) {
 	t.Helper()
-	if r := c.admin(t, http.MethodPatch, "/admin/users/"+testutil.Itoa(uid), fmt.Sprintf(`{"concurrency":%d}`, n)); r.Status != http.StatusOK {
+	uid = storetest.SeedUser(t, e.pool, rpm)
+	_, key = e.seedKey(t, uid, nil)
+	if r := c.admin(t, http.MethodPatch, "/admin/users/"+testutil.Itoa(uid), fmt.Sprintf(`{"concurrency":%d}`, concurrency)); r.Status != http.StatusOK {
 		t.Fatalf("PATCH concurrency: %d %s", r.Status, r.Body)
 	}
+	return uid, key
 }
 
 // slotsHeld is how many requests a slot set holds in Redis (unexpired).
@@ -163,6 +167,19 @@ func (e *limEnv) waitSlotsHeld(t testing.TB, within time.Duration, key string, w
 	})
 }
 
+// gatedCaddy starts a limEnv and one instance (exactGlobal) whose rpm
+// handler, with the given block, stands in front of a new gate (see
+// gatedSite). The gate lets its requests go before the instance stops, so
+// that stopping does not wait on held requests.
+func gatedCaddy(t testing.TB, block string) (*limEnv, *gate, *caddyInstance) {
+	t.Helper()
+	e := newLimEnv(t)
+	g := newGate(t)
+	c := e.caddy(t, "", exactGlobal, gatedSite(g, block))
+	t.Cleanup(g.releaseAll) // runs before the instance's own cleanup
+	return e, g, c
+}
+
 // gatedSite is the rpm handler (with the given block, "" for none) in
 // front of the gate.
 func gatedSite(g *gate, block string) string {
@@ -179,13 +196,8 @@ func gatedSite(g *gate, block string) string {
 // and the in-flight gauge show 2; when the responses end, the places come
 // back and a 4th request is admitted.
 func TestConcurrencyUserCap(t *testing.T) {
-	e := newLimEnv(t)
-	g := newGate(t)
-	defer g.releaseAll()
-	c := e.caddy(t, "", exactGlobal, gatedSite(g, ""))
-	uid := storetest.SeedUser(t, e.pool, 100)
-	_, key := e.seedKey(t, uid, nil)
-	setConcurrency(t, c, uid, 2)
+	e, g, c := gatedCaddy(t, "")
+	uid, key := e.seedCappedUser(t, c, 100, 2)
 
 	a, b := goHit(t.Context(), c.URL+"/v1/x", key), goHit(t.Context(), c.URL+"/v1/x", key)
 	g.waitArrived(t, 2)
@@ -222,13 +234,8 @@ func TestConcurrencyUserCap(t *testing.T) {
 // TestConcurrencyClientHangsUp: a client that goes away while its request
 // is held upstream gives its place back within a second.
 func TestConcurrencyClientHangsUp(t *testing.T) {
-	e := newLimEnv(t)
-	g := newGate(t)
-	defer g.releaseAll()
-	c := e.caddy(t, "", exactGlobal, gatedSite(g, ""))
-	uid := storetest.SeedUser(t, e.pool, 100)
-	_, key := e.seedKey(t, uid, nil)
-	setConcurrency(t, c, uid, 1)
+	e, g, c := gatedCaddy(t, "")
+	uid, key := e.seedCappedUser(t, c, 100, 1)
 
 	ctx, hangUp := context.WithCancel(t.Context())
 	gone := goHit(ctx, c.URL+"/v1/x", key)
@@ -250,13 +257,8 @@ func TestConcurrencyClientHangsUp(t *testing.T) {
 // TestConcurrencyUpstreamFails: a request whose upstream fails (502)
 // gives its place back.
 func TestConcurrencyUpstreamFails(t *testing.T) {
-	e := newLimEnv(t)
-	g := newGate(t)
-	defer g.releaseAll()
-	c := e.caddy(t, "", exactGlobal, gatedSite(g, ""))
-	uid := storetest.SeedUser(t, e.pool, 100)
-	_, key := e.seedKey(t, uid, nil)
-	setConcurrency(t, c, uid, 1)
+	e, _, c := gatedCaddy(t, "")
+	uid, key := e.seedCappedUser(t, c, 100, 1)
 
 	for i := range 3 {
 		if r := c.get(t, "/fail/x", key); r.Status != http.StatusBadGateway {
@@ -281,9 +283,7 @@ func TestConcurrencyAcrossInstancesAndKill(t *testing.T) {
 	global := exactGlobal + "\nconcurrency_lease 3s"
 	c1 := e.caddy(t, "", global, gatedSite(g, ""))
 	c2 := e.caddy(t, "", global, gatedSite(g, ""))
-	uid := storetest.SeedUser(t, e.pool, 1000)
-	_, key := e.seedKey(t, uid, nil)
-	setConcurrency(t, c1, uid, 2)
+	uid, key := e.seedCappedUser(t, c1, 1000, 2)
 
 	onC1 := goHit(t.Context(), c1.URL+"/v1/x", key)
 	onC2 := goHit(t.Context(), c2.URL+"/v1/x", key)
@@ -331,10 +331,7 @@ func TestConcurrencyAcrossInstancesAndKill(t *testing.T) {
 // request per API key: a second request of the key is refused with a
 // message naming the route's cap, another key of the same user is not.
 func TestConcurrencyRouteKeyCap(t *testing.T) {
-	e := newLimEnv(t)
-	g := newGate(t)
-	defer g.releaseAll()
-	c := e.caddy(t, "", exactGlobal, gatedSite(g, "zone chat\nconcurrency key 1"))
+	e, g, c := gatedCaddy(t, "zone chat\nconcurrency key 1")
 	uid := storetest.SeedUser(t, e.pool, 100)
 	kid, key := e.seedKey(t, uid, nil)
 	_, other := e.seedKey(t, uid, nil)
@@ -373,9 +370,7 @@ func TestConcurrencySSEHoldsItsPlace(t *testing.T) {
 	t.Cleanup(func() { once.Do(func() { close(last) }) })
 	e := newLimEnv(t)
 	c := e.caddy(t, "", exactGlobal, "rpm\n\treverse_proxy "+sse.URL+" {\n\t\tflush_interval -1\n\t}")
-	uid := storetest.SeedUser(t, e.pool, 100)
-	_, key := e.seedKey(t, uid, nil)
-	setConcurrency(t, c, uid, 1)
+	_, key := e.seedCappedUser(t, c, 100, 1)
 
 	req, _ := http.NewRequest(http.MethodGet, c.URL+"/v1/chat/completions", nil)
 	req.Header.Set("Authorization", "Bearer "+key)
@@ -412,13 +407,8 @@ func TestConcurrencySSEHoldsItsPlace(t *testing.T) {
 // admitted with {http.rpm.shadow_refused} = CONCURRENCY_EXCEEDED and
 // counted in shadow_refusals_total, and it takes no place.
 func TestShadowConcurrency(t *testing.T) {
-	e := newLimEnv(t)
-	g := newGate(t)
-	defer g.releaseAll()
-	c := e.caddy(t, "", exactGlobal, gatedSite(g, "shadow"))
-	uid := storetest.SeedUser(t, e.pool, 100)
-	_, key := e.seedKey(t, uid, nil)
-	setConcurrency(t, c, uid, 1)
+	e, g, c := gatedCaddy(t, "shadow")
+	uid, key := e.seedCappedUser(t, c, 100, 1)
 
 	first := goHit(t.Context(), c.URL+"/v1/x", key)
 	if h := g.waitArrived(t, 1); h[0] != "" {
@@ -482,9 +472,7 @@ func TestConcurrencyRedisPaused(t *testing.T) {
 	g := newGate(t)
 	defer g.releaseAll()
 	c := e.caddy(t, srv.Addr, fmt.Sprintf("redis_timeout %s\non_redis_error open", failTimeout), gatedSite(g, ""))
-	uid := storetest.SeedUser(t, e.pool, 100)
-	_, key := e.seedKey(t, uid, nil)
-	setConcurrency(t, c, uid, 1)
+	uid, key := e.seedCappedUser(t, c, 100, 1)
 	// The snapshot in L1, so that only the limiter needs Redis.
 	if r := c.get(t, "/pass/x", key); r.Status != http.StatusOK {
 		t.Fatalf("warm-up: %d %s", r.Status, r.Body)
@@ -564,9 +552,7 @@ func cappedCommands(t *testing.T, global string, n int, settle time.Duration) (*
 	e := newLimEnvOn(t, rdb)
 	c := e.caddy(t, srv.Addr, global, "")
 	mon := newCmdMonitor(t, srv.Addr)
-	uid := storetest.SeedUser(t, e.pool, 100000)
-	_, key := e.seedKey(t, uid, nil)
-	setConcurrency(t, c, uid, 1000)
+	uid, key := e.seedCappedUser(t, c, 100000, 1000)
 	cmdSettle(t, c)
 	redistest.WaitForWindow(t, rdb, 15*time.Second)
 	limExpect(t, c, "/v1/x", key, []int{200}, "") // fills the caches

@@ -10,7 +10,6 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
-	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
 // Exactness (spec §6): under any concurrency, across any number of
@@ -56,9 +55,7 @@ func exactCheck(t *testing.T, e *limEnv, cs []*caddyInstance, key, counter strin
 func TestExactSingleInstance(t *testing.T) {
 	e := newLimEnv(t)
 	c := e.caddy(t, "", exactGlobal, "")
-	uid := storetest.SeedUser(t, e.pool, exactLimit)
-	gid := storetest.SeedGroup(t, e.pool, "", 0)
-	_, key := e.seedKey(t, uid, &gid)
+	uid, _, key := e.seedGroupedKey(t, exactLimit, 0, noOverride)
 	exactCheck(t, e, []*caddyInstance{c}, key, e.keys.User(uid))
 }
 
@@ -68,9 +65,7 @@ func TestExactTwoInstances(t *testing.T) {
 	e := newLimEnv(t)
 	c1 := e.caddy(t, "", exactGlobal, "")
 	c2 := e.caddy(t, "", exactGlobal, "")
-	uid := storetest.SeedUser(t, e.pool, 0)
-	gid := storetest.SeedGroup(t, e.pool, "", exactLimit)
-	_, key := e.seedKey(t, uid, &gid)
+	uid, gid, key := e.seedGroupedKey(t, 0, exactLimit, noOverride)
 	exactCheck(t, e, []*caddyInstance{c1, c2}, key, e.keys.UserGroup(uid, gid))
 }
 
@@ -88,10 +83,7 @@ func TestExactCluster(t *testing.T) {
 	redisArg := strings.Join(addrs, " ")
 	c1 := e.caddy(t, redisArg, "redis_cluster\n"+exactGlobal, "")
 	c2 := e.caddy(t, redisArg, "redis_cluster\n"+exactGlobal, "")
-	uid := storetest.SeedUser(t, e.pool, 1000)
-	gid := storetest.SeedGroup(t, e.pool, "", 1)
-	storetest.SeedOverride(t, e.pool, uid, gid, exactLimit)
-	_, key := e.seedKey(t, uid, &gid)
+	uid, gid, key := e.seedGroupedKey(t, 1000, 1, exactLimit)
 	exactCheck(t, e, []*caddyInstance{c1, c2}, key, e.keys.UserGroup(uid, gid))
 	e.wantCount(t, "user", e.keys.User(uid), exactLimit)
 	for _, c := range []*caddyInstance{c1, c2} {

@@ -32,6 +32,7 @@ import (
 	"github.com/caddyrpm/caddy-rpm/caddyrpm"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store"
+	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
 var caddyBin string
@@ -222,6 +223,21 @@ func startCaddy(t testing.TB, p params) *caddyInstance {
 	p.HTTP, p.Admin = freePort(t), freePort(t)
 	dir := t.TempDir()
 	return runCaddy(t, dir, writeCaddyfile(t, dir, p), p.HTTP, p.Admin)
+}
+
+// startWithKey starts Caddy with p on a new schema, the shared Redis under
+// a new key prefix and a new upstream (p's DSN, Prefix and Upstream are
+// set here), with one key of an unlimited user. It returns the raw key and
+// the instance.
+func startWithKey(t testing.TB, p params) (string, *caddyInstance) {
+	t.Helper()
+	pool, dsn := storetest.NewSchema(t)
+	uid := storetest.SeedUser(t, pool, 0)
+	_, key := storetest.SeedKey(t, pool, uid, nil)
+	_, prefix := redistest.Shared(t)
+	up := newUpstream(t)
+	p.DSN, p.Prefix, p.Upstream = dsn, prefix, up.URL
+	return key, startCaddy(t, p)
 }
 
 // reload renders p on the instance's ports over its Caddyfile and runs

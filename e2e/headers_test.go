@@ -135,9 +135,7 @@ func hdrLeft(t testing.TB, e *limEnv) time.Duration {
 func TestHeaders(t *testing.T) {
 	e := newLimEnv(t)
 	c := e.caddy(t, "", "", "")
-	uid := storetest.SeedUser(t, e.pool, 3)
-	gid := storetest.SeedGroup(t, e.pool, "", 4)
-	_, key := e.seedKey(t, uid, &gid)
+	uid, gid, key := e.seedGroupedKey(t, 3, 4, noOverride)
 	redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 
 	limits := map[string]int64{"user": 3, "group": 4}

@@ -10,20 +10,12 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
-	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
 // TestInputsMalformed sends malformed credentials: each gets its documented
 // 4xx, none a 5xx, and Caddy logs no panic.
 func TestInputsMalformed(t *testing.T) {
-	pool, dsn := storetest.NewSchema(t)
-	uid := storetest.SeedUser(t, pool, 0)
-	_, key := storetest.SeedKey(t, pool, uid, nil)
-	_, prefix := redistest.Shared(t)
-	up := newUpstream(t)
-	c := startCaddy(t, params{DSN: dsn, Prefix: prefix, Upstream: up.URL, Site: `handle /q/* {
+	key, c := startWithKey(t, params{Site: `handle /q/* {
 		rpm {
 			key_query key
 		}

@@ -39,15 +39,11 @@ func kfRandomKey(t testing.TB) string {
 // kfRedisKeys counts the Redis keys under prefix.
 func kfRedisKeys(t testing.TB, rdb *redis.Client, prefix string) int {
 	t.Helper()
-	n := 0
-	iter := rdb.Scan(context.Background(), 0, prefix+"*", 1000).Iterator()
-	for iter.Next(context.Background()) {
-		n++
-	}
-	if err := iter.Err(); err != nil {
+	keys, err := redistest.ScanKeys(context.Background(), rdb, prefix+"*")
+	if err != nil {
 		t.Fatal(err)
 	}
-	return n
+	return len(keys)
 }
 
 // kfWaitFilter waits until c refuses an unknown key without a store load,
@@ -130,8 +126,7 @@ func kfSeedKey(t testing.TB, pool *pgxpool.Pool, userID int64, groupID *int64, c
 // with at most 25 store loads (Caddy's count and Postgres's own scan count)
 // and no new Redis key in all; a real key keeps working.
 func TestKeyFilterRandomKeys(t *testing.T) {
-	pool, dsn := storetest.NewSchema(t)
-	pg, viaPG := proxiedPostgres(t, dsn)
+	pool, pg, viaPG := proxiedSchema(t)
 	uid := storetest.SeedUser(t, pool, 0)
 	_, real := storetest.SeedKey(t, pool, uid, nil)
 	rdb, prefix := redistest.Shared(t)
@@ -289,8 +284,7 @@ func TestKeyFilterNewKeysEverywhere(t *testing.T) {
 // filter is built, real keys pass and unknown ones are refused without a
 // store load.
 func TestKeyFilterNotBuiltRefusesNothing(t *testing.T) {
-	pool, dsn := storetest.NewSchema(t)
-	pg, viaPG := proxiedPostgres(t, dsn)
+	pool, pg, viaPG := proxiedSchema(t)
 	uid := storetest.SeedUser(t, pool, 0)
 	_, real := storetest.SeedKey(t, pool, uid, nil)
 	up := newUpstream(t)
@@ -303,12 +297,7 @@ func TestKeyFilterNotBuiltRefusesNothing(t *testing.T) {
 		t.Fatalf("the filter refused %v keys before its first build", n)
 	}
 	pg.Unblock()
-	testutil.WaitFor(t, 15*time.Second, func() error {
-		if r := c.get(t, "/v1/x", real); r.Status != 200 {
-			return &authErr{r}
-		}
-		return nil
-	})
+	c.waitAdmits(t, 15*time.Second, "/v1/x", real)
 	kfWaitFilter(t, c)
 }
 
@@ -316,8 +305,7 @@ func TestKeyFilterNotBuiltRefusesNothing(t *testing.T) {
 // cannot reach Postgres, so its notification is lost: once the listener is
 // back, the filter is rebuilt and the key is admitted.
 func TestKeyFilterRebuiltAfterListenerGap(t *testing.T) {
-	pool, dsn := storetest.NewSchema(t)
-	pg, viaPG := proxiedPostgres(t, dsn)
+	pool, pg, viaPG := proxiedSchema(t)
 	uid := storetest.SeedUser(t, pool, 0)
 	_, prefix := redistest.Shared(t)
 	up := newUpstream(t)
@@ -328,12 +316,7 @@ func TestKeyFilterRebuiltAfterListenerGap(t *testing.T) {
 	pg.Block()
 	_, key := storetest.SeedKey(t, pool, uid, nil) // straight to Postgres: the instance hears nothing
 	pg.Unblock()
-	testutil.WaitFor(t, 15*time.Second, func() error {
-		if r := c.get(t, "/v1/x", key); r.Status != 200 {
-			return &authErr{r}
-		}
-		return nil
-	})
+	c.waitAdmits(t, 15*time.Second, "/v1/x", key)
 	if n := c.metric(t, "caddy_rpm_key_filter_builds_total", `result="ok"`); n <= builds {
 		t.Fatalf("no rebuild after the listener gap (%v builds, had %v)", n, builds)
 	}

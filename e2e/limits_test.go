@@ -74,6 +74,23 @@ func (e *limEnv) seedKey(t testing.TB, userID int64, groupID *int64) (int64, str
 	return kfSeedKey(t, e.pool, userID, groupID, e.instances...)
 }
 
+// noOverride tells seedGroupedKey to seed no (user, group) override.
+const noOverride = -1
+
+// seedGroupedKey seeds a user with rpm limit user, a new group with rpm
+// limit group, the user's override in it unless override is noOverride,
+// and a key of the user in the group (see seedKey).
+func (e *limEnv) seedGroupedKey(t testing.TB, user, group, override int64) (uid, gid int64, key string) {
+	t.Helper()
+	uid = storetest.SeedUser(t, e.pool, user)
+	gid = storetest.SeedGroup(t, e.pool, "", group)
+	if override != noOverride {
+		storetest.SeedOverride(t, e.pool, uid, gid, override)
+	}
+	_, key = e.seedKey(t, uid, &gid)
+	return uid, gid, key
+}
+
 // count reads a counter's current-window count the way the limiter does
 // (hash {w, n}, w compared with the Redis clock), and whether the key exists.
 func (e *limEnv) count(t testing.TB, key string) (int64, bool) {
@@ -125,12 +142,8 @@ func (e *limEnv) userKeys(t testing.TB, uid int64) []string {
 	ctx := context.Background()
 	// '{' and '}' are not glob characters.
 	pattern := strings.TrimSuffix(e.keys.User(uid), ":user") + ":*"
-	var out []string
-	iter := e.rdb.Scan(ctx, 0, pattern, 1000).Iterator()
-	for iter.Next(ctx) {
-		out = append(out, iter.Val())
-	}
-	if err := iter.Err(); err != nil {
+	out, err := redistest.ScanKeys(ctx, e.rdb, pattern)
+	if err != nil {
 		t.Fatal(err)
 	}
 	return out
@@ -262,14 +275,17 @@ func TestLimitsTable(t *testing.T) {
 	e := newLimEnv(t)
 	c := e.caddy(t, "", "", "")
 	ok, tooMany := http.StatusOK, http.StatusTooManyRequests
+	// seed is seedGroupedKey in a fresh window.
+	seed := func(t *testing.T, user, group, override int64) (uid, gid int64, key string) {
+		t.Helper()
+		uid, gid, key = e.seedGroupedKey(t, user, group, override)
+		redistest.WaitForWindow(t, e.rdb, 15*time.Second)
+		return uid, gid, key
+	}
 
 	t.Run("override_below_group_and_user", func(t *testing.T) {
 		// override 2 / group 100 / user 100: the third is GROUP_RPM_EXCEEDED.
-		uid := storetest.SeedUser(t, e.pool, 100)
-		gid := storetest.SeedGroup(t, e.pool, "", 100)
-		storetest.SeedOverride(t, e.pool, uid, gid, 2)
-		_, key := e.seedKey(t, uid, &gid)
-		redistest.WaitForWindow(t, e.rdb, 15*time.Second)
+		uid, gid, key := seed(t, 100, 100, 2)
 		limExpect(t, c, "/v1/x", key, []int{ok, ok}, "")
 		e.wantCount(t, "user", e.keys.User(uid), 2)
 		e.wantCount(t, "(user, group)", e.keys.UserGroup(uid, gid), 2)
@@ -282,11 +298,7 @@ func TestLimitsTable(t *testing.T) {
 
 	t.Run("user_below_override", func(t *testing.T) {
 		// override 100 / user 2: the third is USER_RPM_EXCEEDED.
-		uid := storetest.SeedUser(t, e.pool, 2)
-		gid := storetest.SeedGroup(t, e.pool, "", 1)
-		storetest.SeedOverride(t, e.pool, uid, gid, 100) // lifts the group's 1
-		_, key := e.seedKey(t, uid, &gid)
-		redistest.WaitForWindow(t, e.rdb, 15*time.Second)
+		uid, gid, key := seed(t, 2, 1, 100) // the override lifts the group's 1
 		limExpect(t, c, "/v1/x", key, limSeq(limRepeat(ok, 2), limRepeat(tooMany, 2)), "USER_RPM_EXCEEDED")
 		e.wantCount(t, "user", e.keys.User(uid), 2)
 		e.wantCount(t, "(user, group)", e.keys.UserGroup(uid, gid), 2)
@@ -295,11 +307,7 @@ func TestLimitsTable(t *testing.T) {
 	t.Run("override_zero_exempts_group", func(t *testing.T) {
 		// override 0 / user 5 (group 1): the sixth is USER_RPM_EXCEEDED
 		// and no (user, group) counter exists.
-		uid := storetest.SeedUser(t, e.pool, 5)
-		gid := storetest.SeedGroup(t, e.pool, "", 1)
-		storetest.SeedOverride(t, e.pool, uid, gid, 0)
-		_, key := e.seedKey(t, uid, &gid)
-		redistest.WaitForWindow(t, e.rdb, 15*time.Second)
+		uid, gid, key := seed(t, 5, 1, 0)
 		limExpect(t, c, "/v1/x", key, limSeq(limRepeat(ok, 5), limRepeat(tooMany, 2)), "USER_RPM_EXCEEDED")
 		e.wantCount(t, "user", e.keys.User(uid), 5)
 		e.wantNoKey(t, "(user, group)", e.keys.UserGroup(uid, gid))
@@ -308,10 +316,7 @@ func TestLimitsTable(t *testing.T) {
 	t.Run("override_zero_user_zero", func(t *testing.T) {
 		// override 0 / user 0 (group 1): unlimited; no counter at all.
 		// TestCommandsPerRequest proves the zero Redis commands.
-		uid := storetest.SeedUser(t, e.pool, 0)
-		gid := storetest.SeedGroup(t, e.pool, "", 1)
-		storetest.SeedOverride(t, e.pool, uid, gid, 0)
-		_, key := e.seedKey(t, uid, &gid)
+		uid, _, key := e.seedGroupedKey(t, 0, 1, 0)
 		limExpect(t, c, "/v1/x", key, limRepeat(ok, 50), "")
 		if ks := e.userKeys(t, uid); len(ks) != 0 {
 			t.Fatalf("counters %v exist for an unlimited user", ks)
@@ -320,10 +325,7 @@ func TestLimitsTable(t *testing.T) {
 
 	t.Run("group_only", func(t *testing.T) {
 		// no override / group 5 / user 0: the sixth is GROUP_RPM_EXCEEDED.
-		uid := storetest.SeedUser(t, e.pool, 0)
-		gid := storetest.SeedGroup(t, e.pool, "", 5)
-		_, key := e.seedKey(t, uid, &gid)
-		redistest.WaitForWindow(t, e.rdb, 15*time.Second)
+		uid, gid, key := seed(t, 0, 5, noOverride)
 		limExpect(t, c, "/v1/x", key, limSeq(limRepeat(ok, 5), limRepeat(tooMany, 2)), "GROUP_RPM_EXCEEDED")
 		e.wantCount(t, "(user, group)", e.keys.UserGroup(uid, gid), 5)
 		e.wantNoKey(t, "user", e.keys.User(uid))
@@ -332,10 +334,7 @@ func TestLimitsTable(t *testing.T) {
 	t.Run("group_zero_user_limit", func(t *testing.T) {
 		// group 0 / user 2: the third is USER_RPM_EXCEEDED, no (user,
 		// group) counter.
-		uid := storetest.SeedUser(t, e.pool, 2)
-		gid := storetest.SeedGroup(t, e.pool, "", 0)
-		_, key := e.seedKey(t, uid, &gid)
-		redistest.WaitForWindow(t, e.rdb, 15*time.Second)
+		uid, gid, key := seed(t, 2, 0, noOverride)
 		limExpect(t, c, "/v1/x", key, limSeq(limRepeat(ok, 2), limRepeat(tooMany, 2)), "USER_RPM_EXCEEDED")
 		e.wantCount(t, "user", e.keys.User(uid), 2)
 		e.wantNoKey(t, "(user, group)", e.keys.UserGroup(uid, gid))
@@ -353,34 +352,31 @@ func TestLimitsTable(t *testing.T) {
 		}
 	})
 
-	t.Run("two_keys_share_group_counter", func(t *testing.T) {
-		// One user, two keys in one group (group 3, user 100): both keys
-		// count toward one (user, group) counter and one user counter.
-		uid := storetest.SeedUser(t, e.pool, 100)
-		gid := storetest.SeedGroup(t, e.pool, "", 3)
-		_, k1 := e.seedKey(t, uid, &gid)
-		_, k2 := e.seedKey(t, uid, &gid)
-		redistest.WaitForWindow(t, e.rdb, 15*time.Second)
-		limExpect(t, c, "/v1/x", k1, []int{ok, ok}, "")
-		limExpect(t, c, "/v1/x", k2, []int{ok, tooMany}, "GROUP_RPM_EXCEEDED")
-		limExpect(t, c, "/v1/x", k1, []int{tooMany}, "GROUP_RPM_EXCEEDED")
-		e.wantCount(t, "user", e.keys.User(uid), 3)
-		e.wantCount(t, "(user, group)", e.keys.UserGroup(uid, gid), 3)
-	})
-
-	t.Run("two_keys_share_user_counter", func(t *testing.T) {
-		// One user, two keys in one group (group 100, user 3).
-		uid := storetest.SeedUser(t, e.pool, 3)
-		gid := storetest.SeedGroup(t, e.pool, "", 100)
-		_, k1 := e.seedKey(t, uid, &gid)
-		_, k2 := e.seedKey(t, uid, &gid)
-		redistest.WaitForWindow(t, e.rdb, 15*time.Second)
-		limExpect(t, c, "/v1/x", k1, []int{ok}, "")
-		limExpect(t, c, "/v1/x", k2, []int{ok, ok, tooMany}, "USER_RPM_EXCEEDED")
-		limExpect(t, c, "/v1/x", k1, []int{tooMany}, "USER_RPM_EXCEEDED")
-		e.wantCount(t, "user", e.keys.User(uid), 3)
-		e.wantCount(t, "(user, group)", e.keys.UserGroup(uid, gid), 3)
-	})
+	// One user, two keys in one group: both keys count toward one (user,
+	// group) counter and one user counter, so whichever limit is 3 refuses
+	// the fourth request, whatever key sends it.
+	for _, tc := range []struct {
+		name        string
+		user, group int64
+		first       int // requests of k1 before k2's
+		code        string
+	}{
+		{"two_keys_share_group_counter", 100, 3, 2, "GROUP_RPM_EXCEEDED"},
+		{"two_keys_share_user_counter", 3, 100, 1, "USER_RPM_EXCEEDED"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			uid := storetest.SeedUser(t, e.pool, tc.user)
+			gid := storetest.SeedGroup(t, e.pool, "", tc.group)
+			_, k1 := e.seedKey(t, uid, &gid)
+			_, k2 := e.seedKey(t, uid, &gid)
+			redistest.WaitForWindow(t, e.rdb, 15*time.Second)
+			limExpect(t, c, "/v1/x", k1, limRepeat(ok, tc.first), "")
+			limExpect(t, c, "/v1/x", k2, limSeq(limRepeat(ok, 3-tc.first), []int{tooMany}), tc.code)
+			limExpect(t, c, "/v1/x", k1, []int{tooMany}, tc.code)
+			e.wantCount(t, "user", e.keys.User(uid), 3)
+			e.wantCount(t, "(user, group)", e.keys.UserGroup(uid, gid), 3)
+		})
+	}
 }
 
 // TestLimitsMetrics checks caddy_rpm_decisions_total's labels, that fail

@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
@@ -15,8 +14,7 @@ import (
 // 503 AUTH_UNAVAILABLE, never 401, while a key outside the key filter is
 // still 401. There is no Redis, so L2 cannot answer.
 func TestOutagePostgres(t *testing.T) {
-	pool, dsn := storetest.NewSchema(t)
-	pg, viaPG := proxiedPostgres(t, dsn)
+	pool, pg, viaPG := proxiedSchema(t)
 	uid := storetest.SeedUser(t, pool, 0)
 	gid := storetest.SeedGroup(t, pool, "outage", 0)
 	_, cached := storetest.SeedKey(t, pool, uid, &gid)
@@ -58,12 +56,7 @@ func TestOutagePostgres(t *testing.T) {
 		t.Fatalf("store_errors_total = %v, want >= 1", n)
 	}
 	pg.Unblock()
-	testutil.WaitFor(t, 15*time.Second, func() error {
-		if r := c.get(t, "/v1/x", uncached); r.Status != 200 {
-			return &authErr{r}
-		}
-		return nil
-	})
+	c.waitAdmits(t, 15*time.Second, "/v1/x", uncached)
 	if strings.Contains(c.Logs(), "panic") {
 		t.Fatalf("panic in logs:\n%s", c.Logs())
 	}

@@ -45,9 +45,7 @@ func routeCaddy(t testing.TB, e *limEnv, imgLimits string) *caddyInstance {
 func TestRouteLimitUser(t *testing.T) {
 	e := newLimEnv(t)
 	c := routeCaddy(t, e, "limit user 3")
-	uid := storetest.SeedUser(t, e.pool, 100)
-	gid := storetest.SeedGroup(t, e.pool, "", 0)
-	_, key := e.seedKey(t, uid, &gid)
+	uid, _, key := e.seedGroupedKey(t, 100, 0, noOverride)
 	zone := e.keys.ZoneUser("img", uid)
 	redistest.WaitForWindow(t, e.rdb, 15*time.Second)
 

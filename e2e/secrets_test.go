@@ -78,12 +78,8 @@ func TestSecretsNeverLeak(t *testing.T) {
 	}
 
 	ctx := context.Background()
-	var keys []string
-	iter := rdb.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-	for iter.Next(ctx) {
-		keys = append(keys, iter.Val())
-	}
-	if err := iter.Err(); err != nil {
+	keys, err := redistest.ScanKeys(ctx, rdb, prefix+"*")
+	if err != nil {
 		t.Fatal(err)
 	}
 	if len(keys) < 3 {

@@ -67,8 +67,7 @@ func stallWant(r response, d time.Duration, err error, status int, code string) 
 // normal latency; the admin API answers 504. Once Postgres answers again,
 // new keys are admitted and the listener delivers changes again.
 func TestStoreTimeoutStalledPostgres(t *testing.T) {
-	pool, dsn := storetest.NewSchema(t)
-	pg, viaPG := proxiedPostgres(t, dsn)
+	pool, pg, viaPG := proxiedSchema(t)
 	uid := storetest.SeedUser(t, pool, 0)
 	gid := storetest.SeedGroup(t, pool, "stall", 0)
 	freshID, fresh := storetest.SeedKey(t, pool, uid, &gid)

@@ -8,6 +8,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/caddyrpm/caddy-rpm/store/storetest"
 )
 
 // tcpProxy forwards loopback connections to a target. Block makes the
@@ -192,16 +196,19 @@ func abort(c net.Conn) {
 	_ = c.Close()
 }
 
-// proxiedPostgres puts a tcpProxy in front of the Postgres server of dsn
-// and returns the proxy and dsn with the proxy's address in place of the
-// server's.
-func proxiedPostgres(t testing.TB, dsn string) (*tcpProxy, string) {
+// proxiedSchema creates a schema (see storetest.NewSchema) and puts a
+// tcpProxy in front of its Postgres server, so that a test can cut Caddy
+// off from the database while it seeds and checks through the pool. It
+// returns the pool, the proxy and the schema's dsn with the proxy's
+// address in place of the server's.
+func proxiedSchema(t testing.TB) (*pgxpool.Pool, *tcpProxy, string) {
 	t.Helper()
+	pool, dsn := storetest.NewSchema(t)
 	u, err := url.Parse(dsn)
 	if err != nil {
 		t.Fatalf("parse dsn: %v", err)
 	}
 	pg := newTCPProxy(t, u.Host)
 	u.Host = pg.Addr
-	return pg, u.String()
+	return pool, pg, u.String()
 }

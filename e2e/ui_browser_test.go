@@ -148,9 +148,7 @@ func TestUIBrowserAdminPage(t *testing.T) {
 
 	t.Run("edit two overrides and save", func(t *testing.T) {
 		b.SetT(t)
-		b.TypeInto("#group-id", testutil.Itoa(g1))
-		b.Click("#open-group")
-		b.WaitJS(`document.getElementById('group-label').textContent === '` + testutil.Itoa(g1) + `' &&
+		b.OpenGroup(testutil.Itoa(g1), `document.getElementById('group-label').textContent === '`+testutil.Itoa(g1)+`' &&
 			document.querySelectorAll('#overrides tr').length === 2`)
 		b.Shot("group-opened")
 
@@ -202,46 +200,17 @@ func TestUIBrowserAdminPage(t *testing.T) {
 
 		b.DoubleClick("#clear-all")
 		// Read the state while the DELETE is in flight.
-		type btnState struct {
-			Disabled bool   `json:"disabled"`
-			Text     string `json:"text"`
-			Busy     string `json:"busy"`
-			Loading  bool   `json:"loading"`
-			Others   []bool `json:"others"`
-		}
-		var st btnState
-		b.Eval(`(() => { const b = document.getElementById('clear-all');
-			return {disabled: b.disabled, text: b.textContent, busy: b.getAttribute('aria-busy') || '',
-				loading: b.classList.contains('loading'),
-				others: ['save', 'add-row'].map(id => document.getElementById(id).disabled)}; })()`, &st)
-		if !st.Disabled || st.Text != "Clearing…" || st.Busy != "true" || !st.Loading {
-			t.Errorf("during the call: button %+v, want disabled, \"Clearing…\", aria-busy, .loading", st)
-		}
-		if !reflect.DeepEqual(st.Others, []bool{true, true}) {
-			t.Errorf("save, add-row disabled = %v during the clear, want both true", st.Others)
-		}
+		b.ExpectClearing()
 		b.Shot("clearing-in-flight")
 		// Still in flight half a second later: the button stays disabled and a
 		// third click does nothing.
-		time.Sleep(500 * time.Millisecond)
-		b.Click("#clear-all")
-		b.Eval(`document.getElementById('clear-all').disabled`, &st.Disabled)
-		if !st.Disabled {
-			t.Errorf("button enabled again before the DELETE answered")
-		}
+		b.ExpectClearAllIgnored()
 		if got := storetest.Overrides(t, pool, g1); len(got) != 2 {
 			t.Errorf("overrides %v already gone while the DELETE should still be held by the lock", got)
 		}
 		hold.Release()
 
-		b.WaitJS(`document.getElementById('message').textContent.includes('Cleared 2 overrides')`)
-		b.WaitJS(`!document.getElementById('clear-all').disabled`)
-		b.ExpectText("#clear-all", "Clear all")
-		var rows int
-		b.Eval(`document.querySelectorAll('#overrides tr').length`, &rows)
-		if rows != 0 {
-			t.Errorf("%d override rows on the page after clear, want 0", rows)
-		}
+		b.ExpectCleared(2)
 		b.ExpectVisible("#overrides-empty")
 		b.Shot("cleared")
 
@@ -270,9 +239,7 @@ func TestUIBrowserAdminPage(t *testing.T) {
 		b.SetT(t)
 		kf := uibKeysFileCaddy(t, prefix, up.URL)
 		brwOpen(b, kf)
-		b.TypeInto("#group-id", "1")
-		b.Click("#open-group")
-		b.WaitJS(`document.getElementById('group-label').textContent === '1' &&
+		b.OpenGroup("1", `document.getElementById('group-label').textContent === '1' &&
 			document.querySelectorAll('#overrides tr').length === 1`)
 		b.Click("#save")
 		b.WaitJS(`!document.getElementById('message').hidden && document.getElementById('message').textContent.includes('read-only')`)
@@ -323,9 +290,7 @@ func TestUIBrowserAdminPage(t *testing.T) {
 		b.Shot("token-lookup")
 
 		// A write works too, with no second prompt.
-		b.TypeInto("#group-id", testutil.Itoa(g2))
-		b.Click("#open-group")
-		b.WaitJS(`document.getElementById('group-label').textContent === '` + testutil.Itoa(g2) + `' &&
+		b.OpenGroup(testutil.Itoa(g2), `document.getElementById('group-label').textContent === '`+testutil.Itoa(g2)+`' &&
 			document.querySelectorAll('#overrides tr').length === 1`)
 		b.TypeInto(fmt.Sprintf(`#overrides tr[data-user-id="%d"] input.override-value`, userA), "35")
 		b.Click("#save")

@@ -93,8 +93,7 @@ func TestCapsThatApply(t *testing.T) {
 func TestConcurrencyWithTheLocalLimiter(t *testing.T) {
 	lim := limiter.NewLocal(time.Now)
 	g := newTestGateway(t, lim, false)
-	s := snap(nil, 0, 3, false)
-	s.User.Concurrency = 2
+	s := cappedSnap(3, 2)
 	ctx := context.Background()
 
 	a, b := g.Check(ctx, s, nil), g.Check(ctx, s, nil)
@@ -160,8 +159,7 @@ func TestRouteKeyCapIsPerKey(t *testing.T) {
 func TestShadowedCapHoldsNoPlace(t *testing.T) {
 	lim := limiter.NewLocal(time.Now)
 	g := newTestGateway(t, lim, false)
-	s := snap(nil, 0, 0, false)
-	s.User.Concurrency = 1
+	s := cappedSnap(0, 1)
 	ctx := context.Background()
 	held := g.Check(ctx, s, nil)
 	defer held.Lease.Release()
@@ -181,8 +179,7 @@ func TestCapsWhenTheLimiterFails(t *testing.T) {
 	fail := errors.New("redis down")
 	for _, failClosed := range []bool{false, true} {
 		lim := &acquiring{res: limiter.AcquireResult{Result: limiter.Result{Denied: -1}, DeniedSlot: -1}, err: fail}
-		s := snap(nil, 0, 10, false)
-		s.User.Concurrency = 2
+		s := cappedSnap(10, 2)
 		d := newTestGateway(t, lim, failClosed).Check(context.Background(), s, nil)
 		want := AdmittedFailOpen
 		if failClosed {

@@ -72,3 +72,11 @@ func (s *countingSource) LoadSnapshot(context.Context, string) (*snapshot.Snapsh
 func (s *countingSource) KeyHashes(context.Context, store.Scope, int64) ([]string, error) {
 	return nil, nil
 }
+
+// cappedSnap is the snapshot of a key without group of a user with the
+// given per-minute limit and concurrency cap.
+func cappedSnap(userLimit, concurrency int64) *snapshot.Snapshot {
+	s := snap(nil, 0, userLimit, false)
+	s.User.Concurrency = concurrency
+	return s
+}

@@ -76,6 +76,24 @@ func (s *keySet) all() [][32]byte {
 	return out
 }
 
+// mustBuild builds f and fails the test if the build fails.
+func mustBuild(t *testing.T, f *Filter) {
+	t.Helper()
+	if err := f.Build(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// wantAll fails the test with msg unless f admits every one of keys.
+func wantAll(t *testing.T, f *Filter, keys [][32]byte, msg string) {
+	t.Helper()
+	for _, k := range keys {
+		if !f.MayContain(&k) {
+			t.Fatal(msg)
+		}
+	}
+}
+
 // rejected counts how many of n random digests f refuses.
 func rejected(f *Filter, n int) int {
 	r := 0
@@ -118,17 +136,11 @@ func TestFilterAdmitsEverythingUntilBuilt(t *testing.T) {
 func TestFilterBuild(t *testing.T) {
 	s := newKeySet(5000)
 	f := New(Config{Source: s.source})
-	if err := f.Build(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	mustBuild(t, f)
 	if !f.Ready() {
 		t.Fatal("not ready after a build")
 	}
-	for _, k := range s.all() {
-		if !f.MayContain(&k) {
-			t.Fatal("a key of the store is refused")
-		}
-	}
+	wantAll(t, f, s.all(), "a key of the store is refused")
 	if n := rejected(f, 10000); n < 9990 {
 		t.Fatalf("only %d of 10000 unknown keys refused", n)
 	}
@@ -149,9 +161,7 @@ func TestFilterBuild(t *testing.T) {
 func TestFilterKeepsKeysAddedDuringABuild(t *testing.T) {
 	s := newKeySet(1000)
 	f := New(Config{Source: s.source})
-	if err := f.Build(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	mustBuild(t, f)
 	var added [][32]byte
 	s.midway = func() {
 		for range 100 {
@@ -160,25 +170,13 @@ func TestFilterKeepsKeysAddedDuringABuild(t *testing.T) {
 			f.Add(&k)
 		}
 	}
-	if err := f.Build(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range added {
-		if !f.MayContain(&k) {
-			t.Fatal("a key added while the build streamed was lost")
-		}
-	}
+	mustBuild(t, f)
+	wantAll(t, f, added, "a key added while the build streamed was lost")
 	// Also on the first build, when there is no filter yet to add to.
 	f = New(Config{Source: s.source})
 	added = nil
-	if err := f.Build(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range added {
-		if !f.MayContain(&k) {
-			t.Fatal("a key added while the first build streamed was lost")
-		}
-	}
+	mustBuild(t, f)
+	wantAll(t, f, added, "a key added while the first build streamed was lost")
 	if len(added) == 0 {
 		t.Fatal("the source did not pause midway")
 	}
@@ -187,19 +185,13 @@ func TestFilterKeepsKeysAddedDuringABuild(t *testing.T) {
 func TestFilterFailedBuildKeepsThePreviousFilter(t *testing.T) {
 	s := newKeySet(100)
 	f := New(Config{Source: s.source})
-	if err := f.Build(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	mustBuild(t, f)
 	keys := s.all()
 	s.err = errors.New("down")
 	if err := f.Build(context.Background()); err == nil {
 		t.Fatal("want an error")
 	}
-	for _, k := range keys {
-		if !f.MayContain(&k) {
-			t.Fatal("a failed build lost a key")
-		}
-	}
+	wantAll(t, f, keys, "a failed build lost a key")
 	if n := rejected(f, 1000); n < 990 {
 		t.Fatalf("after a failed build only %d of 1000 unknown keys refused", n)
 	}
@@ -210,9 +202,7 @@ func TestFilterFailedBuildKeepsThePreviousFilter(t *testing.T) {
 func TestFilterTooManyAddsDuringABuild(t *testing.T) {
 	s := newKeySet(10)
 	f := New(Config{Source: s.source})
-	if err := f.Build(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	mustBuild(t, f)
 	before := f.cur.Load()
 	s.midway = func() {
 		for range maxPending + 1 {

@@ -66,6 +66,14 @@ func (b backend) admit(t *testing.T, counters []Counter, n int) {
 	}
 }
 
+// fill sends n requests that must be admitted, then one that must be
+// refused by counter denied (see admit and refuse).
+func (b backend) fill(t *testing.T, counters []Counter, n, denied int) {
+	t.Helper()
+	b.admit(t, counters, n)
+	b.refuse(t, counters, denied)
+}
+
 // refuse sends a request that must be refused by counter denied and must
 // leave every counter unchanged.
 func (b backend) refuse(t *testing.T, counters []Counter, denied int) {
@@ -117,44 +125,34 @@ func testSpecTable(t *testing.T, b backend) {
 	})
 	t.Run("group G, user 0", func(t *testing.T) {
 		cs := []Counter{groupCounter(k, 1, 10, 3)}
-		b.admit(t, cs, 3)
-		b.refuse(t, cs, 0)
-		b.refuse(t, cs, 0)
-	})
-	t.Run("group G, user U above G", func(t *testing.T) {
-		cs := []Counter{groupCounter(k, 2, 10, 3), userCounter(k, 2, 5)}
-		b.admit(t, cs, 3)
+		b.fill(t, cs, 3, 0)
 		b.refuse(t, cs, 0)
 	})
-	t.Run("group G, user U below G", func(t *testing.T) {
-		cs := []Counter{groupCounter(k, 3, 10, 5), userCounter(k, 3, 2)}
-		b.admit(t, cs, 2)
-		b.refuse(t, cs, 1)
-	})
+	for _, tc := range []struct {
+		name     string
+		cs       []Counter
+		admitted int
+		denied   int
+	}{
+		{"group G, user U above G", []Counter{groupCounter(k, 2, 10, 3), userCounter(k, 2, 5)}, 3, 0},
+		{"group G, user U below G", []Counter{groupCounter(k, 3, 10, 5), userCounter(k, 3, 2)}, 2, 1},
+		{"override O replaces G", []Counter{groupCounter(k, 5, 10, 4), userCounter(k, 5, 10)}, 4, 0},
+		{"key without group", []Counter{userCounter(k, 6, 3)}, 3, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) { b.fill(t, tc.cs, tc.admitted, tc.denied) })
+	}
 	t.Run("override 0 exempts from the group, user U still applies", func(t *testing.T) {
 		cs := []Counter{userCounter(k, 4, 2)}
-		b.admit(t, cs, 2)
-		b.refuse(t, cs, 0)
+		b.fill(t, cs, 2, 0)
 		if n := b.count(t, k.UserGroup(4, 10)); n != 0 {
 			t.Fatalf("group counter of an exempt user = %d, want 0 (not counted)", n)
 		}
-	})
-	t.Run("override O replaces G", func(t *testing.T) {
-		cs := []Counter{groupCounter(k, 5, 10, 4), userCounter(k, 5, 10)}
-		b.admit(t, cs, 4)
-		b.refuse(t, cs, 0)
-	})
-	t.Run("key without group", func(t *testing.T) {
-		cs := []Counter{userCounter(k, 6, 3)}
-		b.admit(t, cs, 3)
-		b.refuse(t, cs, 0)
 	})
 	t.Run("user limit is a cap across groups and keys", func(t *testing.T) {
 		g1 := []Counter{groupCounter(k, 7, 1, 3), userCounter(k, 7, 5)}
 		g2 := []Counter{groupCounter(k, 7, 2, 3), userCounter(k, 7, 5)}
 		noGroup := []Counter{userCounter(k, 7, 5)}
-		b.admit(t, g1, 3)
-		b.refuse(t, g1, 0)
+		b.fill(t, g1, 3, 0)
 		b.admit(t, g2, 1)
 		b.admit(t, noGroup, 1)
 		b.refuse(t, g2, 1)
@@ -165,20 +163,17 @@ func testSpecTable(t *testing.T, b backend) {
 	})
 	t.Run("route zone limits join the same step", func(t *testing.T) {
 		cs := []Counter{groupCounter(k, 8, 10, 10), userCounter(k, 8, 10), zoneUserCounter(k, "expensive", 8, 2)}
-		b.admit(t, cs, 2)
-		b.refuse(t, cs, 2)
+		b.fill(t, cs, 2, 2)
 		// Another route without the zone is unaffected.
 		b.admit(t, cs[:2], 1)
 		perKey1 := []Counter{userCounter(k, 9, 10), zoneKeyCounter(k, "chat", 9, 1, 1)}
 		perKey2 := []Counter{userCounter(k, 9, 10), zoneKeyCounter(k, "chat", 9, 2, 1)}
-		b.admit(t, perKey1, 1)
-		b.refuse(t, perKey1, 1)
+		b.fill(t, perKey1, 1, 1)
 		b.admit(t, perKey2, 1)
 	})
 	t.Run("several full counters: the first refuses", func(t *testing.T) {
 		cs := []Counter{userCounter(k, 11, 1), groupCounter(k, 11, 10, 1)}
-		b.admit(t, cs, 1)
-		b.refuse(t, cs, 0)
+		b.fill(t, cs, 1, 0)
 		rev := []Counter{cs[1], cs[0]}
 		b.refuse(t, rev, 0)
 	})
@@ -186,8 +181,7 @@ func testSpecTable(t *testing.T, b backend) {
 		cs := []Counter{userCounter(k, 12, 3)}
 		b.admit(t, cs, 2)
 		b.refuse(t, []Counter{userCounter(k, 12, 2)}, 0)
-		b.admit(t, cs, 1)
-		b.refuse(t, cs, 0)
+		b.fill(t, cs, 1, 0)
 		b.admit(t, []Counter{userCounter(k, 12, 4)}, 1)
 	})
 }

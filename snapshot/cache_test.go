@@ -129,20 +129,11 @@ func TestCacheCollapsesConcurrentMisses(t *testing.T) {
 	rdb, prefix := redistest.Shared(t)
 	l := &countingLoader{snap: activeSnapshot(1), delay: 50 * time.Millisecond}
 	c := NewCache(testConfig(prefix), rdb, l.load, CacheHooks{})
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	for range 500 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			if _, err := c.Get(context.Background(), "cold"); err != nil {
-				t.Error(err)
-			}
-		}()
-	}
-	close(start)
-	wg.Wait()
+	together(500, func() {
+		if _, err := c.Get(context.Background(), "cold"); err != nil {
+			t.Error(err)
+		}
+	})
 	if n := l.calls.Load(); n != 1 {
 		t.Fatalf("%d store loads for 500 concurrent misses, want 1", n)
 	}
@@ -404,6 +395,23 @@ func (l *hangingLoader) load(ctx context.Context, _ string) (*Snapshot, error) {
 
 func (l *hangingLoader) unblock() { l.releaseOnce.Do(func() { close(l.release) }) }
 
+// together runs f in n goroutines that start at once, and returns when
+// every one has returned.
+func together(n int, f func()) {
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			f()
+		}()
+	}
+	close(start)
+	wg.Wait()
+}
+
 // timedGet calls c.Get and returns how long it took; a call still running
 // after 5 s is reported as an error instead of hanging the test.
 func timedGet(ctx context.Context, c *Cache, key string) (*Snapshot, time.Duration, error) {
@@ -436,24 +444,15 @@ func TestCacheWaitersLeaveAHangingLoad(t *testing.T) {
 	l := newHangingLoader(t)
 	c := NewCache(cfg, nil, l.load, CacheHooks{})
 
-	var wg sync.WaitGroup
-	start := make(chan struct{})
-	for range 50 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			_, d, err := timedGet(context.Background(), c, "cold")
-			if d > timeout+300*time.Millisecond {
-				t.Errorf("a waiter of a hanging load returned after %v (%v), want about %v", d, err, timeout)
-			}
-			if !errors.Is(err, ErrUnavailable) {
-				t.Errorf("waiter of a hanging load: %v, want ErrUnavailable", err)
-			}
-		}()
-	}
-	close(start)
-	wg.Wait()
+	together(50, func() {
+		_, d, err := timedGet(context.Background(), c, "cold")
+		if d > timeout+300*time.Millisecond {
+			t.Errorf("a waiter of a hanging load returned after %v (%v), want about %v", d, err, timeout)
+		}
+		if !errors.Is(err, ErrUnavailable) {
+			t.Errorf("waiter of a hanging load: %v, want ErrUnavailable", err)
+		}
+	})
 	if n := l.calls.Load(); n != 1 {
 		t.Fatalf("%d loads for 50 concurrent waiters, want 1", n)
 	}

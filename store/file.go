@@ -123,18 +123,10 @@ func ParseFile(data []byte) (*File, error) {
 	}
 	for i, u := range doc.Users {
 		where := fmt.Sprintf("users[%d]", i)
-		if u.ID <= 0 {
-			return nil, fmt.Errorf("%s: id must be a positive integer", where)
-		}
-		if _, dup := f.users[u.ID]; dup {
-			return nil, fmt.Errorf("%s: duplicate id %d", where, u.ID)
-		}
-		status, err := fileStatus(u.Status)
+		_, used := f.users[u.ID]
+		status, err := checkFileRecord(u.ID, used, u.Status, u.RPMLimit)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", where, err)
-		}
-		if !validLimit(u.RPMLimit) {
-			return nil, fmt.Errorf("%s: rpm_limit must be between 0 and %d", where, math.MaxInt32)
 		}
 		if !validLimit(u.Concurrency) {
 			return nil, fmt.Errorf("%s: concurrency must be between 0 and %d", where, math.MaxInt32)
@@ -145,11 +137,10 @@ func ParseFile(data []byte) (*File, error) {
 	names := make(map[string]int64, len(doc.Groups))
 	for i, g := range doc.Groups {
 		where := fmt.Sprintf("groups[%d]", i)
-		if g.ID <= 0 {
-			return nil, fmt.Errorf("%s: id must be a positive integer", where)
-		}
-		if _, dup := f.groups[g.ID]; dup {
-			return nil, fmt.Errorf("%s: duplicate id %d", where, g.ID)
+		_, used := f.groups[g.ID]
+		status, err := checkFileRecord(g.ID, used, g.Status, g.RPMLimit)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
 		}
 		if g.Name == "" {
 			g.Name = fmt.Sprintf("group-%d", g.ID)
@@ -158,13 +149,6 @@ func ParseFile(data []byte) (*File, error) {
 			return nil, fmt.Errorf("%s: name %q is also used by group %d", where, g.Name, other)
 		}
 		names[g.Name] = g.ID
-		status, err := fileStatus(g.Status)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
-		}
-		if !validLimit(g.RPMLimit) {
-			return nil, fmt.Errorf("%s: rpm_limit must be between 0 and %d", where, math.MaxInt32)
-		}
 		f.groups[g.ID] = &snapshot.Group{ID: g.ID, Name: g.Name, Platform: g.Platform, Status: status, RPMLimit: g.RPMLimit}
 	}
 	for i, o := range doc.RPMOverrides {
@@ -258,6 +242,27 @@ func (f *File) addKey(k fileKey) error {
 	f.keys[hash] = &fileEntry{snap: s}
 	f.keyByID[k.ID] = hash
 	return nil
+}
+
+// checkFileRecord checks what a users and a groups record share: a
+// positive id that no earlier record of its kind has (used), a valid
+// status and an rpm_limit in range. It returns the status, "" read as
+// active.
+func checkFileRecord(id int64, used bool, status string, rpmLimit int64) (string, error) {
+	if id <= 0 {
+		return "", errors.New("id must be a positive integer")
+	}
+	if used {
+		return "", fmt.Errorf("duplicate id %d", id)
+	}
+	status, err := fileStatus(status)
+	if err != nil {
+		return "", err
+	}
+	if !validLimit(rpmLimit) {
+		return "", fmt.Errorf("rpm_limit must be between 0 and %d", math.MaxInt32)
+	}
+	return status, nil
 }
 
 func fileStatus(s string) (string, error) {

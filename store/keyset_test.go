@@ -68,8 +68,7 @@ func TestPostgresScanKeyHashes(t *testing.T) {
 }
 
 func TestPostgresScanKeyHashesErrors(t *testing.T) {
-	pool, _ := storetest.NewSchema(t)
-	st := store.NewPostgres(pool)
+	_, st := newPostgres(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	err := st.ScanKeyHashes(ctx, func(int) {}, func(*[32]byte) { t.Error("a key from a cancelled scan") })

@@ -40,8 +40,7 @@ func TestParseEvent(t *testing.T) {
 }
 
 func TestListenReconnects(t *testing.T) {
-	pool, _ := storetest.NewSchema(t)
-	st := store.NewPostgres(pool)
+	pool, st := newPostgres(t)
 	u := userWithID(t, pool, randomID(), 1)
 
 	events := make(chan store.Event, 100)
@@ -129,8 +128,7 @@ func TestListenReconnects(t *testing.T) {
 // (so a dead connection would be noticed) and that its connection keeps
 // delivering notifications after the waits that preceded the pings.
 func TestListenPingsWhenQuiet(t *testing.T) {
-	pool, _ := storetest.NewSchema(t)
-	st := store.NewPostgres(pool)
+	pool, st := newPostgres(t)
 	st.ListenTimeout = time.Second
 	u := userWithID(t, pool, randomID(), 1)
 

@@ -64,8 +64,7 @@ func oneOf(payloads ...string) func(string) bool {
 }
 
 func TestTriggers(t *testing.T) {
-	pool, _ := storetest.NewSchema(t)
-	st := store.NewPostgres(pool)
+	pool, st := newPostgres(t)
 	ctx := context.Background()
 
 	u := userWithID(t, pool, randomID(), 10)

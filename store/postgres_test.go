@@ -48,15 +48,21 @@ func TestLoadSnapshot(t *testing.T) {
 	storetest.Exec(t, pool, `update rpm_api_keys set ip_whitelist = '{10.0.0.0/8}', ip_blacklist = '{10.1.2.3}',
 		quota = 2.5, quota_used = 1, expires_at = '2030-01-02T03:04:05Z' where id = $1`, withOverride)
 
-	t.Run("with override", func(t *testing.T) {
+	// loadInOneQuery loads raw's snapshot and checks that it took one query.
+	loadInOneQuery := func(t *testing.T, raw string) *snapshot.Snapshot {
+		t.Helper()
 		counter.n.Store(0)
-		s, err := st.LoadSnapshot(ctx, store.HashKey(rawWith))
+		s, err := st.LoadSnapshot(ctx, store.HashKey(raw))
 		if err != nil {
 			t.Fatal(err)
 		}
 		if n := counter.n.Load(); n != 1 {
 			t.Errorf("LoadSnapshot issued %d queries, want 1", n)
 		}
+		return s
+	}
+	t.Run("with override", func(t *testing.T) {
+		s := loadInOneQuery(t, rawWith)
 		exp := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 		want := &snapshot.Snapshot{
 			Version: snapshot.Version, APIKeyID: withOverride, UserID: uid, GroupID: &gid, Status: "active",
@@ -68,14 +74,7 @@ func TestLoadSnapshot(t *testing.T) {
 		assertSnapshot(t, s, want)
 	})
 	t.Run("without override", func(t *testing.T) {
-		counter.n.Store(0)
-		s, err := st.LoadSnapshot(ctx, store.HashKey(rawNoOverride))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n := counter.n.Load(); n != 1 {
-			t.Errorf("LoadSnapshot issued %d queries, want 1", n)
-		}
+		s := loadInOneQuery(t, rawNoOverride)
 		want := &snapshot.Snapshot{
 			Version: snapshot.Version, APIKeyID: noOverride, UserID: uid2, GroupID: &gid, Status: "active",
 			User:  &snapshot.User{ID: uid2, Status: "active", RPMLimit: 5},
@@ -118,9 +117,8 @@ func assertSnapshot(t *testing.T, got, want *snapshot.Snapshot) {
 }
 
 func TestKeyHashes(t *testing.T) {
-	pool, _ := storetest.NewSchema(t)
+	pool, st := newPostgres(t)
 	ctx := context.Background()
-	st := store.NewPostgres(pool)
 
 	u1 := storetest.SeedUser(t, pool, 0)
 	u2 := storetest.SeedUser(t, pool, 0)
@@ -174,9 +172,8 @@ func sameSet(a, b []string) bool {
 }
 
 func TestUserRPM(t *testing.T) {
-	pool, _ := storetest.NewSchema(t)
+	pool, st := newPostgres(t)
 	ctx := context.Background()
-	st := store.NewPostgres(pool)
 
 	u := storetest.SeedUser(t, pool, 60)
 	g1 := storetest.SeedGroup(t, pool, "a", 10)
@@ -220,9 +217,8 @@ func TestUserRPM(t *testing.T) {
 }
 
 func TestOverrides(t *testing.T) {
-	pool, _ := storetest.NewSchema(t)
+	pool, st := newPostgres(t)
 	ctx := context.Background()
-	st := store.NewPostgres(pool)
 
 	u1 := storetest.SeedUser(t, pool, 0)
 	u2 := storetest.SeedUser(t, pool, 0)
@@ -350,9 +346,8 @@ func fmtOverrides(os []store.Override) string {
 }
 
 func TestUpdates(t *testing.T) {
-	pool, _ := storetest.NewSchema(t)
+	pool, st := newPostgres(t)
 	ctx := context.Background()
-	st := store.NewPostgres(pool)
 
 	u := storetest.SeedUser(t, pool, 10)
 	g := storetest.SeedGroup(t, pool, "g", 20)
@@ -421,9 +416,8 @@ func TestUpdates(t *testing.T) {
 }
 
 func TestCreateKey(t *testing.T) {
-	pool, _ := storetest.NewSchema(t)
+	pool, st := newPostgres(t)
 	ctx := context.Background()
-	st := store.NewPostgres(pool)
 	u := storetest.SeedUser(t, pool, 0)
 
 	id, k, err := st.CreateKey(ctx, store.NewAPIKey{UserID: u, Name: "cli"})
@@ -457,10 +451,9 @@ func TestCreateKey(t *testing.T) {
 // entry that is not an address or range (plain SQL can write one) loads
 // without error, logs a warning naming the key, and admits no client.
 func TestLoadSnapshotInvalidIPListFailsClosed(t *testing.T) {
-	pool, _ := storetest.NewSchema(t)
+	pool, st := newPostgres(t)
 	ctx := context.Background()
 	core, logs := observer.New(zap.WarnLevel)
-	st := store.NewPostgres(pool)
 	st.Logger = zap.New(core)
 	uid := storetest.SeedUser(t, pool, 0)
 	for _, tc := range []struct{ name, set string }{

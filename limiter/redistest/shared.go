@@ -46,12 +46,8 @@ func Prefix(t testing.TB) string {
 func DeletePrefix(t testing.TB, c redis.UniversalClient, prefix string) {
 	t.Helper()
 	ctx := context.Background()
-	var keys []string
-	iter := c.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-	for iter.Next(ctx) {
-		keys = append(keys, iter.Val())
-	}
-	if err := iter.Err(); err != nil {
+	keys, err := ScanKeys(ctx, c, prefix+"*")
+	if err != nil {
 		t.Errorf("redistest: scan %s*: %v", prefix, err)
 	}
 	if len(keys) > 0 {
@@ -59,4 +55,14 @@ func DeletePrefix(t testing.TB, c redis.UniversalClient, prefix string) {
 			t.Errorf("redistest: delete %s*: %v", prefix, err)
 		}
 	}
+}
+
+// ScanKeys lists the keys on c that match the glob pattern, with SCAN.
+func ScanKeys(ctx context.Context, c redis.UniversalClient, pattern string) ([]string, error) {
+	var keys []string
+	iter := c.Scan(ctx, 0, pattern, 1000).Iterator()
+	for iter.Next(ctx) {
+		keys = append(keys, iter.Val())
+	}
+	return keys, iter.Err()
 }

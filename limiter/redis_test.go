@@ -25,13 +25,14 @@ func redisBackend(t *testing.T, c redis.UniversalClient, keys Keys) backend {
 	}
 }
 
-// rawCount reads a counter's hash directly (the layout documented in
-// redis.go), independent of the scripts: n if w is the current window of
-// the Redis clock, else 0.
+// rawCount reads a counter's field of its user's hash directly (the
+// layout documented in layout.go), independent of the scripts: the field
+// if w is the current window of the Redis clock, else 0.
 func rawCount(t *testing.T, c redis.UniversalClient, key string) int64 {
 	t.Helper()
 	ctx := context.Background()
-	vals, err := c.HMGet(ctx, key, "w", "n").Result()
+	hash, field := SplitCounterKey(key)
+	vals, err := c.HMGet(ctx, hash, "w", field).Result()
 	if err != nil {
 		t.Fatalf("hmget %s: %v", key, err)
 	}
@@ -44,6 +45,9 @@ func rawCount(t *testing.T, c redis.UniversalClient, key string) int64 {
 	}
 	if w != redisNow(t, c).UnixMilli()/Window.Milliseconds() {
 		return 0
+	}
+	if vals[1] == nil {
+		return 0 // another counter of the user's was written this window
 	}
 	n, err := strconv.ParseInt(vals[1].(string), 10, 64)
 	if err != nil {

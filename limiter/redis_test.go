@@ -56,6 +56,28 @@ func rawCount(t *testing.T, c redis.UniversalClient, key string) int64 {
 	return n
 }
 
+// setRawCount sets a counter's field of its user's hash directly, leaving
+// the hash's window as it is.
+func setRawCount(t *testing.T, c redis.UniversalClient, key string, n int64) {
+	t.Helper()
+	hash, field := SplitCounterKey(key)
+	if err := c.HSet(context.Background(), hash, field, n).Err(); err != nil {
+		t.Fatalf("hset %s: %v", key, err)
+	}
+}
+
+// rawTTL returns the time to live of a counter's hash (negative: none, or
+// no hash).
+func rawTTL(t *testing.T, c redis.UniversalClient, key string) time.Duration {
+	t.Helper()
+	hash, _ := SplitCounterKey(key)
+	ttl, err := c.PTTL(context.Background(), hash).Result()
+	if err != nil {
+		t.Fatalf("pttl %s: %v", key, err)
+	}
+	return ttl
+}
+
 func TestRedisSpecTable(t *testing.T) {
 	c, keys := singleClient(t)
 	testSpecTable(t, redisBackend(t, c, keys))
@@ -298,10 +320,7 @@ func TestRedisExpiry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ttl, err := c.PTTL(ctx, key).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ttl := rawTTL(t, c, key)
 	want := res.ResetIn + 3*time.Second
 	if d := ttl - want; d < -time.Second || d > time.Second {
 		t.Fatalf("PTTL %v, want about %v (window end + slack)", ttl, want)
@@ -313,14 +332,17 @@ func TestRedisStaleWindowReadsZero(t *testing.T) {
 	r := NewRedis(c)
 	ctx := context.Background()
 	redistest.WaitForWindow(t, c, minRemaining)
-	key := keys.User(1)
+	key, group := keys.User(1), keys.UserGroup(1, 1)
+	hash, _ := SplitCounterKey(key)
 	old := redisNow(t, c).UnixMilli()/Window.Milliseconds() - 1
-	if err := c.HSet(ctx, key, "w", old, "n", 100).Err(); err != nil {
+	if err := c.HSet(ctx, hash, "w", old).Err(); err != nil {
 		t.Fatal(err)
 	}
+	setRawCount(t, c, key, 100)
+	setRawCount(t, c, group, 100)
 	cs := []Counter{userCounter(keys, 1, 2)}
-	if counts, _, err := r.Peek(ctx, []string{key}); err != nil || counts[0] != 0 {
-		t.Fatalf("peek of a past window: %v, %v; want 0", counts, err)
+	if counts, _, err := r.Peek(ctx, []string{key, group}); err != nil || counts[0] != 0 || counts[1] != 0 {
+		t.Fatalf("peek of a past window: %v, %v; want 0 0", counts, err)
 	}
 	for i := int64(1); i <= 2; i++ {
 		res, err := r.Check(ctx, cs)
@@ -331,7 +353,12 @@ func TestRedisStaleWindowReadsZero(t *testing.T) {
 	if res, err := r.Check(ctx, cs); err != nil || res.Allowed {
 		t.Fatalf("third: %+v, %v; want refused", res, err)
 	}
-	if ttl := c.PTTL(ctx, key).Val(); ttl <= 0 {
+	// The user's other counter, not written in the new window, must not
+	// come back with its old count.
+	if n := rawCount(t, c, group); n != 0 {
+		t.Fatalf("group counter of the past window reads %d in the new one, want 0", n)
+	}
+	if ttl := rawTTL(t, c, key); ttl <= 0 {
 		t.Fatalf("PTTL %v after the window rolled over, want an expiry", ttl)
 	}
 }

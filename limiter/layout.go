@@ -112,29 +112,47 @@ func (l *counterLayout) index(p place) int { return l.first[p.hash] + p.field + 
 // order: luaClock, then with a set to the ARGV index of the layout
 // (appendArgs) luaReadCounters, and after the checks luaWriteCounters. The
 // writing scripts take the expiry slack in ms as ARGV[1].
+//
+// Turning a Lua number into a string (for a reply, or an argument of
+// redis.call) goes through snprintf and costs more than most commands the
+// scripts run, so they keep the strings they read (text, ws) and format
+// each number they must at most once per call.
 const (
-	// luaClock reads the Redis clock: ms, its window w and the window end.
+	// luaClock reads the Redis clock: ms, its window w (ws as a string)
+	// and the window end.
 	luaClock = `
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local w = math.floor(ms / 60000)
+local ws = tostring(w)
 local wend = (w + 1) * 60000
 `
-	// luaReadCounters reads each hash with one HMGET into count (by
-	// counter number; 0 unless the hash is of window w) and leaves a at
-	// the first ARGV after the layout. fresh marks the hashes not of
+	// luaReadCounters reads each hash with one HMGET into count and text
+	// (by counter number; 0 unless the hash is of window w) and leaves a
+	// at the first ARGV after the layout. fresh marks the hashes not of
 	// window w: 1 if absent, 2 if of an older window.
 	luaReadCounters = `
 local layout, nh = a + 1, tonumber(ARGV[a])
-local count, dirty, fresh = {}, {}, {}
+local count, text, dirty, fresh, nf = {}, {}, {}, {}, {}
 local c = 0
 a = layout
 for h = 1, nh do
   local f = tonumber(ARGV[a])
   local v = redis.call('HMGET', KEYS[h], 'w', unpack(ARGV, a + 1, a + f))
-  local cur = tonumber(v[1]) == w
-  if not cur then fresh[h] = v[1] and 2 or 1 end
-  for i = 1, f do count[c + i] = cur and tonumber(v[i + 1]) or 0 end
+  nf[h] = f
+  if v[1] == ws then
+    for i = 1, f do
+      local s = v[i + 1]
+      if s then
+        count[c + i], text[c + i] = tonumber(s), s
+      else
+        count[c + i], text[c + i] = 0, '0'
+      end
+    end
+  else
+    fresh[h] = v[1] and 2 or 1
+    for i = 1, f do count[c + i], text[c + i] = 0, '0' end
+  end
   c = c + f
   a = a + 1 + f
 end
@@ -142,24 +160,25 @@ end
 	// luaWriteCounters writes the counters marked dirty, one HSET per
 	// hash; a hash's first write of window w starts it afresh.
 	luaWriteCounters = `
-local exp = wend + tonumber(ARGV[1])
+local exp
+local set = {}
 c, a = 0, layout
 for h = 1, nh do
-  local f = tonumber(ARGV[a])
-  local set = {}
+  local f, n = nf[h], 0
   for i = 1, f do
     if dirty[c + i] then
-      set[#set + 1] = ARGV[a + i]
-      set[#set + 1] = count[c + i]
+      set[n + 1], set[n + 2] = ARGV[a + i], count[c + i]
+      n = n + 2
     end
   end
-  if #set > 0 then
+  if n > 0 then
     if fresh[h] then
+      exp = exp or tostring(wend + tonumber(ARGV[1]))
       if fresh[h] == 2 then redis.call('DEL', KEYS[h]) end
-      redis.call('HSET', KEYS[h], 'w', w, unpack(set))
+      redis.call('HSET', KEYS[h], 'w', ws, unpack(set, 1, n))
       redis.call('PEXPIREAT', KEYS[h], exp)
     else
-      redis.call('HSET', KEYS[h], unpack(set))
+      redis.call('HSET', KEYS[h], unpack(set, 1, n))
     end
   end
   c = c + f

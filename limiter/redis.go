@@ -50,18 +50,23 @@ local lease = tonumber(ARGV[2])
 local share = tonumber(ARGV[3])
 local a = 4
 ` + luaReadCounters + `
+local min, max = math.min, math.max
 local card, extended = {}, {}
-local out = {wend - ms}
-local k = nh
-while a <= #ARGV do
+-- Reused by every group: a call may carry 64.
+local idx, before, limits, held, cap = {}, {}, {}, {}, {}
+local out, o = {wend - ms}, 1
+-- admitted and denied as strings, without formatting them
+local small = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8'}
+local k, nargv = nh, #ARGV
+while a <= nargv do
   local size, m, s = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
   a = a + 3
-  local idx, before, limits = {}, {}, {}
   local admitted = size
   for i = 1, m do
     local j = tonumber(ARGV[a])
-    idx[i], before[i], limits[i] = j, count[j], tonumber(ARGV[a + 1])
-    admitted = math.min(admitted, math.max(0, limits[i] - before[i]))
+    local c, limit = count[j], tonumber(ARGV[a + 1])
+    idx[i], before[i], limits[i] = j, c, limit
+    admitted = min(admitted, max(0, limit - c))
     a = a + 2
   end
   local denied = 0
@@ -70,9 +75,9 @@ while a <= #ARGV do
       if before[i] + admitted >= limits[i] then denied = i break end
     end
   end
-  local deniedSlot, held, spares = 0, {}, 0
+  local deniedSlot, spares = 0, 0
   if s > 0 then
-    local room, cap = admitted, {}
+    local room = admitted
     for i = 1, s do
       local key = KEYS[k + i]
       local n = card[key]
@@ -82,7 +87,7 @@ while a <= #ARGV do
         card[key] = n
       end
       held[i], cap[i] = n, tonumber(ARGV[a + i - 1])
-      room = math.min(room, math.max(0, cap[i] - n))
+      room = min(room, max(0, cap[i] - n))
     end
     if room < admitted then
       -- A set is full before any counter: it refuses the rest.
@@ -97,7 +102,7 @@ while a <= #ARGV do
       -- Spares: never more than a set's room after the group / share.
       spares = tonumber(ARGV[a])
       for i = 1, s do
-        spares = math.min(spares, math.floor((cap[i] - held[i] - admitted) / share))
+        spares = min(spares, math.floor((cap[i] - held[i] - admitted) / share))
       end
       local deadline = ms + lease
       local add = {}
@@ -119,19 +124,22 @@ while a <= #ARGV do
     end
     a = a + 1 + size
   end
+  out[o + 1], out[o + 2] = small[admitted] or admitted, small[denied] or denied
+  o = o + 2
+  for i = 1, m do out[o + i] = text[idx[i]] or before[i] end
   if admitted > 0 then
     for i = 1, m do
       count[idx[i]] = before[i] + admitted
+      text[idx[i]] = nil
       dirty[idx[i]] = true
     end
   end
-  out[#out + 1] = admitted
-  out[#out + 1] = denied
-  for i = 1, m do out[#out + 1] = before[i] end
+  o = o + m
   if s > 0 then
-    out[#out + 1] = deniedSlot
-    for i = 1, s do out[#out + 1] = held[i] end
-    out[#out + 1] = spares
+    out[o + 1] = deniedSlot
+    for i = 1, s do out[o + 1 + i] = held[i] end
+    out[o + s + 2] = spares
+    o = o + s + 2
   end
   k = k + s
 end

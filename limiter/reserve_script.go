@@ -46,7 +46,7 @@ if grant > 0 then
 end
 ` + luaWriteCounters + `
 local out = {wend - ms, w, grant, denied}
-for i = 1, m do out[#out + 1] = before[i] end
+for i = 1, m do out[4 + i] = text[idx[i]] end
 return table.concat(out, ' ')
 `)
 

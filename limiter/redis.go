@@ -55,20 +55,19 @@ local card, extended = {}, {}
 -- Reused by every group: a call may carry 64.
 local idx, before, limits, held, cap = {}, {}, {}, {}, {}
 local out, o = {wend - ms}, 1
--- admitted and denied as strings, without formatting them
-local small = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8'}
 local k, nargv = nh, #ARGV
 while a <= nargv do
-  local size, m, s = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local size, m, s = ARGV[a] + 0, ARGV[a + 1] + 0, ARGV[a + 2] + 0
   a = a + 3
   local admitted = size
   for i = 1, m do
-    local j = tonumber(ARGV[a])
-    local c, limit = count[j], tonumber(ARGV[a + 1])
+    local j = ARGV[a] + 0
+    local c, limit = count[j], ARGV[a + 1] + 0
     idx[i], before[i], limits[i] = j, c, limit
-    admitted = min(admitted, max(0, limit - c))
+    if limit - c < admitted then admitted = limit - c end
     a = a + 2
   end
+  if admitted < 0 then admitted = 0 end
   local denied = 0
   if admitted < size then
     for i = 1, m do

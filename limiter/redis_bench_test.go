@@ -2,8 +2,6 @@ package limiter
 
 import (
 	"context"
-	"strconv"
-	"strings"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -30,7 +28,7 @@ func BenchmarkDistinctChecks(b *testing.B) {
 		sets[i] = []Counter{userCounter(keys, u, 1<<40), groupCounter(keys, u, 1, 1<<40)}
 	}
 	checks := make([]*pendingCheck, perCall)
-	evalsha, cpu := redisUsec(b, c)
+	evalsha, cpu := scriptUsec(b, c)
 	b.ResetTimer()
 	for i := range b.N {
 		for j := range checks {
@@ -44,44 +42,17 @@ func BenchmarkDistinctChecks(b *testing.B) {
 		}
 	}
 	b.StopTimer()
-	evalshaAfter, cpuAfter := redisUsec(b, c)
+	evalshaAfter, cpuAfter := scriptUsec(b, c)
 	b.ReportMetric((evalshaAfter-evalsha)/float64(b.N*perCall), "redis-µs/check")
 	b.ReportMetric((cpuAfter-cpu)/float64(b.N*perCall), "redis-cpu-µs/check")
 }
 
-// redisUsec returns the microseconds Redis has spent in EVALSHA so far
+// scriptUsec returns the microseconds Redis has spent in EVALSHA so far
 // (INFO commandstats: wall time inside the command) and the CPU time of
 // the whole server (INFO cpu: user + system), which other processes on the
 // machine disturb less.
-func redisUsec(b *testing.B, c *redis.Client) (evalsha, cpu float64) {
-	b.Helper()
-	info, err := c.Info(context.Background(), "commandstats", "cpu").Result()
-	if err != nil {
-		b.Fatal(err)
-	}
-	for line := range strings.Lines(info) {
-		line = strings.TrimSpace(line)
-		if rest, ok := strings.CutPrefix(line, "cmdstat_evalsha:"); ok {
-			for field := range strings.SplitSeq(rest, ",") {
-				if v, ok := strings.CutPrefix(field, "usec="); ok {
-					evalsha = parseFloat(b, v)
-				}
-			}
-		}
-		for _, name := range []string{"used_cpu_user:", "used_cpu_sys:"} {
-			if v, ok := strings.CutPrefix(line, name); ok {
-				cpu += parseFloat(b, v) * 1e6
-			}
-		}
-	}
-	return evalsha, cpu
-}
-
-func parseFloat(b *testing.B, s string) float64 {
-	b.Helper()
-	v, err := strconv.ParseFloat(s, 64)
-	if err != nil {
-		b.Fatalf("redis info: %v", err)
-	}
-	return v
+func scriptUsec(t testing.TB, c *redis.Client) (evalsha, cpu float64) {
+	info := redisInfo(t, c, "commandstats", "cpu")
+	cpu = (infoFloat(t, info["used_cpu_user"]) + infoFloat(t, info["used_cpu_sys"])) * 1e6
+	return cmdStat(t, info, "evalsha", "usec"), cpu
 }

@@ -382,3 +382,78 @@ func BenchmarkRedisCheck(b *testing.B) {
 		}
 	})
 }
+
+// TestRedisOneHashPerUser: the counters of a user live in one hash, so a
+// call reads each user's counters with one HMGET and writes them with one
+// HSET, however many of its checks and counters are that user's, and sets
+// the expiry once per user and window; a hash of an older window is
+// deleted before its first write of the new one.
+func TestRedisOneHashPerUser(t *testing.T) {
+	c, keys := privateClient(t)
+	r := NewRedis(c)
+	ctx := context.Background()
+	if err := r.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitForWindow(t, c, minRemaining)
+	sets := [][]Counter{
+		{userCounter(keys, 1, 100), groupCounter(keys, 1, 1, 100)},
+		{userCounter(keys, 1, 100), groupCounter(keys, 1, 2, 100)},
+		{userCounter(keys, 2, 100), groupCounter(keys, 2, 1, 100)},
+		{userCounter(keys, 1, 100)},
+	}
+	call := func() {
+		t.Helper()
+		checks := make([]*pendingCheck, len(sets))
+		for i, cs := range sets {
+			checks[i] = &pendingCheck{ctx: ctx, counters: cs, done: make(chan struct{})}
+		}
+		r.run(ctx, checks)
+		for i, p := range checks {
+			if p.err != nil || !p.res.Allowed {
+				t.Fatalf("check %d: %+v, %v", i, p.res, p.err)
+			}
+		}
+	}
+	calls := func() map[string]float64 {
+		t.Helper()
+		info := redisInfo(t, c, "commandstats")
+		out := make(map[string]float64)
+		for _, cmd := range []string{"hmget", "hset", "pexpireat", "del"} {
+			out[cmd] = cmdStat(t, info, cmd, "calls")
+		}
+		return out
+	}
+	ageUser1 := func() {
+		hash, _ := SplitCounterKey(keys.User(1))
+		if err := c.HIncrBy(ctx, hash, "w", -1).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, step := range []struct {
+		name   string
+		before func()
+		want   map[string]float64
+	}{
+		{"first of the window", nil, map[string]float64{"hmget": 2, "hset": 2, "pexpireat": 2, "del": 0}},
+		{"second", nil, map[string]float64{"hmget": 2, "hset": 2, "pexpireat": 0, "del": 0}},
+		{"user 1 of an older window", ageUser1, map[string]float64{"hmget": 2, "hset": 2, "pexpireat": 1, "del": 1}},
+	} {
+		if step.before != nil {
+			step.before()
+		}
+		before := calls()
+		call()
+		after := calls()
+		for cmd, n := range step.want {
+			if got := after[cmd] - before[cmd]; got != n {
+				t.Errorf("%s call: %s ran %v times, want %v", step.name, cmd, got, n)
+			}
+		}
+	}
+	for key, n := range map[string]int64{keys.User(1): 3, keys.UserGroup(1, 1): 1, keys.UserGroup(1, 2): 1, keys.User(2): 3, keys.UserGroup(2, 1): 3} {
+		if got := rawCount(t, c, key); got != n {
+			t.Errorf("%s = %d, want %d", key, got, n)
+		}
+	}
+}

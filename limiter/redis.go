@@ -126,6 +126,7 @@ while a <= nargv do
   out[o + 1], out[o + 2] = small[admitted] or admitted, small[denied] or denied
   o = o + 2
   for i = 1, m do out[o + i] = text[idx[i]] or before[i] end
+  o = o + m
   if admitted > 0 then
     for i = 1, m do
       count[idx[i]] = before[i] + admitted
@@ -133,7 +134,6 @@ while a <= nargv do
       dirty[idx[i]] = true
     end
   end
-  o = o + m
   if s > 0 then
     out[o + 1] = deniedSlot
     for i = 1, s do out[o + 1 + i] = held[i] end

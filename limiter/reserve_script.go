@@ -45,7 +45,7 @@ if grant > 0 then
   end
 end
 ` + luaWriteCounters + `
-local out = {wend - ms, w, grant, denied}
+local out = {wend - ms, ws, grant, denied}
 for i = 1, m do out[4 + i] = text[idx[i]] end
 return table.concat(out, ' ')
 `)

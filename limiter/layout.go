@@ -33,7 +33,9 @@ import (
 // SplitCounterKey returns the Redis hash and field that hold the count of
 // the counter named key: the hash is key up to and including its hash tag
 // (the first "{...}" with something inside, as Redis Cluster reads it) and
-// the field the rest; without a hash tag, key itself and "".
+// the field the rest; without a hash tag, key itself and "". The hash is
+// in the Cluster slot of key. The rest of a key of Keys starts with ":",
+// so it never is the window field "w".
 func SplitCounterKey(key string) (hash, field string) {
 	open := strings.IndexByte(key, '{')
 	if open < 0 {

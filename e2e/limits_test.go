@@ -91,8 +91,8 @@ func (e *limEnv) seedGroupedKey(t testing.TB, user, group, override int64) (uid,
 	return uid, gid, key
 }
 
-// count reads a counter's current-window count the way the limiter does
-// (hash {w, n}, w compared with the Redis clock), and whether the key exists.
+// count reads a counter's current-window count the way the limiter does,
+// and whether the counter exists (has a field in its user's hash).
 func (e *limEnv) count(t testing.TB, key string) (int64, bool) {
 	t.Helper()
 	ctx := context.Background()
@@ -100,11 +100,12 @@ func (e *limEnv) count(t testing.TB, key string) (int64, bool) {
 	if err != nil {
 		t.Fatalf("count %s: %v", key, err)
 	}
-	ex, err := e.rdb.Exists(ctx, key).Result()
+	hash, field := limiter.SplitCounterKey(key)
+	ex, err := e.rdb.HExists(ctx, hash, field).Result()
 	if err != nil {
-		t.Fatalf("exists %s: %v", key, err)
+		t.Fatalf("hexists %s: %v", key, err)
 	}
-	return n, ex == 1
+	return n, ex
 }
 
 // wantCount asserts a counter's current-window count (0 also when absent).
@@ -135,16 +136,20 @@ func (e *limEnv) wantNoKey(t testing.TB, what, key string) {
 	}
 }
 
-// userKeys lists every counter key of a user (one hash tag, so SCAN on
-// the shared Redis with that pattern finds them all).
+// userKeys lists every counter key of a user: the fields of the user's
+// counter hash but its window.
 func (e *limEnv) userKeys(t testing.TB, uid int64) []string {
 	t.Helper()
-	ctx := context.Background()
-	// '{' and '}' are not glob characters.
-	pattern := strings.TrimSuffix(e.keys.User(uid), ":user") + ":*"
-	out, err := redistest.ScanKeys(ctx, e.rdb, pattern)
+	hash, _ := limiter.SplitCounterKey(e.keys.User(uid))
+	fields, err := e.rdb.HKeys(context.Background(), hash).Result()
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("hkeys %s: %v", hash, err)
+	}
+	var out []string
+	for _, f := range fields {
+		if f != "w" {
+			out = append(out, hash+f)
+		}
 	}
 	return out
 }

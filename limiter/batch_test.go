@@ -251,7 +251,7 @@ func TestRedisChecksShareACall(t *testing.T) {
 		if got := rawCount(t, c, key); got != n {
 			t.Errorf("%s = %d, want %d", key, got, n)
 		}
-		if ttl := c.PTTL(context.Background(), key).Val(); ttl <= 0 || ttl > Window+DefaultExpirySlack {
+		if ttl := rawTTL(t, c, key); ttl <= 0 || ttl > Window+DefaultExpirySlack {
 			t.Errorf("%s: ttl %v, want within the window plus slack", key, ttl)
 		}
 	}

@@ -3,6 +3,7 @@ package limiter
 import (
 	"context"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -168,3 +169,40 @@ func TestMain(m *testing.M) {
 type quietLogger struct{}
 
 func (quietLogger) Printf(context.Context, string, ...any) {}
+
+// redisInfo returns the fields of the given INFO sections, by name.
+func redisInfo(t testing.TB, c *redis.Client, sections ...string) map[string]string {
+	t.Helper()
+	text, err := c.Info(context.Background(), sections...).Result()
+	if err != nil {
+		t.Fatalf("redis info: %v", err)
+	}
+	info := make(map[string]string)
+	for line := range strings.Lines(text) {
+		if name, value, ok := strings.Cut(strings.TrimSpace(line), ":"); ok {
+			info[name] = value
+		}
+	}
+	return info
+}
+
+// cmdStat returns one field (calls, usec, ...) of a command's line of INFO
+// commandstats in info; 0 if the command has not run.
+func cmdStat(t testing.TB, info map[string]string, cmd, field string) float64 {
+	t.Helper()
+	for f := range strings.SplitSeq(info["cmdstat_"+cmd], ",") {
+		if v, ok := strings.CutPrefix(f, field+"="); ok {
+			return infoFloat(t, v)
+		}
+	}
+	return 0
+}
+
+func infoFloat(t testing.TB, s string) float64 {
+	t.Helper()
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		t.Fatalf("redis info value %q: %v", s, err)
+	}
+	return v
+}

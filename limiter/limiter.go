@@ -21,7 +21,9 @@ var ErrUnavailable = errors.New("rate limiter unavailable")
 // Counter is one limit that applies to a request.
 type Counter struct {
 	// Key names the counter. Every counter of one user carries the user's
-	// hash tag (see Keys) so one request touches one Redis Cluster slot.
+	// hash tag (see Keys) so one request touches one Redis Cluster slot;
+	// Redis keeps the counters of one hash tag in one hash
+	// (SplitCounterKey).
 	Key string
 	// Limit is the number of requests admitted per window; it is > 0.
 	Limit int64
@@ -72,7 +74,8 @@ type Limiter interface {
 }
 
 // Keys builds counter names under a prefix. Every key of a user embeds the
-// hash tag {u<id>} so that all of them map to one Redis Cluster slot.
+// hash tag {u<id>} so that all of them map to one Redis Cluster slot, and
+// its counters are fields of one Redis hash (layout.go).
 type Keys struct{ Prefix string }
 
 func (k Keys) tag(userID int64) string {

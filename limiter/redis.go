@@ -11,20 +11,6 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// Counter layout in Redis
-//
-// Each counter is a hash under its own key (see Keys):
-//
-//	w  the window number: floor(Redis server time in ms / 60000)
-//	n  the number of admitted requests in window w
-//
-// The key names are fixed, because Redis Cluster needs every key a script
-// touches declared in KEYS, and the window is only known inside the script
-// (it reads the Redis clock with TIME). A hash whose w is not the current
-// window reads as 0 and is overwritten on the next admitted request. Every
-// write of a new window sets PEXPIREAT to the window end plus a slack, so
-// idle counters expire on their own.
-
 // checkScript checks and increments the counters of one or more checks
 // (requests), one after the other, each atomically. Identical checks (same
 // counters, same slot sets, same limits) come as one group of k: the first
@@ -37,66 +23,62 @@ import (
 // "/2", ..., as many as every set's room after the group divided by
 // reserveShare allows.
 //
-// KEYS: per group its counter keys, then its slot set keys. ARGV[1]: the
-// expiry slack in ms; ARGV[2]: the lease length in ms; ARGV[3]:
-// reserveShare; then per group its size k, the number of its counters m,
-// the number of its slot sets s, the m counter limits and, if s > 0, the s
-// set limits, want and the k members, in the order of the group. Returns
-// one string of space-separated integers (one bulk reply is cheaper to
-// build and to parse than an array): resetMs, then per group "admitted
-// denied count1 ... countm", where admitted is how many of the k were
-// admitted, denied the 1-based index of the first counter the others found
-// full (0 if none), and the counts those before the group; a group with
-// slot sets goes on with "deniedSlot held1 ... helds spares": the 1-based
-// index of the first set the others found full when no counter was (0 if
-// none), the sizes of the sets before the group, and the spare places
-// taken.
+// KEYS: the counter hashes of the call (layout.go), then per group its
+// slot set keys. ARGV[1]: the expiry slack in ms; ARGV[2]: the lease
+// length in ms; ARGV[3]: reserveShare; then the counter layout
+// (counterLayout.appendArgs); then per group its size k, the number of its
+// counters m, the number of its slot sets s, per counter its number in the
+// layout and its limit and, if s > 0, the s set limits, want and the k
+// members, in the order of the group. Returns one string of
+// space-separated integers (one bulk reply is cheaper to build and to
+// parse than an array): resetMs, then per group "admitted denied count1
+// ... countm", where admitted is how many of the k were admitted, denied
+// the 1-based index of the first counter the others found full (0 if
+// none), and the counts those before the group; a group with slot sets
+// goes on with "deniedSlot held1 ... helds spares": the 1-based index of
+// the first set the others found full when no counter was (0 if none), the
+// sizes of the sets before the group, and the spare places taken.
 //
-// Each counter is read at most once and written at most once per call,
-// however many checks of the call share it; each slot set is pruned and
-// counted at most once per call. A set that gets members is given two
-// lease lengths to live whenever less than one is left — so it outlives
-// every deadline in it, and PEXPIRE runs about once per lease length and
-// set rather than once per call.
-var checkScript = redis.NewScript(`
-local t = redis.call('TIME')
-local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local w = math.floor(ms / 60000)
-local wend = (w + 1) * 60000
+// Each counter hash is read with one HMGET and written with at most one
+// HSET per call, however many checks and counters of the call share it;
+// each slot set is pruned and counted at most once per call. A set that
+// gets members is given two lease lengths to live whenever less than one
+// is left — so it outlives every deadline in it, and PEXPIRE runs about
+// once per lease length and set rather than once per call.
+var checkScript = redis.NewScript(luaClock + `
 local lease = tonumber(ARGV[2])
 local share = tonumber(ARGV[3])
-local count, fresh, dirty, card, extended = {}, {}, {}, {}, {}
-local out = {wend - ms}
-local k, a = 0, 4
-while a <= #ARGV do
-  local size, m, s = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+local a = 4
+` + luaReadCounters + `
+local min, max = math.min, math.max
+local card, extended = {}, {}
+-- Reused by every group: a call may carry 64.
+local idx, before, limits, held, cap = {}, {}, {}, {}, {}
+local out, o = {wend - ms}, 1
+local k, nargv = nh, #ARGV
+while a <= nargv do
+  local size, m, s = ARGV[a] + 0, ARGV[a + 1] + 0, ARGV[a + 2] + 0
   a = a + 3
-  local before, limits = {}, {}
   local admitted = size
   for i = 1, m do
-    local key = KEYS[k + i]
-    local c = count[key]
-    if c == nil then
-      local v = redis.call('HMGET', key, 'w', 'n')
-      c = 0
-      if v[1] and tonumber(v[1]) == w then c = tonumber(v[2]) or 0 else fresh[key] = true end
-      count[key] = c
-    end
-    before[i], limits[i] = c, tonumber(ARGV[a + i - 1])
-    admitted = math.min(admitted, math.max(0, limits[i] - c))
+    local j = ARGV[a] + 0
+    local c, limit = count[j], ARGV[a + 1] + 0
+    idx[i], before[i], limits[i] = j, c, limit
+    if limit - c < admitted then admitted = limit - c end
+    a = a + 2
   end
+  if admitted < 0 then admitted = 0 end
   local denied = 0
   if admitted < size then
     for i = 1, m do
       if before[i] + admitted >= limits[i] then denied = i break end
     end
   end
-  a = a + m
-  local deniedSlot, held, spares = 0, {}, 0
+  local deniedSlot, spares = 0, 0
   if s > 0 then
-    local room, cap = admitted, {}
+    local room = admitted
     for i = 1, s do
-      local key = KEYS[k + m + i]
+      local key = KEYS[k + i]
       local n = card[key]
       if n == nil then
         redis.call('ZREMRANGEBYSCORE', key, '-inf', ms)
@@ -104,7 +86,7 @@ while a <= #ARGV do
         card[key] = n
       end
       held[i], cap[i] = n, tonumber(ARGV[a + i - 1])
-      room = math.min(room, math.max(0, cap[i] - n))
+      room = min(room, max(0, cap[i] - n))
     end
     if room < admitted then
       -- A set is full before any counter: it refuses the rest.
@@ -119,9 +101,9 @@ while a <= #ARGV do
       -- Spares: never more than a set's room after the group / share.
       spares = tonumber(ARGV[a])
       for i = 1, s do
-        spares = math.min(spares, math.floor((cap[i] - held[i] - admitted) / share))
+        spares = min(spares, math.floor((cap[i] - held[i] - admitted) / share))
       end
-      local deadline = string.format('%d', ms + lease)
+      local deadline = ms + lease
       local add = {}
       for j = 1, admitted do
         add[2 * j - 1], add[2 * j] = deadline, ARGV[a + j]
@@ -130,7 +112,7 @@ while a <= #ARGV do
         add[2 * (admitted + j) - 1], add[2 * (admitted + j)] = deadline, ARGV[a + 1] .. '/' .. j
       end
       for i = 1, s do
-        local key = KEYS[k + m + i]
+        local key = KEYS[k + i]
         redis.call('ZADD', key, unpack(add))
         card[key] = held[i] + admitted + spares
         if not extended[key] then
@@ -141,49 +123,38 @@ while a <= #ARGV do
     end
     a = a + 1 + size
   end
+  out[o + 1], out[o + 2] = small[admitted] or admitted, small[denied] or denied
+  o = o + 2
+  for i = 1, m do out[o + i] = text[idx[i]] or before[i] end
+  o = o + m
   if admitted > 0 then
     for i = 1, m do
-      local key = KEYS[k + i]
-      count[key] = before[i] + admitted
-      dirty[key] = true
+      count[idx[i]] = before[i] + admitted
+      text[idx[i]] = nil
+      dirty[idx[i]] = true
     end
   end
-  out[#out + 1] = admitted
-  out[#out + 1] = denied
-  for i = 1, m do out[#out + 1] = before[i] end
   if s > 0 then
-    out[#out + 1] = deniedSlot
-    for i = 1, s do out[#out + 1] = held[i] end
-    out[#out + 1] = spares
+    out[o + 1] = deniedSlot
+    for i = 1, s do out[o + 1 + i] = held[i] end
+    out[o + s + 2] = spares
+    o = o + s + 2
   end
-  k = k + m + s
+  k = k + s
 end
-local exp = string.format('%d', wend + tonumber(ARGV[1]))
-for key in pairs(dirty) do
-  if fresh[key] then
-    redis.call('HSET', key, 'w', string.format('%d', w), 'n', count[key])
-    redis.call('PEXPIREAT', key, exp)
-  else
-    redis.call('HSET', key, 'n', count[key])
-  end
-end
+` + luaWriteCounters + `
 return table.concat(out, ' ')
 `)
 
 // peekScript reads the current-window counts without writing.
 //
-// KEYS: the counter keys. Returns {resetMs, count1, ..., countN}.
-var peekScript = redis.NewScript(`#!lua flags=no-writes
-local t = redis.call('TIME')
-local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local w = math.floor(ms / 60000)
-local out = {(w + 1) * 60000 - ms}
-for i = 1, #KEYS do
-  local v = redis.call('HMGET', KEYS[i], 'w', 'n')
-  local c = 0
-  if v[1] and tonumber(v[1]) == w then c = tonumber(v[2]) or 0 end
-  out[i + 1] = c
-end
+// KEYS: the counter hashes; ARGV: the counter layout (layout.go). Returns
+// {resetMs, count1, ..., countN} in the layout's numbering.
+var peekScript = redis.NewScript("#!lua flags=no-writes" + luaClock + `
+local a = 1
+` + luaReadCounters + `
+local out = {wend - ms}
+for i = 1, c do out[i + 1] = count[i] end
 return out
 `)
 
@@ -288,24 +259,31 @@ func (r *Redis) batcherFor(key string) *batcher {
 // run sends the checks in one script call and stores each one's outcome.
 func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 	groups := groupChecks(checks)
-	nkeys, nvals := 0, 1
+	var layout counterLayout
+	places := make([]place, 0, 2*len(groups))
+	nslots, nvals := 0, 1
 	for _, g := range groups {
+		for _, c := range g[0].counters {
+			places = append(places, layout.add(c.Key))
+		}
 		m, s := len(g[0].counters), len(g[0].slots)
-		nkeys += m + s
+		nslots += s
 		nvals += 2 + m
 		if s > 0 {
 			nvals += 2 + s
 		}
 	}
-	keys := make([]string, 0, nkeys)
-	args := make([]any, 0, 3+nkeys+4*len(groups)+len(checks))
+	keys := append(make([]string, 0, len(layout.hashes)+nslots), layout.hashes...)
+	args := make([]any, 0, 4+2*len(layout.hashes)+len(places)+2*len(places)+3*len(groups)+nslots+len(checks))
 	args = append(args, r.slack, r.leases.cfg.Lease.Milliseconds(), reserveShare)
+	args = layout.appendArgs(args)
+	next := 0
 	for _, g := range groups {
 		p := g[0]
 		args = append(args, len(g), len(p.counters), len(p.slots))
 		for _, c := range p.counters {
-			keys = append(keys, c.Key)
-			args = append(args, c.Limit)
+			args = append(args, layout.index(places[next]), c.Limit)
+			next++
 		}
 		if len(p.slots) > 0 {
 			for _, sl := range p.slots {
@@ -417,14 +395,24 @@ func unavailable(op string, err error) error {
 // Peek implements Limiter. With no keys it still reads the Redis clock, so
 // it doubles as a health probe.
 func (r *Redis) Peek(ctx context.Context, keys []string) ([]int64, time.Duration, error) {
-	vals, err := peekScript.Run(ctx, r.client, keys).Int64Slice()
+	var layout counterLayout
+	places := make([]place, len(keys))
+	for i, k := range keys {
+		places[i] = layout.add(k)
+	}
+	args := layout.appendArgs(make([]any, 0, 1+2*len(keys)))
+	vals, err := peekScript.Run(ctx, r.client, layout.hashes, args...).Int64Slice()
 	if err != nil {
 		return nil, 0, unavailable("redis peek", err)
 	}
-	if len(vals) != len(keys)+1 {
-		return nil, 0, fmt.Errorf("%w: redis peek: %d values for %d keys", ErrUnavailable, len(vals), len(keys))
+	if want := 1 + layout.counters(); len(vals) != want {
+		return nil, 0, fmt.Errorf("%w: redis peek: %d values, want %d", ErrUnavailable, len(vals), want)
 	}
-	return vals[1:], time.Duration(vals[0]) * time.Millisecond, nil
+	counts := make([]int64, len(keys))
+	for i, p := range places {
+		counts[i] = vals[layout.index(p)]
+	}
+	return counts, time.Duration(vals[0]) * time.Millisecond, nil
 }
 
 // Count returns the current-window count of one counter (for tests and

@@ -25,13 +25,14 @@ func redisBackend(t *testing.T, c redis.UniversalClient, keys Keys) backend {
 	}
 }
 
-// rawCount reads a counter's hash directly (the layout documented in
-// redis.go), independent of the scripts: n if w is the current window of
-// the Redis clock, else 0.
+// rawCount reads a counter's field of its user's hash directly (the
+// layout documented in layout.go), independent of the scripts: the field
+// if w is the current window of the Redis clock, else 0.
 func rawCount(t *testing.T, c redis.UniversalClient, key string) int64 {
 	t.Helper()
 	ctx := context.Background()
-	vals, err := c.HMGet(ctx, key, "w", "n").Result()
+	hash, field := SplitCounterKey(key)
+	vals, err := c.HMGet(ctx, hash, "w", field).Result()
 	if err != nil {
 		t.Fatalf("hmget %s: %v", key, err)
 	}
@@ -45,11 +46,36 @@ func rawCount(t *testing.T, c redis.UniversalClient, key string) int64 {
 	if w != redisNow(t, c).UnixMilli()/Window.Milliseconds() {
 		return 0
 	}
+	if vals[1] == nil {
+		return 0 // another counter of the user's was written this window
+	}
 	n, err := strconv.ParseInt(vals[1].(string), 10, 64)
 	if err != nil {
 		t.Fatalf("%s: bad count %q", key, vals[1])
 	}
 	return n
+}
+
+// setRawCount sets a counter's field of its user's hash directly, leaving
+// the hash's window as it is.
+func setRawCount(t *testing.T, c redis.UniversalClient, key string, n int64) {
+	t.Helper()
+	hash, field := SplitCounterKey(key)
+	if err := c.HSet(context.Background(), hash, field, n).Err(); err != nil {
+		t.Fatalf("hset %s: %v", key, err)
+	}
+}
+
+// rawTTL returns the time to live of a counter's hash (negative: none, or
+// no hash).
+func rawTTL(t *testing.T, c redis.UniversalClient, key string) time.Duration {
+	t.Helper()
+	hash, _ := SplitCounterKey(key)
+	ttl, err := c.PTTL(context.Background(), hash).Result()
+	if err != nil {
+		t.Fatalf("pttl %s: %v", key, err)
+	}
+	return ttl
 }
 
 func TestRedisSpecTable(t *testing.T) {
@@ -294,10 +320,7 @@ func TestRedisExpiry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ttl, err := c.PTTL(ctx, key).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ttl := rawTTL(t, c, key)
 	want := res.ResetIn + 3*time.Second
 	if d := ttl - want; d < -time.Second || d > time.Second {
 		t.Fatalf("PTTL %v, want about %v (window end + slack)", ttl, want)
@@ -309,14 +332,17 @@ func TestRedisStaleWindowReadsZero(t *testing.T) {
 	r := NewRedis(c)
 	ctx := context.Background()
 	redistest.WaitForWindow(t, c, minRemaining)
-	key := keys.User(1)
+	key, group := keys.User(1), keys.UserGroup(1, 1)
+	hash, _ := SplitCounterKey(key)
 	old := redisNow(t, c).UnixMilli()/Window.Milliseconds() - 1
-	if err := c.HSet(ctx, key, "w", old, "n", 100).Err(); err != nil {
+	if err := c.HSet(ctx, hash, "w", old).Err(); err != nil {
 		t.Fatal(err)
 	}
+	setRawCount(t, c, key, 100)
+	setRawCount(t, c, group, 100)
 	cs := []Counter{userCounter(keys, 1, 2)}
-	if counts, _, err := r.Peek(ctx, []string{key}); err != nil || counts[0] != 0 {
-		t.Fatalf("peek of a past window: %v, %v; want 0", counts, err)
+	if counts, _, err := r.Peek(ctx, []string{key, group}); err != nil || counts[0] != 0 || counts[1] != 0 {
+		t.Fatalf("peek of a past window: %v, %v; want 0 0", counts, err)
 	}
 	for i := int64(1); i <= 2; i++ {
 		res, err := r.Check(ctx, cs)
@@ -327,7 +353,12 @@ func TestRedisStaleWindowReadsZero(t *testing.T) {
 	if res, err := r.Check(ctx, cs); err != nil || res.Allowed {
 		t.Fatalf("third: %+v, %v; want refused", res, err)
 	}
-	if ttl := c.PTTL(ctx, key).Val(); ttl <= 0 {
+	// The user's other counter, not written in the new window, must not
+	// come back with its old count.
+	if n := rawCount(t, c, group); n != 0 {
+		t.Fatalf("group counter of the past window reads %d in the new one, want 0", n)
+	}
+	if ttl := rawTTL(t, c, key); ttl <= 0 {
 		t.Fatalf("PTTL %v after the window rolled over, want an expiry", ttl)
 	}
 }
@@ -350,4 +381,79 @@ func BenchmarkRedisCheck(b *testing.B) {
 			}
 		}
 	})
+}
+
+// TestRedisOneHashPerUser: the counters of a user live in one hash, so a
+// call reads each user's counters with one HMGET and writes them with one
+// HSET, however many of its checks and counters are that user's, and sets
+// the expiry once per user and window; a hash of an older window is
+// deleted before its first write of the new one.
+func TestRedisOneHashPerUser(t *testing.T) {
+	c, keys := privateClient(t)
+	r := NewRedis(c)
+	ctx := context.Background()
+	if err := r.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitForWindow(t, c, minRemaining)
+	sets := [][]Counter{
+		{userCounter(keys, 1, 100), groupCounter(keys, 1, 1, 100)},
+		{userCounter(keys, 1, 100), groupCounter(keys, 1, 2, 100)},
+		{userCounter(keys, 2, 100), groupCounter(keys, 2, 1, 100)},
+		{userCounter(keys, 1, 100)},
+	}
+	call := func() {
+		t.Helper()
+		checks := make([]*pendingCheck, len(sets))
+		for i, cs := range sets {
+			checks[i] = &pendingCheck{ctx: ctx, counters: cs, done: make(chan struct{})}
+		}
+		r.run(ctx, checks)
+		for i, p := range checks {
+			if p.err != nil || !p.res.Allowed {
+				t.Fatalf("check %d: %+v, %v", i, p.res, p.err)
+			}
+		}
+	}
+	calls := func() map[string]float64 {
+		t.Helper()
+		info := redisInfo(t, c, "commandstats")
+		out := make(map[string]float64)
+		for _, cmd := range []string{"hmget", "hset", "pexpireat", "del"} {
+			out[cmd] = cmdStat(t, info, cmd, "calls")
+		}
+		return out
+	}
+	ageUser1 := func() {
+		hash, _ := SplitCounterKey(keys.User(1))
+		if err := c.HIncrBy(ctx, hash, "w", -1).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, step := range []struct {
+		name   string
+		before func()
+		want   map[string]float64
+	}{
+		{"first of the window", nil, map[string]float64{"hmget": 2, "hset": 2, "pexpireat": 2, "del": 0}},
+		{"second", nil, map[string]float64{"hmget": 2, "hset": 2, "pexpireat": 0, "del": 0}},
+		{"user 1 of an older window", ageUser1, map[string]float64{"hmget": 2, "hset": 2, "pexpireat": 1, "del": 1}},
+	} {
+		if step.before != nil {
+			step.before()
+		}
+		before := calls()
+		call()
+		after := calls()
+		for cmd, n := range step.want {
+			if got := after[cmd] - before[cmd]; got != n {
+				t.Errorf("%s call: %s ran %v times, want %v", step.name, cmd, got, n)
+			}
+		}
+	}
+	for key, n := range map[string]int64{keys.User(1): 3, keys.UserGroup(1, 1): 1, keys.UserGroup(1, 2): 1, keys.User(2): 3, keys.UserGroup(2, 1): 3} {
+		if got := rawCount(t, c, key); got != n {
+			t.Errorf("%s = %d, want %d", key, got, n)
+		}
+	}
 }

@@ -256,14 +256,18 @@ func (rs *reservations) reserve(ctx context.Context, deadline time.Time, counter
 	ctx, cancel := withDeadline(context.WithoutCancel(ctx), deadline)
 	defer cancel()
 	m := len(counters)
-	keys := make([]string, m)
-	args := make([]any, 0, 3+m)
-	args = append(args, rs.r.slack, want, reserveShare)
+	var layout counterLayout
+	places := make([]place, m)
 	for i, c := range counters {
-		keys[i] = c.Key
-		args = append(args, c.Limit)
+		places[i] = layout.add(c.Key)
 	}
-	reply, err := reserveScript.Run(ctx, rs.r.client, keys, args...).Text()
+	args := make([]any, 0, 4+4*m)
+	args = append(args, rs.r.slack, want, reserveShare)
+	args = layout.appendArgs(args)
+	for i, c := range counters {
+		args = append(args, layout.index(places[i]), c.Limit)
+	}
+	reply, err := reserveScript.Run(ctx, rs.r.client, layout.hashes, args...).Text()
 	if rs.r.onCall != nil {
 		rs.r.onCall(1)
 	}
@@ -493,12 +497,13 @@ func (rs *reservations) send(backs []handBack) {
 		}
 		for _, k := range b.keys {
 			if i, ok := c.index[k]; ok {
-				c.args[2*i+1] = c.args[2*i+1].(int64) + b.units
+				c.args[3*i+2] = c.args[3*i+2].(int64) + b.units
 				continue
 			}
+			hash, field := SplitCounterKey(k)
 			c.index[k] = len(c.keys)
-			c.keys = append(c.keys, k)
-			c.args = append(c.args, b.window, b.units)
+			c.keys = append(c.keys, hash)
+			c.args = append(c.args, field, b.window, b.units)
 		}
 	}
 	for _, c := range calls {

@@ -11,27 +11,27 @@ import "github.com/redis/go-redis/v9"
 // free for every other check; where that allows less than 2 the request is
 // checked exactly as by checkScript (g = 1).
 //
-// KEYS: the counter keys. ARGV[1]: the expiry slack in ms; ARGV[2]: want;
-// ARGV[3]: reserveShare; then the counter limits. Returns one string of space-separated integers:
-// resetMs, the window number, g (0 when refused), the 1-based index of the
-// first full counter (0 if none), then the counts before the request.
-var reserveScript = redis.NewScript(`
-local t = redis.call('TIME')
-local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local w = math.floor(ms / 60000)
-local wend = (w + 1) * 60000
+// KEYS: the counter hashes (layout.go). ARGV[1]: the expiry slack in ms;
+// ARGV[2]: want; ARGV[3]: reserveShare; then the counter layout
+// (counterLayout.appendArgs); then per counter its number in the layout
+// and its limit. Returns one string of space-separated integers: resetMs,
+// the window number, g (0 when refused), the 1-based index of the first
+// full counter (0 if none), then the counts before the request.
+var reserveScript = redis.NewScript(luaClock + `
 local grant = tonumber(ARGV[2])
 local share = tonumber(ARGV[3])
-local before, fresh = {}, {}
-local denied = 0
-for i = 1, #KEYS do
-  local v = redis.call('HMGET', KEYS[i], 'w', 'n')
-  local c = 0
-  if v[1] and tonumber(v[1]) == w then c = tonumber(v[2]) or 0 else fresh[i] = true end
-  before[i] = c
-  local room = tonumber(ARGV[3 + i]) - c
-  if room <= 0 and denied == 0 then denied = i end
+local a = 4
+` + luaReadCounters + `
+local idx, before = {}, {}
+local denied, m = 0, 0
+while a <= #ARGV do
+  m = m + 1
+  local j = tonumber(ARGV[a])
+  idx[m], before[m] = j, count[j]
+  local room = tonumber(ARGV[a + 1]) - before[m]
+  if room <= 0 and denied == 0 then denied = m end
   grant = math.min(grant, math.floor(room / share))
+  a = a + 2
 end
 if denied > 0 then
   grant = 0
@@ -39,14 +39,14 @@ elseif grant < 1 then
   grant = 1
 end
 if grant > 0 then
-  local exp = string.format('%d', wend + tonumber(ARGV[1]))
-  for i = 1, #KEYS do
-    redis.call('HSET', KEYS[i], 'w', string.format('%d', w), 'n', before[i] + grant)
-    if fresh[i] then redis.call('PEXPIREAT', KEYS[i], exp) end
+  for i = 1, m do
+    count[idx[i]] = before[i] + grant
+    dirty[idx[i]] = true
   end
 end
-local out = {wend - ms, w, grant, denied}
-for i = 1, #KEYS do out[#out + 1] = before[i] end
+` + luaWriteCounters + `
+local out = {wend - ms, ws, grant, denied}
+for i = 1, m do out[4 + i] = text[idx[i]] end
 return table.concat(out, ' ')
 `)
 
@@ -55,17 +55,19 @@ return table.concat(out, ' ')
 // in the window the units were granted in (a later window starts from 0
 // anyway), and never below 0.
 //
-// KEYS: the counter keys, each once. ARGV: per key its window number and
-// its units. Returns the number of units given back.
+// KEYS: per counter its hash (layout.go), each counter once. ARGV: per
+// counter its field, its window number and its units. Returns the number
+// of units given back.
 var handBackScript = redis.NewScript(`
 local back = 0
 for i = 1, #KEYS do
-  local v = redis.call('HMGET', KEYS[i], 'w', 'n')
-  if v[1] and tonumber(v[1]) == tonumber(ARGV[2 * i - 1]) then
+  local f = ARGV[3 * i - 2]
+  local v = redis.call('HMGET', KEYS[i], 'w', f)
+  if tonumber(v[1]) == tonumber(ARGV[3 * i - 1]) then
     local n = tonumber(v[2]) or 0
-    local u = math.min(n, tonumber(ARGV[2 * i]))
+    local u = math.min(n, tonumber(ARGV[3 * i]))
     if u > 0 then
-      redis.call('HSET', KEYS[i], 'n', n - u)
+      redis.call('HSET', KEYS[i], f, n - u)
       back = back + u
     end
   end

@@ -147,9 +147,7 @@ func TestReservationIdleHandedBack(t *testing.T) {
 	if res, err := b.Check(ctx, counters); err != nil || !res.Allowed {
 		t.Fatalf("first check: %+v %v", res, err)
 	}
-	if err := a.client.HSet(ctx, counters[0].Key, "n", 700).Err(); err != nil {
-		t.Fatal(err)
-	}
+	setRawCount(t, a.client, counters[0].Key, 700)
 	fromOthers := int64(700)
 
 	// A takes a grant under load and keeps units of it.
@@ -350,9 +348,7 @@ func TestReservationGrantBounds(t *testing.T) {
 		{-1, 1, 0},   // refused
 	} {
 		if tc.set >= 0 {
-			if err := r.client.HSet(ctx, counters[0].Key, "n", tc.set).Err(); err != nil {
-				t.Fatal(err)
-			}
+			setRawCount(t, r.client, counters[0].Key, tc.set)
 		}
 		before, err := r.Count(ctx, counters[0].Key)
 		if err != nil {

@@ -178,32 +178,33 @@ func (r *exactResult) notExact() string {
 }
 
 // readCounter returns the count of user's own counter in Redis, or -1 if
-// it does not exist or belongs to another window than window. Its key is
-// <ns>c:{u<user>}:user, <ns> depending on the store, so it is found with
-// SCAN (the benchmark's Redis is private).
+// it does not exist or belongs to another window than window. It is the
+// field ":user" of the user's counter hash <ns>c:{u<user>}, <ns>
+// depending on the store, so the hash is found with SCAN (the benchmark's
+// Redis is private).
 func readCounter(ctx context.Context, rdb *redis.Client, user, window int64) (int64, error) {
 	var keys []string
-	iter := rdb.Scan(ctx, 0, fmt.Sprintf("*c:{u%d}:user", user), 10000).Iterator()
+	iter := rdb.Scan(ctx, 0, fmt.Sprintf("*c:{u%d}", user), 10000).Iterator()
 	for iter.Next(ctx) {
 		keys = append(keys, iter.Val())
 	}
 	if err := iter.Err(); err != nil {
-		return 0, fmt.Errorf("scan for the counter of user %d: %w", user, err)
+		return 0, fmt.Errorf("scan for the counters of user %d: %w", user, err)
 	}
 	switch len(keys) {
 	case 0:
 		return -1, nil
 	case 1:
 	default:
-		return 0, fmt.Errorf("user %d has %d counters (%v), want one", user, len(keys), keys)
+		return 0, fmt.Errorf("user %d has %d counter hashes (%v), want one", user, len(keys), keys)
 	}
-	v, err := rdb.HMGet(ctx, keys[0], "w", "n").Result()
+	v, err := rdb.HMGet(ctx, keys[0], "w", ":user").Result()
 	if err != nil {
 		return 0, fmt.Errorf("read the counter of user %d: %w", user, err)
 	}
 	w, _ := v[0].(string)
-	n, _ := v[1].(string)
-	if w != strconv.FormatInt(window, 10) {
+	n, ok := v[1].(string)
+	if w != strconv.FormatInt(window, 10) || !ok {
 		return -1, nil
 	}
 	return strconv.ParseInt(n, 10, 64)

@@ -1,0 +1,195 @@
+package limiter
+
+import (
+	"slices"
+	"strings"
+)
+
+// Counter layout in Redis
+//
+// All counters of one user live in one hash: the counter key up to and
+// including its hash tag, e.g. <prefix>{u7} (see Keys). Its fields are
+//
+//	w        the window number: floor(Redis server time in ms / 60000)
+//	<field>  per counter, the rest of its key (":user", ":group:2", ...):
+//	         the number of its admitted requests in window w
+//
+// So a check reads all its counters with one HMGET and writes them with one
+// HSET, whatever their number, and a window's first write of a user sets
+// the expiry once for all of them: that per-counter work was most of the
+// Redis CPU of a check of a user not seen for a while.
+//
+// A hash whose w is not the current window reads as 0 for every field. Its
+// first write in a window deletes it (the old window's fields of counters
+// that are not written must not count in the new one), writes w and sets
+// PEXPIREAT to the window end plus a slack, so idle users' hashes expire on
+// their own.
+//
+// The hash names are fixed, because Redis Cluster needs every key a script
+// touches declared in KEYS, and the window is only known inside the script
+// (it reads the Redis clock with TIME). A key without a hash tag is a hash
+// of its own, with the field "".
+
+// SplitCounterKey returns the Redis hash and field that hold the count of
+// the counter named key: the hash is key up to and including its hash tag
+// (the first "{...}" with something inside, as Redis Cluster reads it) and
+// the field the rest; without a hash tag, key itself and "". The hash is
+// in the Cluster slot of key. The rest of a key of Keys starts with ":",
+// so it never is the window field "w".
+func SplitCounterKey(key string) (hash, field string) {
+	open := strings.IndexByte(key, '{')
+	if open < 0 {
+		return key, ""
+	}
+	n := strings.IndexByte(key[open+1:], '}')
+	if n <= 0 {
+		return key, ""
+	}
+	end := open + n + 2
+	return key[:end], key[end:]
+}
+
+// counterLayout places the counters of one script call: each hash once in
+// KEYS, each field once in ARGV. The script numbers the counters hash by
+// hash, in the order of their fields, from 1.
+type counterLayout struct {
+	hashes []string   // the KEYS
+	fields [][]string // per hash
+	first  []int      // per hash, the number of counters before it; set by appendArgs
+}
+
+// place is where a counter is in a layout: its hash and its field there.
+type place struct{ hash, field int }
+
+// add puts the counter named key in the layout, once however often it is
+// added, and returns its place. A call carries at most maxBatch checks, so
+// linear search beats a map.
+func (l *counterLayout) add(key string) place {
+	hash, field := SplitCounterKey(key)
+	h := slices.Index(l.hashes, hash)
+	if h < 0 {
+		h = len(l.hashes)
+		l.hashes = append(l.hashes, hash)
+		l.fields = append(l.fields, nil)
+	}
+	f := slices.Index(l.fields[h], field)
+	if f < 0 {
+		f = len(l.fields[h])
+		l.fields[h] = append(l.fields[h], field)
+	}
+	return place{h, f}
+}
+
+// appendArgs appends what the script reads the layout from: the number of
+// hashes, then per hash its number of fields and the fields. Call it after
+// the last add and before index.
+func (l *counterLayout) appendArgs(args []any) []any {
+	args = append(args, len(l.hashes))
+	l.first = make([]int, len(l.hashes))
+	n := 0
+	for h, fields := range l.fields {
+		l.first[h] = n
+		n += len(fields)
+		args = append(args, len(fields))
+		for _, f := range fields {
+			args = append(args, f)
+		}
+	}
+	return args
+}
+
+// counters returns the number of distinct counters in the layout.
+func (l *counterLayout) counters() int {
+	n := 0
+	for _, fields := range l.fields {
+		n += len(fields)
+	}
+	return n
+}
+
+// index returns the script's 1-based number of the counter at p.
+func (l *counterLayout) index(p place) int { return l.first[p.hash] + p.field + 1 }
+
+// Lua fragments the scripts that read and write counters share, in this
+// order: luaClock, then with a set to the ARGV index of the layout
+// (appendArgs) luaReadCounters, and after the checks luaWriteCounters. The
+// writing scripts take the expiry slack in ms as ARGV[1].
+//
+// Turning a Lua number into a string (for a reply, or an argument of
+// redis.call) goes through snprintf and costs more than most commands the
+// scripts run, so they keep the strings they read (text, ws), format each
+// number they must at most once per call, and turn strings into numbers
+// with x + 0 rather than tonumber(x), which parses twice.
+const (
+	// luaClock reads the Redis clock: ms, its window w (ws as a string)
+	// and the window end.
+	luaClock = `
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local w = math.floor(ms / 60000)
+local ws = tostring(w)
+local wend = (w + 1) * 60000
+`
+	// luaReadCounters reads each hash with one HMGET into count and text
+	// (by counter number; 0 unless the hash is of window w) and leaves a
+	// at the first ARGV after the layout. fresh marks the hashes not of
+	// window w: 1 if absent, 2 if of an older window.
+	luaReadCounters = `
+local layout, nh = a + 1, ARGV[a] + 0
+local count, text, dirty, fresh, nf = {}, {}, {}, {}, {}
+-- Small counts as strings, so that replying or writing them needs no
+-- formatting.
+local small = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8'}
+local c = 0
+a = layout
+for h = 1, nh do
+  local f = ARGV[a] + 0
+  local v = redis.call('HMGET', KEYS[h], 'w', unpack(ARGV, a + 1, a + f))
+  nf[h] = f
+  if v[1] == ws then
+    for i = 1, f do
+      local s = v[i + 1]
+      if s then
+        count[c + i], text[c + i] = s + 0, s
+      else
+        count[c + i], text[c + i] = 0, '0'
+      end
+    end
+  else
+    fresh[h] = v[1] and 2 or 1
+    for i = 1, f do count[c + i], text[c + i] = 0, '0' end
+  end
+  c = c + f
+  a = a + 1 + f
+end
+`
+	// luaWriteCounters writes the counters marked dirty, one HSET per
+	// hash; a hash's first write of window w starts it afresh.
+	luaWriteCounters = `
+local exp
+local set = {}
+c, a = 0, layout
+for h = 1, nh do
+  local f, n = nf[h], 0
+  for i = 1, f do
+    if dirty[c + i] then
+      local v = count[c + i]
+      set[n + 1], set[n + 2] = ARGV[a + i], small[v] or v
+      n = n + 2
+    end
+  end
+  if n > 0 then
+    if fresh[h] then
+      exp = exp or tostring(wend + tonumber(ARGV[1]))
+      if fresh[h] == 2 then redis.call('DEL', KEYS[h]) end
+      redis.call('HSET', KEYS[h], 'w', ws, unpack(set, 1, n))
+      redis.call('PEXPIREAT', KEYS[h], exp)
+    else
+      redis.call('HSET', KEYS[h], unpack(set, 1, n))
+    end
+  end
+  c = c + f
+  a = a + 1 + f
+end
+`
+)

@@ -1,0 +1,58 @@
+package limiter
+
+import (
+	"context"
+	"testing"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// BenchmarkDistinctChecks is what Redis spends on checks of many distinct
+// users: each iteration is one script call of 8 checks of 8 different
+// users (of 10,000, in turn), each with a user and a group counter far
+// from their limits. It reports, per check, the time Redis spent in the
+// script and the CPU time of the (private) redis-server. With -benchtime=1250x
+// every check is its user's first of the window; with more, most are not.
+func BenchmarkDistinctChecks(b *testing.B) {
+	const users, perCall = 10000, 8
+	ctx := context.Background()
+	c, keys := privateClient(b)
+	r := NewRedis(c)
+	defer r.Close()
+	if err := r.Load(ctx); err != nil {
+		b.Fatal(err)
+	}
+	sets := make([][]Counter, users)
+	for i := range sets {
+		u := int64(i + 1)
+		sets[i] = []Counter{userCounter(keys, u, 1<<40), groupCounter(keys, u, 1, 1<<40)}
+	}
+	checks := make([]*pendingCheck, perCall)
+	evalsha, cpu := scriptUsec(b, c)
+	b.ResetTimer()
+	for i := range b.N {
+		for j := range checks {
+			checks[j] = &pendingCheck{ctx: ctx, counters: sets[(i*perCall+j)%users], done: make(chan struct{})}
+		}
+		r.run(ctx, checks)
+		for _, p := range checks {
+			if p.err != nil || !p.res.Allowed {
+				b.Fatalf("check: allowed %v, err %v", p.res.Allowed, p.err)
+			}
+		}
+	}
+	b.StopTimer()
+	evalshaAfter, cpuAfter := scriptUsec(b, c)
+	b.ReportMetric((evalshaAfter-evalsha)/float64(b.N*perCall), "redis-µs/check")
+	b.ReportMetric((cpuAfter-cpu)/float64(b.N*perCall), "redis-cpu-µs/check")
+}
+
+// scriptUsec returns the microseconds Redis has spent in EVALSHA so far
+// (INFO commandstats: wall time inside the command) and the CPU time of
+// the whole server (INFO cpu: user + system), which other processes on the
+// machine disturb less.
+func scriptUsec(t testing.TB, c *redis.Client) (evalsha, cpu float64) {
+	info := redisInfo(t, c, "commandstats", "cpu")
+	cpu = (infoFloat(t, info["used_cpu_user"]) + infoFloat(t, info["used_cpu_sys"])) * 1e6
+	return cmdStat(t, info, "evalsha", "usec"), cpu
+}

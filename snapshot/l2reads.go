@@ -66,14 +66,7 @@ func (c *Cache) getL2(ctx context.Context, keyHash string) *Snapshot {
 // caller that made the read should get on with its request), or marks
 // that no read is out.
 func (c *Cache) nextL2Reads() {
-	r := &c.l2reads
-	r.mu.Lock()
-	batch := r.take()
-	if batch == nil {
-		r.busy = false
-	}
-	r.mu.Unlock()
-	if batch != nil {
+	if batch := c.l2reads.next(); batch != nil {
 		go c.drainL2Reads(batch)
 	}
 }
@@ -92,14 +85,20 @@ func (c *Cache) drainL2Reads(batch []*l2Read) {
 			q.snap = found[i]
 			close(q.done)
 		}
-		r := &c.l2reads
-		r.mu.Lock()
-		batch = r.take()
-		if batch == nil {
-			r.busy = false
-		}
-		r.mu.Unlock()
+		batch = c.l2reads.next()
 	}
+}
+
+// next takes the reads queued during the read that just ended, or marks
+// that no read is out when none did.
+func (r *l2Reads) next() []*l2Read {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	batch := r.take()
+	if batch == nil {
+		r.busy = false
+	}
+	return batch
 }
 
 // take removes up to refreshBatch reads from the queue, skipping those

@@ -27,6 +27,9 @@ const (
 	refreshQueue = 4096
 	// refreshBatch is the most keys one L2 round trip reads.
 	refreshBatch = 256
+	// refreshGather is how long due keys are gathered for a read that is
+	// not full. Far below any TTL worth reloading ahead of.
+	refreshGather = 100 * time.Millisecond
 )
 
 // refresher holds the keys due for a background reload.
@@ -72,6 +75,7 @@ func (c *Cache) refreshLoop() {
 			}
 		}
 		if len(batch) > 0 {
+			batch = c.gatherDue(batch)
 			c.reload(batch)
 			continue
 		}
@@ -82,6 +86,25 @@ func (c *Cache) refreshLoop() {
 			return
 		}
 	}
+}
+
+// gatherDue adds the keys that become due within refreshGather to a batch
+// that is not full, until it is.
+func (c *Cache) gatherDue(batch []string) []string {
+	if len(batch) >= refreshBatch {
+		return batch
+	}
+	t := time.NewTimer(refreshGather)
+	defer t.Stop()
+	for len(batch) < refreshBatch {
+		select {
+		case k := <-c.refresher.due:
+			batch = append(batch, k)
+		case <-t.C:
+			return batch
+		}
+	}
+	return batch
 }
 
 // reload reads keys from L2 in one round trip and puts what it found into

@@ -13,6 +13,11 @@ type arrivals struct {
 	cur, prev int64
 }
 
+// seenOnce is the rate of a set made at its second request within
+// rateBucket, at now, before arrive counts that one: the first (whose time
+// is not kept) counts in the bucket starting now.
+func seenOnce(now time.Time) arrivals { return arrivals{bucket: now, cur: 1} }
+
 // arrive counts a request of the set at now.
 func (a *arrivals) arrive(now time.Time) {
 	a.last = now

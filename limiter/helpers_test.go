@@ -206,3 +206,19 @@ func infoFloat(t testing.TB, s string) float64 {
 	}
 	return v
 }
+
+// hotSet returns the reservation of a set of counters as two requests of
+// it within rateBucket make it (see recentSets).
+func hotSet(r *Redis, counters []Counter) *reservation {
+	now := time.Now()
+	r.reserve.lookup(counters, now)
+	return r.reserve.lookup(counters, now)
+}
+
+// hotPool returns the pool of spare places of a slot tuple as two requests
+// of it within rateBucket make it.
+func hotPool(r *Redis, slots []Slot) *placePool {
+	now := time.Now()
+	r.reserve.pool(slots, now)
+	return r.reserve.pool(slots, now)
+}

@@ -42,6 +42,7 @@ type placePools struct {
 
 	mu     sync.RWMutex
 	pools  map[string]*placePool
+	recent *recentSets // the tuples that may get a pool
 	closed bool
 }
 
@@ -64,18 +65,19 @@ type placePool struct {
 }
 
 func newPlacePools(k *leaseKeeper) *placePools {
-	return &placePools{keeper: k, pools: make(map[string]*placePool)}
+	return &placePools{keeper: k, pools: make(map[string]*placePool), recent: newRecentSets()}
 }
 
-// lookup returns the pool of a slot tuple, made (made true) if there is
-// room for it; nil if not.
-func (ps *placePools) lookup(slots []Slot) (p *placePool, made bool) {
+// lookup returns the pool of a slot tuple with a request at now, made
+// (made true) if the tuple had another within rateBucket (counted in its
+// rate) and there is room for it; nil if not.
+func (ps *placePools) lookup(slots []Slot, now time.Time) (p *placePool, made bool) {
 	var buf [128]byte
-	return lookupIn(&ps.mu, ps.pools, appendSetKey(buf[:0], slots), func() *placePool {
+	return lookupIn(&ps.mu, ps.pools, ps.recent, appendSetKey(buf[:0], slots), now, func() *placePool {
 		if ps.closed || len(ps.pools) >= maxReservationSets {
 			return nil
 		}
-		return &placePool{keeper: ps.keeper, slots: append([]Slot(nil), slots...)}
+		return &placePool{keeper: ps.keeper, slots: append([]Slot(nil), slots...), arrivals: seenOnce(now)}
 	})
 }
 

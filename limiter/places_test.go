@@ -115,7 +115,7 @@ func TestSparePlacesSizedByRoom(t *testing.T) {
 			r := reservingAcquirer(t, c, time.Hour, fastLeases)
 			ss := []Slot{{Key: keys.UserSlots(int64(i + 1)), Limit: tc.limit, UserID: int64(i + 1)}}
 			fillSet(t, c, ss[0].Key, tc.held)
-			p := r.reserve.pool(ss)
+			p := hotPool(r, ss)
 			p.mu.Lock()
 			p.bucket, p.prev, p.cur = time.Now(), tc.want, 0
 			p.mu.Unlock()
@@ -299,7 +299,7 @@ func TestSparePlacesLostAnswerHandedBack(t *testing.T) {
 	c, keys := singleClient(t)
 	r := reservingAcquirer(t, c, time.Hour, fastLeases)
 	ss := []Slot{{Key: keys.UserSlots(1), Limit: 1 << 20, UserID: 1}}
-	p := r.reserve.pool(ss)
+	p := hotPool(r, ss)
 	p.mu.Lock()
 	p.bucket, p.prev, p.cur = time.Now(), maxGrant, 0
 	p.mu.Unlock()
@@ -322,7 +322,7 @@ func TestSparePlacesLapsedNotGiven(t *testing.T) {
 	r := reservingAcquirer(t, c, time.Hour, fastLeases)
 	ss := []Slot{{Key: keys.UserSlots(1), Limit: 1 << 20, UserID: 1}}
 	takeSpares(t, r, ss)
-	p := r.reserve.pool(ss)
+	p := hotPool(r, ss)
 	lapsed := map[*Lease]bool{}
 	p.mu.Lock()
 	for _, l := range p.idle {

@@ -84,7 +84,8 @@ type reservations struct {
 
 	mu      sync.RWMutex
 	sets    map[string]*reservation
-	pending []handBack // to send
+	recent  *recentSets // the sets that may get an entry
+	pending []handBack  // to send
 	started bool
 	closed  bool
 
@@ -148,7 +149,7 @@ func newReservations(r *Redis, ttl time.Duration) *reservations {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &reservations{
 		r: r, ttl: ttl,
-		sets: make(map[string]*reservation),
+		sets: make(map[string]*reservation), recent: newRecentSets(),
 		kick: make(chan struct{}, 1),
 		ctx:  ctx, cancel: cancel,
 		places: newPlacePools(r.leases),
@@ -166,7 +167,7 @@ func (rs *reservations) sweepEvery() time.Duration { return rs.ttl / 4 }
 // has units left, otherwise in Redis, reserving when the rate is high.
 func (rs *reservations) check(ctx context.Context, deadline time.Time, counters []Counter) (Result, error) {
 	now := time.Now()
-	e := rs.lookup(counters)
+	e := rs.lookup(counters, now)
 	if e == nil {
 		return rs.plain(ctx, deadline, counters)
 	}
@@ -320,16 +321,17 @@ func (e *reservation) drop(now time.Time) (handBack, bool) {
 	return handBack{keys: keysOf(e.counters), window: e.window, units: units, until: e.end}, true
 }
 
-// lookup returns the reservation of a set, made if there is room for it;
-// nil if not.
-func (rs *reservations) lookup(counters []Counter) *reservation {
+// lookup returns the reservation of a set with a request at now, made if
+// the set had another within rateBucket (counted in its rate) and there
+// is room for it; nil if not.
+func (rs *reservations) lookup(counters []Counter, now time.Time) *reservation {
 	var buf [128]byte
-	e, _ := lookupIn(&rs.mu, rs.sets, appendSetKey(buf[:0], counters), func() *reservation {
+	e, _ := lookupIn(&rs.mu, rs.sets, rs.recent, appendSetKey(buf[:0], counters), now, func() *reservation {
 		if rs.closed || len(rs.sets) >= maxReservationSets {
 			return nil
 		}
 		rs.startLocked()
-		return &reservation{counters: append([]Counter(nil), counters...)}
+		return &reservation{counters: append([]Counter(nil), counters...), arrivals: seenOnce(now)}
 	})
 	return e
 }
@@ -344,10 +346,11 @@ func (rs *reservations) startLocked() {
 	}
 }
 
-// pool returns the pool of spare places of a slot tuple (nil if none can
-// be made), starting the goroutine that sweeps idle pools.
-func (rs *reservations) pool(slots []Slot) *placePool {
-	p, made := rs.places.lookup(slots)
+// pool returns the pool of spare places of a slot tuple with a request at
+// now (nil if none is made, as lookup), starting the goroutine that sweeps
+// idle pools.
+func (rs *reservations) pool(slots []Slot, now time.Time) *placePool {
+	p, made := rs.places.lookup(slots, now)
 	if made {
 		rs.mu.Lock()
 		if !rs.closed {

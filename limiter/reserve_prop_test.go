@@ -76,7 +76,7 @@ func TestReservationProperty(t *testing.T) {
 				if p < 55 {
 					want = 1 + rng.Int64N(maxGrant)
 				}
-				e := r.reserve.lookup(counters)
+				e := hotSet(r, counters)
 				e.mu.Lock()
 				e.bucket, e.prev, e.cur = time.Now(), want, 0
 				e.mu.Unlock()

@@ -10,7 +10,7 @@ import (
 // primeRate makes the set of counters look seen n times in the last rate
 // bucket, so that r's next check of it asks for a grant of n.
 func primeRate(r *Redis, counters []Counter, n int64) {
-	e := r.reserve.lookup(counters)
+	e := hotSet(r, counters)
 	e.mu.Lock()
 	e.bucket, e.prev = time.Now(), n
 	e.mu.Unlock()

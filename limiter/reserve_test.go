@@ -432,7 +432,7 @@ func TestReservationRefillOutlivesItsCaller(t *testing.T) {
 		c.BLPop(ctx, 300*time.Millisecond, keys.Prefix+"nothing")
 	}()
 	time.Sleep(50 * time.Millisecond)
-	e := r.reserve.lookup(counters)
+	e := hotSet(r, counters)
 	e.mu.Lock()
 	e.bucket, e.prev, e.lastGrant = time.Now(), 10, 10 // hot: others wait for a refill
 	e.mu.Unlock()

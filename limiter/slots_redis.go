@@ -51,9 +51,10 @@ func (r *Redis) acquireBy(ctx context.Context, deadline time.Time, counters []Co
 	var pool *placePool
 	var spares int64
 	if r.reserve != nil {
-		if pool = r.reserve.pool(slots); pool != nil {
+		now := time.Now()
+		if pool = r.reserve.pool(slots, now); pool != nil {
 			var place *Lease
-			if place, spares = pool.take(time.Now()); place != nil {
+			if place, spares = pool.take(now); place != nil {
 				return r.acquireSpare(ctx, deadline, pool, place, counters)
 			}
 		}

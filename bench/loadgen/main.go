@@ -275,8 +275,39 @@ func bench(ctx context.Context, cfg config) (*report, error) {
 	return rep, nil
 }
 
-// runPhase runs ph.Rounds rounds; each runs every scenario for one segment,
-// in an order rotated by one per round, and measures around the segment.
+// roundOrder is the run order of one round: the scenarios other than the
+// baseline in an order rotated by one per round, each right after a
+// segment of the baseline, and the baseline once more at the end. So every
+// scenario's segment sits between two of the baseline's, seconds apart,
+// and is compared with them (pairedRatios): this machine's speed drifts by
+// ±10 % within minutes, far more than within one segment's neighbourhood.
+// Without the baseline among targets, just the rotated order.
+func roundOrder(targets []target, baseline string, round int) []target {
+	var others []target
+	var base *target
+	for i, t := range targets {
+		if t.Name == baseline {
+			base = &targets[i]
+			continue
+		}
+		others = append(others, t)
+	}
+	n := len(others)
+	var order []target
+	for i := range n {
+		if base != nil {
+			order = append(order, *base)
+		}
+		order = append(order, others[(i+round)%n])
+	}
+	if base != nil {
+		order = append(order, *base)
+	}
+	return order
+}
+
+// runPhase runs ph.Rounds rounds, each in roundOrder, one segment per
+// entry, and measures around each segment.
 func runPhase(ctx context.Context, cfg config, rdb *redis.Client, ph *phase) error {
 	segLen, err := time.ParseDuration(ph.Segment)
 	if err != nil {
@@ -286,13 +317,13 @@ func runPhase(ctx context.Context, cfg config, rdb *redis.Client, ph *phase) err
 		ph.Scenarios = append(ph.Scenarios, newScenarioResult(t.Name))
 	}
 	ph.LoadBefore = loadavg()
+	profiled := map[string]bool{}
 	for round := range ph.Rounds {
-		n := len(cfg.targets)
-		for i := range n {
-			t := cfg.targets[(i+round)%n]
+		for _, t := range roundOrder(cfg.targets, cfg.baseline, round) {
 			r := ph.scenario(t.Name)
 			var prof chan error
-			if cfg.pprofURL != "" && round == 0 {
+			if cfg.pprofURL != "" && !profiled[t.Name] {
+				profiled[t.Name] = true
 				prof = make(chan error, 1)
 				go func() {
 					prof <- captureProfile(ctx, cfg.pprofURL, cfg.pprofDir, ph.Name+"-"+t.Name, segLen)

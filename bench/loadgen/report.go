@@ -263,21 +263,17 @@ func phaseMarkdown(p func(string, ...any), cfg config, rep *report, ph *phase) {
 		}
 	}
 
-	p("\nPer segment (req/s, p99 ms):\n\n| round |")
-	for _, r := range ph.Scenarios {
-		p(" %s |", r.Name)
-	}
-	p("\n|---|%s\n", strings.Repeat("---:|", len(ph.Scenarios)))
-	for round := 1; round <= ph.Rounds; round++ {
-		p("| %d |", round)
-		for _, r := range ph.Scenarios {
-			for _, s := range ph.Segments {
-				if s.Round == round && s.Scenario == r.Name {
-					p(" %.0f (%.3f) |", s.RPS, s.P99ms)
-				}
+	p("\nPer segment, in run order:\n\n| round | scenario | req/s | p99 ms | × the %s segments around it |\n|---:|---|---:|---:|---:|\n", cfg.baseline)
+	seen := map[string]int{}
+	for _, s := range ph.Segments {
+		ratio := "-"
+		if s.Scenario != cfg.baseline {
+			if rs := pairedRatios(ph, s.Scenario, cfg.baseline); seen[s.Scenario] < len(rs) {
+				ratio = fmt.Sprintf("%.3f", rs[seen[s.Scenario]])
 			}
+			seen[s.Scenario]++
 		}
-		p("\n")
+		p("| %d | %s | %.0f | %.3f | %s |\n", s.Round, s.Scenario, s.RPS, s.P99ms, ratio)
 	}
 }
 

@@ -20,26 +20,34 @@ func perUnit(v, n float64, prec int) string {
 	return fmt.Sprintf("%.*f", prec, v/n)
 }
 
-// roundRatios returns, per round of ph, the scenario's req/s over the
-// baseline's of the same round: the segments of one round ran minutes
-// apart at most, so a neighbour's load shifts both alike.
-func roundRatios(ph *phase, name, baseline string) []float64 {
+// pairedRatios returns, per segment of the scenario in ph, its req/s over
+// the mean of the baseline's nearest segments before and after it (one of
+// them at the ends): with roundOrder those are its neighbours, run seconds
+// apart, so the machine's drift shifts all three alike.
+func pairedRatios(ph *phase, name, baseline string) []float64 {
 	var out []float64
-	for round := 1; round <= ph.Rounds; round++ {
-		var r, b float64
-		for _, s := range ph.Segments {
-			if s.Round != round {
-				continue
-			}
-			if s.Scenario == name {
-				r = s.RPS
-			}
-			if s.Scenario == baseline {
-				b = s.RPS
+	for i, s := range ph.Segments {
+		if s.Scenario != name {
+			continue
+		}
+		var sum, n float64
+		for j := i - 1; j >= 0; j-- {
+			if ph.Segments[j].Scenario == baseline {
+				sum, n = sum+ph.Segments[j].RPS, n+1
+				break
 			}
 		}
-		if b > 0 {
-			out = append(out, r/b)
+		for j := i + 1; j < len(ph.Segments); j++ {
+			if ph.Segments[j].Scenario == baseline {
+				sum, n = sum+ph.Segments[j].RPS, n+1
+				break
+			}
+		}
+		if name == baseline {
+			sum, n = s.RPS, 1
+		}
+		if sum > 0 {
+			out = append(out, s.RPS/(sum/n))
 		}
 	}
 	return out
@@ -83,10 +91,10 @@ func summaryMarkdown(p func(string, ...any), cfg config, rep *report) {
 		lat = rep.Phases[1]
 	}
 	p("\n#### Summary (phase %s, %d connections)\n\n", sat.Name, sat.Connections)
-	p("× plain per round: the median over the rounds of the scenario's req/s over plain's in the same round. " +
+	p("× plain, paired: the median over the scenario's segments of its req/s over the mean of the plain segments run just before and after it. " +
 		"Caddy CPU is that of all Caddy processes (one works, the others idle). Redis commands are the client-issued ones " +
 		"(not the script-internal ones); L1/L2: hit ratio (hits / lookups) from caddy_rpm_cache_hits_total and caddy_rpm_cache_misses_total.\n\n")
-	p("| scenario | req/s | × plain | × plain per round (median) | p99 added ms, %d conn. |", sat.Connections)
+	p("| scenario | req/s | × plain | × plain, paired (median) | p99 added ms, %d conn. |", sat.Connections)
 	if lat != nil {
 		p(" p99 added ms, %d conn. |", lat.Connections)
 	}
@@ -94,7 +102,7 @@ func summaryMarkdown(p func(string, ...any), cfg config, rep *report) {
 		strings.Repeat("---:|", 10+btoi(lat != nil)))
 	for _, r := range sat.Scenarios {
 		p("| %s | %.0f | %.3f | %.3f | %+.3f |", r.Name, r.RPS, r.RPS/base.RPS,
-			median(roundRatios(sat, r.Name, cfg.baseline)), r.P99ms-base.P99ms)
+			median(pairedRatios(sat, r.Name, cfg.baseline)), r.P99ms-base.P99ms)
 		if lat != nil {
 			if lr, lb := lat.scenario(r.Name), lat.scenario(cfg.baseline); lr != nil && lb != nil {
 				p(" %+.3f |", lr.P99ms-lb.P99ms)

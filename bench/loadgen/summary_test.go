@@ -1,25 +1,56 @@
 package main
 
-import "testing"
+import (
+	"slices"
+	"testing"
+)
 
-func TestRoundRatiosAndMedian(t *testing.T) {
-	ph := &phase{Rounds: 3, Segments: []segment{
+func TestPairedRatiosAndMedian(t *testing.T) {
+	ph := &phase{Rounds: 2, Segments: []segment{
 		{Scenario: "plain", Round: 1, RPS: 100}, {Scenario: "admitted", Round: 1, RPS: 90},
-		{Scenario: "admitted", Round: 2, RPS: 40}, {Scenario: "plain", Round: 2, RPS: 50},
-		{Scenario: "plain", Round: 3, RPS: 200}, {Scenario: "admitted", Round: 3, RPS: 100},
+		{Scenario: "plain", Round: 1, RPS: 80}, {Scenario: "users", Round: 1, RPS: 40},
+		{Scenario: "plain", Round: 1, RPS: 60},
+		{Scenario: "plain", Round: 2, RPS: 50}, {Scenario: "users", Round: 2, RPS: 25},
+		{Scenario: "plain", Round: 2, RPS: 50}, {Scenario: "admitted", Round: 2, RPS: 45},
 	}}
-	got := roundRatios(ph, "admitted", "plain")
-	if len(got) != 3 || got[0] != 0.9 || got[1] != 0.8 || got[2] != 0.5 {
-		t.Fatalf("roundRatios = %v, want [0.9 0.8 0.5]", got)
+	// admitted: 90 / mean(100, 80) and, at the end, 45 / 50 (one neighbour).
+	got := pairedRatios(ph, "admitted", "plain")
+	if len(got) != 2 || got[0] != 1 || got[1] != 0.9 {
+		t.Fatalf("pairedRatios(admitted) = %v, want [1 0.9]", got)
 	}
-	if m := median(got); m != 0.8 {
+	got = pairedRatios(ph, "users", "plain")
+	if len(got) != 2 || got[0] != 40.0/70 || got[1] != 0.5 {
+		t.Fatalf("pairedRatios(users) = %v, want [%v 0.5]", got, 40.0/70)
+	}
+	if m := median([]float64{0.5, 0.8, 0.9}); m != 0.8 {
 		t.Fatalf("median = %v, want 0.8", m)
 	}
 	if m := median([]float64{0.5, 0.9}); m != 0.7 {
 		t.Fatalf("median of two = %v, want 0.7", m)
 	}
-	if m := median(roundRatios(ph, "plain", "plain")); m != 1 {
+	if m := median(pairedRatios(ph, "plain", "plain")); m != 1 {
 		t.Fatalf("the baseline's own median = %v, want 1", m)
+	}
+}
+
+func TestRoundOrderPutsBaselineAroundEachScenario(t *testing.T) {
+	targets := []target{{Name: "plain"}, {Name: "a"}, {Name: "b"}, {Name: "c"}}
+	names := func(ts []target) (out []string) {
+		for _, t := range ts {
+			out = append(out, t.Name)
+		}
+		return out
+	}
+	for round, want := range [][]string{
+		{"plain", "a", "plain", "b", "plain", "c", "plain"},
+		{"plain", "b", "plain", "c", "plain", "a", "plain"},
+	} {
+		if got := names(roundOrder(targets, "plain", round)); !slices.Equal(got, want) {
+			t.Errorf("round %d: %v, want %v", round, got, want)
+		}
+	}
+	if got := names(roundOrder(targets[1:], "plain", 1)); !slices.Equal(got, []string{"b", "c", "a"}) {
+		t.Errorf("without the baseline: %v, want [b c a]", got)
 	}
 }
 

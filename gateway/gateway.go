@@ -135,6 +135,11 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	cc := cfg.Cache
 	cc.Health = g
+	if many, ok := cfg.Source.(store.ManySource); ok {
+		cc.LoadMany = func(ctx context.Context, keyHashes []string) ([]*snapshot.Snapshot, error) {
+			return g.loadSnapshots(ctx, many, keyHashes)
+		}
+	}
 	g.cache = snapshot.NewCache(cc, cfg.Redis, g.loadSnapshot, cfg.CacheHooks)
 	return g, nil
 }
@@ -169,4 +174,22 @@ func (g *Gateway) loadSnapshot(ctx context.Context, keyHash string) (*snapshot.S
 		return nil, err
 	}
 	return s, nil
+}
+
+// loadSnapshots is loadSnapshot for many keys in one read of a store that
+// can: an unknown key becomes a negative entry.
+func (g *Gateway) loadSnapshots(ctx context.Context, many store.ManySource, keyHashes []string) ([]*snapshot.Snapshot, error) {
+	snaps, err := many.LoadSnapshots(ctx, keyHashes)
+	if err != nil {
+		if g.onStoreErr != nil {
+			g.onStoreErr()
+		}
+		return nil, err
+	}
+	for i, s := range snaps {
+		if s == nil {
+			snaps[i] = snapshot.Negative()
+		}
+	}
+	return snaps, nil
 }

@@ -56,6 +56,11 @@ type CacheConfig struct {
 	// and each caller stops waiting this long after it joined even if the
 	// loader ignores its deadline. Zero means no bound.
 	LoadTimeout time.Duration
+	// LoadMany, if set, loads the snapshots of many keys in one read of
+	// the store (in their order; nil for one it could not load), for the
+	// background reloads of keys L2 lacks (see reloadFromStore). Nil: each
+	// such key is loaded on its own, as a miss would load it.
+	LoadMany func(ctx context.Context, keyHashes []string) ([]*Snapshot, error)
 }
 
 // Health is the view of Redis health the cache asks before using L2.
@@ -280,6 +285,34 @@ func (c *Cache) setL2(ctx context.Context, keyHash string, s *Snapshot) bool {
 		c.hook0(c.hooks.L2Errors)
 	}
 	return true
+}
+
+// setL2Many writes the snapshots at the given indices to L2 in one
+// pipelined round trip and returns the indices whose write may have
+// landed (see setL2); negative entries are skipped.
+func (c *Cache) setL2Many(ctx context.Context, keys []string, snaps []*Snapshot, at []int) []int {
+	if !c.l2Usable() {
+		return nil
+	}
+	var written []int
+	ctx, cancel := c.l2Context(ctx)
+	defer cancel()
+	_, err := c.l2.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, i := range at {
+			if snaps[i].NotFound {
+				continue
+			}
+			if b, err := Encode(snaps[i]); err == nil {
+				p.Set(ctx, c.l2Key(keys[i]), b, c.jitter(c.cfg.L2TTL))
+				written = append(written, i)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		c.hook0(c.hooks.L2Errors)
+	}
+	return written
 }
 
 // delL2 deletes keyHash's L2 entry. Failing, the entry lives out its L2

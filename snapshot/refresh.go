@@ -110,20 +110,16 @@ func (c *Cache) gatherDue(batch []string) []string {
 // reload reads keys from L2 in one round trip and puts what it found into
 // L1 under the rule of fill: nothing is written once an invalidation has
 // run since the read began, and what was written is dropped again if one
-// ran during the writes. A key L2 lacks (or every key, when L2 is down) is
-// loaded as a miss would load it, in the background.
+// ran during the writes. The keys L2 lacks (every key, when L2 is down)
+// are loaded from the store (reloadFromStore).
 func (c *Cache) reload(keys []string) {
 	epoch := c.epoch.Load()
 	found := c.getL2Many(context.Background(), keys)
-	var wrote []string
+	var wrote, missing []string
 	for i, k := range keys {
 		s := found[i]
 		if s == nil {
-			c.flight.DoChan(k, func() (any, error) {
-				lctx, cancel := c.loadContext(context.Background())
-				defer cancel()
-				return c.fill(lctx, k)
-			})
+			missing = append(missing, k)
 			continue
 		}
 		c.hook(c.hooks.Hit, "l2")
@@ -137,4 +133,65 @@ func (c *Cache) reload(keys []string) {
 			c.l1.Invalidate(k)
 		}
 	}
+	c.reloadFromStore(missing)
+}
+
+// reloadFromStore loads keys L2 lacks from the store into L1 and L2: with
+// LoadMany in one read, under the rule of fill, and pipelined L2 writes;
+// without it (or for a key it could not load) each as a miss would load it,
+// in the background. A failed LoadMany leaves the entries as they are:
+// served until their TTL ends and reloaded again by a read after
+// refreshRetry, like any failed reload.
+func (c *Cache) reloadFromStore(keys []string) {
+	if len(keys) > 0 && c.cfg.LoadMany != nil {
+		keys = c.loadMany(keys)
+	}
+	for _, k := range keys {
+		c.flight.DoChan(k, func() (any, error) {
+			lctx, cancel := c.loadContext(context.Background())
+			defer cancel()
+			return c.fill(lctx, k)
+		})
+	}
+}
+
+// loadMany loads keys with LoadMany and caches them like fill; it returns
+// the keys it got no snapshot for.
+func (c *Cache) loadMany(keys []string) []string {
+	epoch := c.epoch.Load()
+	for range keys {
+		c.hook(c.hooks.Miss, "l2")
+		c.hook0(c.hooks.Load)
+	}
+	ctx, cancel := c.loadContext(context.Background())
+	snaps, err := c.cfg.LoadMany(ctx, keys)
+	cancel()
+	if err != nil || len(snaps) != len(keys) {
+		return nil
+	}
+	var rest []string
+	var wrote []int
+	for i, k := range keys {
+		if snaps[i] == nil {
+			rest = append(rest, k)
+			continue
+		}
+		wrote = append(wrote, i)
+	}
+	if c.epoch.Load() != epoch {
+		return rest
+	}
+	for _, i := range wrote {
+		c.setL1(keys[i], snaps[i])
+	}
+	inL2 := c.setL2Many(context.Background(), keys, snaps, wrote)
+	if c.epoch.Load() != epoch {
+		for _, i := range wrote {
+			c.l1.Invalidate(keys[i])
+		}
+		for _, i := range inL2 {
+			c.delL2(context.Background(), keys[i])
+		}
+	}
+	return rest
 }

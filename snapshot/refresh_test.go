@@ -2,11 +2,13 @@ package snapshot
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 )
 
@@ -60,5 +62,120 @@ func TestCacheGathersTricklingReloads(t *testing.T) {
 	// Without gathering each key would take a round trip of its own.
 	if n, most := trips.n.Load(), min(int64(reads/refreshGather)+1, keys/4); n > most {
 		t.Fatalf("%d L2 round trips for %d keys due 5 ms apart over %v, want at most %d", n, keys, reads, most)
+	}
+}
+
+// Due keys that L2 no longer holds (its TTL ended) are reloaded from the
+// store with one LoadMany per batch, not one load each, into L1 and L2; a
+// key LoadMany cannot load is loaded on its own. An invalidation during
+// LoadMany leaves nothing of it in either cache.
+func TestCacheReloadsFromStoreInOneRead(t *testing.T) {
+	rdb, prefix := redistest.Shared(t)
+	ctx := context.Background()
+	const keys = 30
+	var (
+		generation atomic.Int64 // of the store's rows
+		many, each atomic.Int64
+		during     atomic.Pointer[func()]
+	)
+	snap := func(k string) *Snapshot {
+		i, _ := strconv.Atoi(k[1:])
+		s := activeSnapshot(int64(i + 1))
+		s.User.RPMLimit = generation.Load()
+		return s
+	}
+	cfg := testConfig(prefix)
+	cfg.LoadMany = func(_ context.Context, hashes []string) ([]*Snapshot, error) {
+		many.Add(1)
+		out := make([]*Snapshot, len(hashes))
+		for i, k := range hashes {
+			if k != "k0" { // k0: LoadMany cannot, the single load can
+				out[i] = snap(k)
+			}
+		}
+		// The rows are read; an invalidation may come before they are cached.
+		if f := during.Swap(nil); f != nil {
+			(*f)()
+		}
+		return out, nil
+	}
+	c := NewCache(cfg, rdb, func(_ context.Context, k string) (*Snapshot, error) {
+		each.Add(1)
+		return snap(k), nil
+	}, CacheHooks{})
+	clk := &fakeClock{}
+	useClock(c, clk)
+	generation.Store(1)
+	for i := range keys {
+		if _, err := c.Get(ctx, "k"+strconv.Itoa(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	each.Store(0)
+	// Reload every key due: L2 has lost them all, the store has generation 2.
+	reloadAll := func() {
+		t.Helper()
+		for i := range keys {
+			if err := rdb.Del(ctx, prefix+"k"+strconv.Itoa(i)).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		clk.advance(31 * time.Second)
+		for i := range keys {
+			if _, err := c.Get(ctx, "k"+strconv.Itoa(i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		awaitRefreshes(t, c)
+	}
+	generation.Store(2)
+	reloadAll()
+	testutil.WaitFor(t, 5*time.Second, func() error {
+		if e, ok := c.l1.GetIfPresent("k0"); !ok || e.snap.User.RPMLimit != 2 {
+			return errors.New("k0's own load has not landed")
+		}
+		return nil
+	})
+	if n, m := each.Load(), many.Load(); n != 1 || m < 1 || m > 2 {
+		t.Fatalf("%d LoadMany calls and %d single loads for %d due keys, want 1–2 and 1 (k0)", m, n, keys)
+	}
+	for i := range keys {
+		k := "k" + strconv.Itoa(i)
+		if e, ok := c.l1.GetIfPresent(k); !ok || e.snap.User.RPMLimit != 2 {
+			t.Fatalf("L1 %s: %+v, want generation 2", k, e)
+		}
+		b, err := rdb.Get(ctx, prefix+k).Bytes()
+		if err != nil {
+			t.Fatalf("L2 %s: %v", k, err)
+		}
+		if s, err := Decode(b); err != nil || s.User.RPMLimit != 2 {
+			t.Fatalf("L2 %s: %+v, %v; want generation 2", k, s, err)
+		}
+	}
+
+	// Generation 3, and an invalidation of everything while LoadMany reads.
+	invalidate := func() {
+		generation.Store(4)
+		all := make([]string, keys)
+		for i := range all {
+			all[i] = "k" + strconv.Itoa(i)
+		}
+		if err := c.ForgetHashes(ctx, all...); err != nil {
+			t.Error(err)
+		}
+	}
+	generation.Store(3)
+	during.Store(&invalidate)
+	reloadAll()
+	for i := 1; i < keys; i++ {
+		k := "k" + strconv.Itoa(i)
+		if e, ok := c.l1.GetIfPresent(k); ok && e.snap.User.RPMLimit == 3 {
+			t.Fatalf("L1 %s holds generation 3 after the invalidation", k)
+		}
+		if b, err := rdb.Get(ctx, prefix+k).Bytes(); err == nil {
+			if s, _ := Decode(b); s != nil && s.User.RPMLimit == 3 {
+				t.Fatalf("L2 %s holds generation 3 after the invalidation", k)
+			}
+		}
 	}
 }

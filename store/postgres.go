@@ -36,27 +36,34 @@ type Postgres struct {
 }
 
 var (
-	_ Source   = (*Postgres)(nil)
-	_ Writable = (*Postgres)(nil)
-	_ Listener = (*Postgres)(nil)
+	_ Source     = (*Postgres)(nil)
+	_ ManySource = (*Postgres)(nil)
+	_ Writable   = (*Postgres)(nil)
+	_ Listener   = (*Postgres)(nil)
 )
 
 // NewPostgres returns a store on pool. The caller owns the pool and closes
 // it after the store.
 func NewPostgres(pool *pgxpool.Pool) *Postgres { return &Postgres{pool: pool} }
 
-// loadSnapshotSQL reads everything a snapshot needs in one round trip.
-const loadSnapshotSQL = `select
+// snapshotColumns and snapshotFrom read everything a snapshot needs in one
+// round trip; loadSnapshotSQL for one key, loadSnapshotsSQL for many
+// (each row led by its key_hash).
+const (
+	snapshotColumns = `
 	k.id, k.user_id, k.group_id, k.status, k.ip_whitelist, k.ip_blacklist,
 	k.quota::float8, k.quota_used::float8, k.expires_at,
 	u.status, u.role, u.rpm_limit, u.concurrency, u.balance::float8,
 	g.id, g.name, g.platform, g.status, g.rpm_limit,
-	o.rpm_override
+	o.rpm_override`
+	snapshotFrom = `
 from rpm_api_keys k
 join rpm_users u on u.id = k.user_id
 left join rpm_groups g on g.id = k.group_id
-left join rpm_user_group_overrides o on o.user_id = k.user_id and o.group_id = k.group_id
-where k.key_hash = $1`
+left join rpm_user_group_overrides o on o.user_id = k.user_id and o.group_id = k.group_id`
+	loadSnapshotSQL  = `select` + snapshotColumns + snapshotFrom + ` where k.key_hash = $1`
+	loadSnapshotsSQL = `select k.key_hash,` + snapshotColumns + snapshotFrom + ` where k.key_hash = any($1)`
+)
 
 // LoadSnapshot implements Source with a single query.
 func (p *Postgres) LoadSnapshot(ctx context.Context, keyHash string) (*snapshot.Snapshot, error) {
@@ -64,48 +71,114 @@ func (p *Postgres) LoadSnapshot(ctx context.Context, keyHash string) (*snapshot.
 	if !decodeKeyHash(&hash, keyHash) {
 		return nil, fmt.Errorf("load snapshot: %w", ErrNotFound)
 	}
-	s := &snapshot.Snapshot{User: &snapshot.User{}}
-	var (
-		groupID   pgtype.Int8
-		expiresAt pgtype.Timestamptz
-		gID       pgtype.Int8
-		gName     pgtype.Text
-		gPlatform pgtype.Text
-		gStatus   pgtype.Text
-		gLimit    pgtype.Int8
-		override  pgtype.Int8
-		// The IP lists' elements may be NULL (plain SQL); scanned as
-		// nullable text so that such a row fails closed instead of failing
-		// to load.
-		whitelist, blacklist []pgtype.Text
-	)
-	err := p.pool.QueryRow(ctx, loadSnapshotSQL, hash[:]).Scan(
-		&s.APIKeyID, &s.UserID, &groupID, &s.Status, &whitelist, &blacklist,
-		&s.Quota, &s.QuotaUsed, &expiresAt,
-		&s.User.Status, &s.User.Role, &s.User.RPMLimit, &s.User.Concurrency, &s.User.Balance,
-		&gID, &gName, &gPlatform, &gStatus, &gLimit,
-		&override,
-	)
+	var row snapshotRow
+	err := p.pool.QueryRow(ctx, loadSnapshotSQL, hash[:]).Scan(row.dest()...)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("load snapshot: %w", ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("load snapshot: %w", err)
 	}
-	s.IPWhitelist, s.IPBlacklist = ipList(whitelist), ipList(blacklist)
-	if groupID.Valid {
-		s.GroupID = &groupID.Int64
+	return p.snapshotOf(&row), nil
+}
+
+// LoadSnapshots returns the snapshots of many keys (SHA-256 as lowercase
+// hex) with one query, in the order of keyHashes; nil for a key the store
+// lacks. Background reloads of many keys use it.
+func (p *Postgres) LoadSnapshots(ctx context.Context, keyHashes []string) ([]*snapshot.Snapshot, error) {
+	hashes := make([][]byte, 0, len(keyHashes))
+	at := make(map[[32]byte][]int, len(keyHashes)) // a key may be asked twice
+	for i, k := range keyHashes {
+		var h [32]byte
+		if decodeKeyHash(&h, k) {
+			if at[h] == nil {
+				hashes = append(hashes, h[:])
+			}
+			at[h] = append(at[h], i)
+		}
 	}
-	if expiresAt.Valid {
-		s.ExpiresAt = &expiresAt.Time
+	out := make([]*snapshot.Snapshot, len(keyHashes))
+	if len(hashes) == 0 {
+		return out, nil
+	}
+	rows, err := p.pool.Query(ctx, loadSnapshotsSQL, hashes)
+	if err != nil {
+		return nil, fmt.Errorf("load snapshots: %w", err)
+	}
+	defer rows.Close()
+	var hash []byte
+	var row snapshotRow
+	dest := append([]any{&hash}, row.dest()...)
+	for rows.Next() {
+		row = snapshotRow{}
+		if err := rows.Scan(dest...); err != nil {
+			return nil, fmt.Errorf("load snapshots: %w", err)
+		}
+		if len(hash) != 32 {
+			continue
+		}
+		for _, i := range at[[32]byte(hash)] {
+			out[i] = p.snapshotOf(&row)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("load snapshots: %w", err)
+	}
+	return out, nil
+}
+
+// snapshotRow is one row of snapshotColumns as scanned.
+type snapshotRow struct {
+	s         snapshot.Snapshot
+	user      snapshot.User
+	groupID   pgtype.Int8
+	expiresAt pgtype.Timestamptz
+	gID       pgtype.Int8
+	gName     pgtype.Text
+	gPlatform pgtype.Text
+	gStatus   pgtype.Text
+	gLimit    pgtype.Int8
+	override  pgtype.Int8
+	// The IP lists' elements may be NULL (plain SQL); scanned as nullable
+	// text so that such a row fails closed instead of failing to load.
+	whitelist, blacklist []pgtype.Text
+}
+
+// dest is what Scan fills, in the order of snapshotColumns.
+func (r *snapshotRow) dest() []any {
+	s, u := &r.s, &r.user
+	return []any{
+		&s.APIKeyID, &s.UserID, &r.groupID, &s.Status, &r.whitelist, &r.blacklist,
+		&s.Quota, &s.QuotaUsed, &r.expiresAt,
+		&u.Status, &u.Role, &u.RPMLimit, &u.Concurrency, &u.Balance,
+		&r.gID, &r.gName, &r.gPlatform, &r.gStatus, &r.gLimit,
+		&r.override,
+	}
+}
+
+// snapshotOf turns a scanned row into its snapshot.
+func (p *Postgres) snapshotOf(r *snapshotRow) *snapshot.Snapshot {
+	s := new(snapshot.Snapshot)
+	*s = r.s
+	u := r.user
+	s.User = &u
+	s.IPWhitelist, s.IPBlacklist = ipList(r.whitelist), ipList(r.blacklist)
+	if r.groupID.Valid {
+		id := r.groupID.Int64
+		s.GroupID = &id
+	}
+	if r.expiresAt.Valid {
+		t := r.expiresAt.Time
+		s.ExpiresAt = &t
 	}
 	var g *snapshot.Group
-	if gID.Valid {
-		g = &snapshot.Group{ID: gID.Int64, Name: gName.String, Platform: gPlatform.String, Status: gStatus.String, RPMLimit: gLimit.Int64}
+	if r.gID.Valid {
+		g = &snapshot.Group{ID: r.gID.Int64, Name: r.gName.String, Platform: r.gPlatform.String, Status: r.gStatus.String, RPMLimit: r.gLimit.Int64}
 	}
 	var ov *int64
-	if override.Valid {
-		ov = &override.Int64
+	if r.override.Valid {
+		v := r.override.Int64
+		ov = &v
 	}
 	if err := completeSnapshot(s, g, ov); err != nil && p.Logger != nil {
 		// A row's IP list is not checked on write (plain SQL may set it), so
@@ -115,7 +188,7 @@ func (p *Postgres) LoadSnapshot(ctx context.Context, keyHash string) (*snapshot.
 		// falling back to a stale snapshot with the old lists.
 		p.Logger.Warn("api key refused: invalid IP list entry", zap.Int64("api_key_id", s.APIKeyID), zap.Error(err))
 	}
-	return s, nil
+	return s
 }
 
 // ipList converts a scanned IP list; a NULL element becomes "", which is no

@@ -97,6 +97,36 @@ func TestLoadSnapshot(t *testing.T) {
 		}
 		assertSnapshot(t, s, want)
 	})
+	t.Run("many in one query", func(t *testing.T) {
+		hashes := []string{store.HashKey(rawNoGroup), store.HashKey("sk-nope"), "zz",
+			store.HashKey(rawWith), store.HashKey(rawNoOverride), store.HashKey(rawWith)}
+		counter.n.Store(0)
+		got, err := st.LoadSnapshots(ctx, hashes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := counter.n.Load(); n != 1 {
+			t.Errorf("LoadSnapshots issued %d queries, want 1", n)
+		}
+		if len(got) != len(hashes) {
+			t.Fatalf("%d snapshots for %d keys", len(got), len(hashes))
+		}
+		for i, h := range hashes {
+			want, err := st.LoadSnapshot(ctx, h)
+			switch {
+			case errors.Is(err, store.ErrNotFound):
+				if got[i] != nil {
+					t.Errorf("key %d (unknown): %+v, want nil", i, got[i])
+				}
+			case err != nil:
+				t.Fatal(err)
+			case got[i] == nil:
+				t.Errorf("key %d: nil, want the snapshot of key %d", i, want.APIKeyID)
+			default:
+				assertSnapshot(t, got[i], want)
+			}
+		}
+	})
 	t.Run("unknown", func(t *testing.T) {
 		for _, h := range []string{store.HashKey("sk-nope"), "zz", "", store.HashKey("x")[:63] + "g"} {
 			counter.n.Store(0)

@@ -47,6 +47,14 @@ type Source interface {
 	GroupOverrides(ctx context.Context, groupID int64) ([]Override, error)
 }
 
+// ManySource is a Source that can also load many snapshots in one read;
+// the cache's background reloads use it (Postgres).
+type ManySource interface {
+	// LoadSnapshots returns the snapshots of the keys whose SHA-256 are
+	// keyHashes, in their order, nil for a key the store lacks.
+	LoadSnapshots(ctx context.Context, keyHashes []string) ([]*snapshot.Snapshot, error)
+}
+
 // Writable is a store the admin API can change: Postgres, not the keys
 // file. Every write also notifies listeners (by trigger), so other
 // instances learn of it whoever wrote.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"math/rand/v2"
 	"sync/atomic"
 	"time"
@@ -95,6 +96,7 @@ type Cache struct {
 	// it: 8 bytes each instead of a time.Time's 24.
 	born      time.Time
 	shared    interner
+	l2seed    maphash.Seed // of entry.l2sum
 	refresher refresher
 	l2reads   l2Reads
 	gens      generations
@@ -117,11 +119,15 @@ type entry struct {
 	// stamp is the generations' stamp of snap when it was stored: the
 	// entry is valid while it is unchanged (see generations).
 	stamp uint32
+	// l2sum is the hash of the L2 bytes snap was decoded from, 0 if it
+	// came from the store: a reload that reads the same bytes renews the
+	// entry without decoding them again (see reload).
+	l2sum uint64
 }
 
 // NewCache builds a cache. l2 may be nil (L1 only).
 func NewCache(cfg CacheConfig, l2 redis.UniversalClient, load Loader, hooks CacheHooks) *Cache {
-	c := &Cache{cfg: cfg, l2: l2, load: load, hooks: hooks, now: time.Now, born: time.Now(),
+	c := &Cache{cfg: cfg, l2: l2, load: load, hooks: hooks, now: time.Now, born: time.Now(), l2seed: maphash.MakeSeed(),
 		refresher: refresher{due: make(chan string, refreshQueue)}, gens: generations{l1Size: cfg.L1Size}}
 	keep := cfg.StaleIfError
 	c.l1 = otter.Must(&otter.Options[string, *entry]{
@@ -255,14 +261,19 @@ func (c *Cache) l2Usable() bool {
 // setL1 stores s in L1, as a compact copy (see interner) that is fresh
 // for the (jittered) TTL and refreshed when read in its second half.
 func (c *Cache) setL1(keyHash string, s *Snapshot) {
+	c.putL1(keyHash, c.shared.compact(s), 0)
+}
+
+// putL1 stores the compact snapshot s in L1, fresh for the (jittered) TTL;
+// l2sum is as in entry.
+func (c *Cache) putL1(keyHash string, s *Snapshot, l2sum uint64) {
 	ttl := c.cfg.L1TTL
 	if s.NotFound {
 		ttl = min(ttl, c.cfg.NegativeTTL)
 	}
 	ttl = c.jitter(ttl)
 	now := c.clock()
-	s = c.shared.compact(s)
-	e := &entry{snap: s, freshUntil: now + ttl, stamp: c.gens.stamp(s)}
+	e := &entry{snap: s, freshUntil: now + ttl, stamp: c.gens.stamp(s), l2sum: l2sum}
 	e.refreshAt.Store(int64(now + ttl/2))
 	c.l1.Set(keyHash, e)
 }

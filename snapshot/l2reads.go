@@ -126,6 +126,20 @@ func (r *l2Reads) take() []*l2Read {
 // nil for each that is missing, unreadable or of another version.
 func (c *Cache) getL2Many(ctx context.Context, keys []string) []*Snapshot {
 	out := make([]*Snapshot, len(keys))
+	for i, b := range c.readL2Many(ctx, keys) {
+		// An entry of another version or a corrupt one is a miss; the
+		// load that follows overwrites it.
+		if s, err := Decode(b); b != nil && err == nil {
+			out[i] = s
+		}
+	}
+	return out
+}
+
+// readL2Many is getL2Many without decoding: the stored bytes, nil for a
+// key that is missing or could not be read.
+func (c *Cache) readL2Many(ctx context.Context, keys []string) [][]byte {
+	out := make([][]byte, len(keys))
 	if !c.l2Usable() {
 		return out
 	}
@@ -146,11 +160,7 @@ func (c *Cache) getL2Many(ctx context.Context, keys []string) []*Snapshot {
 			failed = failed || !errors.Is(err, redis.Nil)
 			continue
 		}
-		// An entry of another version or a corrupt one is a miss; the
-		// load that follows overwrites it.
-		if s, err := Decode(b); err == nil {
-			out[i] = s
-		}
+		out[i] = b
 	}
 	if failed {
 		c.hook0(c.hooks.L2Errors)

@@ -179,3 +179,66 @@ func TestCacheReloadsFromStoreInOneRead(t *testing.T) {
 		}
 	}
 }
+
+// A reload that reads the L2 bytes an entry was decoded from renews the
+// entry without decoding them: the same snapshot, fresh again. Changed
+// bytes are decoded, and so are unchanged ones once an invalidation has
+// reached the entry.
+func TestCacheReloadRenewsUnchangedEntries(t *testing.T) {
+	rdb, prefix := redistest.Shared(t)
+	ctx := context.Background()
+	put := func(limit int64) {
+		t.Helper()
+		s := activeSnapshot(7)
+		s.User.RPMLimit = limit
+		b, err := Encode(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rdb.Set(ctx, prefix+"k", b, time.Hour).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c := NewCache(testConfig(prefix), rdb, (&countingLoader{}).load, CacheHooks{})
+	clk := &fakeClock{}
+	useClock(c, clk)
+	entryOf := func() *entry {
+		t.Helper()
+		e, ok := c.l1.GetIfPresent("k")
+		if !ok {
+			t.Fatal("k left L1")
+		}
+		return e
+	}
+	reloadDue := func() *entry {
+		t.Helper()
+		clk.advance(31 * time.Second) // past half of the minute's TTL
+		if _, err := c.Get(ctx, "k"); err != nil {
+			t.Fatal(err)
+		}
+		awaitRefreshes(t, c)
+		return entryOf()
+	}
+	put(10)
+	if _, err := c.Get(ctx, "k"); err != nil { // a miss, filled from L2
+		t.Fatal(err)
+	}
+	first := reloadDue() // decoded: the fill kept no hash of the bytes
+	second := reloadDue()
+	if second.snap != first.snap {
+		t.Fatal("a reload of unchanged L2 bytes decoded them again")
+	}
+	if second.freshUntil <= first.freshUntil {
+		t.Fatalf("the renewed entry is fresh until %v, no later than before (%v)", second.freshUntil, first.freshUntil)
+	}
+	put(20)
+	if e := reloadDue(); e.snap.User.RPMLimit != 20 {
+		t.Fatalf("after L2 changed the reload kept limit %d, want 20", e.snap.User.RPMLimit)
+	}
+	before := entryOf()
+	c.ForgetUser(7)
+	c.reload([]string{"k"})
+	if e := entryOf(); e.snap == before.snap || e.stamp != c.gens.stamp(e.snap) {
+		t.Fatal("after an invalidation the reload renewed the old entry")
+	}
+}

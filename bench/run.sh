@@ -17,12 +17,15 @@
 #   unknown   the admitted site with a new random well-formed key on every
 #             request (the loadgen's @random key): 401 INVALID_API_KEY from
 #             the key filter, no store load, no Redis command
-#   users     the admitted site with USERS keys of USERS users (limits 10^9,
+#   users     a site like the admitted one, in a Caddy process of its own
+#             (its L1 and that L1's GC are part of its cost, not of the
+#             others'), with USERS keys of USERS users (limits 10^9,
 #             in the admitted group), each request one key drawn uniformly at
 #             random (the loadgen's @range key); the warm-up first sends each
 #             key once, so the segments measure the steady state: how often
 #             L1 answers, and Caddy's and Redis's CPU per request
-#   users-large  the same with USERS_LARGE keys of as many other users, after
+#   users-large  the same (in another Caddy process) with USERS_LARGE keys
+#             of as many other users, after
 #             the same pass over them (which fills L2 too): L1 and L2 hits
 #   admitted-noreserve  the admitted scenario against a second Caddy process
 #             (same Redis and Postgres) whose global rpm option has
@@ -287,19 +290,34 @@ if ((EXACT_LIMIT > 0)); then
 		-exact-duration "$EXACT_DURATION"
 	)
 fi
-for p in "${listen[@]}"; do wait_tcp 127.0.0.1 "$p" caddy; done
-users_target=()
+# The users scenarios each from a Caddy of its own, with the same site as
+# the admitted one: the L1 of 50,000 or 200,000 keys is part of what they
+# cost (its GC above all), and not of what the scenarios of the first
+# Caddy cost, plain included. Sharing one process, its GC cycles (lumpy,
+# one every second or two) swung every scenario's segments by ±10 %.
+users_target=() users_pprof=()
+users_caddy() { # scenario name, key prefix, n
+	local port
+	port=$(free_port)
+	start_caddy "caddy-$1" "" "$port" $'\trpm\n'
+	listen+=("$last_admin_port" "$port")
+	users_target+=(-target "$1|127.0.0.1:$port|/v1/models|@range:$2:$3|200")
+	users_pprof+=(-pprof-for "$1=http://127.0.0.1:$last_admin_port")
+}
 if ((USERS > 0)); then
-	users_target+=(-target "users|127.0.0.1:$admitted_port|/v1/models|@range:sk-rpm-bench:$USERS|200")
+	echo "== Caddy of the users scenario"
+	users_caddy users sk-rpm-bench "$USERS"
 fi
 if ((USERS_LARGE > 0)); then
-	users_target+=(-target "users-large|127.0.0.1:$admitted_port|/v1/models|@range:sk-rpm-benchL:$USERS_LARGE|200")
+	echo "== Caddy of the users-large scenario"
+	users_caddy users-large sk-rpm-benchL "$USERS_LARGE"
 fi
+for p in "${listen[@]}"; do wait_tcp 127.0.0.1 "$p" caddy; done
 
 profile_args=()
 if [[ -n $PROFILE ]]; then
 	mkdir -p "$root/bench/out"
-	profile_args=(-pprof "http://127.0.0.1:$admin_port" -pprof-dir "$root/bench/out")
+	profile_args=(-pprof "http://127.0.0.1:$admin_port" -pprof-dir "$root/bench/out" "${users_pprof[@]}")
 fi
 
 echo "== load ($(uptime))"
@@ -318,7 +336,7 @@ GOMAXPROCS=$LOADGEN_GOMAXPROCS "$work/loadgen" \
 	-pid "redis=$redis_pid" -pid "upstream=$upstream_pid" -pid "loadgen=self" \
 	-note "machine: $NPROC cores (nproc), $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1); $(go version | cut -d' ' -f3); $(redis-server --version | cut -d' ' -f3); $(psql "$DATABASE_URL" -qAtc 'show server_version' | cut -d' ' -f1 | sed 's/^/postgres /')" \
 	-note "GOMAXPROCS: caddy $CADDY_GOMAXPROCS, load generator $LOADGEN_GOMAXPROCS, upstream $UPSTREAM_GOMAXPROCS (redis-server is single-threaded); all share the same $NPROC cores" \
-	-note "Caddy ($(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet -- . ':!bench/results.md' ':!bench/results.json' 2>/dev/null || echo '+dirty')) with three sites on 127.0.0.1: plain reverse_proxy, rpm admitted (user 10^9, group 10^9), rpm refused (user limit 1); the capped scenario sends a key of a user with concurrency 10^6 (limits 10^9) to the admitted site; the unknown scenario sends random well-formed keys to the admitted site; the users scenario $USERS keys of $USERS users and users-large $USERS_LARGE keys of as many other users (limits 10^9) to the admitted site, uniformly at random (0: no such scenario); admitted-noreserve (NORESERVE=$NORESERVE) the admitted key to a second Caddy with reservation_ttl off; exact runs (EXACT_LIMIT=$EXACT_LIMIT, 0: none): the first Caddy with a third, the second with a fourth; CPU and metrics of caddy are those of all Caddy processes; same upstream (bench/upstream); private redis-server; Postgres schema $schema ($([[ $BENCH_DB == private ]] && echo "in a throwaway database of the same name" || echo "in the shared database"))" \
+	-note "Caddy ($(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet -- . ':!bench/results.md' ':!bench/results.json' 2>/dev/null || echo '+dirty')) with three sites on 127.0.0.1: plain reverse_proxy, rpm admitted (user 10^9, group 10^9), rpm refused (user limit 1); the capped scenario sends a key of a user with concurrency 10^6 (limits 10^9) to the admitted site; the unknown scenario sends random well-formed keys to the admitted site; the users scenario $USERS keys of $USERS users and users-large $USERS_LARGE keys of as many other users (limits 10^9), uniformly at random, each to the same site in a Caddy of its own (0: no such scenario); admitted-noreserve (NORESERVE=$NORESERVE) the admitted key to a second Caddy with reservation_ttl off; exact runs (EXACT_LIMIT=$EXACT_LIMIT, 0: none): the first Caddy with a third, the second with a fourth; CPU and metrics of caddy are those of all Caddy processes; same upstream (bench/upstream); private redis-server; Postgres schema $schema ($([[ $BENCH_DB == private ]] && echo "in a throwaway database of the same name" || echo "in the shared database"))" \
 	>"$work/run.json" &
 # In the background and waited for, so that a TERM to this script runs the
 # cleanup at once (bash defers traps until a foreground command ends).

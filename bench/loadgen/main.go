@@ -85,6 +85,7 @@ type config struct {
 	notes       stringsFlag
 	pprofURL    string
 	pprofDir    string
+	pprofFor    stringsFlag // name=URL: the profile of that scenario from another Caddy
 	pids        pidsFlag
 
 	latConnections int
@@ -112,6 +113,7 @@ func main() {
 	flag.StringVar(&cfg.mdPath, "md", "", "write the markdown report here")
 	flag.StringVar(&cfg.pprofURL, "pprof", "", "Caddy admin base URL: capture a CPU profile of Caddy during each scenario's first segment (skews that segment)")
 	flag.StringVar(&cfg.pprofDir, "pprof-dir", ".", "directory for the cpu-<scenario>.pprof files")
+	flag.Var(&cfg.pprofFor, "pprof-for", "scenario=Caddy admin base URL: profile that scenario in another Caddy than -pprof's (repeatable)")
 	flag.Var(&cfg.pids, "pid", "name=pid of a process whose CPU time per request to report (repeatable; pid self = the load generator)")
 	flag.Var(&cfg.exacts, "exact", "after the phases, drive one user to its limit through several Caddy processes at once: name|127.0.0.1:port,127.0.0.1:port|path|key|limit|user-id (repeatable)")
 	flag.DurationVar(&cfg.exactDuration, "exact-duration", 10*time.Second, "how long each -exact run drives its user (all within one rate-limit window)")
@@ -275,6 +277,20 @@ func bench(ctx context.Context, cfg config) (*report, error) {
 	return rep, nil
 }
 
+// profileURL is the admin URL of the Caddy that serves the named scenario,
+// for its profile; "" when profiles are off.
+func (cfg *config) profileURL(name string) string {
+	if cfg.pprofURL == "" {
+		return ""
+	}
+	for _, f := range cfg.pprofFor {
+		if n, url, ok := strings.Cut(f, "="); ok && n == name {
+			return url
+		}
+	}
+	return cfg.pprofURL
+}
+
 // roundOrder is the run order of one round: the scenarios other than the
 // baseline in an order rotated by one per round, each right after a
 // segment of the baseline, and the baseline once more at the end. So every
@@ -322,11 +338,11 @@ func runPhase(ctx context.Context, cfg config, rdb *redis.Client, ph *phase) err
 		for _, t := range roundOrder(cfg.targets, cfg.baseline, round) {
 			r := ph.scenario(t.Name)
 			var prof chan error
-			if cfg.pprofURL != "" && !profiled[t.Name] {
+			if url := cfg.profileURL(t.Name); url != "" && !profiled[t.Name] {
 				profiled[t.Name] = true
 				prof = make(chan error, 1)
 				go func() {
-					prof <- captureProfile(ctx, cfg.pprofURL, cfg.pprofDir, ph.Name+"-"+t.Name, segLen)
+					prof <- captureProfile(ctx, url, cfg.pprofDir, ph.Name+"-"+t.Name, segLen)
 				}()
 			}
 			var s sample

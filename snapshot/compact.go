@@ -21,14 +21,22 @@ type interner struct {
 // shared with the other snapshots of L1. s itself is left alone: a loader
 // may hand the same snapshot to other callers.
 func (in *interner) compact(s *Snapshot) *Snapshot {
-	c := *s
+	// The snapshot and its user in one allocation: one object less per
+	// entry for the garbage collector to find and mark.
+	both := new(struct {
+		s Snapshot
+		u User
+	})
+	both.s = *s
+	c := &both.s
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	c.Status = in.str(c.Status)
 	if c.User != nil {
-		u := *c.User
+		both.u = *c.User
+		u := &both.u
 		u.Status, u.Role = in.str(u.Status), in.str(u.Role)
-		c.User = &u
+		c.User = u
 	}
 	if c.Group != nil {
 		c.Group = in.group(*c.Group)
@@ -38,7 +46,7 @@ func (in *interner) compact(s *Snapshot) *Snapshot {
 			c.GroupID = &c.Group.ID
 		}
 	}
-	return &c
+	return c
 }
 
 func (in *interner) group(g Group) *Group {
@@ -49,7 +57,8 @@ func (in *interner) group(g Group) *Group {
 	if in.groups == nil || len(in.groups) >= maxShared {
 		in.groups = make(map[Group]*Group)
 	}
-	p := &g
+	p := new(Group) // not &g, which would move g to the heap on every call
+	*p = g
 	in.groups[g] = p
 	return p
 }

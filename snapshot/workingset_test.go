@@ -316,7 +316,7 @@ func TestL1CompactCopyKeepsEveryField(t *testing.T) {
 
 // Memory of L1 per snapshot, as Decode builds them from L2 and with their
 // 64-character keys: the basis of the default l1_size of 1,048,576 (about
-// 460 MiB when full). Heap in use is read after a GC around storing 100,000.
+// 450 MiB when full). Heap in use is read after a GC around storing 100,000.
 func TestL1BytesPerSnapshot(t *testing.T) {
 	const n = 100_000
 	c := NewCache(CacheConfig{L1Size: defaultL1Size, L1TTL: time.Hour, NegativeTTL: time.Minute, StaleIfError: time.Hour},

@@ -346,6 +346,7 @@ func (a *App) provisionGateway() error {
 			Hit:      func(layer string) { m.cacheHits.WithLabelValues(layer).Inc() },
 			Miss:     func(layer string) { m.cacheMisses.WithLabelValues(layer).Inc() },
 			Load:     func() { m.storeLoads.Inc() },
+			Reload:   func() { m.storeReloads.Inc() },
 			Stale:    func() { m.staleServed.Inc() },
 			L2Errors: func() { m.redisErrors.Inc() },
 		},

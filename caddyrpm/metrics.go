@@ -18,6 +18,7 @@ type metrics struct {
 	cacheHits     *prometheus.CounterVec
 	cacheMisses   *prometheus.CounterVec
 	storeLoads    prometheus.Counter
+	storeReloads  prometheus.Counter
 	storeErrors   prometheus.Counter
 	staleServed   prometheus.Counter
 	redisErrors   prometheus.Counter
@@ -52,6 +53,8 @@ func newMetrics() *metrics {
 		cacheHits:   counterVec("cache_hits_total", "Auth snapshot cache hits by layer (l1, l2).", "layer"),
 		cacheMisses: counterVec("cache_misses_total", "Auth snapshot cache misses by layer (l1, l2).", "layer"),
 		storeLoads:  counter("store_loads_total", "Auth snapshots loaded from the store."),
+		storeReloads: counter("store_reloads_total",
+			"Of store_loads_total, those of background reloads (keys in use whose L2 entry had expired), which no request waited for."),
 		storeErrors: counter("store_errors_total", "Failed store loads."),
 		staleServed: counter("stale_served_total", "Expired snapshots served because the store was unreachable."),
 		redisErrors: counter("redis_errors_total", "Redis calls that failed or timed out."),
@@ -122,7 +125,7 @@ func registerMetrics(reg *prometheus.Registry) (*metrics, error) {
 	}
 	m := allMetrics
 	for _, c := range append([]prometheus.Collector{
-		m.decisions, m.cacheHits, m.cacheMisses, m.storeLoads, m.storeErrors,
+		m.decisions, m.cacheHits, m.cacheMisses, m.storeLoads, m.storeReloads, m.storeErrors,
 		m.staleServed, m.redisErrors, m.failOpens, m.checkDuration, m.checksPerCall, m.invalidations,
 		m.keyFilterRejections, m.keyFilterBuilds, m.shadowRefusals, m.inFlight,
 	}, m.reservations...) {

@@ -81,6 +81,10 @@ type CacheHooks struct {
 	// TTL starts its background reload (whose L2 read and store load the
 	// other hooks count as usual).
 	Refresh func()
+	// Reload is called, besides Load, for each store load of a background
+	// reload (a key in use whose L2 entry had expired), which no request
+	// waits for.
+	Reload func()
 }
 
 // Cache serves snapshots from L1 (in-process), then L2 (Redis), then the
@@ -183,7 +187,7 @@ func (c *Cache) await(ctx context.Context, keyHash string) (*Snapshot, error) {
 	ch := c.flight.DoChan(keyHash, func() (any, error) {
 		lctx, cancel := c.loadContext(context.WithoutCancel(ctx))
 		defer cancel()
-		return c.fill(lctx, keyHash)
+		return c.fill(lctx, keyHash, false)
 	})
 	var timeout <-chan time.Time
 	if c.cfg.LoadTimeout > 0 {
@@ -219,7 +223,7 @@ func (c *Cache) loadContext(ctx context.Context) (context.Context, context.Cance
 // during the writes, whose deletes may have landed first). The second time
 // the load deletes what it wrote; an invalidation that bumps the epoch
 // after that read deletes it itself.
-func (c *Cache) fill(ctx context.Context, keyHash string) (*Snapshot, error) {
+func (c *Cache) fill(ctx context.Context, keyHash string, background bool) (*Snapshot, error) {
 	epoch := c.epoch.Load()
 	if s := c.getL2(ctx, keyHash); s != nil {
 		c.hook(c.hooks.Hit, "l2")
@@ -232,8 +236,9 @@ func (c *Cache) fill(ctx context.Context, keyHash string) (*Snapshot, error) {
 		return s, nil
 	}
 	c.hook(c.hooks.Miss, "l2")
-	if c.hooks.Load != nil {
-		c.hooks.Load()
+	c.hook0(c.hooks.Load)
+	if background {
+		c.hook0(c.hooks.Reload)
 	}
 	s, err := c.load(ctx, keyHash)
 	if err != nil {

@@ -168,7 +168,7 @@ func (c *Cache) reloadFromStore(keys []string) {
 		c.flight.DoChan(k, func() (any, error) {
 			lctx, cancel := c.loadContext(context.Background())
 			defer cancel()
-			return c.fill(lctx, k)
+			return c.fill(lctx, k, true)
 		})
 	}
 }
@@ -179,7 +179,6 @@ func (c *Cache) loadMany(keys []string) []string {
 	epoch := c.epoch.Load()
 	for range keys {
 		c.hook(c.hooks.Miss, "l2")
-		c.hook0(c.hooks.Load)
 	}
 	ctx, cancel := c.loadContext(context.Background())
 	snaps, err := c.cfg.LoadMany(ctx, keys)
@@ -194,6 +193,8 @@ func (c *Cache) loadMany(keys []string) []string {
 			rest = append(rest, k)
 			continue
 		}
+		c.hook0(c.hooks.Load)
+		c.hook0(c.hooks.Reload)
 		wrote = append(wrote, i)
 	}
 	if c.epoch.Load() != epoch {

@@ -99,10 +99,11 @@ func TestCacheReloadsFromStoreInOneRead(t *testing.T) {
 		}
 		return out, nil
 	}
+	var loads, reloads atomic.Int64
 	c := NewCache(cfg, rdb, func(_ context.Context, k string) (*Snapshot, error) {
 		each.Add(1)
 		return snap(k), nil
-	}, CacheHooks{})
+	}, CacheHooks{Load: func() { loads.Add(1) }, Reload: func() { reloads.Add(1) }})
 	clk := &fakeClock{}
 	useClock(c, clk)
 	generation.Store(1)
@@ -110,6 +111,9 @@ func TestCacheReloadsFromStoreInOneRead(t *testing.T) {
 		if _, err := c.Get(ctx, "k"+strconv.Itoa(i)); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if l, r := loads.Load(), reloads.Load(); l != keys || r != 0 {
+		t.Fatalf("after the first reads: %d store loads, %d of them reloads; want %d and 0", l, r, keys)
 	}
 	each.Store(0)
 	// Reload every key due: L2 has lost them all, the store has generation 2.
@@ -138,6 +142,9 @@ func TestCacheReloadsFromStoreInOneRead(t *testing.T) {
 	})
 	if n, m := each.Load(), many.Load(); n != 1 || m < 1 || m > 2 {
 		t.Fatalf("%d LoadMany calls and %d single loads for %d due keys, want 1–2 and 1 (k0)", m, n, keys)
+	}
+	if l, r := loads.Load(), reloads.Load(); l != 2*keys || r != keys {
+		t.Fatalf("after the reloads: %d store loads, %d of them reloads; want %d and %d", l, r, 2*keys, keys)
 	}
 	for i := range keys {
 		k := "k" + strconv.Itoa(i)

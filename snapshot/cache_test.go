@@ -3,6 +3,7 @@ package snapshot
 import (
 	"context"
 	"errors"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -39,6 +40,21 @@ func testConfig(prefix string) CacheConfig {
 	return CacheConfig{
 		L1Size: 1000, L1TTL: time.Minute, L2TTL: time.Minute, NegativeTTL: time.Minute,
 		StaleIfError: time.Minute, L2Prefix: prefix, L2Timeout: time.Second,
+	}
+}
+
+// putL2 stores snapshot(i) of each i < n in L2 under the key "k<i>",
+// encoded as the cache writes it.
+func putL2(t testing.TB, rdb *redis.Client, prefix string, n int, snapshot func(i int) *Snapshot) {
+	t.Helper()
+	for i := range n {
+		b, err := Encode(snapshot(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := rdb.Set(context.Background(), prefix+"k"+strconv.Itoa(i), b, time.Hour).Err(); err != nil {
+			t.Fatal(err)
+		}
 	}
 }
 

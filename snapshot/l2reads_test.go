@@ -46,15 +46,7 @@ func TestCacheMissesShareL2Reads(t *testing.T) {
 	rdb, prefix := redistest.Shared(t)
 	ctx := context.Background()
 	const misses = 64
-	for i := range misses {
-		b, err := Encode(activeSnapshot(int64(i + 1)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := rdb.Set(ctx, prefix+"k"+strconv.Itoa(i), b, time.Minute).Err(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	putL2(t, rdb, prefix, misses, func(i int) *Snapshot { return activeSnapshot(int64(i + 1)) })
 	trips := &slowRoundTrips{delay: 20 * time.Millisecond}
 	rdb.AddHook(trips)
 	l := &countingLoader{snap: activeSnapshot(0)}

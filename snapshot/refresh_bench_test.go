@@ -1,10 +1,8 @@
 package snapshot
 
 import (
-	"context"
 	"strconv"
 	"testing"
-	"time"
 
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 )
@@ -15,18 +13,11 @@ import (
 // its entries were decoded from and renews them.
 func BenchmarkReload(b *testing.B) {
 	rdb, prefix := redistest.Shared(b)
-	ctx := context.Background()
 	const keys = refreshBatch
+	putL2(b, rdb, prefix, keys, func(i int) *Snapshot { return userSnapshot(1_000_000 + i) })
 	names := make([]string, keys)
 	for i := range names {
 		names[i] = "k" + strconv.Itoa(i)
-		enc, err := Encode(userSnapshot(1_000_000 + i))
-		if err != nil {
-			b.Fatal(err)
-		}
-		if err := rdb.Set(ctx, prefix+names[i], enc, time.Hour).Err(); err != nil {
-			b.Fatal(err)
-		}
 	}
 	for _, bc := range []struct {
 		name    string

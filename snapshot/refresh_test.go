@@ -20,15 +20,7 @@ func TestCacheGathersTricklingReloads(t *testing.T) {
 	rdb, prefix := redistest.Shared(t)
 	ctx := context.Background()
 	const keys = 40
-	for i := range keys {
-		b, err := Encode(activeSnapshot(int64(i + 1)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := rdb.Set(ctx, prefix+"k"+strconv.Itoa(i), b, time.Hour).Err(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	putL2(t, rdb, prefix, keys, func(i int) *Snapshot { return activeSnapshot(int64(i + 1)) })
 	var l2Hits atomic.Int64
 	c := NewCache(testConfig(prefix), rdb, (&countingLoader{}).load, CacheHooks{Hit: func(layer string) {
 		if layer == "l2" {

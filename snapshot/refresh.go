@@ -122,26 +122,24 @@ func (c *Cache) reload(keys []string) {
 	var wrote, missing []string
 	for i, k := range keys {
 		b := found[i]
-		var s *Snapshot
-		sum := maphash.Bytes(c.l2seed, b)
-		e, ok := c.l1.GetIfPresent(k)
-		renew := ok && b != nil && e.l2sum == sum && e.stamp == c.gens.stamp(e.snap)
-		if !renew && b != nil {
-			// Another version or a corrupt entry is a miss, as in fill.
-			if d, err := Decode(b); err == nil {
-				s = c.shared.compact(d)
-			}
+		if b == nil {
+			missing = append(missing, k)
+			continue
 		}
-		if !renew && s == nil {
+		sum := maphash.Bytes(c.l2seed, b)
+		var s *Snapshot
+		if e, ok := c.l1.GetIfPresent(k); ok && e.l2sum == sum && e.stamp == c.gens.stamp(e.snap) {
+			s = e.snap // the bytes it was decoded from: renewed as it is
+		} else if d, err := Decode(b); err == nil {
+			s = c.shared.compact(d)
+		} else {
+			// Another version or a corrupt entry is a miss, as in fill.
 			missing = append(missing, k)
 			continue
 		}
 		c.hook(c.hooks.Hit, "l2")
 		if c.epoch.Load() != epoch {
 			continue
-		}
-		if renew {
-			s = e.snap
 		}
 		c.putL1(k, s, sum)
 		wrote = append(wrote, k)

@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/maypok86/otter/v2"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/singleflight"
 )
@@ -25,8 +24,8 @@ var ErrUnavailable = errors.New("auth store unavailable")
 
 // CacheConfig sizes the two cache layers.
 type CacheConfig struct {
-	// L1Size is the most snapshots L1 holds. Past it, otter's W-TinyLFU
-	// policy chooses which to keep; up to it, nothing is evicted.
+	// L1Size is about the most snapshots L1 holds (see l1.go). Past it, a
+	// new entry replaces one not read lately; up to it, nothing is evicted.
 	L1Size int
 	// L1TTL is how long a snapshot in L1 is fresh. Invalidations remove
 	// entries as soon as they arrive, so the TTL is only a safety net for
@@ -91,7 +90,7 @@ type CacheHooks struct {
 // store, collapsing concurrent misses of one key into a single load.
 type Cache struct {
 	cfg   CacheConfig
-	l1    *otter.Cache[string, *entry]
+	l1    *l1Table
 	l2    redis.UniversalClient
 	load  Loader
 	hooks CacheHooks
@@ -99,8 +98,7 @@ type Cache struct {
 	// born is the origin of the entries' times, which are durations since
 	// it: 8 bytes each instead of a time.Time's 24.
 	born      time.Time
-	shared    interner
-	l2seed    maphash.Seed // of entry.l2sum
+	l2seed    maphash.Seed // of l1Entry.l2sum
 	refresher refresher
 	l2reads   l2Reads
 	gens      generations
@@ -111,37 +109,11 @@ type Cache struct {
 	epoch atomic.Uint64
 }
 
-// entry is an L1 entry. Its times are durations since the cache's birth
-// (Cache.clock).
-type entry struct {
-	snap       *Snapshot
-	freshUntil time.Duration
-	// refreshAt is when a read starts a background reload of the entry;
-	// the read that starts it moves refreshAt on by refreshRetry, so a
-	// reload that fails is retried at that pace, not on every read.
-	refreshAt atomic.Int64
-	// stamp is the generations' stamp of snap when it was stored: the
-	// entry is valid while it is unchanged (see generations).
-	stamp uint32
-	// l2sum is the hash of the L2 bytes snap was decoded from, 0 if it
-	// came from the store: a reload that reads the same bytes renews the
-	// entry without decoding them again (see reload).
-	l2sum uint64
-}
-
 // NewCache builds a cache. l2 may be nil (L1 only).
 func NewCache(cfg CacheConfig, l2 redis.UniversalClient, load Loader, hooks CacheHooks) *Cache {
 	c := &Cache{cfg: cfg, l2: l2, load: load, hooks: hooks, now: time.Now, born: time.Now(), l2seed: maphash.MakeSeed(),
 		refresher: refresher{due: make(chan string, refreshQueue)}, gens: generations{l1Size: cfg.L1Size}}
-	keep := cfg.StaleIfError
-	c.l1 = otter.Must(&otter.Options[string, *entry]{
-		MaximumSize: cfg.L1Size,
-		// Entries outlive their freshness by stale_if_error so they can be
-		// served while the store is down.
-		ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[string, *entry]) time.Duration {
-			return e.Value.freshUntil - c.clock() + keep
-		}),
-	})
+	c.l1 = newL1Table(cfg.L1Size)
 	return c
 }
 
@@ -152,14 +124,13 @@ func (c *Cache) clock() time.Duration { return c.now().Sub(c.born) }
 // Get returns the snapshot of keyHash. A negative snapshot means the key is
 // unknown. ErrUnavailable means the store failed and nothing usable is cached.
 func (c *Cache) Get(ctx context.Context, keyHash string) (*Snapshot, error) {
-	e, ok := c.l1.GetIfPresent(keyHash)
+	now := c.clock()
+	e, ok := c.l1.get(keyHash, now)
 	ok = ok && e.stamp == c.gens.stamp(e.snap)
-	if ok {
-		if now := c.clock(); now < e.freshUntil {
-			c.hook(c.hooks.Hit, "l1")
-			c.refresh(keyHash, e, now)
-			return e.snap, nil
-		}
+	if ok && now < e.freshUntil {
+		c.hook(c.hooks.Hit, "l1")
+		c.refresh(keyHash, &e, now)
+		return e.snap, nil
 	}
 	c.hook(c.hooks.Miss, "l1")
 	s, err := c.await(ctx, keyHash)
@@ -230,7 +201,7 @@ func (c *Cache) fill(ctx context.Context, keyHash string, background bool) (*Sna
 		if c.epoch.Load() == epoch {
 			c.setL1(keyHash, s)
 			if c.epoch.Load() != epoch {
-				c.l1.Invalidate(keyHash)
+				c.l1.invalidate(keyHash)
 			}
 		}
 		return s, nil
@@ -250,7 +221,7 @@ func (c *Cache) fill(ctx context.Context, keyHash string, background bool) (*Sna
 		wctx := context.WithoutCancel(ctx)
 		wrote := c.setL2(wctx, keyHash, s)
 		if c.epoch.Load() != epoch {
-			c.l1.Invalidate(keyHash)
+			c.l1.invalidate(keyHash)
 			if wrote {
 				c.delL2(wctx, keyHash)
 			}
@@ -263,24 +234,31 @@ func (c *Cache) l2Usable() bool {
 	return c.l2 != nil && (c.cfg.Health == nil || !c.cfg.Health.RedisDown())
 }
 
-// setL1 stores s in L1, as a compact copy (see interner) that is fresh
-// for the (jittered) TTL and refreshed when read in its second half.
+// setL1 stores s in L1, fresh for the (jittered) TTL and refreshed when
+// read in its second half. L1 keeps a packed copy (packed.go): s itself is
+// left alone, as a loader may hand it to other callers.
 func (c *Cache) setL1(keyHash string, s *Snapshot) {
-	c.putL1(keyHash, c.shared.compact(s), 0)
+	c.putL1(keyHash, s, 0)
 }
 
-// putL1 stores the compact snapshot s in L1, fresh for the (jittered) TTL;
-// l2sum is as in entry.
+// putL1 is setL1 for a snapshot decoded from L2 bytes with hash l2sum (0:
+// none; see l1Entry).
 func (c *Cache) putL1(keyHash string, s *Snapshot, l2sum uint64) {
+	now, fresh, keep := c.l1Times(s.NotFound)
+	e := l1Entry{snap: s, freshUntil: fresh, keepUntil: keep, refreshAt: now + (fresh-now)/2, stamp: c.gens.stamp(s), l2sum: l2sum}
+	c.l1.set(keyHash, e, now)
+}
+
+// l1Times returns the time now and, for an entry stored now, the end of its
+// (jittered) freshness and of its stay in L1.
+func (c *Cache) l1Times(negative bool) (now, freshUntil, keepUntil time.Duration) {
 	ttl := c.cfg.L1TTL
-	if s.NotFound {
+	if negative {
 		ttl = min(ttl, c.cfg.NegativeTTL)
 	}
-	ttl = c.jitter(ttl)
-	now := c.clock()
-	e := &entry{snap: s, freshUntil: now + ttl, stamp: c.gens.stamp(s), l2sum: l2sum}
-	e.refreshAt.Store(int64(now + ttl/2))
-	c.l1.Set(keyHash, e)
+	now = c.clock()
+	freshUntil = now + c.jitter(ttl)
+	return now, freshUntil, freshUntil + c.cfg.StaleIfError
 }
 
 // setL2 writes s to L2 and reports whether the write may have landed (an

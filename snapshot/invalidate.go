@@ -14,21 +14,17 @@ import (
 func (c *Cache) ForgetL1(match func(*Snapshot) bool) {
 	c.epoch.Add(1)
 	if match == nil {
-		c.l1.InvalidateAll()
+		c.l1.invalidateAll()
 		return
 	}
-	for k, e := range c.l1.All() {
-		if match(e.snap) {
-			c.l1.Invalidate(k)
-		}
-	}
+	c.l1.forget(match)
 }
 
 // ForgetHashes drops the given keys from L1 and L2.
 func (c *Cache) ForgetHashes(ctx context.Context, hashes ...string) error {
 	c.epoch.Add(1)
 	for _, h := range hashes {
-		c.l1.Invalidate(h)
+		c.l1.invalidate(h)
 	}
 	if c.l2 == nil || len(hashes) == 0 {
 		return nil

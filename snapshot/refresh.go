@@ -44,9 +44,8 @@ type refresher struct {
 
 // refresh queues keyHash for a background reload if its fresh entry e is
 // past refreshAt.
-func (c *Cache) refresh(keyHash string, e *entry, now time.Duration) {
-	at := e.refreshAt.Load()
-	if now < time.Duration(at) || !e.refreshAt.CompareAndSwap(at, int64(now+refreshRetry)) {
+func (c *Cache) refresh(keyHash string, e *l1Entry, now time.Duration) {
+	if now < e.refreshAt || !c.l1.claimRefresh(keyHash, e.refreshAt, now+refreshRetry) {
 		return
 	}
 	select {
@@ -127,29 +126,49 @@ func (c *Cache) reload(keys []string) {
 			continue
 		}
 		sum := maphash.Bytes(c.l2seed, b)
+		renew := c.decodedFrom(k, sum)
 		var s *Snapshot
-		if e, ok := c.l1.GetIfPresent(k); ok && e.l2sum == sum && e.stamp == c.gens.stamp(e.snap) {
-			s = e.snap // the bytes it was decoded from: renewed as it is
-		} else if d, err := Decode(b); err == nil {
-			s = c.shared.compact(d)
-		} else {
-			// Another version or a corrupt entry is a miss, as in fill.
-			missing = append(missing, k)
-			continue
+		if !renew {
+			var err error
+			if s, err = Decode(b); err != nil {
+				// Another version or a corrupt entry is a miss, as in fill.
+				missing = append(missing, k)
+				continue
+			}
 		}
 		c.hook(c.hooks.Hit, "l2")
 		if c.epoch.Load() != epoch {
 			continue
 		}
-		c.putL1(k, s, sum)
+		if renew {
+			// Failing, the entry was replaced or dropped meanwhile: by
+			// something newer, or it is loaded on its next read.
+			c.renewL1(k, sum)
+		} else {
+			c.putL1(k, s, sum)
+		}
 		wrote = append(wrote, k)
 	}
 	if c.epoch.Load() != epoch {
 		for _, k := range wrote {
-			c.l1.Invalidate(k)
+			c.l1.invalidate(k)
 		}
 	}
 	c.reloadFromStore(missing)
+}
+
+// decodedFrom reports whether keyHash's L1 entry was decoded from the L2
+// bytes whose hash is l2sum and no invalidation has reached it.
+func (c *Cache) decodedFrom(keyHash string, l2sum uint64) bool {
+	e, ok := c.l1.get(keyHash, c.clock())
+	return ok && e.l2sum == l2sum && e.stamp == c.gens.stamp(e.snap)
+}
+
+// renewL1 makes keyHash's entry fresh again, as putL1 would, if it still
+// holds the snapshot decoded from the L2 bytes whose hash is l2sum.
+func (c *Cache) renewL1(keyHash string, l2sum uint64) bool {
+	now, fresh, keep := c.l1Times(false) // L2 holds no negative entries
+	return c.l1.renew(keyHash, l2sum, fresh, keep, now+(fresh-now)/2)
 }
 
 // reloadFromStore loads keys L2 lacks from the store into L1 and L2: with
@@ -204,7 +223,7 @@ func (c *Cache) loadMany(keys []string) []string {
 	inL2 := c.setL2Many(context.Background(), keys, snaps, wrote)
 	if c.epoch.Load() != epoch {
 		for _, i := range wrote {
-			c.l1.Invalidate(keys[i])
+			c.l1.invalidate(keys[i])
 		}
 		for _, i := range inL2 {
 			c.delL2(context.Background(), keys[i])

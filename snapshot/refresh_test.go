@@ -127,7 +127,7 @@ func TestCacheReloadsFromStoreInOneRead(t *testing.T) {
 	generation.Store(2)
 	reloadAll()
 	testutil.WaitFor(t, 5*time.Second, func() error {
-		if e, ok := c.l1.GetIfPresent("k0"); !ok || e.snap.User.RPMLimit != 2 {
+		if s, ok := inL1(c, "k0"); !ok || s.User.RPMLimit != 2 {
 			return errors.New("k0's own load has not landed")
 		}
 		return nil
@@ -140,8 +140,8 @@ func TestCacheReloadsFromStoreInOneRead(t *testing.T) {
 	}
 	for i := range keys {
 		k := "k" + strconv.Itoa(i)
-		if e, ok := c.l1.GetIfPresent(k); !ok || e.snap.User.RPMLimit != 2 {
-			t.Fatalf("L1 %s: %+v, want generation 2", k, e)
+		if s, ok := inL1(c, k); !ok || s.User.RPMLimit != 2 {
+			t.Fatalf("L1 %s: %+v, want generation 2", k, s)
 		}
 		b, err := rdb.Get(ctx, prefix+k).Bytes()
 		if err != nil {
@@ -168,7 +168,7 @@ func TestCacheReloadsFromStoreInOneRead(t *testing.T) {
 	reloadAll()
 	for i := 1; i < keys; i++ {
 		k := "k" + strconv.Itoa(i)
-		if e, ok := c.l1.GetIfPresent(k); ok && e.snap.User.RPMLimit == 3 {
+		if s, ok := inL1(c, k); ok && s.User.RPMLimit == 3 {
 			t.Fatalf("L1 %s holds generation 3 after the invalidation", k)
 		}
 		if b, err := rdb.Get(ctx, prefix+k).Bytes(); err == nil {
@@ -201,15 +201,15 @@ func TestCacheReloadRenewsUnchangedEntries(t *testing.T) {
 	c := NewCache(testConfig(prefix), rdb, (&countingLoader{}).load, CacheHooks{})
 	clk := &fakeClock{}
 	useClock(c, clk)
-	entryOf := func() *entry {
+	entryOf := func() l1Entry {
 		t.Helper()
-		e, ok := c.l1.GetIfPresent("k")
+		e, ok := c.l1.get("k", c.clock())
 		if !ok {
 			t.Fatal("k left L1")
 		}
 		return e
 	}
-	reloadDue := func() *entry {
+	reloadDue := func() l1Entry {
 		t.Helper()
 		clk.advance(31 * time.Second) // past half of the minute's TTL
 		if _, err := c.Get(ctx, "k"); err != nil {
@@ -223,21 +223,24 @@ func TestCacheReloadRenewsUnchangedEntries(t *testing.T) {
 		t.Fatal(err)
 	}
 	first := reloadDue() // decoded: the fill kept no hash of the bytes
+	// Mark the entry: a reload that renews it keeps the mark, one that
+	// decodes the bytes again does not.
+	inL1Slot(t, c, "k", func(sl *l1Slot) { sl.snap.user.concurrency = 99 })
 	second := reloadDue()
-	if second.snap != first.snap {
+	if second.snap.User.Concurrency != 99 {
 		t.Fatal("a reload of unchanged L2 bytes decoded them again")
 	}
 	if second.freshUntil <= first.freshUntil {
 		t.Fatalf("the renewed entry is fresh until %v, no later than before (%v)", second.freshUntil, first.freshUntil)
 	}
 	put(20)
-	if e := reloadDue(); e.snap.User.RPMLimit != 20 {
+	if e := reloadDue(); e.snap.User.RPMLimit != 20 || e.snap.User.Concurrency == 99 {
 		t.Fatalf("after L2 changed the reload kept limit %d, want 20", e.snap.User.RPMLimit)
 	}
-	before := entryOf()
+	inL1Slot(t, c, "k", func(sl *l1Slot) { sl.snap.user.concurrency = 99 })
 	c.ForgetUser(7)
 	c.reload([]string{"k"})
-	if e := entryOf(); e.snap == before.snap || e.stamp != c.gens.stamp(e.snap) {
+	if e := entryOf(); e.snap.User.Concurrency == 99 || e.stamp != c.gens.stamp(e.snap) {
 		t.Fatal("after an invalidation the reload renewed the old entry")
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -145,7 +144,7 @@ func TestL1HoldsTheWorkingSetUnderUniformAccess(t *testing.T) {
 			t.Fatalf("steady-state L1 hit ratio %.4f, want >= 0.97", ratio)
 		}
 	}
-	if n := c.l1.EstimatedSize(); n != keys {
+	if n := c.l1.len(); n != keys {
 		t.Errorf("L1 holds %d entries, want all %d keys", n, keys)
 	}
 	// The refreshes read L2, which holds every key throughout (its TTL
@@ -226,7 +225,7 @@ func TestCacheRefreshesAheadOfExpiry(t *testing.T) {
 		t.Fatalf("%d refreshes at 31s, want 1", n)
 	}
 	testutil.WaitFor(t, 10*time.Second, func() error {
-		if e, ok := c.l1.GetIfPresent("k"); !ok || e.snap.User.RPMLimit != 2 {
+		if s, ok := inL1(c, "k"); !ok || s.User.RPMLimit != 2 {
 			return errors.New("the reload has not landed in L1")
 		}
 		return nil
@@ -280,38 +279,6 @@ func fullSnapshot() *Snapshot {
 		panic(err)
 	}
 	return s
-}
-
-// What L1 keeps is the snapshot it was given, field for field, and the
-// given snapshot is left alone; keys of one group share its sub-snapshot.
-func TestL1CompactCopyKeepsEveryField(t *testing.T) {
-	var in interner
-	orig := fullSnapshot()
-	before, _ := Encode(orig)
-	c := in.compact(orig)
-	after, _ := Encode(c)
-	if string(after) != string(before) {
-		t.Fatalf("compact copy differs:\n got %s\nwant %s", after, before)
-	}
-	if again, _ := Encode(orig); string(again) != string(before) {
-		t.Fatalf("the original changed: %s", again)
-	}
-	for _, ip := range []string{"10.9.9.9", "10.1.2.3", "192.0.2.1", "::1"} {
-		a := netip.MustParseAddr(ip)
-		if c.IPAllowed(a) != orig.IPAllowed(a) {
-			t.Errorf("IPAllowed(%s): copy %v, original %v", ip, c.IPAllowed(a), orig.IPAllowed(a))
-		}
-	}
-	other := fullSnapshot()
-	other.APIKeyID, other.UserID, other.User.ID = 21, 22, 22
-	if o := in.compact(other); o.Group != c.Group || o.GroupID != &c.Group.ID || o.User == c.User {
-		t.Error("two keys of one group do not share the group (or share a user)")
-	}
-	changed := fullSnapshot()
-	changed.Group.RPMLimit = 601
-	if x := in.compact(changed); x.Group == c.Group || x.Group.RPMLimit != 601 {
-		t.Error("a group with other content shares the old sub-snapshot")
-	}
 }
 
 // Memory of L1 per snapshot, as Decode builds them from L2 and with their
@@ -416,8 +383,8 @@ func TestCacheReloadDoesNotOutliveAnInvalidation(t *testing.T) {
 	if hook.f.Load() != nil {
 		t.Fatal("the reload read nothing from L2")
 	}
-	if e, ok := c.l1.GetIfPresent("k"); ok {
-		t.Fatalf("L1 holds limit %d after the invalidation", e.snap.User.RPMLimit)
+	if s, ok := inL1(c, "k"); ok {
+		t.Fatalf("L1 holds limit %d after the invalidation", s.User.RPMLimit)
 	}
 	s, err := c.Get(ctx, "k")
 	if err != nil || s.User.RPMLimit != 2 {

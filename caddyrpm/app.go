@@ -146,7 +146,7 @@ type App struct {
 // caches.
 type CacheOptions struct {
 	// L1Size is the maximum number of snapshots kept in process, about
-	// 440 bytes each. Default: 1048576 (about 450 MiB when full).
+	// 273 bytes each. Default: 1048576 (about 275 MiB when full).
 	L1Size int `json:"l1_size,omitempty"`
 	// L1TTL is how long an in-process snapshot is fresh: a safety net, as
 	// invalidations are pushed; a snapshot read in the second half of it

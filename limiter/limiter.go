@@ -78,24 +78,44 @@ type Limiter interface {
 // its counters are fields of one Redis hash (layout.go).
 type Keys struct{ Prefix string }
 
-func (k Keys) tag(userID int64) string {
-	return k.Prefix + "{u" + strconv.FormatInt(userID, 10) + "}"
+// key is the key of user userID's counter or slot set named by parts: tag
+// and parts in one allocation, as keys are built for every request.
+func (k Keys) key(userID int64, parts ...string) string {
+	var stack [128]byte
+	return string(k.appendKey(stack[:0], userID, parts))
+}
+
+// keyWithID is key with id after the parts.
+func (k Keys) keyWithID(userID, id int64, parts ...string) string {
+	var stack [128]byte
+	return string(strconv.AppendInt(k.appendKey(stack[:0], userID, parts), id, 10))
+}
+
+func (k Keys) appendKey(b []byte, userID int64, parts []string) []byte {
+	b = append(b, k.Prefix...)
+	b = append(b, "{u"...)
+	b = strconv.AppendInt(b, userID, 10)
+	b = append(b, '}')
+	for _, p := range parts {
+		b = append(b, p...)
+	}
+	return b
 }
 
 // User is the counter of all of a user's admitted requests.
-func (k Keys) User(userID int64) string { return k.tag(userID) + ":user" }
+func (k Keys) User(userID int64) string { return k.key(userID, ":user") }
 
 // UserGroup is the counter of a user's admitted requests in one group.
 func (k Keys) UserGroup(userID, groupID int64) string {
-	return k.tag(userID) + ":group:" + strconv.FormatInt(groupID, 10)
+	return k.keyWithID(userID, groupID, ":group:")
 }
 
 // ZoneUser is a route zone's counter per user.
 func (k Keys) ZoneUser(zone string, userID int64) string {
-	return k.tag(userID) + ":zone:" + zone + ":user"
+	return k.key(userID, ":zone:", zone, ":user")
 }
 
 // ZoneKey is a route zone's counter per API key.
 func (k Keys) ZoneKey(zone string, userID, keyID int64) string {
-	return k.tag(userID) + ":zone:" + zone + ":key:" + strconv.FormatInt(keyID, 10)
+	return k.keyWithID(userID, keyID, ":zone:", zone, ":key:")
 }

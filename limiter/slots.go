@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync/atomic"
 )
 
@@ -123,14 +122,14 @@ func (l *Lease) Release() {
 }
 
 // UserSlots is the set of a user's requests in flight, across all keys.
-func (k Keys) UserSlots(userID int64) string { return k.tag(userID) + ":slots:user" }
+func (k Keys) UserSlots(userID int64) string { return k.key(userID, ":slots:user") }
 
 // ZoneUserSlots is a route zone's set of a user's requests in flight.
 func (k Keys) ZoneUserSlots(zone string, userID int64) string {
-	return k.tag(userID) + ":slots:zone:" + zone + ":user"
+	return k.key(userID, ":slots:zone:", zone, ":user")
 }
 
 // ZoneKeySlots is a route zone's set of one API key's requests in flight.
 func (k Keys) ZoneKeySlots(zone string, userID, keyID int64) string {
-	return k.tag(userID) + ":slots:zone:" + zone + ":key:" + strconv.FormatInt(keyID, 10)
+	return k.keyWithID(userID, keyID, ":slots:zone:", zone, ":key:")
 }

@@ -1,11 +1,13 @@
 package snapshot
 
 import (
+	"math/rand/v2"
 	"net/netip"
 	"reflect"
 	"runtime"
 	"runtime/metrics"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 )
@@ -194,5 +196,71 @@ func TestL1FreesExpiredEntries(t *testing.T) {
 	}
 	if n := c.l1.len(); n != 10 {
 		t.Fatalf("L1 holds %d entries after 10 writes, want the 10 new ones", n)
+	}
+}
+
+// A snapshot that would need a table entry past maxShared is kept as it
+// is, and returned whole; the tables' earlier entries stay shared.
+func TestL1KeepsSnapshotsPastFullTables(t *testing.T) {
+	c := l1TestCache(100)
+	for i := range maxShared {
+		g := Group{ID: int64(i), Name: "g" + strconv.Itoa(i), Status: "active"}
+		if id := c.l1.pack.groups.id(g); id == 0 {
+			t.Fatalf("group table full after %d groups, want %d", i, maxShared)
+		}
+	}
+	s := packedSnapshot()
+	s.Group.Name = "one group too many"
+	before, _ := Encode(s)
+	c.setL1("k", s)
+	got, ok := inL1(c, "k")
+	if !ok {
+		t.Fatal("the snapshot past the full table is not in L1")
+	}
+	if after, _ := Encode(got); string(after) != string(before) {
+		t.Fatalf("L1 returned\n %s\nwant %s", after, before)
+	}
+	if _, packs := c.l1.pack.pack(s); packs {
+		t.Fatal("a snapshot with a new group packed into a full table")
+	}
+}
+
+// Reads, writes, renewals and invalidations of one L1 from many
+// goroutines at once (run with -race): every read finds the snapshot of
+// its key or nothing, never another key's.
+func TestL1Concurrent(t *testing.T) {
+	c := l1TestCache(64) // small: writes evict
+	const keys, workers, ops = 128, 8, 2000
+	key := func(i int) string { return userHash(i) }
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 1))
+			for range ops {
+				i := rng.IntN(keys)
+				switch rng.IntN(10) {
+				case 0, 1, 2:
+					c.setL1(key(i), userSnapshot(i))
+				case 3:
+					c.l1.invalidate(key(i))
+				case 4:
+					c.l1.renew(key(i), 1, time.Hour, time.Hour, time.Hour)
+				case 5:
+					if rng.IntN(100) == 0 {
+						c.ForgetL1(ForUser(int64(i)))
+					}
+				default:
+					if s, ok := inL1(c, key(i)); ok && s.UserID != int64(i) {
+						t.Errorf("%s: L1 returned user %d's snapshot", key(i), s.UserID)
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := c.l1.len(); n > 64 {
+		t.Errorf("L1 holds %d entries, more than its size of 64", n)
 	}
 }

@@ -67,6 +67,9 @@
 #                      that server and the bench schema in it, so nothing
 #                      else touches its statistics; "shared" puts the schema
 #                      into DATABASE_URL's database
+#   REDIS_UNIX=1       Caddy reaches Redis over a Unix socket instead of TCP
+#                      on 127.0.0.1 (the load generator's INFO reads stay on
+#                      TCP)
 #   PROFILE=1          also save Caddy CPU profiles of each scenario's first
 #                      segment into bench/out/ (skews those segments)
 set -euo pipefail
@@ -91,8 +94,9 @@ LOADGEN_GOMAXPROCS=${LOADGEN_GOMAXPROCS:-1}
 UPSTREAM_GOMAXPROCS=${UPSTREAM_GOMAXPROCS:-1}
 DATABASE_URL=${DATABASE_URL:-postgres://root@127.0.0.1:5432/test?sslmode=disable}
 PROFILE=${PROFILE:-}
+REDIS_UNIX=${REDIS_UNIX:-}
 RESULTS=${RESULTS:-$root/bench/results.md}
-command_line="DURATION=$DURATION WARMUP=$WARMUP USERS=$USERS USERS_LARGE=$USERS_LARGE NORESERVE=$NORESERVE EXACT_LIMIT=$EXACT_LIMIT EXACT_DURATION=$EXACT_DURATION ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS LATENCY_CONNECTIONS=$LATENCY_CONNECTIONS BENCH_DB=$BENCH_DB CADDY_GOMAXPROCS=$CADDY_GOMAXPROCS LOADGEN_GOMAXPROCS=$LOADGEN_GOMAXPROCS UPSTREAM_GOMAXPROCS=$UPSTREAM_GOMAXPROCS bench/run.sh"
+command_line="DURATION=$DURATION WARMUP=$WARMUP USERS=$USERS USERS_LARGE=$USERS_LARGE NORESERVE=$NORESERVE EXACT_LIMIT=$EXACT_LIMIT EXACT_DURATION=$EXACT_DURATION ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS LATENCY_CONNECTIONS=$LATENCY_CONNECTIONS BENCH_DB=$BENCH_DB CADDY_GOMAXPROCS=$CADDY_GOMAXPROCS LOADGEN_GOMAXPROCS=$LOADGEN_GOMAXPROCS UPSTREAM_GOMAXPROCS=$UPSTREAM_GOMAXPROCS${REDIS_UNIX:+ REDIS_UNIX=$REDIS_UNIX} bench/run.sh"
 
 for bin in redis-server psql go; do
 	command -v "$bin" >/dev/null || { echo "bench: $bin is required" >&2; exit 1; }
@@ -148,10 +152,15 @@ go build -o "$work/upstream" ./bench/upstream
 echo "== private redis-server"
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --daemonize no \
+	--unixsocket "$work/redis.sock" --unixsocketperm 700 \
 	--dir "$work" >"$work/redis.log" 2>&1 &
 redis_pid=$!
 pids+=($!)
 wait_tcp 127.0.0.1 "$redis_port" redis-server
+redis_url=redis://127.0.0.1:$redis_port
+if [[ -n $REDIS_UNIX ]]; then
+	redis_url=unix://$work/redis.sock
+fi
 
 echo "== upstream"
 upstream_port=$(free_port)
@@ -244,7 +253,7 @@ start_caddy() { # name, extra rpm option lines, site ports and handler lines as 
 	persist_config off
 	rpm {
 		postgres "$dsn"
-		redis redis://127.0.0.1:$redis_port
+		redis $redis_url
 		key_prefix bench:
 $options	}
 }

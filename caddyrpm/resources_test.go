@@ -23,6 +23,17 @@ func TestRedisConnector(t *testing.T) {
 		t.Fatalf("URL options not applied: addr %s db %d pool %d ctx %v", opts.Addr, opts.DB, opts.PoolSize, opts.ContextTimeoutEnabled)
 	}
 
+	// A Redis on the same host may be reached over its Unix socket.
+	connect, err = redisConnector([]string{"unix:///run/redis/redis.sock?db=2"}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uc := connect()
+	defer uc.Close()
+	if opts := uc.(*redis.Client).Options(); opts.Network != "unix" || opts.Addr != "/run/redis/redis.sock" || opts.DB != 2 {
+		t.Fatalf("unix URL options not applied: network %s addr %s db %d", opts.Network, opts.Addr, opts.DB)
+	}
+
 	connect, err = redisConnector([]string{"127.0.0.1:7001", "redis://127.0.0.1:7002"}, true)
 	if err != nil {
 		t.Fatal(err)

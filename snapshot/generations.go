@@ -56,14 +56,17 @@ func (t *genTables) slot(kind genKind, id int64) *atomic.Uint32 {
 
 // stamp is the sum of the generations of s's key id, user and group.
 // Generations only grow, so the sum changes whenever one of them does.
-func (g *generations) stamp(s *Snapshot) uint32 {
+func (g *generations) stamp(s *Snapshot) uint32 { return g.stampOf(s.APIKeyID, s.UserID, s.GroupID) }
+
+// stampOf is the stamp of a snapshot with these ids (groupID nil: none).
+func (g *generations) stampOf(keyID, userID int64, groupID *int64) uint32 {
 	t := g.tables.Load()
 	if t == nil {
 		return 0
 	}
-	st := t.slot(genKey, s.APIKeyID).Load() + t.slot(genUser, s.UserID).Load()
-	if s.GroupID != nil {
-		st += t.slot(genGroup, *s.GroupID).Load()
+	st := t.slot(genKey, keyID).Load() + t.slot(genUser, userID).Load()
+	if groupID != nil {
+		st += t.slot(genGroup, *groupID).Load()
 	}
 	return st
 }

@@ -213,9 +213,10 @@ func (t *l1Table) set(keyHash string, e l1Entry, now time.Duration) {
 }
 
 // renew gives keyHash's entry new times if it still holds the snapshot
-// decoded from the L2 bytes whose hash is l2sum, and reports whether it
-// did.
-func (t *l1Table) renew(keyHash string, l2sum uint64, freshUntil, keepUntil, refreshAt time.Duration) bool {
+// decoded from the L2 bytes whose hash is l2sum and its stamp is still
+// current (stampOf: as generations.stampOf), and reports whether it did.
+func (t *l1Table) renew(keyHash string, l2sum uint64, stampOf func(keyID, userID int64, groupID *int64) uint32,
+	freshUntil, keepUntil, refreshAt time.Duration) bool {
 	k := l1Key(keyHash)
 	sh := t.shard(&k)
 	sh.mu.Lock()
@@ -225,6 +226,19 @@ func (t *l1Table) renew(keyHash string, l2sum uint64, freshUntil, keepUntil, ref
 		return false
 	}
 	sl := &sh.slots[i]
+	var current uint32
+	if s := sh.loose[i]; sl.loose {
+		current = stampOf(s.APIKeyID, s.UserID, s.GroupID)
+	} else {
+		var gid *int64
+		if sl.snap.flags&packedGroupID != 0 {
+			gid = &sl.snap.groupID
+		}
+		current = stampOf(sl.snap.apiKeyID, sl.snap.userID, gid)
+	}
+	if sl.stamp != current {
+		return false
+	}
 	sl.freshUntil, sl.keepUntil, sl.refreshAt = freshUntil, keepUntil, int64(refreshAt)
 	return true
 }

@@ -246,7 +246,7 @@ func TestL1Concurrent(t *testing.T) {
 				case 3:
 					c.l1.invalidate(key(i))
 				case 4:
-					c.l1.renew(key(i), 1, time.Hour, time.Hour, time.Hour)
+					c.renewL1(key(i), 1)
 				case 5:
 					if rng.IntN(100) == 0 {
 						c.ForgetL1(ForUser(int64(i)))

@@ -113,7 +113,7 @@ func (c *Cache) gatherDue(batch []string) []string {
 // ran during the writes. An entry whose L2 bytes are those it was decoded
 // from, and that no invalidation has reached, is renewed without decoding
 // them (a reload of an unchanged snapshot, by far the most common, costs
-// a hash instead of a JSON decode and a compact copy). The keys L2 lacks
+// a hash instead of a JSON decode and packing). The keys L2 lacks
 // (every key, when L2 is down) are loaded from the store (reloadFromStore).
 func (c *Cache) reload(keys []string) {
 	epoch := c.epoch.Load()
@@ -126,27 +126,23 @@ func (c *Cache) reload(keys []string) {
 			continue
 		}
 		sum := maphash.Bytes(c.l2seed, b)
-		renew := c.decodedFrom(k, sum)
-		var s *Snapshot
-		if !renew {
-			var err error
-			if s, err = Decode(b); err != nil {
-				// Another version or a corrupt entry is a miss, as in fill.
-				missing = append(missing, k)
-				continue
-			}
+		if c.epoch.Load() == epoch && c.renewL1(k, sum) {
+			// The bytes it was decoded from: renewed as it is.
+			c.hook(c.hooks.Hit, "l2")
+			wrote = append(wrote, k)
+			continue
+		}
+		s, err := Decode(b)
+		if err != nil {
+			// Another version or a corrupt entry is a miss, as in fill.
+			missing = append(missing, k)
+			continue
 		}
 		c.hook(c.hooks.Hit, "l2")
 		if c.epoch.Load() != epoch {
 			continue
 		}
-		if renew {
-			// Failing, the entry was replaced or dropped meanwhile: by
-			// something newer, or it is loaded on its next read.
-			c.renewL1(k, sum)
-		} else {
-			c.putL1(k, s, sum)
-		}
+		c.putL1(k, s, sum)
 		wrote = append(wrote, k)
 	}
 	if c.epoch.Load() != epoch {
@@ -157,18 +153,12 @@ func (c *Cache) reload(keys []string) {
 	c.reloadFromStore(missing)
 }
 
-// decodedFrom reports whether keyHash's L1 entry was decoded from the L2
-// bytes whose hash is l2sum and no invalidation has reached it.
-func (c *Cache) decodedFrom(keyHash string, l2sum uint64) bool {
-	e, ok := c.l1.get(keyHash, c.clock())
-	return ok && e.l2sum == l2sum && e.stamp == c.gens.stamp(e.snap)
-}
-
 // renewL1 makes keyHash's entry fresh again, as putL1 would, if it still
-// holds the snapshot decoded from the L2 bytes whose hash is l2sum.
+// holds the snapshot decoded from the L2 bytes whose hash is l2sum and no
+// invalidation has reached it.
 func (c *Cache) renewL1(keyHash string, l2sum uint64) bool {
 	now, fresh, keep := c.l1Times(false) // L2 holds no negative entries
-	return c.l1.renew(keyHash, l2sum, fresh, keep, now+(fresh-now)/2)
+	return c.l1.renew(keyHash, l2sum, c.gens.stampOf, fresh, keep, now+(fresh-now)/2)
 }
 
 // reloadFromStore loads keys L2 lacks from the store into L1 and L2: with

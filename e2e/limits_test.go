@@ -136,8 +136,8 @@ func (e *limEnv) wantNoKey(t testing.TB, what, key string) {
 	}
 }
 
-// userKeys lists every counter key of a user: the fields of the user's
-// counter hash but its window.
+// userKeys lists every counter key of a user: the counter fields of the
+// user's hash.
 func (e *limEnv) userKeys(t testing.TB, uid int64) []string {
 	t.Helper()
 	hash, _ := limiter.SplitCounterKey(e.keys.User(uid))
@@ -147,7 +147,7 @@ func (e *limEnv) userKeys(t testing.TB, uid int64) []string {
 	}
 	var out []string
 	for _, f := range fields {
-		if f != "w" {
+		if limiter.IsCounterField(f) {
 			out = append(out, hash+f)
 		}
 	}

@@ -251,8 +251,8 @@ func TestRedisChecksShareACall(t *testing.T) {
 		if got := rawCount(t, c, key); got != n {
 			t.Errorf("%s = %d, want %d", key, got, n)
 		}
-		if ttl := rawTTL(t, c, key); ttl <= 0 || ttl > Window+DefaultExpirySlack {
-			t.Errorf("%s: ttl %v, want within the window plus slack", key, ttl)
+		if ttl := rawTTL(t, c, key); ttl <= 0 || ttl > Window+DefaultExpirySlack+CounterRetention {
+			t.Errorf("%s: ttl %v, want within the window, the slack and CounterRetention", key, ttl)
 		}
 	}
 }

@@ -2,7 +2,9 @@ package limiter
 
 import (
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // Counter layout in Redis
@@ -11,24 +13,37 @@ import (
 // including its hash tag, e.g. <prefix>{u7} (see Keys). Its fields are
 //
 //	w        the window number: floor(Redis server time in ms / 60000)
+//	x        when the hash expires (ms, as given to PEXPIREAT)
+//	n        how many counter fields the hash holds
 //	<field>  per counter, the rest of its key (":user", ":group:2", ...):
 //	         the number of its admitted requests in window w
 //
 // So a check reads all its counters with one HMGET and writes them with one
-// HSET, whatever their number, and a window's first write of a user sets
-// the expiry once for all of them: that per-counter work was most of the
-// Redis CPU of a check of a user not seen for a while.
+// HSET, whatever their number: that per-counter work was most of the Redis
+// CPU of a check of a user not seen for a while.
 //
 // A hash whose w is not the current window reads as 0 for every field. Its
-// first write in a window deletes it (the old window's fields of counters
-// that are not written must not count in the new one), writes w and sets
-// PEXPIREAT to the window end plus a slack, so idle users' hashes expire on
-// their own.
+// first write in a window writes w and every field of the call; if n says
+// the hash holds counters the call does not name, it is deleted first, so
+// that none of them carries an older window's count into the new one.
+//
+// A hash outlives its window: when less than the window end plus the slack
+// is left of it, its first write of a window moves x and the expiry to
+// CounterRetention past that (and checks n against HLEN, for counters added
+// by an older version that kept no n). So a user active every few minutes keeps one
+// hash, its expiry set once per five windows, instead of one created,
+// given an expiry and expired per window — what a user's first check of a
+// window cost most of all. An idle user's hash goes within
+// CounterRetention plus a window.
 //
 // The hash names are fixed, because Redis Cluster needs every key a script
 // touches declared in KEYS, and the window is only known inside the script
 // (it reads the Redis clock with TIME). A key without a hash tag is a hash
 // of its own, with the field "".
+
+// CounterRetention is how long past its window (and the expiry slack) a
+// counter hash is kept for the user's next windows.
+const CounterRetention = 4 * time.Minute
 
 // SplitCounterKey returns the Redis hash and field that hold the count of
 // the counter named key: the hash is key up to and including its hash tag
@@ -48,6 +63,10 @@ func SplitCounterKey(key string) (hash, field string) {
 	end := open + n + 2
 	return key[:end], key[end:]
 }
+
+// IsCounterField reports whether field of a counter hash holds a count,
+// not the hash's window, expiry or number of counters.
+func IsCounterField(field string) bool { return field != "w" && field != "x" && field != "n" }
 
 // counterLayout places the counters of one script call: each hash once in
 // KEYS, each field once in ARGV. The script numbers the counters hash by
@@ -132,11 +151,13 @@ local wend = (w + 1) * 60000
 `
 	// luaReadCounters reads each hash with one HMGET into count and text
 	// (by counter number; 0 unless the hash is of window w) and leaves a
-	// at the first ARGV after the layout. fresh marks the hashes not of
-	// window w: 1 if absent, 2 if of an older window.
+	// at the first ARGV after the layout. reply keeps, per hash that is
+	// not of window w or lacks a field of the call, its reply: v[1] its
+	// window (false: absent), v[2] its expiry, v[3] its number of
+	// counters, v[3 + i] the call's i-th field.
 	luaReadCounters = `
 local layout, nh = a + 1, ARGV[a] + 0
-local count, text, dirty, fresh, nf = {}, {}, {}, {}, {}
+local count, text, dirty, reply, nf = {}, {}, {}, {}, {}
 -- Small counts as strings, so that replying or writing them needs no
 -- formatting.
 local small = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8'}
@@ -144,52 +165,90 @@ local c = 0
 a = layout
 for h = 1, nh do
   local f = ARGV[a] + 0
-  local v = redis.call('HMGET', KEYS[h], 'w', unpack(ARGV, a + 1, a + f))
+  local v = redis.call('HMGET', KEYS[h], 'w', 'x', 'n', unpack(ARGV, a + 1, a + f))
   nf[h] = f
   if v[1] == ws then
     for i = 1, f do
-      local s = v[i + 1]
+      local s = v[i + 3]
       if s then
         count[c + i], text[c + i] = s + 0, s
       else
         count[c + i], text[c + i] = 0, '0'
+        reply[h] = v
       end
     end
   else
-    fresh[h] = v[1] and 2 or 1
+    reply[h] = v
     for i = 1, f do count[c + i], text[c + i] = 0, '0' end
   end
   c = c + f
   a = a + 1 + f
 end
 `
-	// luaWriteCounters writes the counters marked dirty, one HSET per
-	// hash; a hash's first write of window w starts it afresh.
-	luaWriteCounters = `
-local exp
+)
+
+// luaWriteCounters writes the counters marked dirty, one HSET per hash. A
+// hash's first write of window w writes w and every field of the call, n
+// if it changes, and x and the expiry if they are due (see the layout
+// above).
+var luaWriteCounters = `
+local keep, expire
 local set = {}
 c, a = 0, layout
 for h = 1, nh do
-  local f, n = nf[h], 0
-  for i = 1, f do
-    if dirty[c + i] then
-      local v = count[c + i]
-      set[n + 1], set[n + 2] = ARGV[a + i], small[v] or v
-      n = n + 2
+  local f, n, v = nf[h], 0, reply[h]
+  if v and v[1] ~= ws then
+    for i = 1, f do
+      if dirty[c + i] then n = 1 break end
     end
   end
   if n > 0 then
-    if fresh[h] then
-      exp = exp or tostring(wend + tonumber(ARGV[1]))
-      if fresh[h] == 2 then redis.call('DEL', KEYS[h]) end
-      redis.call('HSET', KEYS[h], 'w', ws, unpack(set, 1, n))
-      redis.call('PEXPIREAT', KEYS[h], exp)
-    else
-      redis.call('HSET', KEYS[h], unpack(set, 1, n))
+    n = 0
+    local have = 0
+    for i = 1, f do
+      local x = count[c + i]
+      set[n + 1], set[n + 2] = ARGV[a + i], small[x] or x
+      n = n + 2
+      if v[i + 3] then have = have + 1 end
     end
+    keep = keep or wend + tonumber(ARGV[1])
+    local x = v[2]
+    local due = not (x and x + 0 >= keep)
+    -- When the expiry is due, HLEN also catches a counter that n missed
+    -- (added by an instance of a version that kept no n).
+    if v[1] and (not v[3] or v[3] + 0 ~= have or due and redis.call('HLEN', KEYS[h]) ~= have + 3) then
+      redis.call('DEL', KEYS[h])
+      x, due = false, true
+    end
+    local fs = small[f] or tostring(f)
+    if fs ~= v[3] or not x then
+      set[n + 1], set[n + 2] = 'n', fs
+      n = n + 2
+    end
+    if not due then
+      redis.call('HSET', KEYS[h], 'w', ws, unpack(set, 1, n))
+    else
+      expire = expire or tostring(keep + ` + strconv.FormatInt(CounterRetention.Milliseconds(), 10) + `)
+      redis.call('HSET', KEYS[h], 'w', ws, 'x', expire, unpack(set, 1, n))
+      redis.call('PEXPIREAT', KEYS[h], expire)
+    end
+  else
+    local added = 0
+    for i = 1, f do
+      if dirty[c + i] then
+        local x = count[c + i]
+        set[n + 1], set[n + 2] = ARGV[a + i], small[x] or x
+        n = n + 2
+        if v and not v[i + 3] then added = added + 1 end
+      end
+    end
+    if added > 0 and v[3] then
+      set[n + 1], set[n + 2] = 'n', v[3] + added
+      n = n + 2
+    end
+    if n > 0 then redis.call('HSET', KEYS[h], unpack(set, 1, n)) end
   end
   c = c + f
   a = a + 1 + f
 end
 `
-)

@@ -20,6 +20,9 @@ func TestSplitCounterKey(t *testing.T) {
 		if hash != tc.hash || field != tc.field {
 			t.Errorf("SplitCounterKey(%q) = %q, %q; want %q, %q", tc.key, hash, field, tc.hash, tc.field)
 		}
+		if !IsCounterField(field) {
+			t.Errorf("%q: field %q is a field of the hash itself", tc.key, field)
+		}
 		if clusterSlot(hash) != clusterSlot(tc.key) {
 			t.Errorf("%q: hash %q in slot %d, the key in %d", tc.key, hash, clusterSlot(hash), clusterSlot(tc.key))
 		}

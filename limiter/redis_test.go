@@ -311,19 +311,66 @@ func TestRedisScriptReload(t *testing.T) {
 	}
 }
 
+// TestRedisExpiry: a counter hash expires CounterRetention after its
+// window end and the slack; a first write of a later window moves the
+// expiry on only once less than the window end and the slack is left.
 func TestRedisExpiry(t *testing.T) {
 	c, keys := singleClient(t)
 	r := NewRedis(c, WithExpirySlack(3*time.Second))
 	ctx := context.Background()
+	redistest.WaitForWindow(t, c, minRemaining)
 	key := keys.User(1)
-	res, err := r.Check(ctx, []Counter{userCounter(keys, 1, 5)})
-	if err != nil {
+	hash, _ := SplitCounterKey(key)
+	check := func() time.Duration {
+		t.Helper()
+		res, err := r.Check(ctx, []Counter{userCounter(keys, 1, 5)})
+		if err != nil || !res.Allowed {
+			t.Fatalf("check: %+v, %v", res, err)
+		}
+		return res.ResetIn
+	}
+	wantTTL := func(name string, want time.Duration) {
+		t.Helper()
+		if d := rawTTL(t, c, key) - want; d < -time.Second || d > time.Second {
+			t.Fatalf("%s: PTTL %v, want about %v", name, rawTTL(t, c, key), want)
+		}
+	}
+	resetIn := check()
+	wantTTL("new hash", resetIn+3*time.Second+CounterRetention)
+
+	// A later window with the expiry still far: kept as it is.
+	window := redisNow(t, c).UnixMilli() / Window.Milliseconds()
+	if err := c.HSet(ctx, hash, "w", window-1).Err(); err != nil {
 		t.Fatal(err)
 	}
-	ttl := rawTTL(t, c, key)
-	want := res.ResetIn + 3*time.Second
-	if d := ttl - want; d < -time.Second || d > time.Second {
-		t.Fatalf("PTTL %v, want about %v (window end + slack)", ttl, want)
+	if err := c.PExpire(ctx, hash, time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	check()
+	wantTTL("expiry far enough", time.Hour)
+
+	// A later window with the expiry due: moved on.
+	if err := c.HSet(ctx, hash, "w", window-1, "x", redisNow(t, c).UnixMilli()+time.Hour.Milliseconds()/2).Err(); err != nil {
+		t.Fatal(err)
+	}
+	check()
+	wantTTL("expiry far enough by x", time.Hour)
+	if err := c.HSet(ctx, hash, "w", window-1, "x", (window+1)*Window.Milliseconds()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	resetIn = check()
+	wantTTL("expiry due", resetIn+3*time.Second+CounterRetention)
+
+	// A counter the hash's n misses (one added by a version that kept no
+	// n) is gone once the expiry is next due, not read in a later window.
+	stray := keys.UserGroup(1, 9)
+	setRawCount(t, c, stray, 7)
+	if err := c.HSet(ctx, hash, "w", window-1, "x", (window+1)*Window.Milliseconds()).Err(); err != nil {
+		t.Fatal(err)
+	}
+	check()
+	if n := rawCount(t, c, stray); n != 0 {
+		t.Fatalf("a counter n missed reads %d in the next window, want 0", n)
 	}
 }
 
@@ -430,6 +477,15 @@ func TestRedisOneHashPerUser(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	zone := Counter{Key: keys.ZoneUser("img", 1), Limit: 100}
+	// A counter of user 1 that the call does not name, added within the
+	// window (n must count it), then the window ends.
+	addZoneThenAge := func() {
+		if res, err := r.Check(ctx, []Counter{zone}); err != nil || !res.Allowed {
+			t.Fatalf("zone check: %+v, %v", res, err)
+		}
+		ageUser1()
+	}
 	for _, step := range []struct {
 		name   string
 		before func()
@@ -437,7 +493,10 @@ func TestRedisOneHashPerUser(t *testing.T) {
 	}{
 		{"first of the window", nil, map[string]float64{"hmget": 2, "hset": 2, "pexpireat": 2, "del": 0}},
 		{"second", nil, map[string]float64{"hmget": 2, "hset": 2, "pexpireat": 0, "del": 0}},
-		{"user 1 of an older window", ageUser1, map[string]float64{"hmget": 2, "hset": 2, "pexpireat": 1, "del": 1}},
+		// Every counter of user 1 is in the call: the hash is rewritten
+		// as it is, its expiry still far enough.
+		{"user 1 of an older window", ageUser1, map[string]float64{"hmget": 2, "hset": 2, "pexpireat": 0, "del": 0}},
+		{"user 1 of an older window with another counter", addZoneThenAge, map[string]float64{"hmget": 2, "hset": 2, "pexpireat": 1, "del": 1}},
 	} {
 		if step.before != nil {
 			step.before()
@@ -451,7 +510,7 @@ func TestRedisOneHashPerUser(t *testing.T) {
 			}
 		}
 	}
-	for key, n := range map[string]int64{keys.User(1): 3, keys.UserGroup(1, 1): 1, keys.UserGroup(1, 2): 1, keys.User(2): 3, keys.UserGroup(2, 1): 3} {
+	for key, n := range map[string]int64{keys.User(1): 3, keys.UserGroup(1, 1): 1, keys.UserGroup(1, 2): 1, keys.User(2): 4, keys.UserGroup(2, 1): 4, zone.Key: 0} {
 		if got := rawCount(t, c, key); got != n {
 			t.Errorf("%s = %d, want %d", key, got, n)
 		}

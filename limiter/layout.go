@@ -4,7 +4,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 )
 
 // Counter layout in Redis
@@ -13,7 +12,6 @@ import (
 // including its hash tag, e.g. <prefix>{u7} (see Keys). Its fields are
 //
 //	w        the window number: floor(Redis server time in ms / 60000)
-//	x        when the hash expires (ms, as given to PEXPIREAT)
 //	n        how many counter fields the hash holds
 //	<field>  per counter, the rest of its key (":user", ":group:2", ...):
 //	         the number of its admitted requests in window w
@@ -27,23 +25,29 @@ import (
 // the hash holds counters the call does not name, it is deleted first, so
 // that none of them carries an older window's count into the new one.
 //
-// A hash outlives its window: when less than the window end plus the slack
-// is left of it, its first write of a window moves x and the expiry to
-// CounterRetention past that (and checks n against HLEN, for counters added
-// by an older version that kept no n). So a user active every few minutes keeps one
-// hash, its expiry set once per five windows, instead of one created,
-// given an expiry and expired per window — what a user's first check of a
-// window cost most of all. An idle user's hash goes within
-// CounterRetention plus a window.
+// A hash outlives its window. Windows go in blocks of counterBlock; a
+// hash's first write in a block (its creation, or a first write of a
+// window whose block is not that of the hash's w) sets its expiry to the
+// end of the first window two blocks on, plus the slack, and checks n
+// against HLEN (for counters added by an older version that kept no n).
+// Any write within a block finds the expiry past the window's end: the
+// block's first write set it at least to the block's end. So a user active
+// every few minutes keeps one hash, its expiry set once per block, instead
+// of one created, given an expiry and expired per window — what a user's
+// first check of a window cost most of all; an idle user's hash goes 5 to
+// 8 windows after its last write. Keeping the expiry in the hash would
+// cost every check a field more to read.
 //
 // The hash names are fixed, because Redis Cluster needs every key a script
 // touches declared in KEYS, and the window is only known inside the script
 // (it reads the Redis clock with TIME). A key without a hash tag is a hash
 // of its own, with the field "".
 
-// CounterRetention is how long past its window (and the expiry slack) a
-// counter hash is kept for the user's next windows.
-const CounterRetention = 4 * time.Minute
+// counterBlock is how many windows a counter hash's expiry covers at least
+// (see the layout above).
+const counterBlock = 4
+
+var counterBlockText = strconv.Itoa(counterBlock)
 
 // SplitCounterKey returns the Redis hash and field that hold the count of
 // the counter named key: the hash is key up to and including its hash tag
@@ -65,8 +69,8 @@ func SplitCounterKey(key string) (hash, field string) {
 }
 
 // IsCounterField reports whether field of a counter hash holds a count,
-// not the hash's window, expiry or number of counters.
-func IsCounterField(field string) bool { return field != "w" && field != "x" && field != "n" }
+// not the hash's window or number of counters.
+func IsCounterField(field string) bool { return field != "w" && field != "n" }
 
 // counterLayout places the counters of one script call: each hash once in
 // KEYS, each field once in ARGV. The script numbers the counters hash by
@@ -141,20 +145,22 @@ func (l *counterLayout) index(p place) int { return l.first[p.hash] + p.field + 
 // with x + 0 rather than tonumber(x), which parses twice.
 const (
 	// luaClock reads the Redis clock: ms, its window w (ws as a string)
-	// and the window end.
+	// and the window end; KEYS and ARGV become locals, which Lua reads
+	// faster than globals.
 	luaClock = `
 local t = redis.call('TIME')
 local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local w = math.floor(ms / 60000)
 local ws = tostring(w)
 local wend = (w + 1) * 60000
+local KEYS, ARGV = KEYS, ARGV
 `
 	// luaReadCounters reads each hash with one HMGET into count and text
 	// (by counter number; 0 unless the hash is of window w) and leaves a
 	// at the first ARGV after the layout. reply keeps, per hash that is
 	// not of window w or lacks a field of the call, its reply: v[1] its
-	// window (false: absent), v[2] its expiry, v[3] its number of
-	// counters, v[3 + i] the call's i-th field.
+	// window (false: absent), v[2] its number of counters, v[2 + i] the
+	// call's i-th field.
 	luaReadCounters = `
 local layout, nh = a + 1, ARGV[a] + 0
 local count, text, dirty, reply, nf = {}, {}, {}, {}, {}
@@ -165,11 +171,11 @@ local c = 0
 a = layout
 for h = 1, nh do
   local f = ARGV[a] + 0
-  local v = redis.call('HMGET', KEYS[h], 'w', 'x', 'n', unpack(ARGV, a + 1, a + f))
+  local v = redis.call('HMGET', KEYS[h], 'w', 'n', unpack(ARGV, a + 1, a + f))
   nf[h] = f
   if v[1] == ws then
     for i = 1, f do
-      local s = v[i + 3]
+      local s = v[i + 2]
       if s then
         count[c + i], text[c + i] = s + 0, s
       else
@@ -189,10 +195,10 @@ end
 
 // luaWriteCounters writes the counters marked dirty, one HSET per hash. A
 // hash's first write of window w writes w and every field of the call, n
-// if it changes, and x and the expiry if they are due (see the layout
-// above).
+// if it changes, and the expiry if it is due (see the layout above).
 var luaWriteCounters = `
-local keep, expire
+local wb = math.floor(w / ` + counterBlockText + `)
+local expire
 local set = {}
 c, a = 0, layout
 for h = 1, nh do
@@ -209,27 +215,23 @@ for h = 1, nh do
       local x = count[c + i]
       set[n + 1], set[n + 2] = ARGV[a + i], small[x] or x
       n = n + 2
-      if v[i + 3] then have = have + 1 end
+      if v[i + 2] then have = have + 1 end
     end
-    keep = keep or wend + tonumber(ARGV[1])
-    local x = v[2]
-    local due = not (x and x + 0 >= keep)
+    local old, fs = v[1], small[f] or tostring(f)
+    local due = not old or math.floor((old + 0) / ` + counterBlockText + `) ~= wb
     -- When the expiry is due, HLEN also catches a counter that n missed
     -- (added by an instance of a version that kept no n).
-    if v[1] and (not v[3] or v[3] + 0 ~= have or due and redis.call('HLEN', KEYS[h]) ~= have + 3) then
+    if old and (not v[2] or v[2] + 0 ~= have or due and redis.call('HLEN', KEYS[h]) ~= have + 2) then
       redis.call('DEL', KEYS[h])
-      x, due = false, true
+      old, due = false, true
     end
-    local fs = small[f] or tostring(f)
-    if fs ~= v[3] or not x then
+    if not old or fs ~= v[2] then
       set[n + 1], set[n + 2] = 'n', fs
       n = n + 2
     end
-    if not due then
-      redis.call('HSET', KEYS[h], 'w', ws, unpack(set, 1, n))
-    else
-      expire = expire or tostring(keep + ` + strconv.FormatInt(CounterRetention.Milliseconds(), 10) + `)
-      redis.call('HSET', KEYS[h], 'w', ws, 'x', expire, unpack(set, 1, n))
+    redis.call('HSET', KEYS[h], 'w', ws, unpack(set, 1, n))
+    if due then
+      expire = expire or tostring((` + counterBlockText + ` * (wb + 2) + 1) * 60000 + tonumber(ARGV[1]))
       redis.call('PEXPIREAT', KEYS[h], expire)
     end
   else
@@ -239,11 +241,11 @@ for h = 1, nh do
         local x = count[c + i]
         set[n + 1], set[n + 2] = ARGV[a + i], small[x] or x
         n = n + 2
-        if v and not v[i + 3] then added = added + 1 end
+        if v and not v[i + 2] then added = added + 1 end
       end
     end
-    if added > 0 and v[3] then
-      set[n + 1], set[n + 2] = 'n', v[3] + added
+    if added > 0 and v[2] then
+      set[n + 1], set[n + 2] = 'n', v[2] + added
       n = n + 2
     end
     if n > 0 then redis.call('HSET', KEYS[h], unpack(set, 1, n)) end

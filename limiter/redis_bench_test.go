@@ -13,7 +13,8 @@ import (
 // from their limits. It reports, per check, the time Redis spent in the
 // script and the CPU time of the (private) redis-server. The user's hash
 // is, before its first check: absent ("new"), or of the previous window
-// ("earlier", as the hashes of users seen a few minutes ago are). With
+// ("earlier": of another window of its block, as the hashes of users
+// seen a minute or two ago are). With
 // -benchtime=1250x every check is its user's first of the window; with
 // more, most are not.
 func BenchmarkDistinctChecks(b *testing.B) {
@@ -58,7 +59,8 @@ func BenchmarkDistinctChecks(b *testing.B) {
 }
 
 // writeEarlierWindow checks each counter set once and then moves its hash
-// back to the previous window, as if it had been written a minute ago.
+// to another window of the same block (see layout.go), as if it had been
+// written a minute or two ago.
 func writeEarlierWindow(b *testing.B, r *Redis, c *redis.Client, sets [][]Counter) {
 	ctx := context.Background()
 	for _, cs := range sets {
@@ -66,10 +68,11 @@ func writeEarlierWindow(b *testing.B, r *Redis, c *redis.Client, sets [][]Counte
 			b.Fatal(err)
 		}
 	}
+	window := redisNow(b, c).UnixMilli() / Window.Milliseconds()
 	p := c.Pipeline()
 	for _, cs := range sets {
 		hash, _ := SplitCounterKey(cs[0].Key)
-		p.HIncrBy(ctx, hash, "w", -1)
+		p.HSet(ctx, hash, "w", otherWindowOfBlock(window))
 	}
 	if _, err := p.Exec(ctx); err != nil {
 		b.Fatal(err)

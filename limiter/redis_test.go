@@ -311,23 +311,28 @@ func TestRedisScriptReload(t *testing.T) {
 	}
 }
 
-// TestRedisExpiry: a counter hash expires CounterRetention after its
-// window end and the slack; a first write of a later window moves the
-// expiry on only once less than the window end and the slack is left.
+// TestRedisExpiry: a counter hash expires at the end of the first window
+// two blocks after that of its first write of a block, plus the slack; a
+// later window of the same block leaves the expiry as it is.
 func TestRedisExpiry(t *testing.T) {
 	c, keys := singleClient(t)
-	r := NewRedis(c, WithExpirySlack(3*time.Second))
+	const slack = 3 * time.Second
+	r := NewRedis(c, WithExpirySlack(slack))
 	ctx := context.Background()
 	redistest.WaitForWindow(t, c, minRemaining)
 	key := keys.User(1)
 	hash, _ := SplitCounterKey(key)
-	check := func() time.Duration {
+	window := redisNow(t, c).UnixMilli() / Window.Milliseconds()
+	expiry := func() time.Duration {
+		block := window / counterBlock
+		end := time.Duration(counterBlock*(block+2)+1) * Window
+		return end + slack - time.Duration(redisNow(t, c).UnixMilli())*time.Millisecond
+	}
+	check := func() {
 		t.Helper()
-		res, err := r.Check(ctx, []Counter{userCounter(keys, 1, 5)})
-		if err != nil || !res.Allowed {
+		if res, err := r.Check(ctx, []Counter{userCounter(keys, 1, 5)}); err != nil || !res.Allowed {
 			t.Fatalf("check: %+v, %v", res, err)
 		}
-		return res.ResetIn
 	}
 	wantTTL := func(name string, want time.Duration) {
 		t.Helper()
@@ -335,43 +340,47 @@ func TestRedisExpiry(t *testing.T) {
 			t.Fatalf("%s: PTTL %v, want about %v", name, rawTTL(t, c, key), want)
 		}
 	}
-	resetIn := check()
-	wantTTL("new hash", resetIn+3*time.Second+CounterRetention)
-
-	// A later window with the expiry still far: kept as it is.
-	window := redisNow(t, c).UnixMilli() / Window.Milliseconds()
-	if err := c.HSet(ctx, hash, "w", window-1).Err(); err != nil {
-		t.Fatal(err)
+	// setWindow makes the hash's window w, as if it was written in w.
+	setWindow := func(w int64) {
+		t.Helper()
+		if err := c.HSet(ctx, hash, "w", w).Err(); err != nil {
+			t.Fatal(err)
+		}
 	}
+	check()
+	wantTTL("new hash", expiry())
+
+	// Another window of the same block: the expiry stays.
+	setWindow(otherWindowOfBlock(window))
 	if err := c.PExpire(ctx, hash, time.Hour).Err(); err != nil {
 		t.Fatal(err)
 	}
 	check()
-	wantTTL("expiry far enough", time.Hour)
+	wantTTL("a window of the same block", time.Hour)
 
-	// A later window with the expiry due: moved on.
-	if err := c.HSet(ctx, hash, "w", window-1, "x", redisNow(t, c).UnixMilli()+time.Hour.Milliseconds()/2).Err(); err != nil {
-		t.Fatal(err)
-	}
+	// A window of an earlier block: the expiry moves on.
+	setWindow(window - counterBlock)
 	check()
-	wantTTL("expiry far enough by x", time.Hour)
-	if err := c.HSet(ctx, hash, "w", window-1, "x", (window+1)*Window.Milliseconds()).Err(); err != nil {
-		t.Fatal(err)
-	}
-	resetIn = check()
-	wantTTL("expiry due", resetIn+3*time.Second+CounterRetention)
+	wantTTL("a window of an earlier block", expiry())
 
 	// A counter the hash's n misses (one added by a version that kept no
-	// n) is gone once the expiry is next due, not read in a later window.
+	// n) is gone at the next block, not read in a later window.
 	stray := keys.UserGroup(1, 9)
 	setRawCount(t, c, stray, 7)
-	if err := c.HSet(ctx, hash, "w", window-1, "x", (window+1)*Window.Milliseconds()).Err(); err != nil {
-		t.Fatal(err)
-	}
+	setWindow(window - counterBlock)
 	check()
 	if n := rawCount(t, c, stray); n != 0 {
-		t.Fatalf("a counter n missed reads %d in the next window, want 0", n)
+		t.Fatalf("a counter n missed reads %d in the next block, want 0", n)
 	}
+}
+
+// otherWindowOfBlock returns a window other than w in w's block of
+// counterBlock windows: one before, or after if w is the block's first.
+func otherWindowOfBlock(w int64) int64 {
+	if w%counterBlock == 0 {
+		return w + 1
+	}
+	return w - 1
 }
 
 func TestRedisStaleWindowReadsZero(t *testing.T) {
@@ -471,9 +480,12 @@ func TestRedisOneHashPerUser(t *testing.T) {
 		}
 		return out
 	}
+	// ageUser1 moves user 1's hash to another window of the same block,
+	// as if it had been written then.
 	ageUser1 := func() {
 		hash, _ := SplitCounterKey(keys.User(1))
-		if err := c.HIncrBy(ctx, hash, "w", -1).Err(); err != nil {
+		window := redisNow(t, c).UnixMilli() / Window.Milliseconds()
+		if err := c.HSet(ctx, hash, "w", otherWindowOfBlock(window)).Err(); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -28,8 +28,10 @@ import (
 // A hash outlives its window. Windows go in blocks of counterBlock; a
 // hash's first write in a block (its creation, or a first write of a
 // window whose block is not that of the hash's w) sets its expiry to the
-// end of the first window two blocks on, plus the slack, and checks n
-// against HLEN (for counters added by an older version that kept no n).
+// end of the first window two blocks on, plus the slack; if the hash's w
+// is of a block whose number is a multiple of counterBlock, it also checks
+// n against HLEN, for counters added by an older version that kept no n (a
+// call of its own, so not at every block).
 // Any write within a block finds the expiry past the window's end: the
 // block's first write set it at least to the block's end. So a user active
 // every few minutes keeps one hash, its expiry set once per block, instead
@@ -218,10 +220,11 @@ for h = 1, nh do
       if v[i + 2] then have = have + 1 end
     end
     local old, fs = v[1], small[f] or tostring(f)
-    local due = not old or math.floor((old + 0) / ` + counterBlockText + `) ~= wb
-    -- When the expiry is due, HLEN also catches a counter that n missed
-    -- (added by an instance of a version that kept no n).
-    if old and (not v[2] or v[2] + 0 ~= have or due and redis.call('HLEN', KEYS[h]) ~= have + 2) then
+    local ob = old and math.floor((old + 0) / ` + counterBlockText + `)
+    local due = ob ~= wb
+    -- HLEN catches a counter that n missed (added by an instance of a
+    -- version that kept no n).
+    if old and (not v[2] or v[2] + 0 ~= have or due and ob % ` + counterBlockText + ` == 0 and redis.call('HLEN', KEYS[h]) ~= have + 2) then
       redis.call('DEL', KEYS[h])
       old, due = false, true
     end

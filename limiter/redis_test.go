@@ -364,13 +364,20 @@ func TestRedisExpiry(t *testing.T) {
 	wantTTL("a window of an earlier block", expiry())
 
 	// A counter the hash's n misses (one added by a version that kept no
-	// n) is gone at the next block, not read in a later window.
+	// n) stays while the hash's block is not a multiple of counterBlock,
+	// and is gone at the first write after one that is.
 	stray := keys.UserGroup(1, 9)
 	setRawCount(t, c, stray, 7)
-	setWindow(window - counterBlock)
+	checkedBlock := (window/(counterBlock*counterBlock) - 1) * counterBlock // a multiple of counterBlock, before window's
+	setWindow((checkedBlock + 1) * counterBlock)
+	check()
+	if n := rawCount(t, c, stray); n != 7 {
+		t.Fatalf("a counter n missed reads %d after a block not checked, want 7 (still there)", n)
+	}
+	setWindow(checkedBlock * counterBlock)
 	check()
 	if n := rawCount(t, c, stray); n != 0 {
-		t.Fatalf("a counter n missed reads %d in the next block, want 0", n)
+		t.Fatalf("a counter n missed reads %d after a checked block, want 0", n)
 	}
 }
 

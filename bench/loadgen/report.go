@@ -12,8 +12,9 @@ import (
 // counts them in commandstats although the client never sends them. DEL
 // is the first write of a user's counter hash in a new window; clients
 // send it too (invalidations delete L2 entries), but in no scenario here
-// more than a few times.
-var scriptInternal = []string{"time", "hmget", "hset", "hincrby", "pexpireat", "del",
+// more than a few times. HLEN checks a counter hash's count of counters
+// now and then (limiter/layout.go).
+var scriptInternal = []string{"time", "hmget", "hset", "hincrby", "pexpireat", "del", "hlen",
 	"zremrangebyscore", "zcard", "zadd", "pexpire", "pttl", "zcount"}
 
 // own are the commands the benchmark itself sends to Redis.

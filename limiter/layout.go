@@ -205,13 +205,15 @@ local set = {}
 c, a = 0, layout
 for h = 1, nh do
   local f, n, v = nf[h], 0, reply[h]
+  local first = false
   if v and v[1] ~= ws then
     for i = 1, f do
-      if dirty[c + i] then n = 1 break end
+      if dirty[c + i] then first = true break end
     end
   end
-  if n > 0 then
-    n = 0
+  if first then
+    -- The hash's first write of window w: w and every counter of the
+    -- call, the others deleted if n (or HLEN) says there are any.
     local have = 0
     for i = 1, f do
       local x = count[c + i]
@@ -238,6 +240,8 @@ for h = 1, nh do
       redis.call('PEXPIREAT', KEYS[h], expire)
     end
   else
+    -- A later write of window w: the dirty counters, and n grown by
+    -- those new to the hash.
     local added = 0
     for i = 1, f do
       if dirty[c + i] then

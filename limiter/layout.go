@@ -75,7 +75,7 @@ func SplitCounterKey(key string) (hash, field string) {
 func IsCounterField(field string) bool { return field != "w" && field != "n" }
 
 // counterLayout places the counters of one script call: each hash once in
-// KEYS, each field once in ARGV. The script numbers the counters hash by
+// KEYS, each field once per hash. The script numbers the counters hash by
 // hash, in the order of their fields, from 1.
 type counterLayout struct {
 	hashes []string   // the KEYS
@@ -105,20 +105,45 @@ func (l *counterLayout) add(key string) place {
 	return place{h, f}
 }
 
-// appendArgs appends what the script reads the layout from: the number of
-// hashes, then per hash its number of fields and the fields. Call it after
-// the last add and before index.
+// appendArgs appends what the script reads the layout from. The hashes of
+// a call mostly hold the same fields (users of one group, say), and every
+// argument costs Redis more than most of the script's work on it, so each
+// distinct list of fields goes once: the number of lists, then per list
+// its length and its fields; then the hashes as runs of hashes with the
+// same list, in KEYS order: the number of runs, then per run its length
+// and the number of its list (from 1). Call it after the last add and
+// before index.
 func (l *counterLayout) appendArgs(args []any) []any {
-	args = append(args, len(l.hashes))
+	lists := make([]int, len(l.fields)) // per hash, the index of its list
+	var distinct [][]string
+	for h, fields := range l.fields {
+		i := slices.IndexFunc(distinct, func(d []string) bool { return slices.Equal(d, fields) })
+		if i < 0 {
+			i = len(distinct)
+			distinct = append(distinct, fields)
+		}
+		lists[h] = i
+	}
+	args = append(args, len(distinct))
+	for _, fields := range distinct {
+		args = append(args, len(fields))
+		for _, f := range fields {
+			args = append(args, f)
+		}
+	}
+	runs := len(args)
+	args = append(args, 0)
 	l.first = make([]int, len(l.hashes))
 	n := 0
 	for h, fields := range l.fields {
 		l.first[h] = n
 		n += len(fields)
-		args = append(args, len(fields))
-		for _, f := range fields {
-			args = append(args, f)
+		if h > 0 && lists[h] == lists[h-1] {
+			args[len(args)-2] = args[len(args)-2].(int) + 1
+			continue
 		}
+		args = append(args, 1, lists[h]+1)
+		args[runs] = args[runs].(int) + 1
 	}
 	return args
 }
@@ -134,6 +159,21 @@ func (l *counterLayout) counters() int {
 
 // index returns the script's 1-based number of the counter at p.
 func (l *counterLayout) index(p place) int { return l.first[p.hash] + p.field + 1 }
+
+// wholeHash reports whether places are all the fields of one hash, in
+// their order, and returns that hash's 1-based number: then a check need
+// not number its counters one by one.
+func (l *counterLayout) wholeHash(places []place) (int, bool) {
+	if len(places) == 0 || len(places) != len(l.fields[places[0].hash]) {
+		return 0, false
+	}
+	for i, p := range places {
+		if p.hash != places[0].hash || p.field != i {
+			return 0, false
+		}
+	}
+	return places[0].hash + 1, true
+}
 
 // Lua fragments the scripts that read and write counters share, in this
 // order: luaClock, then with a set to the ARGV index of the layout
@@ -157,24 +197,48 @@ local ws = tostring(w)
 local wend = (w + 1) * 60000
 local KEYS, ARGV = KEYS, ARGV
 `
-	// luaReadCounters reads each hash with one HMGET into count and text
-	// (by counter number; 0 unless the hash is of window w) and leaves a
-	// at the first ARGV after the layout. reply keeps, per hash that is
-	// not of window w or lacks a field of the call, its reply: v[1] its
-	// window (false: absent), v[2] its number of counters, v[2 + i] the
-	// call's i-th field.
+	// luaReadCounters reads the layout (appendArgs) from ARGV[a] on and
+	// leaves a at the first ARGV after it, nh the number of hashes and c
+	// that of counters; per hash h: nf[h] its number of fields, fa[h] the
+	// ARGV index of the first, cb[h] the number of counters before it. It
+	// reads each hash with one HMGET into count and text (by counter
+	// number; 0 unless the hash is of window w). reply keeps, per hash
+	// that is not of window w or lacks a field of the call, its reply: v[1]
+	// its window (false: absent), v[2] its number of counters, v[2 + i] its
+	// i-th field.
 	luaReadCounters = `
-local layout, nh = a + 1, ARGV[a] + 0
-local count, text, dirty, reply, nf = {}, {}, {}, {}, {}
+-- Tables sized for a call of a few checks: growing one costs more than
+-- filling it.
+local count = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+local text = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+local dirty = {false, false, false, false, false, false, false, false, false, false, false, false, false, false, false, false}
+local reply, nf, fa, cb = {false, false, false, false, false, false, false, false}, {0, 0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0, 0, 0}
 -- Small counts as strings, so that replying or writing them needs no
 -- formatting.
 local small = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8'}
-local c = 0
-a = layout
+local lists, nh, c = {}, 0, 0
+local nl = ARGV[a] + 0
+a = a + 1
+for l = 1, nl do
+  -- ARGV[a]: the list's length; its fields follow.
+  lists[l] = a
+  a = a + 1 + ARGV[a]
+end
+local runs = ARGV[a] + 0
+a = a + 1
+for r = 1, runs do
+  local la = lists[ARGV[a + 1] + 0]
+  local f = ARGV[la] + 0
+  for i = 1, ARGV[a] + 0 do
+    nh = nh + 1
+    nf[nh], fa[nh] = f, la + 1
+  end
+  a = a + 2
+end
 for h = 1, nh do
-  local f = ARGV[a] + 0
-  local v = redis.call('HMGET', KEYS[h], 'w', 'n', unpack(ARGV, a + 1, a + f))
-  nf[h] = f
+  local f, b = nf[h], fa[h]
+  local v = redis.call('HMGET', KEYS[h], 'w', 'n', unpack(ARGV, b, b + f - 1))
+  cb[h] = c
   if v[1] == ws then
     for i = 1, f do
       local s = v[i + 2]
@@ -190,7 +254,6 @@ for h = 1, nh do
     for i = 1, f do count[c + i], text[c + i] = 0, '0' end
   end
   c = c + f
-  a = a + 1 + f
 end
 `
 )
@@ -202,9 +265,9 @@ var luaWriteCounters = `
 local wb = math.floor(w / ` + counterBlockText + `)
 local expire
 local set = {}
-c, a = 0, layout
+c = 0
 for h = 1, nh do
-  local f, n, v = nf[h], 0, reply[h]
+  local f, b, n, v = nf[h], fa[h] - 1, 0, reply[h]
   local first = false
   if v and v[1] ~= ws then
     for i = 1, f do
@@ -217,7 +280,7 @@ for h = 1, nh do
     local have = 0
     for i = 1, f do
       local x = count[c + i]
-      set[n + 1], set[n + 2] = ARGV[a + i], small[x] or x
+      set[n + 1], set[n + 2] = ARGV[b + i], small[x] or x
       n = n + 2
       if v[i + 2] then have = have + 1 end
     end
@@ -246,7 +309,7 @@ for h = 1, nh do
     for i = 1, f do
       if dirty[c + i] then
         local x = count[c + i]
-        set[n + 1], set[n + 2] = ARGV[a + i], small[x] or x
+        set[n + 1], set[n + 2] = ARGV[b + i], small[x] or x
         n = n + 2
         if v and not v[i + 2] then added = added + 1 end
       end
@@ -258,6 +321,5 @@ for h = 1, nh do
     if n > 0 then redis.call('HSET', KEYS[h], unpack(set, 1, n)) end
   end
   c = c + f
-  a = a + 1 + f
 end
 `

@@ -39,7 +39,8 @@ func TestCounterLayout(t *testing.T) {
 		l.add(keys.UserGroup(1, 2)), l.add(keys.User(1)),
 	}
 	args := l.appendArgs(nil)
-	want := []any{2, 3, ":user", ":group:1", ":group:2", 1, ":user"}
+	// Two lists of fields; two runs of one hash each.
+	want := []any{2, 3, ":user", ":group:1", ":group:2", 1, ":user", 2, 1, 1, 1, 2}
 	if !slices.Equal(args, want) || !slices.Equal(l.hashes, []string{"p:{u1}", "p:{u2}"}) {
 		t.Fatalf("keys %v, args %v; want args %v", l.hashes, args, want)
 	}
@@ -49,5 +50,38 @@ func TestCounterLayout(t *testing.T) {
 	}
 	if !slices.Equal(got, []int{1, 2, 4, 3, 1}) || l.counters() != 4 {
 		t.Fatalf("numbers %v of %d counters, want [1 2 4 3 1] of 4", got, l.counters())
+	}
+}
+
+// TestCounterLayoutSharesFieldLists: hashes with the same fields share
+// one list, and consecutive ones one run; wholeHash recognises a check
+// whose counters are all of one hash's fields, in order.
+func TestCounterLayoutSharesFieldLists(t *testing.T) {
+	keys := Keys{Prefix: "p:"}
+	var l counterLayout
+	var checks [][]place
+	for _, uid := range []int64{1, 2, 3, 4, 5} {
+		check := []place{l.add(keys.User(uid))}
+		if uid != 4 {
+			check = append(check, l.add(keys.UserGroup(uid, 1)))
+		}
+		checks = append(checks, check)
+	}
+	partial := []place{l.add(keys.UserGroup(2, 1))}
+	swapped := []place{l.add(keys.UserGroup(3, 1)), l.add(keys.User(3))}
+	args := l.appendArgs(nil)
+	want := []any{2, 2, ":user", ":group:1", 1, ":user", 3, 3, 1, 1, 2, 1, 1}
+	if !slices.Equal(args, want) {
+		t.Fatalf("args %v, want %v", args, want)
+	}
+	for i, check := range checks {
+		if h, ok := l.wholeHash(check); !ok || h != i+1 {
+			t.Errorf("check %d: wholeHash = %d, %v; want %d, true", i, h, ok, i+1)
+		}
+	}
+	for name, check := range map[string][]place{"partial": partial, "swapped": swapped, "none": nil} {
+		if h, ok := l.wholeHash(check); ok {
+			t.Errorf("%s: wholeHash = %d, true; want false", name, h)
+		}
 	}
 }

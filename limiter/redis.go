@@ -27,9 +27,11 @@ import (
 // slot set keys. ARGV[1]: the expiry slack in ms; ARGV[2]: the lease
 // length in ms; ARGV[3]: reserveShare; then the counter layout
 // (counterLayout.appendArgs); then per group its size k, the number of its
-// counters m, the number of its slot sets s, per counter its number in the
-// layout and its limit and, if s > 0, the s set limits, want and the k
-// members, in the order of the group. Returns one string of
+// slot sets s and the number h of the hash whose fields are its counters,
+// in their order (counterLayout.wholeHash), then their m limits — or, if
+// no hash is, 0, m and per counter its number in the layout and its limit;
+// then, if s > 0, the s set limits, want and the k members, in the order
+// of the group. Returns one string of
 // space-separated integers (one bulk reply is cheaper to build and to
 // parse than an array): resetMs, then per group "admitted denied count1
 // ... countm", where admitted is how many of the k were admitted, denied
@@ -53,19 +55,34 @@ local a = 4
 local min, max = math.min, math.max
 local card, extended = {}, {}
 -- Reused by every group: a call may carry 64.
-local idx, before, limits, held, cap = {}, {}, {}, {}, {}
-local out, o = {wend - ms}, 1
+local idx, before, limits, held, cap = {0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0}, {}, {}
+local out, o = {wend - ms, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, 1
 local k, nargv = nh, #ARGV
 while a <= nargv do
-  local size, m, s = ARGV[a] + 0, ARGV[a + 1] + 0, ARGV[a + 2] + 0
+  local size, s, h = ARGV[a] + 0, ARGV[a + 1] + 0, ARGV[a + 2] + 0
   a = a + 3
-  local admitted = size
-  for i = 1, m do
-    local j = ARGV[a] + 0
-    local c, limit = count[j], ARGV[a + 1] + 0
-    idx[i], before[i], limits[i] = j, c, limit
-    if limit - c < admitted then admitted = limit - c end
-    a = a + 2
+  local admitted, m = size, 0
+  if h > 0 then
+    -- The counters are the fields of hash h, in order: only their
+    -- limits follow.
+    local j
+    m, j = nf[h], cb[h]
+    for i = 1, m do
+      local c, limit = count[j + i], ARGV[a] + 0
+      idx[i], before[i], limits[i] = j + i, c, limit
+      if limit - c < admitted then admitted = limit - c end
+      a = a + 1
+    end
+  else
+    m = ARGV[a] + 0
+    a = a + 1
+    for i = 1, m do
+      local j = ARGV[a] + 0
+      local c, limit = count[j], ARGV[a + 1] + 0
+      idx[i], before[i], limits[i] = j, c, limit
+      if limit - c < admitted then admitted = limit - c end
+      a = a + 2
+    end
   end
   if admitted < 0 then admitted = 0 end
   local denied = 0
@@ -143,7 +160,7 @@ while a <= nargv do
   k = k + s
 end
 ` + luaWriteCounters + `
-return table.concat(out, ' ')
+return table.concat(out, ' ', 1, o)
 `)
 
 // peekScript reads the current-window counts without writing.
@@ -280,10 +297,19 @@ func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 	next := 0
 	for _, g := range groups {
 		p := g[0]
-		args = append(args, len(g), len(p.counters), len(p.slots))
-		for _, c := range p.counters {
-			args = append(args, layout.index(places[next]), c.Limit)
-			next++
+		at := places[next : next+len(p.counters)]
+		next += len(p.counters)
+		args = append(args, len(g), len(p.slots))
+		if h, ok := layout.wholeHash(at); ok {
+			args = append(args, h)
+			for _, c := range p.counters {
+				args = append(args, c.Limit)
+			}
+		} else {
+			args = append(args, 0, len(p.counters))
+			for i, c := range p.counters {
+				args = append(args, layout.index(at[i]), c.Limit)
+			}
 		}
 		if len(p.slots) > 0 {
 			for _, sl := range p.slots {

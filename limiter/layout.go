@@ -191,7 +191,7 @@ const (
 	// faster than globals.
 	luaClock = `
 local t = redis.call('TIME')
-local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ms = t[1] * 1000 + math.floor(t[2] / 1000)
 local w = math.floor(ms / 60000)
 local ws = tostring(w)
 local wend = (w + 1) * 60000
@@ -289,7 +289,7 @@ for h = 1, nh do
     local due = ob ~= wb
     -- HLEN catches a counter that n missed (added by an instance of a
     -- version that kept no n).
-    if old and (not v[2] or v[2] + 0 ~= have or due and ob % ` + counterBlockText + ` == 0 and redis.call('HLEN', KEYS[h]) ~= have + 2) then
+    if old and (v[2] ~= (small[have] or tostring(have)) or due and ob % ` + counterBlockText + ` == 0 and redis.call('HLEN', KEYS[h]) ~= have + 2) then
       redis.call('DEL', KEYS[h])
       old, due = false, true
     end

@@ -187,15 +187,15 @@ func (l *counterLayout) wholeHash(places []place) (int, bool) {
 // with x + 0 rather than tonumber(x), which parses twice.
 const (
 	// luaClock reads the Redis clock: ms, its window w (ws as a string)
-	// and the window end; KEYS and ARGV become locals, which Lua reads
-	// faster than globals.
+	// and the window end; KEYS, ARGV, redis.call (call) and unpack become
+	// locals, which Lua reads faster than globals.
 	luaClock = `
 local t = redis.call('TIME')
 local ms = t[1] * 1000 + math.floor(t[2] / 1000)
 local w = math.floor(ms / 60000)
 local ws = tostring(w)
 local wend = (w + 1) * 60000
-local KEYS, ARGV = KEYS, ARGV
+local KEYS, ARGV, call, unpack = KEYS, ARGV, redis.call, unpack
 `
 	// luaReadCounters reads the layout (appendArgs) from ARGV[a] on and
 	// leaves a at the first ARGV after it, nh the number of hashes and c
@@ -207,12 +207,17 @@ local KEYS, ARGV = KEYS, ARGV
 	// its window (false: absent), v[2] its number of counters, v[2 + i] its
 	// i-th field.
 	luaReadCounters = `
--- Tables sized for a call of a few checks: growing one costs more than
--- filling it.
-local count = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
-local text = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
-local dirty = {false, false, false, false, false, false, false, false, false, false, false, false, false, false, false, false}
-local reply, nf, fa, cb = {false, false, false, false, false, false, false, false}, {0, 0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0, 0, 0}, {0, 0, 0, 0, 0, 0, 0, 0}
+-- A call of several hashes gets its tables sized for a few checks at
+-- once (growing a table costs more than filling it); a call of one would
+-- only pay for the room.
+local many = #KEYS > 1
+local count = many and {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} or {}
+local text = many and {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} or {}
+local dirty = many and {false, false, false, false, false, false, false, false, false, false, false, false, false, false, false, false} or {}
+local reply = many and {false, false, false, false, false, false, false, false} or {}
+local nf = many and {0, 0, 0, 0, 0, 0, 0, 0} or {}
+local fa = many and {0, 0, 0, 0, 0, 0, 0, 0} or {}
+local cb = many and {0, 0, 0, 0, 0, 0, 0, 0} or {}
 -- Small counts as strings, so that replying or writing them needs no
 -- formatting.
 local small = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8'}
@@ -237,7 +242,7 @@ for r = 1, runs do
 end
 for h = 1, nh do
   local f, b = nf[h], fa[h]
-  local v = redis.call('HMGET', KEYS[h], 'w', 'n', unpack(ARGV, b, b + f - 1))
+  local v = call('HMGET', KEYS[h], 'w', 'n', unpack(ARGV, b, b + f - 1))
   cb[h] = c
   if v[1] == ws then
     for i = 1, f do
@@ -262,7 +267,7 @@ end
 // hash's first write of window w writes w and every field of the call, n
 // if it changes, and the expiry if it is due (see the layout above).
 var luaWriteCounters = `
-local wb = math.floor(w / ` + counterBlockText + `)
+local wb = (w - w % ` + counterBlockText + `) / ` + counterBlockText + `
 local expire
 local set = {}
 c = 0
@@ -285,22 +290,23 @@ for h = 1, nh do
       if v[i + 2] then have = have + 1 end
     end
     local old, fs = v[1], small[f] or tostring(f)
-    local ob = old and math.floor((old + 0) / ` + counterBlockText + `)
+    local ow = old and old + 0
+    local ob = ow and (ow - ow % ` + counterBlockText + `) / ` + counterBlockText + `
     local due = ob ~= wb
     -- HLEN catches a counter that n missed (added by an instance of a
     -- version that kept no n).
-    if old and (v[2] ~= (small[have] or tostring(have)) or due and ob % ` + counterBlockText + ` == 0 and redis.call('HLEN', KEYS[h]) ~= have + 2) then
-      redis.call('DEL', KEYS[h])
+    if old and (v[2] ~= (small[have] or tostring(have)) or due and ob % ` + counterBlockText + ` == 0 and call('HLEN', KEYS[h]) ~= have + 2) then
+      call('DEL', KEYS[h])
       old, due = false, true
     end
     if not old or fs ~= v[2] then
       set[n + 1], set[n + 2] = 'n', fs
       n = n + 2
     end
-    redis.call('HSET', KEYS[h], 'w', ws, unpack(set, 1, n))
+    call('HSET', KEYS[h], 'w', ws, unpack(set, 1, n))
     if due then
       expire = expire or tostring((` + counterBlockText + ` * (wb + 2) + 1) * 60000 + tonumber(ARGV[1]))
-      redis.call('PEXPIREAT', KEYS[h], expire)
+      call('PEXPIREAT', KEYS[h], expire)
     end
   else
     -- A later write of window w: the dirty counters, and n grown by
@@ -318,7 +324,7 @@ for h = 1, nh do
       set[n + 1], set[n + 2] = 'n', v[2] + added
       n = n + 2
     end
-    if n > 0 then redis.call('HSET', KEYS[h], unpack(set, 1, n)) end
+    if n > 0 then call('HSET', KEYS[h], unpack(set, 1, n)) end
   end
   c = c + f
 end

@@ -56,7 +56,7 @@ local min, max = math.min, math.max
 local card, extended = {}, {}
 -- Reused by every group: a call may carry 64.
 local idx, before, limits, held, cap = {0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0}, {}, {}
-local out, o = {wend - ms, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}, 1
+local out, o = many and {wend - ms, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} or {wend - ms}, 1
 local k, nargv = nh, #ARGV
 while a <= nargv do
   local size, s, h = ARGV[a] + 0, ARGV[a + 1] + 0, ARGV[a + 2] + 0

@@ -61,21 +61,22 @@ func BenchmarkDistinctChecks(b *testing.B) {
 // writeEarlierWindow checks each counter set once and then moves its hash
 // to another window of the same block (see layout.go), as if it had been
 // written a minute or two ago.
-func writeEarlierWindow(b *testing.B, r *Redis, c *redis.Client, sets [][]Counter) {
+func writeEarlierWindow(tb testing.TB, r *Redis, c *redis.Client, sets [][]Counter) {
+	tb.Helper()
 	ctx := context.Background()
 	for _, cs := range sets {
 		if _, err := r.Check(ctx, cs); err != nil {
-			b.Fatal(err)
+			tb.Fatal(err)
 		}
 	}
-	window := redisNow(b, c).UnixMilli() / Window.Milliseconds()
+	window := redisNow(tb, c).UnixMilli() / Window.Milliseconds()
 	p := c.Pipeline()
 	for _, cs := range sets {
 		hash, _ := SplitCounterKey(cs[0].Key)
 		p.HSet(ctx, hash, "w", otherWindowOfBlock(window))
 	}
 	if _, err := p.Exec(ctx); err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 }
 

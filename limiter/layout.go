@@ -131,19 +131,22 @@ func (l *counterLayout) appendArgs(args []any) []any {
 			args = append(args, f)
 		}
 	}
-	runs := len(args)
-	args = append(args, 0)
+	type run struct{ hashes, list int }
+	var runs []run
 	l.first = make([]int, len(l.hashes))
 	n := 0
 	for h, fields := range l.fields {
 		l.first[h] = n
 		n += len(fields)
-		if h > 0 && lists[h] == lists[h-1] {
-			args[len(args)-2] = args[len(args)-2].(int) + 1
-			continue
+		if last := len(runs) - 1; last >= 0 && runs[last].list == lists[h] {
+			runs[last].hashes++
+		} else {
+			runs = append(runs, run{1, lists[h]})
 		}
-		args = append(args, 1, lists[h]+1)
-		args[runs] = args[runs].(int) + 1
+	}
+	args = append(args, len(runs))
+	for _, r := range runs {
+		args = append(args, r.hashes, r.list+1)
 	}
 	return args
 }

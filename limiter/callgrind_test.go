@@ -50,11 +50,7 @@ func TestCallgrindDistinctChecks(t *testing.T) {
 			if err := r.Load(ctx); err != nil {
 				t.Fatal(err)
 			}
-			sets := make([][]Counter, checks)
-			for i := range sets {
-				u := int64(i + 1)
-				sets[i] = []Counter{userCounter(keys, u, 1<<40), groupCounter(keys, u, 1, 1<<40)}
-			}
+			sets := distinctUserSets(keys, checks)
 			writeEarlierWindow(t, r, c, sets)
 			callgrindControl(t, "-z", pid)
 			batch := make([]*pendingCheck, perCall)

@@ -28,11 +28,7 @@ func BenchmarkDistinctChecks(b *testing.B) {
 			if err := r.Load(ctx); err != nil {
 				b.Fatal(err)
 			}
-			sets := make([][]Counter, users)
-			for i := range sets {
-				u := int64(i + 1)
-				sets[i] = []Counter{userCounter(keys, u, 1<<40), groupCounter(keys, u, 1, 1<<40)}
-			}
+			sets := distinctUserSets(keys, users)
 			if hashes == "earlier" {
 				writeEarlierWindow(b, r, c, sets)
 			}
@@ -56,6 +52,17 @@ func BenchmarkDistinctChecks(b *testing.B) {
 			b.ReportMetric((cpuAfter-cpu)/float64(b.N*perCall), "redis-cpu-µs/check")
 		})
 	}
+}
+
+// distinctUserSets returns the counter sets of n users, 1 to n: a user and
+// a group counter each, far from their limits.
+func distinctUserSets(keys Keys, n int) [][]Counter {
+	sets := make([][]Counter, n)
+	for i := range sets {
+		u := int64(i + 1)
+		sets[i] = []Counter{userCounter(keys, u, 1<<40), groupCounter(keys, u, 1, 1<<40)}
+	}
+	return sets
 }
 
 // writeEarlierWindow checks each counter set once and then moves its hash

@@ -31,15 +31,15 @@ import (
 // in their order (counterLayout.wholeHash), then their m limits — or, if
 // no hash is, 0, m and per counter its number in the layout and its limit;
 // then, if s > 0, the s set limits, want and the k members, in the order
-// of the group. Returns one string of
-// space-separated integers (one bulk reply is cheaper to build and to
-// parse than an array): resetMs, then per group "admitted denied count1
-// ... countm", where admitted is how many of the k were admitted, denied
-// the 1-based index of the first counter the others found full (0 if
-// none), and the counts those before the group; a group with slot sets
-// goes on with "deniedSlot held1 ... helds spares": the 1-based index of
-// the first set the others found full when no counter was (0 if none), the
-// sizes of the sets before the group, and the spare places taken.
+// of the group. Returns one string of space-separated integers (one bulk
+// reply is cheaper to build and to parse than an array): resetMs, then per
+// group "admitted denied count1 ... countm", where admitted is how many of
+// the k were admitted, denied the 1-based index of the first counter the
+// others found full (0 if none), and the counts those before the group; a
+// group with slot sets goes on with "deniedSlot held1 ... helds spares":
+// the 1-based index of the first set the others found full when no counter
+// was (0 if none), the sizes of the sets before the group, and the spare
+// places taken.
 //
 // Each counter hash is read with one HMGET and written with at most one
 // HSET per call, however many checks and counters of the call share it;

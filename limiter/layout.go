@@ -201,8 +201,9 @@ local wend = (w + 1) * 60000
 local KEYS, ARGV, call, unpack = KEYS, ARGV, redis.call, unpack
 `
 	// luaReadCounters reads the layout (appendArgs) from ARGV[a] on and
-	// leaves a at the first ARGV after it, nh the number of hashes and c
-	// that of counters; per hash h: nf[h] its number of fields, fa[h] the
+	// leaves a at the first ARGV after it, nh the number of hashes, c that
+	// of counters and many whether the call has more than one key; per
+	// hash h: nf[h] its number of fields, fa[h] the
 	// ARGV index of the first, cb[h] the number of counters before it. It
 	// reads each hash with one HMGET into count and text (by counter
 	// number; 0 unless the hash is of window w). reply keeps, per hash

@@ -61,28 +61,22 @@ local k, nargv = nh, #ARGV
 while a <= nargv do
   local size, s, h = ARGV[a] + 0, ARGV[a + 1] + 0, ARGV[a + 2] + 0
   a = a + 3
-  local admitted, m = size, 0
+  -- The counters are the fields of hash h, in order, and only their
+  -- limits follow; or (h = 0) their number and per counter its number
+  -- and limit.
+  local admitted, m, base = size, 0, false
   if h > 0 then
-    -- The counters are the fields of hash h, in order: only their
-    -- limits follow.
-    local j
-    m, j = nf[h], cb[h]
-    for i = 1, m do
-      local c, limit = count[j + i], ARGV[a] + 0
-      idx[i], before[i], limits[i] = j + i, c, limit
-      if limit - c < admitted then admitted = limit - c end
-      a = a + 1
-    end
+    m, base = nf[h], cb[h]
   else
-    m = ARGV[a] + 0
+    m, a = ARGV[a] + 0, a + 1
+  end
+  for i = 1, m do
+    local j = base and base + i
+    if not j then j, a = ARGV[a] + 0, a + 1 end
+    local c, limit = count[j], ARGV[a] + 0
+    idx[i], before[i], limits[i] = j, c, limit
+    if limit - c < admitted then admitted = limit - c end
     a = a + 1
-    for i = 1, m do
-      local j = ARGV[a] + 0
-      local c, limit = count[j], ARGV[a + 1] + 0
-      idx[i], before[i], limits[i] = j, c, limit
-      if limit - c < admitted then admitted = limit - c end
-      a = a + 2
-    end
   end
   if admitted < 0 then admitted = 0 end
   local denied = 0

@@ -35,6 +35,20 @@ type denyEntry struct {
 	count           int64     // the counter's count when refused (>= its limit)
 	userID, groupID int64
 	snap            *denySnapshot
+	// hold is how long after until the entry still refuses while one
+	// request rechecks with the backend (0 for an entry held to the
+	// window's end); rechecking is set once a request has claimed that.
+	hold       time.Duration
+	rechecking atomic.Bool
+}
+
+// expires is when the entry stops refusing, recheck or not.
+func (e *denyEntry) expires() time.Time { return e.until.Add(e.hold) }
+
+// denyClaim is a lapsed entry whose recheck a request has claimed.
+type denyClaim struct {
+	key   string
+	entry *denyEntry
 }
 
 // denySnapshot holds the counts of all counters of the refused request, to
@@ -83,17 +97,31 @@ func (d *DenyCache) Check(ctx context.Context, counters []Counter) (Result, erro
 	if len(counters) == 0 {
 		return Result{Allowed: true, Denied: -1}, nil
 	}
+	var claim *denyClaim
 	if d.size.Load() > 0 {
-		if res, ok := d.local(counters); ok {
+		var res Result
+		var ok bool
+		if res, claim, ok = d.local(counters); ok {
 			return res, nil
 		}
 	}
 	start := d.now()
 	res, err := d.inner.Check(ctx, counters)
-	if err == nil && !res.Allowed && !res.Local && res.ResetIn > 0 && len(res.Counts) == len(counters) {
-		d.remember(start.Add(rememberFor(res)), start.Add(res.ResetIn), counters, res.Counts)
-	}
+	d.settle(start, claim, counters, err == nil && !res.Allowed, res)
 	return res, err
+}
+
+// settle records the backend's answer to a check the cache let through,
+// started at start: a refusal is remembered, and the recheck the check
+// claimed (if any) ends — its entry renewed by remember or dropped, so
+// the requests that waited for it go to the backend again.
+func (d *DenyCache) settle(start time.Time, claim *denyClaim, counters []Counter, refused bool, res Result) {
+	if refused && !res.Local && res.ResetIn > 0 && len(res.Counts) == len(counters) {
+		d.remember(start, rememberFor(res), res.ResetIn, counters, res.Counts)
+	}
+	if claim != nil {
+		d.delete(claim.key, claim.entry)
+	}
 }
 
 // rememberFor is how long a refusal holds: to the end of the window, or
@@ -106,40 +134,60 @@ func rememberFor(res Result) time.Duration {
 }
 
 // local answers a refusal from the cache if a counter of the request is
-// remembered full.
-func (d *DenyCache) local(counters []Counter) (Result, bool) {
+// remembered full. An entry held for less than the window (RecheckIn)
+// lets one request recheck with the backend once it lapses: the first to
+// find it so claims it (returned, to drop it once answered) and goes on,
+// and the others are still refused here until that answer renews or drops
+// the entry, for at most hold — so a counter whose units may have come
+// back costs the backend one check per recheck, not one per request that
+// arrives while it is out.
+func (d *DenyCache) local(counters []Counter) (Result, *denyClaim, bool) {
 	now := d.now()
 	if now.UnixNano() >= d.latest.Load() {
 		d.sweep(now)
-		return Result{}, false
+		return Result{}, nil, false
 	}
+	var claim *denyClaim
 	for i, c := range counters {
 		v, ok := d.m.Load(c.Key)
 		if !ok {
 			continue
 		}
 		e := v.(*denyEntry)
-		if !now.Before(e.until) || c.Limit > e.count {
+		if !now.Before(e.expires()) || c.Limit > e.count {
 			continue
+		}
+		if !now.Before(e.until) && !e.rechecking.Load() {
+			if claim == nil && e.rechecking.CompareAndSwap(false, true) {
+				claim = &denyClaim{c.Key, e}
+			}
+			continue
+		}
+		if claim != nil {
+			claim.entry.rechecking.Store(false) // refused here after all
 		}
 		counts := make([]int64, len(counters))
 		for j, cj := range counters {
 			counts[j] = e.snap.count(cj.Key)
 		}
 		counts[i] = e.count
-		return Result{Counts: counts, Denied: i, ResetIn: e.reset.Sub(now), Local: true}, true
+		return Result{Counts: counts, Denied: i, ResetIn: e.reset.Sub(now), Local: true}, nil, true
 	}
-	return Result{}, false
+	return Result{}, claim, false
 }
 
-// remember stores every full counter of a refused request until until:
-// the end of its window, reset, or earlier (see rememberFor).
-func (d *DenyCache) remember(until, reset time.Time, counters []Counter, counts []int64) {
+// remember stores every full counter of a request refused by a check
+// started at start, for holdFor (rememberFor) and never past the end of
+// its window, resetIn on.
+func (d *DenyCache) remember(start time.Time, holdFor, resetIn time.Duration, counters []Counter, counts []int64) {
+	until, reset := start.Add(holdFor), start.Add(resetIn)
 	snap := &denySnapshot{keys: make([]string, len(counters)), counts: counts}
 	for i, c := range counters {
 		snap.keys[i] = c.Key
 	}
-	for u := until.UnixNano(); ; {
+	// A recheck may hold the others as long again, never past the window.
+	hold := min(holdFor, reset.Sub(until))
+	for u := until.Add(hold).UnixNano(); ; {
 		l := d.latest.Load()
 		if u <= l || d.latest.CompareAndSwap(l, u) {
 			break
@@ -152,7 +200,7 @@ func (d *DenyCache) remember(until, reset time.Time, counters []Counter, counts 
 		if d.size.Load() >= d.max {
 			d.evict()
 		}
-		e := &denyEntry{until: until, reset: reset, count: counts[i], userID: c.UserID, groupID: c.GroupID, snap: snap}
+		e := &denyEntry{until: until, reset: reset, count: counts[i], userID: c.UserID, groupID: c.GroupID, snap: snap, hold: hold}
 		if _, loaded := d.m.Swap(c.Key, e); !loaded {
 			d.size.Add(1)
 		}
@@ -174,7 +222,7 @@ func (d *DenyCache) evict() {
 // sweep drops expired entries.
 func (d *DenyCache) sweep(now time.Time) {
 	d.m.Range(func(k, v any) bool {
-		if !now.Before(v.(*denyEntry).until) {
+		if !now.Before(v.(*denyEntry).expires()) {
 			d.delete(k, v)
 		}
 		return true

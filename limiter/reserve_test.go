@@ -410,6 +410,117 @@ func TestDenyCacheRecheckIn(t *testing.T) {
 	}
 }
 
+// When a refusal held for RecheckIn lapses, one request rechecks with the
+// backend, and the others are refused locally until its answer renews the
+// entry, or drops it (here: an error), for one more RecheckIn at most.
+func TestDenyCacheOneRecheckAtATime(t *testing.T) {
+	ctx := context.Background()
+	clock := newFakeClock(minuteStart.Add(20 * time.Second))
+	gate := &gatedLimiter{Limiter: recheckLimiter{NewLocal(clock.Now), 60 * time.Millisecond}, entered: make(chan struct{}, 8)}
+	inner := &countingLimiter{Limiter: gate}
+	d := NewDenyCache(inner, clock.Now)
+	cs := []Counter{userCounter(Keys{Prefix: "deny:"}, 1, 2)}
+	fill(t, d, cs, 2)
+	checkAsync := func() chan Result {
+		answer := make(chan Result, 1)
+		go func() {
+			res, _ := d.Check(ctx, cs)
+			answer <- res
+		}()
+		<-gate.entered // at the backend
+		return answer
+	}
+	wantLocal := func(when string) {
+		t.Helper()
+		before := inner.checks.Load()
+		for range 3 {
+			// Bounded: a check that reaches the backend waits at the gate.
+			short, cancel := context.WithTimeout(ctx, time.Second)
+			res, err := d.Check(short, cs)
+			cancel()
+			if err != nil || res.Allowed || !res.Local {
+				t.Fatalf("%s: %+v %v, want a local refusal", when, res, err)
+			}
+		}
+		if n := inner.checks.Load() - before; n != 0 {
+			t.Fatalf("%s: %d backend checks, want 0", when, n)
+		}
+	}
+
+	clock.Add(70 * time.Millisecond) // lapsed
+	gate.hold()
+	answer := checkAsync()
+	wantLocal("while the recheck is out")
+	gate.letGo()
+	if res := <-answer; res.Allowed || res.Local {
+		t.Fatalf("recheck: %+v, want a backend refusal", res)
+	}
+	wantLocal("after a recheck that refused")
+
+	clock.Add(70 * time.Millisecond)
+	inner.fail.Store(true)
+	if _, err := d.Check(ctx, cs); err == nil {
+		t.Fatal("recheck: no error from a failing backend")
+	}
+	before := inner.checks.Load()
+	if _, err := d.Check(ctx, cs); err == nil || inner.checks.Load() != before+1 {
+		t.Fatalf("after a failed recheck: err %v, backend checks %d -> %d; want the backend", err, before, inner.checks.Load())
+	}
+	inner.fail.Store(false)
+	if res, _ := d.Check(ctx, cs); res.Allowed || res.Local {
+		t.Fatalf("%+v, want a backend refusal", res)
+	}
+
+	// A recheck that takes longer than RecheckIn holds nobody longer.
+	clock.Add(70 * time.Millisecond)
+	gate.hold()
+	first := checkAsync()
+	clock.Add(60 * time.Millisecond)
+	second := checkAsync() // entered the backend: not refused locally
+	gate.letGo()
+	for _, a := range []chan Result{first, second} {
+		if res := <-a; res.Allowed || res.Local {
+			t.Fatalf("%+v, want a backend refusal", res)
+		}
+	}
+}
+
+// gatedLimiter holds each Check, once hold is called, until letGo.
+type gatedLimiter struct {
+	Limiter
+	entered chan struct{} // a Check is held
+	mu      sync.Mutex
+	open    chan struct{} // nil: Check goes through
+}
+
+func (g *gatedLimiter) Check(ctx context.Context, cs []Counter) (Result, error) {
+	g.mu.Lock()
+	open := g.open
+	g.mu.Unlock()
+	if open != nil {
+		g.entered <- struct{}{}
+		select {
+		case <-open:
+		case <-ctx.Done():
+			return Result{Denied: -1}, ctx.Err()
+		}
+	}
+	return g.Limiter.Check(ctx, cs)
+}
+
+func (g *gatedLimiter) hold() {
+	g.mu.Lock()
+	g.open = make(chan struct{})
+	g.mu.Unlock()
+}
+
+func (g *gatedLimiter) letGo() {
+	g.mu.Lock()
+	close(g.open)
+	g.open = nil
+	g.mu.Unlock()
+}
+
 // Requests waiting for another's refill get its answer even when that
 // request's caller leaves before the call could go out (here: waiting for
 // the client's only connection): the refill is not cancelled with it.

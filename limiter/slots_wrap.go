@@ -76,16 +76,17 @@ func (d *DenyCache) CheckAcquire(ctx context.Context, counters []Counter, slots 
 	if err != nil {
 		return refusedAcquire(), nil, err
 	}
+	var claim *denyClaim
 	if len(counters) > 0 && d.size.Load() > 0 {
-		if res, ok := d.local(counters); ok {
+		var res Result
+		var ok bool
+		if res, claim, ok = d.local(counters); ok {
 			return AcquireResult{Result: res, DeniedSlot: -1}, nil, nil
 		}
 	}
 	start := d.now()
 	res, lease, err := inner.CheckAcquire(ctx, counters, slots)
-	if err == nil && res.Denied >= 0 && !res.Local && res.ResetIn > 0 && len(res.Counts) == len(counters) {
-		d.remember(start.Add(rememberFor(res.Result)), start.Add(res.ResetIn), counters, res.Counts)
-	}
+	d.settle(start, claim, counters, err == nil && res.Denied >= 0, res.Result)
 	return res, lease, err
 }
 

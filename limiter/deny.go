@@ -99,11 +99,11 @@ func (d *DenyCache) Check(ctx context.Context, counters []Counter) (Result, erro
 	}
 	var claim *denyClaim
 	if d.size.Load() > 0 {
-		var res Result
-		var ok bool
-		if res, claim, ok = d.local(counters); ok {
+		res, c, ok := d.local(counters)
+		if ok {
 			return res, nil
 		}
+		claim = c
 	}
 	start := d.now()
 	res, err := d.inner.Check(ctx, counters)

@@ -78,11 +78,11 @@ func (d *DenyCache) CheckAcquire(ctx context.Context, counters []Counter, slots 
 	}
 	var claim *denyClaim
 	if len(counters) > 0 && d.size.Load() > 0 {
-		var res Result
-		var ok bool
-		if res, claim, ok = d.local(counters); ok {
+		res, c, ok := d.local(counters)
+		if ok {
 			return AcquireResult{Result: res, DeniedSlot: -1}, nil, nil
 		}
+		claim = c
 	}
 	start := d.now()
 	res, lease, err := inner.CheckAcquire(ctx, counters, slots)

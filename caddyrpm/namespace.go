@@ -17,7 +17,8 @@ import (
 // Everything the app keeps in Redis lives under one prefix per store,
 // RedisPrefix(key_prefix, store id):
 //
-//	<prefix>c:{u<id>}:...     rate-limit counters (limiter.Keys)
+//	<prefix>c:counts...       rate-limit counters (limiter.Keys, limiter.CounterPlace)
+//	<prefix>c:{u<id>}:slots:… concurrency slot sets
 //	<prefix>snap:<sha256>     L2 snapshots and negative entries
 //	<prefix>invalidate        the invalidation channel
 //

@@ -92,7 +92,7 @@ func (e *limEnv) seedGroupedKey(t testing.TB, user, group, override int64) (uid,
 }
 
 // count reads a counter's current-window count the way the limiter does,
-// and whether the counter exists (has a field in its user's hash).
+// and whether the counter exists (has a field in its bucket).
 func (e *limEnv) count(t testing.TB, key string) (int64, bool) {
 	t.Helper()
 	ctx := context.Background()
@@ -100,7 +100,7 @@ func (e *limEnv) count(t testing.TB, key string) (int64, bool) {
 	if err != nil {
 		t.Fatalf("count %s: %v", key, err)
 	}
-	hash, field := limiter.SplitCounterKey(key)
+	hash, field := e.place(key)
 	ex, err := e.rdb.HExists(ctx, hash, field).Result()
 	if err != nil {
 		t.Fatalf("hexists %s: %v", key, err)
@@ -136,22 +136,30 @@ func (e *limEnv) wantNoKey(t testing.TB, what, key string) {
 	}
 }
 
-// userKeys lists every counter key of a user: the counter fields of the
-// user's hash.
+// userKeys lists every counter key of a user: the fields of the user's
+// bucket under the user's hash tag.
 func (e *limEnv) userKeys(t testing.TB, uid int64) []string {
 	t.Helper()
-	hash, _ := limiter.SplitCounterKey(e.keys.User(uid))
+	key := e.keys.User(uid)
+	hash, field := e.place(key)
+	prefix, tag := strings.TrimSuffix(key, field), field[:strings.IndexByte(field, '}')+1]
 	fields, err := e.rdb.HKeys(context.Background(), hash).Result()
 	if err != nil {
 		t.Fatalf("hkeys %s: %v", hash, err)
 	}
 	var out []string
 	for _, f := range fields {
-		if limiter.IsCounterField(f) {
-			out = append(out, hash+f)
+		if limiter.IsCounterField(f) && strings.HasPrefix(f, tag) {
+			out = append(out, prefix+f)
 		}
 	}
 	return out
+}
+
+// place is limiter.CounterPlace for the counters of e.rdb.
+func (e *limEnv) place(key string) (hash, field string) {
+	_, cluster := e.rdb.(*redis.ClusterClient)
+	return limiter.CounterPlace(key, cluster)
 }
 
 // limExpect sends requests with key to path and checks each status; a 429

@@ -2,85 +2,67 @@ package limiter
 
 import (
 	"slices"
-	"strconv"
 	"strings"
 )
 
 // Counter layout in Redis
 //
-// All counters of one user live in one hash: the counter key up to and
-// including its hash tag, e.g. <prefix>{u7} (see Keys). Its fields are
+// The counters of many users share one hash, their bucket: in a single
+// Redis all counters of a key prefix, <prefix>counts; in a Redis Cluster
+// those of one hash slot, <prefix>counts{<tag>} with a tag of that slot
+// (slotTag). Its fields are
 //
 //	w        the window number: floor(Redis server time in ms / 60000)
-//	n        how many counter fields the hash holds
-//	<field>  per counter, the rest of its key (":user", ":group:2", ...):
-//	         the number of its admitted requests in window w
+//	<field>  per counter, its key from the hash tag on ("{u7}:user",
+//	         "{u7}:group:2", ...): its admitted requests in window w
 //
-// So a check reads all its counters with one HMGET and writes them with one
-// HSET, whatever their number: that per-counter work was most of the Redis
-// CPU of a check of a user not seen for a while.
+// So one script call of many checks reads all their counters with one
+// HMGET and writes them with one HSET: the per-command cost of a script's
+// redis.call, paid per user when each user had a hash of its own, was
+// most of the Redis CPU of a check of a user not seen for a while.
 //
-// A hash whose w is not the current window reads as 0 for every field. Its
-// first write in a window writes w and every field of the call; if n says
-// the hash holds counters the call does not name, it is deleted first, so
-// that none of them carries an older window's count into the new one.
+// A bucket whose w is not the current window reads as 0 for every field.
+// Its first write in a window unlinks it — so an earlier window's counts
+// never carry over, and Redis frees a large bucket off its main thread —
+// and writes w and the call's counters into a new one that expires at the
+// end of the next window plus the slack: while traffic lasts, the unlink
+// at the next window's first write comes first.
 //
-// A hash outlives its window. Windows go in blocks of counterBlock; a
-// hash's first write in a block (its creation, or a first write of a
-// window whose block is not that of the hash's w) sets its expiry to the
-// end of the first window two blocks on, plus the slack; if the hash's w
-// is of a block whose number is a multiple of counterBlock, it also checks
-// n against HLEN, for counters added by an older version that kept no n (a
-// call of its own, so not at every block).
-// Any write within a block finds the expiry past the window's end: the
-// block's first write set it at least to the block's end. So a user active
-// every few minutes keeps one hash, its expiry set once per block, instead
-// of one created, given an expiry and expired per window — what a user's
-// first check of a window cost most of all; an idle user's hash goes 5 to
-// 8 windows after its last write. Keeping the expiry in the hash would
-// cost every check a field more to read.
-//
-// The hash names are fixed, because Redis Cluster needs every key a script
+// A bucket's name is fixed, because Redis Cluster needs every key a script
 // touches declared in KEYS, and the window is only known inside the script
 // (it reads the Redis clock with TIME). A key without a hash tag is a hash
 // of its own, with the field "".
 
-// counterBlock is how many windows a counter hash's expiry covers at least
-// (see the layout above).
-const counterBlock = 4
-
-var counterBlockText = strconv.Itoa(counterBlock)
-
-// SplitCounterKey returns the Redis hash and field that hold the count of
-// the counter named key: the hash is key up to and including its hash tag
-// (the first "{...}" with something inside, as Redis Cluster reads it) and
-// the field the rest; without a hash tag, key itself and "". The hash is
-// in the Cluster slot of key. The rest of a key of Keys starts with ":",
-// so it never is the window field "w".
-func SplitCounterKey(key string) (hash, field string) {
+// CounterPlace returns the Redis hash and field that hold the count of the
+// counter named key (see the layout above); cluster tells whether the
+// counters live in a Redis Cluster. The hash is in the Cluster slot of
+// key. A field starts with "{", so it never is the window field "w".
+func CounterPlace(key string, cluster bool) (hash, field string) {
 	open := strings.IndexByte(key, '{')
 	if open < 0 {
 		return key, ""
 	}
-	n := strings.IndexByte(key[open+1:], '}')
-	if n <= 0 {
+	if n := strings.IndexByte(key[open+1:], '}'); n <= 0 {
 		return key, ""
 	}
-	end := open + n + 2
-	return key[:end], key[end:]
+	if cluster {
+		return key[:open] + "counts{" + slotTag(clusterSlot(key)) + "}", key[open:]
+	}
+	return key[:open] + "counts", key[open:]
 }
 
 // IsCounterField reports whether field of a counter hash holds a count,
-// not the hash's window or number of counters.
-func IsCounterField(field string) bool { return field != "w" && field != "n" }
+// not the hash's window.
+func IsCounterField(field string) bool { return field != "w" }
 
 // counterLayout places the counters of one script call: each hash once in
 // KEYS, each field once per hash. The script numbers the counters hash by
 // hash, in the order of their fields, from 1.
 type counterLayout struct {
-	hashes []string   // the KEYS
-	fields [][]string // per hash
-	first  []int      // per hash, the number of counters before it; set by appendArgs
+	cluster bool       // the hashes are per Cluster slot (CounterPlace)
+	hashes  []string   // the KEYS
+	fields  [][]string // per hash
+	first   []int      // per hash, the number of counters before it; set by appendArgs
 }
 
 // place is where a counter is in a layout: its hash and its field there.
@@ -90,7 +72,7 @@ type place struct{ hash, field int }
 // added, and returns its place. A call carries at most maxBatch checks, so
 // linear search beats a map.
 func (l *counterLayout) add(key string) place {
-	hash, field := SplitCounterKey(key)
+	hash, field := CounterPlace(key, l.cluster)
 	h := slices.Index(l.hashes, hash)
 	if h < 0 {
 		h = len(l.hashes)
@@ -163,19 +145,19 @@ func (l *counterLayout) counters() int {
 // index returns the script's 1-based number of the counter at p.
 func (l *counterLayout) index(p place) int { return l.first[p.hash] + p.field + 1 }
 
-// wholeHash reports whether places are all the fields of one hash, in
-// their order, and returns that hash's 1-based number: then a check need
-// not number its counters one by one.
-func (l *counterLayout) wholeHash(places []place) (int, bool) {
-	if len(places) == 0 || len(places) != len(l.fields[places[0].hash]) {
+// run reports whether places are consecutive counters of one hash, in
+// their order, and returns the script's number of the first: then a check
+// need not number its counters one by one.
+func (l *counterLayout) run(places []place) (int, bool) {
+	if len(places) == 0 {
 		return 0, false
 	}
 	for i, p := range places {
-		if p.hash != places[0].hash || p.field != i {
+		if p.hash != places[0].hash || p.field != places[0].field+i {
 			return 0, false
 		}
 	}
-	return places[0].hash + 1, true
+	return l.index(places[0]), true
 }
 
 // Lua fragments the scripts that read and write counters share, in this
@@ -202,26 +184,21 @@ local KEYS, ARGV, call, unpack = KEYS, ARGV, redis.call, unpack
 `
 	// luaReadCounters reads the layout (appendArgs) from ARGV[a] on and
 	// leaves a at the first ARGV after it, nh the number of hashes, c that
-	// of counters and many whether the call has more than one key; per
-	// hash h: nf[h] its number of fields, fa[h] the
-	// ARGV index of the first, cb[h] the number of counters before it. It
-	// reads each hash with one HMGET into count and text (by counter
-	// number; 0 unless the hash is of window w). reply keeps, per hash
-	// that is not of window w or lacks a field of the call, its reply: v[1]
-	// its window (false: absent), v[2] its number of counters, v[2 + i] its
-	// i-th field.
+	// of counters and many whether the call carries several checks; per
+	// hash h: nf[h] its number of fields, fa[h] the ARGV index of the
+	// first, cb[h] the number of counters before it. It reads each hash
+	// with one HMGET into count and text (by counter number; 0 unless the
+	// hash is of window w). stale[h] is nil for a hash of window w, else
+	// its window (false: absent).
 	luaReadCounters = `
--- A call of several hashes gets its tables sized for a few checks at
+-- A call of several checks gets its tables sized for a few of them at
 -- once (growing a table costs more than filling it); a call of one would
 -- only pay for the room.
-local many = #KEYS > 1
+local many = #ARGV > 16
 local count = many and {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} or {}
 local text = many and {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} or {}
 local dirty = many and {false, false, false, false, false, false, false, false, false, false, false, false, false, false, false, false} or {}
-local reply = many and {false, false, false, false, false, false, false, false} or {}
-local nf = many and {0, 0, 0, 0, 0, 0, 0, 0} or {}
-local fa = many and {0, 0, 0, 0, 0, 0, 0, 0} or {}
-local cb = many and {0, 0, 0, 0, 0, 0, 0, 0} or {}
+local nf, fa, cb, stale = {}, {}, {}, {}
 -- Small counts as strings, so that replying or writing them needs no
 -- formatting.
 local small = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8'}
@@ -246,20 +223,19 @@ for r = 1, runs do
 end
 for h = 1, nh do
   local f, b = nf[h], fa[h]
-  local v = call('HMGET', KEYS[h], 'w', 'n', unpack(ARGV, b, b + f - 1))
+  local v = call('HMGET', KEYS[h], 'w', unpack(ARGV, b, b + f - 1))
   cb[h] = c
   if v[1] == ws then
     for i = 1, f do
-      local s = v[i + 2]
+      local s = v[i + 1]
       if s then
         count[c + i], text[c + i] = s + 0, s
       else
         count[c + i], text[c + i] = 0, '0'
-        reply[h] = v
       end
     end
   else
-    reply[h] = v
+    stale[h] = v[1]
     for i = 1, f do count[c + i], text[c + i] = 0, '0' end
   end
   c = c + f
@@ -268,67 +244,31 @@ end
 )
 
 // luaWriteCounters writes the counters marked dirty, one HSET per hash. A
-// hash's first write of window w writes w and every field of the call, n
-// if it changes, and the expiry if it is due (see the layout above).
-var luaWriteCounters = `
-local wb = (w - w % ` + counterBlockText + `) / ` + counterBlockText + `
+// hash's first write of window w unlinks the hash of an earlier window,
+// writes w with the counters and sets the expiry (see the layout above).
+const luaWriteCounters = `
 local expire
 local set = {}
 c = 0
 for h = 1, nh do
-  local f, b, n, v = nf[h], fa[h] - 1, 0, reply[h]
-  local first = false
-  if v and v[1] ~= ws then
-    for i = 1, f do
-      if dirty[c + i] then first = true break end
-    end
-  end
-  if first then
-    -- The hash's first write of window w: w and every counter of the
-    -- call, the others deleted if n (or HLEN) says there are any.
-    local have = 0
-    for i = 1, f do
+  local f, b, n = nf[h], fa[h] - 1, 0
+  for i = 1, f do
+    if dirty[c + i] then
       local x = count[c + i]
       set[n + 1], set[n + 2] = ARGV[b + i], small[x] or x
       n = n + 2
-      if v[i + 2] then have = have + 1 end
     end
-    local old, fs = v[1], small[f] or tostring(f)
-    local ow = old and old + 0
-    local ob = ow and (ow - ow % ` + counterBlockText + `) / ` + counterBlockText + `
-    local due = ob ~= wb
-    -- HLEN catches a counter that n missed (added by an instance of a
-    -- version that kept no n).
-    if old and (v[2] ~= (small[have] or tostring(have)) or due and ob % ` + counterBlockText + ` == 0 and call('HLEN', KEYS[h]) ~= have + 2) then
-      call('DEL', KEYS[h])
-      old, due = false, true
-    end
-    if not old or fs ~= v[2] then
-      set[n + 1], set[n + 2] = 'n', fs
-      n = n + 2
-    end
-    call('HSET', KEYS[h], 'w', ws, unpack(set, 1, n))
-    if due then
-      expire = expire or tostring((` + counterBlockText + ` * (wb + 2) + 1) * 60000 + tonumber(ARGV[1]))
+  end
+  if n > 0 then
+    local old = stale[h]
+    if old == nil then
+      call('HSET', KEYS[h], unpack(set, 1, n))
+    else
+      if old then call('UNLINK', KEYS[h]) end
+      call('HSET', KEYS[h], 'w', ws, unpack(set, 1, n))
+      expire = expire or tostring((w + 2) * 60000 + tonumber(ARGV[1]))
       call('PEXPIREAT', KEYS[h], expire)
     end
-  else
-    -- A later write of window w: the dirty counters, and n grown by
-    -- those new to the hash.
-    local added = 0
-    for i = 1, f do
-      if dirty[c + i] then
-        local x = count[c + i]
-        set[n + 1], set[n + 2] = ARGV[b + i], small[x] or x
-        n = n + 2
-        if v and not v[i + 2] then added = added + 1 end
-      end
-    end
-    if added > 0 and v[2] then
-      set[n + 1], set[n + 2] = 'n', v[2] + added
-      n = n + 2
-    end
-    if n > 0 then call('HSET', KEYS[h], unpack(set, 1, n)) end
   end
   c = c + f
 end

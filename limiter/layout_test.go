@@ -5,43 +5,55 @@ import (
 	"testing"
 )
 
-func TestSplitCounterKey(t *testing.T) {
+func TestCounterPlace(t *testing.T) {
 	keys := Keys{Prefix: "rpm:0123:c:"}
 	for _, tc := range []struct{ key, hash, field string }{
-		{keys.User(7), "rpm:0123:c:{u7}", ":user"},
-		{keys.UserGroup(7, 2), "rpm:0123:c:{u7}", ":group:2"},
-		{keys.ZoneUser("img", 7), "rpm:0123:c:{u7}", ":zone:img:user"},
-		{keys.ZoneKey("a{b}", 7, 3), "rpm:0123:c:{u7}", ":zone:a{b}:key:3"},
+		{keys.User(7), "rpm:0123:c:counts", "{u7}:user"},
+		{keys.UserGroup(7, 2), "rpm:0123:c:counts", "{u7}:group:2"},
+		{keys.ZoneUser("img", 7), "rpm:0123:c:counts", "{u7}:zone:img:user"},
+		{keys.ZoneKey("a{b}", 7, 3), "rpm:0123:c:counts", "{u7}:zone:a{b}:key:3"},
 		{"plain", "plain", ""},
 		{"empty{}tag", "empty{}tag", ""},
 		{"open{only", "open{only", ""},
 	} {
-		hash, field := SplitCounterKey(tc.key)
+		hash, field := CounterPlace(tc.key, false)
 		if hash != tc.hash || field != tc.field {
-			t.Errorf("SplitCounterKey(%q) = %q, %q; want %q, %q", tc.key, hash, field, tc.hash, tc.field)
+			t.Errorf("CounterPlace(%q, false) = %q, %q; want %q, %q", tc.key, hash, field, tc.hash, tc.field)
 		}
 		if !IsCounterField(field) {
 			t.Errorf("%q: field %q is a field of the hash itself", tc.key, field)
 		}
-		if clusterSlot(hash) != clusterSlot(tc.key) {
-			t.Errorf("%q: hash %q in slot %d, the key in %d", tc.key, hash, clusterSlot(hash), clusterSlot(tc.key))
+		// In a Cluster: the bucket of the key's slot, the same field.
+		hash, clusterField := CounterPlace(tc.key, true)
+		if clusterField != field || clusterSlot(hash) != clusterSlot(tc.key) {
+			t.Errorf("CounterPlace(%q, true) = %q (slot %d), %q; want slot %d, field %q", tc.key, hash, clusterSlot(hash), clusterField, clusterSlot(tc.key), field)
 		}
 	}
 }
 
-// TestCounterLayout: each hash once, each of its fields once, the
-// counters numbered hash by hash as the scripts read them.
+// TestSlotTags: every slot has a tag, and the tag hashes to its slot.
+func TestSlotTags(t *testing.T) {
+	for slot := range uint16(16384) {
+		tag := slotTag(slot)
+		if tag == "" || crc16(tag)%16384 != slot || clusterSlot("x{"+tag+"}") != slot {
+			t.Fatalf("slot %d: tag %q hashes to %d", slot, tag, crc16(tag)%16384)
+		}
+	}
+}
+
+// TestCounterLayout: each bucket once, each of its fields once, the
+// counters numbered bucket by bucket as the scripts read them.
 func TestCounterLayout(t *testing.T) {
-	keys := Keys{Prefix: "p:"}
+	a, b := Keys{Prefix: "a:"}, Keys{Prefix: "b:"}
 	var l counterLayout
 	places := []place{
-		l.add(keys.User(1)), l.add(keys.UserGroup(1, 1)), l.add(keys.User(2)),
-		l.add(keys.UserGroup(1, 2)), l.add(keys.User(1)),
+		l.add(a.User(1)), l.add(a.UserGroup(1, 1)), l.add(b.User(2)),
+		l.add(a.UserGroup(1, 2)), l.add(a.User(1)),
 	}
 	args := l.appendArgs(nil)
-	// Two lists of fields; two runs of one hash each.
-	want := []any{2, 3, ":user", ":group:1", ":group:2", 1, ":user", 2, 1, 1, 1, 2}
-	if !slices.Equal(args, want) || !slices.Equal(l.hashes, []string{"p:{u1}", "p:{u2}"}) {
+	// Two lists of fields; two runs of one bucket each.
+	want := []any{2, 3, "{u1}:user", "{u1}:group:1", "{u1}:group:2", 1, "{u2}:user", 2, 1, 1, 1, 2}
+	if !slices.Equal(args, want) || !slices.Equal(l.hashes, []string{"a:counts", "b:counts"}) {
 		t.Fatalf("keys %v, args %v; want args %v", l.hashes, args, want)
 	}
 	var got []int
@@ -53,35 +65,33 @@ func TestCounterLayout(t *testing.T) {
 	}
 }
 
-// TestCounterLayoutSharesFieldLists: hashes with the same fields share
-// one list, and consecutive ones one run; wholeHash recognises a check
-// whose counters are all of one hash's fields, in order.
-func TestCounterLayoutSharesFieldLists(t *testing.T) {
+// TestCounterLayoutRuns: run recognises a check whose counters are
+// consecutive in the layout, in order, and gives the number of the first.
+func TestCounterLayoutRuns(t *testing.T) {
 	keys := Keys{Prefix: "p:"}
-	var l counterLayout
+	l := counterLayout{cluster: true}
 	var checks [][]place
-	for _, uid := range []int64{1, 2, 3, 4, 5} {
-		check := []place{l.add(keys.User(uid))}
-		if uid != 4 {
-			check = append(check, l.add(keys.UserGroup(uid, 1)))
-		}
-		checks = append(checks, check)
+	for _, uid := range []int64{1, 2, 3} {
+		checks = append(checks, []place{l.add(keys.User(uid)), l.add(keys.UserGroup(uid, 1))})
 	}
 	partial := []place{l.add(keys.UserGroup(2, 1))}
 	swapped := []place{l.add(keys.UserGroup(3, 1)), l.add(keys.User(3))}
-	args := l.appendArgs(nil)
-	want := []any{2, 2, ":user", ":group:1", 1, ":user", 3, 3, 1, 1, 2, 1, 1}
-	if !slices.Equal(args, want) {
-		t.Fatalf("args %v, want %v", args, want)
-	}
+	gap := []place{l.add(keys.User(1)), l.add(keys.User(2))}
+	l.appendArgs(nil)
 	for i, check := range checks {
-		if h, ok := l.wholeHash(check); !ok || h != i+1 {
-			t.Errorf("check %d: wholeHash = %d, %v; want %d, true", i, h, ok, i+1)
+		first, ok := l.run(check)
+		// Users 1 to 3 may share a slot's bucket or not; either way their
+		// counters come in pairs in the numbering.
+		if !ok || first != l.index(check[0]) || l.index(check[1]) != first+1 {
+			t.Errorf("check %d: run = %d, %v; want %d, true", i, first, ok, l.index(check[0]))
 		}
 	}
-	for name, check := range map[string][]place{"partial": partial, "swapped": swapped, "none": nil} {
-		if h, ok := l.wholeHash(check); ok {
-			t.Errorf("%s: wholeHash = %d, true; want false", name, h)
+	if first, ok := l.run(partial); !ok || first != l.index(partial[0]) {
+		t.Errorf("one counter: run = %d, %v; want %d, true", first, ok, l.index(partial[0]))
+	}
+	for name, check := range map[string][]place{"swapped": swapped, "gap": gap, "none": nil} {
+		if first, ok := l.run(check); ok {
+			t.Errorf("%s: run = %d, true; want false", name, first)
 		}
 	}
 }

@@ -22,8 +22,8 @@ var ErrUnavailable = errors.New("rate limiter unavailable")
 type Counter struct {
 	// Key names the counter. Every counter of one user carries the user's
 	// hash tag (see Keys) so one request touches one Redis Cluster slot;
-	// Redis keeps the counters of one hash tag in one hash
-	// (SplitCounterKey).
+	// Redis keeps the counters of many users in one hash, their bucket
+	// (CounterPlace).
 	Key string
 	// Limit is the number of requests admitted per window; it is > 0.
 	Limit int64

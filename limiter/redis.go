@@ -27,11 +27,11 @@ import (
 // slot set keys. ARGV[1]: the expiry slack in ms; ARGV[2]: the lease
 // length in ms; ARGV[3]: reserveShare; then the counter layout
 // (counterLayout.appendArgs); then per group its size k, the number of its
-// slot sets s and the number h of the hash whose fields are its counters,
-// in their order (counterLayout.wholeHash), then their m limits — or, if
-// no hash is, 0, m and per counter its number in the layout and its limit;
-// then, if s > 0, the s set limits, want and the k members, in the order
-// of the group. Returns one string of space-separated integers (one bulk
+// slot sets s, its number of counters m and the number of its first
+// counter in the layout when they are consecutive (counterLayout.run),
+// then their m limits — or, if they are not, 0 and per counter its number
+// and its limit; then, if s > 0, the s set limits, want and the k members,
+// in the order of the group. Returns one string of space-separated integers (one bulk
 // reply is cheaper to build and to parse than an array): resetMs, then per
 // group "admitted denied count1 ... countm", where admitted is how many of
 // the k were admitted, denied the 1-based index of the first counter the
@@ -41,7 +41,7 @@ import (
 // was (0 if none), the sizes of the sets before the group, and the spare
 // places taken.
 //
-// Each counter hash is read with one HMGET and written with at most one
+// Each counter bucket is read with one HMGET and written with at most one
 // HSET per call, however many checks and counters of the call share it;
 // each slot set is pruned and counted at most once per call. A set that
 // gets members is given two lease lengths to live whenever less than one
@@ -59,17 +59,11 @@ local idx, before, limits, held, cap = {0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0},
 local out, o = many and {wend - ms, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} or {wend - ms}, 1
 local k, nargv = nh, #ARGV
 while a <= nargv do
-  local size, s, h = ARGV[a] + 0, ARGV[a + 1] + 0, ARGV[a + 2] + 0
-  a = a + 3
-  -- The counters are the fields of hash h, in order, and only their
-  -- limits follow; or (h = 0) their number and per counter its number
-  -- and limit.
-  local admitted, m, base = size, 0, false
-  if h > 0 then
-    m, base = nf[h], cb[h]
-  else
-    m, a = ARGV[a] + 0, a + 1
-  end
+  local size, s, m, first = ARGV[a] + 0, ARGV[a + 1] + 0, ARGV[a + 2] + 0, ARGV[a + 3] + 0
+  a = a + 4
+  -- The counters are first, first + 1, ..., and only their limits
+  -- follow; or (first = 0) per counter its number and limit.
+  local admitted, base = size, first > 0 and first - 1
   for i = 1, m do
     local j = base and base + i
     if not j then j, a = ARGV[a] + 0, a + 1 end
@@ -185,6 +179,7 @@ const DefaultExpirySlack = 5 * time.Second
 // by the first acquisition, renew and release (lease.go); Close ends them.
 type Redis struct {
 	client   redis.UniversalClient
+	cluster  bool                      // client is a Cluster client
 	slack    int64                     // ms
 	batchers []atomic.Pointer[batcher] // per cluster slot, or one
 	onCall   func(checks int)
@@ -216,6 +211,7 @@ func NewRedis(client redis.UniversalClient, opts ...RedisOption) *Redis {
 	r := &Redis{client: client, slack: DefaultExpirySlack.Milliseconds(), leases: newLeaseKeeper(client)}
 	r.batchers = make([]atomic.Pointer[batcher], 1)
 	if _, ok := client.(*redis.ClusterClient); ok {
+		r.cluster = true
 		r.batchers = make([]atomic.Pointer[batcher], 16384)
 	}
 	for _, o := range opts {
@@ -257,7 +253,7 @@ func (r *Redis) checkBy(ctx context.Context, deadline time.Time, counters []Coun
 // when the client is not a cluster client.
 func (r *Redis) batcherFor(key string) *batcher {
 	slot := 0
-	if len(r.batchers) > 1 {
+	if r.cluster {
 		slot = int(clusterSlot(key))
 	}
 	if b := r.batchers[slot].Load(); b != nil {
@@ -270,7 +266,7 @@ func (r *Redis) batcherFor(key string) *batcher {
 // run sends the checks in one script call and stores each one's outcome.
 func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 	groups := groupChecks(checks)
-	var layout counterLayout
+	layout := counterLayout{cluster: r.cluster}
 	places := make([]place, 0, 2*len(groups))
 	nslots, nvals := 0, 1
 	for _, g := range groups {
@@ -293,14 +289,14 @@ func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 		p := g[0]
 		at := places[next : next+len(p.counters)]
 		next += len(p.counters)
-		args = append(args, len(g), len(p.slots))
-		if h, ok := layout.wholeHash(at); ok {
-			args = append(args, h)
+		args = append(args, len(g), len(p.slots), len(p.counters))
+		if first, ok := layout.run(at); ok {
+			args = append(args, first)
 			for _, c := range p.counters {
 				args = append(args, c.Limit)
 			}
 		} else {
-			args = append(args, 0, len(p.counters))
+			args = append(args, 0)
 			for i, c := range p.counters {
 				args = append(args, layout.index(at[i]), c.Limit)
 			}
@@ -415,7 +411,7 @@ func unavailable(op string, err error) error {
 // Peek implements Limiter. With no keys it still reads the Redis clock, so
 // it doubles as a health probe.
 func (r *Redis) Peek(ctx context.Context, keys []string) ([]int64, time.Duration, error) {
-	var layout counterLayout
+	layout := counterLayout{cluster: r.cluster}
 	places := make([]place, len(keys))
 	for i, k := range keys {
 		places[i] = layout.add(k)

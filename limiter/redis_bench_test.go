@@ -11,12 +11,11 @@ import (
 // users: each iteration is one script call of 8 checks of 8 different
 // users (of 10,000, in turn), each with a user and a group counter far
 // from their limits. It reports, per check, the time Redis spent in the
-// script and the CPU time of the (private) redis-server. The user's hash
-// is, before its first check: absent ("new"), or of the previous window
-// ("earlier": of another window of its block, as the hashes of users
-// seen a minute or two ago are). With
-// -benchtime=1250x every check is its user's first of the window; with
-// more, most are not.
+// script and the CPU time of the (private) redis-server. The bucket
+// (layout.go) is, before the first call: absent ("new"), or of the
+// previous window ("earlier", holding every user's counters of then).
+// With -benchtime=1250x every check is its user's first of the window;
+// with more, most are not.
 func BenchmarkDistinctChecks(b *testing.B) {
 	const users, perCall = 10000, 8
 	for _, hashes := range []string{"new", "earlier"} {
@@ -65,9 +64,9 @@ func distinctUserSets(keys Keys, n int) [][]Counter {
 	return sets
 }
 
-// writeEarlierWindow checks each counter set once and then moves its hash
-// to another window of the same block (see layout.go), as if it had been
-// written a minute or two ago.
+// writeEarlierWindow checks each counter set once and then moves their
+// buckets to the window before (see layout.go), as if they had been
+// written a minute ago.
 func writeEarlierWindow(tb testing.TB, r *Redis, c *redis.Client, sets [][]Counter) {
 	tb.Helper()
 	ctx := context.Background()
@@ -77,13 +76,15 @@ func writeEarlierWindow(tb testing.TB, r *Redis, c *redis.Client, sets [][]Count
 		}
 	}
 	window := redisNow(tb, c).UnixMilli() / Window.Milliseconds()
-	p := c.Pipeline()
+	buckets := make(map[string]bool)
 	for _, cs := range sets {
-		hash, _ := SplitCounterKey(cs[0].Key)
-		p.HSet(ctx, hash, "w", otherWindowOfBlock(window))
+		hash, _ := CounterPlace(cs[0].Key, false)
+		buckets[hash] = true
 	}
-	if _, err := p.Exec(ctx); err != nil {
-		tb.Fatal(err)
+	for hash := range buckets {
+		if err := c.HSet(ctx, hash, "w", window-1).Err(); err != nil {
+			tb.Fatal(err)
+		}
 	}
 }
 

@@ -25,13 +25,19 @@ func redisBackend(t *testing.T, c redis.UniversalClient, keys Keys) backend {
 	}
 }
 
-// rawCount reads a counter's field of its user's hash directly (the
-// layout documented in layout.go), independent of the scripts: the field
-// if w is the current window of the Redis clock, else 0.
+// counterPlace is CounterPlace for the counters of client c.
+func counterPlace(c redis.UniversalClient, key string) (hash, field string) {
+	_, cluster := c.(*redis.ClusterClient)
+	return CounterPlace(key, cluster)
+}
+
+// rawCount reads a counter's field of its bucket directly (the layout
+// documented in layout.go), independent of the scripts: the field if w is
+// the current window of the Redis clock, else 0.
 func rawCount(t *testing.T, c redis.UniversalClient, key string) int64 {
 	t.Helper()
 	ctx := context.Background()
-	hash, field := SplitCounterKey(key)
+	hash, field := counterPlace(c, key)
 	vals, err := c.HMGet(ctx, hash, "w", field).Result()
 	if err != nil {
 		t.Fatalf("hmget %s: %v", key, err)
@@ -47,7 +53,7 @@ func rawCount(t *testing.T, c redis.UniversalClient, key string) int64 {
 		return 0
 	}
 	if vals[1] == nil {
-		return 0 // another counter of the user's was written this window
+		return 0 // not written this window
 	}
 	n, err := strconv.ParseInt(vals[1].(string), 10, 64)
 	if err != nil {
@@ -56,21 +62,21 @@ func rawCount(t *testing.T, c redis.UniversalClient, key string) int64 {
 	return n
 }
 
-// setRawCount sets a counter's field of its user's hash directly, leaving
-// the hash's window as it is.
+// setRawCount sets a counter's field of its bucket directly, leaving the
+// bucket's window as it is.
 func setRawCount(t *testing.T, c redis.UniversalClient, key string, n int64) {
 	t.Helper()
-	hash, field := SplitCounterKey(key)
+	hash, field := counterPlace(c, key)
 	if err := c.HSet(context.Background(), hash, field, n).Err(); err != nil {
 		t.Fatalf("hset %s: %v", key, err)
 	}
 }
 
-// rawTTL returns the time to live of a counter's hash (negative: none, or
-// no hash).
+// rawTTL returns the time to live of a counter's bucket (negative: none,
+// or no bucket).
 func rawTTL(t *testing.T, c redis.UniversalClient, key string) time.Duration {
 	t.Helper()
-	hash, _ := SplitCounterKey(key)
+	hash, _ := counterPlace(c, key)
 	ttl, err := c.PTTL(context.Background(), hash).Result()
 	if err != nil {
 		t.Fatalf("pttl %s: %v", key, err)
@@ -311,9 +317,9 @@ func TestRedisScriptReload(t *testing.T) {
 	}
 }
 
-// TestRedisExpiry: a counter hash expires at the end of the first window
-// two blocks after that of its first write of a block, plus the slack; a
-// later window of the same block leaves the expiry as it is.
+// TestRedisExpiry: a bucket's first write of a window sets its expiry to
+// the end of the next window plus the slack; later writes of the window
+// leave it as it is.
 func TestRedisExpiry(t *testing.T) {
 	c, keys := singleClient(t)
 	const slack = 3 * time.Second
@@ -321,11 +327,10 @@ func TestRedisExpiry(t *testing.T) {
 	ctx := context.Background()
 	redistest.WaitForWindow(t, c, minRemaining)
 	key := keys.User(1)
-	hash, _ := SplitCounterKey(key)
+	hash, _ := counterPlace(c, key)
 	window := redisNow(t, c).UnixMilli() / Window.Milliseconds()
 	expiry := func() time.Duration {
-		block := window / counterBlock
-		end := time.Duration(counterBlock*(block+2)+1) * Window
+		end := time.Duration(window+2) * Window
 		return end + slack - time.Duration(redisNow(t, c).UnixMilli())*time.Millisecond
 	}
 	check := func() {
@@ -340,54 +345,22 @@ func TestRedisExpiry(t *testing.T) {
 			t.Fatalf("%s: PTTL %v, want about %v", name, rawTTL(t, c, key), want)
 		}
 	}
-	// setWindow makes the hash's window w, as if it was written in w.
-	setWindow := func(w int64) {
-		t.Helper()
-		if err := c.HSet(ctx, hash, "w", w).Err(); err != nil {
-			t.Fatal(err)
-		}
-	}
 	check()
-	wantTTL("new hash", expiry())
+	wantTTL("new bucket", expiry())
 
-	// Another window of the same block: the expiry stays.
-	setWindow(otherWindowOfBlock(window))
+	// A later write of the same window: the expiry stays.
 	if err := c.PExpire(ctx, hash, time.Hour).Err(); err != nil {
 		t.Fatal(err)
 	}
 	check()
-	wantTTL("a window of the same block", time.Hour)
+	wantTTL("a later write of the window", time.Hour)
 
-	// A window of an earlier block: the expiry moves on.
-	setWindow(window - counterBlock)
-	check()
-	wantTTL("a window of an earlier block", expiry())
-
-	// A counter the hash's n misses (one added by a version that kept no
-	// n) stays while the hash's block is not a multiple of counterBlock,
-	// and is gone at the first write after one that is.
-	stray := keys.UserGroup(1, 9)
-	setRawCount(t, c, stray, 7)
-	checkedBlock := (window/(counterBlock*counterBlock) - 1) * counterBlock // a multiple of counterBlock, before window's
-	setWindow((checkedBlock + 1) * counterBlock)
-	check()
-	if n := rawCount(t, c, stray); n != 7 {
-		t.Fatalf("a counter n missed reads %d after a block not checked, want 7 (still there)", n)
+	// A bucket of an earlier window: its first write of this one sets it.
+	if err := c.HSet(ctx, hash, "w", window-1).Err(); err != nil {
+		t.Fatal(err)
 	}
-	setWindow(checkedBlock * counterBlock)
 	check()
-	if n := rawCount(t, c, stray); n != 0 {
-		t.Fatalf("a counter n missed reads %d after a checked block, want 0", n)
-	}
-}
-
-// otherWindowOfBlock returns a window other than w in w's block of
-// counterBlock windows: one before, or after if w is the block's first.
-func otherWindowOfBlock(w int64) int64 {
-	if w%counterBlock == 0 {
-		return w + 1
-	}
-	return w - 1
+	wantTTL("a bucket of an earlier window", expiry())
 }
 
 func TestRedisStaleWindowReadsZero(t *testing.T) {
@@ -396,7 +369,7 @@ func TestRedisStaleWindowReadsZero(t *testing.T) {
 	ctx := context.Background()
 	redistest.WaitForWindow(t, c, minRemaining)
 	key, group := keys.User(1), keys.UserGroup(1, 1)
-	hash, _ := SplitCounterKey(key)
+	hash, _ := counterPlace(c, key)
 	old := redisNow(t, c).UnixMilli()/Window.Milliseconds() - 1
 	if err := c.HSet(ctx, hash, "w", old).Err(); err != nil {
 		t.Fatal(err)
@@ -446,12 +419,12 @@ func BenchmarkRedisCheck(b *testing.B) {
 	})
 }
 
-// TestRedisOneHashPerUser: the counters of a user live in one hash, so a
-// call reads each user's counters with one HMGET and writes them with one
-// HSET, however many of its checks and counters are that user's, and sets
-// the expiry once per user and window; a hash of an older window is
-// deleted before its first write of the new one.
-func TestRedisOneHashPerUser(t *testing.T) {
+// TestRedisOneBucketPerCall: the counters of all users share a bucket, so
+// a call reads every counter of its checks with one HMGET and writes them
+// with one HSET, however many users, checks and counters it carries, and
+// sets the expiry once per window; a bucket of an older window is
+// unlinked before its first write of the new one.
+func TestRedisOneBucketPerCall(t *testing.T) {
 	c, keys := privateClient(t)
 	r := NewRedis(c)
 	ctx := context.Background()
@@ -482,40 +455,28 @@ func TestRedisOneHashPerUser(t *testing.T) {
 		t.Helper()
 		info := redisInfo(t, c, "commandstats")
 		out := make(map[string]float64)
-		for _, cmd := range []string{"hmget", "hset", "pexpireat", "del"} {
+		for _, cmd := range []string{"hmget", "hset", "pexpireat", "unlink"} {
 			out[cmd] = cmdStat(t, info, cmd, "calls")
 		}
 		return out
 	}
-	// ageUser1 moves user 1's hash to another window of the same block,
-	// as if it had been written then.
-	ageUser1 := func() {
-		hash, _ := SplitCounterKey(keys.User(1))
+	// age moves the bucket to the window before, as if it had been
+	// written then.
+	age := func() {
+		hash, _ := counterPlace(c, keys.User(1))
 		window := redisNow(t, c).UnixMilli() / Window.Milliseconds()
-		if err := c.HSet(ctx, hash, "w", otherWindowOfBlock(window)).Err(); err != nil {
+		if err := c.HSet(ctx, hash, "w", window-1).Err(); err != nil {
 			t.Fatal(err)
 		}
-	}
-	zone := Counter{Key: keys.ZoneUser("img", 1), Limit: 100}
-	// A counter of user 1 that the call does not name, added within the
-	// window (n must count it), then the window ends.
-	addZoneThenAge := func() {
-		if res, err := r.Check(ctx, []Counter{zone}); err != nil || !res.Allowed {
-			t.Fatalf("zone check: %+v, %v", res, err)
-		}
-		ageUser1()
 	}
 	for _, step := range []struct {
 		name   string
 		before func()
 		want   map[string]float64
 	}{
-		{"first of the window", nil, map[string]float64{"hmget": 2, "hset": 2, "pexpireat": 2, "del": 0}},
-		{"second", nil, map[string]float64{"hmget": 2, "hset": 2, "pexpireat": 0, "del": 0}},
-		// Every counter of user 1 is in the call: the hash is rewritten
-		// as it is, its expiry still far enough.
-		{"user 1 of an older window", ageUser1, map[string]float64{"hmget": 2, "hset": 2, "pexpireat": 0, "del": 0}},
-		{"user 1 of an older window with another counter", addZoneThenAge, map[string]float64{"hmget": 2, "hset": 2, "pexpireat": 1, "del": 1}},
+		{"first of the window", nil, map[string]float64{"hmget": 1, "hset": 1, "pexpireat": 1, "unlink": 0}},
+		{"second", nil, map[string]float64{"hmget": 1, "hset": 1, "pexpireat": 0, "unlink": 0}},
+		{"a bucket of an older window", age, map[string]float64{"hmget": 1, "hset": 1, "pexpireat": 1, "unlink": 1}},
 	} {
 		if step.before != nil {
 			step.before()
@@ -529,7 +490,7 @@ func TestRedisOneHashPerUser(t *testing.T) {
 			}
 		}
 	}
-	for key, n := range map[string]int64{keys.User(1): 3, keys.UserGroup(1, 1): 1, keys.UserGroup(1, 2): 1, keys.User(2): 4, keys.UserGroup(2, 1): 4, zone.Key: 0} {
+	for key, n := range map[string]int64{keys.User(1): 3, keys.UserGroup(1, 1): 1, keys.UserGroup(1, 2): 1, keys.User(2): 1, keys.UserGroup(2, 1): 1} {
 		if got := rawCount(t, c, key); got != n {
 			t.Errorf("%s = %d, want %d", key, got, n)
 		}

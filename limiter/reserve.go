@@ -5,8 +5,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // Reservations
@@ -257,7 +255,7 @@ func (rs *reservations) reserve(ctx context.Context, deadline time.Time, counter
 	ctx, cancel := withDeadline(context.WithoutCancel(ctx), deadline)
 	defer cancel()
 	m := len(counters)
-	var layout counterLayout
+	layout := counterLayout{cluster: rs.r.cluster}
 	places := make([]place, m)
 	for i, c := range counters {
 		places[i] = layout.add(c.Key)
@@ -484,7 +482,7 @@ func (rs *reservations) send(backs []handBack) {
 		index map[string]int
 	}
 	calls := make(map[callKey]*call)
-	_, cluster := rs.r.client.(*redis.ClusterClient)
+	cluster := rs.r.cluster
 	for _, b := range backs {
 		if !now.Before(b.until) {
 			continue // lapsed with its window
@@ -503,7 +501,7 @@ func (rs *reservations) send(backs []handBack) {
 				c.args[3*i+2] = c.args[3*i+2].(int64) + b.units
 				continue
 			}
-			hash, field := SplitCounterKey(k)
+			hash, field := CounterPlace(k, cluster)
 			c.index[k] = len(c.keys)
 			c.keys = append(c.keys, hash)
 			c.args = append(c.args, field, b.window, b.units)

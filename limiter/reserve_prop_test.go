@@ -172,7 +172,7 @@ func endWindow(t *testing.T, c redis.UniversalClient, names []string, insts []*R
 	ctx := context.Background()
 	moved := make(map[string]bool)
 	for _, name := range names {
-		hash, _ := SplitCounterKey(name)
+		hash, _ := counterPlace(c, name)
 		if moved[hash] {
 			continue
 		}

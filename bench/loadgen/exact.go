@@ -179,35 +179,38 @@ func (r *exactResult) notExact() string {
 
 // readCounter returns the count of user's own counter in Redis, or -1 if
 // it does not exist or belongs to another window than window. It is the
-// field ":user" of the user's counter hash <ns>c:{u<user>}, <ns>
-// depending on the store, so the hash is found with SCAN (the benchmark's
-// Redis is private).
+// field "{u<user>}:user" of a counter bucket <ns>c:counts (limiter
+// package, layout.go), <ns> depending on the store, so the buckets are
+// found with SCAN (the benchmark's Redis is private) and the one holding
+// the field is read.
 func readCounter(ctx context.Context, rdb *redis.Client, user, window int64) (int64, error) {
-	var keys []string
-	iter := rdb.Scan(ctx, 0, fmt.Sprintf("*c:{u%d}", user), 10000).Iterator()
+	field := fmt.Sprintf("{u%d}:user", user)
+	found := 0
+	var count int64 = -1
+	iter := rdb.Scan(ctx, 0, "*c:counts", 10000).Iterator()
 	for iter.Next(ctx) {
-		keys = append(keys, iter.Val())
+		v, err := rdb.HMGet(ctx, iter.Val(), "w", field).Result()
+		if err != nil {
+			return 0, fmt.Errorf("read the counter of user %d: %w", user, err)
+		}
+		n, ok := v[1].(string)
+		if !ok {
+			continue
+		}
+		found++
+		if w, _ := v[0].(string); w == strconv.FormatInt(window, 10) {
+			if count, err = strconv.ParseInt(n, 10, 64); err != nil {
+				return 0, fmt.Errorf("the counter of user %d: %w", user, err)
+			}
+		}
 	}
 	if err := iter.Err(); err != nil {
-		return 0, fmt.Errorf("scan for the counters of user %d: %w", user, err)
+		return 0, fmt.Errorf("scan for the counter buckets: %w", err)
 	}
-	switch len(keys) {
-	case 0:
-		return -1, nil
-	case 1:
-	default:
-		return 0, fmt.Errorf("user %d has %d counter hashes (%v), want one", user, len(keys), keys)
+	if found > 1 {
+		return 0, fmt.Errorf("user %d has a counter in %d buckets, want one", user, found)
 	}
-	v, err := rdb.HMGet(ctx, keys[0], "w", ":user").Result()
-	if err != nil {
-		return 0, fmt.Errorf("read the counter of user %d: %w", user, err)
-	}
-	w, _ := v[0].(string)
-	n, ok := v[1].(string)
-	if w != strconv.FormatInt(window, 10) || !ok {
-		return -1, nil
-	}
-	return strconv.ParseInt(n, 10, 64)
+	return count, nil
 }
 
 func yesNo(ok bool) string {

@@ -11,12 +11,11 @@ import (
 
 // scriptInternal are the commands the limiter's Lua scripts call (the
 // check, and with concurrency slots the acquire and renewal parts); Redis
-// counts them in commandstats although the client never sends them. DEL
-// is the first write of a user's counter hash in a new window; clients
-// send it too (invalidations delete L2 entries), but in no scenario here
-// more than a few times. HLEN checks a counter hash's count of counters
-// now and then (limiter/layout.go).
-var scriptInternal = []string{"time", "hmget", "hset", "hincrby", "pexpireat", "del", "hlen",
+// counts them in commandstats although the client never sends them.
+// UNLINK is the first write of a counter bucket in a new window
+// (limiter/layout.go); clients send it too (a flush of L2 entries), but in
+// no scenario here.
+var scriptInternal = []string{"time", "hmget", "hset", "hincrby", "pexpireat", "unlink",
 	"zremrangebyscore", "zcard", "zadd", "pexpire", "pttl", "zcount"}
 
 // own are the commands the benchmark itself sends to Redis.

@@ -31,7 +31,11 @@ import (
 // counter in the layout when they are consecutive (counterLayout.run),
 // then their m limits — or, if they are not, 0 and per counter its number
 // and its limit; then, if s > 0, the s set limits, want and the k members,
-// in the order of the group. Returns one string of space-separated integers (one bulk
+// in the order of the group. A group of one check without slot sets whose
+// counters follow the previous group's (the first group's: start at 1) is
+// only -m and the m limits, the form of most groups of a call of distinct
+// users: every argument costs Redis more than most of the script's work
+// on it. Returns one string of space-separated integers (one bulk
 // reply is cheaper to build and to parse than an array): resetMs, then per
 // group "admitted denied count1 ... countm", where admitted is how many of
 // the k were admitted, denied the 1-based index of the first counter the
@@ -57,10 +61,17 @@ local card, extended = {}, {}
 -- Reused by every group: a call may carry 64.
 local idx, before, limits, held, cap = {0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0}, {}, {}
 local out, o = many and {wend - ms, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} or {wend - ms}, 1
-local k, nargv = nh, #ARGV
+local k, nargv, nextc = nh, #ARGV, 1
 while a <= nargv do
-  local size, s, m, first = ARGV[a] + 0, ARGV[a + 1] + 0, ARGV[a + 2] + 0, ARGV[a + 3] + 0
-  a = a + 4
+  local size, s, m, first = ARGV[a] + 0, 0, 0, nextc
+  if size < 0 then
+    -- Short form: one check without slot sets whose -size counters
+    -- follow the previous group's.
+    size, m, a = 1, -size, a + 1
+  else
+    s, m, first = ARGV[a + 1] + 0, ARGV[a + 2] + 0, ARGV[a + 3] + 0
+    a = a + 4
+  end
   -- The counters are first, first + 1, ..., and only their limits
   -- follow; or (first = 0) per counter its number and limit.
   local admitted, base = size, first > 0 and first - 1
@@ -128,6 +139,7 @@ while a <= nargv do
     end
     a = a + 1 + size
   end
+  if m > 0 then nextc = idx[m] + 1 end
   out[o + 1], out[o + 2] = small[admitted] or admitted, small[denied] or denied
   o = o + 2
   for i = 1, m do out[o + i] = text[idx[i]] or before[i] end
@@ -284,13 +296,25 @@ func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 	args := make([]any, 0, 4+2*len(layout.hashes)+len(places)+2*len(places)+3*len(groups)+nslots+len(checks))
 	args = append(args, r.slack, r.leases.cfg.Lease.Milliseconds(), reserveShare)
 	args = layout.appendArgs(args)
-	next := 0
+	next, following := 0, 1 // following: the number of the counter after the previous group's
 	for _, g := range groups {
 		p := g[0]
 		at := places[next : next+len(p.counters)]
 		next += len(p.counters)
+		first, ok := layout.run(at)
+		short := ok && len(g) == 1 && len(p.slots) == 0 && first == following
+		if len(at) > 0 {
+			following = layout.index(at[len(at)-1]) + 1
+		}
+		if short {
+			args = append(args, -len(at))
+			for _, c := range p.counters {
+				args = append(args, c.Limit)
+			}
+			continue
+		}
 		args = append(args, len(g), len(p.slots), len(p.counters))
-		if first, ok := layout.run(at); ok {
+		if ok {
 			args = append(args, first)
 			for _, c := range p.counters {
 				args = append(args, c.Limit)

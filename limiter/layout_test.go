@@ -95,3 +95,38 @@ func TestCounterLayoutRuns(t *testing.T) {
 		}
 	}
 }
+
+// TestAppendGroups: a group of one check without slot sets whose counters
+// follow the previous group's goes in the short form, -m and the limits;
+// consecutive counters otherwise by the first's number, others one by one.
+func TestAppendGroups(t *testing.T) {
+	keys := Keys{Prefix: "p:"}
+	check := func(cs ...Counter) *pendingCheck { return &pendingCheck{counters: cs} }
+	u3 := userCounter(keys, 3, 30)
+	groups := [][]*pendingCheck{
+		{check(userCounter(keys, 1, 10), groupCounter(keys, 1, 1, 11))},
+		{check(userCounter(keys, 1, 10), groupCounter(keys, 1, 2, 12))},
+		{check(userCounter(keys, 2, 20), groupCounter(keys, 2, 1, 21))},
+		{check(userCounter(keys, 1, 10))},
+		{check(u3), check(u3)},
+	}
+	var l counterLayout
+	var places []place
+	for _, g := range groups {
+		for _, c := range g[0].counters {
+			places = append(places, l.add(c.Key))
+		}
+	}
+	l.appendArgs(nil)
+	args, slotKeys := appendGroups(nil, nil, &l, groups, places)
+	want := []any{
+		-2, int64(10), int64(11), // u1 user 1, u1 group 1 2: short
+		1, 0, 2, 0, 1, int64(10), 3, int64(12), // u1 user 1, u1 group 2 3: one by one
+		-2, int64(20), int64(21), // u2 4 5, after 3: short
+		1, 0, 1, 1, int64(10), // u1 user 1 again: by its number
+		2, 0, 1, 6, int64(30), // two checks of u3 6: a group of 2
+	}
+	if !slices.Equal(args, want) || len(slotKeys) != 0 {
+		t.Fatalf("args %v, slot keys %v; want %v, none", args, slotKeys, want)
+	}
+}

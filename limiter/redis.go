@@ -296,6 +296,51 @@ func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 	args := make([]any, 0, 4+2*len(layout.hashes)+len(places)+2*len(places)+3*len(groups)+nslots+len(checks))
 	args = append(args, r.slack, r.leases.cfg.Lease.Milliseconds(), reserveShare)
 	args = layout.appendArgs(args)
+	args, keys = appendGroups(args, keys, &layout, groups, places)
+	reply, err := checkScript.Run(ctx, r.client, keys, args...).Text()
+	if r.onCall != nil {
+		r.onCall(len(checks))
+	}
+	var vals []int64
+	if err == nil {
+		vals, err = parseInts(reply, nvals)
+	}
+	if err != nil {
+		for _, p := range checks {
+			p.fail(err)
+		}
+		return
+	}
+	resetIn := time.Duration(vals[0]) * time.Millisecond
+	vals = vals[1:]
+	for _, g := range groups {
+		m := len(g[0].counters)
+		admitted, denied, before := int(vals[0]), int(vals[1]), vals[2:2+m]
+		// The checks of a group, in order: the first admitted ones see
+		// their own increment, the refused ones the group's last count.
+		counts := make([]int64, len(g)*m)
+		for j, p := range g {
+			res := Result{Allowed: j < admitted, Denied: -1, ResetIn: resetIn, Counts: counts[j*m : (j+1)*m : (j+1)*m]}
+			add := int64(min(j+1, admitted))
+			if !res.Allowed {
+				res.Denied = denied - 1
+			}
+			for i := range m {
+				res.Counts[i] = before[i] + add
+			}
+			p.res, p.deniedSlot = res, -1
+		}
+		vals = vals[2+m:]
+		if s := len(g[0].slots); s > 0 {
+			vals = slotOutcome(g, admitted, vals, s)
+		}
+	}
+}
+
+// appendGroups appends what checkScript reads per group (see there) to
+// args, and the groups' slot set keys to keys; places are the groups'
+// counters in the layout, in order.
+func appendGroups(args []any, keys []string, layout *counterLayout, groups [][]*pendingCheck, places []place) ([]any, []string) {
 	next, following := 0, 1 // following: the number of the counter after the previous group's
 	for _, g := range groups {
 		p := g[0]
@@ -339,44 +384,7 @@ func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 			}
 		}
 	}
-	reply, err := checkScript.Run(ctx, r.client, keys, args...).Text()
-	if r.onCall != nil {
-		r.onCall(len(checks))
-	}
-	var vals []int64
-	if err == nil {
-		vals, err = parseInts(reply, nvals)
-	}
-	if err != nil {
-		for _, p := range checks {
-			p.fail(err)
-		}
-		return
-	}
-	resetIn := time.Duration(vals[0]) * time.Millisecond
-	vals = vals[1:]
-	for _, g := range groups {
-		m := len(g[0].counters)
-		admitted, denied, before := int(vals[0]), int(vals[1]), vals[2:2+m]
-		// The checks of a group, in order: the first admitted ones see
-		// their own increment, the refused ones the group's last count.
-		counts := make([]int64, len(g)*m)
-		for j, p := range g {
-			res := Result{Allowed: j < admitted, Denied: -1, ResetIn: resetIn, Counts: counts[j*m : (j+1)*m : (j+1)*m]}
-			add := int64(min(j+1, admitted))
-			if !res.Allowed {
-				res.Denied = denied - 1
-			}
-			for i := range m {
-				res.Counts[i] = before[i] + add
-			}
-			p.res, p.deniedSlot = res, -1
-		}
-		vals = vals[2+m:]
-		if s := len(g[0].slots); s > 0 {
-			vals = slotOutcome(g, admitted, vals, s)
-		}
-	}
+	return args, keys
 }
 
 // groupChecks puts identical checks (the same counters and slot sets with

@@ -167,19 +167,21 @@ func (l *counterLayout) run(places []place) (int, bool) {
 //
 // Turning a Lua number into a string (for a reply, or an argument of
 // redis.call) goes through snprintf and costs more than most commands the
-// scripts run, so they keep the strings they read (text, ws), format each
-// number they must at most once per call, and turn strings into numbers
-// with x + 0 rather than tonumber(x), which parses twice.
+// scripts run, so they keep the strings they read (text, and TIME's for
+// the clock in a reply: see redisClock), format each number they must at
+// most once per call (the window only for a bucket's first write in it),
+// and turn strings into numbers with x + 0 rather than tonumber(x), which
+// parses twice.
 const (
-	// luaClock reads the Redis clock: ms, its window w (ws as a string)
-	// and the window end; KEYS, ARGV, redis.call (call) and unpack become
-	// locals, which Lua reads faster than globals.
+	// luaClock reads the Redis clock: t the TIME reply, ms, its window w
+	// and ws, the window as a string once a write needs it; KEYS, ARGV,
+	// redis.call (call) and unpack become locals, which Lua reads faster
+	// than globals.
 	luaClock = `
 local t = redis.call('TIME')
 local ms = t[1] * 1000 + math.floor(t[2] / 1000)
 local w = math.floor(ms / 60000)
-local ws = tostring(w)
-local wend = (w + 1) * 60000
+local ws
 local KEYS, ARGV, call, unpack = KEYS, ARGV, redis.call, unpack
 `
 	// luaReadCounters reads the layout (appendArgs) from ARGV[a] on and
@@ -191,18 +193,18 @@ local KEYS, ARGV, call, unpack = KEYS, ARGV, redis.call, unpack
 	// hash is of window w). stale[h] is nil for a hash of window w, else
 	// its window (false: absent).
 	luaReadCounters = `
--- A call of several checks gets its tables sized for a few of them at
--- once (growing a table costs more than filling it); a call of one would
--- only pay for the room.
+-- Tables are sized up front, for a few checks when the call has several
+-- (growing a table costs more than filling it: Lua rehashes it at 1, 2,
+-- 4, ... elements), for one check's counters otherwise.
 local many = #ARGV > 16
-local count = many and {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} or {}
-local text = many and {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} or {}
-local dirty = many and {false, false, false, false, false, false, false, false, false, false, false, false, false, false, false, false} or {}
-local nf, fa, cb, stale = {}, {}, {}, {}
+local count = many and {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} or {0, 0, 0, 0}
+local text = many and {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} or {0, 0, 0, 0}
+local dirty = many and {false, false, false, false, false, false, false, false, false, false, false, false, false, false, false, false} or {false, false, false, false}
+local nf, fa, cb, stale = {0, 0}, {0, 0}, {0, 0}, {}
 -- Small counts as strings, so that replying or writing them needs no
 -- formatting.
 local small = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8'}
-local lists, nh, c = {}, 0, 0
+local lists, nh, c = {0, 0}, 0, 0
 local nl = ARGV[a] + 0
 a = a + 1
 for l = 1, nl do
@@ -225,7 +227,7 @@ for h = 1, nh do
   local f, b = nf[h], fa[h]
   local v = call('HMGET', KEYS[h], 'w', unpack(ARGV, b, b + f - 1))
   cb[h] = c
-  if v[1] == ws then
+  if v[1] and v[1] + 0 == w then
     for i = 1, f do
       local s = v[i + 1]
       if s then
@@ -248,7 +250,7 @@ end
 // writes w with the counters and sets the expiry (see the layout above).
 const luaWriteCounters = `
 local expire
-local set = {}
+local set = many and {} or {0, 0, 0, 0}
 c = 0
 for h = 1, nh do
   local f, b, n = nf[h], fa[h] - 1, 0
@@ -265,6 +267,7 @@ for h = 1, nh do
       call('HSET', KEYS[h], unpack(set, 1, n))
     else
       if old then call('UNLINK', KEYS[h]) end
+      ws = ws or tostring(w)
       call('HSET', KEYS[h], 'w', ws, unpack(set, 1, n))
       expire = expire or tostring((w + 2) * 60000 + tonumber(ARGV[1]))
       call('PEXPIREAT', KEYS[h], expire)

@@ -3,6 +3,7 @@ package limiter
 import (
 	"slices"
 	"testing"
+	"time"
 )
 
 func TestCounterPlace(t *testing.T) {
@@ -128,5 +129,24 @@ func TestAppendGroups(t *testing.T) {
 	}
 	if !slices.Equal(args, want) || len(slotKeys) != 0 {
 		t.Fatalf("args %v, slot keys %v; want %v, none", args, slotKeys, want)
+	}
+}
+
+// TestRedisClock: the window and the time left in it from TIME's seconds
+// and microseconds.
+func TestRedisClock(t *testing.T) {
+	for _, tc := range []struct {
+		sec, usec, window int64
+		resetIn           time.Duration
+	}{
+		{60, 500000, 1, 59500 * time.Millisecond},
+		{119, 999999, 1, time.Millisecond},
+		{120, 0, 2, time.Minute},
+		{1764806400, 1500, 29413440, time.Minute - time.Millisecond},
+	} {
+		w, r := redisClock(tc.sec, tc.usec)
+		if w != tc.window || r != tc.resetIn {
+			t.Errorf("redisClock(%d, %d) = %d, %v; want %d, %v", tc.sec, tc.usec, w, r, tc.window, tc.resetIn)
+		}
 	}
 }

@@ -36,7 +36,8 @@ import (
 // only -m and the m limits, the form of most groups of a call of distinct
 // users: every argument costs Redis more than most of the script's work
 // on it. Returns one string of space-separated integers (one bulk
-// reply is cheaper to build and to parse than an array): resetMs, then per
+// reply is cheaper to build and to parse than an array): the Redis clock
+// as TIME gave it, seconds and microseconds (redisClock), then per
 // group "admitted denied count1 ... countm", where admitted is how many of
 // the k were admitted, denied the 1-based index of the first counter the
 // others found full (0 if none), and the counts those before the group; a
@@ -60,7 +61,7 @@ local min, max = math.min, math.max
 local card, extended = {}, {}
 -- Reused by every group: a call may carry 64.
 local idx, before, limits, held, cap = {0, 0, 0, 0}, {0, 0, 0, 0}, {0, 0, 0, 0}, {}, {}
-local out, o = many and {wend - ms, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} or {wend - ms}, 1
+local out, o = many and {t[1], t[2], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} or {t[1], t[2]}, 2
 local k, nargv, nextc = nh, #ARGV, 1
 while a <= nargv do
   local size, s, m, first = ARGV[a] + 0, 0, 0, nextc
@@ -170,7 +171,7 @@ return table.concat(out, ' ', 1, o)
 var peekScript = redis.NewScript("#!lua flags=no-writes" + luaClock + `
 local a = 1
 ` + luaReadCounters + `
-local out = {wend - ms}
+local out = {(w + 1) * 60000 - ms}
 for i = 1, c do out[i + 1] = count[i] end
 return out
 `)
@@ -280,7 +281,7 @@ func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 	groups := groupChecks(checks)
 	layout := counterLayout{cluster: r.cluster}
 	places := make([]place, 0, 2*len(groups))
-	nslots, nvals := 0, 1
+	nslots, nvals := 0, 2
 	for _, g := range groups {
 		for _, c := range g[0].counters {
 			places = append(places, layout.add(c.Key))
@@ -311,8 +312,8 @@ func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 		}
 		return
 	}
-	resetIn := time.Duration(vals[0]) * time.Millisecond
-	vals = vals[1:]
+	_, resetIn := redisClock(vals[0], vals[1])
+	vals = vals[2:]
 	for _, g := range groups {
 		m := len(g[0].counters)
 		admitted, denied, before := int(vals[0]), int(vals[1]), vals[2:2+m]
@@ -434,6 +435,15 @@ func parseInts(s string, want int) ([]int64, error) {
 		return nil, fmt.Errorf("check reply has %d values, want %d", len(vals), want)
 	}
 	return vals, nil
+}
+
+// redisClock returns the window and the time left in it at the Redis
+// clock reading sec, usec (TIME's reply, which the scripts pass on rather
+// than format numbers of their own).
+func redisClock(sec, usec int64) (window int64, resetIn time.Duration) {
+	ms := sec*1000 + usec/1000
+	window = ms / Window.Milliseconds()
+	return window, time.Duration(Window.Milliseconds()-ms%Window.Milliseconds()) * time.Millisecond
 }
 
 func unavailable(op string, err error) error {

@@ -278,18 +278,19 @@ func (rs *reservations) reserve(ctx context.Context, deadline time.Time, counter
 		rs.unanswered.Add(1)
 		return Result{Denied: -1}, 0, 0, unavailable("redis reserve", err)
 	}
-	res := Result{Denied: -1, ResetIn: time.Duration(vals[0]) * time.Millisecond, Counts: vals[4:]}
+	window, resetIn := redisClock(vals[0], vals[1])
+	res := Result{Denied: -1, ResetIn: resetIn, Counts: vals[4:]}
 	g := vals[2]
 	if g == 0 {
 		res.Denied = int(vals[3]) - 1
 		res.RecheckIn = rs.recheck()
-		return res, 0, vals[1], nil
+		return res, 0, window, nil
 	}
 	res.Allowed = true
 	for i := range res.Counts {
 		res.Counts[i]++
 	}
-	return res, g, vals[1], nil
+	return res, g, window, nil
 }
 
 // take admits one request from the grant, if it has units left and its

@@ -14,9 +14,10 @@ import "github.com/redis/go-redis/v9"
 // KEYS: the counter hashes (layout.go). ARGV[1]: the expiry slack in ms;
 // ARGV[2]: want; ARGV[3]: reserveShare; then the counter layout
 // (counterLayout.appendArgs); then per counter its number in the layout
-// and its limit. Returns one string of space-separated integers: resetMs,
-// the window number, g (0 when refused), the 1-based index of the first
-// full counter (0 if none), then the counts before the request.
+// and its limit. Returns one string of space-separated integers: the
+// Redis clock as TIME gave it (redisClock), g (0 when refused), the
+// 1-based index of the first full counter (0 if none), then the counts
+// before the request.
 var reserveScript = redis.NewScript(luaClock + `
 local grant = tonumber(ARGV[2])
 local share = tonumber(ARGV[3])
@@ -45,7 +46,7 @@ if grant > 0 then
   end
 end
 ` + luaWriteCounters + `
-local out = {wend - ms, ws, grant, denied}
+local out = {t[1], t[2], grant, denied}
 for i = 1, m do out[4 + i] = text[idx[i]] end
 return table.concat(out, ' ')
 `)

@@ -187,11 +187,10 @@ local KEYS, ARGV, call, unpack = KEYS, ARGV, redis.call, unpack
 	// luaReadCounters reads the layout (appendArgs) from ARGV[a] on and
 	// leaves a at the first ARGV after it, nh the number of hashes, c that
 	// of counters and many whether the call carries several checks; per
-	// hash h: nf[h] its number of fields, fa[h] the ARGV index of the
-	// first, cb[h] the number of counters before it. It reads each hash
-	// with one HMGET into count and text (by counter number; 0 unless the
-	// hash is of window w). stale[h] is nil for a hash of window w, else
-	// its window (false: absent).
+	// hash h: nf[h] its number of fields and fa[h] the ARGV index of the
+	// first. It reads each hash with one HMGET into count and text (by
+	// counter number; 0 unless the hash is of window w). stale[h] is nil
+	// for a hash of window w, else its window (false: absent).
 	luaReadCounters = `
 -- Tables are sized up front, for a few checks when the call has several
 -- (growing a table costs more than filling it: Lua rehashes it at 1, 2,
@@ -200,7 +199,7 @@ local many = #ARGV > 16
 local count = many and {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} or {0, 0, 0, 0}
 local text = many and {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} or {0, 0, 0, 0}
 local dirty = many and {false, false, false, false, false, false, false, false, false, false, false, false, false, false, false, false} or {false, false, false, false}
-local nf, fa, cb, stale = {0, 0}, {0, 0}, {0, 0}, {}
+local nf, fa, stale = {0, 0}, {0, 0}, {}
 -- Small counts as strings, so that replying or writing them needs no
 -- formatting.
 local small = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8'}
@@ -226,7 +225,6 @@ end
 for h = 1, nh do
   local f, b = nf[h], fa[h]
   local v = call('HMGET', KEYS[h], 'w', unpack(ARGV, b, b + f - 1))
-  cb[h] = c
   if v[1] and v[1] + 0 == w then
     for i = 1, f do
       local s = v[i + 1]

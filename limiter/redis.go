@@ -348,28 +348,22 @@ func appendGroups(args []any, keys []string, layout *counterLayout, groups [][]*
 		at := places[next : next+len(p.counters)]
 		next += len(p.counters)
 		first, ok := layout.run(at)
-		short := ok && len(g) == 1 && len(p.slots) == 0 && first == following
+		switch {
+		case ok && len(g) == 1 && len(p.slots) == 0 && first == following:
+			args = append(args, -len(at))
+		case ok:
+			args = append(args, len(g), len(p.slots), len(p.counters), first)
+		default:
+			args = append(args, len(g), len(p.slots), len(p.counters), 0)
+		}
 		if len(at) > 0 {
 			following = layout.index(at[len(at)-1]) + 1
 		}
-		if short {
-			args = append(args, -len(at))
-			for _, c := range p.counters {
-				args = append(args, c.Limit)
+		for i, c := range p.counters {
+			if !ok {
+				args = append(args, layout.index(at[i]))
 			}
-			continue
-		}
-		args = append(args, len(g), len(p.slots), len(p.counters))
-		if ok {
-			args = append(args, first)
-			for _, c := range p.counters {
-				args = append(args, c.Limit)
-			}
-		} else {
-			args = append(args, 0)
-			for i, c := range p.counters {
-				args = append(args, layout.index(at[i]), c.Limit)
-			}
+			args = append(args, c.Limit)
 		}
 		if len(p.slots) > 0 {
 			for _, sl := range p.slots {

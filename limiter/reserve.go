@@ -483,13 +483,12 @@ func (rs *reservations) send(backs []handBack) {
 		index map[string]int
 	}
 	calls := make(map[callKey]*call)
-	cluster := rs.r.cluster
 	for _, b := range backs {
 		if !now.Before(b.until) {
 			continue // lapsed with its window
 		}
 		ck := callKey{window: b.window}
-		if cluster {
+		if rs.r.cluster {
 			ck.slot = clusterSlot(b.keys[0])
 		}
 		c := calls[ck]
@@ -502,7 +501,7 @@ func (rs *reservations) send(backs []handBack) {
 				c.args[3*i+2] = c.args[3*i+2].(int64) + b.units
 				continue
 			}
-			hash, field := CounterPlace(k, cluster)
+			hash, field := CounterPlace(k, rs.r.cluster)
 			c.index[k] = len(c.keys)
 			c.keys = append(c.keys, hash)
 			c.args = append(c.args, field, b.window, b.units)

@@ -97,3 +97,49 @@ func scriptUsec(t testing.TB, c *redis.Client) (evalsha, cpu float64) {
 	cpu = (infoFloat(t, info["used_cpu_user"]) + infoFloat(t, info["used_cpu_sys"])) * 1e6
 	return cmdStat(t, info, "evalsha", "usec"), cpu
 }
+
+// BenchmarkRandomChecks is BenchmarkDistinctChecks for 50,000 users at
+// uniform random, each seen once already in the window: the cold first
+// touch of a user's counters that the users scenario of make bench sees.
+// Each iteration is one script call of 8 checks.
+func BenchmarkRandomChecks(b *testing.B) {
+	const users, perCall = 50000, 8
+	ctx := context.Background()
+	c, keys := privateClient(b)
+	r := NewRedis(c)
+	defer r.Close()
+	if err := r.Load(ctx); err != nil {
+		b.Fatal(err)
+	}
+	sets := distinctUserSets(keys, users)
+	writeEarlierWindow(b, r, c, sets)
+	for _, cs := range sets {
+		if _, err := r.Check(ctx, cs); err != nil {
+			b.Fatal(err)
+		}
+	}
+	order := make([]int, b.N*perCall)
+	seed := uint32(7)
+	for i := range order {
+		seed = seed*1664525 + 1013904223
+		order[i] = int(seed>>8) % users
+	}
+	checks := make([]*pendingCheck, perCall)
+	evalsha, cpu := scriptUsec(b, c)
+	b.ResetTimer()
+	for i := range b.N {
+		for j := range checks {
+			checks[j] = &pendingCheck{ctx: ctx, counters: sets[order[i*perCall+j]], done: make(chan struct{})}
+		}
+		r.run(ctx, checks)
+		for _, p := range checks {
+			if p.err != nil || !p.res.Allowed {
+				b.Fatalf("check: allowed %v, err %v", p.res.Allowed, p.err)
+			}
+		}
+	}
+	b.StopTimer()
+	evalshaAfter, cpuAfter := scriptUsec(b, c)
+	b.ReportMetric((evalshaAfter-evalsha)/float64(b.N*perCall), "redis-µs/check")
+	b.ReportMetric((cpuAfter-cpu)/float64(b.N*perCall), "redis-cpu-µs/check")
+}

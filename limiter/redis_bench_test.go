@@ -20,35 +20,12 @@ func BenchmarkDistinctChecks(b *testing.B) {
 	const users, perCall = 10000, 8
 	for _, hashes := range []string{"new", "earlier"} {
 		b.Run(hashes, func(b *testing.B) {
-			ctx := context.Background()
-			c, keys := privateClient(b)
-			r := NewRedis(c)
-			defer r.Close()
-			if err := r.Load(ctx); err != nil {
-				b.Fatal(err)
-			}
+			r, c, keys := loadedPrivateRedis(b)
 			sets := distinctUserSets(keys, users)
 			if hashes == "earlier" {
 				writeEarlierWindow(b, r, c, sets)
 			}
-			checks := make([]*pendingCheck, perCall)
-			evalsha, cpu := scriptUsec(b, c)
-			b.ResetTimer()
-			for i := range b.N {
-				for j := range checks {
-					checks[j] = &pendingCheck{ctx: ctx, counters: sets[(i*perCall+j)%users], done: make(chan struct{})}
-				}
-				r.run(ctx, checks)
-				for _, p := range checks {
-					if p.err != nil || !p.res.Allowed {
-						b.Fatalf("check: allowed %v, err %v", p.res.Allowed, p.err)
-					}
-				}
-			}
-			b.StopTimer()
-			evalshaAfter, cpuAfter := scriptUsec(b, c)
-			b.ReportMetric((evalshaAfter-evalsha)/float64(b.N*perCall), "redis-µs/check")
-			b.ReportMetric((cpuAfter-cpu)/float64(b.N*perCall), "redis-cpu-µs/check")
+			runCalls(b, r, c, perCall, func(k int) []Counter { return sets[k%users] })
 		})
 	}
 }
@@ -104,17 +81,11 @@ func scriptUsec(t testing.TB, c *redis.Client) (evalsha, cpu float64) {
 // Each iteration is one script call of 8 checks.
 func BenchmarkRandomChecks(b *testing.B) {
 	const users, perCall = 50000, 8
-	ctx := context.Background()
-	c, keys := privateClient(b)
-	r := NewRedis(c)
-	defer r.Close()
-	if err := r.Load(ctx); err != nil {
-		b.Fatal(err)
-	}
+	r, c, keys := loadedPrivateRedis(b)
 	sets := distinctUserSets(keys, users)
 	writeEarlierWindow(b, r, c, sets)
 	for _, cs := range sets {
-		if _, err := r.Check(ctx, cs); err != nil {
+		if _, err := r.Check(context.Background(), cs); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -124,12 +95,32 @@ func BenchmarkRandomChecks(b *testing.B) {
 		seed = seed*1664525 + 1013904223
 		order[i] = int(seed>>8) % users
 	}
+	runCalls(b, r, c, perCall, func(k int) []Counter { return sets[order[k]] })
+}
+
+// loadedPrivateRedis returns a Redis limiter on a private redis-server,
+// its scripts loaded, closed when b ends.
+func loadedPrivateRedis(b *testing.B) (*Redis, *redis.Client, Keys) {
+	c, keys := privateClient(b)
+	r := NewRedis(c)
+	b.Cleanup(func() { r.Close() })
+	if err := r.Load(context.Background()); err != nil {
+		b.Fatal(err)
+	}
+	return r, c, keys
+}
+
+// runCalls times b.N script calls of perCall checks, the k-th check of the
+// run with the counters set(k), each of which must be admitted, and
+// reports per check the time Redis spent in the script and its CPU time.
+func runCalls(b *testing.B, r *Redis, c *redis.Client, perCall int, set func(k int) []Counter) {
+	ctx := context.Background()
 	checks := make([]*pendingCheck, perCall)
 	evalsha, cpu := scriptUsec(b, c)
 	b.ResetTimer()
 	for i := range b.N {
 		for j := range checks {
-			checks[j] = &pendingCheck{ctx: ctx, counters: sets[order[i*perCall+j]], done: make(chan struct{})}
+			checks[j] = &pendingCheck{ctx: ctx, counters: set(i*perCall + j), done: make(chan struct{})}
 		}
 		r.run(ctx, checks)
 		for _, p := range checks {

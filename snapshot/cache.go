@@ -196,15 +196,15 @@ func (c *Cache) loadContext(ctx context.Context) (context.Context, context.Cance
 // after that read deletes it itself.
 func (c *Cache) fill(ctx context.Context, keyHash string, background bool) (*Snapshot, error) {
 	epoch := c.epoch.Load()
-	if s := c.getL2(ctx, keyHash); s != nil {
+	if e := c.getL2(ctx, keyHash); e.snap != nil {
 		c.hook(c.hooks.Hit, "l2")
 		if c.epoch.Load() == epoch {
-			c.setL1(keyHash, s)
+			c.putL1(keyHash, e.snap, e.sum)
 			if c.epoch.Load() != epoch {
 				c.l1.invalidate(keyHash)
 			}
 		}
-		return s, nil
+		return e.snap, nil
 	}
 	c.hook(c.hooks.Miss, "l2")
 	c.hook0(c.hooks.Load)
@@ -216,10 +216,11 @@ func (c *Cache) fill(ctx context.Context, keyHash string, background bool) (*Sna
 		return nil, fmt.Errorf("load snapshot: %w", err)
 	}
 	if c.epoch.Load() == epoch {
-		c.setL1(keyHash, s)
+		b, sum := c.l2Bytes(s)
+		c.putL1(keyHash, s, sum)
 		// The writes get their own L2 bound, not what the load left over.
 		wctx := context.WithoutCancel(ctx)
-		wrote := c.setL2(wctx, keyHash, s)
+		wrote := c.setL2(wctx, keyHash, b)
 		if c.epoch.Load() != epoch {
 			c.l1.invalidate(keyHash)
 			if wrote {
@@ -241,8 +242,10 @@ func (c *Cache) setL1(keyHash string, s *Snapshot) {
 	c.putL1(keyHash, s, 0)
 }
 
-// putL1 is setL1 for a snapshot decoded from L2 bytes with hash l2sum (0:
-// none; see l1Entry).
+// putL1 is setL1 for a snapshot that is what the L2 bytes with hash l2sum
+// decode to (0: none; see l1Entry): it was decoded from them, or they were
+// encoded from it. So the first background reload that finds those bytes
+// renews the entry rather than decodes them again.
 func (c *Cache) putL1(keyHash string, s *Snapshot, l2sum uint64) {
 	now, fresh, keep := c.l1Times(s.NotFound)
 	e := l1Entry{snap: s, freshUntil: fresh, keepUntil: keep, refreshAt: now + (fresh-now)/2, stamp: c.gens.stamp(s), l2sum: l2sum}
@@ -261,16 +264,26 @@ func (c *Cache) l1Times(negative bool) (now, freshUntil, keepUntil time.Duration
 	return now, freshUntil, freshUntil + c.cfg.StaleIfError
 }
 
-// setL2 writes s to L2 and reports whether the write may have landed (an
-// error after sending, such as a timeout, may still have written).
-// Negative entries stay in process: a key anyone can make up must not cost
-// Redis memory, where it could push out counters.
-func (c *Cache) setL2(ctx context.Context, keyHash string, s *Snapshot) bool {
+// l2Bytes returns what L2 holds for s and the hash of it (l1Entry.l2sum),
+// or nil and 0 if s goes to no L2: L2 is unusable, or s is a negative
+// entry. Negative entries stay in process: a key anyone can make up must
+// not cost Redis memory, where it could push out counters.
+func (c *Cache) l2Bytes(s *Snapshot) ([]byte, uint64) {
 	if !c.l2Usable() || s.NotFound {
-		return false
+		return nil, 0
 	}
 	b, err := Encode(s)
 	if err != nil {
+		return nil, 0
+	}
+	return b, maphash.Bytes(c.l2seed, b)
+}
+
+// setL2 writes b, a snapshot's bytes from l2Bytes, to L2 and reports
+// whether the write may have landed (an error after sending, such as a
+// timeout, may still have written). Nil bytes are no write.
+func (c *Cache) setL2(ctx context.Context, keyHash string, b []byte) bool {
+	if b == nil || !c.l2Usable() {
 		return false
 	}
 	ctx, cancel := c.l2Context(ctx)
@@ -281,10 +294,10 @@ func (c *Cache) setL2(ctx context.Context, keyHash string, s *Snapshot) bool {
 	return true
 }
 
-// setL2Many writes the snapshots at the given indices to L2 in one
-// pipelined round trip and returns the indices whose write may have
-// landed (see setL2); negative entries are skipped.
-func (c *Cache) setL2Many(ctx context.Context, keys []string, snaps []*Snapshot, at []int) []int {
+// setL2Many writes the bytes at the given indices (from l2Bytes) to L2 in
+// one pipelined round trip and returns the indices whose write may have
+// landed (see setL2); nil bytes are skipped.
+func (c *Cache) setL2Many(ctx context.Context, keys []string, encoded [][]byte, at []int) []int {
 	if !c.l2Usable() {
 		return nil
 	}
@@ -293,11 +306,8 @@ func (c *Cache) setL2Many(ctx context.Context, keys []string, snaps []*Snapshot,
 	defer cancel()
 	_, err := c.l2.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for _, i := range at {
-			if snaps[i].NotFound {
-				continue
-			}
-			if b, err := Encode(snaps[i]); err == nil {
-				p.Set(ctx, c.l2Key(keys[i]), b, c.jitter(c.cfg.L2TTL))
+			if encoded[i] != nil {
+				p.Set(ctx, c.l2Key(keys[i]), encoded[i], c.jitter(c.cfg.L2TTL))
 				written = append(written, i)
 			}
 		}

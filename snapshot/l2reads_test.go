@@ -84,3 +84,50 @@ func TestCacheMissesShareL2Reads(t *testing.T) {
 	}
 	t.Logf("%d concurrent misses, %d L2 round trips", misses, trips.n.Load())
 }
+
+// One L2 read of many keys returns each key's bytes in order, nothing for
+// a key that is missing or holds another type, in one call of the client:
+// an MGET on a single Redis, pipelined GETs on a Cluster (one round trip
+// per node), whose keys are on many slots.
+func TestReadL2Many(t *testing.T) {
+	single, prefix := redistest.Shared(t)
+	cluster := redis.NewClusterClient(&redis.ClusterOptions{Addrs: redistest.StartCluster(t)})
+	t.Cleanup(func() { cluster.Close() })
+	for name, rdb := range map[string]redis.UniversalClient{"single": single, "cluster": cluster} {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			c := NewCache(testConfig(prefix), rdb, (&countingLoader{}).load, CacheHooks{})
+			keys := make([]string, 300)
+			for i := range keys {
+				keys[i] = "many" + strconv.Itoa(i)
+				if i%3 == 0 {
+					continue // missing
+				}
+				if err := rdb.Set(ctx, prefix+keys[i], "bytes of "+keys[i], time.Minute).Err(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := rdb.Del(ctx, prefix+keys[1]).Err(); err != nil {
+				t.Fatal(err)
+			}
+			if err := rdb.HSet(ctx, prefix+keys[1], "f", "v").Err(); err != nil { // another type
+				t.Fatal(err)
+			}
+			trips := &slowRoundTrips{}
+			rdb.AddHook(trips)
+			got := c.readL2Many(ctx, keys)
+			if n := trips.n.Load(); n != 1 {
+				t.Errorf("%d client calls, want 1", n)
+			}
+			for i, b := range got {
+				want := "bytes of " + keys[i]
+				if i%3 == 0 || i == 1 {
+					want = ""
+				}
+				if string(b) != want {
+					t.Fatalf("%s: %q, want %q", keys[i], b, want)
+				}
+			}
+		})
+	}
+}

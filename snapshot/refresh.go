@@ -207,10 +207,13 @@ func (c *Cache) loadMany(keys []string) []string {
 	if c.epoch.Load() != epoch {
 		return rest
 	}
+	encoded := make([][]byte, len(keys))
 	for _, i := range wrote {
-		c.setL1(keys[i], snaps[i])
+		var sum uint64
+		encoded[i], sum = c.l2Bytes(snaps[i])
+		c.putL1(keys[i], snaps[i], sum)
 	}
-	inL2 := c.setL2Many(context.Background(), keys, snaps, wrote)
+	inL2 := c.setL2Many(context.Background(), keys, encoded, wrote)
 	if c.epoch.Load() != epoch {
 		for _, i := range wrote {
 			c.l1.invalidate(keys[i])

@@ -8,8 +8,8 @@ import (
 )
 
 // BenchmarkReload is the background reload of 256 due keys (one L2 read),
-// per key: "changed" decodes every L2 entry (as the first reload after a
-// fill does, or one whose snapshot changed), "unchanged" finds the bytes
+// per key: "changed" decodes every L2 entry (as a reload of a snapshot
+// that changed does), "unchanged" finds the bytes
 // its entries were decoded from and renews them.
 func BenchmarkReload(b *testing.B) {
 	rdb, prefix := redistest.Shared(b)

@@ -179,10 +179,10 @@ func TestCacheReloadsFromStoreInOneRead(t *testing.T) {
 	}
 }
 
-// A reload that reads the L2 bytes an entry was decoded from renews the
-// entry without decoding them: the same snapshot, fresh again. Changed
-// bytes are decoded, and so are unchanged ones once an invalidation has
-// reached the entry.
+// A reload that reads the L2 bytes an entry was decoded from, or encoded
+// to, renews the entry without decoding them: the same snapshot, fresh
+// again. Changed bytes are decoded, and so are unchanged ones once an
+// invalidation has reached the entry.
 func TestCacheReloadRenewsUnchangedEntries(t *testing.T) {
 	rdb, prefix := redistest.Shared(t)
 	ctx := context.Background()
@@ -198,7 +198,12 @@ func TestCacheReloadRenewsUnchangedEntries(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	c := NewCache(testConfig(prefix), rdb, (&countingLoader{}).load, CacheHooks{})
+	loader := &countingLoader{snap: activeSnapshot(7)}
+	cfg := testConfig(prefix)
+	cfg.LoadMany = func(context.Context, []string) ([]*Snapshot, error) {
+		return []*Snapshot{activeSnapshot(7)}, nil
+	}
+	c := NewCache(cfg, rdb, loader.load, CacheHooks{})
 	clk := &fakeClock{}
 	useClock(c, clk)
 	entryOf := func() l1Entry {
@@ -218,29 +223,55 @@ func TestCacheReloadRenewsUnchangedEntries(t *testing.T) {
 		awaitRefreshes(t, c)
 		return entryOf()
 	}
+	// renewed checks that a reload of unchanged bytes keeps the entry:
+	// a mark put on it survives, which a decode would not leave.
+	renewed := func(how string) {
+		t.Helper()
+		before := entryOf()
+		inL1Slot(t, c, "k", func(sl *l1Slot) { sl.snap.user.concurrency = 99 })
+		after := reloadDue()
+		if after.snap.User.Concurrency != 99 {
+			t.Fatalf("entry %s: a reload of unchanged L2 bytes decoded them again", how)
+		}
+		if after.freshUntil <= before.freshUntil {
+			t.Fatalf("entry %s: the renewed entry is fresh until %v, no later than before (%v)", how, after.freshUntil, before.freshUntil)
+		}
+	}
+
 	put(10)
 	if _, err := c.Get(ctx, "k"); err != nil { // a miss, filled from L2
 		t.Fatal(err)
 	}
-	first := reloadDue() // decoded: the fill kept no hash of the bytes
-	// Mark the entry: a reload that renews it keeps the mark, one that
-	// decodes the bytes again does not.
-	inL1Slot(t, c, "k", func(sl *l1Slot) { sl.snap.user.concurrency = 99 })
-	second := reloadDue()
-	if second.snap.User.Concurrency != 99 {
-		t.Fatal("a reload of unchanged L2 bytes decoded them again")
-	}
-	if second.freshUntil <= first.freshUntil {
-		t.Fatalf("the renewed entry is fresh until %v, no later than before (%v)", second.freshUntil, first.freshUntil)
-	}
+	renewed("filled from L2")
+
 	put(20)
 	if e := reloadDue(); e.snap.User.RPMLimit != 20 || e.snap.User.Concurrency == 99 {
 		t.Fatalf("after L2 changed the reload kept limit %d, want 20", e.snap.User.RPMLimit)
 	}
+	renewed("decoded by a reload")
+
 	inL1Slot(t, c, "k", func(sl *l1Slot) { sl.snap.user.concurrency = 99 })
 	c.ForgetUser(7)
 	c.reload([]string{"k"})
 	if e := entryOf(); e.snap.User.Concurrency == 99 || e.stamp != c.gens.stamp(e.snap) {
 		t.Fatal("after an invalidation the reload renewed the old entry")
 	}
+
+	// The store's snapshot, written to L2 by the load that put it in L1.
+	if err := rdb.Del(ctx, prefix+"k").Err(); err != nil {
+		t.Fatal(err)
+	}
+	c.reload([]string{"k"}) // L2 lacks k: LoadMany
+	renewed("loaded by a reload")
+	c.l1.invalidate("k")
+	if err := rdb.Del(ctx, prefix+"k").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Get(ctx, "k"); err != nil { // a miss of L1 and L2: the loader
+		t.Fatal(err)
+	}
+	if loader.calls.Load() != 1 {
+		t.Fatalf("%d loads, want 1", loader.calls.Load())
+	}
+	renewed("loaded by a miss")
 }

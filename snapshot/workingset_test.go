@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -313,28 +314,43 @@ func TestL1BytesPerSnapshot(t *testing.T) {
 	runtime.KeepAlive(encoded)
 }
 
-// afterPipeline runs f once, after the first pipeline that reads key has
-// been answered and before its caller sees the answers.
-type afterPipeline struct {
+// afterL2Read runs f once, after the first L2 read of key (an MGET, or a
+// GET in a pipeline) has been answered and before its caller sees the
+// answer.
+type afterL2Read struct {
 	key string
 	f   atomic.Pointer[func()]
 }
 
-func (h *afterPipeline) DialHook(next redis.DialHook) redis.DialHook          { return next }
-func (h *afterPipeline) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+func (h *afterL2Read) DialHook(next redis.DialHook) redis.DialHook { return next }
 
-func (h *afterPipeline) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+func (h *afterL2Read) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		err := next(ctx, cmd)
+		h.after(cmd)
+		return err
+	}
+}
+
+func (h *afterL2Read) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		err := next(ctx, cmds)
 		for _, cmd := range cmds {
-			if args := cmd.Args(); cmd.Name() == "get" && len(args) > 1 && args[1] == h.key {
-				if f := h.f.Swap(nil); f != nil {
-					(*f)()
-				}
-				break
-			}
+			h.after(cmd)
 		}
 		return err
+	}
+}
+
+// after runs f if cmd read key and f has not run yet.
+func (h *afterL2Read) after(cmd redis.Cmder) {
+	if name := cmd.Name(); name != "get" && name != "mget" {
+		return
+	}
+	if slices.Contains(cmd.Args()[1:], any(h.key)) {
+		if f := h.f.Swap(nil); f != nil {
+			(*f)()
+		}
 	}
 }
 
@@ -342,7 +358,7 @@ func (h *afterPipeline) ProcessPipelineHook(next redis.ProcessPipelineHook) redi
 // write what it read: the key's next read loads the new snapshot.
 func TestCacheReloadDoesNotOutliveAnInvalidation(t *testing.T) {
 	rdb, prefix := redistest.Shared(t)
-	hook := &afterPipeline{key: prefix + "k"}
+	hook := &afterL2Read{key: prefix + "k"}
 	rdb.AddHook(hook)
 	var (
 		mu    sync.Mutex

@@ -236,7 +236,7 @@ func NewRedis(client redis.UniversalClient, opts ...RedisOption) *Redis {
 // Load puts the scripts into the Redis script cache (on every master of a
 // cluster), so the first Check needs no EVAL fallback. Optional.
 func (r *Redis) Load(ctx context.Context) error {
-	for _, s := range []*redis.Script{checkScript, peekScript, reserveScript, handBackScript} {
+	for _, s := range []*redis.Script{checkScript, distinctScript, peekScript, reserveScript, handBackScript} {
 		if err := s.Load(ctx, r.client).Err(); err != nil {
 			return unavailable("load script", err)
 		}
@@ -293,12 +293,17 @@ func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 			nvals += 2 + s
 		}
 	}
-	keys := append(make([]string, 0, len(layout.hashes)+nslots), layout.hashes...)
-	args := make([]any, 0, 4+2*len(layout.hashes)+len(places)+2*len(places)+3*len(groups)+nslots+len(checks))
-	args = append(args, r.slack, r.leases.cfg.Lease.Milliseconds(), reserveShare)
-	args = layout.appendArgs(args)
-	args, keys = appendGroups(args, keys, &layout, groups, places)
-	reply, err := checkScript.Run(ctx, r.client, keys, args...).Text()
+	script, keys := distinctScript, layout.hashes
+	args, distinct := distinctArgs(r.slack, &layout, groups, places)
+	if !distinct {
+		script = checkScript
+		keys = append(make([]string, 0, len(layout.hashes)+nslots), layout.hashes...)
+		args = make([]any, 0, 4+2*len(layout.hashes)+len(places)+2*len(places)+3*len(groups)+nslots+len(checks))
+		args = append(args, r.slack, r.leases.cfg.Lease.Milliseconds(), reserveShare)
+		args = layout.appendArgs(args)
+		args, keys = appendGroups(args, keys, &layout, groups, places)
+	}
+	reply, err := script.Run(ctx, r.client, keys, args...).Text()
 	if r.onCall != nil {
 		r.onCall(len(checks))
 	}

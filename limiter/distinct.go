@@ -19,13 +19,9 @@ import "github.com/redis/go-redis/v9"
 // number n of counters; then their n fields, in the order of the checks;
 // then per check the number m of its counters and their m limits. Returns
 // what checkScript returns for the same checks.
-var distinctScript = redis.NewScript(`
-local t = redis.call('TIME')
-local ms = t[1] * 1000 + math.floor(t[2] / 1000)
-local w = math.floor(ms / 60000)
-local KEYS, ARGV = KEYS, ARGV
+var distinctScript = redis.NewScript(luaClock + `
 local n = ARGV[2] + 0
-local v = redis.call('HMGET', KEYS[1], 'w', unpack(ARGV, 3, 2 + n))
+local v = call('HMGET', KEYS[1], 'w', unpack(ARGV, 3, 2 + n))
 local old = v[1]
 local fresh = old and old + 0 == w
 local small = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8'}
@@ -58,11 +54,12 @@ while a <= nargv do
 end
 if s > 0 then
   if fresh then
-    redis.call('HSET', KEYS[1], unpack(set, 1, s))
+    call('HSET', KEYS[1], unpack(set, 1, s))
   else
-    if old then redis.call('UNLINK', KEYS[1]) end
-    redis.call('HSET', KEYS[1], 'w', tostring(w), unpack(set, 1, s))
-    redis.call('PEXPIREAT', KEYS[1], tostring((w + 2) * 60000 + tonumber(ARGV[1])))
+    -- The window's first write, as in luaWriteCounters (layout.go).
+    if old then call('UNLINK', KEYS[1]) end
+    call('HSET', KEYS[1], 'w', tostring(w), unpack(set, 1, s))
+    call('PEXPIREAT', KEYS[1], tostring((w + 2) * 60000 + tonumber(ARGV[1])))
   end
 end
 return table.concat(out, ' ', 1, o)

@@ -46,6 +46,9 @@ import (
 // was (0 if none), the sizes of the sets before the group, and the spare
 // places taken.
 //
+// A call of distinct checks, the most common under load, goes to
+// distinctScript instead (distinct.go), which answers alike.
+//
 // Each counter bucket is read with one HMGET and written with at most one
 // HSET per call, however many checks and counters of the call share it;
 // each slot set is pruned and counted at most once per call. A set that

@@ -16,7 +16,7 @@ import (
 // miss would cost each one a round trip and the syscalls and wake-ups on
 // both sides. So one L2 read is out at a time: a miss that arrives while
 // one is out waits for the next, which carries every miss queued
-// meanwhile (up to refreshBatch) in one pipeline. At low load nothing
+// meanwhile (up to refreshBatch) in one read (readL2Many). At low load nothing
 // queues and a miss sends its own read at once, as before. A queued miss
 // waits at most for the read in flight and then for its own, each bounded
 // by L2Timeout, and leaves earlier when its load's context ends.
@@ -181,9 +181,9 @@ func (c *Cache) readL2Many(ctx context.Context, keys []string) [][]byte {
 }
 
 // mgetL2 is readL2Many for a single Redis: one MGET, where Redis runs one
-// command for all keys rather than one per key, which costs it about half
-// as much per key as pipelined GETs (and the client one command object
-// instead of one per key). A Cluster, whose keys are spread over slots
+// command for all keys rather than one per key, which costs it about a
+// third less per key than pipelined GETs (and the client one command
+// object instead of one per key). A Cluster, whose keys are spread over slots
 // one MGET cannot span, and a ring of shards read with pipelined GETs,
 // which the client splits by node.
 func (c *Cache) mgetL2(ctx context.Context, rdb *redis.Client, keys []string, out [][]byte) [][]byte {

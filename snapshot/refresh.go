@@ -12,7 +12,7 @@ import (
 // 50,000 users each reading once every 50 s and a 5 m TTL, one request in
 // seven. So a read of a fresh entry in the second half of its TTL queues
 // the key, and one goroutine reloads the queued keys in the background,
-// up to refreshBatch of them per pipelined L2 round trip. The read itself
+// up to refreshBatch of them per L2 round trip (readL2Many). The read itself
 // is a hit and waits for nothing. A reload only replaces the entry, which
 // stays fresh until its own end, so nothing served is older than without
 // it.

@@ -67,13 +67,7 @@ func TestDistinctScriptMatchesCheckScript(t *testing.T) {
 func callScript(t *testing.T, r *Redis, checks []*pendingCheck, distinct bool) string {
 	t.Helper()
 	groups := groupChecks(checks)
-	layout := counterLayout{cluster: r.cluster}
-	var places []place
-	for _, g := range groups {
-		for _, c := range g[0].counters {
-			places = append(places, layout.add(c.Key))
-		}
-	}
+	layout, places := placeCounters(groups, r.cluster)
 	script, keys := distinctScript, layout.hashes
 	args, ok := distinctArgs(r.slack, &layout, groups, places)
 	if !ok {
@@ -81,9 +75,7 @@ func callScript(t *testing.T, r *Redis, checks []*pendingCheck, distinct bool) s
 	}
 	if !distinct {
 		script = checkScript
-		args = []any{r.slack, r.leases.cfg.Lease.Milliseconds(), reserveShare}
-		args = layout.appendArgs(args)
-		args, keys = appendGroups(args, append([]string(nil), layout.hashes...), &layout, groups, places)
+		keys, args = r.checkArgs(&layout, groups, places)
 	}
 	reply, err := script.Run(context.Background(), r.client, keys, args...).Text()
 	if err != nil {

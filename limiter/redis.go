@@ -282,17 +282,11 @@ func (r *Redis) batcherFor(key string) *batcher {
 // run sends the checks in one script call and stores each one's outcome.
 func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 	groups := groupChecks(checks)
-	layout := counterLayout{cluster: r.cluster}
-	places := make([]place, 0, 2*len(groups))
-	nslots, nvals := 0, 2
+	layout, places := placeCounters(groups, r.cluster)
+	nvals := 2
 	for _, g := range groups {
-		for _, c := range g[0].counters {
-			places = append(places, layout.add(c.Key))
-		}
-		m, s := len(g[0].counters), len(g[0].slots)
-		nslots += s
-		nvals += 2 + m
-		if s > 0 {
+		nvals += 2 + len(g[0].counters)
+		if s := len(g[0].slots); s > 0 {
 			nvals += 2 + s
 		}
 	}
@@ -300,11 +294,7 @@ func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 	args, distinct := distinctArgs(r.slack, &layout, groups, places)
 	if !distinct {
 		script = checkScript
-		keys = append(make([]string, 0, len(layout.hashes)+nslots), layout.hashes...)
-		args = make([]any, 0, 4+2*len(layout.hashes)+len(places)+2*len(places)+3*len(groups)+nslots+len(checks))
-		args = append(args, r.slack, r.leases.cfg.Lease.Milliseconds(), reserveShare)
-		args = layout.appendArgs(args)
-		args, keys = appendGroups(args, keys, &layout, groups, places)
+		keys, args = r.checkArgs(&layout, groups, places)
 	}
 	reply, err := script.Run(ctx, r.client, keys, args...).Text()
 	if r.onCall != nil {
@@ -344,6 +334,35 @@ func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 			vals = slotOutcome(g, admitted, vals, s)
 		}
 	}
+}
+
+// placeCounters puts the counters of groups (each group's first check's)
+// into a layout, in order, and returns it with their places.
+func placeCounters(groups [][]*pendingCheck, cluster bool) (counterLayout, []place) {
+	layout := counterLayout{cluster: cluster}
+	places := make([]place, 0, 2*len(groups))
+	for _, g := range groups {
+		for _, c := range g[0].counters {
+			places = append(places, layout.add(c.Key))
+		}
+	}
+	return layout, places
+}
+
+// checkArgs returns checkScript's keys and arguments for groups, whose
+// counters are in layout at places.
+func (r *Redis) checkArgs(layout *counterLayout, groups [][]*pendingCheck, places []place) ([]string, []any) {
+	nslots, nchecks := 0, 0
+	for _, g := range groups {
+		nslots += len(g[0].slots)
+		nchecks += len(g)
+	}
+	keys := append(make([]string, 0, len(layout.hashes)+nslots), layout.hashes...)
+	args := make([]any, 0, 4+2*len(layout.hashes)+3*len(places)+3*len(groups)+nslots+nchecks)
+	args = append(args, r.slack, r.leases.cfg.Lease.Milliseconds(), reserveShare)
+	args = layout.appendArgs(args)
+	args, keys = appendGroups(args, keys, layout, groups, places)
+	return keys, args
 }
 
 // appendGroups appends what checkScript reads per group (see there) to

@@ -17,40 +17,70 @@ import "github.com/redis/go-redis/v9"
 //
 // KEYS[1]: the bucket. ARGV[1]: the expiry slack in ms; ARGV[2]: the
 // number n of counters; then their n fields, in the order of the checks;
-// then per check the number m of its counters and their m limits. Returns
-// what checkScript returns for the same checks.
+// then the checks' limits in runs: a run of checks with the same limits is
+// their number c, the number m of counters of each and the m limits. Most
+// checks of a call have the limits of the check before (a group's default,
+// a tier), and every argument costs Redis as much as a counter's commands
+// (parsed, then copied into ARGV). Returns what checkScript returns for
+// the same checks.
 var distinctScript = redis.NewScript(luaClock + `
 local n = ARGV[2] + 0
 local v = call('HMGET', KEYS[1], 'w', unpack(ARGV, 3, 2 + n))
 local old = v[1]
 local fresh = old and old + 0 == w
+-- Most counts and counter numbers are a digit or two. Converting a string
+-- to a number (strtod) and back (snprintf) costs more than a check's
+-- commands, so in a call of several checks a small value goes through
+-- these tables instead: num[s] is the number of the string s, small[x]
+-- the string of the number x and succ[s] the string of s + 1. The tables
+-- and the output are sized up front: growing a table costs more than
+-- filling it (Lua rehashes it at 1, 2, 4, ... elements).
 local small = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8'}
--- Sized up front when the call has several checks: growing a table costs
--- more than filling it (Lua rehashes it at 1, 2, 4, ... elements).
-local out = n > 2 and {t[1], t[2], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0} or {t[1], t[2], 0, 0, 0, 0}
-local o, set, s = 2, {}, 0
+local out, set, num, succ
+if n > 2 then
+  out = {t[1], t[2], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+  set = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}
+  num = {['1'] = 1, ['2'] = 2, ['3'] = 3, ['4'] = 4}
+  succ = {['0'] = '1', ['1'] = '2', ['2'] = '3', ['3'] = '4', ['4'] = '5', ['5'] = '6', ['6'] = '7', ['7'] = '8', ['8'] = '9'}
+else
+  out, set, num, succ = {t[1], t[2], 0, 0, 0, 0}, {0, 0, 0, 0}, {}, {}
+end
+local o, s = 2, 0
 -- a: the check's first ARGV; k: the HMGET reply's index of its first
 -- counter, whose field is ARGV[k + 1].
+-- a: the run's first ARGV; k: the HMGET reply's index of the check's
+-- first counter, whose field is ARGV[k + 1].
 local a, k, nargv = 3 + n, 2, #ARGV
 while a <= nargv do
-  local m = ARGV[a] + 0
-  local denied = 0
-  for i = 1, m do
-    local x = fresh and v[k + i - 1] or '0'
-    out[o + 2 + i] = x
-    if denied == 0 and x + 0 >= ARGV[a + i] + 0 then denied = i end
-  end
-  if denied == 0 then
-    out[o + 1], out[o + 2] = '1', '0'
+  local c, m = num[ARGV[a]] or ARGV[a] + 0, num[ARGV[a + 1]] or ARGV[a + 1] + 0
+  for _ = 1, c do
+    local denied = 0
     for i = 1, m do
-      local x = out[o + 2 + i] + 1
-      set[s + 1], set[s + 2] = ARGV[k + i], small[x] or x
-      s = s + 2
+      local x = fresh and v[k + i - 1] or '0'
+      out[o + 2 + i] = x
+      -- Counts and limits are decimal integers and limits are positive
+      -- (distinctArgs), so a count with fewer digits than its limit is
+      -- below it without converting either: the common case, far from it.
+      if denied == 0 then
+        local l = ARGV[a + 1 + i]
+        if #x >= #l and x + 0 >= l + 0 then denied = i end
+      end
     end
-  else
-    out[o + 1], out[o + 2] = '0', small[denied] or denied
+    if denied == 0 then
+      out[o + 1], out[o + 2] = '1', '0'
+      for i = 1, m do
+        local x = out[o + 2 + i]
+        local y = succ[x]
+        if not y then y = x + 1; y = small[y] or y end
+        set[s + 1], set[s + 2] = ARGV[k + i], y
+        s = s + 2
+      end
+    else
+      out[o + 1], out[o + 2] = '0', small[denied] or denied
+    end
+    o, k = o + 2 + m, k + m
   end
-  o, k, a = o + 2 + m, k + m, a + 1 + m
+  a = a + 2 + m
 end
 if s > 0 then
   if fresh then
@@ -76,20 +106,45 @@ func distinctArgs(slack int64, layout *counterLayout, groups [][]*pendingCheck, 
 		if len(g) != 1 || len(g[0].slots) > 0 {
 			return nil, false
 		}
+		for _, c := range g[0].counters {
+			if c.Limit <= 0 {
+				return nil, false // the script compares digits of positive limits
+			}
+		}
 	}
 	// Each counter was added once, in the order of the checks, so the
 	// fields are the checks' counters in order.
 	fields := layout.fields[0]
-	args := make([]any, 0, 2+len(fields)+len(groups)+len(places))
+	args := make([]any, 0, 2+len(fields)+4*len(groups))
 	args = append(args, slack, len(fields))
 	for _, f := range fields {
 		args = append(args, f)
 	}
-	for _, g := range groups {
-		args = append(args, len(g[0].counters))
+	run := 0 // the index in args of the current run's length
+	for i, g := range groups {
+		if i > 0 && sameLimits(g[0].counters, groups[i-1][0].counters) {
+			args[run] = args[run].(int) + 1
+			continue
+		}
+		run = len(args)
+		args = append(args, 1, len(g[0].counters))
 		for _, c := range g[0].counters {
 			args = append(args, c.Limit)
 		}
 	}
 	return args, true
+}
+
+// sameLimits reports whether two checks have as many counters with the
+// same limits.
+func sameLimits(a, b []Counter) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i].Limit != b[i].Limit {
+			return false
+		}
+	}
+	return true
 }

@@ -16,11 +16,14 @@ import (
 
 // distinctScript answers a call of distinct checks as checkScript does and
 // leaves its bucket as checkScript leaves its own: random calls of up to
-// 12 checks of distinct users (1 to 3 counters each, limits of 1 to 4, so
-// that many are refused), sent to both scripts with counters under two
-// prefixes, give the same replies (the clock aside) and the same buckets,
-// through window turnovers (the buckets' w moved a window back) and
-// fields that are missing.
+// 12 checks of distinct users (1 to 3 counters each), sent to both scripts
+// with counters under two prefixes, give the same replies (the clock
+// aside) and the same buckets, through window turnovers (the buckets' w
+// moved a window back) and fields that are missing. Limits are small (1
+// to 4, so that many are refused), near 10 or 100, or far away, and counts
+// are set at random now and then, so that counts and limits of one, two
+// and three digits meet; half the checks of a call share its limits, so
+// that the arguments' runs of equal limits are long and short.
 func TestDistinctScriptMatchesCheckScript(t *testing.T) {
 	c, keys := singleClient(t)
 	_, other := singleClient(t)
@@ -42,11 +45,17 @@ func TestDistinctScriptMatchesCheckScript(t *testing.T) {
 				}
 			}
 		}
+		if call%50 == 10 {
+			setRandomCounts(t, c, rng, []Keys{keys, other}, 30)
+		}
 		users := rng.Perm(30)[:1+rng.IntN(12)]
+		shared, sharedN := randomLimits(rng), 1+rng.IntN(3)
 		var viaCheck, viaDistinct []*pendingCheck
 		for _, u := range users {
-			n := 1 + rng.IntN(3)
-			limits := []int64{1 + rng.Int64N(4), 1 + rng.Int64N(4), 1 + rng.Int64N(4)}
+			n, limits := sharedN, shared
+			if rng.IntN(2) == 0 {
+				n, limits = 1+rng.IntN(3), randomLimits(rng)
+			}
 			viaCheck = append(viaCheck, &pendingCheck{counters: counters(keys, int64(u), n, limits)})
 			viaDistinct = append(viaDistinct, &pendingCheck{counters: counters(other, int64(u), n, limits)})
 		}
@@ -58,6 +67,48 @@ func TestDistinctScriptMatchesCheckScript(t *testing.T) {
 		a, b := bucketOf(t, c, keys), bucketOf(t, c, other)
 		if a != b {
 			t.Fatalf("call %d: checkScript's bucket %s, distinctScript's %s", call, a, b)
+		}
+	}
+}
+
+// randomLimits returns three limits, each small, near 10 or 100, or far.
+func randomLimits(rng *rand.Rand) []int64 {
+	limits := make([]int64, 3)
+	for i := range limits {
+		switch rng.IntN(4) {
+		case 0:
+			limits[i] = 1 + rng.Int64N(4)
+		case 1:
+			limits[i] = 8 + rng.Int64N(4)
+		case 2:
+			limits[i] = 98 + rng.Int64N(4)
+		default:
+			limits[i] = 1_000_000_000
+		}
+	}
+	return limits
+}
+
+// setRandomCounts gives the counters of users 0 to users-1 the same random
+// counts (0 to 120) in the buckets of every prefix, in the buckets'
+// window; a bucket not yet written is left alone.
+func setRandomCounts(t *testing.T, c *redis.Client, rng *rand.Rand, prefixes []Keys, users int) {
+	t.Helper()
+	ctx := context.Background()
+	var fieldValues []any
+	for u := range int64(users) {
+		for _, key := range []string{prefixes[0].User(u), prefixes[0].UserGroup(u, 2), prefixes[0].ZoneUser("z", u)} {
+			_, field := CounterPlace(key, false)
+			fieldValues = append(fieldValues, field, rng.IntN(121))
+		}
+	}
+	for _, k := range prefixes {
+		bucket, _ := CounterPlace(k.User(1), false)
+		if n, err := c.Exists(ctx, bucket).Result(); err != nil || n == 0 {
+			continue
+		}
+		if err := c.HSet(ctx, bucket, fieldValues...).Err(); err != nil {
+			t.Fatal(err)
 		}
 	}
 }

@@ -10,10 +10,12 @@ import (
 // Coalescing concurrent checks
 //
 // Every Check is one script call in one round trip, but under load many
-// requests want Redis at the same moment. A batcher lets a few calls be in
-// flight at once; a check that arrives while that many are out waits for
-// the next call instead and rides in it with every other check that queued
-// meanwhile. The script runs the checks of one call one after the other,
+// requests want Redis at the same moment. A batcher lets one call be in
+// flight at a time; a check that arrives while it is out waits for the
+// next call instead and rides in it with every other check that queued
+// meanwhile. At low concurrency nothing would join it: a check that finds
+// only a call of a single check out, and nothing queued, goes out at once
+// in a second call rather than wait a round trip for nothing. The script runs the checks of one call one after the other,
 // each atomic on its own, exactly as separate calls would — so exactness
 // and "a refused request increments nothing" hold per check — while the
 // round trip, the syscalls and the script start-up are paid once per call.
@@ -27,10 +29,17 @@ import (
 
 const (
 	// maxInFlight is how many script calls of one batcher may be out at
-	// once. One makes the largest batches, and a call costs Redis and Caddy
-	// far more (syscalls, wake-ups, script start) than a check in it; two
-	// measured lower throughput and no lower latency (bench/run.sh).
+	// once while checks queue. One makes the largest batches, and a call
+	// costs Redis and Caddy far more (syscalls, wake-ups, script start)
+	// than a check in it; two measured lower throughput and no lower
+	// latency under load (bench/run.sh).
 	maxInFlight = 1
+	// loneCalls is how many calls may be out at once while each carries a
+	// single check and none is queued: with two requests at a time, a
+	// check that waited for the other's call would then go out alone
+	// anyway, a round trip later. Once a call carries several checks, the
+	// load is high enough for batching, and checks queue again.
+	loneCalls = 2
 	// maxBatch bounds the checks of one script call.
 	maxBatch = 64
 )
@@ -67,7 +76,8 @@ type batcher struct {
 	run func(ctx context.Context, checks []*pendingCheck)
 
 	mu       sync.Mutex
-	inFlight int
+	inFlight int // calls out
+	sent     int // checks in the calls out
 	queue    []*pendingCheck
 }
 
@@ -91,8 +101,9 @@ func (b *batcher) do(ctx context.Context, deadline time.Time, p *pendingCheck) e
 		p.deadline = d
 	}
 	b.mu.Lock()
-	if b.inFlight < maxInFlight {
+	if b.inFlight < maxInFlight || b.inFlight < loneCalls && b.sent == b.inFlight && len(b.queue) == 0 {
 		b.inFlight++
+		b.sent++
 		b.mu.Unlock()
 		p.sent.Store(true)
 		callCtx, cancel := withDeadline(ctx, p.deadline)
@@ -125,15 +136,13 @@ func (b *batcher) do(ctx context.Context, deadline time.Time, p *pendingCheck) e
 	}
 }
 
-// next sends what queued during a call, or frees the call's place. The
-// queued checks are sent from a new goroutine: their callers are parked,
-// and the caller that made the last call should get on with its request.
+// next sends what queued during a call of one check, or frees the call's
+// place. The queued checks are sent from a new goroutine: their callers
+// are parked, and the caller that made the last call should get on with
+// its request.
 func (b *batcher) next() {
 	b.mu.Lock()
-	batch := b.take()
-	if batch == nil {
-		b.inFlight--
-	}
+	batch := b.ended(1)
 	b.mu.Unlock()
 	if batch != nil {
 		go b.drain(batch)
@@ -151,12 +160,27 @@ func (b *batcher) drain(batch []*pendingCheck) {
 			close(p.done)
 		}
 		b.mu.Lock()
-		batch = b.take()
-		if batch == nil {
-			b.inFlight--
-		}
+		batch = b.ended(len(batch))
 		b.mu.Unlock()
 	}
+}
+
+// ended records the end of a call of n checks and returns the next batch
+// for its place, or nil if the place is freed. Only the last call out
+// takes the queue: with another call out (two lone calls), the queue
+// waits for that one, which started before any queued check arrived, so
+// that at most one batch is ever out. Called with mu held.
+func (b *batcher) ended(n int) []*pendingCheck {
+	b.sent -= n
+	var batch []*pendingCheck
+	if b.inFlight <= maxInFlight {
+		batch = b.take()
+	}
+	if batch == nil {
+		b.inFlight--
+	}
+	b.sent += len(batch)
+	return batch
 }
 
 // take removes up to maxBatch checks from the queue, failing those whose

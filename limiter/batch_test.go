@@ -40,6 +40,17 @@ func (g *gatedRun) callCount() int {
 	return len(g.calls)
 }
 
+// waitForCalls waits until g has had n calls.
+func waitForCalls(t *testing.T, g *gatedRun, n int) {
+	t.Helper()
+	testutil.WaitFor(t, 5*time.Second, func() error {
+		if c := g.callCount(); c != n {
+			return fmt.Errorf("%d calls, want %d", c, n)
+		}
+		return nil
+	})
+}
+
 func (b *batcher) queued() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -50,7 +61,8 @@ func TestBatcherCoalescesWhileCallsAreOut(t *testing.T) {
 	g := newGatedRun()
 	b := &batcher{run: g.run}
 	const queuedChecks = maxBatch + 6
-	results := make([]Result, maxInFlight+queuedChecks)
+	// The first checks go out alone, in loneCalls calls; the rest queue.
+	results := make([]Result, loneCalls+queuedChecks)
 	var wg sync.WaitGroup
 	check := func(i int) {
 		wg.Go(func() {
@@ -61,16 +73,11 @@ func TestBatcherCoalescesWhileCallsAreOut(t *testing.T) {
 			results[i] = res
 		})
 	}
-	for i := range maxInFlight {
+	for i := range loneCalls {
 		check(i)
+		waitForCalls(t, g, i+1)
 	}
-	testutil.WaitFor(t, 5*time.Second, func() error {
-		if g.callCount() == maxInFlight {
-			return nil
-		}
-		return errors.New("still waiting for the first calls")
-	})
-	for i := maxInFlight; i < len(results); i++ {
+	for i := loneCalls; i < len(results); i++ {
 		check(i)
 	}
 	testutil.WaitFor(t, 5*time.Second, func() error {
@@ -79,8 +86,8 @@ func TestBatcherCoalescesWhileCallsAreOut(t *testing.T) {
 		}
 		return errors.New("still waiting for queued checks")
 	})
-	if n := g.callCount(); n != maxInFlight {
-		t.Fatalf("%d calls while %d are out, want no more", n, maxInFlight)
+	if n := g.callCount(); n != loneCalls {
+		t.Fatalf("%d calls while %d are out, want no more", n, loneCalls)
 	}
 	close(g.gate)
 	wg.Wait()
@@ -104,7 +111,7 @@ func TestBatcherCoalescesWhileCallsAreOut(t *testing.T) {
 		}
 	}
 	// The queue drained in ceil(queued/maxBatch) further calls.
-	if want := maxInFlight + (queuedChecks+maxBatch-1)/maxBatch; len(g.calls) != want {
+	if want := loneCalls + (queuedChecks+maxBatch-1)/maxBatch; len(g.calls) != want {
 		t.Errorf("%d calls, want %d", len(g.calls), want)
 	}
 	// The last drain frees its place just after its callers return.
@@ -118,23 +125,93 @@ func TestBatcherCoalescesWhileCallsAreOut(t *testing.T) {
 	})
 }
 
+// TestBatcherSendsLoneChecksAtOnce: a check that finds only calls of a
+// single check out, and nothing queued, goes out at once in a call of its
+// own, up to loneCalls; past them, or while a call of several checks is
+// out, checks queue, and only the last call out takes the queue.
+func TestBatcherSendsLoneChecksAtOnce(t *testing.T) {
+	release := make(chan struct{})
+	g := &gatedRun{}
+	b := &batcher{run: func(ctx context.Context, checks []*pendingCheck) {
+		g.mu.Lock()
+		g.calls = append(g.calls, checks)
+		g.mu.Unlock()
+		<-release // one call ends per token
+		for _, p := range checks {
+			p.res = Result{Allowed: true, Denied: -1}
+		}
+	}}
+	var wg sync.WaitGroup
+	check := func() {
+		wg.Go(func() {
+			if res, err := b.check(context.Background(), time.Time{}, []Counter{{Key: "k", Limit: 1}}); err != nil || !res.Allowed {
+				t.Errorf("check: %+v, %v", res, err)
+			}
+		})
+	}
+	waitFor := func(calls, queued int) {
+		t.Helper()
+		testutil.WaitFor(t, 5*time.Second, func() error {
+			if c, q := g.callCount(), b.queued(); c != calls || q != queued {
+				return fmt.Errorf("%d calls and %d checks queued, want %d and %d", c, q, calls, queued)
+			}
+			return nil
+		})
+	}
+	inFlight := func() int {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		return b.inFlight
+	}
+
+	check()
+	waitFor(1, 0)
+	check() // the call out carries one check: this one goes out too
+	waitFor(2, 0)
+	check()
+	check()
+	check() // loneCalls are out: these queue
+	waitFor(2, 3)
+
+	release <- struct{}{} // the first call to end leaves the queue to the other
+	testutil.WaitFor(t, 5*time.Second, func() error {
+		if n := inFlight(); n != 1 {
+			return fmt.Errorf("%d calls in flight, want 1", n)
+		}
+		return nil
+	})
+	waitFor(2, 3)
+	release <- struct{}{} // the last call out sends the queue in one call
+	waitFor(3, 0)
+	check() // a call of three checks is out: this one queues
+	waitFor(3, 1)
+	release <- struct{}{}
+	waitFor(4, 0)
+	release <- struct{}{}
+	wg.Wait()
+	testutil.WaitFor(t, 5*time.Second, func() error { // the drain frees its place just after its callers return
+		if n := inFlight(); n != 0 {
+			return fmt.Errorf("%d calls in flight after the last, want 0", n)
+		}
+		return nil
+	})
+	if sizes := []int{len(g.calls[2]), len(g.calls[3])}; sizes[0] != 3 || sizes[1] != 1 {
+		t.Fatalf("the queued checks went out in calls of %v, want [3 1]", sizes)
+	}
+}
+
 func TestBatcherQueuedCheckLeavesAtItsDeadline(t *testing.T) {
 	g := newGatedRun()
 	b := &batcher{run: g.run}
 	var wg sync.WaitGroup
-	for range maxInFlight {
+	for i := range loneCalls {
 		wg.Go(func() {
 			if _, err := b.check(context.Background(), time.Time{}, []Counter{{Key: "k", Limit: 1}}); err != nil {
 				t.Error(err)
 			}
 		})
+		waitForCalls(t, g, i+1)
 	}
-	testutil.WaitFor(t, 5*time.Second, func() error {
-		if g.callCount() == maxInFlight {
-			return nil
-		}
-		return errors.New("still waiting for the first calls")
-	})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
@@ -179,19 +256,22 @@ func TestBatcherDeadlineKeptByTheCalls(t *testing.T) {
 	ctx := context.Background()
 	start := time.Now()
 	first, second := start.Add(60*time.Millisecond), start.Add(120*time.Millisecond)
-	firstDone := make(chan error, 1)
-	go func() {
-		_, err := b.check(ctx, first, []Counter{{Key: "k", Limit: 1}})
-		firstDone <- err
-	}()
-	testutil.WaitFor(t, 5*time.Second, func() error {
-		mu.Lock()
-		defer mu.Unlock()
-		if len(callDeadlines) != 1 {
-			return fmt.Errorf("%d calls, want the first", len(callDeadlines))
-		}
-		return nil
-	})
+	// The first checks go out alone, in loneCalls calls; the next queues.
+	firstDone := make(chan error, loneCalls)
+	for i := range loneCalls {
+		go func() {
+			_, err := b.check(ctx, first, []Counter{{Key: "k", Limit: 1}})
+			firstDone <- err
+		}()
+		testutil.WaitFor(t, 5*time.Second, func() error {
+			mu.Lock()
+			defer mu.Unlock()
+			if len(callDeadlines) != i+1 {
+				return fmt.Errorf("%d calls, want %d", len(callDeadlines), i+1)
+			}
+			return nil
+		})
+	}
 	_, err := b.check(ctx, second, []Counter{{Key: "k", Limit: 2}})
 	ended := time.Now()
 	if !errors.Is(err, ErrUnavailable) || !errors.Is(err, context.DeadlineExceeded) {
@@ -200,13 +280,15 @@ func TestBatcherDeadlineKeptByTheCalls(t *testing.T) {
 	if ended.Before(second) || ended.Sub(second) > 100*time.Millisecond {
 		t.Fatalf("queued check ended %v after its deadline", ended.Sub(second))
 	}
-	if err := <-firstDone; !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("first check: %v, want the deadline", err)
+	for range loneCalls {
+		if err := <-firstDone; !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("first check: %v, want the deadline", err)
+		}
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if len(callDeadlines) != 2 || !callDeadlines[0].Equal(first) || !callDeadlines[1].Equal(second) {
-		t.Fatalf("call deadlines %v, want [%v %v]", callDeadlines, first, second)
+	if want := []time.Time{first, first, second}; !slices.EqualFunc(callDeadlines, want, time.Time.Equal) {
+		t.Fatalf("call deadlines %v, want %v", callDeadlines, want)
 	}
 }
 

@@ -515,25 +515,26 @@ func TestRedisSlotsCluster(t *testing.T) {
 	}
 }
 
-// gateFirstScript is a go-redis hook that holds the first EVALSHA until
-// open is closed.
-type gateFirstScript struct {
-	held atomic.Bool
+// gateFirstScripts is a go-redis hook that holds the first n EVALSHAs
+// until open is closed.
+type gateFirstScripts struct {
+	n    int64
+	held atomic.Int64
 	open chan struct{}
 }
 
-func (h *gateFirstScript) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *gateFirstScripts) DialHook(next redis.DialHook) redis.DialHook { return next }
 
-func (h *gateFirstScript) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+func (h *gateFirstScripts) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if strings.EqualFold(cmd.Name(), "evalsha") && h.held.CompareAndSwap(false, true) {
+		if strings.EqualFold(cmd.Name(), "evalsha") && h.held.Add(1) <= h.n {
 			<-h.open
 		}
 		return next(ctx, cmd)
 	}
 }
 
-func (h *gateFirstScript) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+func (h *gateFirstScripts) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return next
 }
 
@@ -546,25 +547,30 @@ func TestRedisUnsentAcquisitionNotReleased(t *testing.T) {
 	if err := r.Load(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	gate := &gateFirstScript{open: make(chan struct{})}
+	// The first acquisitions go out alone, in loneCalls calls held by the
+	// gate (the second of another set, so that its release is a ZREM of its
+	// own); the next one queues.
+	gate := &gateFirstScripts{n: loneCalls, open: make(chan struct{})}
 	counter := &pipeCounter{cmds: map[string]int{}}
 	c.AddHook(gate)
 	c.AddHook(counter)
 	ss := []Slot{{Key: keys.UserSlots(1), Limit: 5}}
-	first := make(chan *Lease, 1)
-	go func() {
-		_, l, err := r.CheckAcquire(context.Background(), nil, ss)
-		if err != nil {
-			t.Error(err)
-		}
-		first <- l
-	}()
-	testutil.WaitFor(t, 2*time.Second, func() error {
-		if !gate.held.Load() {
-			return errors.New("the first acquisition is not out yet")
-		}
-		return nil
-	})
+	out := make(chan *Lease, loneCalls)
+	for i := range int64(loneCalls) {
+		go func() {
+			_, l, err := r.CheckAcquire(context.Background(), nil, []Slot{{Key: keys.UserSlots(1 + i), Limit: 5}})
+			if err != nil {
+				t.Error(err)
+			}
+			out <- l
+		}()
+		testutil.WaitFor(t, 2*time.Second, func() error {
+			if gate.held.Load() != i+1 {
+				return errors.New("the first acquisitions are not out yet")
+			}
+			return nil
+		})
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	_, lease, err := r.CheckAcquire(ctx, nil, ss) // queued behind the first, then left
 	cancel()
@@ -572,7 +578,9 @@ func TestRedisUnsentAcquisitionNotReleased(t *testing.T) {
 		t.Fatalf("queued acquisition whose caller left: %v, %v", lease, err)
 	}
 	close(gate.open)
-	(<-first).Release()
+	for range loneCalls {
+		(<-out).Release()
+	}
 	testutil.WaitFor(t, 2*time.Second, func() error {
 		if n := rawHeld(t, c, ss[0].Key); n != 0 {
 			return fmt.Errorf("set holds %d", n)
@@ -580,8 +588,8 @@ func TestRedisUnsentAcquisitionNotReleased(t *testing.T) {
 		return nil
 	})
 	time.Sleep(50 * time.Millisecond)
-	if _, cmds := counter.get(); cmds["evalsha"] != 1 || cmds["zrem"] != 1 {
-		t.Fatalf("commands %v; want 1 EVALSHA (the second acquisition never sent) and 1 ZREM (the first one's release)", cmds)
+	if _, cmds := counter.get(); cmds["evalsha"] != loneCalls || cmds["zrem"] != loneCalls {
+		t.Fatalf("commands %v; want %d EVALSHA (the queued acquisition never sent) and %d ZREM (the first ones' releases)", cmds, loneCalls, loneCalls)
 	}
 }
 

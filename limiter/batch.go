@@ -13,9 +13,10 @@ import (
 // requests want Redis at the same moment. A batcher lets one call be in
 // flight at a time; a check that arrives while it is out waits for the
 // next call instead and rides in it with every other check that queued
-// meanwhile. At low concurrency nothing would join it: a check that finds
-// only a call of a single check out, and nothing queued, goes out at once
-// in a second call rather than wait a round trip for nothing. The script runs the checks of one call one after the other,
+// meanwhile. At low concurrency nothing would join it: while calls carry
+// about one check each, a check that finds only a call of a single check
+// out, and nothing queued, goes out at once in a second call rather than
+// wait a round trip for nothing. The script runs the checks of one call one after the other,
 // each atomic on its own, exactly as separate calls would — so exactness
 // and "a refused request increments nothing" hold per check — while the
 // round trip, the syscalls and the script start-up are paid once per call.
@@ -35,11 +36,15 @@ const (
 	// latency under load (bench/run.sh).
 	maxInFlight = 1
 	// loneCalls is how many calls may be out at once while each carries a
-	// single check and none is queued: with two requests at a time, a
-	// check that waited for the other's call would then go out alone
-	// anyway, a round trip later. Once a call carries several checks, the
-	// load is high enough for batching, and checks queue again.
+	// single check and none is queued, at low load: with two requests at
+	// a time, a check that waited for the other's call would then go out
+	// alone anyway, a round trip later.
 	loneCalls = 2
+	// loneLoad is the load below which lone calls go out: the checks per
+	// call, on average over the last calls. Above it checks are batched,
+	// and a second call would only split the next batch (measured under
+	// load: a fifth more calls per request without this bound).
+	loneLoad = 1.5
 	// maxBatch bounds the checks of one script call.
 	maxBatch = 64
 )
@@ -76,8 +81,9 @@ type batcher struct {
 	run func(ctx context.Context, checks []*pendingCheck)
 
 	mu       sync.Mutex
-	inFlight int // calls out
-	sent     int // checks in the calls out
+	inFlight int     // calls out
+	sent     int     // checks in the calls out
+	perCall  float64 // checks per call, a moving average over about eight calls
 	queue    []*pendingCheck
 }
 
@@ -101,7 +107,7 @@ func (b *batcher) do(ctx context.Context, deadline time.Time, p *pendingCheck) e
 		p.deadline = d
 	}
 	b.mu.Lock()
-	if b.inFlight < maxInFlight || b.inFlight < loneCalls && b.sent == b.inFlight && len(b.queue) == 0 {
+	if b.inFlight < maxInFlight || b.lone() {
 		b.inFlight++
 		b.sent++
 		b.mu.Unlock()
@@ -165,6 +171,13 @@ func (b *batcher) drain(batch []*pendingCheck) {
 	}
 }
 
+// lone reports whether a check may go out at once beside the calls out:
+// at low load, with each call out carrying one check and none queued.
+// Called with mu held.
+func (b *batcher) lone() bool {
+	return b.inFlight < loneCalls && b.sent == b.inFlight && len(b.queue) == 0 && b.perCall < loneLoad
+}
+
 // ended records the end of a call of n checks and returns the next batch
 // for its place, or nil if the place is freed. Only the last call out
 // takes the queue: with another call out (two lone calls), the queue
@@ -172,6 +185,7 @@ func (b *batcher) drain(batch []*pendingCheck) {
 // that at most one batch is ever out. Called with mu held.
 func (b *batcher) ended(n int) []*pendingCheck {
 	b.sent -= n
+	b.perCall += (float64(n) - b.perCall) / 8
 	var batch []*pendingCheck
 	if b.inFlight <= maxInFlight {
 		batch = b.take()

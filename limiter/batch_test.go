@@ -200,6 +200,41 @@ func TestBatcherSendsLoneChecksAtOnce(t *testing.T) {
 	}
 }
 
+// TestBatcherQueuesBehindLoneCallsUnderLoad: once calls have carried
+// several checks on average, a check queues behind a call of one.
+func TestBatcherQueuesBehindLoneCallsUnderLoad(t *testing.T) {
+	g := newGatedRun()
+	b := &batcher{run: g.run}
+	b.mu.Lock()
+	for range 8 {
+		b.inFlight++ // as do and drain record a call of 4 checks
+		b.sent += 4
+		if batch := b.ended(4); batch != nil {
+			t.Fatalf("an empty queue gave a batch of %d", len(batch))
+		}
+	}
+	b.mu.Unlock()
+	var wg sync.WaitGroup
+	for range 2 {
+		wg.Go(func() {
+			if _, err := b.check(context.Background(), time.Time{}, []Counter{{Key: "k", Limit: 1}}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	testutil.WaitFor(t, 5*time.Second, func() error {
+		if c, q := g.callCount(), b.queued(); c != 1 || q != 1 {
+			return fmt.Errorf("%d calls and %d checks queued, want 1 and 1", c, q)
+		}
+		return nil
+	})
+	close(g.gate)
+	wg.Wait()
+	if n := g.callCount(); n != 2 {
+		t.Fatalf("%d calls, want 2", n)
+	}
+}
+
 func TestBatcherQueuedCheckLeavesAtItsDeadline(t *testing.T) {
 	g := newGatedRun()
 	b := &batcher{run: g.run}

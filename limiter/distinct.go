@@ -30,11 +30,12 @@ local old = v[1]
 local fresh = old and old + 0 == w
 -- Most counts and counter numbers are a digit or two. Converting a string
 -- to a number (strtod) and back (snprintf) costs more than a check's
--- commands, so in a call of several checks a small value goes through
--- these tables instead: num[s] is the number of the string s, small[x]
--- the string of the number x and succ[s] the string of s + 1. The tables
--- and the output are sized up front: growing a table costs more than
--- filling it (Lua rehashes it at 1, 2, 4, ... elements).
+-- commands, so in a call of more than two counters (where building them
+-- pays) a small value goes through these tables instead: num[s] is the
+-- number of the string s, small[x] the string of the number x and succ[s]
+-- the string of s + 1. The tables and the output are sized up front:
+-- growing a table costs more than filling it (Lua rehashes it at 1, 2, 4,
+-- ... elements).
 local small = {[0] = '0', '1', '2', '3', '4', '5', '6', '7', '8'}
 local out, set, num, succ
 if n > 2 then
@@ -46,8 +47,6 @@ else
   out, set, num, succ = {t[1], t[2], 0, 0, 0, 0}, {0, 0, 0, 0}, {}, {}
 end
 local o, s = 2, 0
--- a: the check's first ARGV; k: the HMGET reply's index of its first
--- counter, whose field is ARGV[k + 1].
 -- a: the run's first ARGV; k: the HMGET reply's index of the check's
 -- first counter, whose field is ARGV[k + 1].
 local a, k, nargv = 3 + n, 2, #ARGV

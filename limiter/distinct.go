@@ -1,6 +1,10 @@
 package limiter
 
-import "github.com/redis/go-redis/v9"
+import (
+	"slices"
+
+	"github.com/redis/go-redis/v9"
+)
 
 // The call of distinct checks
 //
@@ -121,7 +125,7 @@ func distinctArgs(slack int64, layout *counterLayout, groups [][]*pendingCheck, 
 	}
 	run := 0 // the index in args of the current run's length
 	for i, g := range groups {
-		if i > 0 && sameLimits(g[0].counters, groups[i-1][0].counters) {
+		if i > 0 && slices.EqualFunc(g[0].counters, groups[i-1][0].counters, sameLimit) {
 			args[run] = args[run].(int) + 1
 			continue
 		}
@@ -134,16 +138,5 @@ func distinctArgs(slack int64, layout *counterLayout, groups [][]*pendingCheck, 
 	return args, true
 }
 
-// sameLimits reports whether two checks have as many counters with the
-// same limits.
-func sameLimits(a, b []Counter) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i].Limit != b[i].Limit {
-			return false
-		}
-	}
-	return true
-}
+// sameLimit reports whether two counters have the same limit.
+func sameLimit(a, b Counter) bool { return a.Limit == b.Limit }

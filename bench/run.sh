@@ -70,6 +70,8 @@
 #   REDIS_UNIX=1       Caddy reaches Redis over a Unix socket instead of TCP
 #                      on 127.0.0.1 (the load generator's INFO reads stay on
 #                      TCP)
+#   RATELIMIT_HEADERS=all  the admitted site's ratelimit_headers (all, ietf,
+#                      legacy or off; the refused site keeps the default)
 #   PROFILE=1          also save Caddy CPU profiles of each scenario's first
 #                      segment into bench/out/ (skews those segments)
 set -euo pipefail
@@ -95,8 +97,9 @@ UPSTREAM_GOMAXPROCS=${UPSTREAM_GOMAXPROCS:-1}
 DATABASE_URL=${DATABASE_URL:-postgres://root@127.0.0.1:5432/test?sslmode=disable}
 PROFILE=${PROFILE:-}
 REDIS_UNIX=${REDIS_UNIX:-}
+RATELIMIT_HEADERS=${RATELIMIT_HEADERS:-all}
 RESULTS=${RESULTS:-$root/bench/results.md}
-command_line="DURATION=$DURATION WARMUP=$WARMUP USERS=$USERS USERS_LARGE=$USERS_LARGE NORESERVE=$NORESERVE EXACT_LIMIT=$EXACT_LIMIT EXACT_DURATION=$EXACT_DURATION ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS LATENCY_CONNECTIONS=$LATENCY_CONNECTIONS BENCH_DB=$BENCH_DB CADDY_GOMAXPROCS=$CADDY_GOMAXPROCS LOADGEN_GOMAXPROCS=$LOADGEN_GOMAXPROCS UPSTREAM_GOMAXPROCS=$UPSTREAM_GOMAXPROCS${REDIS_UNIX:+ REDIS_UNIX=$REDIS_UNIX} bench/run.sh"
+command_line="DURATION=$DURATION WARMUP=$WARMUP USERS=$USERS USERS_LARGE=$USERS_LARGE NORESERVE=$NORESERVE EXACT_LIMIT=$EXACT_LIMIT EXACT_DURATION=$EXACT_DURATION ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS LATENCY_CONNECTIONS=$LATENCY_CONNECTIONS BENCH_DB=$BENCH_DB CADDY_GOMAXPROCS=$CADDY_GOMAXPROCS LOADGEN_GOMAXPROCS=$LOADGEN_GOMAXPROCS UPSTREAM_GOMAXPROCS=$UPSTREAM_GOMAXPROCS${REDIS_UNIX:+ REDIS_UNIX=$REDIS_UNIX} RATELIMIT_HEADERS=$RATELIMIT_HEADERS bench/run.sh"
 
 for bin in redis-server psql go; do
 	command -v "$bin" >/dev/null || { echo "bench: $bin is required" >&2; exit 1; }
@@ -272,7 +275,7 @@ echo "== Caddy"
 plain_port=$(free_port)
 admitted_port=$(free_port)
 refused_port=$(free_port)
-start_caddy caddy "" "$plain_port" "" "$admitted_port" $'\trpm\n' "$refused_port" $'\trpm\n'
+start_caddy caddy "" "$plain_port" "" "$admitted_port" $'\trpm {\n\t\tratelimit_headers '"$RATELIMIT_HEADERS"$'\n\t}\n' "$refused_port" $'\trpm\n'
 admin_port=$last_admin_port
 listen=("$admin_port" "$plain_port" "$admitted_port" "$refused_port")
 noreserve_target=() exact_targets=()

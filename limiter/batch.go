@@ -16,11 +16,12 @@ import (
 // meanwhile. At low concurrency nothing would join it: while calls carry
 // about one check each, a check that finds only a call of a single check
 // out, and nothing queued, goes out at once in a second call rather than
-// wait a round trip for nothing. The script runs the checks of one call one after the other,
-// each atomic on its own, exactly as separate calls would — so exactness
-// and "a refused request increments nothing" hold per check — while the
-// round trip, the syscalls and the script start-up are paid once per call.
-// At low load nothing queues and each check goes out at once.
+// wait a round trip for nothing. The script runs the checks of one call
+// one after the other, each atomic on its own, exactly as separate calls
+// would — so exactness and "a refused request increments nothing" hold
+// per check — while the round trip, the syscalls and the script start-up
+// are paid once per call. At low load nothing queues and each check goes
+// out at once.
 //
 // A check may carry a deadline (the Guarded timeout). It costs no timer of
 // its own: the call that carries it is bounded by the earliest deadline of

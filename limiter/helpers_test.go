@@ -222,3 +222,22 @@ func hotPool(r *Redis, slots []Slot) *placePool {
 	r.reserve.pool(slots, now)
 	return r.reserve.pool(slots, now)
 }
+
+// settleRefills waits until no set of r has a refill out, such as one
+// started ahead (refillAhead) by the last local admission.
+func settleRefills(t *testing.T, r *Redis) {
+	t.Helper()
+	waitFor(t, 2*time.Second, func() bool {
+		r.reserve.mu.RLock()
+		defer r.reserve.mu.RUnlock()
+		for _, e := range r.reserve.sets {
+			e.mu.Lock()
+			out := e.refill != nil
+			e.mu.Unlock()
+			if out {
+				return false
+			}
+		}
+		return true
+	}, "settled refills")
+}

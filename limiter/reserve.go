@@ -133,6 +133,8 @@ type refill struct {
 	want    int64
 	waiters int64 // guarded by the reservation's mu
 	err     error // set before done is closed
+	// ahead is set for a refill that no request asked for (refillAhead).
+	ahead bool
 }
 
 // handBack is units of one grant to give back.
@@ -172,8 +174,12 @@ func (rs *reservations) check(ctx context.Context, deadline time.Time, counters 
 	e.mu.Lock()
 	e.arrive(now)
 	if res, ok := e.take(now); ok {
+		ahead := e.refillAhead()
 		e.mu.Unlock()
 		rs.local.Add(1)
+		if ahead != nil {
+			rs.fetchAhead(e, ahead, now)
+		}
 		return res, nil
 	}
 	if f := e.refill; f != nil && e.lastGrant > 1 && f.waiters < f.want-1 {
@@ -208,22 +214,86 @@ func (rs *reservations) check(ctx context.Context, deadline time.Time, counters 
 	e.refill = f
 	e.mu.Unlock()
 
-	res, g, window, err := rs.reserve(ctx, deadline, counters, want)
+	gr, err := rs.reserve(ctx, deadline, counters, want)
+	rs.settle(e, f, gr, 1, now, err)
+	if err != nil {
+		return Result{Denied: -1}, err
+	}
+	res := Result{Denied: -1, ResetIn: gr.resetIn, Counts: gr.before}
+	if gr.units == 0 {
+		res.Denied = gr.denied
+		res.RecheckIn = rs.recheck()
+		return res, nil
+	}
+	res.Allowed = true
+	for i := range res.Counts {
+		res.Counts[i]++
+	}
+	return res, nil
+}
+
+// refillAhead starts the set's next reserving check, if it is time to: a
+// request has just taken a unit of a grant that is down to half of its
+// size, and no refill is out. Its grant joins what is left, so that while
+// it is out the set's requests go on locally instead of all waiting for it
+// once the units run out. Called with e.mu held.
+func (e *reservation) refillAhead() *refill {
+	if e.refill != nil || e.dropped || e.lastGrant < 2 || 2*e.units > e.lastGrant {
+		return nil
+	}
+	want := e.want()
+	if want < 2 {
+		return nil
+	}
+	e.refill = &refill{done: make(chan struct{}), want: want, ahead: true}
+	return e.refill
+}
+
+// fetchAhead runs refill f, started at now by refillAhead, in a goroutine
+// of its own: no request waits for it unless the units run out first. It
+// ends by the lease timeout, and close waits for it, so that its units
+// are handed back with the others.
+func (rs *reservations) fetchAhead(e *reservation, f *refill, now time.Time) {
+	rs.mu.Lock()
+	if rs.closed {
+		rs.mu.Unlock()
+		rs.settle(e, f, grant{}, 0, now, errClosed)
+		return
+	}
+	rs.wg.Add(1)
+	rs.mu.Unlock()
+	go func() {
+		defer rs.wg.Done()
+		gr, err := rs.reserve(context.Background(), now.Add(rs.r.leases.cfg.Timeout), e.counters, f.want)
+		rs.settle(e, f, gr, 0, now, err)
+	}()
+}
+
+// settle records the answer of refill f, sent at now, in the set's state
+// and wakes those waiting for it. taken is the units of the grant that
+// its own request used: 1 for a request's refill, 0 for one ahead.
+func (rs *reservations) settle(e *reservation, f *refill, gr grant, taken int64, now time.Time, err error) {
 	e.mu.Lock()
 	e.refill = nil
 	f.err = err
 	var back *handBack
-	if err == nil {
+	switch {
+	case err != nil:
+		if f.ahead {
+			// Nobody asked for it: until a request's own refill succeeds,
+			// no other goes ahead and nobody waits.
+			e.lastGrant = 1
+		}
+	case gr.units == 0 || (gr.units == 1 && taken == 1):
 		// After a refusal or a grant of 1 nobody waits for the next refill.
-		e.lastGrant = g
-		if g > 1 {
-			rs.granted.Add(1)
-			if e.dropped {
-				back = &handBack{keys: keysOf(counters), window: window, units: g - 1, until: now.Add(res.ResetIn)}
-			} else {
-				e.units, e.used, e.window, e.end = g-1, 0, window, now.Add(res.ResetIn-windowMargin)
-				e.base = append(e.base[:0], res.Counts...)
-			}
+		e.lastGrant = gr.units
+	default:
+		e.lastGrant = gr.units
+		rs.granted.Add(1)
+		if e.dropped {
+			back = &handBack{keys: keysOf(e.counters), window: gr.window, units: gr.units - taken, until: now.Add(gr.resetIn)}
+		} else {
+			e.add(gr, taken, now)
 		}
 	}
 	e.mu.Unlock()
@@ -231,7 +301,23 @@ func (rs *reservations) check(ctx context.Context, deadline time.Time, counters 
 	if back != nil {
 		rs.enqueue(*back)
 	}
-	return res, err
+}
+
+// add makes grant gr, sent at now, of which the request used taken units,
+// the set's reservation. Units left of the last grant stay when both are
+// of the same window; the counts of the local admissions to come continue
+// from Redis's counts less the units this instance holds unused. Called
+// with e.mu held.
+func (e *reservation) add(gr grant, taken int64, now time.Time) {
+	held := int64(0)
+	if gr.window == e.window && now.Before(e.end) {
+		held = max(0, e.units)
+	}
+	e.units, e.used, e.window, e.end = held+gr.units-taken, 0, gr.window, now.Add(gr.resetIn-windowMargin)
+	e.base = e.base[:0]
+	for _, c := range gr.before {
+		e.base = append(e.base, c+taken-held)
+	}
 }
 
 // plain is the check without reservation (batch.go).
@@ -243,12 +329,25 @@ func (rs *reservations) plain(ctx context.Context, deadline time.Time, counters 
 	return res, err
 }
 
-// reserve runs reserveScript for one request and returns its result, the
-// grant (0 when refused) and its window. Others
-// may wait for the call, so the caller leaving does not end it: it ends
-// by the caller's deadline (deadline, or ctx's if earlier), as a shared
-// batch call does (batch.go).
-func (rs *reservations) reserve(ctx context.Context, deadline time.Time, counters []Counter, want int64) (Result, int64, int64, error) {
+// grant is reserveScript's answer.
+type grant struct {
+	// units is g, the units the counters were incremented by; 0 when
+	// refused.
+	units int64
+	// denied is the index of the first full counter, -1 if none.
+	denied int
+	// before holds the counts before the grant.
+	before []int64
+	// window is the Redis window number, resetIn the time left in it.
+	window  int64
+	resetIn time.Duration
+}
+
+// reserve runs reserveScript for want units. Others may wait for the
+// call, so the caller leaving does not end it: it ends by the caller's
+// deadline (deadline, or ctx's if earlier), as a shared batch call does
+// (batch.go).
+func (rs *reservations) reserve(ctx context.Context, deadline time.Time, counters []Counter, want int64) (grant, error) {
 	if d, ok := ctx.Deadline(); ok && (deadline.IsZero() || d.Before(deadline)) {
 		deadline = d
 	}
@@ -276,21 +375,10 @@ func (rs *reservations) reserve(ctx context.Context, deadline time.Time, counter
 	}
 	if err != nil {
 		rs.unanswered.Add(1)
-		return Result{Denied: -1}, 0, 0, unavailable("redis reserve", err)
+		return grant{}, unavailable("redis reserve", err)
 	}
 	window, resetIn := redisClock(vals[0], vals[1])
-	res := Result{Denied: -1, ResetIn: resetIn, Counts: vals[4:]}
-	g := vals[2]
-	if g == 0 {
-		res.Denied = int(vals[3]) - 1
-		res.RecheckIn = rs.recheck()
-		return res, 0, window, nil
-	}
-	res.Allowed = true
-	for i := range res.Counts {
-		res.Counts[i]++
-	}
-	return res, g, window, nil
+	return grant{units: vals[2], denied: int(vals[3]) - 1, before: vals[4:], window: window, resetIn: resetIn}, nil
 }
 
 // take admits one request from the grant, if it has units left and its

@@ -53,12 +53,14 @@ func TestReservationProperty(t *testing.T) {
 			}
 			return idx, counters
 		}
-		// check checks the counters of idx on r and counts what it admits.
+		// check checks the counters of idx on r and counts what it admits,
+		// then waits for the refill it may have started ahead.
 		check := func(r *Redis, idx []int, counters []Counter) {
 			res, err := r.reserve.check(ctx, time.Time{}, counters)
 			if err != nil {
 				t.Fatal(err)
 			}
+			settleRefills(t, r)
 			if res.Allowed {
 				for _, j := range idx {
 					admitted[j]++

@@ -219,6 +219,7 @@ func TestReservationForgetLoweredLimit(t *testing.T) {
 			t.Fatal("never held a reservation")
 		}
 		admitted.Add(driveN(t, r, 8, 5, counters))
+		settleRefills(t, r)
 	}
 	held := unusedUnits(r)
 
@@ -282,13 +283,17 @@ func waitFor(t *testing.T, d time.Duration, cond func() bool, what string) {
 }
 
 // Counts of a request admitted from a reservation continue those of the
-// granting request, one per local admission.
+// granting request, one per local admission, also across grants fetched
+// ahead: once a grant is half used the next one is asked for in the
+// background, so a steady set's requests after the first are all admitted
+// locally, none waiting for Redis.
 func TestReservationCounts(t *testing.T) {
 	pair, keys, hook := reservingPair(t, time.Hour)
 	r := pair[0]
 	counters := []Counter{{Key: keys.User(1), Limit: 1000}}
 	primeRate(r, counters, 10)
-	for i := int64(1); i <= 10; i++ {
+	const requests = 40
+	for i := int64(1); i <= requests; i++ {
 		res, err := r.Check(context.Background(), counters)
 		if err != nil || !res.Allowed {
 			t.Fatalf("check %d: %+v %v", i, res, err)
@@ -299,12 +304,17 @@ func TestReservationCounts(t *testing.T) {
 		if res.ResetIn <= 0 || res.ResetIn > Window {
 			t.Fatalf("check %d: reset in %v", i, res.ResetIn)
 		}
+		settleRefills(t, r)
 	}
-	if calls := hook.evalsha.Load(); calls != 1 {
-		t.Fatalf("%d script calls for 10 requests with a grant of 10, want 1", calls)
+	st := r.ReservationStats()
+	if st.Local != requests-1 || st.Granted < 2 {
+		t.Fatalf("%+v: want %d local admissions, from the first grant and grants fetched ahead", st, requests-1)
 	}
-	if n, _ := r.Count(context.Background(), counters[0].Key); n != 10 {
-		t.Fatalf("Redis count %d, want 10", n)
+	if calls := hook.evalsha.Load(); calls != int64(st.Granted) {
+		t.Fatalf("%d script calls for %d grants", calls, st.Granted)
+	}
+	if n, _ := r.Count(context.Background(), counters[0].Key); n != requests+unusedUnits(r) {
+		t.Fatalf("Redis count %d, want %d admitted + %d held", n, requests, unusedUnits(r))
 	}
 }
 
@@ -354,20 +364,26 @@ func TestReservationGrantBounds(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		res, g, _, err := r.reserve.reserve(ctx, time.Time{}, counters, tc.want)
+		gr, err := r.reserve.reserve(ctx, time.Time{}, counters, tc.want)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if g != tc.grant || res.Allowed != (tc.grant > 0) {
-			t.Fatalf("at %d/200 asking %d: granted %d (%+v), want %d", before, tc.want, g, res, tc.grant)
+		if gr.units != tc.grant || gr.before[0] != before {
+			t.Fatalf("at %d/200 asking %d: %+v, want a grant of %d", before, tc.want, gr, tc.grant)
 		}
 		after, _ := r.Count(ctx, counters[0].Key)
-		if after != before+g || after > 200 {
-			t.Fatalf("count %d -> %d with a grant of %d", before, after, g)
+		if after != before+gr.units || after > 200 {
+			t.Fatalf("count %d -> %d with a grant of %d", before, after, gr.units)
 		}
-		if g == 0 && (res.Denied != 0 || res.Counts[0] != 200 || res.RecheckIn <= 0) {
-			t.Fatalf("refusal: %+v", res)
+		if gr.units == 0 && gr.denied != 0 {
+			t.Fatalf("refusal: %+v, want the first counter full", gr)
 		}
+	}
+	// A refusal may come from units reserved elsewhere: it is remembered
+	// for a recheck interval only.
+	res, err := r.Check(ctx, counters)
+	if err != nil || res.Allowed || res.Denied != 0 || res.Counts[0] != 200 || res.RecheckIn != r.reserve.recheck() {
+		t.Fatalf("at the limit: %+v, %v; want refused by the first counter at 200 with RecheckIn %v", res, err, r.reserve.recheck())
 	}
 }
 
@@ -583,6 +599,59 @@ func TestReservationRefillOutlivesItsCaller(t *testing.T) {
 	}
 	if st := r.ReservationStats(); st.Local != 1 || st.Granted != 1 {
 		t.Fatalf("stats %+v, want one grant and one local admission", st)
+	}
+}
+
+// A grant fetched ahead that arrives after Forget dropped its set is
+// handed back whole, like the units the set held: Redis ends up counting
+// exactly what was admitted.
+func TestReservationRefillAheadAfterForget(t *testing.T) {
+	c0, keys := singleClient(t)
+	c := redis.NewClient(&redis.Options{Addr: redistest.SharedAddr, ContextTimeoutEnabled: true, PoolSize: 1})
+	t.Cleanup(func() { c.Close() })
+	r := NewRedis(c, WithReservations(time.Hour))
+	t.Cleanup(func() { r.Close() })
+	ctx := context.Background()
+	if err := r.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitForWindow(t, c0, minRemaining)
+	counters := []Counter{{Key: keys.User(1), Limit: 10000, UserID: 1}}
+	primeRate(r, counters, 10)
+	check := func() {
+		t.Helper()
+		if res, err := r.Check(ctx, counters); err != nil || !res.Allowed {
+			t.Fatalf("check: %+v %v", res, err)
+		}
+	}
+	check() // a grant of 10
+	// The only connection is busy for 300 ms (BLPop would round that up
+	// to 1s, the refill's timeout): the refill ahead waits.
+	busy := make(chan struct{})
+	go func() {
+		defer close(busy)
+		c.Do(ctx, "BLPOP", keys.Prefix+"nothing", "0.3")
+	}()
+	time.Sleep(50 * time.Millisecond)
+	e := hotSet(r, counters)
+	for range 4 {
+		check() // local
+	}
+	e.mu.Lock()
+	ahead := e.refill != nil && e.refill.ahead
+	held := e.units
+	e.mu.Unlock()
+	if !ahead || held != 5 {
+		t.Fatalf("refill ahead out: %v, units %d; want one out with 5 units left", ahead, held)
+	}
+	r.Forget(1, 0)
+	<-busy
+	waitFor(t, 2*time.Second, func() bool {
+		n, err := r.Count(ctx, counters[0].Key)
+		return err == nil && n == 5
+	}, "Redis count back to the 5 admitted")
+	if st := r.ReservationStats(); st.Granted != 2 || st.HandedBack <= uint64(held) {
+		t.Fatalf("%+v: want two grants, the second handed back with the %d units held", st, held)
 	}
 }
 

@@ -24,6 +24,10 @@ import (
 // instant). A set seen less than twice per rateBucket never reserves, and
 // near a limit every request is checked in Redis as without reservations.
 //
+// A request that leaves a grant half used starts the next reserving check
+// in the background (refillAhead), whose grant joins the units left: the
+// set's later requests need not wait for a refill when the units run out.
+//
 // Units not used are handed back (handBackScript, one call per batch) when
 // the set has had no request for the reservation TTL (checked every TTL/4,
 // so after 3/4 of the TTL to the TTL), and at once when

@@ -62,8 +62,9 @@ type LeaseConfig struct {
 	// ReleaseDelay is how long a release waits to be sent together with
 	// others. Default DefaultReleaseDelay (2ms).
 	ReleaseDelay time.Duration
-	// Timeout bounds each renewal and release call. Default
-	// DefaultLeaseTimeout (1s).
+	// Timeout bounds each renewal and release call, and the reservations'
+	// calls that no request waits for: hand-backs and refills ahead.
+	// Default DefaultLeaseTimeout (1s).
 	Timeout time.Duration
 }
 

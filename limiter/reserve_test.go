@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"context"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -537,28 +538,46 @@ func (g *gatedLimiter) letGo() {
 	g.mu.Unlock()
 }
 
+// oneConnLimiter is a Redis limiter with reservations (and opts) on a
+// client of a single connection to the shared Redis, its scripts loaded, at
+// a point of the window with at least minRemaining left; occupy makes that
+// connection busy.
+func oneConnLimiter(t *testing.T, opts ...RedisOption) (*Redis, *redis.Client, Keys) {
+	t.Helper()
+	c0, keys := singleClient(t)
+	c := redis.NewClient(&redis.Options{Addr: redistest.SharedAddr, ContextTimeoutEnabled: true, PoolSize: 1})
+	t.Cleanup(func() { c.Close() })
+	r := NewRedis(c, append([]RedisOption{WithReservations(time.Hour)}, opts...)...)
+	t.Cleanup(func() { r.Close() })
+	if err := r.Load(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitForWindow(t, c0, minRemaining)
+	return r, c, keys
+}
+
+// occupy keeps c's only connection busy for d (a blocking pop of a list
+// that stays empty) from 50 ms after the call on; the channel closes when
+// it is free again.
+func occupy(c *redis.Client, keys Keys, d time.Duration) <-chan struct{} {
+	busy := make(chan struct{})
+	go func() {
+		defer close(busy)
+		// BLPop would round d up to whole seconds.
+		c.Do(context.Background(), "BLPOP", keys.Prefix+"nothing", strconv.FormatFloat(d.Seconds(), 'f', 3, 64))
+	}()
+	time.Sleep(50 * time.Millisecond)
+	return busy
+}
+
 // Requests waiting for another's refill get its answer even when that
 // request's caller leaves before the call could go out (here: waiting for
 // the client's only connection): the refill is not cancelled with it.
 func TestReservationRefillOutlivesItsCaller(t *testing.T) {
-	c0, keys := singleClient(t)
-	c := redis.NewClient(&redis.Options{Addr: redistest.SharedAddr, ContextTimeoutEnabled: true, PoolSize: 1})
-	t.Cleanup(func() { c.Close() })
-	r := NewRedis(c, WithReservations(time.Hour))
-	t.Cleanup(func() { r.Close() })
+	r, c, keys := oneConnLimiter(t)
 	ctx := context.Background()
-	if err := r.Load(ctx); err != nil {
-		t.Fatal(err)
-	}
-	redistest.WaitForWindow(t, c0, minRemaining)
 	counters := []Counter{{Key: keys.User(1), Limit: 10000}}
-	// The only connection is busy for 300 ms.
-	busy := make(chan struct{})
-	go func() {
-		defer close(busy)
-		c.BLPop(ctx, 300*time.Millisecond, keys.Prefix+"nothing")
-	}()
-	time.Sleep(50 * time.Millisecond)
+	busy := occupy(c, keys, 300*time.Millisecond)
 	e := hotSet(r, counters)
 	e.mu.Lock()
 	e.bucket, e.prev, e.lastGrant = time.Now(), 10, 10 // hot: others wait for a refill
@@ -606,16 +625,8 @@ func TestReservationRefillOutlivesItsCaller(t *testing.T) {
 // handed back whole, like the units the set held: Redis ends up counting
 // exactly what was admitted.
 func TestReservationRefillAheadAfterForget(t *testing.T) {
-	c0, keys := singleClient(t)
-	c := redis.NewClient(&redis.Options{Addr: redistest.SharedAddr, ContextTimeoutEnabled: true, PoolSize: 1})
-	t.Cleanup(func() { c.Close() })
-	r := NewRedis(c, WithReservations(time.Hour))
-	t.Cleanup(func() { r.Close() })
+	r, c, keys := oneConnLimiter(t)
 	ctx := context.Background()
-	if err := r.Load(ctx); err != nil {
-		t.Fatal(err)
-	}
-	redistest.WaitForWindow(t, c0, minRemaining)
 	counters := []Counter{{Key: keys.User(1), Limit: 10000, UserID: 1}}
 	primeRate(r, counters, 10)
 	check := func() {
@@ -624,15 +635,8 @@ func TestReservationRefillAheadAfterForget(t *testing.T) {
 			t.Fatalf("check: %+v %v", res, err)
 		}
 	}
-	check() // a grant of 10
-	// The only connection is busy for 300 ms (BLPop would round that up
-	// to 1s, the refill's timeout): the refill ahead waits.
-	busy := make(chan struct{})
-	go func() {
-		defer close(busy)
-		c.Do(ctx, "BLPOP", keys.Prefix+"nothing", "0.3")
-	}()
-	time.Sleep(50 * time.Millisecond)
+	check()                                       // a grant of 10
+	busy := occupy(c, keys, 300*time.Millisecond) // the refill ahead waits
 	e := hotSet(r, counters)
 	for range 4 {
 		check() // local
@@ -652,6 +656,56 @@ func TestReservationRefillAheadAfterForget(t *testing.T) {
 	}, "Redis count back to the 5 admitted")
 	if st := r.ReservationStats(); st.Granted != 2 || st.HandedBack <= uint64(held) {
 		t.Fatalf("%+v: want two grants, the second handed back with the %d units held", st, held)
+	}
+}
+
+// A refill ahead that fails (here: no connection free within its timeout)
+// costs no request anything: the set's requests go on with the units left,
+// none goes ahead again, the request that finds the units gone refills
+// itself, and its grant turns refilling ahead back on.
+func TestReservationRefillAheadFails(t *testing.T) {
+	r, c, keys := oneConnLimiter(t, WithLeases(LeaseConfig{Timeout: 100 * time.Millisecond}))
+	ctx := context.Background()
+	counters := []Counter{{Key: keys.User(1), Limit: 10000}}
+	primeRate(r, counters, 10)
+	check := func() {
+		t.Helper()
+		if res, err := r.Check(ctx, counters); err != nil || !res.Allowed {
+			t.Fatalf("check: %+v %v", res, err)
+		}
+	}
+	refillOut := func() bool {
+		e := hotSet(r, counters)
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		return e.refill != nil
+	}
+	check() // a grant of 10
+	busy := occupy(c, keys, 400*time.Millisecond)
+	for range 4 {
+		check() // local; the last one leaves 5 and goes ahead
+	}
+	waitFor(t, time.Second, func() bool { return !refillOut() }, "failed refill ahead")
+	if st := r.ReservationStats(); st.Unanswered != 1 || st.Granted != 1 {
+		t.Fatalf("%+v: want the refill ahead unanswered", st)
+	}
+	for i := range 5 {
+		check()
+		if refillOut() {
+			t.Fatalf("local admission %d after the failure went ahead again", i+1)
+		}
+	}
+	<-busy
+	primeRate(r, counters, 10) // still hot after the wait
+	check()                    // the units are gone: a refill of its own
+	if st := r.ReservationStats(); st.Granted != 2 || st.Local != 9 {
+		t.Fatalf("%+v: want the request's own refill granted after 9 local admissions", st)
+	}
+	for i := 0; !refillOut(); i++ {
+		if i == 20 {
+			t.Fatal("no refill ahead after the request's own refill was granted")
+		}
+		check()
 	}
 }
 

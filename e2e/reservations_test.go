@@ -57,12 +57,18 @@ func TestReservationsStatusAndMetrics(t *testing.T) {
 				n += 200
 				used, reserved = status()
 			}
+			// A grant fetched ahead by the last requests may still be on
+			// its way: Redis counts it a round trip before reserved does.
+			testutil.WaitFor(t, 2*time.Second, func() error {
+				if used != n+reserved {
+					used, reserved = status()
+					return fmt.Errorf("used %d, want the %d admitted + %d reserved", used, n, reserved)
+				}
+				return nil
+			})
 			granted := c.metric(t, "caddy_rpm_reservations_granted_total")
 			admissions := c.metric(t, "caddy_rpm_reservation_admissions_total")
 			t.Logf("%d admitted: used %d, reserved %d; %v grants, %v admissions from them", n, used, reserved, granted, admissions)
-			if used != n+reserved {
-				t.Errorf("used %d, want the %d admitted + %d reserved", used, n, reserved)
-			}
 			if !tc.on {
 				if reserved != 0 || granted != 0 || admissions != 0 {
 					t.Fatalf("reservations off: reserved %d, %v grants, %v admissions from them", reserved, granted, admissions)

@@ -158,6 +158,7 @@ func TestReservationIdleHandedBack(t *testing.T) {
 			t.Fatal("instance A never held a reservation")
 		}
 		fromA += driveN(t, a, 8, 5, counters)
+		settleRefills(t, a)
 	}
 	held := unusedUnits(a)
 	stopped := time.Now()

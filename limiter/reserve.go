@@ -219,7 +219,7 @@ func (rs *reservations) check(ctx context.Context, deadline time.Time, counters 
 	e.mu.Unlock()
 
 	gr, err := rs.reserve(ctx, deadline, counters, want)
-	rs.settle(e, f, gr, 1, now, err)
+	rs.settle(e, f, gr, now, err)
 	if err != nil {
 		return Result{Denied: -1}, err
 	}
@@ -261,7 +261,7 @@ func (rs *reservations) fetchAhead(e *reservation, f *refill, now time.Time) {
 	rs.mu.Lock()
 	if rs.closed {
 		rs.mu.Unlock()
-		rs.settle(e, f, grant{}, 0, now, errClosed)
+		rs.settle(e, f, grant{}, now, errClosed)
 		return
 	}
 	rs.wg.Add(1)
@@ -269,14 +269,19 @@ func (rs *reservations) fetchAhead(e *reservation, f *refill, now time.Time) {
 	go func() {
 		defer rs.wg.Done()
 		gr, err := rs.reserve(context.Background(), now.Add(rs.r.leases.cfg.Timeout), e.counters, f.want)
-		rs.settle(e, f, gr, 0, now, err)
+		rs.settle(e, f, gr, now, err)
 	}()
 }
 
 // settle records the answer of refill f, sent at now, in the set's state
-// and wakes those waiting for it. taken is the units of the grant that
-// its own request used: 1 for a request's refill, 0 for one ahead.
-func (rs *reservations) settle(e *reservation, f *refill, gr grant, taken int64, now time.Time, err error) {
+// and wakes those waiting for it.
+func (rs *reservations) settle(e *reservation, f *refill, gr grant, now time.Time, err error) {
+	// The request of a refill of its own uses a unit of the grant; one
+	// ahead has none.
+	taken := int64(1)
+	if f.ahead {
+		taken = 0
+	}
 	e.mu.Lock()
 	e.refill = nil
 	f.err = err
@@ -288,8 +293,9 @@ func (rs *reservations) settle(e *reservation, f *refill, gr grant, taken int64,
 			// no other goes ahead and nobody waits.
 			e.lastGrant = 1
 		}
-	case gr.units == 0 || (gr.units == 1 && taken == 1):
-		// After a refusal or a grant of 1 nobody waits for the next refill.
+	case gr.units <= taken:
+		// Nothing to admit locally. After a refusal or a grant of 1
+		// nobody waits for the next refill.
 		e.lastGrant = gr.units
 	default:
 		e.lastGrant = gr.units
@@ -315,7 +321,7 @@ func (rs *reservations) settle(e *reservation, f *refill, gr grant, taken int64,
 func (e *reservation) add(gr grant, taken int64, now time.Time) {
 	held := int64(0)
 	if gr.window == e.window && now.Before(e.end) {
-		held = max(0, e.units)
+		held = e.units
 	}
 	e.units, e.used, e.window, e.end = held+gr.units-taken, 0, gr.window, now.Add(gr.resetIn-windowMargin)
 	e.base = e.base[:0]

@@ -62,8 +62,8 @@ type LeaseConfig struct {
 	// ReleaseDelay is how long a release waits to be sent together with
 	// others. Default DefaultReleaseDelay (2ms).
 	ReleaseDelay time.Duration
-	// Timeout bounds each renewal and release call, and the reservations'
-	// calls that no request waits for: hand-backs and refills ahead.
+	// Timeout bounds each renewal and release call, the reservations'
+	// hand-backs, and refills ahead started by a check without a deadline.
 	// Default DefaultLeaseTimeout (1s).
 	Timeout time.Duration
 }

@@ -182,14 +182,15 @@ func (rs *reservations) check(ctx context.Context, deadline time.Time, counters 
 		e.mu.Unlock()
 		rs.local.Add(1)
 		if ahead != nil {
-			rs.fetchAhead(e, ahead, now)
+			rs.fetchAhead(e, ahead, now, deadline)
 		}
 		return res, nil
 	}
 	if f := e.refill; f != nil && e.lastGrant > 1 && f.waiters < f.want-1 {
 		// A grant like the last one is on its way: wait for it as for a
-		// check of our own. The reserving check started earlier, so its
-		// deadline (the same Guarded timeout) comes first.
+		// check of our own. The reserving check (a request's own or one
+		// ahead) started earlier, so its deadline (the same Guarded
+		// timeout) comes first.
 		f.waiters++
 		e.mu.Unlock()
 		select {
@@ -255,9 +256,14 @@ func (e *reservation) refillAhead() *refill {
 
 // fetchAhead runs refill f, started at now by refillAhead, in a goroutine
 // of its own: no request waits for it unless the units run out first. It
-// ends by the lease timeout, and close waits for it, so that its units
-// are handed back with the others.
-func (rs *reservations) fetchAhead(e *reservation, f *refill, now time.Time) {
+// ends by the deadline of the request that started it, so that a request
+// waiting for it is not held past its own (the lease timeout without
+// one), and close waits for it, so that its units are handed back with
+// the others.
+func (rs *reservations) fetchAhead(e *reservation, f *refill, now, deadline time.Time) {
+	if deadline.IsZero() {
+		deadline = now.Add(rs.r.leases.cfg.Timeout)
+	}
 	rs.mu.Lock()
 	if rs.closed {
 		rs.mu.Unlock()
@@ -268,7 +274,7 @@ func (rs *reservations) fetchAhead(e *reservation, f *refill, now time.Time) {
 	rs.mu.Unlock()
 	go func() {
 		defer rs.wg.Done()
-		gr, err := rs.reserve(context.Background(), now.Add(rs.r.leases.cfg.Timeout), e.counters, f.want)
+		gr, err := rs.reserve(context.Background(), deadline, e.counters, f.want)
 		rs.settle(e, f, gr, now, err)
 	}()
 }

@@ -710,6 +710,35 @@ func TestReservationRefillAheadFails(t *testing.T) {
 	}
 }
 
+// A request that finds its units gone while a refill ahead is out waits
+// for it no longer than for a call of its own: the refill ends by the
+// redis timeout of the request that started it, not the lease timeout.
+func TestReservationRefillAheadKeepsTheDeadline(t *testing.T) {
+	r, c, keys := oneConnLimiter(t)
+	const timeout = 100 * time.Millisecond
+	g := NewGuarded(r, timeout, nil)
+	ctx := context.Background()
+	counters := []Counter{{Key: keys.User(1), Limit: 10000}}
+	primeRate(r, counters, 10)
+	if res, err := g.Check(ctx, counters); err != nil || !res.Allowed {
+		t.Fatalf("first check: %+v %v", res, err)
+	}
+	busy := occupy(c, keys, 600*time.Millisecond)
+	defer func() { <-busy }()
+	for i := range 9 {
+		// Local; the fourth leaves 5 units and starts a refill ahead,
+		// which waits for the busy connection.
+		if res, err := g.Check(ctx, counters); err != nil || !res.Allowed {
+			t.Fatalf("local check %d: %+v %v", i+1, res, err)
+		}
+	}
+	start := time.Now()
+	_, err := g.Check(ctx, counters) // no units left: waits for the refill
+	if waited := time.Since(start); err == nil || waited > 2*timeout {
+		t.Fatalf("waited %v for the refill ahead (%v); want its error within %v", waited, err, 2*timeout)
+	}
+}
+
 // On a Redis Cluster, two instances with reservations admit exactly the
 // limit of a user's counters, and hand idle units back.
 func TestReservationsCluster(t *testing.T) {

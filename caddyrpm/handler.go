@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/caddyrpm/caddy-rpm/gateway"
+	"github.com/caddyrpm/caddy-rpm/limiter"
 	"github.com/caddyrpm/caddy-rpm/snapshot"
 )
 
@@ -133,27 +134,48 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	lease, handOn, err := h.admit(w, r)
+	if !handOn {
+		return err
+	}
+	// The request's places under the concurrency caps (if any) are held
+	// until the response is over: next returns once the response is fully
+	// written (streams included), or the client went away, or the upstream
+	// failed.
+	defer lease.Release()
+	return next.ServeHTTP(w, r)
+}
+
+// admit decides the request. It answers the requests it does not hand on
+// (handOn false, with the error for Caddy), and prepares the others: rate-
+// limit headers, placeholders, credentials removed, and the lease on their
+// concurrency places to release when the response is over. It is a
+// function of its own so that its frame, the decision's included, is off
+// the stack while the rest of the route runs: that part of a connection's
+// stack is the deepest, and every byte added there makes the stack grow
+// (and be copied) again after each GC has shrunk it.
+func (h *Handler) admit(w http.ResponseWriter, r *http.Request) (lease *limiter.Lease, handOn bool, err error) {
 	raw, problem := h.extractKey(r)
 	if problem != nil {
-		return h.deny(w, problem)
+		return nil, false, h.deny(w, problem)
 	}
 	sum := sha256.Sum256([]byte(raw))
 	if !h.gateway.MayBeKey(&sum) {
 		// Not a key of the store: refused without a cache or store lookup,
 		// so random keys cost neither a query nor a Redis entry.
 		h.app.metrics.keyFilterRejections.Inc()
-		return h.deny(w, errInvalidKey)
+		return nil, false, h.deny(w, errInvalidKey)
 	}
 	snap, err := h.gateway.Snapshot(r.Context(), &sum)
 	if err != nil {
 		if r.Context().Err() != nil {
-			return h.clientGone(w, r, "auth")
+			return nil, false, h.clientGone(w, r, "auth")
 		}
 		h.logger.Warn("auth snapshot unavailable", zap.Error(err))
-		return h.deny(w, errAuthUnavailable)
+		return nil, false, h.deny(w, errAuthUnavailable)
 	}
 	if problem := h.authorize(r, snap); problem != nil {
-		return h.deny(w, problem)
+		return nil, false, h.deny(w, problem)
 	}
 
 	start := time.Now()
@@ -169,22 +191,18 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	case gateway.Abandoned:
 		// The check ended because the client did, not Redis: there is
 		// nobody to admit, and nothing to fail open for.
-		return h.clientGone(w, r, "limit")
+		return nil, false, h.clientGone(w, r, "limit")
 	case gateway.Unavailable:
-		return h.deny(w, errLimiterUnavailable)
+		return nil, false, h.deny(w, errLimiterUnavailable)
 	case gateway.AdmittedFailOpen:
 		// Redis trouble never blocks traffic. The limiter logs
 		// (rate-limited) and the breaker keeps this path fast.
 		h.app.metrics.failOpens.Inc()
 		h.app.metrics.decisions.WithLabelValues("admitted", "fail_open").Inc()
 	case gateway.Refused:
-		return h.refuse(w, snap, &d)
+		return nil, false, h.refuse(w, snap, &d)
 	case gateway.Admitted:
-		// Its places under the concurrency caps (if any) are held until
-		// the response is over: next returns once the response is fully
-		// written (streams included), or the client went away, or the
-		// upstream failed.
-		defer d.Lease.Release()
+		lease = d.Lease
 		h.setRateLimitHeaders(w.Header(), &d)
 		h.app.metrics.admittedOK.Inc()
 	case gateway.ShadowRefused:
@@ -198,7 +216,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if !h.KeepCredentials {
 		h.stripCredentials(r)
 	}
-	return next.ServeHTTP(w, r)
+	return lease, true, nil
 }
 
 // statusClientClosedRequest is the status Caddy's reverse_proxy records for

@@ -23,7 +23,7 @@ import (
 // Redis as before, asking for spares again.
 //
 // s follows the rate like a grant of units: about the requests of the
-// tuple in the last rateBucket, at most maxGrant, and never more than a
+// tuple in the last rateBucket, at most maxSpares, and never more than a
 // set's room after the request / reserveShare (decided in the script). A
 // set within 2*reserveShare of its cap gets no spares: there every
 // acquisition is exact in Redis.
@@ -32,9 +32,15 @@ import (
 // leases, so those of an instance that died expire within the lease length
 // like any other. The pool hands them back (batched releases) when the
 // tuple has had no request for the reservation TTL (checked every TTL/4),
-// at once when Forget drops the user, beyond maxGrant idle places, and on
+// at once when Forget drops the user, beyond maxSpares idle places, and on
 // Close; a place whose lease may have lapsed (renewals failing) is handed
 // back, never given out.
+
+// maxSpares bounds the spare places one acquisition takes and a pool keeps
+// idle. Unlike units of a grant, which lapse with their window, a place is
+// held until it is handed back, so it stays at what a set's requests bring
+// in a rateBucket at 1,280 requests/s.
+const maxSpares = 64
 
 // placePools holds the pools of spare places of one Redis limiter.
 type placePools struct {
@@ -99,17 +105,17 @@ func (p *placePool) take(now time.Time) (*Lease, int64) {
 		}
 		p.keeper.handBack(c)
 	}
-	if want := p.want(); want >= 2 {
+	if want := p.want(maxSpares); want >= 2 {
 		return nil, want
 	}
 	return nil, 0
 }
 
 // put makes c an idle place of the pool again, or hands it back when the
-// pool was dropped or holds maxGrant idle places already.
+// pool was dropped or holds maxSpares idle places already.
 func (p *placePool) put(c *Lease) {
 	p.mu.Lock()
-	if p.dropped || len(p.idle) >= maxGrant {
+	if p.dropped || len(p.idle) >= maxSpares {
 		p.mu.Unlock()
 		p.keeper.handBack(c)
 		return

@@ -301,7 +301,7 @@ func TestSparePlacesLostAnswerHandedBack(t *testing.T) {
 	ss := []Slot{{Key: keys.UserSlots(1), Limit: 1 << 20, UserID: 1}}
 	p := hotPool(r, ss)
 	p.mu.Lock()
-	p.bucket, p.prev, p.cur = time.Now(), maxGrant, 0
+	p.bucket, p.prev, p.cur = time.Now(), maxSpares, 0
 	p.mu.Unlock()
 	hook := &loseAnswer{}
 	c.AddHook(hook)

@@ -202,7 +202,6 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request) (lease *limiter.
 	case gateway.Refused:
 		return nil, false, h.refuse(w, snap, &d)
 	case gateway.Admitted:
-		lease = d.Lease
 		h.setRateLimitHeaders(w.Header(), &d)
 		h.app.metrics.admittedOK.Inc()
 	case gateway.ShadowRefused:
@@ -216,7 +215,8 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request) (lease *limiter.
 	if !h.KeepCredentials {
 		h.stripCredentials(r)
 	}
-	return lease, true, nil
+	// Only an admitted request holds a lease (nil otherwise).
+	return d.Lease, true, nil
 }
 
 // statusClientClosedRequest is the status Caddy's reverse_proxy records for

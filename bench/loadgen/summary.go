@@ -25,6 +25,24 @@ func perUnit(v, n float64, prec int) string {
 // them at the ends): with roundOrder those are its neighbours, run seconds
 // apart, so the machine's drift shifts all three alike.
 func pairedRatios(ph *phase, name, baseline string) []float64 {
+	return paired(ph, name, baseline, func(s segment) float64 { return s.RPS },
+		func(v, base float64) float64 { return v / base })
+}
+
+// pairedP99Added returns, per segment of the scenario in ph, its p99 less
+// the mean of those of the baseline's segments around it (as
+// pairedRatios). The p99 of a closed loop grows as the machine slows, so
+// a scenario's p99 over all its segments less the baseline's over all of
+// theirs also counts the drift between them: one slow segment decides it.
+func pairedP99Added(ph *phase, name, baseline string) []float64 {
+	return paired(ph, name, baseline, func(s segment) float64 { return s.P99ms },
+		func(v, base float64) float64 { return v - base })
+}
+
+// paired compares, per segment of the scenario in ph, its value with the
+// mean of the values of the baseline's nearest segments before and after
+// it; the baseline's own segments are compared with themselves.
+func paired(ph *phase, name, baseline string, value func(segment) float64, compare func(v, base float64) float64) []float64 {
 	var out []float64
 	for i, s := range ph.Segments {
 		if s.Scenario != name {
@@ -33,21 +51,21 @@ func pairedRatios(ph *phase, name, baseline string) []float64 {
 		var sum, n float64
 		for j := i - 1; j >= 0; j-- {
 			if ph.Segments[j].Scenario == baseline {
-				sum, n = sum+ph.Segments[j].RPS, n+1
+				sum, n = sum+value(ph.Segments[j]), n+1
 				break
 			}
 		}
 		for j := i + 1; j < len(ph.Segments); j++ {
 			if ph.Segments[j].Scenario == baseline {
-				sum, n = sum+ph.Segments[j].RPS, n+1
+				sum, n = sum+value(ph.Segments[j]), n+1
 				break
 			}
 		}
 		if name == baseline {
-			sum, n = s.RPS, 1
+			sum, n = value(s), 1
 		}
-		if sum > 0 {
-			out = append(out, s.RPS/(sum/n))
+		if n > 0 && sum > 0 {
+			out = append(out, compare(value(s), sum/n))
 		}
 	}
 	return out
@@ -91,21 +109,22 @@ func summaryMarkdown(p func(string, ...any), cfg config, rep *report) {
 		lat = rep.Phases[1]
 	}
 	p("\n#### Summary (phase %s, %d connections)\n\n", sat.Name, sat.Connections)
-	p("× plain, paired: the median over the scenario's segments of its req/s over the mean of the plain segments run just before and after it. " +
+	p("× plain, paired: the median over the scenario's segments of its req/s over the mean of the plain segments run just before and after it; " +
+		"p99 added: the scenario's p99 over all its segments less plain's over all of theirs, and in brackets the median over its segments of its p99 less the mean of those plain segments' (paired). " +
 		"Caddy CPU is that of all Caddy processes (one works, the others idle). Redis commands are the client-issued ones " +
 		"(not the script-internal ones); L1/L2: hit ratio (hits / lookups) from caddy_rpm_cache_hits_total and caddy_rpm_cache_misses_total.\n\n")
-	p("| scenario | req/s | × plain | × plain, paired (median) | p99 added ms, %d conn. |", sat.Connections)
+	p("| scenario | req/s | × plain | × plain, paired (median) | p99 added ms, %d conn. (paired, median) |", sat.Connections)
 	if lat != nil {
-		p(" p99 added ms, %d conn. |", lat.Connections)
+		p(" p99 added ms, %d conn. (paired, median) |", lat.Connections)
 	}
 	p(" Caddy CPU µs / request | admitted | Redis cmds / admitted | Redis CPU µs / admitted | L1 | L2 |\n|---|%s\n",
 		strings.Repeat("---:|", 10+btoi(lat != nil)))
 	for _, r := range sat.Scenarios {
-		p("| %s | %.0f | %.3f | %.3f | %+.3f |", r.Name, r.RPS, r.RPS/base.RPS,
-			median(pairedRatios(sat, r.Name, cfg.baseline)), r.P99ms-base.P99ms)
+		p("| %s | %.0f | %.3f | %.3f | %+.3f (%+.3f) |", r.Name, r.RPS, r.RPS/base.RPS,
+			median(pairedRatios(sat, r.Name, cfg.baseline)), r.P99ms-base.P99ms, median(pairedP99Added(sat, r.Name, cfg.baseline)))
 		if lat != nil {
 			if lr, lb := lat.scenario(r.Name), lat.scenario(cfg.baseline); lr != nil && lb != nil {
-				p(" %+.3f |", lr.P99ms-lb.P99ms)
+				p(" %+.3f (%+.3f) |", lr.P99ms-lb.P99ms, median(pairedP99Added(lat, r.Name, cfg.baseline)))
 			} else {
 				p(" - |")
 			}

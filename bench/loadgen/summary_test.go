@@ -33,6 +33,25 @@ func TestPairedRatiosAndMedian(t *testing.T) {
 	}
 }
 
+// A slow round raises every p99 in it: paired, each segment is compared
+// with the plain segments around it, so the slow round adds nothing.
+func TestPairedP99Added(t *testing.T) {
+	ph := &phase{Rounds: 2, Segments: []segment{
+		{Scenario: "plain", Round: 1, P99ms: 10}, {Scenario: "admitted", Round: 1, P99ms: 10.5},
+		{Scenario: "plain", Round: 1, P99ms: 10},
+		{Scenario: "plain", Round: 2, P99ms: 14}, {Scenario: "admitted", Round: 2, P99ms: 15},
+		{Scenario: "plain", Round: 2, P99ms: 16},
+		{Scenario: "plain", Round: 3, P99ms: 10}, {Scenario: "admitted", Round: 3, P99ms: 9.5},
+	}}
+	got := pairedP99Added(ph, "admitted", "plain")
+	if !slices.Equal(got, []float64{0.5, 0, -0.5}) {
+		t.Fatalf("pairedP99Added(admitted) = %v, want [0.5 0 -0.5]", got)
+	}
+	if m := median(pairedP99Added(ph, "plain", "plain")); m != 0 {
+		t.Fatalf("the baseline's own paired p99 added = %v, want 0", m)
+	}
+}
+
 func TestRoundOrderPutsBaselineAroundEachScenario(t *testing.T) {
 	targets := []target{{Name: "plain"}, {Name: "a"}, {Name: "b"}, {Name: "c"}}
 	names := func(ts []target) (out []string) {

@@ -32,7 +32,7 @@ func (a *arrivals) arrive(now time.Time) {
 }
 
 // want is the grant to ask for: the requests of the last full rateBucket,
-// or of the current one if more, at most most.
-func (a *arrivals) want(most int64) int64 {
-	return min(max(a.prev, a.cur), most)
+// or of the current one if more, at most bound.
+func (a *arrivals) want(bound int64) int64 {
+	return min(max(a.prev, a.cur), bound)
 }

@@ -343,7 +343,7 @@ func (a *App) provisionGateway() error {
 			LoadTimeout:  time.Duration(a.StoreTimeout),
 		},
 		CacheHooks: snapshot.CacheHooks{
-			Hit:      func(layer string) { m.cacheHits.WithLabelValues(layer).Inc() },
+			Hit:      m.cacheHit,
 			Miss:     func(layer string) { m.cacheMisses.WithLabelValues(layer).Inc() },
 			Load:     func() { m.storeLoads.Inc() },
 			Reload:   func() { m.storeReloads.Inc() },

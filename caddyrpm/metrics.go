@@ -14,8 +14,10 @@ import (
 type metrics struct {
 	decisions *prometheus.CounterVec
 	// admittedOK is decisions{admitted,ok}, resolved once for the hot path.
-	admittedOK    prometheus.Counter
-	cacheHits     *prometheus.CounterVec
+	admittedOK prometheus.Counter
+	cacheHits  *prometheus.CounterVec
+	// l1Hits is cacheHits{l1}, resolved once for the hot path.
+	l1Hits        prometheus.Counter
 	cacheMisses   *prometheus.CounterVec
 	storeLoads    prometheus.Counter
 	storeReloads  prometheus.Counter
@@ -98,6 +100,7 @@ func newMetrics() *metrics {
 			func(st limiter.ReservationStats) uint64 { return st.HandBackErrors }),
 	}
 	m.admittedOK = m.decisions.WithLabelValues("admitted", "ok")
+	m.l1Hits = m.cacheHits.WithLabelValues("l1")
 	return m
 }
 
@@ -106,6 +109,16 @@ func newMetrics() *metrics {
 func reservationCounter(name, help string, field func(limiter.ReservationStats) uint64) prometheus.CounterFunc {
 	return prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: namespace, Name: name, Help: help},
 		func() float64 { return float64(field(reservationStats())) })
+}
+
+// cacheHit counts a hit of a cache layer. Every admitted request has an L1
+// hit, and WithLabelValues hashes its labels and takes a lock each time.
+func (m *metrics) cacheHit(layer string) {
+	if layer == "l1" {
+		m.l1Hits.Inc()
+		return
+	}
+	m.cacheHits.WithLabelValues(layer).Inc()
 }
 
 func counter(name, help string) prometheus.Counter {

@@ -217,12 +217,23 @@ func writeCaddyfile(t testing.TB, dir string, p params) string {
 }
 
 // startCaddy runs Caddy on the Caddyfile of p, on free ports, until the
-// test ends.
+// test ends. A port is free only until someone takes it, and the other
+// test binaries of `go test ./...` take ports too: a start that finds one
+// taken is tried again on others.
 func startCaddy(t testing.TB, p params) *caddyInstance {
 	t.Helper()
-	p.HTTP, p.Admin = freePort(t), freePort(t)
 	dir := t.TempDir()
-	return runCaddy(t, dir, writeCaddyfile(t, dir, p), p.HTTP, p.Admin)
+	for attempt := 1; ; attempt++ {
+		p.HTTP, p.Admin = freePort(t), freePort(t)
+		c, err := runCaddy(t, dir, writeCaddyfile(t, dir, p), p.HTTP, p.Admin)
+		if err == nil {
+			return c
+		}
+		if attempt == 3 || !strings.Contains(c.Logs(), "address already in use") {
+			t.Fatal(err)
+		}
+		t.Logf("start %d found a port taken, trying others: %v", attempt, err)
+	}
 }
 
 // startWithKey starts Caddy with p on a new schema, the shared Redis under
@@ -253,9 +264,11 @@ func (c *caddyInstance) reload(t testing.TB, p params) {
 	}
 }
 
-// runCaddy runs `caddy run` on cfgPath in dir and waits until it listens
-// on httpPort.
-func runCaddy(t testing.TB, dir, cfgPath string, httpPort, adminPort int) *caddyInstance {
+// runCaddy runs `caddy run` on cfgPath in dir and waits until it serves
+// its configuration: it logged so (only after binding every listener) and
+// httpPort accepts connections. A connection alone proves nothing, since
+// another process may hold the port; an error says why Caddy did not start.
+func runCaddy(t testing.TB, dir, cfgPath string, httpPort, adminPort int) (*caddyInstance, error) {
 	t.Helper()
 	logPath := filepath.Join(dir, "caddy.log")
 	logFile, err := os.Create(logPath)
@@ -281,15 +294,18 @@ func runCaddy(t testing.TB, dir, cfgPath string, httpPort, adminPort int) *caddy
 	for {
 		select {
 		case <-c.done:
-			t.Fatalf("caddy exited during start:\n%s", c.Logs())
+			return c, fmt.Errorf("caddy exited during start:\n%s", c.Logs())
 		default:
 		}
-		if conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", httpPort), 100*time.Millisecond); err == nil {
-			conn.Close()
-			return c
+		if strings.Contains(c.Logs(), "serving initial configuration") {
+			if conn, err := net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", httpPort), 100*time.Millisecond); err == nil {
+				conn.Close()
+				return c, nil
+			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("caddy did not listen on %d:\n%s", httpPort, c.Logs())
+			c.Stop()
+			return c, fmt.Errorf("caddy did not serve on %d within 20 s:\n%s", httpPort, c.Logs())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -43,7 +43,7 @@
 # the run to the file instead of replacing it).
 #
 # Environment (defaults):
-#   DURATION=20s       measured time per scenario, split over ROUNDS (plain
+#   DURATION=12s       measured time per scenario, split over ROUNDS (plain
 #                      runs before every other scenario's segment and at
 #                      the end of each round, so it gets DURATION per other
 #                      scenario, plus one)
@@ -57,10 +57,7 @@
 #                      (and no third and fourth Caddy)
 #   EXACT_DURATION=10s how long each exact run drives its user (at most 50s;
 #                      the limit must be reached well within it)
-#   ROUNDS=5           interleaved rounds (rotated order, plain between): a
-#                      scenario's paired figures are medians of ROUNDS
-#                      segments, and one segment on this VM may be 10-25 %
-#                      off its neighbours (three rounds until 2026-12-04)
+#   ROUNDS=3           interleaved rounds (rotated order, plain between)
 #   CONNECTIONS=32     concurrent keep-alive connections of the load generator
 #   CADDY_GOMAXPROCS=$(nproc)  LOADGEN_GOMAXPROCS=1  UPSTREAM_GOMAXPROCS=1
 #   LATENCY_CONNECTIONS=2   a second, unsaturated phase at this concurrency
@@ -81,14 +78,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-DURATION=${DURATION:-20s}
+DURATION=${DURATION:-12s}
 WARMUP=${WARMUP:-10s}
 USERS=${USERS:-50000}
 USERS_LARGE=${USERS_LARGE:-200000}
 NORESERVE=${NORESERVE:-1}
 EXACT_LIMIT=${EXACT_LIMIT:-20000}
 EXACT_DURATION=${EXACT_DURATION:-10s}
-ROUNDS=${ROUNDS:-5}
+ROUNDS=${ROUNDS:-3}
 CONNECTIONS=${CONNECTIONS:-32}
 LATENCY_CONNECTIONS=${LATENCY_CONNECTIONS:-2}
 LATENCY_DURATION=${LATENCY_DURATION:-0}

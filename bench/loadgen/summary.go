@@ -64,7 +64,7 @@ func paired(ph *phase, name, baseline string, value func(segment) float64, compa
 		if name == baseline {
 			sum, n = value(s), 1
 		}
-		if n > 0 && sum > 0 {
+		if sum > 0 {
 			out = append(out, compare(value(s), sum/n))
 		}
 	}

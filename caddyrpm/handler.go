@@ -159,7 +159,10 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request) (lease *limiter.
 	if problem != nil {
 		return nil, false, h.deny(w, problem)
 	}
-	sum := sha256.Sum256([]byte(raw))
+	// Hashed from a copy on the stack: []byte(raw) of a key longer than
+	// 32 bytes (most are) would be a heap allocation per request.
+	var keyBytes [128]byte
+	sum := sha256.Sum256(append(keyBytes[:0], raw...))
 	if !h.gateway.MayBeKey(&sum) {
 		// Not a key of the store: refused without a cache or store lookup,
 		// so random keys cost neither a query nor a Redis entry.

@@ -44,7 +44,8 @@ func BenchmarkServeHTTPAdmitted(b *testing.B) {
 
 	request := func() (*httptest.ResponseRecorder, *http.Request) {
 		r := httptest.NewRequest(http.MethodGet, "/v1/models", nil)
-		r.Header.Set("Authorization", "Bearer sk-bench-0123456789abcdef")
+		// As long as a key `caddy rpm key create` prints (47 bytes).
+		r.Header.Set("Authorization", "Bearer sk-rpm-0123456789abcdefghijABCDEFGHIJ0123456789")
 		r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
 		return httptest.NewRecorder(), r
 	}

@@ -43,7 +43,7 @@
 # the run to the file instead of replacing it).
 #
 # Environment (defaults):
-#   DURATION=12s       measured time per scenario, split over ROUNDS (plain
+#   DURATION=20s       measured time per scenario, split over ROUNDS (plain
 #                      runs before every other scenario's segment and at
 #                      the end of each round, so it gets DURATION per other
 #                      scenario, plus one)
@@ -57,7 +57,9 @@
 #                      (and no third and fourth Caddy)
 #   EXACT_DURATION=10s how long each exact run drives its user (at most 50s;
 #                      the limit must be reached well within it)
-#   ROUNDS=3           interleaved rounds (rotated order, plain between)
+#   ROUNDS=5           interleaved rounds (rotated order, plain between): the
+#                      paired figures are medians of five 4-s segments, as one
+#                      segment on this VM may be 10-25 % off its neighbours
 #   CONNECTIONS=32     concurrent keep-alive connections of the load generator
 #   CADDY_GOMAXPROCS=$(nproc)  LOADGEN_GOMAXPROCS=1  UPSTREAM_GOMAXPROCS=1
 #   LATENCY_CONNECTIONS=2   a second, unsaturated phase at this concurrency
@@ -78,14 +80,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-DURATION=${DURATION:-12s}
+DURATION=${DURATION:-20s}
 WARMUP=${WARMUP:-10s}
 USERS=${USERS:-50000}
 USERS_LARGE=${USERS_LARGE:-200000}
 NORESERVE=${NORESERVE:-1}
 EXACT_LIMIT=${EXACT_LIMIT:-20000}
 EXACT_DURATION=${EXACT_DURATION:-10s}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 CONNECTIONS=${CONNECTIONS:-32}
 LATENCY_CONNECTIONS=${LATENCY_CONNECTIONS:-2}
 LATENCY_DURATION=${LATENCY_DURATION:-0}

@@ -218,8 +218,9 @@ func bench(ctx context.Context, cfg config) (*report, error) {
 	// range is first sent once key by key, so that the timed warm-up and
 	// the segments start with every key loaded.
 	per := max(cfg.warmup/time.Duration(len(cfg.targets)), time.Second)
+	passes := keyPasses{}
 	for _, t := range cfg.targets {
-		passKeyRange(t, cfg.connections, "warm-up")
+		passes.pass(t, cfg.connections, "warm-up")
 		log.Printf("warm-up %s for %v", t.Name, per)
 		s := run(t, cfg.connections, per)
 		log.Printf("  %.0f req/s, statuses %v, errors %d", float64(s.Requests)/s.Elapsed.Seconds(), s.Statuses, s.Errors)
@@ -244,21 +245,8 @@ func bench(ctx context.Context, cfg config) (*report, error) {
 		phases = append(phases, &phase{Name: "unsaturated", Connections: cfg.latConnections, Rounds: cfg.rounds,
 			Segment: (cfg.latDuration / time.Duration(cfg.rounds)).String()})
 	}
-	for i, ph := range phases {
-		if i > 0 {
-			// A key range's segments are seconds in minutes, so by now many
-			// of its keys were read less than once per half l1_ttl since
-			// the warm-up and their L1 and L2 entries end during this
-			// phase: its requests would wait for store loads that traffic
-			// as steady as the phase's own never causes (a key read every
-			// few seconds is reloaded ahead of its TTL). Another pass puts
-			// the phase back in that steady state.
-			for _, t := range cfg.targets {
-				passKeyRange(t, cfg.connections, ph.Name)
-			}
-			time.Sleep(rangeSettle)
-		}
-		if err := runPhase(ctx, cfg, rdb, ph); err != nil {
+	for _, ph := range phases {
+		if err := runPhase(ctx, cfg, rdb, ph, passes); err != nil {
 			return nil, err
 		}
 		rep.Phases = append(rep.Phases, ph)
@@ -285,20 +273,66 @@ func bench(ctx context.Context, cfg config) (*report, error) {
 	return rep, nil
 }
 
-// rangeSettle is how long a phase waits after a pass over the key ranges,
-// for the background reloads the pass set off (L2 reads, store loads).
-const rangeSettle = 3 * time.Second
+// Passes over the key ranges
+//
+// A key range's scenario reads its keys only during its own segments,
+// seconds in every round of a minute or more, so a key may go unread for
+// minutes; traffic as steady as a segment's would read it every few
+// seconds, and so keep it in L1 and L2 (reloaded ahead of l1_ttl). Left
+// alone, keys would expire from the caches mid-run and the segments wait
+// for L2 reads and store loads that steady traffic never causes. So the
+// warm-up sends each key once, and a round starts with another such pass
+// over each range passed over more than keyPassEvery ago: every key is
+// then read at least once per keyPassEvery plus one round (a round of the
+// default run takes about 70 s), within half the default l1_ttl of 5 min,
+// when a read reloads an entry ahead of its end.
 
-// passKeyRange sends each key of t's key range once, if t has one.
-func passKeyRange(t target, connections int, why string) {
+const (
+	// keyPassEvery is how long a key range may go without a pass.
+	keyPassEvery = 75 * time.Second
+	// rangeSettle is how long a round waits after a pass over the key
+	// ranges, for the background reloads the pass set off (L2 reads,
+	// store loads).
+	rangeSettle = 3 * time.Second
+)
+
+// keyPasses is when each key range's target was last passed over.
+type keyPasses map[string]time.Time
+
+// pass sends each key of t's key range once, if t has one, and reports
+// whether it did.
+func (kp keyPasses) pass(t target, connections int, why string) bool {
 	kr, _ := parseKeyRange(t.Key)
 	if kr == nil {
-		return
+		return false
 	}
 	log.Printf("%s %s: each of %d keys once", why, t.Name, kr.n)
 	s := runEach(t, connections)
 	log.Printf("  %d requests in %v (%.0f req/s), statuses %v, errors %d", s.Requests, s.Elapsed.Round(time.Millisecond),
 		float64(s.Requests)/s.Elapsed.Seconds(), s.Statuses, s.Errors)
+	kp[t.Name] = time.Now()
+	return true
+}
+
+// due reports whether t's key range, if it has one, was last passed over
+// more than keyPassEvery before now (or never).
+func (kp keyPasses) due(t target, now time.Time) bool {
+	kr, _ := parseKeyRange(t.Key)
+	return kr != nil && now.Sub(kp[t.Name]) > keyPassEvery
+}
+
+// refresh passes over the key ranges that are due, then lets the reloads
+// they set off settle.
+func (kp keyPasses) refresh(targets []target, connections int, why string) {
+	passed := false
+	for _, t := range targets {
+		if kp.due(t, time.Now()) {
+			passed = kp.pass(t, connections, why) || passed
+		}
+	}
+	if passed {
+		time.Sleep(rangeSettle)
+	}
 }
 
 // profileURL is the admin URL of the Caddy that serves the named scenario,
@@ -347,8 +381,9 @@ func roundOrder(targets []target, baseline string, round int) []target {
 }
 
 // runPhase runs ph.Rounds rounds, each in roundOrder, one segment per
-// entry, and measures around each segment.
-func runPhase(ctx context.Context, cfg config, rdb *redis.Client, ph *phase) error {
+// entry, and measures around each segment. A round starts with the passes
+// over key ranges that are due (see keyPasses).
+func runPhase(ctx context.Context, cfg config, rdb *redis.Client, ph *phase, passes keyPasses) error {
 	segLen, err := time.ParseDuration(ph.Segment)
 	if err != nil {
 		return err
@@ -359,6 +394,7 @@ func runPhase(ctx context.Context, cfg config, rdb *redis.Client, ph *phase) err
 	ph.LoadBefore = loadavg()
 	profiled := map[string]bool{}
 	for round := range ph.Rounds {
+		passes.refresh(cfg.targets, cfg.connections, fmt.Sprintf("%s round %d", ph.Name, round+1))
 		for _, t := range roundOrder(cfg.targets, cfg.baseline, round) {
 			r := ph.scenario(t.Name)
 			var prof chan error

@@ -58,8 +58,8 @@ func markdown(cfg config, rep *report) string {
 	for _, n := range cfg.notes {
 		p("- %s\n", n)
 	}
-	p("- load generator: keep-alive HTTP/1.1, closed loop, GOMAXPROCS=%d; %v warm-up; per phase, %d interleaved rounds (scenario order rotated each round); each phase after the first starts with one request per key of each key range\n",
-		rep.GoMaxProcs, cfg.warmup, cfg.rounds)
+	p("- load generator: keep-alive HTTP/1.1, closed loop, GOMAXPROCS=%d; %v warm-up; per phase, %d interleaved rounds (scenario order rotated each round); a round starts with one request per key of each key range not so passed over in the last %v\n",
+		rep.GoMaxProcs, cfg.warmup, cfg.rounds, keyPassEvery)
 	for _, ph := range rep.Phases {
 		p("- phase %s: %d connections, %s per scenario per round; load average (1/5/15 min) before: %s, after: %s\n",
 			ph.Name, ph.Connections, ph.Segment, ph.LoadBefore, ph.LoadAfter)
@@ -84,8 +84,8 @@ func markdown(cfg config, rep *report) string {
 	// filter (false positives), which no cache can spare, those of the
 	// key-range scenarios (a key read less than once per half l1_ttl, as
 	// most are when a scenario runs 4 s per round, expires from L1 and L2
-	// and its next read loads it; the pass that starts each later phase
-	// leaves none due in it), and the others (target 0: the other
+	// and its next read loads it; the passes that start the rounds leave
+	// none due, see keyPasses), and the others (target 0: the other
 	// scenarios' keys stay cached).
 	var loads, reloads, fpLoads, rangeLoads float64
 	for _, ph := range rep.Phases {
@@ -172,7 +172,7 @@ func markdown(cfg config, rep *report) string {
 		}
 	}
 	if rep.PG != nil {
-		p("- Postgres store loads: %.0f in all; %.0f by background reloads (caddy_rpm_store_reloads_total: keys in use whose l2_ttl ended, one query per batch); on the request path %.0f of random keys that passed the key filter, %.0f in the key-range scenarios (keys read less than once per half l1_ttl expire), %.0f others (target 0); %.0f table scans in the schema (the loads' index scans, those of the passes between phases included): %s\n",
+		p("- Postgres store loads: %.0f in all; %.0f by background reloads (caddy_rpm_store_reloads_total: keys in use whose l2_ttl ended, one query per batch); on the request path %.0f of random keys that passed the key filter, %.0f in the key-range scenarios (keys read less than once per half l1_ttl expire), %.0f others (target 0); %.0f table scans in the schema (the loads' index scans, those of the passes over the key ranges included): %s\n",
 			loads, reloads, fpLoads, rangeLoads, otherLoads, rep.PG["scans"], verdict(otherLoads == 0))
 	}
 	return b.String()

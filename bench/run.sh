@@ -259,7 +259,7 @@ start_caddy() { # name, extra rpm option lines, site ports and handler lines as 
 	rpm {
 		postgres "$dsn"
 		redis $redis_url
-		key_prefix bench:
+		key_prefix ${redis_prefix:-bench:}
 $options	}
 }
 GLOBAL
@@ -309,11 +309,16 @@ fi
 # cost (its GC above all), and not of what the scenarios of the first
 # Caddy cost, plain included. Sharing one process, its GC cycles (lumpy,
 # one every second or two) swung every scenario's segments by ±10 %.
+# Each also has a Redis key prefix of its own, so its users' counters are
+# in a bucket of their own (limiter/layout.go): the users scenario measures
+# a bucket of its 50,000 users' counters, as 50,000 active users would
+# make, not one that the passes over users-large's keys have filled with
+# 200,000 more.
 users_target=() users_pprof=()
 users_caddy() { # scenario name, key prefix, n
 	local port
 	port=$(free_port)
-	start_caddy "caddy-$1" "" "$port" $'\trpm\n'
+	redis_prefix="bench-$1:" start_caddy "caddy-$1" "" "$port" $'\trpm\n'
 	listen+=("$last_admin_port" "$port")
 	users_target+=(-target "$1|127.0.0.1:$port|/v1/models|@range:$2:$3|200")
 	users_pprof+=(-pprof-for "$1=http://127.0.0.1:$last_admin_port")

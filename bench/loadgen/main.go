@@ -299,19 +299,17 @@ const (
 // keyPasses is when each key range's target was last passed over.
 type keyPasses map[string]time.Time
 
-// pass sends each key of t's key range once, if t has one, and reports
-// whether it did.
-func (kp keyPasses) pass(t target, connections int, why string) bool {
+// pass sends each key of t's key range once, if t has one.
+func (kp keyPasses) pass(t target, connections int, why string) {
 	kr, _ := parseKeyRange(t.Key)
 	if kr == nil {
-		return false
+		return
 	}
 	log.Printf("%s %s: each of %d keys once", why, t.Name, kr.n)
 	s := runEach(t, connections)
 	log.Printf("  %d requests in %v (%.0f req/s), statuses %v, errors %d", s.Requests, s.Elapsed.Round(time.Millisecond),
 		float64(s.Requests)/s.Elapsed.Seconds(), s.Statuses, s.Errors)
 	kp[t.Name] = time.Now()
-	return true
 }
 
 // due reports whether t's key range, if it has one, was last passed over
@@ -327,7 +325,8 @@ func (kp keyPasses) refresh(targets []target, connections int, why string) {
 	passed := false
 	for _, t := range targets {
 		if kp.due(t, time.Now()) {
-			passed = kp.pass(t, connections, why) || passed
+			kp.pass(t, connections, why)
+			passed = true
 		}
 	}
 	if passed {

@@ -151,6 +151,9 @@ type segment struct {
 	Round    int     `json:"round"`
 	RPS      float64 `json:"rps"`
 	P99ms    float64 `json:"p99_ms"`
+	// MachineCPUus is the machine's busy CPU time per request in µs, all
+	// processes together (0: not measured).
+	MachineCPUus float64 `json:"machine_cpu_us_per_request,omitempty"`
 }
 
 // scenarioResult aggregates a scenario's segments within one phase.
@@ -417,10 +420,11 @@ func runPhase(ctx context.Context, cfg config, rdb *redis.Client, ph *phase, pas
 			r.add(d, s, t.Expect)
 			slices.Sort(s.Latencies)
 			seg := segment{Scenario: t.Name, Round: round + 1,
-				RPS: float64(s.Requests) / s.Elapsed.Seconds(), P99ms: pct(s.Latencies, 0.99)}
+				RPS: float64(s.Requests) / s.Elapsed.Seconds(), P99ms: pct(s.Latencies, 0.99),
+				MachineCPUus: d.cpu["cpu:machine-busy"] / float64(max(s.Requests, 1)) * 1e6}
 			ph.Segments = append(ph.Segments, seg)
-			log.Printf("%s c=%d round %d %-9s %8.0f req/s  p99 %.3f ms  statuses %v errors %d",
-				ph.Name, ph.Connections, seg.Round, t.Name, seg.RPS, seg.P99ms, s.Statuses, s.Errors)
+			log.Printf("%s c=%d round %d %-9s %8.0f req/s  p99 %.3f ms  machine CPU %.1f µs/req  statuses %v errors %d",
+				ph.Name, ph.Connections, seg.Round, t.Name, seg.RPS, seg.P99ms, seg.MachineCPUus, s.Statuses, s.Errors)
 		}
 	}
 	ph.LoadAfter = loadavg()

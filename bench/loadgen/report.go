@@ -292,17 +292,22 @@ func phaseMarkdown(p func(string, ...any), cfg config, rep *report, ph *phase) {
 		}
 	}
 
-	p("\nPer segment, in run order:\n\n| round | scenario | req/s | p99 ms | × the %s segments around it |\n|---:|---|---:|---:|---:|\n", cfg.baseline)
+	p("\nPer segment, in run order:\n\n| round | scenario | req/s | p99 ms | machine CPU µs / request | × the %s segments around it (req/s) | capacity × them (machine CPU) |\n|---:|---|---:|---:|---:|---:|---:|\n", cfg.baseline)
 	seen := map[string]int{}
 	for _, s := range ph.Segments {
-		ratio := "-"
+		ratio, capacity := "-", "-"
 		if s.Scenario != cfg.baseline {
-			if rs := pairedRatios(ph, s.Scenario, cfg.baseline); seen[s.Scenario] < len(rs) {
-				ratio = fmt.Sprintf("%.3f", rs[seen[s.Scenario]])
+			i := seen[s.Scenario]
+			rs, cs := pairedRatios(ph, s.Scenario, cfg.baseline), pairedCapacity(ph, s.Scenario, cfg.baseline)
+			if i < len(rs) {
+				ratio = fmt.Sprintf("%.3f", rs[i])
+			}
+			if i < len(cs) && len(cs) == len(rs) { // else some segments had no CPU figures
+				capacity = fmt.Sprintf("%.3f", cs[i])
 			}
 			seen[s.Scenario]++
 		}
-		p("| %d | %s | %.0f | %.3f | %s |\n", s.Round, s.Scenario, s.RPS, s.P99ms, ratio)
+		p("| %d | %s | %.0f | %.3f | %.1f | %s | %s |\n", s.Round, s.Scenario, s.RPS, s.P99ms, s.MachineCPUus, ratio, capacity)
 	}
 }
 

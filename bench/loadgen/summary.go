@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"math"
 	"slices"
 	"strings"
 )
@@ -27,6 +28,25 @@ func perUnit(v, n float64, prec int) string {
 func pairedRatios(ph *phase, name, baseline string) []float64 {
 	return paired(ph, name, baseline, func(s segment) float64 { return s.RPS },
 		func(v, base float64) float64 { return v / base })
+}
+
+// pairedCapacity returns, per segment of the scenario in ph, the machine
+// CPU per request of the baseline's segments around it (their mean, as
+// pairedRatios) over its own: how many of the scenario's requests the
+// machine serves for each baseline request with the same CPU. Busy CPU
+// per request does not count the time the machine idled or the host took
+// away, which move req/s from one segment to the next; the machine's speed
+// still moves it, hence the pairing. Segments without CPU figures give
+// none.
+func pairedCapacity(ph *phase, name, baseline string) []float64 {
+	var out []float64
+	for _, c := range paired(ph, name, baseline, func(s segment) float64 { return s.MachineCPUus },
+		func(v, base float64) float64 { return base / v }) {
+		if !math.IsInf(c, 0) && !math.IsNaN(c) {
+			out = append(out, c)
+		}
+	}
+	return out
 }
 
 // pairedP99Added returns, per segment of the scenario in ph, its p99 less
@@ -110,18 +130,23 @@ func summaryMarkdown(p func(string, ...any), cfg config, rep *report) {
 	}
 	p("\n#### Summary (phase %s, %d connections)\n\n", sat.Name, sat.Connections)
 	p("× plain, paired: the median over the scenario's segments of its req/s over the mean of the plain segments run just before and after it; " +
+		"capacity × plain, paired: the same median of those plain segments' machine CPU per request (busy time of all processes, from /proc/stat) over the scenario's, which idle time and the host's pauses do not move; " +
 		"p99 added: the scenario's p99 over all its segments less plain's over all of theirs, and in brackets the median over its segments of its p99 less the mean of those plain segments' (paired). " +
 		"Caddy CPU is that of all Caddy processes (one works, the others idle). Redis commands are the client-issued ones " +
 		"(not the script-internal ones); L1/L2: hit ratio (hits / lookups) from caddy_rpm_cache_hits_total and caddy_rpm_cache_misses_total.\n\n")
-	p("| scenario | req/s | × plain | × plain, paired (median) | p99 added ms, %d conn. (paired, median) |", sat.Connections)
+	p("| scenario | req/s | × plain | × plain, paired (median) | capacity × plain, paired (median) | p99 added ms, %d conn. (paired, median) |", sat.Connections)
 	if lat != nil {
 		p(" p99 added ms, %d conn. (paired, median) |", lat.Connections)
 	}
 	p(" Caddy CPU µs / request | admitted | Redis cmds / admitted | Redis CPU µs / admitted | L1 | L2 |\n|---|%s\n",
-		strings.Repeat("---:|", 10+btoi(lat != nil)))
+		strings.Repeat("---:|", 11+btoi(lat != nil)))
 	for _, r := range sat.Scenarios {
-		p("| %s | %.0f | %.3f | %.3f | %+.3f (%+.3f) |", r.Name, r.RPS, r.RPS/base.RPS,
-			median(pairedRatios(sat, r.Name, cfg.baseline)), r.P99ms-base.P99ms, median(pairedP99Added(sat, r.Name, cfg.baseline)))
+		capacity := "-"
+		if cs := pairedCapacity(sat, r.Name, cfg.baseline); len(cs) > 0 {
+			capacity = fmt.Sprintf("%.3f", median(cs))
+		}
+		p("| %s | %.0f | %.3f | %.3f | %s | %+.3f (%+.3f) |", r.Name, r.RPS, r.RPS/base.RPS,
+			median(pairedRatios(sat, r.Name, cfg.baseline)), capacity, r.P99ms-base.P99ms, median(pairedP99Added(sat, r.Name, cfg.baseline)))
 		if lat != nil {
 			if lr, lb := lat.scenario(r.Name), lat.scenario(cfg.baseline); lr != nil && lb != nil {
 				p(" %+.3f (%+.3f) |", lr.P99ms-lb.P99ms, median(pairedP99Added(lat, r.Name, cfg.baseline)))

@@ -85,3 +85,26 @@ func TestCacheHits(t *testing.T) {
 		t.Fatalf("l2 without lookups = %q, want -", got)
 	}
 }
+
+// Capacity pairs machine CPU per request like pairedRatios pairs req/s,
+// inverted: a scenario that needs more CPU per request than the plain
+// segments around it serves fewer requests with the same CPU.
+func TestPairedCapacity(t *testing.T) {
+	ph := &phase{Rounds: 2, Segments: []segment{
+		{Scenario: "plain", Round: 1, MachineCPUus: 200}, {Scenario: "users", Round: 1, MachineCPUus: 250},
+		{Scenario: "plain", Round: 1, MachineCPUus: 300},
+		{Scenario: "plain", Round: 2, MachineCPUus: 100}, {Scenario: "users", Round: 2, MachineCPUus: 0},
+		{Scenario: "plain", Round: 2, MachineCPUus: 100},
+	}}
+	// users: mean(200, 300) / 250 = 1; round 2 has no CPU figure, so none.
+	if got := pairedCapacity(ph, "users", "plain"); !slices.Equal(got, []float64{1}) {
+		t.Fatalf("pairedCapacity(users) = %v, want [1]", got)
+	}
+	ph.Segments[4].MachineCPUus = 125
+	if got := pairedCapacity(ph, "users", "plain"); !slices.Equal(got, []float64{1, 0.8}) {
+		t.Fatalf("pairedCapacity(users) = %v, want [1 0.8]", got)
+	}
+	if got := pairedCapacity(ph, "plain", "plain"); !slices.Equal(got, []float64{1, 1, 1, 1}) {
+		t.Fatalf("the baseline's own = %v, want all 1", got)
+	}
+}

@@ -91,7 +91,7 @@ if s > 0 then
   else
     -- The window's first write, as in luaWriteCounters (layout.go).
     if old then call('UNLINK', KEYS[1]) end
-    call('HSET', KEYS[1], 'w', tostring(w), unpack(set, 1, s))
+    call('HSET', KEYS[1], ` + luaNewBucket + `, 'w', tostring(w), unpack(set, 1, s))
     call('PEXPIREAT', KEYS[1], tostring((w + 2) * 60000 + tonumber(ARGV[1])))
   end
 end

@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/redis/go-redis/v9"
@@ -80,7 +81,13 @@ func scriptUsec(t testing.TB, c *redis.Client) (evalsha, cpu float64) {
 // touch of a user's counters that the users scenario of make bench sees.
 // Each iteration is one script call of 8 checks.
 func BenchmarkRandomChecks(b *testing.B) {
-	const users, perCall = 50000, 8
+	for _, users := range []int{50, 250, 50000} {
+		b.Run(fmt.Sprintf("users=%d", users), func(b *testing.B) { randomChecks(b, users) })
+	}
+}
+
+func randomChecks(b *testing.B, users int) {
+	const perCall = 8
 	r, c, keys := loadedPrivateRedis(b)
 	sets := distinctUserSets(keys, users)
 	writeEarlierWindow(b, r, c, sets)

@@ -424,59 +424,6 @@ func BenchmarkRedisCheck(b *testing.B) {
 // with one HSET, however many users, checks and counters it carries, and
 // sets the expiry once per window; a bucket of an older window is
 // unlinked before its first write of the new one.
-// TestRedisBucketIsHashtable: a bucket is a hashtable from its first
-// write, by either script, however few counters it holds; as a listpack,
-// each field lookup would scan the bucket (layout.go).
-func TestRedisBucketIsHashtable(t *testing.T) {
-	c, keys := singleClient(t)
-	r := NewRedis(c)
-	ctx := context.Background()
-	if err := r.Load(ctx); err != nil {
-		t.Fatal(err)
-	}
-	redistest.WaitForWindow(t, c, minRemaining)
-	distinct, general := keys, Keys{Prefix: keys.Prefix + "general:"}
-	for _, tc := range []struct {
-		name     string
-		sets     [][]Counter
-		counters int
-	}{
-		// Checks of different users: distinctScript.
-		{"distinct", [][]Counter{{userCounter(distinct, 1, 100), groupCounter(distinct, 1, 1, 100)}, {userCounter(distinct, 2, 100)}}, 3},
-		// Two checks of one user share a counter: checkScript.
-		{"general", [][]Counter{{userCounter(general, 1, 100)}, {userCounter(general, 1, 100), groupCounter(general, 1, 1, 100)}}, 2},
-	} {
-		name, sets := tc.name, tc.sets
-		checks := make([]*pendingCheck, len(sets))
-		for i, cs := range sets {
-			checks[i] = &pendingCheck{ctx: ctx, counters: cs, done: make(chan struct{})}
-		}
-		r.run(ctx, checks)
-		for i, p := range checks {
-			if p.err != nil || !p.res.Allowed {
-				t.Fatalf("%s: check %d: %+v, %v", name, i, p.res, p.err)
-			}
-		}
-		bucket, _ := counterPlace(c, sets[0][0].Key)
-		if enc := c.ObjectEncoding(ctx, bucket).Val(); enc != "hashtable" {
-			t.Errorf("%s: bucket %s is a %q, want a hashtable", name, bucket, enc)
-		}
-		fields := c.HKeys(ctx, bucket).Val()
-		var counters int
-		for _, f := range fields {
-			if IsCounterField(f) {
-				counters++
-			}
-		}
-		if counters != tc.counters || len(fields) != tc.counters+2 {
-			t.Errorf("%s: bucket fields %v, want w, %s and %d counters", name, fields, bucketEncodingField, tc.counters)
-		}
-	}
-	if n := rawCount(t, c, general.User(1)); n != 2 {
-		t.Errorf("general: user count %d, want 2", n)
-	}
-}
-
 func TestRedisOneBucketPerCall(t *testing.T) {
 	c, keys := privateClient(t)
 	r := NewRedis(c)
@@ -493,16 +440,7 @@ func TestRedisOneBucketPerCall(t *testing.T) {
 	}
 	call := func() {
 		t.Helper()
-		checks := make([]*pendingCheck, len(sets))
-		for i, cs := range sets {
-			checks[i] = &pendingCheck{ctx: ctx, counters: cs, done: make(chan struct{})}
-		}
-		r.run(ctx, checks)
-		for i, p := range checks {
-			if p.err != nil || !p.res.Allowed {
-				t.Fatalf("check %d: %+v, %v", i, p.res, p.err)
-			}
-		}
+		runAdmitted(t, r, sets)
 	}
 	calls := func() map[string]float64 {
 		t.Helper()
@@ -546,6 +484,67 @@ func TestRedisOneBucketPerCall(t *testing.T) {
 	for key, n := range map[string]int64{keys.User(1): 3, keys.UserGroup(1, 1): 1, keys.UserGroup(1, 2): 1, keys.User(2): 1, keys.UserGroup(2, 1): 1} {
 		if got := rawCount(t, c, key); got != n {
 			t.Errorf("%s = %d, want %d", key, got, n)
+		}
+	}
+}
+
+// TestRedisBucketIsHashtable: a bucket is a hashtable from its first
+// write, by either script, however few counters it holds; as a listpack,
+// each field lookup would scan the bucket (layout.go).
+func TestRedisBucketIsHashtable(t *testing.T) {
+	c, keys := singleClient(t)
+	r := NewRedis(c)
+	ctx := context.Background()
+	if err := r.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitForWindow(t, c, minRemaining)
+	distinct, general := keys, Keys{Prefix: keys.Prefix + "general:"}
+	for _, tc := range []struct {
+		name     string
+		sets     [][]Counter
+		counters int
+	}{
+		// Checks of different users: distinctScript.
+		{"distinct", [][]Counter{{userCounter(distinct, 1, 100), groupCounter(distinct, 1, 1, 100)}, {userCounter(distinct, 2, 100)}}, 3},
+		// Two checks of one user share a counter: checkScript.
+		{"general", [][]Counter{{userCounter(general, 1, 100)}, {userCounter(general, 1, 100), groupCounter(general, 1, 1, 100)}}, 2},
+	} {
+		name := tc.name
+		runAdmitted(t, r, tc.sets)
+		bucket, _ := counterPlace(c, tc.sets[0][0].Key)
+		if enc := c.ObjectEncoding(ctx, bucket).Val(); enc != "hashtable" {
+			t.Errorf("%s: bucket %s is a %q, want a hashtable", name, bucket, enc)
+		}
+		fields := c.HKeys(ctx, bucket).Val()
+		var counters int
+		for _, f := range fields {
+			if IsCounterField(f) {
+				counters++
+			}
+		}
+		if counters != tc.counters || len(fields) != tc.counters+2 {
+			t.Errorf("%s: bucket fields %v, want w, %s and %d counters", name, fields, bucketEncodingField, tc.counters)
+		}
+	}
+	if n := rawCount(t, c, general.User(1)); n != 2 {
+		t.Errorf("general: user count %d, want 2", n)
+	}
+}
+
+// runAdmitted runs sets as the checks of one script call and fails the
+// test unless each is admitted.
+func runAdmitted(t *testing.T, r *Redis, sets [][]Counter) {
+	t.Helper()
+	ctx := context.Background()
+	checks := make([]*pendingCheck, len(sets))
+	for i, cs := range sets {
+		checks[i] = &pendingCheck{ctx: ctx, counters: cs, done: make(chan struct{})}
+	}
+	r.run(ctx, checks)
+	for i, p := range checks {
+		if p.err != nil || !p.res.Allowed {
+			t.Fatalf("check %d: %+v, %v", i, p.res, p.err)
 		}
 	}
 }

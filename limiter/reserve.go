@@ -21,8 +21,9 @@ import (
 // g follows the rate: about the requests this instance saw for the set in
 // the last rateBucket, at most maxGrant, and never more than a counter's
 // room / reserveShare (decided in the script, from the counts of that
-// instant). A set seen less than twice per rateBucket never reserves, and
-// near a limit every request is checked in Redis as without reservations.
+// instant). A set seen fewer than minGrant times per rateBucket never
+// reserves, and near a limit every request is checked in Redis as without
+// reservations.
 //
 // A request that leaves a grant half used starts the next reserving check
 // in the background (refillAhead), whose grant joins the units left: the
@@ -59,6 +60,15 @@ const (
 	// request's CPU (Caddy's and Redis's) at 10,000 requests/s. Near a
 	// limit, room / reserveShare bounds a grant whatever maxGrant is.
 	maxGrant = 256
+	// minGrant is the smallest grant asked for. A grant is a script call
+	// of its own, while checks share calls under load (batch.go): about 7
+	// to a call in the users scenario of bench/run.sh. A smaller grant
+	// saves fewer checks than its call costs: with 250 users at about 22
+	// requests/s each, grants of about 2 units took 0.45 calls per request
+	// where plain checks would have taken about 0.14. At low load, where
+	// checks do not share calls, a set below minGrant pays a call per
+	// request, which such a load affords.
+	minGrant = 8
 	// rateBucket is the period whose request count sizes a grant.
 	rateBucket = 50 * time.Millisecond
 	// maxReservationSets bounds the counter sets tracked; a set beyond it
@@ -215,7 +225,7 @@ func (rs *reservations) check(ctx context.Context, deadline time.Time, counters 
 		return rs.plain(ctx, deadline, counters)
 	}
 	want := e.want(maxGrant)
-	if want < 2 || e.refill != nil {
+	if want < minGrant || e.refill != nil {
 		e.mu.Unlock()
 		return rs.plain(ctx, deadline, counters)
 	}
@@ -251,7 +261,7 @@ func (e *reservation) refillAhead() *refill {
 		return nil
 	}
 	want := e.want(maxGrant)
-	if want < 2 {
+	if want < minGrant {
 		return nil
 	}
 	e.refill = &refill{done: make(chan struct{}), want: want, ahead: true}

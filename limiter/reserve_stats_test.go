@@ -50,11 +50,11 @@ func TestReservedReportsUnusedUnits(t *testing.T) {
 	primeRate(r, inG1, 10)
 	check(inG1, 3) // a grant of 10, 3 of it used
 	want("a grant of 10 with 3 used", []int64{7, 7, 0, 0, 7})
-	primeRate(r, inG2, 4)
-	check(inG2, 1) // a grant of 4, 1 used
-	want("two grants sharing the user's counter", []int64{7 + 3, 7, 3, 0, 7 + 3})
-	if n, err := r.Count(context.Background(), user); err != nil || n != 10+4 {
-		t.Fatalf("Redis counts %d, %v for the user: want the 14 units granted", n, err)
+	primeRate(r, inG2, minGrant)
+	check(inG2, 1) // a grant of minGrant, 1 used
+	want("two grants sharing the user's counter", []int64{7 + minGrant - 1, 7, minGrant - 1, 0, 7 + minGrant - 1})
+	if n, err := r.Count(context.Background(), user); err != nil || n != 10+minGrant {
+		t.Fatalf("Redis counts %d, %v for the user: want the %d units granted", n, err, 10+minGrant)
 	}
 
 	r.Forget(5, 0)
@@ -62,9 +62,10 @@ func TestReservedReportsUnusedUnits(t *testing.T) {
 	waitFor(t, time.Second, func() bool {
 		n, err := r.Count(context.Background(), user)
 		return err == nil && n == 4
-	}, "hand-back of the 10 unused units")
-	if st := r.ReservationStats(); st.Granted != 2 || st.Local != 2 || st.HandedBack != 2*(7+3) {
-		t.Fatalf("stats %+v: want 2 grants, 2 local admissions, 20 counter units handed back (10 units of 2 counters each)", st)
+	}, "hand-back of the unused units")
+	unused := uint64(7 + minGrant - 1)
+	if st := r.ReservationStats(); st.Granted != 2 || st.Local != 2 || st.HandedBack != 2*unused {
+		t.Fatalf("stats %+v: want 2 grants, 2 local admissions, %d counter units handed back (%d units of 2 counters each)", st, 2*unused, unused)
 	}
 
 	if got := NewRedis(r.client).Reserved([]string{user}); !slices.Equal(got, []int64{0}) {

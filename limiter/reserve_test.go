@@ -786,3 +786,37 @@ func TestReservationsCluster(t *testing.T) {
 		t.Fatalf("no local admission: %+v", st)
 	}
 }
+
+// TestReservationMinGrant: a set seen fewer than minGrant times in the
+// last rateBucket is checked in Redis, one unit per request, since a grant
+// is a call of its own and checks share calls; at minGrant it takes a
+// grant of that many units.
+func TestReservationMinGrant(t *testing.T) {
+	r, _, keys := oneConnLimiter(t)
+	ctx := context.Background()
+	counters := []Counter{{Key: keys.User(1), Limit: 10000, UserID: 1}}
+	check := func() {
+		t.Helper()
+		if res, err := r.Check(ctx, counters); err != nil || !res.Allowed {
+			t.Fatalf("check: %+v %v", res, err)
+		}
+	}
+	count := func() int64 {
+		t.Helper()
+		n, err := r.Count(ctx, counters[0].Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	primeRate(r, counters, minGrant-1)
+	check()
+	if st := r.ReservationStats(); st.Granted != 0 || count() != 1 {
+		t.Fatalf("below minGrant: %+v, count %d; want no grant and a count of 1", st, count())
+	}
+	primeRate(r, counters, minGrant)
+	check()
+	if st := r.ReservationStats(); st.Granted != 1 || count() != 1+minGrant {
+		t.Fatalf("at minGrant: %+v, count %d; want one grant of %d", st, count(), minGrant)
+	}
+}

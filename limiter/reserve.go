@@ -64,8 +64,8 @@ const (
 	// of its own, while checks share calls under load (batch.go): about 7
 	// to a call in the users scenario of bench/run.sh. A smaller grant
 	// saves fewer checks than its call costs: with 250 users at about 22
-	// requests/s each, grants of about 2 units took 0.45 calls per request
-	// where plain checks would have taken about 0.14. At low load, where
+	// requests/s each, grants of about 2 units took 0.45 calls per request,
+	// and plain checks 0.14 (bench/HISTORY.md). At low load, where
 	// checks do not share calls, a set below minGrant pays a call per
 	// request, which such a load affords.
 	minGrant = 8

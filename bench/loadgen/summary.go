@@ -34,10 +34,9 @@ func pairedRatios(ph *phase, name, baseline string) []float64 {
 // CPU per request of the baseline's segments around it (their mean, as
 // pairedRatios) over its own: how many of the scenario's requests the
 // machine serves for each baseline request with the same CPU. Busy CPU
-// per request does not count the time the machine idled or the host took
-// away, which move req/s from one segment to the next; the machine's speed
-// still moves it, hence the pairing. Segments without CPU figures give
-// none.
+// per request does not count the time the machine idled, which moves req/s
+// from one segment to the next; the machine's speed still moves it, hence
+// the pairing. Segments without CPU figures give none.
 func pairedCapacity(ph *phase, name, baseline string) []float64 {
 	var out []float64
 	for _, c := range paired(ph, name, baseline, func(s segment) float64 { return s.MachineCPUus },
@@ -130,7 +129,7 @@ func summaryMarkdown(p func(string, ...any), cfg config, rep *report) {
 	}
 	p("\n#### Summary (phase %s, %d connections)\n\n", sat.Name, sat.Connections)
 	p("× plain, paired: the median over the scenario's segments of its req/s over the mean of the plain segments run just before and after it; " +
-		"capacity × plain, paired: the same median of those plain segments' machine CPU per request (busy time of all processes, from /proc/stat) over the scenario's, which idle time and the host's pauses do not move; " +
+		"capacity × plain, paired: the same median of those plain segments' machine CPU per request (busy time of all processes, from /proc/stat) over the scenario's, which the machine's idle time does not move; " +
 		"p99 added: the scenario's p99 over all its segments less plain's over all of theirs, and in brackets the median over its segments of its p99 less the mean of those plain segments' (paired). " +
 		"Caddy CPU is that of all Caddy processes (one works, the others idle). Redis commands are the client-issued ones " +
 		"(not the script-internal ones); L1/L2: hit ratio (hits / lookups) from caddy_rpm_cache_hits_total and caddy_rpm_cache_misses_total.\n\n")

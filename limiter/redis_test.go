@@ -510,11 +510,10 @@ func TestRedisBucketIsHashtable(t *testing.T) {
 		// Two checks of one user share a counter: checkScript.
 		{"general", [][]Counter{{userCounter(general, 1, 100)}, {userCounter(general, 1, 100), groupCounter(general, 1, 1, 100)}}, 2},
 	} {
-		name := tc.name
 		runAdmitted(t, r, tc.sets)
 		bucket, _ := counterPlace(c, tc.sets[0][0].Key)
 		if enc := c.ObjectEncoding(ctx, bucket).Val(); enc != "hashtable" {
-			t.Errorf("%s: bucket %s is a %q, want a hashtable", name, bucket, enc)
+			t.Errorf("%s: bucket %s is a %q, want a hashtable", tc.name, bucket, enc)
 		}
 		fields := c.HKeys(ctx, bucket).Val()
 		var counters int
@@ -524,7 +523,7 @@ func TestRedisBucketIsHashtable(t *testing.T) {
 			}
 		}
 		if counters != tc.counters || len(fields) != tc.counters+2 {
-			t.Errorf("%s: bucket fields %v, want w, %s and %d counters", name, fields, bucketEncodingField, tc.counters)
+			t.Errorf("%s: bucket fields %v, want w, %s and %d counters", tc.name, fields, bucketEncodingField, tc.counters)
 		}
 	}
 	if n := rawCount(t, c, general.User(1)); n != 2 {

@@ -492,13 +492,8 @@ func TestRedisOneBucketPerCall(t *testing.T) {
 // write, by either script, however few counters it holds; as a listpack,
 // each field lookup would scan the bucket (layout.go).
 func TestRedisBucketIsHashtable(t *testing.T) {
-	c, keys := singleClient(t)
-	r := NewRedis(c)
+	r, c, keys, _ := scriptedRedis(t)
 	ctx := context.Background()
-	if err := r.Load(ctx); err != nil {
-		t.Fatal(err)
-	}
-	redistest.WaitForWindow(t, c, minRemaining)
 	distinct, general := keys, Keys{Prefix: keys.Prefix + "general:"}
 	for _, tc := range []struct {
 		name     string

@@ -71,13 +71,21 @@ type pendingCheck struct {
 	done       chan struct{} // closed once res and err are set
 }
 
+// key is a key of the check. All its keys are in that key's Cluster slot.
+func (p *pendingCheck) key() string {
+	if len(p.counters) > 0 {
+		return p.counters[0].Key
+	}
+	return p.slots[0].Key
+}
+
 // fail records that the check could not be asked of Redis.
 func (p *pendingCheck) fail(err error) {
 	p.res, p.deniedSlot, p.err = Result{Denied: -1}, -1, unavailable("redis check", err)
 }
 
-// batcher coalesces the checks of one Redis Cluster slot (or of the whole
-// server when it is not a cluster).
+// batcher coalesces the checks of one Redis server: the only one, or a
+// Cluster master (route.go).
 type batcher struct {
 	run func(ctx context.Context, checks []*pendingCheck)
 

@@ -218,7 +218,7 @@ func TestGuardedCallersLeavingMidCallOpenNoBreaker(t *testing.T) {
 	if _, err := g.Check(context.Background(), cs); err != nil {
 		t.Fatal(err)
 	}
-	b := g.inner.(*Redis).batcherFor(cs[0].Key)
+	b := g.inner.(*Redis).batcherFor(context.Background(), time.Time{}, cs[0].Key)
 
 	srv.Pause()
 	resumed := false

@@ -53,13 +53,29 @@ func scriptedRedis(t testing.TB) (*Redis, redis.UniversalClient, Keys, *cmdCount
 // clusterClient starts a private 3-node Redis Cluster.
 func clusterClient(t testing.TB) (redis.UniversalClient, Keys) {
 	t.Helper()
-	addrs := redistest.StartCluster(t)
+	_, c, keys := privateCluster(t, nil)
+	return c, keys
+}
+
+// privateCluster starts a private 3-node Redis Cluster and returns its
+// nodes and a client to it, which adds nodeHook (if not nil) to the client
+// of each node.
+func privateCluster(t testing.TB, nodeHook redis.Hook) ([]*redistest.Server, *redis.ClusterClient, Keys) {
+	t.Helper()
+	nodes := redistest.StartClusterNodes(t)
+	addrs := make([]string, len(nodes))
+	for i, n := range nodes {
+		addrs[i] = n.Addr
+	}
 	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs, ContextTimeoutEnabled: true})
 	t.Cleanup(func() { c.Close() })
+	if nodeHook != nil {
+		c.OnNewNode(func(n *redis.Client) { n.AddHook(nodeHook) })
+	}
 	if err := c.Ping(context.Background()).Err(); err != nil {
 		t.Fatalf("cluster ping: %v", err)
 	}
-	return c, Keys{Prefix: redistest.Prefix(t)}
+	return nodes, c, Keys{Prefix: redistest.Prefix(t)}
 }
 
 // redisNow returns the Redis server clock.

@@ -2,10 +2,10 @@ package limiter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -194,13 +194,14 @@ const DefaultExpirySlack = 5 * time.Second
 // Concurrency slots (CheckAcquire) are leases that two goroutines, started
 // by the first acquisition, renew and release (lease.go); Close ends them.
 type Redis struct {
-	client   redis.UniversalClient
-	cluster  bool                      // client is a Cluster client
-	slack    int64                     // ms
-	batchers []atomic.Pointer[batcher] // per cluster slot, or one
-	onCall   func(checks int)
-	leases   *leaseKeeper  // concurrency slots (slots_redis.go)
-	reserve  *reservations // nil: reservations off (reserve.go)
+	client  redis.UniversalClient
+	cluster bool           // client is a Cluster client
+	slack   int64          // ms
+	batcher *batcher       // of a single Redis
+	routes  *clusterRoutes // of a Cluster's masters (route.go)
+	onCall  func(checks int)
+	leases  *leaseKeeper  // concurrency slots (slots_redis.go)
+	reserve *reservations // nil: reservations off (reserve.go)
 }
 
 // RedisOption configures a Redis limiter.
@@ -225,10 +226,12 @@ func WithOnCall(f func(checks int)) RedisOption {
 // NewRedis returns a Limiter backed by client.
 func NewRedis(client redis.UniversalClient, opts ...RedisOption) *Redis {
 	r := &Redis{client: client, slack: DefaultExpirySlack.Milliseconds(), leases: newLeaseKeeper(client)}
-	r.batchers = make([]atomic.Pointer[batcher], 1)
-	if _, ok := client.(*redis.ClusterClient); ok {
+	newBatcher := func() *batcher { return &batcher{run: r.run} }
+	if cc, ok := client.(*redis.ClusterClient); ok {
 		r.cluster = true
-		r.batchers = make([]atomic.Pointer[batcher], 16384)
+		r.routes = newClusterRoutes(cc, newBatcher)
+	} else {
+		r.batcher = newBatcher()
 	}
 	for _, o := range opts {
 		o(r)
@@ -262,57 +265,123 @@ func (r *Redis) checkBy(ctx context.Context, deadline time.Time, counters []Coun
 	if r.reserve != nil {
 		return r.reserve.check(ctx, deadline, counters)
 	}
-	return r.batcherFor(counters[0].Key).check(ctx, deadline, counters)
+	return r.batcherFor(ctx, deadline, counters[0].Key).check(ctx, deadline, counters)
 }
 
-// batcherFor returns the batcher of key's cluster slot, or the only one
-// when the client is not a cluster client.
-func (r *Redis) batcherFor(key string) *batcher {
-	slot := 0
-	if r.cluster {
-		slot = int(clusterSlot(key))
+// batcherFor returns the batcher of the server holding key: the only one,
+// or the Cluster master serving key's slot (found by deadline).
+func (r *Redis) batcherFor(ctx context.Context, deadline time.Time, key string) *batcher {
+	if r.routes == nil {
+		return r.batcher
 	}
-	if b := r.batchers[slot].Load(); b != nil {
-		return b
-	}
-	r.batchers[slot].CompareAndSwap(nil, &batcher{run: r.run})
-	return r.batchers[slot].Load()
+	return r.routes.batcher(ctx, deadline, key)
 }
 
-// run sends the checks in one script call and stores each one's outcome.
+// scriptCall is one script call: the checks of one slot.
+type scriptCall struct {
+	checks []*pendingCheck
+	groups [][]*pendingCheck // checks, identical ones together
+	script *redis.Script
+	keys   []string
+	args   []any
+}
+
+// run sends checks — of a single Redis, or of one Cluster master's slots —
+// and stores each one's outcome. The checks of a slot share a script call;
+// on a Cluster the calls of several slots go out in one pipeline, one
+// round trip to the master.
 func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
-	groups := groupChecks(checks)
-	layout, places := placeCounters(groups, r.cluster)
+	parts := [][]*pendingCheck{checks}
+	if r.cluster {
+		parts = slotChecks(checks)
+	}
+	calls := make([]*scriptCall, len(parts))
+	for i, part := range parts {
+		calls[i] = r.scriptCall(part)
+	}
+	if len(calls) == 1 {
+		c := calls[0]
+		reply, err := c.script.Run(ctx, r.client, c.keys, c.args...).Text()
+		r.finish(c, reply, err)
+		return
+	}
+	r.pipeline(ctx, calls)
+}
+
+// pipeline sends calls in one pipeline of EVALSHAs, and those that find
+// their script missing (a node restarted, failed over or flushed) once more
+// as EVALs, as go-redis's Script.Run does for a single call.
+func (r *Redis) pipeline(ctx context.Context, calls []*scriptCall) {
+	cmds := make([]*redis.Cmd, len(calls))
+	for _, eval := range []bool{false, true} {
+		pipe := r.client.Pipeline()
+		for i, c := range calls {
+			if eval {
+				cmds[i] = c.script.Eval(ctx, pipe, c.keys, c.args...)
+			} else {
+				cmds[i] = c.script.EvalSha(ctx, pipe, c.keys, c.args...)
+			}
+		}
+		_, _ = pipe.Exec(ctx) // each command holds its own error
+		missing := calls[:0]
+		for i, c := range calls {
+			reply, err := cmds[i].Text()
+			if !eval && isNoScript(err) {
+				missing = append(missing, c)
+				continue
+			}
+			r.finish(c, reply, err)
+		}
+		if calls = missing; len(calls) == 0 {
+			return
+		}
+	}
+}
+
+func isNoScript(err error) bool {
+	return errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT")
+}
+
+// scriptCall builds the script call of checks, which share a slot.
+func (r *Redis) scriptCall(checks []*pendingCheck) *scriptCall {
+	c := &scriptCall{checks: checks, groups: groupChecks(checks), script: distinctScript}
+	layout, places := placeCounters(c.groups, r.cluster)
+	c.keys = layout.hashes
+	var distinct bool
+	c.args, distinct = distinctArgs(r.slack, &layout, c.groups, places)
+	if !distinct {
+		c.script = checkScript
+		c.keys, c.args = r.checkArgs(&layout, c.groups, places)
+	}
+	return c
+}
+
+// finish stores the outcome of call c, given its reply or error, in each of
+// its checks.
+func (r *Redis) finish(c *scriptCall, reply string, err error) {
+	if r.onCall != nil {
+		r.onCall(len(c.checks))
+	}
 	nvals := 2
-	for _, g := range groups {
+	for _, g := range c.groups {
 		nvals += 2 + len(g[0].counters)
 		if s := len(g[0].slots); s > 0 {
 			nvals += 2 + s
 		}
-	}
-	script, keys := distinctScript, layout.hashes
-	args, distinct := distinctArgs(r.slack, &layout, groups, places)
-	if !distinct {
-		script = checkScript
-		keys, args = r.checkArgs(&layout, groups, places)
-	}
-	reply, err := script.Run(ctx, r.client, keys, args...).Text()
-	if r.onCall != nil {
-		r.onCall(len(checks))
 	}
 	var vals []int64
 	if err == nil {
 		vals, err = parseInts(reply, nvals)
 	}
 	if err != nil {
-		for _, p := range checks {
+		for _, p := range c.checks {
 			p.fail(err)
 		}
 		return
 	}
 	_, resetIn := redisClock(vals[0], vals[1])
 	vals = vals[2:]
-	for _, g := range groups {
+	for _, g := range c.groups {
 		m := len(g[0].counters)
 		admitted, denied, before := int(vals[0]), int(vals[1]), vals[2:2+m]
 		// The checks of a group, in order: the first admitted ones see

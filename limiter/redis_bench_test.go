@@ -107,23 +107,28 @@ func randomChecks(b *testing.B, users int) {
 	runCalls(b, r, c, perCall, func(k int) []Counter { return sets[order[k]] })
 }
 
-// BenchmarkSharedCalls: how many script calls concurrent checks of many
-// users take, on a single Redis and on a Redis Cluster. 32 goroutines
-// check users drawn at random from 50,000 (a user and a group counter
-// each); calls/check is what the README's batching section quotes. On a
-// Cluster a call touches one slot and the batchers are per slot, so checks
-// of different users hardly ever share one.
+// BenchmarkSharedCalls: how many script calls and round trips concurrent
+// checks of many users take, on a single Redis and on a Redis Cluster. 32
+// goroutines check users drawn at random from 50,000 (a user and a group
+// counter each); calls/check and trips/check are what the README's
+// batching section quotes. On a Cluster a script call touches one slot, so
+// checks of different users rarely share one, but the calls of one master
+// share a round trip (route.go).
 //
 //	go test ./limiter -run '^$' -bench SharedCalls -benchtime=64000x
 func BenchmarkSharedCalls(b *testing.B) {
 	for _, mode := range []string{"single", "cluster"} {
 		b.Run(mode, func(b *testing.B) {
+			trips := &scriptTrips{}
 			var c redis.UniversalClient
 			var keys Keys
 			if mode == "cluster" {
-				c, keys = clusterClient(b)
+				_, c, keys = privateCluster(b, trips)
 			} else {
-				c, keys = singleClient(b)
+				var single *redis.Client
+				single, keys = singleClient(b)
+				single.AddHook(trips)
+				c = single
 			}
 			var calls atomic.Int64
 			r := NewRedis(c, WithOnCall(func(int) { calls.Add(1) }))
@@ -146,6 +151,7 @@ func BenchmarkSharedCalls(b *testing.B) {
 				}
 			})
 			b.ReportMetric(float64(calls.Load())/float64(b.N), "calls/check")
+			b.ReportMetric(float64(trips.n.Load())/float64(b.N), "trips/check")
 		})
 	}
 }

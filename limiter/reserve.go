@@ -352,7 +352,7 @@ func (e *reservation) add(gr grant, taken int64, now time.Time) {
 
 // plain is the check without reservation (batch.go).
 func (rs *reservations) plain(ctx context.Context, deadline time.Time, counters []Counter) (Result, error) {
-	res, err := rs.r.batcherFor(counters[0].Key).check(ctx, deadline, counters)
+	res, err := rs.r.batcherFor(ctx, deadline, counters[0].Key).check(ctx, deadline, counters)
 	if err == nil && !res.Allowed {
 		res.RecheckIn = rs.recheck()
 	}

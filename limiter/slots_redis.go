@@ -71,7 +71,7 @@ func (r *Redis) acquireBy(ctx context.Context, deadline time.Time, counters []Co
 	p := &a.check
 	p.counters, p.slots, p.member, p.spareWant = counters, slots, &l.member, spares
 	start := time.Now()
-	if err := r.batcherFor(l.keys[0]).do(ctx, deadline, p); err != nil {
+	if err := r.batcherFor(ctx, deadline, l.keys[0]).do(ctx, deadline, p); err != nil {
 		if p.sent.Load() {
 			k.abandon(l.member, l.keys, spares)
 		}

@@ -173,17 +173,30 @@ func waitPing(addr string, exited <-chan struct{}) error {
 // addresses. The nodes are killed in the test's cleanup.
 func StartCluster(t testing.TB) []string {
 	t.Helper()
+	nodes := StartClusterNodes(t)
+	addrs := make([]string, len(nodes))
+	for i, n := range nodes {
+		addrs[i] = n.Addr
+	}
+	return addrs
+}
+
+// StartClusterNodes is StartCluster returning the nodes' servers, for tests
+// that pause or stop one.
+func StartClusterNodes(t testing.TB) []*Server {
+	t.Helper()
 	requireBinary(t, "redis-server")
 	requireBinary(t, "redis-cli")
-	addrs := make([]string, 3)
-	for i := range addrs {
+	nodes := make([]*Server, 3)
+	addrs := make([]string, len(nodes))
+	for i := range nodes {
 		dir := t.TempDir()
-		s := StartServer(t,
+		nodes[i] = StartServer(t,
 			"--cluster-enabled", "yes",
 			"--cluster-config-file", dir+"/nodes.conf",
 			"--cluster-node-timeout", "5000",
 		)
-		addrs[i] = s.Addr
+		addrs[i] = nodes[i].Addr
 	}
 	args := append([]string{"--cluster", "create"}, addrs...)
 	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
@@ -194,7 +207,7 @@ func StartCluster(t testing.TB) []string {
 	for _, a := range addrs {
 		waitClusterOK(t, a, len(addrs))
 	}
-	return addrs
+	return nodes
 }
 
 // waitClusterOK waits until the node at addr reports cluster_state:ok and

@@ -1,0 +1,216 @@
+package limiter
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
+)
+
+// scriptTrips is a go-redis hook counting the round trips that carry a
+// script call: a command, or a pipeline of any number of them.
+type scriptTrips struct{ n atomic.Int64 }
+
+func (h *scriptTrips) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h *scriptTrips) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		h.count([]redis.Cmder{cmd})
+		return next(ctx, cmd)
+	}
+}
+
+func (h *scriptTrips) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		h.count(cmds)
+		return next(ctx, cmds)
+	}
+}
+
+func (h *scriptTrips) count(cmds []redis.Cmder) {
+	for _, cmd := range cmds {
+		if name := strings.ToLower(cmd.Name()); name == "evalsha" || name == "eval" {
+			h.n.Add(1)
+			return
+		}
+	}
+}
+
+// usersOfMaster returns n users whose counters are on the master of user
+// 1's, each in a slot of its own, and a user on another master.
+func usersOfMaster(t *testing.T, c *redis.ClusterClient, keys Keys, n int) (uids []int64, elsewhere int64) {
+	t.Helper()
+	ctx := context.Background()
+	master := func(uid int64) string {
+		node, err := c.MasterForKey(ctx, keys.User(uid))
+		if err != nil {
+			t.Fatalf("master of user %d: %v", uid, err)
+		}
+		return node.Options().Addr
+	}
+	first := master(1)
+	slots := map[uint16]bool{}
+	for uid := int64(1); len(uids) < n || elsewhere == 0; uid++ {
+		switch s := clusterSlot(keys.User(uid)); {
+		case master(uid) != first:
+			if elsewhere == 0 {
+				elsewhere = uid
+			}
+		case len(uids) < n && !slots[s]:
+			slots[s] = true
+			uids = append(uids, uid)
+		}
+	}
+	return uids, elsewhere
+}
+
+// TestClusterChecksOfOneMasterShareARoundTrip: on a Cluster, the checks
+// of users in different slots of one master share a batcher, and a batch
+// of them is one round trip with one script call per slot, each check
+// decided as if alone.
+func TestClusterChecksOfOneMasterShareARoundTrip(t *testing.T) {
+	trips := &scriptTrips{}
+	_, c, keys := privateCluster(t, trips)
+	var calls atomic.Int64
+	r := NewRedis(c, WithOnCall(func(int) { calls.Add(1) }))
+	ctx := context.Background()
+	if err := r.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitForWindow(t, c, minRemaining)
+	uids, elsewhere := usersOfMaster(t, c, keys, 10)
+
+	b := r.batcherFor(ctx, time.Time{}, keys.User(uids[0]))
+	for _, uid := range uids[1:] {
+		if r.batcherFor(ctx, time.Time{}, keys.User(uid)) != b {
+			t.Fatalf("user %d: another batcher than user %d's, on the same master", uid, uids[0])
+		}
+	}
+	if r.batcherFor(ctx, time.Time{}, keys.User(elsewhere)) == b {
+		t.Fatalf("user %d on another master shares user %d's batcher", elsewhere, uids[0])
+	}
+
+	// Each user twice, with a user limit of 1: the first admitted, the
+	// second refused, whatever came between them.
+	var checks []*pendingCheck
+	for range 2 {
+		for _, uid := range uids {
+			checks = append(checks, &pendingCheck{counters: []Counter{groupCounter(keys, uid, 5, 10), userCounter(keys, uid, 1)}})
+		}
+	}
+	trips.n.Store(0)
+	r.run(ctx, checks)
+	if n := trips.n.Load(); n != 1 {
+		t.Errorf("%d round trips with a script call, want 1", n)
+	}
+	if n := calls.Load(); n != int64(len(uids)) {
+		t.Errorf("%d script calls, want one per slot: %d", n, len(uids))
+	}
+	for i, p := range checks {
+		uid := uids[i%len(uids)]
+		first := i < len(uids)
+		if p.err != nil || p.res.Allowed != first || !slices.Equal(p.res.Counts, []int64{1, 1}) {
+			t.Errorf("user %d, check %d: %+v, %v; want allowed %v, counts [1 1]", uid, i/len(uids)+1, p.res, p.err, first)
+		}
+		if first {
+			if got := rawCount(t, c, keys.User(uid)); got != 1 {
+				t.Errorf("user %d: counter %d, want 1", uid, got)
+			}
+		}
+	}
+}
+
+// TestClusterPipelineReloadsMissingScripts: a batch of many slots whose
+// script is gone from the node's cache (restart, failover, SCRIPT FLUSH)
+// is sent again with EVAL, and each check counts once.
+func TestClusterPipelineReloadsMissingScripts(t *testing.T) {
+	_, c, keys := privateCluster(t, nil)
+	r := NewRedis(c)
+	ctx := context.Background()
+	redistest.WaitForWindow(t, c, minRemaining)
+	uids, _ := usersOfMaster(t, c, keys, 6)
+	for round := int64(1); round <= 2; round++ {
+		err := c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+			return n.ScriptFlush(ctx).Err()
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var checks []*pendingCheck
+		for _, uid := range uids {
+			checks = append(checks, &pendingCheck{counters: []Counter{userCounter(keys, uid, 10)}})
+		}
+		r.run(ctx, checks)
+		for i, p := range checks {
+			if p.err != nil || !p.res.Allowed || !slices.Equal(p.res.Counts, []int64{round}) {
+				t.Errorf("round %d, user %d: %+v, %v; want admitted, count %d", round, uids[i], p.res, p.err, round)
+			}
+			if got := rawCount(t, c, keys.User(uids[i])); got != round {
+				t.Errorf("round %d, user %d: counter %d, want %d", round, uids[i], got, round)
+			}
+		}
+	}
+}
+
+// TestClusterStoppedMasterHoldsUpOnlyItsSlots: while one master is
+// SIGSTOPped and a check of its slots waits for it, checks of the other
+// masters' slots are answered at once.
+func TestClusterStoppedMasterHoldsUpOnlyItsSlots(t *testing.T) {
+	nodes, c, keys := privateCluster(t, nil)
+	r := NewRedis(c)
+	ctx := context.Background()
+	if err := r.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitForWindow(t, c, minRemaining)
+	uids, elsewhere := usersOfMaster(t, c, keys, 1)
+	stopped, err := c.MasterForKey(ctx, keys.User(uids[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, uid := range []int64{uids[0], elsewhere} { // routes known, connections open
+		if _, err := r.Check(ctx, []Counter{userCounter(keys, uid, 100)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range nodes {
+		if n.Addr == stopped.Options().Addr {
+			n.Pause()
+			defer n.Resume()
+		}
+	}
+
+	// Enough held checks to fill a batcher's calls and queue.
+	const wait, heldChecks = 2 * time.Second, 4
+	held := make(chan error, heldChecks)
+	for range heldChecks {
+		go func() {
+			_, err := r.checkBy(ctx, time.Now().Add(wait), []Counter{userCounter(keys, uids[0], 100)})
+			held <- err
+		}()
+	}
+	time.Sleep(100 * time.Millisecond) // the held checks are out or queued
+	for i := range 5 {
+		start := time.Now()
+		res, err := r.checkBy(ctx, time.Now().Add(wait), []Counter{userCounter(keys, elsewhere, 100)})
+		if took := time.Since(start); err != nil || !res.Allowed || took > wait/4 {
+			t.Fatalf("check %d of user %d on a running master: %+v, %v after %v; want admitted at once", i, elsewhere, res, err, took)
+		}
+	}
+	select {
+	case err := <-held:
+		t.Fatalf("a check on the stopped master ended before its deadline: %v", err)
+	default:
+	}
+	for range heldChecks {
+		if err := <-held; err == nil {
+			t.Error("a check on the stopped master succeeded")
+		}
+	}
+}

@@ -184,9 +184,10 @@ const DefaultExpirySlack = 5 * time.Second
 
 // Redis is a Limiter whose counters live in Redis (single node or Cluster)
 // and whose windows follow the Redis server clock. Each Check waits for one
-// EVALSHA round trip, which concurrent checks of the same slot may share,
-// unless a reservation admits it locally (WithReservations, reserve.go);
-// all keys of one Check must share a hash slot (Keys does that).
+// round trip, which concurrent checks of the same server (of the same
+// master on a Cluster, route.go) may share, unless a reservation admits it
+// locally (WithReservations, reserve.go); all keys of one Check must share
+// a hash slot (Keys does that).
 //
 // Errors wrap ErrUnavailable. Redis itself does not bound call time: give
 // the client ContextTimeoutEnabled and wrap it in a Guarded limiter.

@@ -8,8 +8,8 @@ import (
 
 // clusterSlot is the Redis Cluster hash slot of key: CRC16 (XModem) of its
 // hash tag — the part between the first '{' and the next '}' when that is
-// not empty — or of the whole key, modulo 16384. Batches are formed per
-// slot so that every script call stays in one slot.
+// not empty — or of the whole key, modulo 16384. A script call carries the
+// checks of one slot.
 func clusterSlot(key string) uint16 {
 	if i := strings.IndexByte(key, '{'); i >= 0 {
 		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {

@@ -214,3 +214,99 @@ func TestClusterStoppedMasterHoldsUpOnlyItsSlots(t *testing.T) {
 		}
 	}
 }
+
+// TestClusterSlotMovedUnderACachedRoute: a slot that moves to another
+// master while its checks still go to the old master's batcher is followed
+// there (MOVED), and its counts carry on.
+func TestClusterSlotMovedUnderACachedRoute(t *testing.T) {
+	_, c, keys := privateCluster(t, nil)
+	r := NewRedis(c)
+	ctx := context.Background()
+	if err := r.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitForWindow(t, c, minRemaining)
+	uids, elsewhere := usersOfMaster(t, c, keys, 4)
+	checks := func() []*pendingCheck {
+		var cs []*pendingCheck
+		for _, uid := range uids {
+			cs = append(cs, &pendingCheck{counters: []Counter{groupCounter(keys, uid, 3, 10), userCounter(keys, uid, 10)}})
+		}
+		return cs
+	}
+	for _, p := range checks() { // routes known
+		if res, err := r.Check(ctx, p.counters); err != nil || !res.Allowed {
+			t.Fatalf("%+v, %v", res, err)
+		}
+	}
+	moved := keys.User(uids[0])
+	from, err := c.MasterForKey(ctx, moved)
+	if err != nil {
+		t.Fatal(err)
+	}
+	to, err := c.MasterForKey(ctx, keys.User(elsewhere))
+	if err != nil {
+		t.Fatal(err)
+	}
+	moveSlot(t, c, clusterSlot(moved), from, to)
+
+	b := r.batcherFor(ctx, time.Time{}, moved)
+	if other := r.batcherFor(ctx, time.Time{}, keys.User(uids[1])); other != b {
+		t.Fatal("the moved slot's route was not the old master's any more")
+	}
+	batch := checks()
+	r.run(ctx, batch)
+	for i, p := range batch {
+		if p.err != nil || !p.res.Allowed || !slices.Equal(p.res.Counts, []int64{2, 2}) {
+			t.Errorf("user %d after the move: %+v, %v; want admitted, counts [2 2]", uids[i], p.res, p.err)
+		}
+	}
+	if got := rawCount(t, c, moved); got != 2 {
+		t.Errorf("moved user's counter %d, want 2", got)
+	}
+	node, err := c.MasterForKey(ctx, moved)
+	if err != nil || node.Options().Addr != to.Options().Addr {
+		t.Errorf("go-redis sends the moved slot to %v (%v), want %s", node, err, to.Options().Addr)
+	}
+}
+
+// moveSlot moves slot, with its keys, from one master to another, the way
+// redis-cli --cluster reshard does, and tells every master.
+func moveSlot(t *testing.T, c *redis.ClusterClient, slot uint16, from, to *redis.Client) {
+	t.Helper()
+	ctx := context.Background()
+	id := func(n *redis.Client) string {
+		s, err := n.Do(ctx, "CLUSTER", "MYID").Text()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	fromID, toID := id(from), id(to)
+	do := func(n *redis.Client, args ...any) {
+		if err := n.Do(ctx, args...).Err(); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+	}
+	do(to, "CLUSTER", "SETSLOT", slot, "IMPORTING", fromID)
+	do(from, "CLUSTER", "SETSLOT", slot, "MIGRATING", toID)
+	names, err := from.ClusterGetKeysInSlot(ctx, int(slot), 1000).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(names) == 0 {
+		t.Fatalf("slot %d holds no keys to move", slot)
+	}
+	host, port, _ := strings.Cut(to.Options().Addr, ":")
+	args := []any{"MIGRATE", host, port, "", 0, 5000, "KEYS"}
+	for _, k := range names {
+		args = append(args, k)
+	}
+	do(from, args...)
+	err = c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+		return n.Do(ctx, "CLUSTER", "SETSLOT", slot, "NODE", toID).Err()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}

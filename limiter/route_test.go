@@ -42,6 +42,20 @@ func (h *scriptTrips) count(cmds []redis.Cmder) {
 	}
 }
 
+// clusterLimiter is a Redis limiter (with opts) on a private Cluster
+// (privateCluster, with nodeHook), its scripts loaded, at a point of the
+// window with at least minRemaining left.
+func clusterLimiter(t *testing.T, nodeHook redis.Hook, opts ...RedisOption) ([]*redistest.Server, *Redis, *redis.ClusterClient, Keys) {
+	t.Helper()
+	nodes, c, keys := privateCluster(t, nodeHook)
+	r := NewRedis(c, opts...)
+	if err := r.Load(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	redistest.WaitForWindow(t, c, minRemaining)
+	return nodes, r, c, keys
+}
+
 // usersOfMaster returns n users whose counters are on the master of user
 // 1's, each in a slot of its own, and a user on another master.
 func usersOfMaster(t *testing.T, c *redis.ClusterClient, keys Keys, n int) (uids []int64, elsewhere int64) {
@@ -76,14 +90,9 @@ func usersOfMaster(t *testing.T, c *redis.ClusterClient, keys Keys, n int) (uids
 // decided as if alone.
 func TestClusterChecksOfOneMasterShareARoundTrip(t *testing.T) {
 	trips := &scriptTrips{}
-	_, c, keys := privateCluster(t, trips)
 	var calls atomic.Int64
-	r := NewRedis(c, WithOnCall(func(int) { calls.Add(1) }))
+	_, r, c, keys := clusterLimiter(t, trips, WithOnCall(func(int) { calls.Add(1) }))
 	ctx := context.Background()
-	if err := r.Load(ctx); err != nil {
-		t.Fatal(err)
-	}
-	redistest.WaitForWindow(t, c, minRemaining)
 	uids, elsewhere := usersOfMaster(t, c, keys, 10)
 
 	b := r.batcherFor(ctx, time.Time{}, keys.User(uids[0]))
@@ -130,10 +139,8 @@ func TestClusterChecksOfOneMasterShareARoundTrip(t *testing.T) {
 // script is gone from the node's cache (restart, failover, SCRIPT FLUSH)
 // is sent again with EVAL, and each check counts once.
 func TestClusterPipelineReloadsMissingScripts(t *testing.T) {
-	_, c, keys := privateCluster(t, nil)
-	r := NewRedis(c)
+	_, r, c, keys := clusterLimiter(t, nil)
 	ctx := context.Background()
-	redistest.WaitForWindow(t, c, minRemaining)
 	uids, _ := usersOfMaster(t, c, keys, 6)
 	for round := int64(1); round <= 2; round++ {
 		err := c.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
@@ -162,13 +169,8 @@ func TestClusterPipelineReloadsMissingScripts(t *testing.T) {
 // SIGSTOPped and a check of its slots waits for it, checks of the other
 // masters' slots are answered at once.
 func TestClusterStoppedMasterHoldsUpOnlyItsSlots(t *testing.T) {
-	nodes, c, keys := privateCluster(t, nil)
-	r := NewRedis(c)
+	nodes, r, c, keys := clusterLimiter(t, nil)
 	ctx := context.Background()
-	if err := r.Load(ctx); err != nil {
-		t.Fatal(err)
-	}
-	redistest.WaitForWindow(t, c, minRemaining)
 	uids, elsewhere := usersOfMaster(t, c, keys, 1)
 	stopped, err := c.MasterForKey(ctx, keys.User(uids[0]))
 	if err != nil {
@@ -220,13 +222,8 @@ func TestClusterStoppedMasterHoldsUpOnlyItsSlots(t *testing.T) {
 // master while its checks still go to the old master's batcher is followed
 // there (MOVED), and its counts carry on.
 func TestClusterSlotMovedUnderACachedRoute(t *testing.T) {
-	_, c, keys := privateCluster(t, nil)
-	r := NewRedis(c)
+	_, r, c, keys := clusterLimiter(t, nil)
 	ctx := context.Background()
-	if err := r.Load(ctx); err != nil {
-		t.Fatal(err)
-	}
-	redistest.WaitForWindow(t, c, minRemaining)
 	uids, elsewhere := usersOfMaster(t, c, keys, 4)
 	checks := func() []*pendingCheck {
 		var cs []*pendingCheck

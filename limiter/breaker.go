@@ -35,8 +35,13 @@ const (
 // successful probe closes the breaker. A call that fails because the
 // caller's own context ended is not counted as a backend failure.
 //
+// A backend whose servers fail on their own (the masters of a Redis
+// Cluster, see partitioner) gets a breaker per server: one master that
+// stops answering opens the breaker of its own keys only, and its probe
+// asks that master.
+//
 // Warnings are rate-limited to one per log interval, with the number of
-// suppressed ones. Close ends the probe goroutine.
+// suppressed ones. Close ends the probe goroutines.
 type Guarded struct {
 	inner     Limiter
 	timeout   time.Duration
@@ -47,8 +52,10 @@ type Guarded struct {
 	onError   func(error)
 	onState   func(open bool)
 
-	open     atomic.Bool
-	failures atomic.Int64  // consecutive
+	whole    circuit       // the whole backend's, or the keys' of no known server
+	servers  partitioner   // nil: one breaker, whole
+	circuits sync.Map      // server name -> *circuit
+	opened   atomic.Int64  // circuits open
 	errCount atomic.Uint64 // total backend failures
 
 	errLog, openLog, closeLog logLimiter
@@ -60,12 +67,29 @@ type Guarded struct {
 	wg     sync.WaitGroup
 }
 
+// circuit is the breaker of one server, or of the whole backend.
+type circuit struct {
+	server   string // "" for the whole backend
+	probe    func(context.Context) error
+	open     atomic.Bool
+	failures atomic.Int64 // consecutive
+}
+
+// partitioner is a backend whose keys live on servers that fail on their
+// own.
+type partitioner interface {
+	// server names the server holding key, looked up by deadline, and
+	// returns a probe of it; "" when it is not known.
+	server(ctx context.Context, deadline time.Time, key string) (string, func(context.Context) error)
+}
+
 // GuardOption configures a Guarded limiter.
 type GuardOption func(*Guarded)
 
 // WithProbe sets the health check run while the breaker is open (e.g. a
 // Redis PING). The default is inner.Peek with no keys, which for Redis reads
-// the server clock.
+// the server clock. The breaker of one server of a partitioned backend
+// probes that server instead.
 func WithProbe(probe func(context.Context) error) GuardOption {
 	return func(g *Guarded) { g.probe = probe }
 }
@@ -106,8 +130,8 @@ func WithOnError(f func(error)) GuardOption {
 	return func(g *Guarded) { g.onError = f }
 }
 
-// WithOnStateChange sets a hook called when the breaker opens (true) or
-// closes (false).
+// WithOnStateChange sets a hook called when a breaker (the whole
+// backend's or one server's) opens (true) or closes (false).
 func WithOnStateChange(f func(open bool)) GuardOption {
 	return func(g *Guarded) { g.onState = f }
 }
@@ -140,8 +164,35 @@ func NewGuarded(inner Limiter, timeout time.Duration, logger *zap.Logger, opts .
 			return err
 		}
 	}
+	g.whole.probe = g.probe
+	g.servers, _ = inner.(partitioner)
 	g.ctx, g.cancel = context.WithCancel(context.Background())
 	return g
+}
+
+// circuitFor returns the breaker of the server holding key.
+func (g *Guarded) circuitFor(ctx context.Context, deadline time.Time, key string) *circuit {
+	if g.servers == nil {
+		return &g.whole
+	}
+	name, probe := g.servers.server(ctx, deadline, key)
+	if name == "" {
+		return &g.whole
+	}
+	if c, ok := g.circuits.Load(name); ok {
+		return c.(*circuit)
+	}
+	c, _ := g.circuits.LoadOrStore(name, &circuit{server: name, probe: probe})
+	return c.(*circuit)
+}
+
+// keysCircuit is circuitFor the first of keys, or the whole backend's for
+// none.
+func (g *Guarded) keysCircuit(ctx context.Context, keys []string) *circuit {
+	if len(keys) == 0 {
+		return &g.whole
+	}
+	return g.circuitFor(ctx, time.Now().Add(g.timeout), keys[0])
 }
 
 // Check implements Limiter.
@@ -149,14 +200,16 @@ func (g *Guarded) Check(ctx context.Context, counters []Counter) (Result, error)
 	if len(counters) == 0 {
 		return Result{Allowed: true, Denied: -1}, nil
 	}
-	if g.open.Load() {
+	deadline := time.Now().Add(g.timeout)
+	c := g.circuitFor(ctx, deadline, counters[0].Key)
+	if c.open.Load() {
 		return Result{Denied: -1}, ErrOpen
 	}
-	res, err := g.check(ctx, counters)
+	res, err := g.check(ctx, deadline, counters)
 	if err != nil {
-		return Result{Denied: -1}, g.fail(ctx, err)
+		return Result{Denied: -1}, g.fail(ctx, c, err)
 	}
-	g.succeed()
+	c.succeed()
 	return res, nil
 }
 
@@ -166,28 +219,29 @@ type deadlineChecker interface {
 	checkBy(ctx context.Context, deadline time.Time, counters []Counter) (Result, error)
 }
 
-// check asks the backend, bounded by the timeout.
-func (g *Guarded) check(ctx context.Context, counters []Counter) (Result, error) {
+// check asks the backend, bounded by deadline.
+func (g *Guarded) check(ctx context.Context, deadline time.Time, counters []Counter) (Result, error) {
 	if dc, ok := g.inner.(deadlineChecker); ok {
-		return dc.checkBy(ctx, time.Now().Add(g.timeout), counters)
+		return dc.checkBy(ctx, deadline, counters)
 	}
-	cctx, cancel := context.WithTimeout(ctx, g.timeout)
+	cctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	return g.inner.Check(cctx, counters)
 }
 
 // Peek implements Limiter.
 func (g *Guarded) Peek(ctx context.Context, keys []string) ([]int64, time.Duration, error) {
-	if g.open.Load() {
+	c := g.keysCircuit(ctx, keys)
+	if c.open.Load() {
 		return nil, 0, ErrOpen
 	}
 	cctx, cancel := context.WithTimeout(ctx, g.timeout)
 	counts, reset, err := g.inner.Peek(cctx, keys)
 	cancel()
 	if err != nil {
-		return nil, 0, g.fail(ctx, err)
+		return nil, 0, g.fail(ctx, c, err)
 	}
-	g.succeed()
+	c.succeed()
 	return counts, reset, nil
 }
 
@@ -198,8 +252,9 @@ func (g *Guarded) Reserved(keys []string) []int64 { return g.inner.Reserved(keys
 // Forget implements Limiter.
 func (g *Guarded) Forget(userID, groupID int64) { g.inner.Forget(userID, groupID) }
 
-// Open reports whether the breaker is open.
-func (g *Guarded) Open() bool { return g.open.Load() }
+// Open reports whether a breaker is open: the whole backend's, or one
+// server's.
+func (g *Guarded) Open() bool { return g.opened.Load() > 0 }
 
 // Errors returns the total number of backend failures seen.
 func (g *Guarded) Errors() uint64 { return g.errCount.Load() }
@@ -215,14 +270,15 @@ func (g *Guarded) Close() error {
 	return nil
 }
 
-func (g *Guarded) succeed() {
-	if g.failures.Load() != 0 {
-		g.failures.Store(0)
+func (c *circuit) succeed() {
+	if c.failures.Load() != 0 {
+		c.failures.Store(0)
 	}
 }
 
-// fail records a backend failure and returns the error to hand back.
-func (g *Guarded) fail(ctx context.Context, err error) error {
+// fail records a backend failure on circuit c and returns the error to
+// hand back.
+func (g *Guarded) fail(ctx context.Context, c *circuit, err error) error {
 	if !errors.Is(err, ErrUnavailable) {
 		err = fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
@@ -237,16 +293,17 @@ func (g *Guarded) fail(ctx context.Context, err error) error {
 	if ok, suppressed := g.errLog.allow(time.Now()); ok {
 		g.logger.Warn("rate limiter backend failed", zap.Error(err), zap.Int("suppressed", suppressed))
 	}
-	if g.failures.Add(1) >= g.threshold && g.open.CompareAndSwap(false, true) {
-		g.tripped()
+	if c.failures.Add(1) >= g.threshold && c.open.CompareAndSwap(false, true) {
+		g.opened.Add(1)
+		g.tripped(c)
 	}
 	return err
 }
 
-// tripped starts the probe after the breaker opened.
-func (g *Guarded) tripped() {
+// tripped starts the probe after circuit c opened.
+func (g *Guarded) tripped(c *circuit) {
 	if ok, suppressed := g.openLog.allow(time.Now()); ok {
-		g.logger.Warn("rate limiter circuit breaker opened", zap.Duration("probe_interval", g.interval), zap.Int("suppressed", suppressed))
+		g.logger.Warn("rate limiter circuit breaker opened", c.serverField(), zap.Duration("probe_interval", g.interval), zap.Int("suppressed", suppressed))
 	}
 	if g.onState != nil {
 		g.onState(true)
@@ -257,10 +314,19 @@ func (g *Guarded) tripped() {
 		return
 	}
 	g.wg.Add(1)
-	go g.probeLoop()
+	go g.probeLoop(c)
 }
 
-func (g *Guarded) probeLoop() {
+// serverField names the circuit's server in a log line (none for the
+// whole backend's).
+func (c *circuit) serverField() zap.Field {
+	if c.server == "" {
+		return zap.Skip()
+	}
+	return zap.String("server", c.server)
+}
+
+func (g *Guarded) probeLoop(c *circuit) {
 	defer g.wg.Done()
 	t := time.NewTicker(g.interval)
 	defer t.Stop()
@@ -271,15 +337,16 @@ func (g *Guarded) probeLoop() {
 		case <-t.C:
 		}
 		pctx, cancel := context.WithTimeout(g.ctx, g.timeout)
-		err := g.probe(pctx)
+		err := c.probe(pctx)
 		cancel()
 		if err != nil {
 			continue
 		}
-		g.failures.Store(0)
-		g.open.Store(false)
+		c.failures.Store(0)
+		c.open.Store(false)
+		g.opened.Add(-1)
 		if ok, suppressed := g.closeLog.allow(time.Now()); ok {
-			g.logger.Info("rate limiter circuit breaker closed", zap.Int("suppressed", suppressed))
+			g.logger.Info("rate limiter circuit breaker closed", c.serverField(), zap.Int("suppressed", suppressed))
 		}
 		if g.onState != nil {
 			g.onState(false)

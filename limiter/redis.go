@@ -275,7 +275,17 @@ func (r *Redis) batcherFor(ctx context.Context, deadline time.Time, key string) 
 	if r.routes == nil {
 		return r.batcher
 	}
-	return r.routes.batcher(ctx, deadline, key)
+	return r.routes.master(ctx, deadline, key).b
+}
+
+// server implements partitioner: on a Cluster, the master serving key's
+// slot and a probe of it; a single Redis is one server, the whole backend.
+func (r *Redis) server(ctx context.Context, deadline time.Time, key string) (string, func(context.Context) error) {
+	if r.routes == nil {
+		return "", nil
+	}
+	n := r.routes.master(ctx, deadline, key)
+	return n.addr, n.probe
 }
 
 // scriptCall is one script call: the checks of one slot.

@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -306,5 +307,81 @@ func moveSlot(t *testing.T, c *redis.ClusterClient, slot uint16, from, to *redis
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestClusterStoppedMasterOpensOnlyItsBreaker: behind a Guarded limiter, a
+// SIGSTOPped master opens the breaker of its own slots only. Their checks
+// are refused at once (ErrOpen) after the first timeout, while the other
+// masters' checks are decided all along; once the master answers again,
+// its probe closes its breaker. A master that serves no slot any more
+// (failed over) has nothing to probe.
+func TestClusterStoppedMasterOpensOnlyItsBreaker(t *testing.T) {
+	nodes, r, c, keys := clusterLimiter(t, nil)
+	g := NewGuarded(r, 100*time.Millisecond, nil, WithProbeInterval(50*time.Millisecond),
+		WithProbe(func(ctx context.Context) error { return c.Ping(ctx).Err() }))
+	defer g.Close()
+	ctx := context.Background()
+	uids, elsewhere := usersOfMaster(t, c, keys, 1)
+	onStopped := []Counter{userCounter(keys, uids[0], 1000)}
+	onRunning := []Counter{userCounter(keys, elsewhere, 1000)}
+	for _, cs := range [][]Counter{onStopped, onRunning} {
+		if _, err := g.Check(ctx, cs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	stopped, err := c.MasterForKey(ctx, onStopped[0].Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var node *redistest.Server
+	for _, n := range nodes {
+		if n.Addr == stopped.Options().Addr {
+			node = n
+		}
+	}
+	node.Pause()
+	defer node.Resume()
+
+	if _, err := g.Check(ctx, onStopped); err == nil || errors.Is(err, ErrOpen) {
+		t.Fatalf("first check on the stopped master: %v; want it to time out", err)
+	}
+	if _, err := g.Check(ctx, onStopped); !errors.Is(err, ErrOpen) {
+		t.Fatalf("second check on the stopped master: %v; want ErrOpen", err)
+	}
+	if !g.Open() {
+		t.Error("Open() = false with a master's breaker open")
+	}
+	for i := range 20 { // over several probe intervals
+		if res, err := g.Check(ctx, onRunning); err != nil || !res.Allowed {
+			t.Fatalf("check %d on a running master: %+v, %v; want admitted", i, res, err)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	if err := r.routes.probe(stopped.Options().Addr)(pctx); err == nil {
+		t.Error("the stopped master's probe succeeded")
+	}
+	pctx, cancel = context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	if err := r.routes.probe("127.0.0.1:1")(pctx); err != nil {
+		t.Errorf("probe of an address that is no master: %v; want nothing to check", err)
+	}
+
+	node.Resume()
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		res, err := g.Check(ctx, onStopped)
+		if err == nil && res.Allowed {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the resumed master's checks still fail: %+v, %v", res, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if g.Open() {
+		t.Error("Open() = true after the master's breaker closed")
 	}
 }

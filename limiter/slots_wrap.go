@@ -25,22 +25,28 @@ func (g *Guarded) CheckAcquire(ctx context.Context, counters []Counter, slots []
 	if err != nil {
 		return refusedAcquire(), nil, err
 	}
-	if g.open.Load() {
+	key := slots[0].Key
+	if len(counters) > 0 {
+		key = counters[0].Key
+	}
+	deadline := time.Now().Add(g.timeout)
+	c := g.circuitFor(ctx, deadline, key)
+	if c.open.Load() {
 		return refusedAcquire(), nil, ErrOpen
 	}
 	var res AcquireResult
 	var lease *Lease
 	if da, ok := g.inner.(deadlineAcquirer); ok {
-		res, lease, err = da.acquireBy(ctx, time.Now().Add(g.timeout), counters, slots)
+		res, lease, err = da.acquireBy(ctx, deadline, counters, slots)
 	} else {
-		cctx, cancel := context.WithTimeout(ctx, g.timeout)
+		cctx, cancel := context.WithDeadline(ctx, deadline)
 		res, lease, err = inner.CheckAcquire(cctx, counters, slots)
 		cancel()
 	}
 	if err != nil {
-		return refusedAcquire(), nil, g.fail(ctx, err)
+		return refusedAcquire(), nil, g.fail(ctx, c, err)
 	}
-	g.succeed()
+	c.succeed()
 	return res, lease, nil
 }
 
@@ -50,16 +56,17 @@ func (g *Guarded) PeekSlots(ctx context.Context, keys []string) ([]int64, error)
 	if err != nil {
 		return nil, err
 	}
-	if g.open.Load() {
+	c := g.keysCircuit(ctx, keys)
+	if c.open.Load() {
 		return nil, ErrOpen
 	}
 	cctx, cancel := context.WithTimeout(ctx, g.timeout)
 	held, err := inner.PeekSlots(cctx, keys)
 	cancel()
 	if err != nil {
-		return nil, g.fail(ctx, err)
+		return nil, g.fail(ctx, c, err)
 	}
-	g.succeed()
+	c.succeed()
 	return held, nil
 }
 

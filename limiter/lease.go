@@ -502,7 +502,7 @@ func (k *leaseKeeper) sendRenew(ctx context.Context, calls []*renewCall, loaded 
 	_, _ = pipe.Exec(ctx) // errors are per command
 	if !loaded {
 		for _, cmd := range cmds {
-			if err := cmd.Err(); err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
+			if isNoScript(cmd.Err()) {
 				if renewScript.Load(ctx, k.client).Err() != nil {
 					return cmds
 				}

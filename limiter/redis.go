@@ -306,15 +306,15 @@ func (r *Redis) run(ctx context.Context, checks []*pendingCheck) {
 	if r.cluster {
 		parts = slotChecks(checks)
 	}
-	calls := make([]*scriptCall, len(parts))
-	for i, part := range parts {
-		calls[i] = r.scriptCall(part)
-	}
-	if len(calls) == 1 {
-		c := calls[0]
+	if len(parts) == 1 { // a single Redis, or checks of one slot
+		c := r.scriptCall(parts[0])
 		reply, err := c.script.Run(ctx, r.client, c.keys, c.args...).Text()
 		r.finish(c, reply, err)
 		return
+	}
+	calls := make([]*scriptCall, len(parts))
+	for i, part := range parts {
+		calls[i] = r.scriptCall(part)
 	}
 	r.pipeline(ctx, calls)
 }

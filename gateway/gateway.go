@@ -157,7 +157,7 @@ func (g *Gateway) MayBeKey(sum *[32]byte) bool { return g.keyFilter.MayContain(s
 // It fails (snapshot.ErrUnavailable) only when the store cannot answer
 // and nothing usable is cached.
 func (g *Gateway) Snapshot(ctx context.Context, sum *[32]byte) (*snapshot.Snapshot, error) {
-	return g.cache.Get(ctx, store.HexHash(sum))
+	return g.cache.GetSum(ctx, sum)
 }
 
 // loadSnapshot reads a snapshot from the store for the cache; an unknown

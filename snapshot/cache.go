@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/maphash"
@@ -124,14 +125,31 @@ func (c *Cache) clock() time.Duration { return c.now().Sub(c.born) }
 // Get returns the snapshot of keyHash. A negative snapshot means the key is
 // unknown. ErrUnavailable means the store failed and nothing usable is cached.
 func (c *Cache) Get(ctx context.Context, keyHash string) (*Snapshot, error) {
+	k := l1Key(keyHash)
+	return c.get(ctx, &k, keyHash)
+}
+
+// GetSum is Get for the key whose SHA-256 is sum. A fresh L1 entry, what
+// most reads find, is found by the 32 bytes themselves: the hex form the
+// other layers are keyed by is made only for a miss or a due reload.
+func (c *Cache) GetSum(ctx context.Context, sum *[32]byte) (*Snapshot, error) {
+	return c.get(ctx, sum, "")
+}
+
+// get is Get of the key whose l1Key is k and whose hash is keyHash ("":
+// the hex form of k, made when needed).
+func (c *Cache) get(ctx context.Context, k *[32]byte, keyHash string) (*Snapshot, error) {
 	now := c.clock()
-	e, ok := c.l1.get(keyHash, now)
+	e, ok := c.l1.get(k, now)
 	ok = ok && e.stamp == c.gens.stamp(e.snap)
 	if ok && now < e.freshUntil {
 		c.hook(c.hooks.Hit, "l1")
-		c.refresh(keyHash, &e, now)
+		if now >= e.refreshAt {
+			c.refresh(orHex(keyHash, k), &e, now)
+		}
 		return e.snap, nil
 	}
+	keyHash = orHex(keyHash, k)
 	c.hook(c.hooks.Miss, "l1")
 	s, err := c.await(ctx, keyHash)
 	if err == nil {
@@ -147,6 +165,14 @@ func (c *Cache) Get(ctx context.Context, keyHash string) (*Snapshot, error) {
 		return e.snap, nil
 	}
 	return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
+// orHex returns keyHash, or if it is empty the lowercase hex form of k.
+func orHex(keyHash string, k *[32]byte) string {
+	if keyHash != "" {
+		return keyHash
+	}
+	return hex.EncodeToString(k[:])
 }
 
 // await joins the shared load of keyHash, or starts it, and waits for its

@@ -2,7 +2,10 @@ package snapshot
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -64,6 +67,78 @@ func activeSnapshot(userID int64) *Snapshot {
 		Version: Version, APIKeyID: 1, UserID: userID, GroupID: &gid, Status: "active",
 		User:  &User{ID: userID, Status: "active", RPMLimit: 10},
 		Group: &Group{ID: gid, Name: "g", Status: "active", RPMLimit: 5},
+	}
+}
+
+// keyLoader returns a snapshot for every key and records the key hashes it
+// was asked for.
+type keyLoader struct {
+	mu   sync.Mutex
+	keys []string
+}
+
+func (l *keyLoader) load(_ context.Context, keyHash string) (*Snapshot, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.keys = append(l.keys, keyHash)
+	return activeSnapshot(7), nil
+}
+
+func (l *keyLoader) asked() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.keys)
+}
+
+// GetSum reads the entry Get reads for the hex form of the sum: a miss
+// loads (and fills L2) under the hex form, Get of it then hits the same
+// entry, and a due reload read through GetSum reloads the hex form.
+func TestCacheGetSumIsGetOfTheHexHash(t *testing.T) {
+	rdb, prefix := redistest.Shared(t)
+	ctx := context.Background()
+	loader := &keyLoader{}
+	var l1Hits atomic.Int64
+	c := NewCache(testConfig(prefix), rdb, loader.load, CacheHooks{Hit: func(layer string) {
+		if layer == "l1" {
+			l1Hits.Add(1)
+		}
+	}})
+	clk := &fakeClock{}
+	useClock(c, clk)
+	sum := sha256.Sum256([]byte("sk-rpm-get-sum"))
+	keyHash := hex.EncodeToString(sum[:])
+
+	bySum, err := c.GetSum(ctx, &sum)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := loader.asked(); !slices.Equal(got, []string{keyHash}) {
+		t.Fatalf("a miss of GetSum loaded %q, want [%q]", got, keyHash)
+	}
+	if n, err := rdb.Exists(ctx, prefix+keyHash).Result(); err != nil || n != 1 {
+		t.Fatalf("L2 entry under the hex form: exists %d, %v", n, err)
+	}
+	byHex, err := c.Get(ctx, keyHash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l1Hits.Load() != 1 || len(loader.asked()) != 1 || byHex.UserID != bySum.UserID {
+		t.Fatalf("Get of the hex form: %d L1 hits (want 1), %d loads (want 1), user %d (want %d)",
+			l1Hits.Load(), len(loader.asked()), byHex.UserID, bySum.UserID)
+	}
+
+	// Past half the TTL a read queues a reload; L2 lacks the entry, so the
+	// reload loads it from the store again.
+	if err := rdb.Del(ctx, prefix+keyHash).Err(); err != nil {
+		t.Fatal(err)
+	}
+	clk.advance(31 * time.Second)
+	if _, err := c.GetSum(ctx, &sum); err != nil {
+		t.Fatal(err)
+	}
+	awaitRefreshes(t, c)
+	if got := loader.asked(); !slices.Equal(got, []string{keyHash, keyHash}) {
+		t.Fatalf("after a due read through GetSum the store was asked for %q, want [%q %q]", got, keyHash, keyHash)
 	}
 }
 

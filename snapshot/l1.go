@@ -142,13 +142,12 @@ func (t *l1Table) shard(k *[32]byte) *l1Shard {
 	return &t.shards[h>>t.shift]
 }
 
-// get returns keyHash's entry unless there is none or it is past
-// keepUntil at now.
-func (t *l1Table) get(keyHash string, now time.Duration) (l1Entry, bool) {
-	k := l1Key(keyHash)
-	sh := t.shard(&k)
+// get returns the entry of the key whose l1Key is k unless there is none
+// or it is past keepUntil at now.
+func (t *l1Table) get(k *[32]byte, now time.Duration) (l1Entry, bool) {
+	sh := t.shard(k)
 	sh.mu.RLock()
-	i, ok := sh.index[k]
+	i, ok := sh.index[*k]
 	if !ok {
 		sh.mu.RUnlock()
 		return l1Entry{}, false

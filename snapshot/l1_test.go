@@ -14,7 +14,8 @@ import (
 
 // inL1 returns what L1 holds for keyHash, fresh or not.
 func inL1(c *Cache, keyHash string) (*Snapshot, bool) {
-	e, ok := c.l1.get(keyHash, c.clock())
+	k := l1Key(keyHash)
+	e, ok := c.l1.get(&k, c.clock())
 	return e.snap, ok
 }
 

@@ -42,10 +42,10 @@ type refresher struct {
 	running atomic.Bool
 }
 
-// refresh queues keyHash for a background reload if its fresh entry e is
-// past refreshAt.
+// refresh queues keyHash, whose fresh entry e is past refreshAt at now,
+// for a background reload.
 func (c *Cache) refresh(keyHash string, e *l1Entry, now time.Duration) {
-	if now < e.refreshAt || !c.l1.claimRefresh(keyHash, e.refreshAt, now+refreshRetry) {
+	if !c.l1.claimRefresh(keyHash, e.refreshAt, now+refreshRetry) {
 		return
 	}
 	select {

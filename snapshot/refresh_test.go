@@ -208,7 +208,8 @@ func TestCacheReloadRenewsUnchangedEntries(t *testing.T) {
 	useClock(c, clk)
 	entryOf := func() l1Entry {
 		t.Helper()
-		e, ok := c.l1.get("k", c.clock())
+		k := l1Key("k")
+		e, ok := c.l1.get(&k, c.clock())
 		if !ok {
 			t.Fatal("k left L1")
 		}

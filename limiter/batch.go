@@ -72,11 +72,15 @@ type pendingCheck struct {
 }
 
 // key is a key of the check. All its keys are in that key's Cluster slot.
-func (p *pendingCheck) key() string {
-	if len(p.counters) > 0 {
-		return p.counters[0].Key
+func (p *pendingCheck) key() string { return firstKey(p.counters, p.slots) }
+
+// firstKey is the first key of a check of counters and slots (not both
+// empty): the one that names its Cluster slot and server.
+func firstKey(counters []Counter, slots []Slot) string {
+	if len(counters) > 0 {
+		return counters[0].Key
 	}
-	return p.slots[0].Key
+	return slots[0].Key
 }
 
 // fail records that the check could not be asked of Redis.

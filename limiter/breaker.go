@@ -188,11 +188,11 @@ func (g *Guarded) circuitFor(ctx context.Context, deadline time.Time, key string
 
 // keysCircuit is circuitFor the first of keys, or the whole backend's for
 // none.
-func (g *Guarded) keysCircuit(ctx context.Context, keys []string) *circuit {
+func (g *Guarded) keysCircuit(ctx context.Context, deadline time.Time, keys []string) *circuit {
 	if len(keys) == 0 {
 		return &g.whole
 	}
-	return g.circuitFor(ctx, time.Now().Add(g.timeout), keys[0])
+	return g.circuitFor(ctx, deadline, keys[0])
 }
 
 // Check implements Limiter.
@@ -231,11 +231,12 @@ func (g *Guarded) check(ctx context.Context, deadline time.Time, counters []Coun
 
 // Peek implements Limiter.
 func (g *Guarded) Peek(ctx context.Context, keys []string) ([]int64, time.Duration, error) {
-	c := g.keysCircuit(ctx, keys)
+	deadline := time.Now().Add(g.timeout)
+	c := g.keysCircuit(ctx, deadline, keys)
 	if c.open.Load() {
 		return nil, 0, ErrOpen
 	}
-	cctx, cancel := context.WithTimeout(ctx, g.timeout)
+	cctx, cancel := context.WithDeadline(ctx, deadline)
 	counts, reset, err := g.inner.Peek(cctx, keys)
 	cancel()
 	if err != nil {

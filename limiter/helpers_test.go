@@ -63,11 +63,7 @@ func clusterClient(t testing.TB) (redis.UniversalClient, Keys) {
 func privateCluster(t testing.TB, nodeHook redis.Hook) ([]*redistest.Server, *redis.ClusterClient, Keys) {
 	t.Helper()
 	nodes := redistest.StartClusterNodes(t)
-	addrs := make([]string, len(nodes))
-	for i, n := range nodes {
-		addrs[i] = n.Addr
-	}
-	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: addrs, ContextTimeoutEnabled: true})
+	c := redis.NewClusterClient(&redis.ClusterOptions{Addrs: redistest.Addrs(nodes), ContextTimeoutEnabled: true})
 	t.Cleanup(func() { c.Close() })
 	if nodeHook != nil {
 		c.OnNewNode(func(n *redis.Client) { n.AddHook(nodeHook) })

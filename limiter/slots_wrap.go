@@ -25,12 +25,8 @@ func (g *Guarded) CheckAcquire(ctx context.Context, counters []Counter, slots []
 	if err != nil {
 		return refusedAcquire(), nil, err
 	}
-	key := slots[0].Key
-	if len(counters) > 0 {
-		key = counters[0].Key
-	}
 	deadline := time.Now().Add(g.timeout)
-	c := g.circuitFor(ctx, deadline, key)
+	c := g.circuitFor(ctx, deadline, firstKey(counters, slots))
 	if c.open.Load() {
 		return refusedAcquire(), nil, ErrOpen
 	}
@@ -56,11 +52,12 @@ func (g *Guarded) PeekSlots(ctx context.Context, keys []string) ([]int64, error)
 	if err != nil {
 		return nil, err
 	}
-	c := g.keysCircuit(ctx, keys)
+	deadline := time.Now().Add(g.timeout)
+	c := g.keysCircuit(ctx, deadline, keys)
 	if c.open.Load() {
 		return nil, ErrOpen
 	}
-	cctx, cancel := context.WithTimeout(ctx, g.timeout)
+	cctx, cancel := context.WithDeadline(ctx, deadline)
 	held, err := inner.PeekSlots(cctx, keys)
 	cancel()
 	if err != nil {

@@ -173,10 +173,14 @@ func waitPing(addr string, exited <-chan struct{}) error {
 // addresses. The nodes are killed in the test's cleanup.
 func StartCluster(t testing.TB) []string {
 	t.Helper()
-	nodes := StartClusterNodes(t)
-	addrs := make([]string, len(nodes))
-	for i, n := range nodes {
-		addrs[i] = n.Addr
+	return Addrs(StartClusterNodes(t))
+}
+
+// Addrs returns the addresses of servers.
+func Addrs(servers []*Server) []string {
+	addrs := make([]string, len(servers))
+	for i, s := range servers {
+		addrs[i] = s.Addr
 	}
 	return addrs
 }
@@ -188,7 +192,6 @@ func StartClusterNodes(t testing.TB) []*Server {
 	requireBinary(t, "redis-server")
 	requireBinary(t, "redis-cli")
 	nodes := make([]*Server, 3)
-	addrs := make([]string, len(nodes))
 	for i := range nodes {
 		dir := t.TempDir()
 		nodes[i] = StartServer(t,
@@ -196,8 +199,8 @@ func StartClusterNodes(t testing.TB) []*Server {
 			"--cluster-config-file", dir+"/nodes.conf",
 			"--cluster-node-timeout", "5000",
 		)
-		addrs[i] = nodes[i].Addr
 	}
+	addrs := Addrs(nodes)
 	args := append([]string{"--cluster", "create"}, addrs...)
 	args = append(args, "--cluster-replicas", "0", "--cluster-yes")
 	out, err := exec.Command("redis-cli", args...).CombinedOutput()

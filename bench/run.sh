@@ -74,6 +74,11 @@
 #                      TCP)
 #   RATELIMIT_HEADERS=all  the admitted site's ratelimit_headers (all, ietf,
 #                      legacy or off; the refused site keeps the default)
+#   ALTERNATE="plain admitted users users-large"  after the phases, each of
+#                      these scenarios alternates with plain every SLICE
+#                      (250ms) for ALTERNATE_DURATION (10s) of its own
+#                      ("plain" against itself: the noise floor; a scenario
+#                      the run lacks is skipped; empty: none)
 #   PROFILE=1          also save Caddy CPU profiles of each scenario's first
 #                      segment into bench/out/ (skews those segments)
 set -euo pipefail
@@ -100,8 +105,11 @@ DATABASE_URL=${DATABASE_URL:-postgres://root@127.0.0.1:5432/test?sslmode=disable
 PROFILE=${PROFILE:-}
 REDIS_UNIX=${REDIS_UNIX:-}
 RATELIMIT_HEADERS=${RATELIMIT_HEADERS:-all}
+ALTERNATE=${ALTERNATE-plain admitted users users-large}
+ALTERNATE_DURATION=${ALTERNATE_DURATION:-10s}
+SLICE=${SLICE:-250ms}
 RESULTS=${RESULTS:-$root/bench/results.md}
-command_line="DURATION=$DURATION WARMUP=$WARMUP USERS=$USERS USERS_LARGE=$USERS_LARGE NORESERVE=$NORESERVE EXACT_LIMIT=$EXACT_LIMIT EXACT_DURATION=$EXACT_DURATION ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS LATENCY_CONNECTIONS=$LATENCY_CONNECTIONS BENCH_DB=$BENCH_DB CADDY_GOMAXPROCS=$CADDY_GOMAXPROCS LOADGEN_GOMAXPROCS=$LOADGEN_GOMAXPROCS UPSTREAM_GOMAXPROCS=$UPSTREAM_GOMAXPROCS${REDIS_UNIX:+ REDIS_UNIX=$REDIS_UNIX} RATELIMIT_HEADERS=$RATELIMIT_HEADERS bench/run.sh"
+command_line="ALTERNATE='$ALTERNATE' ALTERNATE_DURATION=$ALTERNATE_DURATION SLICE=$SLICE DURATION=$DURATION WARMUP=$WARMUP USERS=$USERS USERS_LARGE=$USERS_LARGE NORESERVE=$NORESERVE EXACT_LIMIT=$EXACT_LIMIT EXACT_DURATION=$EXACT_DURATION ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS LATENCY_CONNECTIONS=$LATENCY_CONNECTIONS BENCH_DB=$BENCH_DB CADDY_GOMAXPROCS=$CADDY_GOMAXPROCS LOADGEN_GOMAXPROCS=$LOADGEN_GOMAXPROCS UPSTREAM_GOMAXPROCS=$UPSTREAM_GOMAXPROCS${REDIS_UNIX:+ REDIS_UNIX=$REDIS_UNIX} RATELIMIT_HEADERS=$RATELIMIT_HEADERS bench/run.sh"
 
 for bin in redis-server psql go; do
 	command -v "$bin" >/dev/null || { echo "bench: $bin is required" >&2; exit 1; }
@@ -339,6 +347,17 @@ if [[ -n $PROFILE ]]; then
 	profile_args=(-pprof "http://127.0.0.1:$admin_port" -pprof-dir "$root/bench/out" "${users_pprof[@]}")
 fi
 
+alternate_args=()
+for name in $ALTERNATE; do
+	case $name in
+	users) ((USERS > 0)) || continue ;;
+	users-large) ((USERS_LARGE > 0)) || continue ;;
+	admitted-noreserve) ((NORESERVE > 0)) || continue ;;
+	esac
+	alternate_args+=(-alternate "$name")
+done
+((${#alternate_args[@]} == 0)) || alternate_args+=(-alternate-duration "$ALTERNATE_DURATION" -slice "$SLICE")
+
 echo "== load ($(uptime))"
 md="$work/run.md"
 GOMAXPROCS=$LOADGEN_GOMAXPROCS "$work/loadgen" \
@@ -351,7 +370,7 @@ GOMAXPROCS=$LOADGEN_GOMAXPROCS "$work/loadgen" \
 	"${users_target[@]}" "${exact_targets[@]}" \
 	-connections "$CONNECTIONS" -latency-connections "$LATENCY_CONNECTIONS" -latency-duration "$LATENCY_DURATION" -warmup "$WARMUP" -duration "$DURATION" -rounds "$ROUNDS" \
 	-redis "127.0.0.1:$redis_port" "${caddy_args[@]}" \
-	-pg "$DATABASE_URL" -schema "$schema" -md "$md" "${profile_args[@]}" \
+	-pg "$DATABASE_URL" -schema "$schema" -md "$md" "${profile_args[@]}" "${alternate_args[@]}" \
 	-pid "redis=$redis_pid" -pid "upstream=$upstream_pid" -pid "loadgen=self" \
 	-note "machine: $NPROC cores (nproc), $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1); $(go version | cut -d' ' -f3); $(redis-server --version | cut -d' ' -f3); $(psql "$DATABASE_URL" -qAtc 'show server_version' | cut -d' ' -f1 | sed 's/^/postgres /')" \
 	-note "GOMAXPROCS: caddy $CADDY_GOMAXPROCS, load generator $LOADGEN_GOMAXPROCS, upstream $UPSTREAM_GOMAXPROCS (redis-server is single-threaded); all share the same $NPROC cores" \

@@ -41,17 +41,9 @@ type sample struct {
 // run drives target with n keep-alive connections, each sending its next
 // request as soon as the previous response is read, for d.
 func run(t target, n int, d time.Duration) sample {
-	req, keyAt, keyLen := buildRequest(t)
-	kr, _ := parseKeyRange(t.Key)
-	return drive(t.Addr, n, time.Now().Add(d), func() nextRequest {
-		switch {
-		case t.Key == RandomKey:
-			return randomKeys(req, keyAt)
-		case kr != nil:
-			return kr.uniform(req, keyAt, keyLen)
-		}
-		return fixedKey(req)
-	})
+	conns := dialers(t.Addr, n)
+	defer closeAll(conns)
+	return drive(conns, time.Now().Add(d), requests(t))
 }
 
 // runEach sends one request with each key of t's key range, in order, on n
@@ -60,9 +52,28 @@ func runEach(t target, n int) sample {
 	req, keyAt, keyLen := buildRequest(t)
 	kr, _ := parseKeyRange(t.Key)
 	var next atomic.Int64
-	return drive(t.Addr, n, time.Now().Add(time.Hour), func() nextRequest {
+	conns := dialers(t.Addr, n)
+	defer closeAll(conns)
+	return drive(conns, time.Now().Add(time.Hour), func() nextRequest {
 		return kr.each(req, keyAt, keyLen, &next)
 	})
+}
+
+// requests returns a maker of t's request sequences, one per connection:
+// the same request, or one with a new random key or a key of t's key range
+// drawn at random each time.
+func requests(t target) func() nextRequest {
+	req, keyAt, keyLen := buildRequest(t)
+	kr, _ := parseKeyRange(t.Key)
+	return func() nextRequest {
+		switch {
+		case t.Key == RandomKey:
+			return randomKeys(req, keyAt)
+		case kr != nil:
+			return kr.uniform(req, keyAt, keyLen)
+		}
+		return fixedKey(req)
+	}
 }
 
 // A nextRequest returns a connection's next request, or nil when there is
@@ -83,23 +94,54 @@ func randomKeys(req []byte, keyAt int) nextRequest {
 	}
 }
 
-// drive runs n connections, each with the requests of its own newNext,
-// until deadline or until its requests run out.
-func drive(addr string, n int, deadline time.Time, newNext func() nextRequest) sample {
+// drive runs each of conns with the requests of its own newNext, until
+// deadline or until its requests run out; it returns when every response
+// is read, and leaves the connections open.
+func drive(conns []*keepAlive, deadline time.Time, newNext func() nextRequest) sample {
 	var wg sync.WaitGroup
-	results := make([]sample, n)
+	results := make([]sample, len(conns))
 	start := time.Now()
-	for i := range n {
+	for i, c := range conns {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			results[i] = worker(addr, newNext(), deadline)
+			results[i] = worker(c, newNext(), deadline)
 		}()
 	}
 	wg.Wait()
 	out := merge(results)
 	out.Elapsed = time.Since(start)
 	return out
+}
+
+// keepAlive is one client connection, dialled on first use and again
+// after an error or a "Connection: close".
+type keepAlive struct {
+	addr string
+	c    net.Conn
+	br   *bufio.Reader
+}
+
+// dialers returns n connections to addr, none dialled yet.
+func dialers(addr string, n int) []*keepAlive {
+	conns := make([]*keepAlive, n)
+	for i := range conns {
+		conns[i] = &keepAlive{addr: addr}
+	}
+	return conns
+}
+
+func closeAll(conns []*keepAlive) {
+	for _, c := range conns {
+		c.close()
+	}
+}
+
+func (k *keepAlive) close() {
+	if k.c != nil {
+		_ = k.c.Close()
+		k.c = nil
+	}
 }
 
 // merge adds up samples taken at the same time; its Elapsed is the
@@ -177,15 +219,11 @@ func fillRandomKey(dst []byte, rng *rand.ChaCha8) {
 }
 
 // worker is one connection's request loop.
-func worker(addr string, next nextRequest, deadline time.Time) sample {
-	s := sample{Statuses: map[int]int64{}, Latencies: make([]int64, 0, 1<<14)}
-	var c net.Conn
-	var br *bufio.Reader
-	defer func() {
-		if c != nil {
-			_ = c.Close()
-		}
-	}()
+func worker(k *keepAlive, next nextRequest, deadline time.Time) sample {
+	s := sample{Statuses: map[int]int64{}, Latencies: make([]int64, 0, 1<<10)}
+	if k.c != nil {
+		_ = k.c.SetDeadline(deadline.Add(10 * time.Second))
+	}
 	for {
 		req := next() // outside the timed part
 		if req == nil {
@@ -195,24 +233,21 @@ func worker(addr string, next nextRequest, deadline time.Time) sample {
 		if !t0.Before(deadline) {
 			return s
 		}
-		if c == nil {
-			var err error
-			c, err = net.DialTimeout("tcp", addr, time.Second)
+		if k.c == nil {
+			c, err := net.DialTimeout("tcp", k.addr, time.Second)
 			if err != nil {
 				s.Errors++
-				c = nil
 				time.Sleep(10 * time.Millisecond)
 				continue
 			}
 			_ = c.SetDeadline(deadline.Add(10 * time.Second))
-			br = bufio.NewReaderSize(c, 16<<10)
+			k.c, k.br = c, bufio.NewReaderSize(c, 16<<10)
 			t0 = time.Now()
 		}
-		status, closeConn, err := roundTrip(c, br, req)
+		status, closeConn, err := roundTrip(k.c, k.br, req)
 		if err != nil {
 			s.Errors++
-			_ = c.Close()
-			c = nil
+			k.close()
 			continue
 		}
 		now := time.Now()
@@ -223,8 +258,7 @@ func worker(addr string, next nextRequest, deadline time.Time) sample {
 		s.Requests++
 		s.Statuses[status]++
 		if closeConn {
-			_ = c.Close()
-			c = nil
+			k.close()
 		}
 	}
 }

@@ -93,6 +93,10 @@ type config struct {
 
 	exacts        exactsFlag
 	exactDuration time.Duration
+
+	alternate         stringsFlag
+	alternateDuration time.Duration
+	slice             time.Duration
 }
 
 func main() {
@@ -117,6 +121,9 @@ func main() {
 	flag.Var(&cfg.pids, "pid", "name=pid of a process whose CPU time per request to report (repeatable; pid self = the load generator)")
 	flag.Var(&cfg.exacts, "exact", "after the phases, drive one user to its limit through several Caddy processes at once: name|127.0.0.1:port,127.0.0.1:port|path|key|limit|user-id (repeatable)")
 	flag.DurationVar(&cfg.exactDuration, "exact-duration", 10*time.Second, "how long each -exact run drives its user (all within one rate-limit window)")
+	flag.Var(&cfg.alternate, "alternate", "after the phases, alternate this scenario with the baseline every -slice (repeatable; see alternate.go)")
+	flag.DurationVar(&cfg.alternateDuration, "alternate-duration", 10*time.Second, "the scenario's time in each alternation (the baseline's is one -slice longer)")
+	flag.DurationVar(&cfg.slice, "slice", 250*time.Millisecond, "how long an alternation drives one side before it switches")
 	flag.Var(&cfg.notes, "note", "a line for the report's header (repeatable)")
 	flag.Parse()
 	if len(cfg.targets) == 0 || cfg.connections < 1 || cfg.rounds < 1 || cfg.duration <= 0 {
@@ -124,6 +131,9 @@ func main() {
 	}
 	if len(cfg.exacts) > 0 && (cfg.redisAddr == "" || cfg.exactDuration <= 0 || cfg.exactDuration > 50*time.Second) {
 		log.Fatal("loadgen: -exact needs -redis and 0 < -exact-duration <= 50s (a run must fit in one window)")
+	}
+	if len(cfg.alternate) > 0 && (cfg.slice <= 0 || cfg.alternateDuration < cfg.slice) {
+		log.Fatal("loadgen: -alternate needs -slice > 0 and -alternate-duration >= -slice")
 	}
 	if cfg.latDuration <= 0 {
 		cfg.latDuration = cfg.duration / 2
@@ -204,6 +214,8 @@ type report struct {
 	PG         counters       `json:"postgres"`
 	PGNote     string         `json:"postgres_note"`
 	Exact      []*exactResult `json:"exact,omitempty"`
+	// Alternations are in the order of -alternate.
+	Alternations []*alternation `json:"alternations,omitempty"`
 }
 
 func bench(ctx context.Context, cfg config) (*report, error) {
@@ -253,6 +265,12 @@ func bench(ctx context.Context, cfg config) (*report, error) {
 			return nil, err
 		}
 		rep.Phases = append(rep.Phases, ph)
+	}
+	if len(cfg.alternate) > 0 {
+		var err error
+		if rep.Alternations, err = runAlternations(cfg, passes); err != nil {
+			return nil, err
+		}
 	}
 	for _, e := range cfg.exacts {
 		res, err := runExact(ctx, cfg, rdb, e)

@@ -65,6 +65,7 @@ func markdown(cfg config, rep *report) string {
 			ph.Name, ph.Connections, ph.Segment, ph.LoadBefore, ph.LoadAfter)
 	}
 	summaryMarkdown(p, cfg, rep)
+	alternationMarkdown(p, cfg, rep)
 	exactMarkdown(p, cfg, rep)
 	for _, ph := range rep.Phases {
 		phaseMarkdown(p, cfg, rep, ph)
@@ -170,6 +171,9 @@ func markdown(cfg config, rep *report) string {
 			p("- %s Redis round trips: %.0f client-issued commands (%.0f EVALSHA) for %d requests, %s per request (target: no script call but one recheck per %v of the scenario's %.1f s and 3 per first refusal of a segment or window, at most %.0f): %s\n",
 				r.Name, cl, ev, r.Requests, perReq(cl, r.Requests), refusedRecheck, r.Seconds, calls, verdict(ev <= calls))
 		}
+	}
+	for _, line := range alternationTargets(cfg, rep) {
+		p("- %s\n", line)
 	}
 	if rep.PG != nil {
 		p("- Postgres store loads: %.0f in all; %.0f by background reloads (caddy_rpm_store_reloads_total: keys in use whose l2_ttl ended, one query per batch); on the request path %.0f of random keys that passed the key filter, %.0f in the key-range scenarios (keys read less than once per half l1_ttl expire), %.0f others (target 0); %.0f table scans in the schema (the loads' index scans, those of the passes over the key ranges included): %s\n",

@@ -162,12 +162,12 @@ func runAlternations(cfg config, passes keyPasses) ([]*alternation, error) {
 			return nil, fmt.Errorf("alternation: no target %q", name)
 		}
 		passes.refresh(cfg.targets, cfg.connections, "alternation "+name)
+		log.Printf("alternating %s with %s: %d slices of %v each", name, cfg.baseline, n, cfg.slice)
 		a, err := alternate(*base, cfg.targets[i], cfg.connections, n, cfg.slice, cfg.pids)
 		if err != nil {
 			return nil, err
 		}
-		log.Printf("alternation %s: %.3f × %s (pairs: median %.3f), capacity %.3f, %d slices of %v each",
-			name, a.ratio(), cfg.baseline, median(a.PairRatios), a.capacity(), n, cfg.slice)
+		log.Printf("  %.3f × %s (pairs: median %.3f), capacity %.3f", a.ratio(), cfg.baseline, median(a.PairRatios), a.capacity())
 		out = append(out, a)
 	}
 	return out, nil

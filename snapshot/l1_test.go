@@ -19,7 +19,8 @@ func inL1(c *Cache, keyHash string) (*Snapshot, bool) {
 	return e.snap, ok
 }
 
-// inL1Slot lets f change keyHash's L1 slot in place.
+// inL1Slot lets f change keyHash's L1 slot in place, as a new write of it
+// (so the shard's last unpacked snapshot is not served for it).
 func inL1Slot(t testing.TB, c *Cache, keyHash string, f func(*l1Slot)) {
 	t.Helper()
 	k := l1Key(keyHash)
@@ -31,6 +32,8 @@ func inL1Slot(t testing.TB, c *Cache, keyHash string, f func(*l1Slot)) {
 		t.Fatalf("%s is not in L1", keyHash)
 	}
 	f(&sh.slots[i])
+	sh.writes++
+	sh.slots[i].write = sh.writes
 }
 
 func l1TestCache(size int) *Cache {
@@ -148,6 +151,47 @@ func pointerFields(t reflect.Type) string {
 		return ""
 	}
 	return t.String()
+}
+
+// A key read again before another key of its shard gets the snapshot the
+// last read unpacked, with no allocation; a new write of the key, another
+// key in its slot, or a cleared table is never served that snapshot.
+func TestL1ServesTheShardsLastUnpackedSnapshot(t *testing.T) {
+	c := l1TestCache(100) // one shard
+	c.setL1("a", userSnapshot(1))
+	first, _ := inL1(c, "a")
+	if again, _ := inL1(c, "a"); again != first {
+		t.Error("a second read of the same key unpacked its snapshot again")
+	}
+	if n := testing.AllocsPerRun(100, func() { inL1(c, "a") }); n != 0 {
+		t.Errorf("a repeated read allocates %v times, want 0", n)
+	}
+
+	c.setL1("a", userSnapshot(2))
+	if s, _ := inL1(c, "a"); s == first || s.UserID != 2 {
+		t.Errorf("after a new write the key reads user %d (same snapshot: %v), want user 2", s.UserID, s == first)
+	}
+
+	c.setL1("b", userSnapshot(3))
+	if s, _ := inL1(c, "b"); s.UserID != 3 {
+		t.Errorf("another key of the shard reads user %d, want 3", s.UserID)
+	}
+	if s, _ := inL1(c, "a"); s.UserID != 2 {
+		t.Errorf("the first key reads user %d after another key's read, want 2", s.UserID)
+	}
+
+	// The same slot, reused by another key after a drop.
+	c.l1.invalidate("a")
+	c.setL1("c", userSnapshot(4))
+	if s, _ := inL1(c, "c"); s.UserID != 4 {
+		t.Errorf("a key written into a freed slot reads user %d, want 4", s.UserID)
+	}
+	// A cleared table numbers its slots from 0 again.
+	c.l1.invalidateAll()
+	c.setL1("d", userSnapshot(5))
+	if s, _ := inL1(c, "d"); s.UserID != 5 {
+		t.Errorf("a key written after the table was cleared reads user %d, want 5", s.UserID)
+	}
 }
 
 // A full L1 evicts the entries not read since the CLOCK hand last passed

@@ -143,17 +143,24 @@ func (p *packer) str(s string, id *uint32) bool {
 	return *id != 0
 }
 
+// unpacked is a snapshot unpacked from an L1 slot, with what it points to
+// and the slot and write it came from (see l1Table.get), in one
+// allocation.
+type unpacked struct {
+	snap              Snapshot
+	user              User
+	groupID, override int64
+	expiresAt         time.Time
+	slot              int32
+	write             uint32
+}
+
 // unpack returns a new snapshot equal to the one v was packed from (an
 // expiry in UTC). It is one allocation; the group is the shared one, which
 // no one may change.
-func (p *packer) unpack(v *packed) *Snapshot {
-	all := new(struct {
-		s                 Snapshot
-		u                 User
-		groupID, override int64
-		expiresAt         time.Time
-	})
-	s := &all.s
+func (p *packer) unpack(v *packed) *unpacked {
+	all := new(unpacked)
+	s := &all.snap
 	s.Version, s.APIKeyID, s.UserID = int(v.version), v.apiKeyID, v.userID
 	s.NotFound = v.flags&packedNotFound != 0
 	s.Quota, s.QuotaUsed = v.quota, v.quotaUsed
@@ -167,7 +174,7 @@ func (p *packer) unpack(v *packed) *Snapshot {
 		s.ExpiresAt = &all.expiresAt
 	}
 	if v.flags&packedHasUser != 0 {
-		u := &all.u
+		u := &all.user
 		pu := &v.user
 		u.ID, u.RPMLimit, u.Concurrency, u.Balance = pu.id, pu.rpmLimit, pu.concurrency, pu.balance
 		u.Status, u.Role = p.text(pu.status), p.text(pu.role)
@@ -180,7 +187,7 @@ func (p *packer) unpack(v *packed) *Snapshot {
 	if v.group != 0 {
 		s.Group = p.groups.at(v.group)
 	}
-	return s
+	return all
 }
 
 func (p *packer) text(id uint32) string {

@@ -1,11 +1,15 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"log"
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 )
 
 // Alternation
@@ -34,6 +38,11 @@ type alternation struct {
 	// PairRatios are, per slice of the scenario, its req/s over the mean
 	// of those of the baseline's slices just before and after it.
 	PairRatios []float64 `json:"pair_ratios"`
+	// Redis and Metrics are what Redis's commandstats and the Caddy
+	// processes' metrics changed by over the whole alternation (the
+	// baseline sends no Redis command).
+	Redis   counters `json:"redis_commands"`
+	Metrics counters `json:"caddy_metrics"`
 }
 
 // side sums one target's slices of an alternation.
@@ -144,7 +153,7 @@ func pairRatios(rates []float64) []float64 {
 
 // runAlternations alternates each scenario of cfg.alternate with the
 // baseline, after the passes over key ranges that are due.
-func runAlternations(cfg config, passes keyPasses) ([]*alternation, error) {
+func runAlternations(ctx context.Context, cfg config, rdb *redis.Client, passes keyPasses) ([]*alternation, error) {
 	var base *target
 	for i, t := range cfg.targets {
 		if t.Name == cfg.baseline {
@@ -163,11 +172,15 @@ func runAlternations(cfg config, passes keyPasses) ([]*alternation, error) {
 		}
 		passes.refresh(cfg.targets, cfg.connections, "alternation "+name)
 		log.Printf("alternating %s with %s: %d slices of %v each", name, cfg.baseline, n, cfg.slice)
-		a, err := alternate(*base, cfg.targets[i], cfg.connections, n, cfg.slice, cfg.pids)
-		if err != nil {
+		var a *alternation
+		var err error
+		d, merr := measured(ctx, cfg, rdb, func() { a, err = alternate(*base, cfg.targets[i], cfg.connections, n, cfg.slice, cfg.pids) })
+		if err = errors.Join(err, merr); err != nil {
 			return nil, err
 		}
-		log.Printf("  %.3f × %s (pairs: median %.3f), capacity %.3f", a.ratio(), cfg.baseline, median(a.PairRatios), a.capacity())
+		a.Redis, a.Metrics = d.redis, d.metrics
+		log.Printf("  %.3f × %s (pairs: median %.3f), capacity %.3f, %.4f Redis commands per request", a.ratio(), cfg.baseline,
+			median(a.PairRatios), a.capacity(), clientCommands(a.Redis)/float64(max(a.Scenario.Requests, 1)))
 		out = append(out, a)
 	}
 	return out, nil
@@ -184,17 +197,18 @@ func alternationMarkdown(p func(string, ...any), cfg config, rep *report) {
 		"waiting at each switch for every response, for %d slices of the scenario. "+
 		"× %s: the scenario's req/s over %s's, each over all its slices; paired: the median over the scenario's slices of its req/s over the mean of the %s slices just before and after it; "+
 		"capacity: %s's machine CPU per request over the scenario's (busy time of all processes, from /proc/stat); "+
-		"p99 added: the scenario's p99 over all its slices less %s's.\n\n",
+		"p99 added: the scenario's p99 over all its slices less %s's; Redis commands: client-issued, per request of the scenario, over the whole alternation.\n\n",
 		cfg.baseline, a0.Slice, cfg.baseline, a0.Scenario.Slices, cfg.baseline, cfg.baseline, cfg.baseline, cfg.baseline, cfg.baseline)
-	p("| scenario | req/s | %s req/s | × %s | × %s, paired (median; quartiles) | capacity × %s | p99 added ms | Caddy CPU µs / request (%s) | statuses, errors |\n",
+	p("| scenario | req/s | %s req/s | × %s | × %s, paired (median; quartiles) | capacity × %s | p99 added ms | Caddy CPU µs / request (%s) | Redis commands / request | L1 | statuses, errors |\n",
 		cfg.baseline, cfg.baseline, cfg.baseline, cfg.baseline, cfg.baseline)
-	p("|---|---:|---:|---:|---:|---:|---:|---:|---|\n")
+	p("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n")
 	for _, a := range rep.Alternations {
 		q := quartiles(a.PairRatios)
-		p("| %s | %.0f | %.0f | %.3f | %.3f (%.3f–%.3f) | %.3f | %+.3f | %.1f (%.1f) | %s, %d; %s: %s, %d |\n",
+		p("| %s | %.0f | %.0f | %.3f | %.3f (%.3f–%.3f) | %.3f | %+.3f | %.1f (%.1f) | %s | %s | %s, %d; %s: %s, %d |\n",
 			a.Name, a.Scenario.rps(), a.Baseline.rps(), a.ratio(), q[1], q[0], q[2], a.capacity(),
 			a.Scenario.P99ms-a.Baseline.P99ms,
 			a.Scenario.cpuPerRequest("cpu:caddy"), a.Baseline.cpuPerRequest("cpu:caddy"),
+			perReq(clientCommands(a.Redis), a.Scenario.Requests), cacheHits(a.Metrics, "l1"),
 			statuses(a.Scenario.Statuses), a.Scenario.Errors, cfg.baseline, statuses(a.Baseline.Statuses), a.Baseline.Errors)
 	}
 }

@@ -268,7 +268,7 @@ func bench(ctx context.Context, cfg config) (*report, error) {
 	}
 	if len(cfg.alternate) > 0 {
 		var err error
-		if rep.Alternations, err = runAlternations(cfg, passes); err != nil {
+		if rep.Alternations, err = runAlternations(ctx, cfg, rdb, passes); err != nil {
 			return nil, err
 		}
 	}

@@ -154,27 +154,22 @@ func pairRatios(rates []float64) []float64 {
 // runAlternations alternates each scenario of cfg.alternate with the
 // baseline, after the passes over key ranges that are due.
 func runAlternations(ctx context.Context, cfg config, rdb *redis.Client, passes keyPasses) ([]*alternation, error) {
-	var base *target
-	for i, t := range cfg.targets {
-		if t.Name == cfg.baseline {
-			base = &cfg.targets[i]
-		}
-	}
-	if base == nil {
+	base, ok := targetNamed(cfg, cfg.baseline)
+	if !ok {
 		return nil, fmt.Errorf("alternation: no baseline target %q", cfg.baseline)
 	}
 	n := int(cfg.alternateDuration / cfg.slice)
 	var out []*alternation
 	for _, name := range cfg.alternate {
-		i := slices.IndexFunc(cfg.targets, func(t target) bool { return t.Name == name })
-		if i < 0 {
+		t, ok := targetNamed(cfg, name)
+		if !ok {
 			return nil, fmt.Errorf("alternation: no target %q", name)
 		}
 		passes.refresh(cfg.targets, cfg.connections, "alternation "+name)
 		log.Printf("alternating %s with %s: %d slices of %v each", name, cfg.baseline, n, cfg.slice)
 		var a *alternation
 		var err error
-		d, merr := measured(ctx, cfg, rdb, func() { a, err = alternate(*base, cfg.targets[i], cfg.connections, n, cfg.slice, cfg.pids) })
+		d, merr := measured(ctx, cfg, rdb, func() { a, err = alternate(base, t, cfg.connections, n, cfg.slice, cfg.pids) })
 		if err = errors.Join(err, merr); err != nil {
 			return nil, err
 		}

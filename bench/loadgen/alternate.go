@@ -54,10 +54,12 @@ type side struct {
 	Unexpected int64         `json:"unexpected_status"`
 	Errors     int64         `json:"errors"`
 	CPU        counters      `json:"cpu_seconds"`
+	P99ms      float64       `json:"p99_ms"`
 	latencies  []int64
-	P99ms      float64 `json:"p99_ms"`
 }
 
+// add counts one slice: its sample, the CPU times it took, and as
+// unexpected every status but expect.
 func (s *side) add(smp sample, cpu counters, expect int) {
 	s.Slices++
 	s.Requests += smp.Requests
@@ -219,8 +221,9 @@ func quartiles(xs []float64) [3]float64 {
 	return [3]float64{at(0.25), median(s), at(0.75)}
 }
 
-// alternationTargets says, per alternated scenario, whether its ratio
-// meets the target the report's other lines give it.
+// alternationTargets says, per alternated scenario with a throughput
+// target in issue 14, whether its ratio meets it: admitted ≥ 0.92, users
+// ≥ 0.80, users-large ≥ 0.70.
 func alternationTargets(cfg config, rep *report) []string {
 	var out []string
 	for _, a := range rep.Alternations {

@@ -77,8 +77,9 @@ type Decision struct {
 	// Release it once, when the response is over; Release on nil does
 	// nothing.
 	Lease *limiter.Lease
-	// Local reports a refusal decided by the local deny cache, without
-	// asking Redis.
+	// Local reports a decision made without waiting for Redis: a refusal
+	// by the local deny cache, or an admission from units this instance
+	// holds reserved.
 	Local bool
 	// ResetIn is the time left in the current window.
 	ResetIn time.Duration
@@ -206,12 +207,12 @@ func (g *Gateway) decide(ctx context.Context, d *Decision, res *limiter.Result, 
 		d.Err = err
 		return false
 	}
-	d.ResetIn = res.ResetIn
+	d.ResetIn, d.Local = res.ResetIn, res.Local
 	for i := range min(d.n, len(res.Counts)) {
 		d.limits[i].Remaining = max(0, d.limits[i].Limit-res.Counts[i])
 	}
 	if !res.Allowed {
-		d.Outcome, d.Refusing, d.Local = Refused, res.Denied, res.Local
+		d.Outcome, d.Refusing = Refused, res.Denied
 	}
 	return true
 }

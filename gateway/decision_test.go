@@ -35,6 +35,18 @@ func TestCheckAdmitted(t *testing.T) {
 	}
 }
 
+// An admission from units reserved ahead is local, as a refusal by the
+// deny cache is: nobody waited for Redis.
+func TestCheckLocalAdmission(t *testing.T) {
+	for _, local := range []bool{false, true} {
+		lim := &answering{res: limiter.Result{Allowed: true, Denied: -1, Counts: []int64{3, 9, 2}, ResetIn: time.Second, Local: local}}
+		d := newTestGateway(t, lim, false).Check(context.Background(), snap(nil, 10, 20, true), route)
+		if d.Outcome != Admitted || d.Local != local {
+			t.Fatalf("limiter's Local %v: outcome %v, local %v; want Admitted, %v", local, d.Outcome, d.Local, local)
+		}
+	}
+}
+
 func TestCheckRefused(t *testing.T) {
 	// A refused request's counts are not incremented; remaining never goes
 	// below 0.

@@ -44,8 +44,9 @@ type Result struct {
 	Denied int
 	// ResetIn is the time left in the current window on the limiter's clock.
 	ResetIn time.Duration
-	// Local reports a refusal decided by the local deny cache, without a
-	// backend call.
+	// Local reports a decision this instance made without waiting for the
+	// backend: a refusal by the local deny cache, or an admission from
+	// units it holds reserved (WithReservations).
 	Local bool
 	// RecheckIn, when > 0, bounds how long a refusal may hold although the
 	// window goes on: units that reservations took (reserve.go) may be

@@ -254,17 +254,17 @@ func (r *Redis) Load(ctx context.Context) error {
 // Check implements Limiter. Concurrent checks of one slot may share a
 // script call (see batch.go); each still waits for exactly one round trip.
 func (r *Redis) Check(ctx context.Context, counters []Counter) (Result, error) {
-	return r.checkBy(ctx, time.Time{}, counters)
+	return r.checkBy(ctx, time.Now(), time.Time{}, counters)
 }
 
-// checkBy is Check ending by deadline (zero: none) without a context timer
-// per check; Guarded uses it for its timeout.
-func (r *Redis) checkBy(ctx context.Context, deadline time.Time, counters []Counter) (Result, error) {
+// checkBy is Check at now ending by deadline (zero: none) without a
+// context timer per check; Guarded uses it for its timeout.
+func (r *Redis) checkBy(ctx context.Context, now, deadline time.Time, counters []Counter) (Result, error) {
 	if len(counters) == 0 {
 		return Result{Allowed: true, Denied: -1}, nil
 	}
 	if r.reserve != nil {
-		return r.reserve.check(ctx, deadline, counters)
+		return r.reserve.check(ctx, now, deadline, counters)
 	}
 	return r.batcherFor(ctx, deadline, counters[0].Key).check(ctx, deadline, counters)
 }

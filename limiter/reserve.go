@@ -181,10 +181,10 @@ func (rs *reservations) recheck() time.Duration { return rs.sweepEvery() }
 // sweepEvery is how often idle reservations are looked for.
 func (rs *reservations) sweepEvery() time.Duration { return rs.ttl / 4 }
 
-// check decides a request without slots: from the set's reservation if it
-// has units left, otherwise in Redis, reserving when the rate is high.
-func (rs *reservations) check(ctx context.Context, deadline time.Time, counters []Counter) (Result, error) {
-	now := time.Now()
+// check decides a request without slots, sent at now: from the set's
+// reservation if it has units left (a Local result), otherwise in Redis,
+// reserving when the rate is high.
+func (rs *reservations) check(ctx context.Context, now, deadline time.Time, counters []Counter) (Result, error) {
 	e := rs.lookup(counters, now)
 	if e == nil {
 		return rs.plain(ctx, deadline, counters)
@@ -198,6 +198,7 @@ func (rs *reservations) check(ctx context.Context, deadline time.Time, counters 
 		if ahead != nil {
 			rs.fetchAhead(e, ahead, now, deadline)
 		}
+		res.Local = true
 		return res, nil
 	}
 	if f := e.refill; f != nil && e.lastGrant > 1 && f.waiters < f.want-1 {

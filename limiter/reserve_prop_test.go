@@ -56,7 +56,7 @@ func TestReservationProperty(t *testing.T) {
 		// check checks the counters of idx on r and counts what it admits,
 		// then waits for the refill it may have started ahead.
 		check := func(r *Redis, idx []int, counters []Counter) {
-			res, err := r.reserve.check(ctx, time.Time{}, counters)
+			res, err := r.Check(ctx, counters)
 			if err != nil {
 				t.Fatal(err)
 			}

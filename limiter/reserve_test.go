@@ -285,7 +285,7 @@ func waitFor(t *testing.T, d time.Duration, cond func() bool, what string) {
 }
 
 // Counts of a request admitted from a reservation continue those of the
-// granting request, one per local admission, also across grants fetched
+// granting request, one per local admission (a Local result), also across grants fetched
 // ahead: once a grant is half used the next one is asked for in the
 // background, so a steady set's requests after the first are all admitted
 // locally, none waiting for Redis.
@@ -302,6 +302,9 @@ func TestReservationCounts(t *testing.T) {
 		}
 		if res.Counts[0] != i {
 			t.Fatalf("check %d: count %d", i, res.Counts[0])
+		}
+		if res.Local != (i > 1) {
+			t.Fatalf("check %d: Local %v; only the admissions from reserved units are local", i, res.Local)
 		}
 		if res.ResetIn <= 0 || res.ResetIn > Window {
 			t.Fatalf("check %d: reset in %v", i, res.ResetIn)

@@ -195,14 +195,14 @@ func TestClusterStoppedMasterHoldsUpOnlyItsSlots(t *testing.T) {
 	held := make(chan error, heldChecks)
 	for range heldChecks {
 		go func() {
-			_, err := r.checkBy(ctx, time.Now().Add(wait), []Counter{userCounter(keys, uids[0], 100)})
+			_, err := r.checkBy(ctx, time.Now(), time.Now().Add(wait), []Counter{userCounter(keys, uids[0], 100)})
 			held <- err
 		}()
 	}
 	time.Sleep(100 * time.Millisecond) // the held checks are out or queued
 	for i := range 5 {
 		start := time.Now()
-		res, err := r.checkBy(ctx, time.Now().Add(wait), []Counter{userCounter(keys, elsewhere, 100)})
+		res, err := r.checkBy(ctx, time.Now(), time.Now().Add(wait), []Counter{userCounter(keys, elsewhere, 100)})
 		if took := time.Since(start); err != nil || !res.Allowed || took > wait/6 {
 			t.Fatalf("check %d of user %d on a running master: %+v, %v after %v; want admitted at once", i, elsewhere, res, err, took)
 		}

@@ -26,7 +26,7 @@ func WithLeases(c LeaseConfig) RedisOption {
 // With reservations on, a request may take a spare place this instance
 // holds instead of acquiring in Redis (places.go).
 func (r *Redis) CheckAcquire(ctx context.Context, counters []Counter, slots []Slot) (AcquireResult, *Lease, error) {
-	return r.acquireBy(ctx, time.Time{}, counters, slots)
+	return r.acquireBy(ctx, time.Now(), time.Time{}, counters, slots)
 }
 
 // acquisition is one CheckAcquire with slots: its check, and the lease it
@@ -38,10 +38,11 @@ type acquisition struct {
 	keysBuf [3]string
 }
 
-// acquireBy is CheckAcquire ending by deadline (zero: none), like checkBy.
-func (r *Redis) acquireBy(ctx context.Context, deadline time.Time, counters []Counter, slots []Slot) (AcquireResult, *Lease, error) {
+// acquireBy is CheckAcquire at now ending by deadline (zero: none), like
+// checkBy.
+func (r *Redis) acquireBy(ctx context.Context, now, deadline time.Time, counters []Counter, slots []Slot) (AcquireResult, *Lease, error) {
 	if len(slots) == 0 {
-		res, err := r.checkBy(ctx, deadline, counters)
+		res, err := r.checkBy(ctx, now, deadline, counters)
 		return AcquireResult{Result: res, DeniedSlot: -1}, nil, err
 	}
 	k := r.leases
@@ -51,11 +52,10 @@ func (r *Redis) acquireBy(ctx context.Context, deadline time.Time, counters []Co
 	var pool *placePool
 	var spares int64
 	if r.reserve != nil {
-		now := time.Now()
 		if pool = r.reserve.pool(slots, now); pool != nil {
 			var place *Lease
 			if place, spares = pool.take(now); place != nil {
-				return r.acquireSpare(ctx, deadline, pool, place, counters)
+				return r.acquireSpare(ctx, now, deadline, pool, place, counters)
 			}
 		}
 	}
@@ -96,8 +96,8 @@ func (r *Redis) acquireBy(ctx context.Context, deadline time.Time, counters []Co
 // acquireSpare admits a request on a spare place of the pool if its
 // counters admit it (checkBy, so usually from a reservation of units);
 // otherwise the place goes back to the pool.
-func (r *Redis) acquireSpare(ctx context.Context, deadline time.Time, pool *placePool, place *Lease, counters []Counter) (AcquireResult, *Lease, error) {
-	res, err := r.checkBy(ctx, deadline, counters)
+func (r *Redis) acquireSpare(ctx context.Context, now, deadline time.Time, pool *placePool, place *Lease, counters []Counter) (AcquireResult, *Lease, error) {
+	res, err := r.checkBy(ctx, now, deadline, counters)
 	if err != nil {
 		pool.put(place)
 		return refusedAcquire(), nil, err

@@ -12,7 +12,7 @@ import (
 
 // deadlineAcquirer is deadlineChecker for CheckAcquire.
 type deadlineAcquirer interface {
-	acquireBy(ctx context.Context, deadline time.Time, counters []Counter, slots []Slot) (AcquireResult, *Lease, error)
+	acquireBy(ctx context.Context, now, deadline time.Time, counters []Counter, slots []Slot) (AcquireResult, *Lease, error)
 }
 
 // CheckAcquire implements Acquirer.
@@ -25,7 +25,8 @@ func (g *Guarded) CheckAcquire(ctx context.Context, counters []Counter, slots []
 	if err != nil {
 		return refusedAcquire(), nil, err
 	}
-	deadline := time.Now().Add(g.timeout)
+	now := time.Now()
+	deadline := now.Add(g.timeout)
 	c := g.circuitFor(ctx, deadline, firstKey(counters, slots))
 	if c.open.Load() {
 		return refusedAcquire(), nil, ErrOpen
@@ -33,7 +34,7 @@ func (g *Guarded) CheckAcquire(ctx context.Context, counters []Counter, slots []
 	var res AcquireResult
 	var lease *Lease
 	if da, ok := g.inner.(deadlineAcquirer); ok {
-		res, lease, err = da.acquireBy(ctx, deadline, counters, slots)
+		res, lease, err = da.acquireBy(ctx, now, deadline, counters, slots)
 	} else {
 		cctx, cancel := context.WithDeadline(ctx, deadline)
 		res, lease, err = inner.CheckAcquire(cctx, counters, slots)

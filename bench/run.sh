@@ -74,6 +74,9 @@
 #                      TCP)
 #   RATELIMIT_HEADERS=all  the admitted site's ratelimit_headers (all, ietf,
 #                      legacy or off; the refused site keeps the default)
+#   UPSTREAM_HEADERS=0 extra headers in the upstream's answer (it sends
+#                      Content-Type, Content-Length and Date; APIs such as
+#                      OpenAI's send a dozen more)
 #   ALTERNATE="plain admitted users users-large"  after the phases, each of
 #                      these scenarios alternates with plain every SLICE
 #                      (250ms) for ALTERNATE_DURATION (10s) of its own
@@ -105,11 +108,12 @@ DATABASE_URL=${DATABASE_URL:-postgres://root@127.0.0.1:5432/test?sslmode=disable
 PROFILE=${PROFILE:-}
 REDIS_UNIX=${REDIS_UNIX:-}
 RATELIMIT_HEADERS=${RATELIMIT_HEADERS:-all}
+UPSTREAM_HEADERS=${UPSTREAM_HEADERS:-0}
 ALTERNATE=${ALTERNATE-plain admitted users users-large}
 ALTERNATE_DURATION=${ALTERNATE_DURATION:-10s}
 SLICE=${SLICE:-250ms}
 RESULTS=${RESULTS:-$root/bench/results.md}
-command_line="ALTERNATE='$ALTERNATE' ALTERNATE_DURATION=$ALTERNATE_DURATION SLICE=$SLICE DURATION=$DURATION WARMUP=$WARMUP USERS=$USERS USERS_LARGE=$USERS_LARGE NORESERVE=$NORESERVE EXACT_LIMIT=$EXACT_LIMIT EXACT_DURATION=$EXACT_DURATION ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS LATENCY_CONNECTIONS=$LATENCY_CONNECTIONS BENCH_DB=$BENCH_DB CADDY_GOMAXPROCS=$CADDY_GOMAXPROCS LOADGEN_GOMAXPROCS=$LOADGEN_GOMAXPROCS UPSTREAM_GOMAXPROCS=$UPSTREAM_GOMAXPROCS${REDIS_UNIX:+ REDIS_UNIX=$REDIS_UNIX} RATELIMIT_HEADERS=$RATELIMIT_HEADERS bench/run.sh"
+command_line="ALTERNATE='$ALTERNATE' ALTERNATE_DURATION=$ALTERNATE_DURATION SLICE=$SLICE DURATION=$DURATION WARMUP=$WARMUP USERS=$USERS USERS_LARGE=$USERS_LARGE NORESERVE=$NORESERVE EXACT_LIMIT=$EXACT_LIMIT EXACT_DURATION=$EXACT_DURATION ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS LATENCY_CONNECTIONS=$LATENCY_CONNECTIONS BENCH_DB=$BENCH_DB CADDY_GOMAXPROCS=$CADDY_GOMAXPROCS LOADGEN_GOMAXPROCS=$LOADGEN_GOMAXPROCS UPSTREAM_GOMAXPROCS=$UPSTREAM_GOMAXPROCS${REDIS_UNIX:+ REDIS_UNIX=$REDIS_UNIX} RATELIMIT_HEADERS=$RATELIMIT_HEADERS UPSTREAM_HEADERS=$UPSTREAM_HEADERS bench/run.sh"
 
 for bin in redis-server psql go; do
 	command -v "$bin" >/dev/null || { echo "bench: $bin is required" >&2; exit 1; }
@@ -177,7 +181,7 @@ fi
 
 echo "== upstream"
 upstream_port=$(free_port)
-GOMAXPROCS=$UPSTREAM_GOMAXPROCS "$work/upstream" -addr "127.0.0.1:$upstream_port" >"$work/upstream.log" 2>&1 &
+GOMAXPROCS=$UPSTREAM_GOMAXPROCS "$work/upstream" -addr "127.0.0.1:$upstream_port" -headers "$UPSTREAM_HEADERS" >"$work/upstream.log" 2>&1 &
 upstream_pid=$!
 pids+=($!)
 wait_tcp 127.0.0.1 "$upstream_port" upstream
@@ -374,7 +378,7 @@ GOMAXPROCS=$LOADGEN_GOMAXPROCS "$work/loadgen" \
 	-pid "redis=$redis_pid" -pid "upstream=$upstream_pid" -pid "loadgen=self" \
 	-note "machine: $NPROC cores (nproc), $(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n1); $(go version | cut -d' ' -f3); $(redis-server --version | cut -d' ' -f3); $(psql "$DATABASE_URL" -qAtc 'show server_version' | cut -d' ' -f1 | sed 's/^/postgres /')" \
 	-note "GOMAXPROCS: caddy $CADDY_GOMAXPROCS, load generator $LOADGEN_GOMAXPROCS, upstream $UPSTREAM_GOMAXPROCS (redis-server is single-threaded); all share the same $NPROC cores" \
-	-note "Caddy ($(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet -- . ':!bench/results.md' ':!bench/results.json' 2>/dev/null || echo '+dirty')) with three sites on 127.0.0.1: plain reverse_proxy, rpm admitted (user 10^9, group 10^9), rpm refused (user limit 1); the capped scenario sends a key of a user with concurrency 10^6 (limits 10^9) to the admitted site; the unknown scenario sends random well-formed keys to the admitted site; the users scenario $USERS keys of $USERS users and users-large $USERS_LARGE keys of as many other users (limits 10^9), uniformly at random, each to the same site in a Caddy of its own (0: no such scenario); admitted-noreserve (NORESERVE=$NORESERVE) the admitted key to a second Caddy with reservation_ttl off; exact runs (EXACT_LIMIT=$EXACT_LIMIT, 0: none): the first Caddy with a third, the second with a fourth; CPU and metrics of caddy are those of all Caddy processes; same upstream (bench/upstream); private redis-server; Postgres schema $schema ($([[ $BENCH_DB == private ]] && echo "in a throwaway database of the same name" || echo "in the shared database"))" \
+	-note "Caddy ($(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet -- . ':!bench/results.md' ':!bench/results.json' 2>/dev/null || echo '+dirty')) with three sites on 127.0.0.1: plain reverse_proxy, rpm admitted (user 10^9, group 10^9), rpm refused (user limit 1); the capped scenario sends a key of a user with concurrency 10^6 (limits 10^9) to the admitted site; the unknown scenario sends random well-formed keys to the admitted site; the users scenario $USERS keys of $USERS users and users-large $USERS_LARGE keys of as many other users (limits 10^9), uniformly at random, each to the same site in a Caddy of its own (0: no such scenario); admitted-noreserve (NORESERVE=$NORESERVE) the admitted key to a second Caddy with reservation_ttl off; exact runs (EXACT_LIMIT=$EXACT_LIMIT, 0: none): the first Caddy with a third, the second with a fourth; CPU and metrics of caddy are those of all Caddy processes; same upstream (bench/upstream, $UPSTREAM_HEADERS extra response headers); private redis-server; Postgres schema $schema ($([[ $BENCH_DB == private ]] && echo "in a throwaway database of the same name" || echo "in the shared database"))" \
 	>"$work/run.json" &
 # In the background and waited for, so that a TERM to this script runs the
 # cleanup at once (bash defers traps until a foreground command ends).

@@ -187,9 +187,9 @@ func (h *Handler) admit(w http.ResponseWriter, r *http.Request) (lease *limiter.
 
 	d := h.gateway.Check(r.Context(), snap, h.route)
 	if len(d.Limits()) > 0 && !d.Local {
-		// Only checks that waited for Redis are timed: the many decided
-		// from reserved units or the deny cache take no time worth a
-		// bucket, and would hide Redis's latency in the quantiles.
+		// Only checks that asked the limiter's backend are timed: the many
+		// decided from reserved units or the deny cache take no time worth
+		// a bucket, and would hide the backend's latency in the quantiles.
 		h.app.metrics.checkDuration.Observe(time.Since(now).Seconds())
 	}
 	if h.Shadow {

@@ -26,8 +26,8 @@ func TestCacheHitCountsByLayer(t *testing.T) {
 	}
 }
 
-// check_duration_seconds times the checks that waited for Redis, not the
-// admissions from reserved units, which wait for nothing.
+// check_duration_seconds times the checks that asked the limiter's backend,
+// not the admissions from reserved units, which ask nothing.
 func TestCheckDurationTimesChecksThatWaited(t *testing.T) {
 	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return nil })
 	for _, local := range []bool{false, true} {

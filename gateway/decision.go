@@ -77,9 +77,9 @@ type Decision struct {
 	// Release it once, when the response is over; Release on nil does
 	// nothing.
 	Lease *limiter.Lease
-	// Local reports a decision made without waiting for Redis: a refusal
-	// by the local deny cache, or an admission from units this instance
-	// holds reserved.
+	// Local reports a decision made without asking the limiter's backend:
+	// a refusal by the local deny cache, or an admission from units this
+	// instance holds reserved.
 	Local bool
 	// ResetIn is the time left in the current window.
 	ResetIn time.Duration

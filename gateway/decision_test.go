@@ -36,7 +36,7 @@ func TestCheckAdmitted(t *testing.T) {
 }
 
 // An admission from units reserved ahead is local, as a refusal by the
-// deny cache is: nobody waited for Redis.
+// deny cache is: the limiter's backend was not asked.
 func TestCheckLocalAdmission(t *testing.T) {
 	for _, local := range []bool{false, true} {
 		lim := &answering{res: limiter.Result{Allowed: true, Denied: -1, Counts: []int64{3, 9, 2}, ResetIn: time.Second, Local: local}}

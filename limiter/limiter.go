@@ -44,7 +44,7 @@ type Result struct {
 	Denied int
 	// ResetIn is the time left in the current window on the limiter's clock.
 	ResetIn time.Duration
-	// Local reports a decision this instance made without waiting for the
+	// Local reports a decision this instance made without asking the
 	// backend: a refusal by the local deny cache, or an admission from
 	// units it holds reserved (WithReservations).
 	Local bool

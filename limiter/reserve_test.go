@@ -285,10 +285,10 @@ func waitFor(t *testing.T, d time.Duration, cond func() bool, what string) {
 }
 
 // Counts of a request admitted from a reservation continue those of the
-// granting request, one per local admission (a Local result), also across grants fetched
-// ahead: once a grant is half used the next one is asked for in the
-// background, so a steady set's requests after the first are all admitted
-// locally, none waiting for Redis.
+// granting request, one per local admission (a Local result), also across
+// grants fetched ahead: once a grant is half used the next one is asked
+// for in the background, so a steady set's requests after the first are
+// all admitted locally, none waiting for Redis.
 func TestReservationCounts(t *testing.T) {
 	pair, keys, hook := reservingPair(t, time.Hour)
 	r := pair[0]

@@ -79,7 +79,7 @@
 #                      OpenAI's send a dozen more)
 #   ALTERNATE="plain admitted users users-large"  after the phases, each of
 #                      these scenarios alternates with plain every SLICE
-#                      (250ms) for ALTERNATE_DURATION (10s) of its own
+#                      (250ms) for ALTERNATE_DURATION (20s) of its own
 #                      ("plain" against itself: the noise floor; a scenario
 #                      the run lacks is skipped; empty: none)
 #   PROFILE=1          also save Caddy CPU profiles of each scenario's first
@@ -110,7 +110,7 @@ REDIS_UNIX=${REDIS_UNIX:-}
 RATELIMIT_HEADERS=${RATELIMIT_HEADERS:-all}
 UPSTREAM_HEADERS=${UPSTREAM_HEADERS:-0}
 ALTERNATE=${ALTERNATE-plain admitted users users-large}
-ALTERNATE_DURATION=${ALTERNATE_DURATION:-10s}
+ALTERNATE_DURATION=${ALTERNATE_DURATION:-20s}
 SLICE=${SLICE:-250ms}
 RESULTS=${RESULTS:-$root/bench/results.md}
 command_line="ALTERNATE='$ALTERNATE' ALTERNATE_DURATION=$ALTERNATE_DURATION SLICE=$SLICE DURATION=$DURATION WARMUP=$WARMUP USERS=$USERS USERS_LARGE=$USERS_LARGE NORESERVE=$NORESERVE EXACT_LIMIT=$EXACT_LIMIT EXACT_DURATION=$EXACT_DURATION ROUNDS=$ROUNDS CONNECTIONS=$CONNECTIONS LATENCY_CONNECTIONS=$LATENCY_CONNECTIONS BENCH_DB=$BENCH_DB CADDY_GOMAXPROCS=$CADDY_GOMAXPROCS LOADGEN_GOMAXPROCS=$LOADGEN_GOMAXPROCS UPSTREAM_GOMAXPROCS=$UPSTREAM_GOMAXPROCS${REDIS_UNIX:+ REDIS_UNIX=$REDIS_UNIX} RATELIMIT_HEADERS=$RATELIMIT_HEADERS UPSTREAM_HEADERS=$UPSTREAM_HEADERS bench/run.sh"

@@ -3,6 +3,7 @@ package caddyrpm
 import (
 	"context"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -80,6 +81,35 @@ func TestSetRateLimitHeaders(t *testing.T) {
 		limiter.Result{Denied: 1, Counts: []int64{4, 12}, ResetIn: 500 * time.Millisecond}))
 	if got := hdr.Get("RateLimit"); got != `"user";r=16;t=1, "group";r=0;t=1` {
 		t.Errorf("RateLimit = %q", got)
+	}
+}
+
+// TestPolicyNamesNeedNoEscaping holds appendListItem's shortcut to the
+// zone rule: every byte gateway.CheckZone allows in a zone stands in the
+// quoted name as it is, as strconv.Quote (and an sf-string) has it; a rule
+// that let in '"', '\\' or a non-ASCII byte would fail here.
+func TestPolicyNamesNeedNoEscaping(t *testing.T) {
+	allowed := 0
+	for b := range 256 {
+		zone := "z" + string(rune(b))
+		if b >= 0x80 {
+			zone = "z" + string([]byte{byte(b)})
+		}
+		if gateway.CheckZone(zone) != nil {
+			continue
+		}
+		allowed++
+		route := []gateway.RouteLimit{{Zone: zone, Scope: gateway.LimitRouteUser, Limit: 5}}
+		hdr := http.Header{}
+		(&Handler{RateLimitHeaders: "ietf"}).setRateLimitHeaders(hdr, decide(t, rlSnap, route,
+			limiter.Result{Allowed: true, Denied: -1, Counts: []int64{3, 9, 2}, ResetIn: time.Second}))
+		want := `"user";q=20;w=60, "group";q=10;w=60, ` + strconv.Quote(zone) + ";q=5;w=60"
+		if got := hdr.Get("RateLimit-Policy"); got != want {
+			t.Errorf("zone %q: RateLimit-Policy = %q, want %q", zone, got, want)
+		}
+	}
+	if allowed != 26+26+10+3 {
+		t.Errorf("CheckZone allows %d bytes after a letter, want letters, digits, '.', '_' and '-'", allowed)
 	}
 }
 

@@ -79,7 +79,10 @@ type Handler struct {
 
 // KeySource is one place to look for the API key.
 type KeySource struct {
-	// Header is the request header name.
+	// Header is the request header name. Provision puts it in canonical
+	// form, the form net/http gives the names of the headers it receives,
+	// so the request's header map is read with it directly: Header.Get and
+	// Header.Del would put it in that form again on every request.
 	Header string `json:"header"`
 	// Scheme, if set, is the auth scheme that must prefix the value
 	// (e.g. "Bearer"); it is matched case-insensitively.
@@ -108,12 +111,7 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // values.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	if len(h.KeySources) == 0 {
-		h.KeySources = []KeySource{{Header: "Authorization", Scheme: "Bearer"}, {Header: "X-Api-Key"}}
-	}
-	for i, s := range h.KeySources {
-		h.KeySources[i].Header = http.CanonicalHeaderKey(s.Header)
-	}
+	h.provisionKeySources()
 	if h.ErrorFormat == "" {
 		h.ErrorFormat = "openai"
 	}
@@ -130,6 +128,17 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.gateway = h.app.gateway
 	h.gateway.DeclareRoute(h.route)
 	return nil
+}
+
+// provisionKeySources sets the default key sources and puts the header
+// names in canonical form.
+func (h *Handler) provisionKeySources() {
+	if len(h.KeySources) == 0 {
+		h.KeySources = []KeySource{{Header: "Authorization", Scheme: "Bearer"}, {Header: "X-Api-Key"}}
+	}
+	for i, s := range h.KeySources {
+		h.KeySources[i].Header = http.CanonicalHeaderKey(s.Header)
+	}
 }
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
@@ -324,8 +333,12 @@ func identityPlaceholder(s *snapshot.Snapshot, key string) (any, bool) {
 // basic_auth later in the route) stays for whoever checks it.
 func (h *Handler) stripCredentials(r *http.Request) {
 	for _, s := range h.KeySources {
-		if _, ours := s.credential(r.Header.Get(s.Header)); ours {
-			r.Header.Del(s.Header)
+		values := r.Header[s.Header] // canonical names: see KeySource.Header
+		if len(values) == 0 {
+			continue
+		}
+		if _, ours := s.credential(values[0]); ours {
+			delete(r.Header, s.Header)
 		}
 	}
 	if h.KeyQuery != "" {

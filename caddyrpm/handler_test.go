@@ -1,6 +1,7 @@
 package caddyrpm
 
 import (
+	"bufio"
 	"context"
 	"net/http"
 	"net/http/httptest"
@@ -126,6 +127,28 @@ func TestExtractKey(t *testing.T) {
 				t.Fatalf("got key %q code %q, want key %q code %q", key, code, tc.key, tc.code)
 			}
 		})
+	}
+}
+
+// TestKeySourceNamedInLowerCase: a key source configured as "x-team-key"
+// finds and removes the header a client sent as "x-team-key", which
+// net/http hands on in canonical form; the names are read from the
+// request's header map as they are once provisioned.
+func TestKeySourceNamedInLowerCase(t *testing.T) {
+	h := handlerForTest(t)
+	h.KeySources = []KeySource{{Header: "x-team-key"}}
+	h.provisionKeySources()
+	r, err := http.ReadRequest(bufio.NewReader(strings.NewReader(
+		"GET /v1/models HTTP/1.1\r\nHost: a\r\nx-team-key: sk-1\r\nx-other: 1\r\n\r\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if key, problem := h.extractKey(r); problem != nil || key != "sk-1" {
+		t.Fatalf("extractKey = %q, %v; want sk-1", key, problem)
+	}
+	h.stripCredentials(r)
+	if got := r.Header.Get("x-team-key"); got != "" || r.Header.Get("x-other") != "1" {
+		t.Errorf("after stripCredentials: %v, want only X-Other", r.Header)
 	}
 }
 

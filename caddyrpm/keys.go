@@ -13,7 +13,7 @@ import (
 // input yields an error for the client, never a lookup.
 func (h *Handler) extractKey(r *http.Request) (string, *apiError) {
 	for _, src := range h.KeySources {
-		values := r.Header.Values(src.Header)
+		values := r.Header[src.Header] // canonical names: see KeySource.Header
 		if len(values) == 0 {
 			continue
 		}

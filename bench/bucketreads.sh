@@ -11,14 +11,7 @@
 # idle machine.
 set -euo pipefail
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-dir=$(mktemp -d)
-redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" --daemonize yes \
-	--pidfile "$dir/redis.pid" >/dev/null
-trap 'redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; rm -rf "$dir"' EXIT
-until redis-cli -p "$port" ping >/dev/null 2>&1; do sleep 0.1; done
-
-cli() { redis-cli -p "$port" "$@"; }
+. "$(dirname "$0")/private-redis.sh"
 hmget_usec() { cli info commandstats | tr -d '\r' | sed -n 's/^cmdstat_hmget:.*usec_per_call=\([0-9.]*\).*/\1/p'; }
 
 # reads reads the counters of 7 users: drawn at random from ARGV[1] users,

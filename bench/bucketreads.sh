@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # bench/bucketreads.sh: what Redis spends reading a call's counters from a
 # large bucket (limiter/layout.go), cold and warm in the CPU's caches.
-# Starts a private redis-server on a free port and fills one bucket with
+# Starts a private redis-server on a free port and fills a bucket with
 # the two counters of each of N users ("{u<i>}:user", "{u<i>}:group:1"),
-# as the benchmark's users scenarios do. Then, per bucket size, 20,000
+# as the benchmark's users scenarios do, and a second bucket with one
+# field per user (below). Then, per number of users, 20,000
 # script calls each read the 14 counters of 7 users (a call's ≈ 7 checks)
 # with one HMGET: first 7 users drawn at random, whose counters the CPU's
 # caches mostly do not hold, then the same 7 users every time, whose they
-# do. Last, 7 users at random from a bucket of the same users with both
-# counters in one field per user ("{u<i>}": "<user> <group>"), a layout
+# do. Last, 7 users at random from the second bucket, whose one field per
+# user holds both counters ("{u<i>}": "<user> <group>"), a layout
 # this project does not have, to show what halving the fields a check
 # looks up would save. INFO commandstats gives each HMGET's mean time.
 # ~20 s; run on an idle machine.

@@ -12,7 +12,13 @@
 # user holds both counters ("{u<i>}": "<user> <group>"), a layout
 # this project does not have, to show what halving the fields a check
 # looks up would save. INFO commandstats gives each HMGET's mean time.
-# ~20 s; run on an idle machine.
+# Then, in a bucket of 100,000 users of each layout, whole calls: 20,000
+# script calls each of 7 random users' checks (TIME, one HMGET, each
+# counter + 1, one HSET), alternately three times per layout after one
+# untimed pass each, where the packed layout parses and builds each
+# user's field in Lua; sent pipelined (redis-cli --pipe), timed by INFO
+# commandstats.
+# ~45 s; run on an idle machine.
 set -euo pipefail
 
 . "$(dirname "$0")/private-redis.sh"
@@ -42,14 +48,87 @@ measure() {
 	hmget_usec
 }
 
-for users in 1000 100000 200000; do
-	cli flushall >/dev/null
+# fill fills the bucket b:c:counts with the two counters of each of $1
+# users and b:c:packed with one field per user.
+fill() {
 	cli eval "for _, b in ipairs(KEYS) do redis.call('HSET', b, 'encoding', string.rep('x', 100)) end
-		for i = 1, $users do
+		for i = 1, $1 do
 			redis.call('HSET', KEYS[1], '{u' .. i .. '}:user', tostring(i % 50), '{u' .. i .. '}:group:1', tostring(i % 7))
 			redis.call('HSET', KEYS[2], '{u' .. i .. '}', (i % 50) .. ' ' .. (i % 7))
 		end return 1" 2 b:c:counts b:c:packed >/dev/null
+}
+declare -A times
+
+for users in 1000 100000 200000; do
+	cli flushall >/dev/null
+	fill "$users"
 	echo "$users users, HMGET of 14 counters: random users $(measure b:c:counts "$users" random) µs;" \
 		"same users $(measure b:c:counts "$users" same) µs;" \
 		"random users, one field each $(measure b:c:packed "$users" random packed) µs"
 done
+
+# checks is a call of 7 users' checks as the scripts make it: read the
+# counters with one HMGET, add 1 to each, write them with one HSET; with
+# ARGV[1] "packed", ARGV[2..8] are 7 users' fields of both counters
+# ("<user> <group>"), else ARGV[2..15] their 14 counters.
+checks="local t = redis.call('TIME')
+local packed = ARGV[1] == 'packed'
+local n = packed and 7 or 14
+local v = redis.call('HMGET', KEYS[1], 'w', unpack(ARGV, 2, n + 1))
+local set, find, sub = {}, string.find, string.sub
+for i = 1, n do
+  local s, x = v[i + 1], 1
+  if packed then
+    local a, b = 1, 1
+    if s then
+      local sp = find(s, ' ', 1, true)
+      a, b = sub(s, 1, sp - 1) + 1, sub(s, sp + 1) + 1
+    end
+    x = a .. ' ' .. b
+  elseif s then
+    x = s + 1
+  end
+  set[2 * i - 1], set[2 * i] = ARGV[i + 1], x
+end
+redis.call('HSET', KEYS[1], unpack(set))
+return 1"
+
+# calls writes, as redis-cli --pipe reads it, 20,000 EVALSHAs of script
+# sha on bucket, each of 7 users drawn at random from users (the same
+# users for both layouts), in layout ("counts" or "packed").
+calls() {
+	python3 - "$@" <<'PY'
+import random, sys
+sha, bucket, users, layout = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+draw = random.Random(1)
+out = []
+for _ in range(20000):
+    args = ['EVALSHA', sha, '1', bucket, layout]
+    for u in (draw.randint(1, users) for _ in range(7)):
+        args += ['{u%d}' % u] if layout == 'packed' else ['{u%d}:user' % u, '{u%d}:group:1' % u]
+    out.append('*%d\r\n' % len(args) + ''.join('$%d\r\n%s\r\n' % (len(a), a) for a in args))
+sys.stdout.write(''.join(out))
+PY
+}
+
+evalsha_usec() { cli info commandstats | tr -d '\r' | sed -n 's/^cmdstat_evalsha:.*usec_per_call=\([0-9.]*\).*/\1/p'; }
+
+users=100000
+cli flushall >/dev/null
+fill "$users"
+sha=$(cli script load "$checks")
+calls "$sha" b:c:counts "$users" counts >"$redis_dir/counts.resp"
+calls "$sha" b:c:packed "$users" packed >"$redis_dir/packed.resp"
+# Round 0 is not timed: every call rewrites its counters, whose new values
+# Redis allocates elsewhere than the fill put them, next to their user's
+# other counter; the later rounds read them as a bucket that has taken
+# writes for a while does.
+for round in 0 1 2 3; do
+	for layout in counts packed; do
+		cli config resetstat >/dev/null
+		cli --pipe <"$redis_dir/$layout.resp" >/dev/null
+		((round == 0)) || times[$layout]+=" $(evalsha_usec)"
+	done
+done
+echo "$users users, a call of 7 random users' checks (µs in the script, three times):" \
+	"two fields per user${times[counts]}; one field each${times[packed]}"

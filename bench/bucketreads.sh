@@ -22,7 +22,9 @@
 set -euo pipefail
 
 . "$(dirname "$0")/private-redis.sh"
-hmget_usec() { cli info commandstats | tr -d '\r' | sed -n 's/^cmdstat_hmget:.*usec_per_call=\([0-9.]*\).*/\1/p'; }
+# usec_per_call prints the mean time of the command $1 since the last
+# CONFIG RESETSTAT, from INFO commandstats.
+usec_per_call() { cli info commandstats | tr -d '\r' | sed -n "s/^cmdstat_$1:.*usec_per_call=\([0-9.]*\).*/\1/p"; }
 
 # reads reads the counters of 7 users: drawn at random from ARGV[1] users,
 # or users 1 to 7 if ARGV[2] is "same"; two fields per user, or one if
@@ -45,7 +47,7 @@ measure() {
 	shift
 	cli config resetstat >/dev/null
 	cli -r 20000 eval "$reads" 1 "$bucket" "$@" >/dev/null
-	hmget_usec
+	usec_per_call hmget
 }
 
 # fill fills the bucket b:c:counts with the two counters of each of $1
@@ -57,7 +59,6 @@ fill() {
 			redis.call('HSET', KEYS[2], '{u' .. i .. '}', (i % 50) .. ' ' .. (i % 7))
 		end return 1" 2 b:c:counts b:c:packed >/dev/null
 }
-declare -A times
 
 for users in 1000 100000 200000; do
 	cli flushall >/dev/null
@@ -111,8 +112,6 @@ sys.stdout.write(''.join(out))
 PY
 }
 
-evalsha_usec() { cli info commandstats | tr -d '\r' | sed -n 's/^cmdstat_evalsha:.*usec_per_call=\([0-9.]*\).*/\1/p'; }
-
 users=100000
 cli flushall >/dev/null
 fill "$users"
@@ -123,11 +122,12 @@ calls "$sha" b:c:packed "$users" packed >"$redis_dir/packed.resp"
 # Redis allocates elsewhere than the fill put them, next to their user's
 # other counter; the later rounds read them as a bucket that has taken
 # writes for a while does.
+declare -A times
 for round in 0 1 2 3; do
 	for layout in counts packed; do
 		cli config resetstat >/dev/null
 		cli --pipe <"$redis_dir/$layout.resp" >/dev/null
-		((round == 0)) || times[$layout]+=" $(evalsha_usec)"
+		((round == 0)) || times[$layout]+=" $(usec_per_call evalsha)"
 	done
 done
 echo "$users users, a call of 7 random users' checks (µs in the script, three times):" \

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	mathrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -55,15 +56,49 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// freePort returns a loopback port that was free a moment ago.
+// givenPorts are the ports freePort has handed out in this process.
+var givenPorts struct {
+	sync.Mutex
+	set map[int]bool
+}
+
+// freePort returns a port that was free a moment ago on loopback and on
+// every address, and that this process has not handed out before.
+//
+// Caddy binds with SO_REUSEPORT, so a second Caddy of the same user can
+// bind a port ours holds without an error, and a more specific address
+// (127.0.0.1:p against our :p) then takes every connection: once, the
+// in-process Caddy of the admin package's tests, on a port the kernel
+// chose, answered 404 for one of ours. So the ports come from 2100–9999:
+// below the kernel's ephemeral range (32768 on), where binds to port 0
+// land, and below redistest's 10000–31999.
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	givenPorts.Lock()
+	defer givenPorts.Unlock()
+	if givenPorts.set == nil {
+		givenPorts.set = map[int]bool{}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	for range 1000 {
+		p := 2100 + mathrand.IntN(10000-2100)
+		if givenPorts.set[p] || !canListen("127.0.0.1", p) || !canListen("", p) {
+			continue
+		}
+		givenPorts.set[p] = true
+		return p
+	}
+	t.Fatal("no free port in 2100–9999")
+	return 0
+}
+
+// canListen reports whether host:port can be bound now.
+func canListen(host string, port int) bool {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+	if err != nil {
+		return false
+	}
+	_ = l.Close()
+	return true
 }
 
 func randomID() string {

@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	mathrand "math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -31,6 +30,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/caddyrpm/caddy-rpm/caddyrpm"
+	"github.com/caddyrpm/caddy-rpm/internal/testutil"
 	"github.com/caddyrpm/caddy-rpm/limiter/redistest"
 	"github.com/caddyrpm/caddy-rpm/store"
 	"github.com/caddyrpm/caddy-rpm/store/storetest"
@@ -69,9 +69,8 @@ var givenPorts struct {
 // bind a port ours holds without an error, and a more specific address
 // (127.0.0.1:p against our :p) then takes every connection: once, the
 // in-process Caddy of the admin package's tests, on a port the kernel
-// chose, answered 404 for one of ours. So the ports come from 2100–9999:
-// below the kernel's ephemeral range (32768 on), where binds to port 0
-// land, and below redistest's 10000–31999.
+// chose, answered 404 for one of ours. So the ports come from 2100–9999,
+// below the kernel's ephemeral range and redistest's 10000–31999.
 func freePort(t testing.TB) int {
 	t.Helper()
 	givenPorts.Lock()
@@ -79,26 +78,11 @@ func freePort(t testing.TB) int {
 	if givenPorts.set == nil {
 		givenPorts.set = map[int]bool{}
 	}
-	for range 1000 {
-		p := 2100 + mathrand.IntN(10000-2100)
-		if givenPorts.set[p] || !canListen("127.0.0.1", p) || !canListen("", p) {
-			continue
-		}
-		givenPorts.set[p] = true
-		return p
-	}
-	t.Fatal("no free port in 2100–9999")
-	return 0
-}
-
-// canListen reports whether host:port can be bound now.
-func canListen(host string, port int) bool {
-	l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
-	if err != nil {
-		return false
-	}
-	_ = l.Close()
-	return true
+	p := testutil.FreePort(t, 2100, 10000, func(p int) bool {
+		return !givenPorts.set[p] && testutil.CanListen("127.0.0.1", p) && testutil.CanListen("", p)
+	})
+	givenPorts.set[p] = true
+	return p
 }
 
 func randomID() string {

@@ -4,6 +4,8 @@ package testutil
 
 import (
 	"bytes"
+	"math/rand/v2"
+	"net"
 	"strconv"
 	"sync"
 	"testing"
@@ -79,4 +81,30 @@ func Concurrently(g, n int, call func() error) error {
 	}
 	wg.Wait()
 	return first
+}
+
+// FreePort returns a port drawn at random from [lo, hi) for which free
+// reports true, and fails the test after 1000 draws without one. Each
+// package's tests keep to their own range, and all stay below the
+// kernel's ephemeral range (32768 on), where binds to port 0 land.
+func FreePort(t testing.TB, lo, hi int, free func(port int) bool) int {
+	t.Helper()
+	for range 1000 {
+		if p := lo + rand.IntN(hi-lo); free(p) {
+			return p
+		}
+	}
+	t.Fatalf("no free port in %d–%d", lo, hi-1)
+	return 0
+}
+
+// CanListen reports whether host:port can be bound now ("" host: every
+// address).
+func CanListen(host string, port int) bool {
+	l, err := net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(port)))
+	if err != nil {
+		return false
+	}
+	_ = l.Close()
+	return true
 }

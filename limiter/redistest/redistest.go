@@ -6,7 +6,6 @@ package redistest
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -240,25 +239,11 @@ func requireBinary(t testing.TB, name string) {
 	}
 }
 
-// freePort returns a port p such that p and p+10000 (the cluster bus port)
-// can be bound on loopback, both below the usual ephemeral range.
+// freePort returns a port p in 10000–21999 such that p and p+10000 (the
+// cluster bus port) can be bound on loopback.
 func freePort(t testing.TB) int {
 	t.Helper()
-	for range 200 {
-		p := 10000 + rand.IntN(12000)
-		if canBind(p) && canBind(p+10000) {
-			return p
-		}
-	}
-	t.Fatal("redistest: no free port")
-	return 0
-}
-
-func canBind(port int) bool {
-	l, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-	if err != nil {
-		return false
-	}
-	_ = l.Close()
-	return true
+	return testutil.FreePort(t, 10000, 22000, func(p int) bool {
+		return testutil.CanListen("127.0.0.1", p) && testutil.CanListen("127.0.0.1", p+10000)
+	})
 }

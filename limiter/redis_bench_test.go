@@ -74,8 +74,13 @@ func writeEarlierWindow(tb testing.TB, r *Redis, c *redis.Client, sets [][]Count
 // machine disturb less.
 func scriptUsec(t testing.TB, c *redis.Client) (evalsha, cpu float64) {
 	info := redisInfo(t, c, "commandstats", "cpu")
-	cpu = (infoFloat(t, info["used_cpu_user"]) + infoFloat(t, info["used_cpu_sys"])) * 1e6
-	return cmdStat(t, info, "evalsha", "usec"), cpu
+	return cmdStat(t, info, "evalsha", "usec"), redisCPU(t, info)
+}
+
+// redisCPU returns the server's CPU time in µs (user + system) from INFO
+// cpu.
+func redisCPU(t testing.TB, info map[string]string) float64 {
+	return (infoFloat(t, info["used_cpu_user"]) + infoFloat(t, info["used_cpu_sys"])) * 1e6
 }
 
 // BenchmarkRandomChecks is BenchmarkDistinctChecks for 50,000 users at
@@ -90,6 +95,14 @@ func BenchmarkRandomChecks(b *testing.B) {
 
 func randomChecks(b *testing.B, users int) {
 	const perCall = 8
+	r, c, sets, order := randomUsers(b, users, perCall)
+	runCalls(b, r, c, perCall, func(k int) []Counter { return sets[order[k]] })
+}
+
+// randomUsers returns a limiter on a private redis-server whose bucket
+// holds the counters of users, each checked once in the window, and the
+// order of b.N*perCall checks of users drawn at random.
+func randomUsers(b *testing.B, users, perCall int) (*Redis, *redis.Client, [][]Counter, []int) {
 	r, c, keys := loadedPrivateRedis(b)
 	sets := distinctUserSets(keys, users)
 	writeEarlierWindow(b, r, c, sets)
@@ -104,7 +117,48 @@ func randomChecks(b *testing.B, users int) {
 		seed = seed*1664525 + 1013904223
 		order[i] = int(seed>>8) % users
 	}
-	runCalls(b, r, c, perCall, func(k int) []Counter { return sets[order[k]] })
+	return r, c, sets, order
+}
+
+// BenchmarkPlainCommands: what Redis spends per check of users drawn at
+// random from 50,000 when a call is, instead of the script, a pipeline of
+// HINCRBYs of the same counters — the least a limiter without a script
+// sends: no limit compared, no window read, no atomic refusal (README,
+// "Where a users request's Redis CPU goes"). Calls of 7 checks, about
+// those of make bench's users scenario, and of 1.
+//
+//	go test ./limiter -run '^$' -bench PlainCommands -benchtime=20000x
+func BenchmarkPlainCommands(b *testing.B) {
+	const users = 50000
+	for _, perCall := range []int{7, 1} {
+		b.Run(fmt.Sprintf("script/checks=%d", perCall), func(b *testing.B) {
+			r, c, sets, order := randomUsers(b, users, perCall)
+			runCalls(b, r, c, perCall, func(k int) []Counter { return sets[order[k]] })
+		})
+		b.Run(fmt.Sprintf("hincrby/checks=%d", perCall), func(b *testing.B) {
+			_, c, sets, order := randomUsers(b, users, perCall)
+			ctx := context.Background()
+			info := redisInfo(b, c, "commandstats", "cpu")
+			b.ResetTimer()
+			for i := range b.N {
+				pipe := c.Pipeline()
+				for _, k := range order[i*perCall : (i+1)*perCall] {
+					for _, counter := range sets[k] {
+						hash, field := CounterPlace(counter.Key, false)
+						pipe.HIncrBy(ctx, hash, field, 1)
+					}
+				}
+				if _, err := pipe.Exec(ctx); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			after := redisInfo(b, c, "commandstats", "cpu")
+			checks := float64(b.N * perCall)
+			b.ReportMetric((cmdStat(b, after, "hincrby", "usec")-cmdStat(b, info, "hincrby", "usec"))/checks, "redis-µs/check")
+			b.ReportMetric((redisCPU(b, after)-redisCPU(b, info))/checks, "redis-cpu-µs/check")
+		})
+	}
 }
 
 // BenchmarkSharedCalls: how many script calls and round trips concurrent

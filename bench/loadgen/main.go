@@ -164,6 +164,12 @@ type segment struct {
 	// MachineCPUus is the machine's busy CPU time per request in µs, all
 	// processes together (0: not measured).
 	MachineCPUus float64 `json:"machine_cpu_us_per_request,omitempty"`
+	// RedisCPUus is redis-server's CPU time per request in µs, and
+	// ScriptUs its time in EVALSHA (INFO commandstats) per request: a
+	// scenario's Redis cost segment by segment, as the window each
+	// segment falls in changes it (0: not measured).
+	RedisCPUus float64 `json:"redis_cpu_us_per_request,omitempty"`
+	ScriptUs   float64 `json:"evalsha_us_per_request,omitempty"`
 }
 
 // scenarioResult aggregates a scenario's segments within one phase.
@@ -437,12 +443,14 @@ func runPhase(ctx context.Context, cfg config, rdb *redis.Client, ph *phase, pas
 			}
 			r.add(d, s, t.Expect)
 			slices.Sort(s.Latencies)
+			n := float64(max(s.Requests, 1))
 			seg := segment{Scenario: t.Name, Round: round + 1,
 				RPS: float64(s.Requests) / s.Elapsed.Seconds(), P99ms: pct(s.Latencies, 0.99),
-				MachineCPUus: d.cpu["cpu:machine-busy"] / float64(max(s.Requests, 1)) * 1e6}
+				MachineCPUus: d.cpu["cpu:machine-busy"] / n * 1e6,
+				RedisCPUus:   d.cpu["cpu:redis"] / n * 1e6, ScriptUs: d.redisUsec["evalsha"] / n}
 			ph.Segments = append(ph.Segments, seg)
-			log.Printf("%s c=%d round %d %-9s %8.0f req/s  p99 %.3f ms  machine CPU %.1f µs/req  statuses %v errors %d",
-				ph.Name, ph.Connections, seg.Round, t.Name, seg.RPS, seg.P99ms, seg.MachineCPUus, s.Statuses, s.Errors)
+			log.Printf("%s c=%d round %d %-9s %8.0f req/s  p99 %.3f ms  machine CPU %.1f µs/req  Redis CPU %.1f µs/req  statuses %v errors %d",
+				ph.Name, ph.Connections, seg.Round, t.Name, seg.RPS, seg.P99ms, seg.MachineCPUus, seg.RedisCPUus, s.Statuses, s.Errors)
 		}
 	}
 	ph.LoadAfter = loadavg()

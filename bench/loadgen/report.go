@@ -297,7 +297,7 @@ func phaseMarkdown(p func(string, ...any), cfg config, rep *report, ph *phase) {
 		}
 	}
 
-	p("\nPer segment, in run order:\n\n| round | scenario | req/s | p99 ms | machine CPU µs / request | × the %s segments around it (req/s) | capacity × them (machine CPU) |\n|---:|---|---:|---:|---:|---:|---:|\n", cfg.baseline)
+	p("\nPer segment, in run order:\n\n| round | scenario | req/s | p99 ms | machine CPU µs / request | Redis CPU µs / request (in EVALSHA) | × the %s segments around it (req/s) | capacity × them (machine CPU) |\n|---:|---|---:|---:|---:|---:|---:|---:|\n", cfg.baseline)
 	seen := map[string]int{}
 	for _, s := range ph.Segments {
 		ratio, capacity := "-", "-"
@@ -312,7 +312,7 @@ func phaseMarkdown(p func(string, ...any), cfg config, rep *report, ph *phase) {
 			}
 			seen[s.Scenario]++
 		}
-		p("| %d | %s | %.0f | %.3f | %.1f | %s | %s |\n", s.Round, s.Scenario, s.RPS, s.P99ms, s.MachineCPUus, ratio, capacity)
+		p("| %d | %s | %.0f | %.3f | %.1f | %.1f (%.1f) | %s | %s |\n", s.Round, s.Scenario, s.RPS, s.P99ms, s.MachineCPUus, s.RedisCPUus, s.ScriptUs, ratio, capacity)
 	}
 }
 

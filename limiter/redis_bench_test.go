@@ -89,12 +89,13 @@ func redisCPU(t testing.TB, info map[string]string) float64 {
 // Each iteration is one script call of 8 checks.
 func BenchmarkRandomChecks(b *testing.B) {
 	for _, users := range []int{50, 250, 50000} {
-		b.Run(fmt.Sprintf("users=%d", users), func(b *testing.B) { randomChecks(b, users) })
+		b.Run(fmt.Sprintf("users=%d", users), func(b *testing.B) { randomChecks(b, users, 8) })
 	}
 }
 
-func randomChecks(b *testing.B, users int) {
-	const perCall = 8
+// randomChecks runs calls of perCall checks of users drawn at random from
+// users through the script.
+func randomChecks(b *testing.B, users, perCall int) {
 	r, c, sets, order := randomUsers(b, users, perCall)
 	runCalls(b, r, c, perCall, func(k int) []Counter { return sets[order[k]] })
 }
@@ -131,10 +132,7 @@ func randomUsers(b *testing.B, users, perCall int) (*Redis, *redis.Client, [][]C
 func BenchmarkPlainCommands(b *testing.B) {
 	const users = 50000
 	for _, perCall := range []int{7, 1} {
-		b.Run(fmt.Sprintf("script/checks=%d", perCall), func(b *testing.B) {
-			r, c, sets, order := randomUsers(b, users, perCall)
-			runCalls(b, r, c, perCall, func(k int) []Counter { return sets[order[k]] })
-		})
+		b.Run(fmt.Sprintf("script/checks=%d", perCall), func(b *testing.B) { randomChecks(b, users, perCall) })
 		b.Run(fmt.Sprintf("hincrby/checks=%d", perCall), func(b *testing.B) {
 			_, c, sets, order := randomUsers(b, users, perCall)
 			ctx := context.Background()
